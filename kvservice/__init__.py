@@ -1,0 +1,1 @@
+"""kvservice: an in-memory HTTP key-value store with a two-minute write history per key."""

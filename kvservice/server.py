@@ -1,0 +1,381 @@
+"""Runs any WSGI application on cheroot with explicit limits, an access log and a graceful stop.
+
+cheroot's defaults are loose for a service that must never garble a write: it accepts
+ambiguous request framing (Content-Length with Transfer-Encoding, duplicate or signed
+lengths, `0x`-prefixed chunk sizes), keeps reading a connection after the application
+asked to close it, answers oversized headers with 413 and writes its own errors as plain
+text. `StrictRequest` tightens exactly those points; everything else is ordinary cheroot
+configuration taken from `ServerSettings`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from types import FrameType
+from typing import Any
+
+from cheroot import errors as cheroot_errors
+from cheroot import server as cheroot_server
+from cheroot import wsgi as cheroot_wsgi
+
+from kvservice.problems import PROBLEM_CONTENT_TYPE, problem_body
+
+WSGIApp = Callable[..., Iterable[bytes]]
+
+access_logger = logging.getLogger("kvservice.access")
+logger = logging.getLogger("kvservice.server")
+
+CRLF = b"\r\n"
+_DIGITS = re.compile(rb"[0-9]+")
+_HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]+")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_MAX_CHUNK_LINE_BYTES = 1024
+_MAX_TRAILER_LINES = 32
+# List-valued fields (RFC 9110 section 5.3) that may be repeated and are joined with commas.
+_LIST_HEADERS = frozenset(
+    b"Accept Accept-Charset Accept-Encoding Accept-Language Cache-Control Connection Expect "
+    b"If-Match If-None-Match Pragma Te Trailer Upgrade Via Warning".split()
+)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Listening address and every limit the transport enforces."""
+
+    host: str = "127.0.0.1"
+    port: int = 3000
+    threads: int = 32
+    listen_backlog: int = 1024
+    socket_timeout_s: float = 10.0
+    shutdown_timeout_s: float = 5.0
+    max_header_bytes: int = 16 * 1024
+    max_header_count: int = 100
+    max_body_bytes: int = 64 * 1024
+    server_name: str = "kvservice"
+
+
+class TooManyHeaders(cheroot_errors.MaxSizeExceeded):
+    """More header fields than `max_header_count`; answered with 431 like oversized headers."""
+
+
+def read_strict_headers(rfile: Any, max_count: int) -> dict[bytes, bytes]:
+    """Read a header section, refusing anything that would make the message length ambiguous.
+
+    Raises ValueError (answered 400) for malformed or ambiguous framing and TooManyHeaders
+    (answered 431) past `max_count` fields.
+    """
+    headers: dict[bytes, bytes] = {}
+    seen_framing: set[bytes] = set()
+    count = 0
+    while True:
+        line = rfile.readline()
+        if not line:
+            raise ValueError("Illegal end of headers.")
+        if line == CRLF:
+            break
+        if not line.endswith(CRLF):
+            raise ValueError("HTTP requires CRLF line terminators.")
+        if line[:1] in (b" ", b"\t"):
+            raise ValueError("Obsolete header line folding is not accepted.")
+        count += 1
+        if count > max_count:
+            raise TooManyHeaders
+        name, colon, value = line[:-2].partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):
+            raise ValueError("Illegal header line.")
+        name = name.title()
+        value = value.strip(b" \t")
+        if name in (b"Content-Length", b"Transfer-Encoding"):
+            if name in seen_framing:
+                raise ValueError(f"Duplicate {name.decode()} header.")
+            seen_framing.add(name)
+        if name in _LIST_HEADERS and name in headers:
+            value = headers[name] + b", " + value
+        headers[name] = value
+
+    if len(seen_framing) == 2:
+        raise ValueError("Content-Length and Transfer-Encoding must not both be present.")
+    length = headers.get(b"Content-Length")
+    if length is not None and not _DIGITS.fullmatch(length):
+        raise ValueError("Content-Length must be a non-negative decimal integer.")
+    return headers
+
+
+class StrictChunkedReader(cheroot_server.ChunkedRFile):
+    """A chunked body reader with bounded lines, strict hex sizes and consumed trailers.
+
+    `closed` becomes true only after the whole message, trailers included, has been read,
+    so a partially read body can be told apart and the connection closed.
+    """
+
+    def _fetch(self) -> None:
+        if self.closed:
+            return
+        line = self.rfile.readline(_MAX_CHUNK_LINE_BYTES)
+        if not line.endswith(CRLF):
+            raise ValueError("Bad chunked transfer coding: chunk-size line is malformed.")
+        self.bytes_read += len(line)
+        size_text = line[:-2].split(b";", 1)[0].strip(b" \t")
+        if not _HEX_DIGITS.fullmatch(size_text) or len(size_text) > 8:
+            raise ValueError(f"Bad chunked transfer coding: chunk size {size_text!r}.")
+        chunk_size = int(size_text, 16)
+        if chunk_size == 0:
+            self._read_trailers()
+            self.closed = True
+            return
+        if self.maxlen and self.bytes_read + chunk_size > self.maxlen:
+            raise cheroot_errors.MaxSizeExceeded("Request Entity Too Large", self.maxlen)
+        chunk = self.rfile.read(chunk_size)
+        if len(chunk) != chunk_size or self.rfile.read(2) != CRLF:
+            raise ValueError("Bad chunked transfer coding: chunk data is truncated.")
+        self.bytes_read += chunk_size + 2
+        self.buffer += chunk
+
+    def _read_trailers(self) -> None:
+        for _ in range(_MAX_TRAILER_LINES):
+            line = self.rfile.readline(_MAX_CHUNK_LINE_BYTES)
+            if line == CRLF:
+                return
+            if not line.endswith(CRLF):
+                raise ValueError("Bad chunked transfer coding: trailer line is malformed.")
+        raise ValueError("Bad chunked transfer coding: too many trailer lines.")
+
+
+class StrictRequest(cheroot_server.HTTPRequest):
+    """cheroot's request with strict framing, 431 for large headers and problem+json errors."""
+
+    def parse_request(self) -> None:
+        self.rfile = cheroot_server.SizeCheckWrapper(
+            self.conn.rfile, self.server.max_request_header_size
+        )
+        try:
+            if not self.read_request_line():  # type: ignore[no-untyped-call]
+                return
+        except cheroot_errors.MaxSizeExceeded:
+            self.simple_response("414 URI Too Long", "The request line is too long.")
+            return
+        try:
+            if not self.read_request_headers():
+                return
+        except cheroot_errors.MaxSizeExceeded:
+            self.simple_response(
+                "431 Request Header Fields Too Large",
+                "The request's header fields are too large or too many.",
+            )
+            return
+        self.ready = True
+
+    def read_request_headers(self) -> bool:
+        self.header_reader = _HeaderReader(self.server.max_header_count)
+        if not super().read_request_headers():  # type: ignore[no-untyped-call]
+            return False
+        if not self.chunked_read and b"Transfer-Encoding" in self.inheaders:
+            # HTTP/1.0 has no chunked coding; cheroot would read the body as the next request.
+            self.simple_response(
+                "400 Bad Request", "Transfer-Encoding is not allowed on HTTP/1.0 requests."
+            )
+            return False
+        return True
+
+    def respond(self) -> None:
+        max_body = self.server.max_request_body_size
+        if self.chunked_read:
+            self.rfile = StrictChunkedReader(self.conn.rfile, max_body)
+        else:
+            length = int(self.inheaders.get(b"Content-Length", 0))
+            if max_body and length > max_body:
+                self.simple_response(
+                    "413 Content Too Large",
+                    f"The request body exceeds the limit of {max_body} bytes.",
+                )
+                return
+            self.rfile = cheroot_server.KnownLengthRFile(self.conn.rfile, length)
+        self.server.gateway(self).respond()
+        if self.ready:
+            self.ensure_headers_sent()
+        if self.chunked_write:
+            self.conn.wfile.write(b"0\r\n\r\n")
+
+    def send_headers(self) -> None:
+        if (b"Connection", b"close") in self.outheaders:
+            self.close_connection = True  # cheroot would otherwise keep reading this connection
+        if self.chunked_read and not self.rfile.closed:
+            self.close_connection = True  # an unread chunked body must not become the next request
+        super().send_headers()
+
+    def simple_response(self, status: str, msg: str = "") -> None:
+        """Answer a transport-level error with a problem document and close the connection."""
+        code = int(status[:3])
+        detail = msg or HTTPStatus(code).description
+        body = problem_body(code, detail)
+        self.close_connection = True
+        head = (
+            f"{self.server.protocol} {code} {HTTPStatus(code).phrase}\r\n"
+            f"Content-Type: {PROBLEM_CONTENT_TYPE}\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "X-Content-Type-Options: nosniff\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        try:
+            self.conn.wfile.write(head.encode("ascii") + body)
+        except OSError as error:
+            if error.args[0] not in cheroot_errors.socket_errors_to_ignore:
+                raise
+
+
+class _HeaderReader(cheroot_server.HeaderReader):
+    def __init__(self, max_count: int) -> None:
+        self.max_count = max_count
+
+    def __call__(self, rfile: Any, hdict: dict[bytes, bytes] | None = None) -> dict[bytes, bytes]:
+        headers = read_strict_headers(rfile, self.max_count)
+        if hdict is not None:
+            hdict.update(headers)
+            return hdict
+        return headers
+
+
+class _StrictConnection(cheroot_server.HTTPConnection):
+    RequestHandlerClass = StrictRequest
+
+
+class _CherootServer(cheroot_wsgi.Server):
+    ConnectionClass = _StrictConnection
+    max_header_count = 100
+
+    def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
+        logger.log(level, "%s", msg, exc_info=traceback)
+
+
+class AccessLog:
+    """WSGI middleware writing one line per request: client, method, path, status, bytes, time."""
+
+    def __init__(self, app: WSGIApp) -> None:
+        self.app = app
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterator[bytes]:
+        started = time.perf_counter()
+        status = ["-"]
+
+        def recording_start_response(status_line: str, headers: Any, exc_info: Any = None) -> Any:
+            status[0] = status_line.split(" ", 1)[0]
+            return start_response(status_line, headers, exc_info)
+
+        body = self.app(environ, recording_start_response)
+        sent = 0
+        try:
+            for chunk in body:
+                sent += len(chunk)
+                yield chunk
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+            access_logger.info(
+                '%s "%s %s" %s %d %.1fms',
+                environ.get("REMOTE_ADDR", "-"),
+                environ.get("REQUEST_METHOD", "-"),
+                environ.get("REQUEST_URI") or environ.get("PATH_INFO", "-"),
+                status[0],
+                sent,
+                (time.perf_counter() - started) * 1000,
+            )
+
+
+class Server:
+    """A cheroot server for one WSGI app, serving on a background thread until `stop()`."""
+
+    def __init__(self, app: WSGIApp, settings: ServerSettings) -> None:
+        self.settings = settings
+        self._server = _CherootServer(
+            (settings.host, settings.port),
+            AccessLog(app),
+            numthreads=settings.threads,
+            server_name=settings.server_name,
+            request_queue_size=settings.listen_backlog,
+            # cheroot's stubs say int; it passes both to settimeout/join, which take floats.
+            timeout=settings.socket_timeout_s,  # type: ignore[arg-type]
+            shutdown_timeout=settings.shutdown_timeout_s,  # type: ignore[arg-type]
+        )
+        self._server.max_request_header_size = settings.max_header_bytes
+        self._server.max_request_body_size = settings.max_body_bytes
+        self._server.max_header_count = settings.max_header_count
+        self._thread: threading.Thread | None = None
+        self.failed = threading.Event()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when the settings asked for port 0)."""
+        return int(self._server.bind_addr[1])
+
+    def start(self) -> None:
+        """Bind (raising OSError if the address is taken) and serve on a background thread."""
+        self._server.prepare()
+        self._thread = threading.Thread(target=self._serve, name="cheroot-serve", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            self._server.serve()
+        except Exception:
+            logger.exception("the server loop stopped unexpectedly")
+            self.failed.set()
+
+    def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (up to the shutdown timeout)."""
+        self._server.stop()
+        if self._thread is not None:
+            self._thread.join(self.settings.shutdown_timeout_s)
+
+
+def run_until_signalled(app: WSGIApp, settings: ServerSettings) -> int:
+    """Serve until SIGTERM or SIGINT, then stop gracefully; returns the process exit code.
+
+    cheroot must be stopped from a thread other than the one serving, so the main thread
+    only waits for the signal and the server runs on its own thread.
+    """
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        logger.info("received %s, stopping", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    server = Server(app, settings)
+    try:
+        server.start()
+    except OSError as error:
+        logger.error("cannot listen on %s:%s: %s", settings.host, settings.port, error)
+        return 1
+    logger.info("listening on http://%s:%s", settings.host, server.port)
+    while not (stop_requested.wait(0.5) or server.failed.is_set()):
+        pass
+    server.stop()
+    logger.info("stopped")
+    return 1 if server.failed.is_set() else 0
+
+
+def configure_logging(level: str) -> None:
+    """Access log lines to stdout, everything else to stderr."""
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    errors_handler = logging.StreamHandler(sys.stderr)
+    errors_handler.setFormatter(formatter)
+    errors_handler.addFilter(lambda record: record.name != access_logger.name)
+    access_handler = logging.StreamHandler(sys.stdout)
+    access_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    access_logger.addHandler(access_handler)
+    access_logger.propagate = False
+    root = logging.getLogger()
+    root.addHandler(errors_handler)
+    root.setLevel(level.upper())
