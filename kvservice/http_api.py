@@ -37,6 +37,7 @@ from kvservice.store import (
 logger = logging.getLogger("kvservice.http")
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+KEY_SEGMENT = "re:[^/_][^/]*"  # paths starting with "_" are reserved for service endpoints
 PROBLEM_TYPE_BASE = "urn:kvservice:problem:"
 
 PROBLEMS: dict[type[StoreError], tuple[int, str, str]] = {
@@ -65,7 +66,7 @@ def _problem_for(error: StoreError | BadRequest) -> tuple[int, str, str]:
 
 def create_app(store: Store) -> bottle.Bottle:
     """Build the WSGI app serving `store`; the store's limits are the app's limits."""
-    app = bottle.Bottle(catchall=True, autojson=False)
+    app = bottle.Bottle(catchall=True)
     app.uninstall(True)  # no template or JSON plugins on the hot path
     app.install(_answer_store_errors)
     app.default_error_handler = _problem_for_http_error
@@ -74,8 +75,8 @@ def create_app(store: Store) -> bottle.Bottle:
     app.route("/_health", ["GET", "HEAD"], lambda: _health(store))
     item = functools.partial(_item_route, store)
     for method, handler in ITEM_HANDLERS.items():
-        app.route("/<key>", method, functools.partial(item, handler))
-    app.route("/<key>/history", ["GET", "HEAD"], lambda key: _history(store, key))
+        app.route(f"/<key:{KEY_SEGMENT}>", method, functools.partial(item, handler))
+    app.route(f"/<key:{KEY_SEGMENT}>/history", ["GET", "HEAD"], lambda key: _history(store, key))
     return app
 
 
@@ -143,8 +144,6 @@ def _key_from_raw_path() -> str:
     cheroot's PATH_INFO (latin-1, percent-decoded) still has the byte.
     """
     segment: str = bottle.request.environ["bottle.raw_path"].split("/")[1]
-    if segment.startswith("_"):
-        raise bottle.HTTPError(404, f"No service endpoint /{segment}; /_ paths are reserved.")
     validate_key(segment)
     return segment
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -13,8 +14,18 @@ from kvservice.store import Store
 StartKV = Callable[..., str]
 
 
+@pytest.fixture(scope="session")
+def background_stops() -> Iterator[list[threading.Thread]]:
+    """Stopping a cheroot server waits up to 0.5 s for its selector loop; do it off the test's
+    critical path and wait for all of them once, at the end of the session."""
+    stops: list[threading.Thread] = []
+    yield stops
+    for stop in stops:
+        stop.join()
+
+
 @pytest.fixture
-def start_kv() -> Iterator[StartKV]:
+def start_kv(background_stops: list[threading.Thread]) -> Iterator[StartKV]:
     """Start kvservice servers with custom Store/ServerSettings arguments; returns the base URL."""
     servers: list[Server] = []
 
@@ -29,7 +40,9 @@ def start_kv() -> Iterator[StartKV]:
 
     yield start
     for server in servers:
-        server.stop()
+        stop = threading.Thread(target=server.stop)
+        stop.start()
+        background_stops.append(stop)
 
 
 @pytest.fixture
