@@ -74,12 +74,15 @@ def log_level(text: str) -> str:
 
 def _named(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
     # argparse names the type in its error message: "invalid <name> value: 'x'".
-    parse.__name__ = name
-    return parse
+    def named_parse(text: str) -> Any:
+        return parse(text)
+
+    named_parse.__name__ = name
+    return named_parse
 
 
 OPTIONS = (
-    Option("--host", "KV_HOST", "host", str, "address to listen on"),
+    Option("--host", "KV_HOST", "host", _named(str, "address"), "address to listen on"),
     Option("--port", "KV_PORT", "port", _named(port_number, "port"), "TCP port"),
     Option(
         "--history-window",
