@@ -27,10 +27,11 @@ KEY_PATTERN = re.compile(r"[A-Za-z0-9]{1,255}")
 MAX_KEY_LENGTH = 255
 MATCH_ANY = "*"
 
-# Rough CPython costs of the structures behind a key and a history entry (dict slot, record,
-# key string header; entry object, timestamp int, queue slot). Charging them keeps the budget
-# close to real memory even for tiny values.
-KEY_OVERHEAD_BYTES = 200
+# CPython's cost of the structures behind a key (dict slot, record, Value, ETag, key header)
+# and behind a history entry (entry object, timestamp, list and queue slots), measured with
+# tracemalloc on CPython 3.11. Charging them keeps the budget close to real memory even when
+# values are tiny.
+KEY_OVERHEAD_BYTES = 240
 ENTRY_OVERHEAD_BYTES = 100
 
 
