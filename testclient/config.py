@@ -1,0 +1,155 @@
+"""The test client's configuration: one frozen dataclass, built once from flags with env fallbacks.
+
+This is the only module of testclient that reads the environment. The value parsers and the
+`Option` record are kvservice's, so both programs accept and refuse the same spellings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from kvservice.config import Option, log_level, port_number, positive_float
+from testclient.checks import ALL_CHECKS
+
+RUN, SERVE = "run", "serve"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a test client process."""
+
+    command: str = RUN
+    checks: tuple[str, ...] = ()
+    """The checks `run` runs, in order; empty means all of them."""
+    kv_url: str = "http://localhost:3000"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    connect_timeout_s: float = 2.0
+    read_timeout_s: float = 5.0
+    log_level: str = "INFO"
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        """(connect, read) seconds for each request to the kvservice."""
+        return self.connect_timeout_s, self.read_timeout_s
+
+
+def http_url(text: str) -> str:
+    """An http(s) base URL without query or fragment, trailing slash removed, for argparse."""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r} is not an http:// or https:// URL with a host")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{text!r} has a query or fragment; give the service's base URL")
+    return text.rstrip("/")
+
+
+def _named(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
+    # argparse names the type in its errors ("invalid port value: 'x'") and in the usage line.
+    def named_parse(text: str) -> T:
+        return parse(text)
+
+    named_parse.__name__ = name
+    return named_parse
+
+
+COMMON_OPTIONS = (
+    Option(
+        "--kv-url",
+        "KV_URL",
+        "kv_url",
+        _named(http_url, "url"),
+        "base URL of the kvservice to check",
+    ),
+    Option(
+        "--connect-timeout",
+        "TESTCLIENT_CONNECT_TIMEOUT",
+        "connect_timeout_s",
+        _named(positive_float, "seconds"),
+        "seconds to wait for a connection to the kvservice",
+    ),
+    Option(
+        "--read-timeout",
+        "TESTCLIENT_READ_TIMEOUT",
+        "read_timeout_s",
+        _named(positive_float, "seconds"),
+        "seconds to wait for each answer of the kvservice",
+    ),
+    Option(
+        "--log-level",
+        "TESTCLIENT_LOG_LEVEL",
+        "log_level",
+        _named(log_level, "level"),
+        "DEBUG, INFO, WARNING or ERROR",
+    ),
+)
+SERVE_OPTIONS = (
+    Option("--host", "TESTCLIENT_HOST", "host", _named(str, "address"), "address to listen on"),
+    Option(
+        "--port", "TESTCLIENT_PORT", "port", _named(port_number, "port"), "TCP port to listen on"
+    ),
+)
+
+
+def _add_options(
+    parser: argparse.ArgumentParser, options: Sequence[Option], environ: Mapping[str, str]
+) -> None:
+    defaults = Config()
+    for option in options:
+        default = getattr(defaults, option.field)
+        env_value = environ.get(option.env)
+        parser.add_argument(
+            option.flag,
+            dest=option.field,
+            type=option.parse,
+            metavar=getattr(option.parse, "__name__", "VALUE").upper(),
+            # argparse runs `type` on string defaults, so bad environment values fail like flags.
+            default=env_value if env_value is not None else default,
+            help=f"{option.help} (env {option.env}, default {default})",
+        )
+
+
+def build_parser(
+    environ: Mapping[str, str], check_names: Collection[str]
+) -> argparse.ArgumentParser:
+    """The command-line parser: `run [CHECK ...]` and `serve`, defaults from the environment."""
+    parser = argparse.ArgumentParser(
+        prog="testclient",
+        description="Checks that a running kvservice keeps its promises.",
+        epilog="exit codes of run: 0 all passed, 1 a check failed, 2 usage error, "
+        "3 the kvservice was unreachable",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser(RUN, help="run checks once and print a report")
+    run.add_argument(
+        "checks",
+        nargs="*",
+        metavar="CHECK",
+        help=f"checks to run (default: all): {', '.join(check_names)}, {ALL_CHECKS}",
+    )
+    _add_options(run, COMMON_OPTIONS, environ)
+    serve = commands.add_parser(SERVE, help="serve the checks over HTTP until SIGTERM")
+    _add_options(serve, SERVE_OPTIONS + COMMON_OPTIONS, environ)
+    return parser
+
+
+def load_config(
+    check_names: Collection[str],
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Parse flags over environment over defaults; exits with a usage error (2) on bad values."""
+    parser = build_parser(os.environ if environ is None else environ, check_names)
+    settings = vars(parser.parse_args(argv))
+    requested = settings.pop("checks", [])
+    unknown = [name for name in requested if name not in check_names and name != ALL_CHECKS]
+    if unknown:
+        parser.error(f"unknown check {', '.join(unknown)}; choose from {', '.join(check_names)}")
+    checks = () if ALL_CHECKS in requested else tuple(dict.fromkeys(requested))
+    return Config(checks=checks, **settings)
