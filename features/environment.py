@@ -1,0 +1,145 @@
+"""behave hooks: where the services under test come from.
+
+Default mode starts kvservice and testclient as subprocesses on free loopback ports, waits
+until they are healthy, and stops them by PID at the end; a failing scenario prints the tail
+of their logs. Target mode runs the same features against services that are already running:
+
+    behave -D kv_url=http://127.0.0.1:3000 -D testclient_url=http://127.0.0.1:8000 features/
+    KV_URL=... TESTCLIENT_URL=... behave features/
+
+Scenarios tagged @short_window need a kvservice whose history window is a few seconds. Default
+mode starts one for them. In target mode pass one with `-D short_window_kv_url=URL` and its
+window with `-D short_window_s=SECONDS`; without them those scenarios are skipped, saying why.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+from behave.model import Scenario
+from behave.runner import Context
+
+SHORT_WINDOW_S = 2.0
+STARTUP_TIMEOUT_S = 15.0
+LOG_TAIL_LINES = 40
+
+
+class Service:
+    """A service started by these hooks: its process, URL and log file."""
+
+    def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
+        self.name = name
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", *args, "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_until_healthy(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                if requests.get(f"{self.url}/_health", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not become healthy:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM by PID; SIGKILL if it has not exited within 10 s."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+    def log_tail(self) -> str:
+        lines = self.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        return "\n".join(f"  {self.name}| {line}" for line in lines)
+
+
+def before_all(context: Context) -> None:
+    userdata = context.config.userdata
+    context.services = {}
+    context.log_dir = Path(tempfile.mkdtemp(prefix="kvservice-features-"))
+    kv_url = userdata.get("kv_url") or os.environ.get("KV_URL")
+    testclient_url = userdata.get("testclient_url") or os.environ.get("TESTCLIENT_URL")
+    context.target_mode = bool(kv_url or testclient_url)
+    if context.target_mode:
+        if not (kv_url and testclient_url):
+            raise SystemExit("target mode needs both kv_url and testclient_url")
+        context.kv_url, context.testclient_url = kv_url.rstrip("/"), testclient_url.rstrip("/")
+        context.short_window_kv_url = userdata.get("short_window_kv_url")
+        context.short_window_s = float(userdata.get("short_window_s", SHORT_WINDOW_S))
+        print(f"target mode: kvservice {context.kv_url}, testclient {context.testclient_url}")
+        return
+    kv = _start(context, "kvservice", ["kvservice"])
+    testclient = _start(context, "testclient", ["testclient", "serve", "--kv-url", kv.url])
+    context.kv_url, context.testclient_url = kv.url, testclient.url
+    context.short_window_kv_url = None  # started on first use
+    context.short_window_s = SHORT_WINDOW_S
+
+
+def before_scenario(context: Context, scenario: Scenario) -> None:
+    # Every scenario gets its own keys, so runs against a shared service cannot collide.
+    context.key_suffix = secrets.token_hex(4)
+    context.remembered: dict[str, Any] = {}
+    context.response = None
+    context.use_short_window = False
+    if "short_window" in scenario.effective_tags:
+        if context.short_window_kv_url is None and not context.target_mode:
+            short = _start(
+                context,
+                "kvservice-short-window",
+                ["kvservice", "--history-window", str(SHORT_WINDOW_S)],
+            )
+            context.short_window_kv_url = short.url
+        if context.short_window_kv_url is None:
+            scenario.skip(
+                "needs a kvservice with a short history window: "
+                "pass -D short_window_kv_url=URL -D short_window_s=SECONDS"
+            )
+
+
+def after_scenario(context: Context, scenario: Scenario) -> None:
+    if scenario.status == "failed":
+        for service in context.services.values():
+            print(f"\n--- last lines of the {service.name} log ({service.log_path}) ---")
+            print(service.log_tail())
+
+
+def after_all(context: Context) -> None:
+    for service in context.services.values():
+        service.stop()
+
+
+def _start(context: Context, name: str, args: list[str]) -> Service:
+    service = Service(name, args, context.log_dir)
+    context.services[name] = service
+    service.wait_until_healthy()
+    return service
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
