@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 from kvservice.config import Config, load_config
 from kvservice.http_api import create_app
-from kvservice.server import ServerSettings, configure_logging, run_until_signalled
+from kvservice.lifecycle import run_until_signalled
+from kvservice.server import Server, ServerSettings, configure_logging
 from kvservice.store import Store
 
 
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(argv)
     configure_logging(config.log_level)
     app = create_app(build_store(config))
-    return run_until_signalled(app, server_settings(config))
+    return run_until_signalled([Server(app, server_settings(config))])
 
 
 if __name__ == "__main__":

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import logging
 import re
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
-from types import FrameType
 from typing import Any
 
 from cheroot import errors as cheroot_errors
@@ -318,9 +316,17 @@ class Server:
         """The bound port (useful when the settings asked for port 0)."""
         return int(self._server.bind_addr[1])
 
+    @property
+    def url(self) -> str:
+        """The address it serves, as a URL."""
+        return f"http://{self.settings.host}:{self.port}"
+
     def start(self) -> None:
         """Bind (raising OSError if the address is taken) and serve on a background thread."""
-        self._server.prepare()
+        try:
+            self._server.prepare()
+        except OSError as error:
+            raise OSError(f"{self.settings.host}:{self.settings.port}: {error}") from error
         self._thread = threading.Thread(target=self._serve, name="cheroot-serve", daemon=True)
         self._thread.start()
 
@@ -336,34 +342,6 @@ class Server:
         self._server.stop()
         if self._thread is not None:
             self._thread.join(self.settings.shutdown_timeout_s)
-
-
-def run_until_signalled(app: WSGIApp, settings: ServerSettings) -> int:
-    """Serve until SIGTERM or SIGINT, then stop gracefully; returns the process exit code.
-
-    cheroot must be stopped from a thread other than the one serving, so the main thread
-    only waits for the signal and the server runs on its own thread.
-    """
-    stop_requested = threading.Event()
-
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
-        logger.info("received %s, stopping", signal.Signals(signum).name)
-        stop_requested.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    server = Server(app, settings)
-    try:
-        server.start()
-    except OSError as error:
-        logger.error("cannot listen on %s:%s: %s", settings.host, settings.port, error)
-        return 1
-    logger.info("listening on http://%s:%s", settings.host, server.port)
-    while not (stop_requested.wait(0.5) or server.failed.is_set()):
-        pass
-    server.stop()
-    logger.info("stopped")
-    return 1 if server.failed.is_set() else 0
 
 
 def configure_logging(level: str) -> None:

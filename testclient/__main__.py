@@ -17,7 +17,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from kvservice.server import ServerSettings, configure_logging, run_until_signalled
+from kvservice.lifecycle import run_until_signalled
+from kvservice.server import Server, ServerSettings, configure_logging
 from testclient.checks import CHECKS, CheckResult, Step, Verdict, overall_verdict, run_checks
 from testclient.config import RUN, SERVE, Config, load_config
 from testclient.http_api import create_app
@@ -48,7 +49,7 @@ def serve_command(config: Config, client: KVClient) -> int:
     settings = ServerSettings(
         host=config.host, port=config.port, threads=SERVE_THREADS, server_name="testclient"
     )
-    return run_until_signalled(create_app(client, config.kv_url), settings)
+    return run_until_signalled([Server(create_app(client, config.kv_url), settings)])
 
 
 COMMANDS: dict[str, Callable[[Config, KVClient], int]] = {RUN: run_command, SERVE: serve_command}

@@ -242,7 +242,7 @@ def test_port_in_use_is_a_clear_error() -> None:
             timeout=10,
         )
         assert second.returncode == 1
-        assert "cannot listen on" in second.stderr
+        assert f"cannot listen: 127.0.0.1:{port}" in second.stderr
     finally:
         process.terminate()
         process.communicate(timeout=10)

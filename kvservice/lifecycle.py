@@ -1,0 +1,72 @@
+"""Runs a set of servers (one per transport) until SIGTERM or SIGINT, then stops them.
+
+The servers run on their own threads; the main thread only waits for a signal, because
+stopping cheroot from a signal handler on its serving thread deadlocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import Protocol
+
+logger = logging.getLogger("kvservice.lifecycle")
+
+
+class Runnable(Protocol):
+    """A server that serves on background threads between `start()` and `stop()`."""
+
+    failed: threading.Event
+    """Set when the server stopped serving on its own (the process then exits 1)."""
+
+    @property
+    def url(self) -> str:
+        """Where it listens, for the log: http://host:port, redis://host:port, ..."""
+        ...
+
+    def start(self) -> None:
+        """Bind and start serving; raises OSError if the address cannot be used."""
+        ...
+
+    def stop(self) -> None:
+        """Stop accepting and let in-flight requests finish, within a bounded time."""
+        ...
+
+
+def run_until_signalled(servers: Sequence[Runnable]) -> int:
+    """Start every server, wait for SIGTERM or SIGINT, stop them all; returns the exit code."""
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        logger.info("received %s, stopping", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    started: list[Runnable] = []
+    try:
+        for server in servers:
+            server.start()
+            started.append(server)
+            logger.info("listening on %s", server.url)
+    except OSError as error:
+        logger.error("cannot listen: %s", error)
+        _stop_all(started)
+        return 1
+    while not stop_requested.wait(0.5):
+        if any(server.failed.is_set() for server in started):
+            break
+    _stop_all(started)
+    logger.info("stopped")
+    return 1 if any(server.failed.is_set() for server in started) else 0
+
+
+def _stop_all(servers: Sequence[Runnable]) -> None:
+    stoppers = [threading.Thread(target=server.stop) for server in servers]
+    for stopper in stoppers:
+        stopper.start()
+    for stopper in stoppers:
+        stopper.join()
