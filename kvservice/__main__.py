@@ -30,6 +30,8 @@ def server_settings(config: Config) -> ServerSettings:
         threads=config.threads,
         listen_backlog=config.listen_backlog,
         socket_timeout_s=config.socket_timeout_s,
+        request_timeout_s=config.request_timeout_s,
+        max_connections=config.max_connections,
         max_header_bytes=config.max_header_bytes,
         max_body_bytes=max(64 * 1024, 2 * config.max_value_bytes),
     )

@@ -26,6 +26,8 @@ class Config:
     threads: int = 32
     listen_backlog: int = 1024
     socket_timeout_s: float = 10.0
+    request_timeout_s: float = 10.0
+    max_connections: int = 1000
     max_header_bytes: int = 16 * 1024
     log_level: str = "INFO"
 
@@ -124,7 +126,21 @@ OPTIONS = (
         "KV_SOCKET_TIMEOUT",
         "socket_timeout_s",
         _named(positive_float, "seconds"),
-        "how long a connection may sit idle or stall",
+        "how long a connection may sit idle, or a read or write stall",
+    ),
+    Option(
+        "--request-timeout",
+        "KV_REQUEST_TIMEOUT",
+        "request_timeout_s",
+        _named(positive_float, "seconds"),
+        "how long a request may take to arrive once it started; then 408",
+    ),
+    Option(
+        "--max-connections",
+        "KV_MAX_CONNECTIONS",
+        "max_connections",
+        _named(positive_int, "count"),
+        "open connections at most; more get 503",
     ),
     Option(
         "--max-header-bytes",

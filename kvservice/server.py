@@ -10,8 +10,10 @@ configuration taken from `ServerSettings`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import socket
 import sys
 import threading
 import time
@@ -24,6 +26,12 @@ from cheroot import errors as cheroot_errors
 from cheroot import server as cheroot_server
 from cheroot import wsgi as cheroot_wsgi
 
+from kvservice.gate import (
+    HEX_DIGITS,
+    MAX_CHUNK_LINE_BYTES,
+    GatedConnectionManager,
+    gated_makefile,
+)
 from kvservice.problems import PROBLEM_CONTENT_TYPE, problem_body
 
 WSGIApp = Callable[..., Iterable[bytes]]
@@ -33,9 +41,7 @@ logger = logging.getLogger("kvservice.server")
 
 CRLF = b"\r\n"
 _DIGITS = re.compile(rb"[0-9]+")
-_HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]+")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_MAX_CHUNK_LINE_BYTES = 1024
 _MAX_TRAILER_LINES = 32
 # List-valued fields (RFC 9110 section 5.3) that may be repeated and are joined with commas.
 _LIST_HEADERS = frozenset(
@@ -57,6 +63,8 @@ class ServerSettings:
     max_header_bytes: int = 16 * 1024
     max_header_count: int = 100
     max_body_bytes: int = 64 * 1024
+    max_connections: int = 1000
+    request_timeout_s: float = 10.0
     server_name: str = "kvservice"
 
 
@@ -117,12 +125,12 @@ class StrictChunkedReader(cheroot_server.ChunkedRFile):
     def _fetch(self) -> None:
         if self.closed:
             return
-        line = self.rfile.readline(_MAX_CHUNK_LINE_BYTES)
+        line = self.rfile.readline(MAX_CHUNK_LINE_BYTES)
         if not line.endswith(CRLF):
             raise ValueError("Bad chunked transfer coding: chunk-size line is malformed.")
         self.bytes_read += len(line)
         size_text = line[:-2].split(b";", 1)[0].strip(b" \t")
-        if not _HEX_DIGITS.fullmatch(size_text) or len(size_text) > 8:
+        if not HEX_DIGITS.fullmatch(size_text):
             raise ValueError(f"Bad chunked transfer coding: chunk size {size_text!r}.")
         chunk_size = int(size_text, 16)
         if chunk_size == 0:
@@ -139,7 +147,7 @@ class StrictChunkedReader(cheroot_server.ChunkedRFile):
 
     def _read_trailers(self) -> None:
         for _ in range(_MAX_TRAILER_LINES):
-            line = self.rfile.readline(_MAX_CHUNK_LINE_BYTES)
+            line = self.rfile.readline(MAX_CHUNK_LINE_BYTES)
             if line == CRLF:
                 return
             if not line.endswith(CRLF):
@@ -211,22 +219,25 @@ class StrictRequest(cheroot_server.HTTPRequest):
 
     def simple_response(self, status: str, msg: str = "") -> None:
         """Answer a transport-level error with a problem document and close the connection."""
-        code = int(status[:3])
-        detail = msg or HTTPStatus(code).description
-        body = problem_body(code, detail)
         self.close_connection = True
-        head = (
-            f"{self.server.protocol} {code} {HTTPStatus(code).phrase}\r\n"
-            f"Content-Type: {PROBLEM_CONTENT_TYPE}\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            "X-Content-Type-Options: nosniff\r\n"
-            "Connection: close\r\n\r\n"
-        )
         try:
-            self.conn.wfile.write(head.encode("ascii") + body)
+            self.conn.wfile.write(error_response(int(status[:3]), msg))
         except OSError as error:
             if error.args[0] not in cheroot_errors.socket_errors_to_ignore:
                 raise
+
+
+def error_response(code: int, detail: str) -> bytes:
+    """A whole HTTP/1.1 error response with a problem body; it announces the connection closes."""
+    body = problem_body(code, detail or HTTPStatus(code).description)
+    head = (
+        f"HTTP/1.1 {code} {HTTPStatus(code).phrase}\r\n"
+        f"Content-Type: {PROBLEM_CONTENT_TYPE}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "X-Content-Type-Options: nosniff\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
 
 
 class _HeaderReader(cheroot_server.HeaderReader):
@@ -242,12 +253,43 @@ class _HeaderReader(cheroot_server.HeaderReader):
 
 
 class _StrictConnection(cheroot_server.HTTPConnection):
+    """A connection whose reads go through the gate and whose close is counted."""
+
     RequestHandlerClass = StrictRequest
+
+    def __init__(self, server: Any, sock: socket.socket, makefile: Any = None) -> None:
+        super().__init__(server, sock, gated_makefile)
+        self._closed = False
+
+    def refuse(self, code: int, detail: str) -> None:
+        """Answer with an error before any request was served, then close."""
+        with contextlib.suppress(OSError):
+            self.socket.sendall(error_response(code, detail))
+        self.close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.server.connections.connection_closed()
+        super().close()
 
 
 class _CherootServer(cheroot_wsgi.Server):
     ConnectionClass = _StrictConnection
     max_header_count = 100
+    max_connections = 1000
+    request_timeout = 10.0
+    _connections: GatedConnectionManager
+
+    def prepare(self) -> None:
+        super().prepare()
+        self._connections._selector.close()  # replaced, with the listening socket, by the gate
+        self._connections = GatedConnectionManager(self)
+
+    @property
+    def connections(self) -> GatedConnectionManager:
+        """The gate, which also counts open connections."""
+        return self._connections
 
     def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
         logger.log(level, "%s", msg, exc_info=traceback)
@@ -308,6 +350,10 @@ class Server:
         self._server.max_request_header_size = settings.max_header_bytes
         self._server.max_request_body_size = settings.max_body_bytes
         self._server.max_header_count = settings.max_header_count
+        self._server.max_connections = settings.max_connections
+        self._server.request_timeout = settings.request_timeout_s
+        # Idle kept-alive connections wait in the selector at no cost; only the total counts.
+        self._server.keep_alive_conn_limit = settings.max_connections
         self._thread: threading.Thread | None = None
         self.failed = threading.Event()
 

@@ -1,0 +1,266 @@
+"""Keeps each connection in cheroot's selector until its whole request has arrived.
+
+Stock cheroot hands every new connection to a worker thread at once, and the worker then
+blocks reading the request; the socket timeout restarts with every byte. So a client that
+opens a connection and says nothing, or trickles a byte a second, holds a worker, and as
+many such clients as there are workers stop the server for everyone.
+
+Here the selector thread reads whatever has arrived, without blocking, into the
+connection's `GateReader`. A worker gets the connection only when the request head and a
+body of known length are complete (or when more has arrived than the limits allow, so the
+worker can refuse it at once). A request that is not complete within `request_timeout_s` of
+its first byte gets a 408; a connection that stays silent is closed after the idle timeout;
+connections past `max_connections` get a 503. Workers therefore only ever serve requests
+that are already in memory, and slow clients cost a selector slot and a buffer, not a thread.
+
+Chunked bodies are handed over once the terminating chunk is seen, or once more than the
+body limit has arrived; a chunked body trickled slower than that still holds its worker for
+up to the socket timeout per read.
+"""
+
+from __future__ import annotations
+
+import _pyio  # type: ignore[import-not-found]  # cheroot's reader base; it has no stubs
+import logging
+import re
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cheroot import connections as cheroot_connections
+from cheroot import makefile as cheroot_makefile
+
+logger = logging.getLogger("kvservice.gate")
+
+_RECEIVE_BYTES = 65536
+_HEAD_END = b"\r\n\r\n"
+_CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:(.*)$", re.I | re.M)
+_TRANSFER_ENCODING = re.compile(rb"^transfer-encoding[ \t]*:", re.I | re.M)
+HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]{1,8}")
+MAX_CHUNK_LINE_BYTES = 1024
+
+
+class _GateRaw(_pyio.RawIOBase):  # type: ignore[misc]
+    """A socket's read side, serving first the bytes the selector thread already received."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.pending = bytearray()
+        self._socket_io = socket.SocketIO(sock, "rb")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        if self.pending:
+            count = min(len(buffer), len(self.pending))
+            buffer[:count] = self.pending[:count]
+            del self.pending[:count]
+            return count
+        return self._socket_io.readinto(buffer)
+
+    def close(self) -> None:
+        self._socket_io.close()
+        super().close()
+
+
+class GateReader(_pyio.BufferedReader):  # type: ignore[misc]
+    """The connection's `rfile`: cheroot's reader interface over a `_GateRaw`."""
+
+    def __init__(self, sock: socket.socket, bufsize: int = _pyio.DEFAULT_BUFFER_SIZE) -> None:
+        self.gate = _GateRaw(sock)
+        super().__init__(self.gate, bufsize)
+        self.bytes_read = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        data: bytes = super().read(size)
+        self.bytes_read += len(data)
+        return data
+
+    def has_data(self) -> bool:
+        """True if bytes are buffered here or waiting in the gate."""
+        return bool(self._buffered() or self.gate.pending)
+
+    def unread_buffered(self) -> None:
+        """Give bytes read ahead (a pipelined request) back to the gate, in front."""
+        buffered = self._buffered()
+        if buffered:
+            self.gate.pending[:0] = super().read1(buffered)
+
+    def _buffered(self) -> int:
+        # The same private fields cheroot's own reader reads for has_data().
+        return len(self._read_buf) - int(self._read_pos)
+
+
+def gated_makefile(sock: socket.socket, mode: str = "r", bufsize: int = 8192) -> Any:
+    """cheroot's MakeFile, with the gate on the read side."""
+    if "r" in mode:
+        return GateReader(sock, bufsize)
+    return cheroot_makefile.MakeFile(sock, mode, bufsize)
+
+
+def request_is_complete(pending: bytes | bytearray, max_head: int, max_body: int) -> bool:
+    """Whether a worker should take the request now: it is whole, over a limit, or malformed.
+
+    Anything this cannot frame with certainty is handed over at once, and the worker's
+    strict parser answers it; waiting is only for requests that are well-formed so far.
+    """
+    head_end = pending.find(_HEAD_END)
+    if head_end < 0:
+        return len(pending) > max_head
+    head = bytes(pending[:head_end])
+    body = bytes(pending[head_end + len(_HEAD_END) :])
+    lengths = _CONTENT_LENGTH.findall(head)
+    chunked = _TRANSFER_ENCODING.search(head) is not None
+    if len(body) > max_body or len(lengths) + chunked != 1:
+        return True  # too much already, no body, or ambiguous framing
+    if chunked:
+        return chunked_body_complete(body)
+    length = lengths[0].strip(b" \t\r")
+    return not length.isdigit() or int(length) > max_body or len(body) >= int(length)
+
+
+def chunked_body_complete(body: bytes) -> bool:
+    """True once a chunked body has ended (trailers included) or shown itself malformed."""
+    position = 0
+    while True:
+        line_end = body.find(b"\r\n", position)
+        if line_end < 0:
+            return len(body) - position > MAX_CHUNK_LINE_BYTES
+        size_text = body[position:line_end].split(b";", 1)[0].strip(b" \t")
+        if not HEX_DIGITS.fullmatch(size_text):
+            return True
+        size = int(size_text, 16)
+        if size == 0:
+            trailers = body[line_end + 2 :]
+            return trailers.startswith(b"\r\n") or b"\r\n\r\n" in trailers
+        data_end = line_end + 2 + size
+        if len(body) < data_end + 2:
+            return False
+        if body[data_end : data_end + 2] != b"\r\n":
+            return True
+        position = data_end + 2
+
+
+class GatedConnectionManager(cheroot_connections.ConnectionManager):
+    """cheroot's connection manager, handing a connection to a worker only with a whole request.
+
+    Runs on the server's selector thread, except `put()`, which workers call to hand a
+    kept-alive connection back.
+    """
+
+    # cheroot's internals this class builds on; its type stubs leave them out.
+    server: Any
+    _selector: Any
+    _stop_requested: bool
+    _remove_invalid_sockets: Callable[[], None]
+    _from_server_socket: Callable[[socket.socket], Any]
+
+    def __init__(self, server: Any) -> None:
+        super().__init__(server)
+        self._open_connections = 0
+        self._count_lock = threading.Lock()
+
+    # -- accounting: `_admit` counts every accepted connection, its close() uncounts it ----
+
+    def connection_closed(self) -> None:
+        """Called once per connection when it closes, wherever that happens."""
+        with self._count_lock:
+            self._open_connections -= 1
+
+    @property
+    def open_connections(self) -> int:
+        """Connections accepted and not yet closed: waiting, in the gate or being served."""
+        return self._open_connections
+
+    # -- the selector loop ------------------------------------------------------------------
+
+    def _run(self, expiration_interval: float) -> None:
+        last_expiration_check = time.time()
+        while not self._stop_requested:
+            try:
+                ready = self._selector.select(timeout=expiration_interval)
+            except OSError:
+                self._remove_invalid_sockets()
+                continue
+            for sock_fd, conn in ready:
+                if conn is self.server:
+                    new_conn = self._from_server_socket(self.server.socket)
+                    if new_conn is not None:
+                        self._admit(new_conn)
+                else:
+                    self._receive(sock_fd, conn)
+            now = time.time()
+            if now - last_expiration_check > expiration_interval:
+                self._expire(threshold=now - self.server.timeout)
+                last_expiration_check = now
+
+    def _admit(self, conn: Any) -> None:
+        with self._count_lock:
+            self._open_connections += 1
+            over_capacity = self._open_connections > self.server.max_connections
+        if over_capacity:
+            conn.refuse(503, "The server is at its connection limit; retry shortly.")
+            return
+        self._wait_for_request(conn)
+
+    def put(self, conn: Any) -> None:
+        """A worker is done with a kept-alive connection: wait for its next request."""
+        conn.rfile.unread_buffered()
+        self._wait_for_request(conn)
+
+    def _wait_for_request(self, conn: Any) -> None:
+        conn.last_used = time.time()
+        pending = conn.rfile.gate.pending
+        if pending and self._is_complete(pending):
+            self.server.process_conn(conn)
+            return
+        conn.request_deadline = conn.last_used + self.server.request_timeout
+        self._selector.register(conn.socket.fileno(), selectors.EVENT_READ, data=conn)
+
+    def _receive(self, sock_fd: int, conn: Any) -> None:
+        try:
+            data = conn.socket.recv(_RECEIVE_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client closed, or the connection broke
+            self._selector.unregister(sock_fd)
+            conn.close()
+            return
+        pending = conn.rfile.gate.pending
+        if not pending:
+            conn.request_deadline = time.time() + self.server.request_timeout
+        pending += data
+        conn.last_used = time.time()
+        if self._is_complete(pending):
+            self._selector.unregister(sock_fd)
+            self.server.process_conn(conn)
+
+    def _is_complete(self, pending: bytearray) -> bool:
+        server = self.server
+        return request_is_complete(
+            pending, server.max_request_header_size, server.max_request_body_size
+        )
+
+    def _expire(self, threshold: float) -> None:
+        """Close silent connections after the idle timeout; answer stalled requests with 408."""
+        now = time.time()
+        expired = [
+            (sock_fd, conn)
+            for sock_fd, conn in self._selector.connections
+            if conn is not self.server
+            and (
+                (conn.rfile.gate.pending and now > conn.request_deadline)
+                or (not conn.rfile.gate.pending and conn.last_used < threshold)
+            )
+        ]
+        for sock_fd, conn in expired:
+            self._selector.unregister(sock_fd)
+            if conn.rfile.gate.pending:
+                conn.refuse(408, "The request did not arrive in time.")
+            else:
+                conn.close()
