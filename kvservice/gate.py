@@ -162,6 +162,8 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
         super().__init__(server)
         self._open_connections = 0
         self._count_lock = threading.Lock()
+        self._drain_deadline: float | None = None
+        self._accepting = True
 
     # -- accounting: `_admit` counts every accepted connection, its close() uncounts it ----
 
@@ -177,11 +179,46 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
 
     # -- the selector loop ------------------------------------------------------------------
 
+    def stop(self) -> None:
+        """Drain, then stop the selector loop: called from the thread stopping the server.
+
+        New connections are no longer accepted and idle ones are closed at once; requests that
+        have started to arrive get until `drain_timeout` to complete and be served. Whatever
+        is still incomplete then is answered 503.
+        """
+        self._drain_deadline = time.time() + self.server.drain_timeout
+        while self._serving and time.time() < self._drain_deadline and self._partial_requests():
+            time.sleep(0.01)
+        super().stop()
+        for sock_fd, conn in list(self._selector.connections):
+            if conn is not self.server:
+                self._selector.unregister(sock_fd)
+                conn.refuse(503, "The server is shutting down; retry elsewhere or later.")
+
+    def _partial_requests(self) -> bool:
+        return any(
+            conn is not self.server and conn.rfile.gate.pending
+            for _, conn in self._selector.connections
+        )
+
+    def _start_draining(self) -> None:
+        """Stop accepting and close the idle connections (selector thread)."""
+        self._accepting = False
+        self._selector.unregister(self.server.socket.fileno())
+        for sock_fd, conn in list(self._selector.connections):
+            if not conn.rfile.gate.pending:
+                self._selector.unregister(sock_fd)
+                conn.close()
+
     def _run(self, expiration_interval: float) -> None:
         last_expiration_check = time.time()
         while not self._stop_requested:
+            if self._drain_deadline is not None and self._accepting:
+                self._start_draining()
+            # While draining, look often: the thread stopping the server is waiting.
+            timeout = expiration_interval if self._accepting else 0.01
             try:
-                ready = self._selector.select(timeout=expiration_interval)
+                ready = self._selector.select(timeout=timeout)
             except OSError:
                 self._remove_invalid_sockets()
                 continue

@@ -59,7 +59,8 @@ class ServerSettings:
     threads: int = 32
     listen_backlog: int = 1024
     socket_timeout_s: float = 10.0
-    shutdown_timeout_s: float = 5.0
+    drain_timeout_s: float = 2.0
+    shutdown_timeout_s: float = 2.5
     max_header_bytes: int = 16 * 1024
     max_header_count: int = 100
     max_body_bytes: int = 64 * 1024
@@ -279,6 +280,7 @@ class _CherootServer(cheroot_wsgi.Server):
     max_header_count = 100
     max_connections = 1000
     request_timeout = 10.0
+    drain_timeout = 2.0
     _connections: GatedConnectionManager
 
     def prepare(self) -> None:
@@ -352,6 +354,7 @@ class Server:
         self._server.max_header_count = settings.max_header_count
         self._server.max_connections = settings.max_connections
         self._server.request_timeout = settings.request_timeout_s
+        self._server.drain_timeout = settings.drain_timeout_s
         # Idle kept-alive connections wait in the selector at no cost; only the total counts.
         self._server.keep_alive_conn_limit = settings.max_connections
         self._thread: threading.Thread | None = None
@@ -384,7 +387,8 @@ class Server:
             self.failed.set()
 
     def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish (up to the shutdown timeout)."""
+        """Stop accepting, let requests that started arriving finish (up to the drain timeout),
+        then let workers finish what they serve (up to the shutdown timeout)."""
         self._server.stop()
         if self._thread is not None:
             self._thread.join(self.settings.shutdown_timeout_s)

@@ -1,0 +1,66 @@
+"""SIGTERM with in-flight, idle and slow connections: every started request is answered, exit 0 in 5 s."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+from tests.rawhttp import parse_responses
+from tests.reliability.service import kvservice_process
+
+IN_FLIGHT = 10
+IDLE = 50
+SLOW = 20
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return received
+
+
+def test_sigterm_answers_in_flight_requests_and_exits_promptly() -> None:
+    with kvservice_process() as kv:
+        idle = [connect(kv.port) for _ in range(IDLE)]
+        slow = [connect(kv.port) for _ in range(SLOW)]
+        for sock in slow:
+            sock.sendall(b"GET /k HTTP/1.1\r\nHo")  # and never more
+        in_flight = [connect(kv.port) for _ in range(IN_FLIGHT)]
+        for index, sock in enumerate(in_flight):
+            sock.sendall(b"PUT /k%d HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nhal" % index)
+        time.sleep(0.3)
+
+        started = time.monotonic()
+        os.kill(kv.process.pid, signal.SIGTERM)
+        time.sleep(0.5)  # the server is draining: the rest of each body arrives only now
+        for sock in in_flight:
+            sock.sendall(b"f!!")
+        in_flight_answers = [parse_responses(read_until_closed(sock)) for sock in in_flight]
+        slow_answers = [read_until_closed(sock) for sock in slow]
+        idle_answers = [read_until_closed(sock) for sock in idle]
+        exit_code = kv.process.wait(timeout=10)
+        exit_s = time.monotonic() - started
+
+    statuses = [[response.status for response in responses] for responses in in_flight_answers]
+    slow_statuses = {answer[9:12].decode() or "closed" for answer in slow_answers}
+    print(
+        f"\nSIGTERM with {IN_FLIGHT} in-flight, {IDLE} idle, {SLOW} slow connections: "
+        f"exit {exit_code} after {exit_s:.2f} s; in-flight answered {statuses[0]} x{len(statuses)}; "
+        f"slow ones got {sorted(slow_statuses)}; idle ones closed with "
+        f"{sum(len(answer) for answer in idle_answers)} bytes"
+    )
+    assert exit_code == 0
+    assert exit_s < 5
+    assert statuses == [[204]] * IN_FLIGHT, "every in-flight request is answered"
+    assert slow_statuses <= {"503", "closed"}
+    assert all(answer == b"" for answer in idle_answers), "idle connections are just closed"
