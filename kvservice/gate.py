@@ -28,6 +28,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 from cheroot import connections as cheroot_connections
@@ -101,25 +102,39 @@ def gated_makefile(sock: socket.socket, mode: str = "r", bufsize: int = 8192) ->
     return cheroot_makefile.MakeFile(sock, mode, bufsize)
 
 
-def request_is_complete(pending: bytes | bytearray, max_head: int, max_body: int) -> bool:
-    """Whether a worker should take the request now: it is whole, over a limit, or malformed.
+class Readiness(Enum):
+    """What the gate does with a connection's pending bytes."""
 
-    Anything this cannot frame with certainty is handed over at once, and the worker's
-    strict parser answers it; waiting is only for requests that are well-formed so far.
+    WAIT = "wait"  # well-formed so far and incomplete
+    SERVE = "serve"  # whole, or malformed: a worker's strict parser answers either
+    TOO_LARGE = "too large"  # the body is over the limit: refused with 413 here
+
+
+def request_readiness(pending: bytes | bytearray, max_head: int, max_body: int) -> Readiness:
+    """Whether a request can go to a worker now, must wait for more bytes, or is too large.
+
+    Anything this cannot frame with certainty goes to a worker at once, whose strict parser
+    answers it; waiting is only for requests that are well-formed so far.
     """
     head_end = pending.find(_HEAD_END)
     if head_end < 0:
-        return len(pending) > max_head
+        return Readiness.SERVE if len(pending) > max_head else Readiness.WAIT
     head = bytes(pending[:head_end])
     body = bytes(pending[head_end + len(_HEAD_END) :])
     lengths = _CONTENT_LENGTH.findall(head)
     chunked = _TRANSFER_ENCODING.search(head) is not None
-    if len(body) > max_body or len(lengths) + chunked != 1:
-        return True  # too much already, no body, or ambiguous framing
+    if len(lengths) + chunked != 1:
+        return Readiness.SERVE  # no body, or ambiguous framing
     if chunked:
-        return chunked_body_complete(body)
+        if chunked_body_complete(body):
+            return Readiness.SERVE
+        return Readiness.TOO_LARGE if len(body) > max_body else Readiness.WAIT
     length = lengths[0].strip(b" \t\r")
-    return not length.isdigit() or int(length) > max_body or len(body) >= int(length)
+    if not length.isdigit():
+        return Readiness.SERVE
+    if int(length) > max_body:
+        return Readiness.TOO_LARGE
+    return Readiness.SERVE if len(body) >= int(length) else Readiness.WAIT
 
 
 def chunked_body_complete(body: bytes) -> bool:
@@ -155,6 +170,7 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
     server: Any
     _selector: Any
     _stop_requested: bool
+    _serving: bool
     _remove_invalid_sockets: Callable[[], None]
     _from_server_socket: Callable[[socket.socket], Any]
 
@@ -250,9 +266,9 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
 
     def _wait_for_request(self, conn: Any) -> None:
         conn.last_used = time.time()
-        pending = conn.rfile.gate.pending
-        if pending and self._is_complete(pending):
-            self.server.process_conn(conn)
+        readiness = self._readiness(conn) if conn.rfile.gate.pending else Readiness.WAIT
+        if readiness is not Readiness.WAIT:
+            self._dispatch(conn, readiness)
             return
         conn.request_deadline = conn.last_used + self.server.request_timeout
         self._selector.register(conn.socket.fileno(), selectors.EVENT_READ, data=conn)
@@ -273,15 +289,24 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
             conn.request_deadline = time.time() + self.server.request_timeout
         pending += data
         conn.last_used = time.time()
-        if self._is_complete(pending):
+        readiness = self._readiness(conn)
+        if readiness is not Readiness.WAIT:
             self._selector.unregister(sock_fd)
-            self.server.process_conn(conn)
+            self._dispatch(conn, readiness)
 
-    def _is_complete(self, pending: bytearray) -> bool:
+    def _readiness(self, conn: Any) -> Readiness:
         server = self.server
-        return request_is_complete(
-            pending, server.max_request_header_size, server.max_request_body_size
+        return request_readiness(
+            conn.rfile.gate.pending, server.max_request_header_size, server.max_request_body_size
         )
+
+    def _dispatch(self, conn: Any, readiness: Readiness) -> None:
+        """Hand the request to a worker, or refuse it as too large."""
+        if readiness is Readiness.SERVE:
+            self.server.process_conn(conn)
+        else:
+            limit = self.server.max_request_body_size
+            conn.refuse(413, f"The request body exceeds the limit of {limit} bytes.")
 
     def _expire(self, threshold: float) -> None:
         """Close silent connections after the idle timeout; answer stalled requests with 408."""

@@ -119,32 +119,47 @@ def read_strict_headers(rfile: Any, max_count: int) -> dict[bytes, bytes]:
 class StrictChunkedReader(cheroot_server.ChunkedRFile):
     """A chunked body reader with bounded lines, strict hex sizes and consumed trailers.
 
-    `closed` becomes true only after the whole message, trailers included, has been read,
-    so a partially read body can be told apart and the connection closed.
+    Chunk data is read piece by piece as the application asks for it, so a chunk that
+    announces gigabytes costs no more memory than the application reads; going past
+    `maxlen` raises MaxSizeExceeded. `closed` becomes true only after the whole message,
+    trailers included, has been read, so a partly read body can be told apart and the
+    connection closed.
     """
+
+    def __init__(self, rfile: Any, maxlen: int, bufsize: int = 8192) -> None:
+        super().__init__(rfile, maxlen, bufsize)
+        self._chunk_left = 0
 
     def _fetch(self) -> None:
         if self.closed:
             return
+        if self._chunk_left == 0 and not self._start_chunk():
+            return
+        piece = self.rfile.read(min(self._chunk_left, self.bufsize))
+        if not piece:
+            raise ValueError("Bad chunked transfer coding: chunk data is truncated.")
+        self._chunk_left -= len(piece)
+        self.bytes_read += len(piece)
+        if self.maxlen and self.bytes_read > self.maxlen:
+            raise cheroot_errors.MaxSizeExceeded("Request Entity Too Large", self.maxlen)
+        if self._chunk_left == 0 and self.rfile.read(2) != CRLF:
+            raise ValueError("Bad chunked transfer coding: chunk data is not followed by CRLF.")
+        self.buffer += piece
+
+    def _start_chunk(self) -> bool:
+        """Read a chunk-size line; False at the last chunk (trailers read, body closed)."""
         line = self.rfile.readline(MAX_CHUNK_LINE_BYTES)
         if not line.endswith(CRLF):
             raise ValueError("Bad chunked transfer coding: chunk-size line is malformed.")
-        self.bytes_read += len(line)
         size_text = line[:-2].split(b";", 1)[0].strip(b" \t")
         if not HEX_DIGITS.fullmatch(size_text):
             raise ValueError(f"Bad chunked transfer coding: chunk size {size_text!r}.")
-        chunk_size = int(size_text, 16)
-        if chunk_size == 0:
+        self._chunk_left = int(size_text, 16)
+        if self._chunk_left == 0:
             self._read_trailers()
             self.closed = True
-            return
-        if self.maxlen and self.bytes_read + chunk_size > self.maxlen:
-            raise cheroot_errors.MaxSizeExceeded("Request Entity Too Large", self.maxlen)
-        chunk = self.rfile.read(chunk_size)
-        if len(chunk) != chunk_size or self.rfile.read(2) != CRLF:
-            raise ValueError("Bad chunked transfer coding: chunk data is truncated.")
-        self.bytes_read += chunk_size + 2
-        self.buffer += chunk
+            return False
+        return True
 
     def _read_trailers(self) -> None:
         for _ in range(_MAX_TRAILER_LINES):
