@@ -19,7 +19,9 @@ def kv() -> KVProcess:  # type: ignore[misc]
         yield service
 
 
-def send_and_time(kv: KVProcess, head: bytes, body_chunks: int, chunk: bytes) -> tuple[bytes, float]:
+def send_and_time(
+    kv: KVProcess, head: bytes, body_chunks: int, chunk: bytes
+) -> tuple[bytes, float]:
     """Send `head`, then stream the body from another thread; return the response and the
     milliseconds from the end of the head to the first response byte."""
     sock = socket.create_connection(("127.0.0.1", kv.port), timeout=5)
@@ -57,15 +59,20 @@ def test_ten_megabyte_body_is_413_fast_and_costs_no_memory(
     rss_before = kv.rss_bytes()
     block = b"x" * 65536
     if framing == "content-length":
-        head = b"%s /k HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (method.encode(), TEN_MB)
+        head = b"%s /k HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (
+            method.encode(),
+            TEN_MB,
+        )
         response, elapsed_ms = send_and_time(kv, head, TEN_MB // len(block), block)
     else:
         head = b"%s /k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" % method.encode()
         chunk = b"%x\r\n%s\r\n" % (len(block), block)
         response, elapsed_ms = send_and_time(kv, head, TEN_MB // len(block), chunk)
     growth = kv.rss_bytes() - rss_before
-    print(f"\n{method} {framing} 10 MB: {response[:12]!r} after {elapsed_ms:.1f} ms; "
-          f"RSS {growth / 1024:+.0f} KiB")
+    print(
+        f"\n{method} {framing} 10 MB: {response[:12]!r} after {elapsed_ms:.1f} ms; "
+        f"RSS {growth / 1024:+.0f} KiB"
+    )
     assert response.startswith(b"HTTP/1.1 413"), response[:200]
     assert b"application/problem+json" in response
     assert 0 <= elapsed_ms < 100
