@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import _pyio  # type: ignore[import-not-found]  # cheroot's reader base; it has no stubs
 import logging
-import re
 import selectors
 import socket
 import threading
@@ -34,14 +33,12 @@ from typing import Any
 from cheroot import connections as cheroot_connections
 from cheroot import makefile as cheroot_makefile
 
+from kvservice.framing import CHUNKED, body_length, chunked_body_complete
+
 logger = logging.getLogger("kvservice.gate")
 
 _RECEIVE_BYTES = 65536
 _HEAD_END = b"\r\n\r\n"
-_CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:(.*)$", re.I | re.M)
-_TRANSFER_ENCODING = re.compile(rb"^transfer-encoding[ \t]*:", re.I | re.M)
-HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]{1,8}")
-MAX_CHUNK_LINE_BYTES = 1024
 
 
 class _GateRaw(_pyio.RawIOBase):  # type: ignore[misc]
@@ -110,53 +107,30 @@ class Readiness(Enum):
     TOO_LARGE = "too large"  # the body is over the limit: refused with 413 here
 
 
-def request_readiness(pending: bytes | bytearray, max_head: int, max_body: int) -> Readiness:
+def request_readiness(
+    pending: bytes | bytearray, max_head: int, max_body: int, max_fields: int
+) -> Readiness:
     """Whether a request can go to a worker now, must wait for more bytes, or is too large.
 
-    Anything this cannot frame with certainty goes to a worker at once, whose strict parser
-    answers it; waiting is only for requests that are well-formed so far.
+    The gate waits only for requests the strict parser would read a body for; anything it
+    refuses at once (malformed, ambiguous, too large a head) goes to a worker at once.
     """
     head_end = pending.find(_HEAD_END)
     if head_end < 0:
         return Readiness.SERVE if len(pending) > max_head else Readiness.WAIT
-    head = bytes(pending[:head_end])
+    if head_end > max_head:
+        return Readiness.SERVE  # refused as too large before any body is read
+    length = body_length(bytes(pending[:head_end]), max_fields)
+    if length is None:
+        return Readiness.SERVE
     body = bytes(pending[head_end + len(_HEAD_END) :])
-    lengths = _CONTENT_LENGTH.findall(head)
-    chunked = _TRANSFER_ENCODING.search(head) is not None
-    if len(lengths) + chunked != 1:
-        return Readiness.SERVE  # no body, or ambiguous framing
-    if chunked:
+    if length == CHUNKED:
         if chunked_body_complete(body):
             return Readiness.SERVE
         return Readiness.TOO_LARGE if len(body) > max_body else Readiness.WAIT
-    length = lengths[0].strip(b" \t\r")
-    if not length.isdigit():
-        return Readiness.SERVE
-    if int(length) > max_body:
+    if length > max_body:
         return Readiness.TOO_LARGE
-    return Readiness.SERVE if len(body) >= int(length) else Readiness.WAIT
-
-
-def chunked_body_complete(body: bytes) -> bool:
-    """True once a chunked body has ended (trailers included) or shown itself malformed."""
-    position = 0
-    while True:
-        line_end = body.find(b"\r\n", position)
-        if line_end < 0:
-            return len(body) - position > MAX_CHUNK_LINE_BYTES
-        size_text = body[position:line_end].split(b";", 1)[0].strip(b" \t")
-        if not HEX_DIGITS.fullmatch(size_text):
-            return True
-        size = int(size_text, 16)
-        if size == 0:
-            trailers = body[line_end + 2 :]
-            return trailers.startswith(b"\r\n") or b"\r\n\r\n" in trailers
-        data_end = line_end + 2 + size
-        if len(body) < data_end + 2:
-            return False
-        if body[data_end : data_end + 2] != b"\r\n":
-            return True
-        position = data_end + 2
+    return Readiness.SERVE if len(body) >= length else Readiness.WAIT
 
 
 class GatedConnectionManager(cheroot_connections.ConnectionManager):
@@ -297,7 +271,10 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
     def _readiness(self, conn: Any) -> Readiness:
         server = self.server
         return request_readiness(
-            conn.rfile.gate.pending, server.max_request_header_size, server.max_request_body_size
+            conn.rfile.gate.pending,
+            server.max_request_header_size,
+            server.max_request_body_size,
+            server.max_header_count,
         )
 
     def _dispatch(self, conn: Any, readiness: Readiness) -> None:

@@ -50,7 +50,8 @@ PROBLEMS: dict[type[StoreError], tuple[int, str, str]] = {
 }
 """Each domain error's status, problem type (after PROBLEM_TYPE_BASE) and title."""
 
-_ETAG = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*')
+# One element of an entity-tag list, with the comma after it; a tag may itself hold commas.
+_ETAG_ITEM = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|\Z)')
 _JSON_MEDIA_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json", re.ASCII)
 
 
@@ -205,14 +206,19 @@ def _parse_etags(header: str | None, *, strong_only: bool) -> frozenset[str] | N
     if header.strip() == MATCH_ANY:
         return frozenset({MATCH_ANY})
     tags = set()
-    for item in header.split(","):
-        match = _ETAG.fullmatch(item)
+    position = 0
+    header = header.strip()
+    while True:
+        match = _ETAG_ITEM.match(header, position)
         if match is None:
-            raise BadRequest(f'Malformed entity tag {item.strip()!r}; tags look like "abc".')
+            rest = header[position:]
+            raise BadRequest(f'Malformed entity tag {rest!r}; tags look like "abc".')
         weak, opaque = match.groups()
         if not (weak and strong_only):
             tags.add(opaque)
-    return frozenset(tags)
+        position = match.end()
+        if position == len(header):
+            return frozenset(tags)
 
 
 # -- responses ------------------------------------------------------------------------------

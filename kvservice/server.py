@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import socket
 import sys
 import threading
@@ -26,28 +25,20 @@ from cheroot import errors as cheroot_errors
 from cheroot import server as cheroot_server
 from cheroot import wsgi as cheroot_wsgi
 
-from kvservice.gate import (
+from kvservice.framing import (
+    CRLF,
     HEX_DIGITS,
     MAX_CHUNK_LINE_BYTES,
-    GatedConnectionManager,
-    gated_makefile,
+    MAX_TRAILER_LINES,
+    read_strict_headers,
 )
+from kvservice.gate import GatedConnectionManager, gated_makefile
 from kvservice.problems import PROBLEM_CONTENT_TYPE, problem_body
 
 WSGIApp = Callable[..., Iterable[bytes]]
 
 access_logger = logging.getLogger("kvservice.access")
 logger = logging.getLogger("kvservice.server")
-
-CRLF = b"\r\n"
-_DIGITS = re.compile(rb"[0-9]+")
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_MAX_TRAILER_LINES = 32
-# List-valued fields (RFC 9110 section 5.3) that may be repeated and are joined with commas.
-_LIST_HEADERS = frozenset(
-    b"Accept Accept-Charset Accept-Encoding Accept-Language Cache-Control Connection Expect "
-    b"If-Match If-None-Match Pragma Te Trailer Upgrade Via Warning".split()
-)
 
 
 @dataclass(frozen=True)
@@ -67,53 +58,6 @@ class ServerSettings:
     max_connections: int = 1000
     request_timeout_s: float = 10.0
     server_name: str = "kvservice"
-
-
-class TooManyHeaders(cheroot_errors.MaxSizeExceeded):
-    """More header fields than `max_header_count`; answered with 431 like oversized headers."""
-
-
-def read_strict_headers(rfile: Any, max_count: int) -> dict[bytes, bytes]:
-    """Read a header section, refusing anything that would make the message length ambiguous.
-
-    Raises ValueError (answered 400) for malformed or ambiguous framing and TooManyHeaders
-    (answered 431) past `max_count` fields.
-    """
-    headers: dict[bytes, bytes] = {}
-    seen_framing: set[bytes] = set()
-    count = 0
-    while True:
-        line = rfile.readline()
-        if not line:
-            raise ValueError("Illegal end of headers.")
-        if line == CRLF:
-            break
-        if not line.endswith(CRLF):
-            raise ValueError("HTTP requires CRLF line terminators.")
-        if line[:1] in (b" ", b"\t"):
-            raise ValueError("Obsolete header line folding is not accepted.")
-        count += 1
-        if count > max_count:
-            raise TooManyHeaders
-        name, colon, value = line[:-2].partition(b":")
-        if not colon or not _TOKEN.fullmatch(name):
-            raise ValueError("Illegal header line.")
-        name = name.title()
-        value = value.strip(b" \t")
-        if name in (b"Content-Length", b"Transfer-Encoding"):
-            if name in seen_framing:
-                raise ValueError(f"Duplicate {name.decode()} header.")
-            seen_framing.add(name)
-        if name in _LIST_HEADERS and name in headers:
-            value = headers[name] + b", " + value
-        headers[name] = value
-
-    if len(seen_framing) == 2:
-        raise ValueError("Content-Length and Transfer-Encoding must not both be present.")
-    length = headers.get(b"Content-Length")
-    if length is not None and not _DIGITS.fullmatch(length):
-        raise ValueError("Content-Length must be a non-negative decimal integer.")
-    return headers
 
 
 class StrictChunkedReader(cheroot_server.ChunkedRFile):
@@ -162,7 +106,7 @@ class StrictChunkedReader(cheroot_server.ChunkedRFile):
         return True
 
     def _read_trailers(self) -> None:
-        for _ in range(_MAX_TRAILER_LINES):
+        for _ in range(MAX_TRAILER_LINES):
             line = self.rfile.readline(MAX_CHUNK_LINE_BYTES)
             if line == CRLF:
                 return
@@ -175,6 +119,8 @@ class StrictRequest(cheroot_server.HTTPRequest):
     """cheroot's request with strict framing, 431 for large headers and problem+json errors."""
 
     def parse_request(self) -> None:
+        # The gate has the whole head in memory, so peeking does not block.
+        self.head_request = is_head_request(self.conn.rfile.peek(_PEEK_BYTES))
         self.rfile = cheroot_server.SizeCheckWrapper(
             self.conn.rfile, self.server.max_request_header_size
         )
@@ -199,6 +145,11 @@ class StrictRequest(cheroot_server.HTTPRequest):
         self.header_reader = _HeaderReader(self.server.max_header_count)
         if not super().read_request_headers():  # type: ignore[no-untyped-call]
             return False
+        # Connection options are case-insensitive tokens (RFC 9110 section 7.6.1); cheroot
+        # honours only the exact value "close".
+        options = self.inheaders.get(b"Connection", b"").lower().split(b",")
+        if b"close" in (option.strip() for option in options):
+            self.close_connection = True
         if not self.chunked_read and b"Transfer-Encoding" in self.inheaders:
             # HTTP/1.0 has no chunked coding; cheroot would read the body as the next request.
             self.simple_response(
@@ -237,14 +188,28 @@ class StrictRequest(cheroot_server.HTTPRequest):
         """Answer a transport-level error with a problem document and close the connection."""
         self.close_connection = True
         try:
-            self.conn.wfile.write(error_response(int(status[:3]), msg))
+            self.conn.wfile.write(error_response(int(status[:3]), msg, head_only=self.head_request))
         except OSError as error:
             if error.args[0] not in cheroot_errors.socket_errors_to_ignore:
                 raise
 
 
-def error_response(code: int, detail: str) -> bytes:
-    """A whole HTTP/1.1 error response with a problem body; it announces the connection closes."""
+_PEEK_BYTES = 1024
+"""How much of a request `is_head_request` looks at: enough to see its method."""
+
+
+def is_head_request(data: bytes) -> bool:
+    """Whether the request `data` starts with is a HEAD, its request line read as cheroot does
+    (one leading empty line skipped, surrounding whitespace stripped)."""
+    request_line = data.removeprefix(CRLF).split(b"\n", 1)[0]
+    return request_line.strip().startswith(b"HEAD ")
+
+
+def error_response(code: int, detail: str, *, head_only: bool = False) -> bytes:
+    """A whole HTTP/1.1 error response with a problem body; it announces the connection closes.
+
+    An answer to HEAD leaves the body out (RFC 9110 section 9.3.2) and keeps its length.
+    """
     body = problem_body(code, detail or HTTPStatus(code).description)
     head = (
         f"HTTP/1.1 {code} {HTTPStatus(code).phrase}\r\n"
@@ -253,7 +218,7 @@ def error_response(code: int, detail: str) -> bytes:
         "X-Content-Type-Options: nosniff\r\n"
         "Connection: close\r\n\r\n"
     )
-    return head.encode("ascii") + body
+    return head.encode("ascii") + (b"" if head_only else body)
 
 
 class _HeaderReader(cheroot_server.HeaderReader):
@@ -279,8 +244,9 @@ class _StrictConnection(cheroot_server.HTTPConnection):
 
     def refuse(self, code: int, detail: str) -> None:
         """Answer with an error before any request was served, then close."""
+        head_only = is_head_request(bytes(self.rfile.gate.pending[:_PEEK_BYTES]))
         with contextlib.suppress(OSError):
-            self.socket.sendall(error_response(code, detail))
+            self.socket.sendall(error_response(code, detail, head_only=head_only))
         self.close()
 
     def close(self) -> None:

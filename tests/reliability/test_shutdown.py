@@ -1,4 +1,4 @@
-"""SIGTERM with in-flight, idle and slow connections: every started request is answered, exit 0 in 5 s."""
+"""SIGTERM with in-flight, idle and slow connections: started requests answered, exit 0 in 5 s."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def test_sigterm_answers_in_flight_requests_and_exits_promptly() -> None:
     slow_statuses = {answer[9:12].decode() or "closed" for answer in slow_answers}
     print(
         f"\nSIGTERM with {IN_FLIGHT} in-flight, {IDLE} idle, {SLOW} slow connections: "
-        f"exit {exit_code} after {exit_s:.2f} s; in-flight answered {statuses[0]} x{len(statuses)}; "
+        f"exit {exit_code} after {exit_s:.2f} s; "
+        f"in-flight answered {statuses[0]} x{len(statuses)}; "
         f"slow ones got {sorted(slow_statuses)}; idle ones closed with "
         f"{sum(len(answer) for answer in idle_answers)} bytes"
     )

@@ -135,8 +135,10 @@ def test_connections_past_capacity_get_a_fast_503_and_capacity_returns() -> None
         back = requests.get(f"{kv.url}/_health", timeout=2).status_code
         back_ms = (time.perf_counter() - started) * 1000
 
-    print(f"\ncapacity {capacity}: excess connection answered in {refused_ms:.1f} ms; "
-          f"service back {back_ms:.1f} ms after the held connections closed")
+    print(
+        f"\ncapacity {capacity}: excess connection answered in {refused_ms:.1f} ms; "
+        f"service back {back_ms:.1f} ms after the held connections closed"
+    )
     assert answer.startswith(b"HTTP/1.1 503"), answer
     assert b"application/problem+json" in answer
     assert closed
