@@ -1,13 +1,18 @@
-"""The composition root: config -> store -> HTTP app -> server."""
+"""The composition root: config -> store -> every enabled transport's server -> run them.
+
+A transport is one entry in `TRANSPORTS`: a function from the config and the shared store
+to a server (`lifecycle.Runnable`), or None when the config leaves it off.
+"""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from kvservice.config import Config, load_config
 from kvservice.http_api import create_app
-from kvservice.lifecycle import run_until_signalled
+from kvservice.lifecycle import Runnable, run_until_signalled
+from kvservice.resp_api import RespServer, RespSettings
 from kvservice.server import Server, ServerSettings, configure_logging
 from kvservice.store import Store
 
@@ -37,12 +42,45 @@ def server_settings(config: Config) -> ServerSettings:
     )
 
 
+def resp_settings(config: Config) -> RespSettings:
+    """The RESP transport's limits: one argument may exceed the value limit by a little, so
+    that the store, not the parser, answers a value that is slightly too large."""
+    assert config.resp_port is not None
+    return RespSettings(
+        host=config.host,
+        port=config.resp_port,
+        max_connections=config.resp_max_connections,
+        idle_timeout_s=config.resp_idle_timeout_s,
+        max_argument_bytes=config.max_value_bytes + 1024,
+        max_request_bytes=max(64 * 1024, 2 * (config.max_value_bytes + 1024)),
+        listen_backlog=config.listen_backlog,
+    )
+
+
+def http_transport(config: Config, store: Store) -> Runnable | None:
+    """HTTP on --port, always on."""
+    return Server(create_app(store), server_settings(config))
+
+
+def resp_transport(config: Config, store: Store) -> Runnable | None:
+    """The Redis protocol on --resp-port, off unless that is set."""
+    return None if config.resp_port is None else RespServer(store, resp_settings(config))
+
+
+TRANSPORTS: dict[str, Callable[[Config, Store], Runnable | None]] = {
+    "http": http_transport,
+    "resp": resp_transport,
+}
+"""Every transport by name; each serves the same store."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run kvservice until SIGTERM or SIGINT."""
     config = load_config(argv)
     configure_logging(config.log_level)
-    app = create_app(build_store(config))
-    return run_until_signalled([Server(app, server_settings(config))])
+    store = build_store(config)
+    servers = [make(config, store) for make in TRANSPORTS.values()]
+    return run_until_signalled([server for server in servers if server is not None])
 
 
 if __name__ == "__main__":

@@ -30,6 +30,10 @@ class Config:
     max_connections: int = 1000
     max_header_bytes: int = 16 * 1024
     log_level: str = "INFO"
+    resp_port: int | None = None
+    """The Redis protocol's port on `host`; None: off."""
+    resp_max_connections: int = 512
+    resp_idle_timeout_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,11 @@ def port_number(text: str) -> int:
     if not 0 <= value <= 65535:
         raise ValueError(f"{text} is not a port number (0-65535)")
     return value
+
+
+def optional_port(text: str) -> int | None:
+    """A TCP port as `port_number` does, or None for an empty string (unset), for argparse."""
+    return port_number(text) if text.strip() else None
 
 
 def positive_float(text: str) -> float:
@@ -155,6 +164,27 @@ OPTIONS = (
         "log_level",
         _named(log_level, "level"),
         "DEBUG, INFO, WARNING or ERROR",
+    ),
+    Option(
+        "--resp-port",
+        "KV_RESP_PORT",
+        "resp_port",
+        _named(optional_port, "port"),
+        "serve the Redis protocol (RESP2) on this port of --host too; unset or empty: off",
+    ),
+    Option(
+        "--resp-max-connections",
+        "KV_RESP_MAX_CONNECTIONS",
+        "resp_max_connections",
+        _named(positive_int, "count"),
+        "RESP connections open at once; more are refused",
+    ),
+    Option(
+        "--resp-idle-timeout",
+        "KV_RESP_IDLE_TIMEOUT",
+        "resp_idle_timeout_s",
+        _named(positive_float, "seconds"),
+        "how long a RESP connection may sit idle or stall",
     ),
 )
 
