@@ -10,10 +10,15 @@ of their logs. Target mode runs the same features against services that are alre
 Scenarios tagged @short_window need a kvservice whose history window is a few seconds. Default
 mode starts one for them. In target mode pass one with `-D short_window_kv_url=URL` and its
 window with `-D short_window_s=SECONDS`; without them those scenarios are skipped, saying why.
+
+Scenarios tagged @resp also talk to kvservice's Redis protocol port (with redis-py). Default
+mode starts kvservice with `--resp-port`; in target mode pass `-D kv_resp_url=redis://HOST:PORT`
+(or KV_RESP_URL), or they are skipped, saying why.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import socket
@@ -90,9 +95,12 @@ def before_all(context: Context) -> None:
         context.kv_url, context.testclient_url = kv_url.rstrip("/"), testclient_url.rstrip("/")
         context.short_window_kv_url = userdata.get("short_window_kv_url")
         context.short_window_s = float(userdata.get("short_window_s", SHORT_WINDOW_S))
+        context.kv_resp_url = userdata.get("kv_resp_url") or os.environ.get("KV_RESP_URL")
         print(f"target mode: kvservice {context.kv_url}, testclient {context.testclient_url}")
         return
-    kv = _start(context, "kvservice", ["kvservice"])
+    resp_port = _free_port()
+    kv = _start(context, "kvservice", ["kvservice", "--resp-port", str(resp_port)])
+    context.kv_resp_url = f"redis://127.0.0.1:{resp_port}"
     testclient = _start(context, "testclient", ["testclient", "serve", "--kv-url", kv.url])
     context.kv_url, context.testclient_url = kv.url, testclient.url
     context.short_window_kv_url = None  # started on first use
@@ -118,6 +126,10 @@ def before_scenario(context: Context, scenario: Scenario) -> None:
                 "needs a kvservice with a short history window: "
                 "pass -D short_window_kv_url=URL -D short_window_s=SECONDS"
             )
+    if "resp" in scenario.effective_tags and not context.kv_resp_url:
+        scenario.skip("needs kvservice's RESP port: pass -D kv_resp_url=redis://HOST:PORT")
+    if "resp" in scenario.effective_tags and importlib.util.find_spec("redis") is None:
+        scenario.skip("needs redis-py, a test dependency: pip install redis")
 
 
 def after_scenario(context: Context, scenario: Scenario) -> None:

@@ -8,6 +8,7 @@ Exit codes of `run`:
     1  a check failed: the kvservice answered, and wrongly
     2  usage error: unknown check, bad flag or environment value
     3  the kvservice could not be reached or timed out (and no check failed)
+    4  a check could not run over the URL's transport (RESP has no versions; nothing failed)
 `serve` exits 0 after SIGTERM or SIGINT, and 1 if it cannot listen.
 """
 
@@ -20,19 +21,17 @@ from collections.abc import Callable, Sequence
 from kvservice.lifecycle import run_until_signalled
 from kvservice.server import Server, ServerSettings, configure_logging
 from testclient.checks import CHECKS, CheckResult, Step, Verdict, overall_verdict, run_checks
+from testclient.clients import ClientFactory, make_client
 from testclient.config import RUN, SERVE, Config, load_config
 from testclient.http_api import create_app
-from testclient.kv_client import HTTPKVClient, KVClient
+from testclient.kv_client import KVClient
 
 EXIT_USAGE = 2
-EXIT_CODES = {Verdict.PASSED: 0, Verdict.FAILED: 1, Verdict.UNREACHABLE: 3}
+EXIT_CODES = {Verdict.PASSED: 0, Verdict.FAILED: 1, Verdict.UNREACHABLE: 3, Verdict.SKIPPED: 4}
 """The exit code of `run` for each way it can end."""
 
 SERVE_THREADS = 16
 """Requests served at once; each runs checks, which hold a thread for their duration."""
-
-ClientFactory = Callable[[str, tuple[float, float]], KVClient]
-"""Makes the client from the kvservice URL and the (connect, read) timeouts."""
 
 
 def run_command(config: Config, client: KVClient) -> int:
@@ -59,7 +58,11 @@ def format_report(results: Sequence[CheckResult], kv_url: str) -> str:
     """A readable report: every step of every check, expected and actual for failures."""
     lines = [f"kvservice at {kv_url}", ""]
     for result in results:
-        lines.append(f"{result.verdict.value.upper():<12}{result.test}  ({result.duration_ms} ms)")
+        skipped = sum(step.skipped for step in result.steps)
+        note = f", {skipped} {'step' if skipped == 1 else 'steps'} skipped" if skipped else ""
+        lines.append(
+            f"{result.verdict.value.upper():<12}{result.test}  ({result.duration_ms} ms{note})"
+        )
         lines.extend(_step_lines(step) for step in result.steps)
         lines.append("")
     counts = {verdict: 0 for verdict in Verdict}
@@ -67,13 +70,19 @@ def format_report(results: Sequence[CheckResult], kv_url: str) -> str:
         counts[result.verdict] += 1
     summary = ", ".join(f"{count} {verdict.value}" for verdict, count in counts.items())
     checks = "check" if len(results) == 1 else "checks"
-    lines.append(f"{len(results)} {checks}: {summary}; overall {overall_verdict(results).value}")
+    overall = f"overall {overall_verdict(results).value}"
+    skipped_steps = sum(step.skipped for result in results for step in result.steps)
+    if skipped_steps:
+        overall += f" ({skipped_steps} {'step' if skipped_steps == 1 else 'steps'} skipped)"
+    lines.append(f"{len(results)} {checks}: {summary}; {overall}")
     return "\n".join(lines)
 
 
 def _step_lines(step: Step) -> str:
     if step.passed:
         return f"  ok    {step.step}"
+    if step.skipped:
+        return f"  skip  {step.step}\n          {step.actual}"
     return (
         f"  FAIL  {step.step}\n"
         f"          expected: {step.expected}\n"
@@ -81,7 +90,7 @@ def _step_lines(step: Step) -> str:
     )
 
 
-def main(argv: Sequence[str] | None = None, make_client: ClientFactory = HTTPKVClient) -> int:
+def main(argv: Sequence[str] | None = None, make_client: ClientFactory = make_client) -> int:
     """Parse the command line, run the command, return the exit code."""
     try:
         config = load_config(CHECKS, argv)

@@ -9,6 +9,11 @@ with other runs. `require` ends a check where the remaining steps would prove no
 If the client raises `KVUnreachable`, the run ends there: the verdict is UNREACHABLE, unless
 an earlier step had already shown a wrong answer (then FAILED: a wrong answer is evidence).
 
+A step that needs what the client's transport cannot express (RESP has no versions and no
+content types: `KVClient.capabilities`) is recorded as skipped, saying so, never as passed.
+A check whose other steps all passed still passes and lists the skipped steps; a check that
+could run nothing is SKIPPED, which no caller counts as a pass (exit code 4, HTTP 501).
+
 `CHECKS` names every check; `run_checks` runs several at once.
 """
 
@@ -26,6 +31,7 @@ from enum import StrEnum
 from types import TracebackType
 
 from testclient.kv_client import (
+    Capability,
     HistoryReply,
     KVClient,
     KVUnreachable,
@@ -55,16 +61,22 @@ class Verdict(StrEnum):
     PASSED = "passed"
     FAILED = "failed"
     UNREACHABLE = "unreachable"
+    SKIPPED = "skipped"
+    """Nothing failed, but the check could not run over the client's transport."""
 
 
 @dataclass(frozen=True)
 class Step:
-    """One thing a check did: what, what it expected, what came back, and whether it passed."""
+    """One thing a check did: what, what it expected, what came back, and whether it passed.
+
+    A skipped step was not run (the transport lacks what it needs): it did not pass either.
+    """
 
     step: str
     expected: str
     actual: str
     passed: bool
+    skipped: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,8 +95,8 @@ class CheckResult:
 
     @property
     def failed_steps(self) -> list[Step]:
-        """The steps that did not pass, in order."""
-        return [step for step in self.steps if not step.passed]
+        """The steps that ran and did not pass, in order."""
+        return [step for step in self.steps if not (step.passed or step.skipped)]
 
 
 @dataclass(frozen=True)
@@ -137,6 +149,27 @@ class CheckRun:
         if not self.expect(step, expectation):
             raise StopCheck(step)
 
+    def supports(self, capability: Capability, step: str) -> bool:
+        """Whether the client's transport has `capability`; if not, `step` is recorded as
+        skipped, saying why, and the caller leaves it out."""
+        if capability in self.client.capabilities:
+            return True
+        self._steps.append(
+            Step(
+                step,
+                f"a transport with {capability.value}",
+                f"skipped: this transport has no {capability.value}",
+                passed=False,
+                skipped=True,
+            )
+        )
+        return False
+
+    def require_support(self, capability: Capability, step: str) -> None:
+        """As `supports`, but without the capability the check ends here (raises StopCheck)."""
+        if not self.supports(capability, step):
+            raise StopCheck(step)
+
     def __enter__(self) -> CheckRun:
         self._started = time.perf_counter()
         return self
@@ -170,6 +203,8 @@ class CheckRun:
             verdict = Verdict.FAILED
         elif self._unreachable:
             verdict = Verdict.UNREACHABLE
+        elif all(step.skipped for step in self._steps):
+            verdict = Verdict.SKIPPED
         else:
             verdict = Verdict.PASSED
         return CheckResult(self.name, verdict, tuple(self._steps), self._duration_ms)
@@ -432,6 +467,9 @@ def check_create_only(client: KVClient) -> CheckResult:
 def check_conditional_writes(client: KVClient) -> CheckResult:
     """Writes conditioned on a version or on absence happen only when the condition holds."""
     with CheckRun("test_conditional_writes", client) as run:
+        run.require_support(
+            Capability.VERSIONS, "write and delete only if the key is at a given version"
+        )
         key = run.fresh_key("cw")
         v1, v2, v3, v4, v5 = (f"v{number}-{run.tag}".encode() for number in range(1, 6))
         first = client.put(key, v1)
@@ -540,18 +578,22 @@ def check_validation(client: KVClient) -> CheckResult:
             value_is(client.get(key), largest),
         )
 
-        json_key = run.fresh_key("json")
-        run.expect(
-            f"write malformed JSON declared as application/json to {json_key}",
-            outcome_is(
-                client.put(json_key, b'{"unterminated": ', content_type="application/json"),
-                Outcome.INVALID,
-            ),
-        )
-        run.expect(
-            f"read {json_key}: the refused JSON was not stored",
-            outcome_is(client.get(json_key), Outcome.NOT_FOUND),
-        )
+        if run.supports(
+            Capability.CONTENT_TYPES,
+            "write malformed JSON declared as application/json: refused, nothing stored",
+        ):
+            json_key = run.fresh_key("json")
+            run.expect(
+                f"write malformed JSON declared as application/json to {json_key}",
+                outcome_is(
+                    client.put(json_key, b'{"unterminated": ', content_type="application/json"),
+                    Outcome.INVALID,
+                ),
+            )
+            run.expect(
+                f"read {json_key}: the refused JSON was not stored",
+                outcome_is(client.get(json_key), Outcome.NOT_FOUND),
+            )
     return run.result()
 
 
@@ -566,16 +608,20 @@ def check_binary_values(client: KVClient) -> CheckResult:
         )
         read = client.get(key)
         run.expect(f"read {key}: the same bytes", value_is(read, every_byte))
-        run.expect(
-            f"read {key}: served as application/octet-stream, since no type was given",
-            Expectation(
-                "application/octet-stream",
-                str(read.content_type),
-                read.content_type == "application/octet-stream",
-            ),
+        octet_stream_step = (
+            f"read {key}: served as application/octet-stream, since no type was given"
         )
+        if run.supports(Capability.CONTENT_TYPES, octet_stream_step):
+            run.expect(
+                octet_stream_step,
+                Expectation(
+                    "application/octet-stream",
+                    str(read.content_type),
+                    read.content_type == "application/octet-stream",
+                ),
+            )
         run.expect(
-            f"history of {key}: the same bytes (not valid UTF-8, so encoded on the wire)",
+            f"history of {key}: the same bytes (not valid UTF-8: base64 in HTTP's JSON)",
             history_is(client.history(key), [every_byte]),
         )
 
@@ -599,6 +645,9 @@ def check_binary_values(client: KVClient) -> CheckResult:
 def check_content_types(client: KVClient) -> CheckResult:
     """Values come back with the content type they were written with, JSON included."""
     with CheckRun("test_content_types", client) as run:
+        run.require_support(
+            Capability.CONTENT_TYPES, "write values with a content type and read the type back"
+        )
         samples = (
             (
                 "application/json",
@@ -681,9 +730,10 @@ def run_checks(
 
 
 def overall_verdict(results: Iterable[CheckResult]) -> Verdict:
-    """FAILED if any check failed, else UNREACHABLE if any could not reach it, else PASSED."""
+    """FAILED if any check failed, else UNREACHABLE if any could not reach it, else SKIPPED if
+    any could not run over the transport, else PASSED."""
     verdicts = {result.verdict for result in results}
-    for verdict in (Verdict.FAILED, Verdict.UNREACHABLE):
+    for verdict in (Verdict.FAILED, Verdict.UNREACHABLE, Verdict.SKIPPED):
         if verdict in verdicts:
             return verdict
     return Verdict.PASSED

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from kvservice.config import Option, log_level, port_number, positive_float
 from testclient.checks import ALL_CHECKS
+from testclient.clients import CLIENTS
 
 RUN, SERVE = "run", "serve"
 T = TypeVar("T")
@@ -40,13 +41,18 @@ class Config:
         return self.connect_timeout_s, self.read_timeout_s
 
 
-def http_url(text: str) -> str:
-    """An http(s) base URL without query or fragment, trailing slash removed, for argparse."""
+def kv_url(text: str) -> str:
+    """A kvservice base URL, for argparse: http(s)://host[:port][/path] or redis://host[:port],
+    without query or fragment, trailing slash removed."""
     parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{text!r} is not an http:// or https:// URL with a host")
+    if parts.scheme not in CLIENTS or not parts.hostname:
+        schemes = ", ".join(f"{scheme}://" for scheme in CLIENTS)
+        raise ValueError(f"{text!r} is not a URL with a host and one of {schemes}")
     if parts.query or parts.fragment:
         raise ValueError(f"{text!r} has a query or fragment; give the service's base URL")
+    if parts.scheme == "redis" and parts.path not in ("", "/", "/0"):
+        raise ValueError(f"{text!r} names a database; kvservice has only database 0")
+    parts.port  # noqa: B018 - raises ValueError for a port out of range
     return text.rstrip("/")
 
 
@@ -64,8 +70,8 @@ COMMON_OPTIONS = (
         "--kv-url",
         "KV_URL",
         "kv_url",
-        _named(http_url, "url"),
-        "base URL of the kvservice to check",
+        _named(kv_url, "url"),
+        "the kvservice to check: http://HOST:PORT, or redis://HOST:PORT for its RESP port",
     ),
     Option(
         "--connect-timeout",
@@ -123,7 +129,7 @@ def build_parser(
         prog="testclient",
         description="Checks that a running kvservice keeps its promises.",
         epilog="exit codes of run: 0 all passed, 1 a check failed, 2 usage error, "
-        "3 the kvservice was unreachable",
+        "3 the kvservice was unreachable, 4 a check cannot run over the URL's transport",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(RUN, help="run checks once and print a report")

@@ -1,10 +1,11 @@
 """The test client's HTTP adapter: a Bottle app that runs checks and answers with their steps.
 
-The only module of testclient that imports bottle. The status code tells the three endings
+The only module of testclient that imports bottle. The status code tells the four endings
 apart, so `curl --fail` and scripts need not parse the body: 200 every step passed, 502 the
-kvservice answered wrongly, 503 it could not be reached or timed out. Errors of the test
-client itself (unknown check, wrong method, a bug) are problem+json documents, never
-Bottle's HTML page or a traceback.
+kvservice answered wrongly, 503 it could not be reached or timed out, 501 a check could not
+run over the kvservice URL's transport (nothing failed, but not everything was checked).
+Errors of the test client itself (unknown check, wrong method, a bug) are problem+json
+documents, never Bottle's HTML page or a traceback.
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ from testclient.kv_client import KVClient
 
 logger = logging.getLogger("testclient.http")
 
-STATUS_BY_VERDICT = {Verdict.PASSED: 200, Verdict.FAILED: 502, Verdict.UNREACHABLE: 503}
+STATUS_BY_VERDICT = {
+    Verdict.PASSED: 200,
+    Verdict.FAILED: 502,
+    Verdict.UNREACHABLE: 503,
+    Verdict.SKIPPED: 501,
+}
 """The response status for each way a run can end."""
 
 

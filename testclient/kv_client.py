@@ -1,9 +1,11 @@
 """How the checks talk to a kvservice: the `KVClient` protocol, its result types, and HTTP.
 
 The protocol speaks in outcomes (`Outcome.STORED`, `Outcome.NOT_FOUND`, ...) rather than
-status codes, so a client for another transport (RESP, say) can implement it without
-pretending to be HTTP. Each reply keeps `evidence`, a short note of what actually came back
-on the wire ("HTTP 500 Internal Server Error: ..."), so a failing check can show it.
+status codes, so a client for another transport (RESP, in resp_client.py) can implement it
+without pretending to be HTTP. A transport that cannot express something (versions, content
+types) says so in `capabilities`, and the checks skip, visibly, the steps that need it.
+Each reply keeps `evidence`, a short note of what actually came back on the wire
+("HTTP 500 Internal Server Error: ..."), so a failing check can show it.
 
 `HTTPKVClient` is the only code that knows kvservice's URLs, headers and status codes. Each
 operation has its own status table: a 200 where the contract says 204 is an unexpected
@@ -50,6 +52,15 @@ class Outcome(StrEnum):
     TOO_LARGE = "value too large"
     STORE_FULL = "store full"
     UNEXPECTED = "unexpected answer"
+    UNSUPPORTED = "not supported by this transport"
+    """Nothing was sent: the transport cannot express the request (see `Capability`)."""
+
+
+class Capability(StrEnum):
+    """What a transport may lack; the value completes "this transport has no ..."."""
+
+    VERSIONS = "versions to condition writes on"
+    CONTENT_TYPES = "content types"
 
 
 def describe_value(value: bytes | None) -> str:
@@ -117,6 +128,11 @@ class HistoryReply:
 class KVClient(Protocol):
     """The operations the checks need from a kvservice, over any transport."""
 
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """What this transport can express; requests needing more answer UNSUPPORTED."""
+        ...
+
     def put(
         self,
         key: str,
@@ -179,6 +195,8 @@ class HTTPKVClient:
     and returns it, so threads never share a session at once and connections are reused.
     Redirects are not followed: kvservice never sends one.
     """
+
+    capabilities = frozenset(Capability)
 
     def __init__(self, base_url: str, timeout: tuple[float, float] = DEFAULT_TIMEOUT_S) -> None:
         self.base_url = base_url.rstrip("/")

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvservice.server import Server, ServerSettings
-from testclient.kv_client import HistoryEntry, HistoryReply, KVUnreachable, Outcome, Reply
+from testclient.kv_client import (
+    Capability,
+    HistoryEntry,
+    HistoryReply,
+    KVUnreachable,
+    Outcome,
+    Reply,
+)
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _JSON_MEDIA_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json", re.ASCII)
@@ -39,6 +46,7 @@ class InMemoryKV:
 
     key_pattern = re.compile(r"[A-Za-z0-9]{1,255}")
     max_value_bytes = 1024
+    capabilities = frozenset(Capability)
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
