@@ -6,16 +6,15 @@ opens a connection and says nothing, or trickles a byte a second, holds a worker
 many such clients as there are workers stop the server for everyone.
 
 Here the selector thread reads whatever has arrived, without blocking, into the
-connection's `GateReader`. A worker gets the connection only when the request head and a
-body of known length are complete (or when more has arrived than the limits allow, so the
-worker can refuse it at once). A request that is not complete within `request_timeout_s` of
-its first byte gets a 408; a connection that stays silent is closed after the idle timeout;
-connections past `max_connections` get a 503. Workers therefore only ever serve requests
-that are already in memory, and slow clients cost a selector slot and a buffer, not a thread.
-
-Chunked bodies are handed over once the terminating chunk is seen, or once more than the
-body limit has arrived; a chunked body trickled slower than that still holds its worker for
-up to the socket timeout per read.
+connection's `GateReader`. A worker gets the connection only when the request is complete:
+its head, and its body, whether of known length or chunked up to the last chunk and its
+trailers (`framing.py` decides, with the functions the worker's parser uses). A request the
+parser would refuse anyway goes to a worker at once; a body past the limit is refused here
+with 413. A request not complete within `request_timeout_s` of its first byte gets a 408; a
+connection that stays silent is closed after the idle timeout; connections past
+`max_connections` get a 503. Workers therefore only ever serve requests that are already in
+memory, and slow clients cost a selector slot and a buffer (at most the header and body
+limits), not a thread.
 """
 
 from __future__ import annotations
