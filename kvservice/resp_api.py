@@ -2,11 +2,11 @@
 
 Parses RESP2 commands (arrays of bulk strings, or inline lines), calls the store once and
 answers in RESP2, or in RESP3 after `HELLO 3` (which redis-py 8 sends by default; it differs
-only in how nil and the HELLO map are written). Domain errors become replies through one table (`STORE_ERRORS`), like
-http_api's PROBLEMS: an error reply carrying the same text the HTTP problem's `detail` has,
-or nil where Redis answers nil (GET of an empty key, SET NX on a taken key). Commands are
-one table (`COMMANDS`); HELLO, COMMAND, CLIENT and SELECT answer just enough for real
-clients to connect.
+only in how nil and the HELLO map are written). Domain errors become replies through one
+table (`STORE_ERRORS`), like http_api's PROBLEMS: an error reply carrying the same text
+the HTTP problem's `detail` has, or nil where Redis answers nil (GET of an empty key, SET NX
+on a taken key). Commands are one table (`COMMANDS`); HELLO, COMMAND, CLIENT and SELECT
+answer just enough for real clients to connect.
 
 `RespServer` is a `lifecycle.Runnable`: asyncio streams on one dedicated thread, so idle
 connections cost a socket and a small buffer, not a thread. Store calls are quick and run
