@@ -1,0 +1,84 @@
+"""The servers the benchmark runs besides kvservice itself, each as its own process.
+
+    python -m benchmarks.serve bare --port N      a bare Bottle route on kvservice's cheroot runner
+    python -m benchmarks.serve waitress --port N  kvservice's app on waitress
+
+Both take kvservice's default configuration (threads, backlog, limits, INFO logging with an
+access line per request), so that the only difference from `python -m kvservice` is the
+one being measured: the store and routes (bare) or the HTTP server (waitress).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+import bottle
+
+from benchmarks.workloads import VALUE
+from kvservice.__main__ import build_store, server_settings
+from kvservice.config import Config
+from kvservice.http_api import create_app
+from kvservice.lifecycle import run_until_signalled
+from kvservice.server import AccessLog, Server, configure_logging
+
+
+def create_bare_app() -> bottle.Bottle:
+    """The framework ceiling: the cheapest GET and PUT routes Bottle can serve for `/<key>`.
+
+    GET answers VALUE, as long as the values the workloads store; PUT reads the body.
+    """
+    app = bottle.Bottle()
+    app.uninstall(True)
+    app.route("/<key>", "GET", lambda key: VALUE)
+    app.route("/<key>", "PUT", _bare_put)
+    return app
+
+
+def _bare_put(key: str) -> None:
+    environ = bottle.request.environ
+    environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    bottle.response.status = 204
+
+
+def serve_bare(config: Config) -> int:
+    """The bare app on kvservice's own runner and settings, until SIGTERM."""
+    return run_until_signalled([Server(create_bare_app(), server_settings(config))])
+
+
+def serve_waitress(config: Config) -> int:
+    """kvservice's app, behind the same access log, on waitress with the same limits."""
+    import waitress  # an optional dependency (the `bench` extra), needed only here
+
+    settings = server_settings(config)
+    waitress.serve(
+        AccessLog(create_app(build_store(config))),
+        host=config.host,
+        port=config.port,
+        threads=settings.threads,
+        backlog=settings.listen_backlog,
+        channel_timeout=settings.socket_timeout_s,
+        max_request_header_size=settings.max_header_bytes,
+        max_request_body_size=settings.max_body_bytes,
+        ident=settings.server_name,
+    )
+    return 0
+
+
+SERVERS: dict[str, Callable[[Config], int]] = {"bare": serve_bare, "waitress": serve_waitress}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one of SERVERS on 127.0.0.1 with kvservice's default configuration."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=__doc__)
+    parser.add_argument("server", choices=sorted(SERVERS))
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    config = Config(port=args.port)
+    configure_logging(config.log_level)
+    return SERVERS[args.server](config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
