@@ -286,6 +286,13 @@ class AccessLog:
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        if not access_logger.isEnabledFor(logging.INFO):
+            return self.app(environ, start_response)  # the access log is off: step aside
+        return self._logged(environ, start_response)
+
+    def _logged(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterator[bytes]:
         started = time.perf_counter()
         status = ["-"]
