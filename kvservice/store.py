@@ -6,7 +6,7 @@ one total order, history records them in that order, and a read never sees a val
 its key's newest history entry disagrees with.
 
 Expiry is exact and cheap: all writes get non-decreasing timestamps from one clock, so a
-single store-wide queue of keys, in write order, tells which key holds the oldest entry.
+single store-wide queue of records, in write order, tells which key holds the oldest entry.
 Pruning pops from its front until the oldest entry is inside the window.
 """
 
@@ -130,9 +130,10 @@ def validate_key(key: str) -> None:
 class _Record:
     """Everything the store holds for one key, history oldest first."""
 
-    __slots__ = ("history", "value")
+    __slots__ = ("history", "key", "value")
 
-    def __init__(self) -> None:
+    def __init__(self, key: str) -> None:
+        self.key = key
         self.value: Value | None = None
         self.history: list[HistoryEntry] = []
 
@@ -156,7 +157,9 @@ class Store:
         self._clock = clock
         self._lock = threading.Lock()
         self._records: dict[str, _Record] = {}
-        self._expiry_queue: deque[str] = deque()  # one key per history entry, in write order
+        # The record of each history entry, in write order. Records, not keys: a request's
+        # key is a new string each time, and the queue would keep one alive per entry.
+        self._expiry_queue: deque[_Record] = deque()
         self._used_bytes = 0
         self._last_timestamp_ms = 0
         self._etag_prefix = secrets.token_hex(4)
@@ -229,7 +232,7 @@ class Store:
                 raise PreconditionFailed(f"The precondition on {key!r} does not hold.")
             self._used_bytes -= _value_cost(record.value)
             record.value = None
-            self._append_history(key, record, HistoryEntry(None, now_ms))
+            self._append_history(record, HistoryEntry(None, now_ms))
 
     def _write(
         self,
@@ -267,11 +270,11 @@ class Store:
                     f"{self.max_bytes} bytes; delete keys or wait for history to expire."
                 )
             if record is None:
-                record = self._records[key] = _Record()
+                record = self._records[key] = _Record(key)
                 self._used_bytes += KEY_OVERHEAD_BYTES + len(key)
             self._used_bytes += _value_cost(value) - freed
             record.value = value
-            self._append_history(key, record, HistoryEntry(data, now_ms))
+            self._append_history(record, HistoryEntry(data, now_ms))
             return value
 
     # -- internals (lock held) --------------------------------------------------------------
@@ -281,9 +284,9 @@ class Store:
         self._last_timestamp_ms = max(self._clock(), self._last_timestamp_ms)
         return self._last_timestamp_ms
 
-    def _append_history(self, key: str, record: _Record, entry: HistoryEntry) -> None:
+    def _append_history(self, record: _Record, entry: HistoryEntry) -> None:
         record.history.append(entry)
-        self._expiry_queue.append(key)
+        self._expiry_queue.append(record)
         self._used_bytes += _entry_cost(entry)
 
     def _prune(self, now_ms: int) -> None:
@@ -291,8 +294,7 @@ class Store:
         cutoff_ms = now_ms - self.history_window_ms
         queue = self._expiry_queue
         while queue:
-            key = queue[0]
-            record = self._records[key]
+            record = queue[0]
             oldest = record.history[0]
             if oldest.timestamp_ms > cutoff_ms:
                 return
@@ -300,8 +302,8 @@ class Store:
             del record.history[0]
             self._used_bytes -= _entry_cost(oldest)
             if record.value is None and not record.history:
-                del self._records[key]
-                self._used_bytes -= KEY_OVERHEAD_BYTES + len(key)
+                del self._records[record.key]
+                self._used_bytes -= KEY_OVERHEAD_BYTES + len(record.key)
 
 
 def _value_cost(value: Value) -> int:
