@@ -195,8 +195,19 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         prog="kvservice",
         description="An in-memory HTTP key-value store with a write history per key.",
     )
-    defaults = Config()
-    for option in OPTIONS:
+    add_options(parser, OPTIONS, Config(), environ)
+    return parser
+
+
+def add_options(
+    parser: argparse.ArgumentParser,
+    options: Sequence[Option],
+    defaults: object,
+    environ: Mapping[str, str],
+) -> None:
+    """Add each option as a flag whose default is its environment variable, else the field of
+    `defaults` (a config dataclass instance) it sets."""
+    for option in options:
         default = getattr(defaults, option.field)
         env_value = environ.get(option.env)
         parser.add_argument(
@@ -208,7 +219,6 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
             default=env_value if env_value is not None else default,
             help=f"{option.help} (env {option.env}, default {default})",
         )
-    return parser
 
 
 def load_config(

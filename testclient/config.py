@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from kvservice.config import Option, log_level, port_number, positive_float
+from kvservice.config import Option, add_options, log_level, port_number, positive_float
 from testclient.checks import ALL_CHECKS
 from testclient.clients import CLIENTS
 
@@ -103,24 +103,6 @@ SERVE_OPTIONS = (
 )
 
 
-def _add_options(
-    parser: argparse.ArgumentParser, options: Sequence[Option], environ: Mapping[str, str]
-) -> None:
-    defaults = Config()
-    for option in options:
-        default = getattr(defaults, option.field)
-        env_value = environ.get(option.env)
-        parser.add_argument(
-            option.flag,
-            dest=option.field,
-            type=option.parse,
-            metavar=getattr(option.parse, "__name__", "VALUE").upper(),
-            # argparse runs `type` on string defaults, so bad environment values fail like flags.
-            default=env_value if env_value is not None else default,
-            help=f"{option.help} (env {option.env}, default {default})",
-        )
-
-
 def build_parser(
     environ: Mapping[str, str], check_names: Collection[str]
 ) -> argparse.ArgumentParser:
@@ -139,9 +121,9 @@ def build_parser(
         metavar="CHECK",
         help=f"checks to run (default: all): {', '.join(check_names)}, {ALL_CHECKS}",
     )
-    _add_options(run, COMMON_OPTIONS, environ)
+    add_options(run, COMMON_OPTIONS, Config(), environ)
     serve = commands.add_parser(SERVE, help="serve the checks over HTTP until SIGTERM")
-    _add_options(serve, SERVE_OPTIONS + COMMON_OPTIONS, environ)
+    add_options(serve, SERVE_OPTIONS + COMMON_OPTIONS, Config(), environ)
     return parser
 
 
