@@ -32,8 +32,9 @@ from benchmarks.workloads import CONTENT_TYPE, VALUE, WORKLOADS, Slot, Workload,
 from benchmarks.wrk import require_wrk, run_wrk
 from kvservice.__main__ import build_store, server_settings
 from kvservice.config import Config
-from kvservice.http_api import create_app
-from kvservice.server import Server, configure_logging
+from kvservice.http.app import create_app
+from kvservice.http.server import Server
+from kvservice.lifecycle import configure_logging
 from kvservice.store import Store
 
 AREAS = (

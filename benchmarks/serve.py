@@ -19,9 +19,9 @@ import bottle
 from benchmarks.workloads import VALUE
 from kvservice.__main__ import build_store, server_settings
 from kvservice.config import Config
-from kvservice.http_api import create_app
-from kvservice.lifecycle import run_until_signalled
-from kvservice.server import AccessLog, Server, configure_logging
+from kvservice.http.app import create_app
+from kvservice.http.server import AccessLog, Server
+from kvservice.lifecycle import configure_logging, run_until_signalled
 
 
 def create_bare_app() -> bottle.Bottle:

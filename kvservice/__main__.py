@@ -1,4 +1,4 @@
-"""The composition root: config -> store -> every enabled transport's server -> run them.
+"""The composition root: config -> store backend -> every enabled transport's server -> run.
 
 A transport is one entry in `TRANSPORTS`: a function from the config and the shared store
 to a server (`lifecycle.Runnable`), or None when the config leaves it off.
@@ -10,16 +10,17 @@ import sys
 from collections.abc import Callable, Sequence
 
 from kvservice.config import Config, load_config
-from kvservice.http_api import create_app
-from kvservice.lifecycle import Runnable, run_until_signalled
-from kvservice.resp_api import RespServer, RespSettings
-from kvservice.server import Server, ServerSettings, configure_logging
+from kvservice.http.app import create_app
+from kvservice.http.server import Server, ServerSettings
+from kvservice.lifecycle import Runnable, configure_logging, run_until_signalled
+from kvservice.resp.server import RespServer, RespSettings
 from kvservice.store import Store
+from kvservice.store.memory import MemoryStore
 
 
 def build_store(config: Config) -> Store:
     """The store with the configured window and budgets."""
-    return Store(
+    return MemoryStore(
         history_window_ms=round(config.history_window_s * 1000),
         max_bytes=config.max_bytes,
         max_value_bytes=config.max_value_bytes,

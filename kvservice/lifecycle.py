@@ -1,4 +1,5 @@
-"""Runs a set of servers (one per transport) until SIGTERM or SIGINT, then stops them.
+"""Runs a set of servers (one per transport) until SIGTERM or SIGINT, then stops them; and
+sets up the process's logging.
 
 The servers run on their own threads; the main thread only waits for a signal, because
 stopping cheroot from a signal handler on its serving thread deadlocks.
@@ -8,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
 from typing import Protocol
 
 logger = logging.getLogger("kvservice.lifecycle")
+_access_logger = logging.getLogger("kvservice.access")  # every transport writes its lines here
 
 
 class Runnable(Protocol):
@@ -70,3 +73,18 @@ def _stop_all(servers: Sequence[Runnable]) -> None:
         stopper.start()
     for stopper in stoppers:
         stopper.join()
+
+
+def configure_logging(level: str) -> None:
+    """Access log lines to stdout, everything else to stderr."""
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    errors_handler = logging.StreamHandler(sys.stderr)
+    errors_handler.setFormatter(formatter)
+    errors_handler.addFilter(lambda record: record.name != _access_logger.name)
+    access_handler = logging.StreamHandler(sys.stdout)
+    access_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    _access_logger.addHandler(access_handler)
+    _access_logger.propagate = False
+    root = logging.getLogger()
+    root.addHandler(errors_handler)
+    root.setLevel(level.upper())

@@ -18,13 +18,12 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from kvservice.lifecycle import run_until_signalled
-from kvservice.server import Server, ServerSettings, configure_logging
+from kvservice.http.server import Server, ServerSettings
+from kvservice.lifecycle import configure_logging, run_until_signalled
 from testclient.checks import CHECKS, CheckResult, Step, Verdict, overall_verdict, run_checks
-from testclient.clients import ClientFactory, make_client
+from testclient.clients import ClientFactory, KVClient, make_client
 from testclient.config import RUN, SERVE, Config, load_config
 from testclient.http_api import create_app
-from testclient.kv_client import KVClient
 
 EXIT_USAGE = 2
 EXIT_CODES = {Verdict.PASSED: 0, Verdict.FAILED: 1, Verdict.UNREACHABLE: 3, Verdict.SKIPPED: 4}

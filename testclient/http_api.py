@@ -19,7 +19,7 @@ from typing import Any
 
 import bottle
 
-from kvservice.problems import PROBLEM_CONTENT_TYPE, problem_body
+from kvservice.http.problems import PROBLEM_CONTENT_TYPE, problem_body
 from testclient.checks import (
     ALL_CHECKS,
     CHECKS,
@@ -29,7 +29,7 @@ from testclient.checks import (
     overall_verdict,
     run_checks,
 )
-from testclient.kv_client import KVClient
+from testclient.clients import KVClient
 
 logger = logging.getLogger("testclient.http")
 

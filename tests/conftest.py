@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
-from kvservice.http_api import create_app
-from kvservice.server import Server, ServerSettings
+from kvservice.http.app import create_app
+from kvservice.http.server import Server, ServerSettings
 from kvservice.store import Store
+from kvservice.store.memory import MemoryStore
 
 StartKV = Callable[..., str]
 
@@ -26,12 +28,15 @@ def background_stops() -> Iterator[list[threading.Thread]]:
 
 @pytest.fixture
 def start_kv(background_stops: list[threading.Thread]) -> Iterator[StartKV]:
-    """Start kvservice servers with custom Store/ServerSettings arguments; returns the base URL."""
+    """Start kvservice servers on a given store, or a MemoryStore with these options, and
+    custom ServerSettings; returns the base URL."""
     servers: list[Server] = []
 
-    def start(*, settings: ServerSettings | None = None, **store_options: object) -> str:
+    def start(
+        *, store: Store | None = None, settings: ServerSettings | None = None, **store_options: Any
+    ) -> str:
         server = Server(
-            create_app(Store(**store_options)),  # type: ignore[arg-type]
+            create_app(store or MemoryStore(**store_options)),
             settings or ServerSettings(port=0, threads=8, socket_timeout_s=2.0),
         )
         server.start()

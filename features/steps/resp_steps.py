@@ -8,7 +8,7 @@ from behave import then, when
 from behave.runner import Context
 
 from testclient.checks import CHECKS
-from testclient.resp_client import RespKVClient
+from testclient.clients import RespKVClient
 
 
 def _redis(context: Context, *command: str) -> None:

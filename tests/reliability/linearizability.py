@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from testclient.kv_client import Outcome, describe_value
+from testclient.clients import Outcome, describe_value
 
 MATCH_ANY = "*"
 

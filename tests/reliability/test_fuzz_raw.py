@@ -39,7 +39,7 @@ from typing import ClassVar
 
 import pytest
 
-from kvservice.server import ServerSettings
+from kvservice.http.server import ServerSettings
 from tests.conftest import StartKV
 
 SEED = 20240605

@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -29,17 +29,17 @@ import pytest
 import schemathesis
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from kvservice.http_api import create_app as create_kv_app
-from kvservice.store import Store
+from kvservice.http.app import create_app as create_kv_app
+from kvservice.store.memory import MemoryStore
+from testclient.clients import HTTPKVClient
 from testclient.http_api import create_app as create_testclient_app
-from testclient.kv_client import HTTPKVClient
-from tests.fakes import serve_wsgi
-from tests.reliability.service import KVProcess, kvservice_process
 from tests.reliability.test_openapi import (
     KVSERVICE_DOCUMENT,
     TESTCLIENT_DOCUMENT,
     load_document,
 )
+from tests.support.fakes import serve_wsgi
+from tests.support.processes import ServiceProcess, kvservice_process
 
 SEED = 20240605
 EXAMPLES_PER_OPERATION = 50
@@ -94,20 +94,20 @@ _CONDITIONS = re.compile(
 )
 
 
-def _mislabelled_positive(case: schemathesis.Case) -> bool:
+def _mislabelled_positive(case: schemathesis.Case[Any]) -> bool:
     """schemathesis's boundary-value phase cannot draw header values for a pattern that needs
     characters other than letters and digits; it then sends a placeholder ("", "0") that does
     not match the pattern and still calls the case valid. Such a case cannot test acceptance."""
     if case.meta is None or case.meta.generation.mode is not schemathesis.GenerationMode.POSITIVE:
         return False
-    headers: dict[str, str] = case.headers or {}
+    headers: Mapping[str, str] = case.headers or {}
     return any(
         name in headers and not _CONDITIONS.fullmatch(headers[name])
         for name in ("If-Match", "If-None-Match")
     )
 
 
-def _excluded_checks(case: schemathesis.Case) -> list[Any]:
+def _excluded_checks(case: schemathesis.Case[Any]) -> list[Any]:
     return [positive_data_acceptance] if _mislabelled_positive(case) else []
 
 
@@ -128,7 +128,7 @@ def status_counts(request: pytest.FixtureRequest) -> Iterator[StatusCounts]:
 
 
 @pytest.fixture(scope="module")
-def small_kv() -> Iterator[KVProcess]:
+def small_kv() -> Iterator[ServiceProcess]:
     """A kvservice whose budget generated writes soon fill and whose window soon empties."""
     with kvservice_process(*SMALL_BUDGET) as service:
         yield service
@@ -137,7 +137,7 @@ def small_kv() -> Iterator[KVProcess]:
 @KVSERVICE.parametrize()
 @hypothesis.settings(deadline=DEADLINE)
 def test_kvservice_answers_as_documented(
-    case: schemathesis.Case, small_kv: KVProcess, status_counts: StatusCounts
+    case: schemathesis.Case[Any], small_kv: ServiceProcess, status_counts: StatusCounts
 ) -> None:
     response = case.call_and_validate(
         base_url=small_kv.url, timeout=REQUEST_TIMEOUT_S, excluded_checks=_excluded_checks(case)
@@ -152,7 +152,7 @@ class _SwappableApp:
     """A WSGI app that forwards to whichever kvservice app was installed last."""
 
     def __init__(self) -> None:
-        self.app = create_kv_app(Store())
+        self.app = create_kv_app(MemoryStore())
         self._lock = threading.Lock()
 
     def install(self, app: Callable[..., Iterable[bytes]]) -> None:
@@ -171,12 +171,16 @@ def test_kvservice_sequences_follow_the_documented_links(status_counts: StatusCo
             def setup(self) -> None:
                 # A fresh store per scenario: hypothesis replays scenarios and needs the same
                 # answers. A long window keeps the answers independent of the clock.
-                swappable.install(create_kv_app(Store(max_bytes=8192, history_window_ms=60_000)))
+                swappable.install(
+                    create_kv_app(MemoryStore(max_bytes=8192, history_window_ms=60_000))
+                )
 
-            def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
+            def get_call_kwargs(self, case: schemathesis.Case[Any]) -> dict[str, Any]:
                 return {"base_url": url, "timeout": REQUEST_TIMEOUT_S}
 
-            def after_call(self, response: schemathesis.Response, case: schemathesis.Case) -> None:
+            def after_call(
+                self, response: schemathesis.Response, case: schemathesis.Case[Any]
+            ) -> None:
                 super().after_call(response, case)
                 status_counts[f"stateful {case.operation.label}"][response.status_code] += 1
 
@@ -210,7 +214,7 @@ def testclient_url() -> Iterator[str]:
 @TESTCLIENT.parametrize()
 @hypothesis.settings(deadline=timedelta(seconds=30))
 def test_testclient_answers_as_documented(
-    case: schemathesis.Case, testclient_url: str, status_counts: StatusCounts
+    case: schemathesis.Case[Any], testclient_url: str, status_counts: StatusCounts
 ) -> None:
     response = case.call_and_validate(base_url=testclient_url, timeout=30)
     status_counts[f"testclient {case.operation.label}"][response.status_code] += 1
@@ -221,14 +225,15 @@ def test_testclient_answers_as_documented(
 
 def _answering_wrongly(status: str, content_type: str) -> Callable[..., Iterable[bytes]]:
     """A kvservice app whose every answer has this status line and Content-Type."""
-    app = create_kv_app(Store())
+    app = create_kv_app(MemoryStore())
 
     def wrong(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         def start(_: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             kept = [(name, value) for name, value in headers if name.lower() != "content-type"]
             return start_response(status, [*kept, ("Content-Type", content_type)], exc_info)
 
-        return app(environ, start)
+        body: Iterable[bytes] = app(environ, start)
+        return body
 
     return wrong
 

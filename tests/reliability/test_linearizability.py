@@ -33,7 +33,8 @@ from kvservice.store import (
     StoreError,
     Value,
 )
-from testclient.kv_client import HTTPKVClient, KVUnreachable, Outcome, Reply
+from kvservice.store.memory import MemoryStore
+from testclient.clients import HTTPKVClient, KVUnreachable, Outcome, Reply
 from tests.reliability.linearizability import (
     CheckResult,
     Kind,
@@ -434,7 +435,7 @@ def simulated_history(
         effect = call + rng.randrange(1, 2_000_000)
         free_at[client] = effect + rng.randrange(1, 2_000_000)
         planned.append((effect, call, free_at[client], number))
-    store = Store(clock=lambda: 0)
+    store = MemoryStore(clock=lambda: 0)
     tags = ["never-issued"]
     history: dict[int, Operation] = {}
     applied: list[bytes | None] = []
@@ -532,7 +533,7 @@ def random_small_history(rng: random.Random) -> list[Operation]:
 
 def replay(order: Sequence[Operation]) -> tuple[bytes | None, ...] | None:
     """The writes this order applies on a real Store, if it reproduces every answer."""
-    store = Store(clock=lambda: 0)
+    store = MemoryStore(clock=lambda: 0)
     to_store: dict[str, str] = {}  # the tags clients saw <-> the Store's own
     seen_as: dict[str, str] = {}
     applied: list[bytes | None] = []

@@ -11,7 +11,7 @@ import time
 
 import requests
 
-from tests.reliability.service import kvservice_process
+from tests.support.processes import kvservice_process
 
 SOAK_S = float(os.environ.get("RELIABILITY_SOAK_S", "30"))
 WINDOW_S = 2

@@ -21,10 +21,10 @@ import pytest
 import schemathesis
 import yaml
 
-from kvservice.http_api import create_app as create_kv_app
-from kvservice.store import Store
+from kvservice.http.app import create_app as create_kv_app
+from kvservice.store.memory import MemoryStore
 from testclient.http_api import create_app as create_testclient_app
-from tests.fakes import InMemoryKV
+from tests.support.fakes import InMemoryKV
 
 OPENAPI_DIR = Path(__file__).resolve().parents[2] / "docs" / "openapi"
 KVSERVICE_DOCUMENT = OPENAPI_DIR / "kvservice.yaml"
@@ -165,7 +165,7 @@ def test_the_document_is_valid_openapi_3_1(path: Path) -> None:
 
 
 def test_kvservice_routes_are_exactly_the_documented_ones() -> None:
-    app = create_kv_app(Store())
+    app = create_kv_app(MemoryStore())
     assert route_differences(app, load_document(KVSERVICE_DOCUMENT)) == []
 
 
@@ -178,7 +178,7 @@ def test_testclient_routes_are_exactly_the_documented_ones() -> None:
 
 
 def test_a_route_missing_from_either_side_is_named() -> None:
-    app = create_kv_app(Store())
+    app = create_kv_app(MemoryStore())
     app.route("/_metrics", "GET", lambda: b"")
     document = load_document(KVSERVICE_DOCUMENT)
     document["paths"]["/{key}/history"]["delete"] = document["paths"]["/{key}"]["delete"]

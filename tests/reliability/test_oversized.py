@@ -8,19 +8,19 @@ import time
 
 import pytest
 
-from tests.reliability.service import KVProcess, kvservice_process
+from tests.support.processes import ServiceProcess, kvservice_process
 
 TEN_MB = 10 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def kv() -> KVProcess:  # type: ignore[misc]
+def kv() -> ServiceProcess:  # type: ignore[misc]
     with kvservice_process() as service:
         yield service
 
 
 def send_and_time(
-    kv: KVProcess, head: bytes, body_chunks: int, chunk: bytes
+    kv: ServiceProcess, head: bytes, body_chunks: int, chunk: bytes
 ) -> tuple[bytes, float]:
     """Send `head`, then stream the body from another thread; return the response and the
     milliseconds from the end of the head to the first response byte."""
@@ -54,7 +54,7 @@ def send_and_time(
 @pytest.mark.parametrize("method", ["PUT", "POST", "GET", "DELETE", "HEAD"])
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_ten_megabyte_body_is_413_fast_and_costs_no_memory(
-    kv: KVProcess, method: str, framing: str
+    kv: ServiceProcess, method: str, framing: str
 ) -> None:
     rss_before = kv.rss_bytes()
     block = b"x" * 65536
@@ -88,7 +88,9 @@ def test_ten_megabyte_body_is_413_fast_and_costs_no_memory(
     ],
     ids=["100 KB header", "10,000 headers", "100 KB URL"],
 )
-def test_oversized_heads_are_refused(kv: KVProcess, request_bytes: bytes, status: bytes) -> None:
+def test_oversized_heads_are_refused(
+    kv: ServiceProcess, request_bytes: bytes, status: bytes
+) -> None:
     response, elapsed_ms = send_and_time(kv, request_bytes, 0, b"")
     print(f"\n{status.decode()}: after {elapsed_ms:.1f} ms")
     assert response[9:12] == status, response[:200]

@@ -7,8 +7,8 @@ import signal
 import socket
 import time
 
-from tests.rawhttp import parse_responses
-from tests.reliability.service import kvservice_process
+from tests.support.processes import kvservice_process
+from tests.support.rawhttp import parse_responses
 
 IN_FLIGHT = 10
 IDLE = 50

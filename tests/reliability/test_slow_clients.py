@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from tests.reliability.service import kvservice_process, percentile
+from tests.support.processes import kvservice_process, percentile
 
 ATTACK_S = float(os.environ.get("RELIABILITY_ATTACK_S", "30"))
 TRICKLERS = 200

@@ -1,0 +1,319 @@
+"""The HTTP adapter: a Bottle app that parses requests, calls the store once and shapes responses.
+
+This is the only module that imports bottle. Domain errors become RFC 9457 problem documents
+through one table (`PROBLEMS`); Bottle's own errors (404, 405, 500) go through the same
+error handler, so a client never sees an HTML page or a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import logging
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import bottle
+
+from kvservice.http.problems import PROBLEM_CONTENT_TYPE, problem_body
+from kvservice.store import (
+    MATCH_ANY,
+    HistoryEntry,
+    InvalidKey,
+    KeyExists,
+    KeyNotFound,
+    Precondition,
+    PreconditionFailed,
+    Store,
+    StoreError,
+    StoreFull,
+    Value,
+    ValueTooLarge,
+    validate_key,
+)
+
+logger = logging.getLogger("kvservice.http")
+
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+KEY_SEGMENT = "re:[^/_][^/]*"  # paths starting with "_" are reserved for service endpoints
+PROBLEM_TYPE_BASE = "urn:kvservice:problem:"
+
+PROBLEMS: dict[type[StoreError], tuple[int, str, str]] = {
+    InvalidKey: (400, "invalid-key", "Invalid key"),
+    ValueTooLarge: (413, "value-too-large", "Value too large"),
+    KeyNotFound: (404, "key-not-found", "Key not found"),
+    KeyExists: (409, "key-exists", "Key already exists"),
+    PreconditionFailed: (412, "precondition-failed", "Precondition failed"),
+    StoreFull: (507, "store-full", "Store full"),
+}
+"""Each domain error's status, problem type (after PROBLEM_TYPE_BASE) and title."""
+
+# One element of an entity-tag list, with the comma after it; a tag may itself hold commas.
+_ETAG_ITEM = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|\Z)')
+_JSON_MEDIA_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json", re.ASCII)
+
+
+class BadRequest(Exception):
+    """The request itself is malformed (body, headers); answered with 400."""
+
+
+def _problem_for(error: StoreError | BadRequest) -> tuple[int, str, str]:
+    if isinstance(error, BadRequest):
+        return 400, "bad-request", "Bad request"
+    return PROBLEMS[type(error)]
+
+
+def create_app(store: Store) -> bottle.Bottle:
+    """Build the WSGI app serving `store`; the store's limits are the app's limits."""
+    app = bottle.Bottle(catchall=True)
+    app.uninstall(True)  # no template or JSON plugins on the hot path
+    app.install(_answer_store_errors)
+    app.default_error_handler = _problem_for_http_error
+    app.add_hook("after_request", _add_common_headers)
+
+    app.route("/_health", ["GET", "HEAD"], lambda: _health(store))
+    item = functools.partial(_item_route, store)
+    for method, handler in ITEM_HANDLERS.items():
+        app.route(f"/<key:{KEY_SEGMENT}>", method, functools.partial(item, handler))
+    app.route(f"/<key:{KEY_SEGMENT}>/history", ["GET", "HEAD"], lambda key: _history(store, key))
+    return app
+
+
+# -- routes ---------------------------------------------------------------------------------
+
+
+def _item_route(store: Store, handler: Callable[[Store, str], Any], key: str) -> Any:
+    return handler(store, _key_from_raw_path())
+
+
+def _get(store: Store, key: str) -> bytes:
+    value = store.get(key)
+    bottle.response.content_type = value.content_type or DEFAULT_CONTENT_TYPE
+    _set_etag(value)
+    return value.data
+
+
+def _put(store: Store, key: str) -> None:
+    data, content_type = _read_value(store.max_value_bytes)
+    _set_etag(store.put(key, data, content_type, _precondition()))
+    bottle.response.status = 204
+
+
+def _post(store: Store, key: str) -> bytes:
+    data, content_type = _read_value(store.max_value_bytes)
+    _set_etag(store.create(key, data, content_type, _precondition()))
+    bottle.response.status = 201
+    bottle.response.set_header("Location", f"/{key}")
+    return b""
+
+
+def _delete(store: Store, key: str) -> None:
+    store.delete(key, _precondition())
+    bottle.response.status = 204
+
+
+ITEM_HANDLERS: dict[str, Callable[[Store, str], Any]] = {
+    "GET": _get,
+    "HEAD": _get,
+    "PUT": _put,
+    "POST": _post,
+    "DELETE": _delete,
+}
+"""Method -> handler for `/<key>`. For HEAD, Bottle drops the body and keeps its length."""
+
+
+def _history(store: Store, key: str) -> bytes:
+    entries = store.history(_key_from_raw_path())
+    bottle.response.content_type = "application/json"
+    return history_json(entries)
+
+
+def _health(store: Store) -> bytes:
+    bottle.response.content_type = "application/json"
+    return json.dumps({"status": "ok", **store.stats()}, separators=(",", ":")).encode()
+
+
+# -- request parsing ------------------------------------------------------------------------
+
+
+def _key_from_raw_path() -> str:
+    """The key segment as the client sent it, before Bottle's lossy UTF-8 decoding.
+
+    Bottle decodes the path with errors ignored, so `/foo%FF` would route as `/foo`;
+    cheroot's PATH_INFO (latin-1, percent-decoded) still has the byte.
+    """
+    segment: str = bottle.request.environ["bottle.raw_path"].split("/")[1]
+    validate_key(segment)
+    return segment
+
+
+def _read_value(max_bytes: int) -> tuple[bytes, str | None]:
+    """The request body, read from wsgi.input with a bound, and its declared media type."""
+    environ = bottle.request.environ
+    stream = environ["wsgi.input"]
+    declared_length = environ.get("CONTENT_LENGTH") or ""
+    too_large = f"The value is larger than the limit of {max_bytes} bytes."
+    try:
+        if declared_length:
+            if int(declared_length) > max_bytes:
+                raise ValueTooLarge(too_large)
+            data = stream.read(int(declared_length))
+        else:
+            data = stream.read(max_bytes + 1)
+    except (ValueError, OSError) as error:
+        bottle.response.set_header("Connection", "close")
+        raise BadRequest(f"The request body could not be read: {error}") from error
+    if len(data) > max_bytes:
+        bottle.response.set_header("Connection", "close")
+        raise ValueTooLarge(too_large)
+    # Values share a few content types: one copy of each saves about 80 bytes per key.
+    # Interned strings are freed once unused, so clients cannot grow the table.
+    content_type = sys.intern(environ.get("CONTENT_TYPE") or "") or None
+    if content_type and _is_json(content_type):
+        _require_json(data)
+    return data, content_type
+
+
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return _JSON_MEDIA_TYPE.fullmatch(media_type) is not None
+
+
+def _require_json(data: bytes) -> None:
+    try:
+        json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise BadRequest(
+            f"The value is declared as JSON but is not valid UTF-8 JSON: {error}"
+        ) from error
+
+
+def _precondition() -> Precondition:
+    headers = bottle.request.headers
+    return Precondition(
+        if_match=_parse_etags(headers.get("If-Match"), strong_only=True),
+        if_none_match=_parse_etags(headers.get("If-None-Match"), strong_only=False),
+    )
+
+
+def _parse_etags(header: str | None, *, strong_only: bool) -> frozenset[str] | None:
+    """The opaque tags of an If-Match/If-None-Match header (RFC 9110 section 13.1).
+
+    If-Match compares strongly, so a weak tag there can never match and is dropped.
+    """
+    if header is None:
+        return None
+    if header.strip() == MATCH_ANY:
+        return frozenset({MATCH_ANY})
+    tags = set()
+    position = 0
+    header = header.strip()
+    while True:
+        match = _ETAG_ITEM.match(header, position)
+        if match is None:
+            rest = header[position:]
+            raise BadRequest(f'Malformed entity tag {rest!r}; tags look like "abc".')
+        weak, opaque = match.groups()
+        if not (weak and strong_only):
+            tags.add(opaque)
+        position = match.end()
+        if position == len(header):
+            return frozenset(tags)
+
+
+# -- responses ------------------------------------------------------------------------------
+
+
+def history_json(entries: list[HistoryEntry]) -> bytes:
+    """Compact JSON, newest first: value (text, base64 with `encoding`, or null), then timestamp.
+
+    Written as text, piece by piece, rather than through dicts and json.dumps: the same
+    bytes in half the time, which is most of what a long history costs to serve.
+    """
+    return ("[" + ",".join(map(_history_item, entries)) + "]").encode("ascii")
+
+
+def _history_item(entry: HistoryEntry) -> str:
+    if entry.data is None:
+        return f'{{"value":null,"timestamp":{entry.timestamp_ms}}}'
+    try:
+        text = entry.data.decode("utf-8")
+    except UnicodeDecodeError:
+        encoded = base64.b64encode(entry.data).decode("ascii")
+        return f'{{"value":"{encoded}","encoding":"base64","timestamp":{entry.timestamp_ms}}}'
+    return f'{{"value":{_json_string(text)},"timestamp":{entry.timestamp_ms}}}'
+
+
+_json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
+"""A str as a JSON string literal, non-ASCII escaped: exactly what json.dumps writes."""
+
+
+def _set_etag(value: Value) -> None:
+    bottle.response.set_header("ETag", f'"{value.etag}"')
+
+
+def _add_common_headers() -> None:
+    # Values echo content types chosen by users; browsers must not sniff them into HTML.
+    bottle.response.set_header("X-Content-Type-Options", "nosniff")
+
+
+def _problem_response(status: int, detail: str, problem_type: str, title: str) -> bytes:
+    bottle.response.status = status
+    bottle.response.content_type = PROBLEM_CONTENT_TYPE
+    return problem_body(status, detail, problem_type, title)
+
+
+def _answer_store_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """Bottle plugin: domain errors become problems; anything unexpected is logged, then a 500."""
+
+    @functools.wraps(callback)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return callback(*args, **kwargs)
+        except bottle.HTTPResponse:
+            raise
+        except (StoreError, BadRequest) as error:
+            status, slug, title = _problem_for(error)
+            return _problem_response(status, str(error), PROBLEM_TYPE_BASE + slug, title)
+        except Exception:
+            logger.exception(
+                "unexpected error serving %s %s",
+                bottle.request.method,
+                bottle.request.environ.get("bottle.raw_path"),
+            )
+            bottle.response.set_header("Connection", "close")
+            return _problem_response(
+                500,
+                "The server failed to answer; it logged why.",
+                "about:blank",
+                "Internal Server Error",
+            )
+
+    return wrapper
+
+
+def _problem_for_http_error(error: bottle.HTTPError) -> bytes:
+    """Bottle's own errors (no route, wrong method, internal failure) as problem documents."""
+    if error.status_code == 500:
+        logger.error("bottle reported an internal error: %s", error.exception)
+        detail = "The server failed to answer; it logged why."
+    elif error.status_code == 404 and not isinstance(error.body, str):
+        detail = "No such resource."
+    elif error.status_code == 404 and error.body.startswith("Not found:"):
+        detail = (
+            f"No resource at {bottle.request.environ.get('bottle.raw_path')!r}; "
+            "keys are single path segments: /<key> and /<key>/history."
+        )
+    elif error.status_code == 405:
+        detail = (
+            f"Method {bottle.request.method} is not allowed here; "
+            f"allowed: {error.headers.get('Allow', '')}."
+        )
+    else:
+        detail = str(error.body)
+    bottle.response.content_type = PROBLEM_CONTENT_TYPE
+    _add_common_headers()  # Bottle replaced the response's headers with the error's
+    return problem_body(error.status_code, detail)

@@ -1,0 +1,304 @@
+"""Keeps each connection in cheroot's selector until its whole request has arrived.
+
+Stock cheroot hands every new connection to a worker thread at once, and the worker then
+blocks reading the request; the socket timeout restarts with every byte. So a client that
+opens a connection and says nothing, or trickles a byte a second, holds a worker, and as
+many such clients as there are workers stop the server for everyone.
+
+Here the selector thread reads whatever has arrived, without blocking, into the
+connection's `GateReader`. A worker gets the connection only when the request is complete:
+its head, and its body, whether of known length or chunked up to the last chunk and its
+trailers (`framing.py` decides, with the functions the worker's parser uses). A request the
+parser would refuse anyway goes to a worker at once; a body past the limit is refused here
+with 413. A request not complete within `request_timeout_s` of its first byte gets a 408; a
+connection that stays silent is closed after the idle timeout; connections past
+`max_connections` get a 503. Workers therefore only ever serve requests that are already in
+memory, and slow clients cost a selector slot and a buffer (at most the header and body
+limits), not a thread.
+"""
+
+from __future__ import annotations
+
+import _pyio  # type: ignore[import-not-found]  # cheroot's reader base; it has no stubs
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+from cheroot import connections as cheroot_connections
+from cheroot import makefile as cheroot_makefile
+
+from kvservice.http.framing import CHUNKED, body_length, chunked_body_complete
+
+logger = logging.getLogger("kvservice.gate")
+
+_RECEIVE_BYTES = 65536
+_HEAD_END = b"\r\n\r\n"
+
+
+class _GateRaw(_pyio.RawIOBase):  # type: ignore[misc]
+    """A socket's read side, serving first the bytes the selector thread already received."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.pending = bytearray()
+        self._socket_io = socket.SocketIO(sock, "rb")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        if self.pending:
+            count = min(len(buffer), len(self.pending))
+            buffer[:count] = self.pending[:count]
+            del self.pending[:count]
+            return count
+        return self._socket_io.readinto(buffer)
+
+    def close(self) -> None:
+        self._socket_io.close()
+        super().close()
+
+
+class GateReader(_pyio.BufferedReader):  # type: ignore[misc]
+    """The connection's `rfile`: cheroot's reader interface over a `_GateRaw`."""
+
+    def __init__(self, sock: socket.socket, bufsize: int = _pyio.DEFAULT_BUFFER_SIZE) -> None:
+        self.gate = _GateRaw(sock)
+        super().__init__(self.gate, bufsize)
+        self.bytes_read = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        data: bytes = super().read(size)
+        self.bytes_read += len(data)
+        return data
+
+    def has_data(self) -> bool:
+        """True if bytes are buffered here or waiting in the gate."""
+        return bool(self._buffered() or self.gate.pending)
+
+    def unread_buffered(self) -> None:
+        """Give bytes read ahead (a pipelined request) back to the gate, in front."""
+        buffered = self._buffered()
+        if buffered:
+            self.gate.pending[:0] = super().read1(buffered)
+
+    def _buffered(self) -> int:
+        # The same private fields cheroot's own reader reads for has_data().
+        return len(self._read_buf) - int(self._read_pos)
+
+
+def gated_makefile(sock: socket.socket, mode: str = "r", bufsize: int = 8192) -> Any:
+    """cheroot's MakeFile, with the gate on the read side."""
+    if "r" in mode:
+        return GateReader(sock, bufsize)
+    return cheroot_makefile.MakeFile(sock, mode, bufsize)
+
+
+class Readiness(Enum):
+    """What the gate does with a connection's pending bytes."""
+
+    WAIT = "wait"  # well-formed so far and incomplete
+    SERVE = "serve"  # whole, or malformed: a worker's strict parser answers either
+    TOO_LARGE = "too large"  # the body is over the limit: refused with 413 here
+
+
+def request_readiness(
+    pending: bytes | bytearray, max_head: int, max_body: int, max_fields: int
+) -> Readiness:
+    """Whether a request can go to a worker now, must wait for more bytes, or is too large.
+
+    The gate waits only for requests the strict parser would read a body for; anything it
+    refuses at once (malformed, ambiguous, too large a head) goes to a worker at once.
+    """
+    head_end = pending.find(_HEAD_END)
+    if head_end < 0:
+        return Readiness.SERVE if len(pending) > max_head else Readiness.WAIT
+    if head_end > max_head:
+        return Readiness.SERVE  # refused as too large before any body is read
+    length = body_length(bytes(pending[:head_end]), max_fields)
+    if length is None:
+        return Readiness.SERVE
+    body = bytes(pending[head_end + len(_HEAD_END) :])
+    if length == CHUNKED:
+        if chunked_body_complete(body):
+            return Readiness.SERVE
+        return Readiness.TOO_LARGE if len(body) > max_body else Readiness.WAIT
+    if length > max_body:
+        return Readiness.TOO_LARGE
+    return Readiness.SERVE if len(body) >= length else Readiness.WAIT
+
+
+class GatedConnectionManager(cheroot_connections.ConnectionManager):
+    """cheroot's connection manager, handing a connection to a worker only with a whole request.
+
+    Runs on the server's selector thread, except `put()`, which workers call to hand a
+    kept-alive connection back.
+    """
+
+    # cheroot's internals this class builds on; its type stubs leave them out.
+    server: Any
+    _selector: Any
+    _stop_requested: bool
+    _serving: bool
+    _remove_invalid_sockets: Callable[[], None]
+    _from_server_socket: Callable[[socket.socket], Any]
+
+    def __init__(self, server: Any) -> None:
+        super().__init__(server)
+        self._open_connections = 0
+        self._count_lock = threading.Lock()
+        self._drain_deadline: float | None = None
+        self._accepting = True
+
+    # -- accounting: `_admit` counts every accepted connection, its close() uncounts it ----
+
+    def connection_closed(self) -> None:
+        """Called once per connection when it closes, wherever that happens."""
+        with self._count_lock:
+            self._open_connections -= 1
+
+    @property
+    def open_connections(self) -> int:
+        """Connections accepted and not yet closed: waiting, in the gate or being served."""
+        return self._open_connections
+
+    # -- the selector loop ------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Drain, then stop the selector loop: called from the thread stopping the server.
+
+        New connections are no longer accepted and idle ones are closed at once; requests that
+        have started to arrive get until `drain_timeout` to complete and be served. Whatever
+        is still incomplete then is answered 503.
+        """
+        self._drain_deadline = time.time() + self.server.drain_timeout
+        while self._serving and time.time() < self._drain_deadline and self._partial_requests():
+            time.sleep(0.01)
+        super().stop()
+        for sock_fd, conn in list(self._selector.connections):
+            if conn is not self.server:
+                self._selector.unregister(sock_fd)
+                conn.refuse(503, "The server is shutting down; retry elsewhere or later.")
+
+    def _partial_requests(self) -> bool:
+        return any(
+            conn is not self.server and conn.rfile.gate.pending
+            for _, conn in self._selector.connections
+        )
+
+    def _start_draining(self) -> None:
+        """Stop accepting and close the idle connections (selector thread)."""
+        self._accepting = False
+        self._selector.unregister(self.server.socket.fileno())
+        for sock_fd, conn in list(self._selector.connections):
+            if not conn.rfile.gate.pending:
+                self._selector.unregister(sock_fd)
+                conn.close()
+
+    def _run(self, expiration_interval: float) -> None:
+        last_expiration_check = time.time()
+        while not self._stop_requested:
+            if self._drain_deadline is not None and self._accepting:
+                self._start_draining()
+            # While draining, look often: the thread stopping the server is waiting.
+            timeout = expiration_interval if self._accepting else 0.01
+            try:
+                ready = self._selector.select(timeout=timeout)
+            except OSError:
+                self._remove_invalid_sockets()
+                continue
+            for sock_fd, conn in ready:
+                if conn is self.server:
+                    new_conn = self._from_server_socket(self.server.socket)
+                    if new_conn is not None:
+                        self._admit(new_conn)
+                else:
+                    self._receive(sock_fd, conn)
+            now = time.time()
+            if now - last_expiration_check > expiration_interval:
+                self._expire(threshold=now - self.server.timeout)
+                last_expiration_check = now
+
+    def _admit(self, conn: Any) -> None:
+        with self._count_lock:
+            self._open_connections += 1
+            over_capacity = self._open_connections > self.server.max_connections
+        if over_capacity:
+            conn.refuse(503, "The server is at its connection limit; retry shortly.")
+            return
+        self._wait_for_request(conn)
+
+    def put(self, conn: Any) -> None:
+        """A worker is done with a kept-alive connection: wait for its next request."""
+        conn.rfile.unread_buffered()
+        self._wait_for_request(conn)
+
+    def _wait_for_request(self, conn: Any) -> None:
+        conn.last_used = time.time()
+        readiness = self._readiness(conn) if conn.rfile.gate.pending else Readiness.WAIT
+        if readiness is not Readiness.WAIT:
+            self._dispatch(conn, readiness)
+            return
+        conn.request_deadline = conn.last_used + self.server.request_timeout
+        self._selector.register(conn.socket.fileno(), selectors.EVENT_READ, data=conn)
+
+    def _receive(self, sock_fd: int, conn: Any) -> None:
+        try:
+            data = conn.socket.recv(_RECEIVE_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client closed, or the connection broke
+            self._selector.unregister(sock_fd)
+            conn.close()
+            return
+        pending = conn.rfile.gate.pending
+        if not pending:
+            conn.request_deadline = time.time() + self.server.request_timeout
+        pending += data
+        conn.last_used = time.time()
+        readiness = self._readiness(conn)
+        if readiness is not Readiness.WAIT:
+            self._selector.unregister(sock_fd)
+            self._dispatch(conn, readiness)
+
+    def _readiness(self, conn: Any) -> Readiness:
+        server = self.server
+        return request_readiness(
+            conn.rfile.gate.pending,
+            server.max_request_header_size,
+            server.max_request_body_size,
+            server.max_header_count,
+        )
+
+    def _dispatch(self, conn: Any, readiness: Readiness) -> None:
+        """Hand the request to a worker, or refuse it as too large."""
+        if readiness is Readiness.SERVE:
+            self.server.process_conn(conn)
+        else:
+            limit = self.server.max_request_body_size
+            conn.refuse(413, f"The request body exceeds the limit of {limit} bytes.")
+
+    def _expire(self, threshold: float) -> None:
+        """Close silent connections after the idle timeout; answer stalled requests with 408."""
+        now = time.time()
+        expired = [
+            (sock_fd, conn)
+            for sock_fd, conn in self._selector.connections
+            if conn is not self.server
+            and (
+                (conn.rfile.gate.pending and now > conn.request_deadline)
+                or (not conn.rfile.gate.pending and conn.last_used < threshold)
+            )
+        ]
+        for sock_fd, conn in expired:
+            self._selector.unregister(sock_fd)
+            if conn.rfile.gate.pending:
+                conn.refuse(408, "The request did not arrive in time.")
+            else:
+                conn.close()

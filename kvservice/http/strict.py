@@ -1,0 +1,225 @@
+"""cheroot's request, connection and chunked-body reader, made strict about framing and errors.
+
+cheroot's defaults are loose for a service that must never garble a write: it accepts
+ambiguous request framing (Content-Length with Transfer-Encoding, duplicate or signed
+lengths, `0x`-prefixed chunk sizes), keeps reading a connection after the application
+asked to close it, answers oversized headers with 413 and writes its own errors as plain
+text. The subclasses here tighten exactly those points; where a request ends is decided by
+`framing.py`, which the gate reads with too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from http import HTTPStatus
+from typing import Any
+
+from cheroot import errors as cheroot_errors
+from cheroot import server as cheroot_server
+
+from kvservice.http.framing import (
+    CRLF,
+    HEX_DIGITS,
+    MAX_CHUNK_LINE_BYTES,
+    MAX_TRAILER_LINES,
+    read_strict_headers,
+)
+from kvservice.http.gate import gated_makefile
+from kvservice.http.problems import PROBLEM_CONTENT_TYPE, problem_body
+
+
+class StrictChunkedReader(cheroot_server.ChunkedRFile):
+    """A chunked body reader with bounded lines, strict hex sizes and consumed trailers.
+
+    Chunk data is read piece by piece as the application asks for it, so a chunk that
+    announces gigabytes costs no more memory than the application reads; going past
+    `maxlen` raises MaxSizeExceeded. `closed` becomes true only after the whole message,
+    trailers included, has been read, so a partly read body can be told apart and the
+    connection closed.
+    """
+
+    def __init__(self, rfile: Any, maxlen: int, bufsize: int = 8192) -> None:
+        super().__init__(rfile, maxlen, bufsize)
+        self._chunk_left = 0
+
+    def _fetch(self) -> None:
+        if self.closed:
+            return
+        if self._chunk_left == 0 and not self._start_chunk():
+            return
+        piece = self.rfile.read(min(self._chunk_left, self.bufsize))
+        if not piece:
+            raise ValueError("Bad chunked transfer coding: chunk data is truncated.")
+        self._chunk_left -= len(piece)
+        self.bytes_read += len(piece)
+        if self.maxlen and self.bytes_read > self.maxlen:
+            raise cheroot_errors.MaxSizeExceeded("Request Entity Too Large", self.maxlen)
+        if self._chunk_left == 0 and self.rfile.read(2) != CRLF:
+            raise ValueError("Bad chunked transfer coding: chunk data is not followed by CRLF.")
+        self.buffer += piece
+
+    def _start_chunk(self) -> bool:
+        """Read a chunk-size line; False at the last chunk (trailers read, body closed)."""
+        line = self.rfile.readline(MAX_CHUNK_LINE_BYTES)
+        if not line.endswith(CRLF):
+            raise ValueError("Bad chunked transfer coding: chunk-size line is malformed.")
+        size_text = line[:-2].split(b";", 1)[0].strip(b" \t")
+        if not HEX_DIGITS.fullmatch(size_text):
+            raise ValueError(f"Bad chunked transfer coding: chunk size {size_text!r}.")
+        self._chunk_left = int(size_text, 16)
+        if self._chunk_left == 0:
+            self._read_trailers()
+            self.closed = True
+            return False
+        return True
+
+    def _read_trailers(self) -> None:
+        for _ in range(MAX_TRAILER_LINES):
+            line = self.rfile.readline(MAX_CHUNK_LINE_BYTES)
+            if line == CRLF:
+                return
+            if not line.endswith(CRLF):
+                raise ValueError("Bad chunked transfer coding: trailer line is malformed.")
+        raise ValueError("Bad chunked transfer coding: too many trailer lines.")
+
+
+class StrictRequest(cheroot_server.HTTPRequest):
+    """cheroot's request with strict framing, 431 for large headers and problem+json errors."""
+
+    def parse_request(self) -> None:
+        # The gate has the whole head in memory, so peeking does not block.
+        self.head_request = is_head_request(self.conn.rfile.peek(_PEEK_BYTES))
+        self.rfile = cheroot_server.SizeCheckWrapper(
+            self.conn.rfile, self.server.max_request_header_size
+        )
+        try:
+            if not self.read_request_line():  # type: ignore[no-untyped-call]
+                return
+        except cheroot_errors.MaxSizeExceeded:
+            self.simple_response("414 URI Too Long", "The request line is too long.")
+            return
+        try:
+            if not self.read_request_headers():
+                return
+        except cheroot_errors.MaxSizeExceeded:
+            self.simple_response(
+                "431 Request Header Fields Too Large",
+                "The request's header fields are too large or too many.",
+            )
+            return
+        self.ready = True
+
+    def read_request_headers(self) -> bool:
+        self.header_reader = HeaderReader(self.server.max_header_count)
+        if not super().read_request_headers():  # type: ignore[no-untyped-call]
+            return False
+        # Connection options are case-insensitive tokens (RFC 9110 section 7.6.1); cheroot
+        # honours only the exact value "close".
+        options = self.inheaders.get(b"Connection", b"").lower().split(b",")
+        if b"close" in (option.strip() for option in options):
+            self.close_connection = True
+        if not self.chunked_read and b"Transfer-Encoding" in self.inheaders:
+            # HTTP/1.0 has no chunked coding; cheroot would read the body as the next request.
+            self.simple_response(
+                "400 Bad Request", "Transfer-Encoding is not allowed on HTTP/1.0 requests."
+            )
+            return False
+        return True
+
+    def respond(self) -> None:
+        max_body = self.server.max_request_body_size
+        if self.chunked_read:
+            self.rfile = StrictChunkedReader(self.conn.rfile, max_body)
+        else:
+            length = int(self.inheaders.get(b"Content-Length", 0))
+            if max_body and length > max_body:
+                self.simple_response(
+                    "413 Content Too Large",
+                    f"The request body exceeds the limit of {max_body} bytes.",
+                )
+                return
+            self.rfile = cheroot_server.KnownLengthRFile(self.conn.rfile, length)
+        self.server.gateway(self).respond()
+        if self.ready:
+            self.ensure_headers_sent()
+        if self.chunked_write:
+            self.conn.wfile.write(b"0\r\n\r\n")
+
+    def send_headers(self) -> None:
+        if (b"Connection", b"close") in self.outheaders:
+            self.close_connection = True  # cheroot would otherwise keep reading this connection
+        if self.chunked_read and not self.rfile.closed:
+            self.close_connection = True  # an unread chunked body must not become the next request
+        super().send_headers()
+
+    def simple_response(self, status: str, msg: str = "") -> None:
+        """Answer a transport-level error with a problem document and close the connection."""
+        self.close_connection = True
+        try:
+            self.conn.wfile.write(error_response(int(status[:3]), msg, head_only=self.head_request))
+        except OSError as error:
+            if error.args[0] not in cheroot_errors.socket_errors_to_ignore:
+                raise
+
+
+_PEEK_BYTES = 1024
+"""How much of a request `is_head_request` looks at: enough to see its method."""
+
+
+def is_head_request(data: bytes) -> bool:
+    """Whether the request `data` starts with is a HEAD, its request line read as cheroot does
+    (one leading empty line skipped, surrounding whitespace stripped)."""
+    request_line = data.removeprefix(CRLF).split(b"\n", 1)[0]
+    return request_line.strip().startswith(b"HEAD ")
+
+
+def error_response(code: int, detail: str, *, head_only: bool = False) -> bytes:
+    """A whole HTTP/1.1 error response with a problem body; it announces the connection closes.
+
+    An answer to HEAD leaves the body out (RFC 9110 section 9.3.2) and keeps its length.
+    """
+    body = problem_body(code, detail or HTTPStatus(code).description)
+    head = (
+        f"HTTP/1.1 {code} {HTTPStatus(code).phrase}\r\n"
+        f"Content-Type: {PROBLEM_CONTENT_TYPE}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "X-Content-Type-Options: nosniff\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + (b"" if head_only else body)
+
+
+class HeaderReader(cheroot_server.HeaderReader):
+    def __init__(self, max_count: int) -> None:
+        self.max_count = max_count
+
+    def __call__(self, rfile: Any, hdict: dict[bytes, bytes] | None = None) -> dict[bytes, bytes]:
+        headers = read_strict_headers(rfile, self.max_count)
+        if hdict is not None:
+            hdict.update(headers)
+            return hdict
+        return headers
+
+
+class StrictConnection(cheroot_server.HTTPConnection):
+    """A connection whose reads go through the gate and whose close is counted."""
+
+    RequestHandlerClass = StrictRequest
+
+    def __init__(self, server: Any, sock: socket.socket, makefile: Any = None) -> None:
+        super().__init__(server, sock, gated_makefile)
+        self._closed = False
+
+    def refuse(self, code: int, detail: str) -> None:
+        """Answer with an error before any request was served, then close."""
+        head_only = is_head_request(bytes(self.rfile.gate.pending[:_PEEK_BYTES]))
+        with contextlib.suppress(OSError):
+            self.socket.sendall(error_response(code, detail, head_only=head_only))
+        self.close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.server.connections.connection_closed()
+        super().close()

@@ -1,0 +1,189 @@
+"""RESP on the wire, without sockets: replies to bytes, and bytes to commands.
+
+`encode` writes a reply in RESP2, or in RESP3 where the two differ (nil and maps).
+`CommandParser` is fed whatever bytes arrive and hands out every complete command in them
+(arrays of bulk strings, or inline lines as typed into telnet), so a server can run all the
+commands a client pipelined before it writes their replies together. It remembers where it is
+inside a command, so a request that trickles in costs no rescans. Everything a client can
+make it hold is bounded (`RequestLimits`); malformed or oversized input raises ProtocolError.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TypeAlias
+
+CRLF = b"\r\n"
+INTEGER = re.compile(rb"-?[0-9]{1,12}")
+_PRINTABLE_CHARS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A simple string reply, `+OK`."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """An error reply, `-CODE message`."""
+
+    code: str
+    message: str
+
+
+Reply: TypeAlias = Status | Error | int | bytes | list["Reply"] | dict[bytes, "Reply"] | None
+"""A reply: None is nil, a list an array, a dict a map (a flat array in RESP2)."""
+
+OK = Status("OK")
+
+
+def encode(reply: Reply, protocol: int = 2) -> bytes:
+    """The reply in RESP2, or in RESP3 where the two differ (nil and maps)."""
+    if reply is None:
+        return b"_\r\n" if protocol == 3 else b"$-1\r\n"
+    if isinstance(reply, bytes):
+        return b"$%d\r\n%s\r\n" % (len(reply), reply)
+    if isinstance(reply, int):
+        return b":%d\r\n" % reply
+    if isinstance(reply, dict):
+        pairs = [encode(item, protocol) for pair in reply.items() for item in pair]
+        head = b"%%%d\r\n" % len(reply) if protocol == 3 else b"*%d\r\n" % len(pairs)
+        return head + b"".join(pairs)
+    if isinstance(reply, Status):
+        return b"+" + _one_line(reply.text) + CRLF
+    if isinstance(reply, Error):
+        return b"-" + _one_line(f"{reply.code} {reply.message}") + CRLF
+    return b"*%d\r\n" % len(reply) + b"".join(encode(item, protocol) for item in reply)
+
+
+def _one_line(text: str) -> bytes:
+    return text.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace")
+
+
+def printable(argument: bytes) -> str:
+    """An argument as it may appear in an error or the log: escaped, at most 64 characters."""
+    return repr(argument[:_PRINTABLE_CHARS])[2:-1]
+
+
+# -- reading commands -------------------------------------------------------------------------
+
+
+class ProtocolError(Exception):
+    """Malformed or oversized input; answered with `-ERR Protocol error: ...`, then closed."""
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one command may hold."""
+
+    max_argument_bytes: int = 2048
+    """One bulk string."""
+    max_request_bytes: int = 64 * 1024
+    """All arguments of one command together; also the longest line (an inline command)."""
+    max_arguments: int = 1024
+
+
+class CommandParser:
+    """Commands out of a byte stream fed in pieces: `feed(data)`, then `next_command()` until
+    it returns None (the rest has not arrived). Raises ProtocolError; after that the stream
+    is beyond repair and the connection should close."""
+
+    def __init__(self, limits: RequestLimits) -> None:
+        self.limits = limits
+        self._buffer = bytearray()
+        self._arguments: list[bytes] | None = None
+        """The arguments of the array being read; None between commands."""
+        self._arguments_left = 0
+        self._bulk_size: int | None = None
+        """The size of the bulk string whose `$` line has been read, until its data arrives."""
+        self._request_bytes = 0
+
+    @property
+    def midway(self) -> bool:
+        """Whether part of a command has arrived and the rest has not."""
+        return bool(self._buffer) or self._arguments is not None
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes."""
+        self._buffer += data
+
+    def next_command(self) -> list[bytes] | None:
+        """The next complete command's arguments ([] for an empty line or array), or None."""
+        if self._arguments is None:
+            line = self._line()
+            if line is None:
+                return None
+            if not line.startswith(b"*"):
+                return self._inline(line)
+            count = _length(line, "multibulk")
+            if count > self.limits.max_arguments:
+                raise ProtocolError(
+                    f"invalid multibulk length {count} "
+                    f"(at most {self.limits.max_arguments} arguments)"
+                )
+            if count <= 0:
+                return []  # an empty command, which Redis ignores too
+            self._arguments, self._arguments_left, self._request_bytes = [], count, 0
+        while self._arguments_left:
+            argument = self._bulk()
+            if argument is None:
+                return None
+            self._arguments.append(argument)
+            self._arguments_left -= 1
+        arguments, self._arguments, self._request_bytes = self._arguments, None, 0
+        return arguments
+
+    def _line(self) -> bytes | None:
+        """The next line, LF included, taken off the buffer; None until it has arrived."""
+        end = self._buffer.find(b"\n", 0, self.limits.max_request_bytes + 1)
+        if end < 0:
+            if len(self._buffer) > self.limits.max_request_bytes:
+                raise ProtocolError("too big inline request")
+            return None
+        line = bytes(self._buffer[: end + 1])
+        del self._buffer[: end + 1]
+        return line
+
+    def _inline(self, line: bytes) -> list[bytes]:
+        arguments = line.split()  # as typed into telnet; no quoting
+        if len(arguments) > self.limits.max_arguments:
+            raise ProtocolError(f"too many arguments (at most {self.limits.max_arguments})")
+        return arguments
+
+    def _bulk(self) -> bytes | None:
+        if self._bulk_size is None:
+            line = self._line()
+            if line is None:
+                return None
+            if not line.startswith(b"$"):
+                raise ProtocolError(f"expected '$', got '{printable(line[:1])}'")
+            size = _length(line, "bulk")
+            if not 0 <= size <= self.limits.max_argument_bytes:
+                raise ProtocolError(
+                    f"invalid bulk length {size} (arguments are at most "
+                    f"{self.limits.max_argument_bytes} bytes)"
+                )
+            self._request_bytes += size
+            if self._request_bytes > self.limits.max_request_bytes:
+                raise ProtocolError(f"request larger than {self.limits.max_request_bytes} bytes")
+            self._bulk_size = size
+        size = self._bulk_size
+        if len(self._buffer) < size + 2:
+            return None
+        if self._buffer[size : size + 2] != CRLF:
+            raise ProtocolError("bulk string not followed by CRLF")
+        data = bytes(self._buffer[:size])
+        del self._buffer[: size + 2]
+        self._bulk_size = None
+        return data
+
+
+def _length(line: bytes, what: str) -> int:
+    """The number in a `*3` or `$5` line, which must end in CRLF."""
+    digits = line[1:-2]
+    if not line.endswith(CRLF) or not INTEGER.fullmatch(digits):
+        raise ProtocolError(f"invalid {what} length '{printable(digits)}'")
+    return int(digits)

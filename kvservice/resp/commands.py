@@ -1,0 +1,250 @@
+"""The Redis commands kvservice answers: one table (`COMMANDS`) from a name to its handler.
+
+Each handler takes the store, the connection's `Session` and the arguments, makes at most a
+few store calls and returns a `codec.Reply`. Domain errors become replies through one table
+(`STORE_ERRORS`), like the HTTP app's PROBLEMS: an error reply with the store's message, or
+nil where Redis answers nil (GET of an empty key, SET NX on a taken key). HELLO, COMMAND,
+CLIENT and SELECT answer just enough for real clients to connect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+
+from kvservice.resp.codec import INTEGER, OK, Error, Reply, Status, printable
+from kvservice.store import (
+    MATCH_ANY,
+    InvalidKey,
+    KeyExists,
+    KeyNotFound,
+    Precondition,
+    PreconditionFailed,
+    Store,
+    StoreError,
+    StoreFull,
+    ValueTooLarge,
+    validate_key,
+)
+
+SUPPORTED_PROTOCOLS = (2, 3)
+"""RESP versions HELLO accepts; redis-py 8 asks for 3 by default."""
+
+STORE_ERRORS: dict[type[StoreError], str | None] = {
+    InvalidKey: "ERR",
+    ValueTooLarge: "ERR",
+    StoreFull: "ERR",
+    KeyNotFound: None,  # GET of a key without a value
+    KeyExists: None,  # SET NX on a key holding a value
+    PreconditionFailed: None,  # SET XX on a key holding none
+}
+"""Each domain error's reply: an error with this code and the store's message, or nil (None)."""
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    """What one connection remembers between commands."""
+
+    id: int
+    name: bytes | None = None
+    closing: bool = False
+    """Set by QUIT: the connection closes once the reply is sent."""
+    protocol: int = 2
+    """2 or 3, as chosen with HELLO; RESP3 is RESP2 with its own nil and maps."""
+
+
+Handler = Callable[[Store, Session, list[bytes]], Reply]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command's handler and how many arguments it takes (max None: any number)."""
+
+    handler: Handler
+    min_args: int
+    max_args: int | None
+
+
+def execute(store: Store, session: Session, arguments: Sequence[bytes]) -> Reply:
+    """Run one command (name and arguments) against the store; never raises a StoreError."""
+    name, *args = arguments
+    command = COMMANDS.get(name.upper())
+    if command is None:
+        return Error("ERR", f"unknown command '{printable(name)}'")
+    return _call(command, printable(name).lower(), store, session, args)
+
+
+def _call(command: Command, label: str, store: Store, session: Session, args: list[bytes]) -> Reply:
+    if len(args) < command.min_args or (
+        command.max_args is not None and len(args) > command.max_args
+    ):
+        return Error("ERR", f"wrong number of arguments for '{label}' command")
+    try:
+        return command.handler(store, session, args)
+    except StoreError as error:
+        code = STORE_ERRORS[type(error)]
+        return None if code is None else Error(code, str(error))
+
+
+def _subcommands(command: str, table: dict[bytes, Command]) -> Handler:
+    """A handler that dispatches on its first argument through `table`."""
+
+    def dispatch(store: Store, session: Session, args: list[bytes]) -> Reply:
+        name = args[0].upper() if args else b""
+        subcommand = table.get(name)
+        if subcommand is None:
+            return Error("ERR", f"unknown subcommand '{printable(name)}'. Try {command} HELP.")
+        label = f"{command}|{printable(name)}".lower()
+        return _call(subcommand, label, store, session, args[1:])
+
+    return dispatch
+
+
+def _key(argument: bytes) -> str:
+    """A key as the store takes it: one character per byte, so errors name byte positions
+    the way HTTP does for a percent-encoded path."""
+    key = argument.decode("latin-1")
+    validate_key(key)
+    return key
+
+
+def _ping(store: Store, session: Session, args: list[bytes]) -> Reply:
+    return args[0] if args else Status("PONG")
+
+
+def _get(store: Store, session: Session, args: list[bytes]) -> Reply:
+    return store.get(_key(args[0])).data
+
+
+_ONLY_IF_SET = Precondition(if_match=frozenset({MATCH_ANY}))
+
+SET_MODES: dict[frozenset[bytes], Callable[[Store, str, bytes], object]] = {
+    frozenset(): lambda store, key, value: store.put(key, value),
+    frozenset({b"NX"}): lambda store, key, value: store.create(key, value),
+    frozenset({b"XX"}): lambda store, key, value: store.put(key, value, None, _ONLY_IF_SET),
+}
+"""SET's options -> the store call: plain, create-only (NX) or only-if-set (XX)."""
+
+
+def _set(store: Store, session: Session, args: list[bytes]) -> Reply:
+    key, value, *options = args
+    write = SET_MODES.get(frozenset(option.upper() for option in options))
+    if write is None:
+        return Error("ERR", "syntax error; SET takes NX or XX, and no expiry")
+    write(store, _key(key), value)
+    return OK
+
+
+def _delete(store: Store, session: Session, args: list[bytes]) -> Reply:
+    deleted = 0
+    for key in [_key(arg) for arg in args]:  # all keys are valid before anything is deleted
+        with contextlib.suppress(KeyNotFound):
+            store.delete(key)
+            deleted += 1
+    return deleted
+
+
+def _exists(store: Store, session: Session, args: list[bytes]) -> Reply:
+    found = 0
+    for key in [_key(arg) for arg in args]:
+        with contextlib.suppress(KeyNotFound):
+            store.get(key)
+            found += 1
+    return found
+
+
+def _history(store: Store, session: Session, args: list[bytes]) -> Reply:
+    return [[entry.timestamp_ms, entry.data] for entry in store.history(_key(args[0]))]
+
+
+def _quit(store: Store, session: Session, args: list[bytes]) -> Reply:
+    session.closing = True
+    return OK
+
+
+def _hello(store: Store, session: Session, args: list[bytes]) -> Reply:
+    if args:
+        if not INTEGER.fullmatch(args[0]):
+            return Error("ERR", "Protocol version is not an integer or out of range")
+        if int(args[0]) not in SUPPORTED_PROTOCOLS:
+            return Error("NOPROTO", "unsupported protocol version")
+        options = args[1:]
+        if len(options) == 2 and options[0].upper() == b"SETNAME":
+            named = _client_setname(store, session, options[1:])
+            if named != OK:
+                return named
+        elif options:
+            return Error("ERR", "syntax error; HELLO takes a version and SETNAME (no AUTH)")
+        session.protocol = int(args[0])
+    return {
+        b"server": b"kvservice",
+        b"version": _VERSION.encode(),
+        b"proto": session.protocol,
+        b"id": session.id,
+        b"mode": b"standalone",
+        b"role": b"master",
+        b"modules": [],
+    }
+
+
+def _client_setname(store: Store, session: Session, args: list[bytes]) -> Reply:
+    if any(byte <= 0x20 or byte >= 0x7F for byte in args[0]):
+        return Error("ERR", "Client names cannot contain spaces, newlines or special characters.")
+    session.name = args[0] or None
+    return OK
+
+
+CLIENT_SUBCOMMANDS: dict[bytes, Command] = {
+    b"SETNAME": Command(_client_setname, 1, 1),
+    b"GETNAME": Command(lambda store, session, args: session.name, 0, 0),
+    b"SETINFO": Command(lambda store, session, args: OK, 2, 2),
+    b"ID": Command(lambda store, session, args: session.id, 0, 0),
+}
+
+COMMAND_SUBCOMMANDS: dict[bytes, Command] = {
+    # No command metadata: clients (redis-cli hints, redis-py) do without it.
+    b"": Command(lambda store, session, args: [], 0, 0),
+    b"DOCS": Command(lambda store, session, args: [], 0, None),
+    b"INFO": Command(lambda store, session, args: [None for _ in args], 0, None),
+    b"COUNT": Command(lambda store, session, args: len(COMMANDS), 0, 0),
+    b"LIST": Command(lambda store, session, args: [name.lower() for name in COMMANDS], 0, 0),
+}
+
+
+def _select(store: Store, session: Session, args: list[bytes]) -> Reply:
+    if not INTEGER.fullmatch(args[0]):
+        return Error("ERR", "value is not an integer or out of range")
+    if int(args[0]) != 0:
+        return Error("ERR", "DB index is out of range; kvservice has only database 0")
+    return OK
+
+
+COMMANDS: dict[bytes, Command] = {
+    b"PING": Command(_ping, 0, 1),
+    b"GET": Command(_get, 1, 1),
+    b"SET": Command(_set, 2, None),
+    b"DEL": Command(_delete, 1, None),
+    b"EXISTS": Command(_exists, 1, None),
+    b"HISTORY": Command(_history, 1, 1),
+    b"QUIT": Command(_quit, 0, None),
+    b"HELLO": Command(_hello, 0, None),
+    b"COMMAND": Command(_subcommands("COMMAND", COMMAND_SUBCOMMANDS), 0, None),
+    b"CLIENT": Command(_subcommands("CLIENT", CLIENT_SUBCOMMANDS), 1, None),
+    b"SELECT": Command(_select, 1, 1),
+}
+"""Every command by its upper-case name."""
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("kvservice")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+_VERSION = _package_version()

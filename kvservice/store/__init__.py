@@ -1,0 +1,102 @@
+"""The store port: the `Store` Protocol every backend satisfies, and the names its users need.
+
+Transports depend on this module alone, never on a backend's class: a backend is any object
+with these methods and attributes (`mypy --strict` checks the adapters against the Protocol,
+and a test passes them a backend that inherits from nothing). The backends live beside it:
+`memory.py` (the default).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from kvservice.store.model import (
+    MATCH_ANY,
+    MAX_KEY_LENGTH,
+    NO_CONDITION,
+    Clock,
+    HistoryEntry,
+    InvalidKey,
+    KeyExists,
+    KeyNotFound,
+    Precondition,
+    PreconditionFailed,
+    StoreError,
+    StoreFull,
+    Value,
+    ValueTooLarge,
+    system_clock_ms,
+    validate_key,
+)
+
+__all__ = [
+    "MATCH_ANY",
+    "MAX_KEY_LENGTH",
+    "NO_CONDITION",
+    "Clock",
+    "HistoryEntry",
+    "InvalidKey",
+    "KeyExists",
+    "KeyNotFound",
+    "Precondition",
+    "PreconditionFailed",
+    "Store",
+    "StoreError",
+    "StoreFull",
+    "Value",
+    "ValueTooLarge",
+    "system_clock_ms",
+    "validate_key",
+]
+
+
+class Store(Protocol):
+    """A key-value store with a write history per key; every method is atomic.
+
+    Methods validate their key first (InvalidKey). Errors are StoreError subclasses whose
+    message is safe to show a client; anything else is a bug.
+    """
+
+    @property
+    def max_value_bytes(self) -> int:
+        """The largest value accepted; a transport may refuse larger bodies before reading."""
+        ...
+
+    def get(self, key: str) -> Value:
+        """The key's current value; raises KeyNotFound."""
+        ...
+
+    def history(self, key: str) -> list[HistoryEntry]:
+        """Every write to the key inside the history window, newest first; [] if none."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """Counts for health checks: keys held, bytes charged against the budget, the budget."""
+        ...
+
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str | None = None,
+        precondition: Precondition = NO_CONDITION,
+    ) -> Value:
+        """Set the key's value; raises PreconditionFailed, ValueTooLarge, StoreFull."""
+        ...
+
+    def create(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str | None = None,
+        precondition: Precondition = NO_CONDITION,
+    ) -> Value:
+        """Set the key's value only if it has none; raises KeyExists, and as `put` does."""
+        ...
+
+    def delete(self, key: str, precondition: Precondition = NO_CONDITION) -> None:
+        """Remove the key's value and record the delete; raises KeyNotFound, PreconditionFailed.
+
+        Deletes are never refused for lack of memory: they are how a full store gets room back.
+        """
+        ...

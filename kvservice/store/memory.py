@@ -1,0 +1,226 @@
+"""The in-memory backend, the default: values, per-key write history, the history window and
+a memory budget, all in this process.
+
+Every public method takes one lock, so the store is safe under a server's thread pool: writes
+are applied in one total order, history records them in that order, and a read never sees a
+value that its key's newest history entry disagrees with.
+
+Expiry is exact and cheap: all writes get non-decreasing timestamps from one clock, so a
+single store-wide queue of records, in write order, tells which key holds the oldest entry.
+Pruning pops from its front until the oldest entry is inside the window.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections import deque
+
+from kvservice.store.model import (
+    NO_CONDITION,
+    Clock,
+    HistoryEntry,
+    KeyExists,
+    KeyNotFound,
+    Precondition,
+    PreconditionFailed,
+    StoreFull,
+    Value,
+    ValueTooLarge,
+    system_clock_ms,
+    validate_key,
+)
+
+# CPython's cost of the structures behind a key (dict slot, record, Value, ETag, key header)
+# and behind a history entry (entry object, timestamp, list and queue slots), measured with
+# tracemalloc on CPython 3.11. Charging them keeps the budget close to real memory even when
+# values are tiny.
+KEY_OVERHEAD_BYTES = 240
+ENTRY_OVERHEAD_BYTES = 100
+
+
+class _Record:
+    """Everything the store holds for one key, history oldest first."""
+
+    __slots__ = ("history", "key", "value")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.value: Value | None = None
+        self.history: list[HistoryEntry] = []
+
+
+class MemoryStore:
+    """An in-memory key-value store with a write history per key and a memory budget."""
+
+    def __init__(
+        self,
+        *,
+        history_window_ms: int = 120_000,
+        max_bytes: int = 256 * 1024 * 1024,
+        max_value_bytes: int = 1024,
+        clock: Clock = system_clock_ms,
+    ) -> None:
+        if history_window_ms <= 0 or max_bytes <= 0 or max_value_bytes < 0:
+            raise ValueError("history_window_ms and max_bytes must be positive")
+        self.history_window_ms = history_window_ms
+        self.max_bytes = max_bytes
+        self.max_value_bytes = max_value_bytes
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._records: dict[str, _Record] = {}
+        # The record of each history entry, in write order. Records, not keys: a request's
+        # key is a new string each time, and the queue would keep one alive per entry.
+        self._expiry_queue: deque[_Record] = deque()
+        self._used_bytes = 0
+        self._last_timestamp_ms = 0
+        self._etag_prefix = secrets.token_hex(4)
+        self._writes = 0
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def get(self, key: str) -> Value:
+        """The key's current value; raises KeyNotFound."""
+        validate_key(key)
+        with self._lock:
+            record = self._records.get(key)
+            if record is None or record.value is None:
+                raise KeyNotFound(f"The key {key!r} has no value.")
+            return record.value
+
+    def history(self, key: str) -> list[HistoryEntry]:
+        """Every write to the key inside the history window, newest first; [] if none."""
+        validate_key(key)
+        with self._lock:
+            self._prune(self._now_ms())
+            record = self._records.get(key)
+            return list(reversed(record.history)) if record else []
+
+    def stats(self) -> dict[str, int]:
+        """Counts for health checks: keys held, bytes charged against the budget, the budget."""
+        with self._lock:
+            self._prune(self._now_ms())
+            return {
+                "keys": len(self._records),
+                "used_bytes": self._used_bytes,
+                "max_bytes": self.max_bytes,
+            }
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str | None = None,
+        precondition: Precondition = NO_CONDITION,
+    ) -> Value:
+        """Set the key's value; raises PreconditionFailed, ValueTooLarge, StoreFull."""
+        return self._write(key, data, content_type, precondition, create_only=False)
+
+    def create(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str | None = None,
+        precondition: Precondition = NO_CONDITION,
+    ) -> Value:
+        """Set the key's value only if it has none; raises KeyExists, and as `put` does."""
+        return self._write(key, data, content_type, precondition, create_only=True)
+
+    def delete(self, key: str, precondition: Precondition = NO_CONDITION) -> None:
+        """Remove the key's value and record the delete; raises KeyNotFound, PreconditionFailed.
+
+        Deletes are never refused for lack of memory: they are how a full store gets room back.
+        """
+        validate_key(key)
+        with self._lock:
+            now_ms = self._now_ms()
+            self._prune(now_ms)
+            record = self._records.get(key)
+            if record is None or record.value is None:
+                raise KeyNotFound(f"The key {key!r} has no value.")
+            if not precondition.holds_for(record.value.etag):
+                raise PreconditionFailed(f"The precondition on {key!r} does not hold.")
+            self._used_bytes -= _value_cost(record.value)
+            record.value = None
+            self._append_history(record, HistoryEntry(None, now_ms))
+
+    def _write(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str | None,
+        precondition: Precondition,
+        *,
+        create_only: bool,
+    ) -> Value:
+        validate_key(key)
+        if len(data) > self.max_value_bytes:
+            raise ValueTooLarge(
+                f"The value is {len(data)} bytes; the limit is {self.max_value_bytes} bytes."
+            )
+        with self._lock:
+            now_ms = self._now_ms()
+            self._prune(now_ms)
+            record = self._records.get(key)
+            current = record.value if record else None
+            if create_only and current is not None:
+                raise KeyExists(f"The key {key!r} already has a value.")
+            if not precondition.holds_for(current.etag if current else None):
+                raise PreconditionFailed(f"The precondition on {key!r} does not hold.")
+
+            self._writes += 1
+            value = Value(data, content_type, f"{self._etag_prefix}-{self._writes:x}")
+            added = _value_cost(value) + ENTRY_OVERHEAD_BYTES + len(data)
+            freed = _value_cost(current) if current else 0
+            if record is None:
+                added += KEY_OVERHEAD_BYTES + len(key)
+            if self._used_bytes + added - freed > self.max_bytes:
+                raise StoreFull(
+                    f"Storing {len(data)} more bytes would exceed the memory budget of "
+                    f"{self.max_bytes} bytes; delete keys or wait for history to expire."
+                )
+            if record is None:
+                record = self._records[key] = _Record(key)
+                self._used_bytes += KEY_OVERHEAD_BYTES + len(key)
+            self._used_bytes += _value_cost(value) - freed
+            record.value = value
+            self._append_history(record, HistoryEntry(data, now_ms))
+            return value
+
+    # -- internals (lock held) --------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        # Timestamps never decrease, even if the wall clock steps back.
+        self._last_timestamp_ms = max(self._clock(), self._last_timestamp_ms)
+        return self._last_timestamp_ms
+
+    def _append_history(self, record: _Record, entry: HistoryEntry) -> None:
+        record.history.append(entry)
+        self._expiry_queue.append(record)
+        self._used_bytes += _entry_cost(entry)
+
+    def _prune(self, now_ms: int) -> None:
+        """Drop history entries outside the window and forget keys left with nothing."""
+        cutoff_ms = now_ms - self.history_window_ms
+        queue = self._expiry_queue
+        while queue:
+            record = queue[0]
+            oldest = record.history[0]
+            if oldest.timestamp_ms > cutoff_ms:
+                return
+            queue.popleft()
+            del record.history[0]
+            self._used_bytes -= _entry_cost(oldest)
+            if record.value is None and not record.history:
+                del self._records[record.key]
+                self._used_bytes -= KEY_OVERHEAD_BYTES + len(record.key)
+
+
+def _value_cost(value: Value) -> int:
+    return len(value.data) + len(value.content_type or "")
+
+
+def _entry_cost(entry: HistoryEntry) -> int:
+    return ENTRY_OVERHEAD_BYTES + len(entry.data or b"")

@@ -1,0 +1,116 @@
+"""What every store backend speaks: values, history entries, preconditions, the
+errors a store raises, and the key rules.
+
+Standard library only; nothing here knows of a transport or of a particular backend.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Clock = Callable[[], int]
+"""Returns the current time in Unix epoch milliseconds."""
+
+KEY_PATTERN = re.compile(r"[A-Za-z0-9]{1,255}")
+MAX_KEY_LENGTH = 255
+MATCH_ANY = "*"
+
+
+def system_clock_ms() -> int:
+    """Wall-clock time in Unix epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+class StoreError(Exception):
+    """Base class of every error the store raises; the message is safe to show a client."""
+
+
+class InvalidKey(StoreError):
+    """The key is not 1-255 characters of [A-Za-z0-9]."""
+
+
+class ValueTooLarge(StoreError):
+    """The value is longer than the store's `max_value_bytes`."""
+
+
+class KeyNotFound(StoreError):
+    """The key has no current value."""
+
+
+class KeyExists(StoreError):
+    """A create-only write found the key already holding a value."""
+
+
+class PreconditionFailed(StoreError):
+    """The caller's condition on the key's current version does not hold."""
+
+
+class StoreFull(StoreError):
+    """The write would take the store past its memory budget."""
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """A stored value; `etag` changes on every write and never repeats across restarts."""
+
+    data: bytes
+    content_type: str | None
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One write: the bytes written, or None for a delete, and when it was applied."""
+
+    data: bytes | None
+    timestamp_ms: int
+
+
+@dataclass(frozen=True)
+class Precondition:
+    """Conditions on a key's current ETag, in the sense of RFC 9110's If-Match/If-None-Match.
+
+    Each field is None (no condition) or a set of ETags, where MATCH_ANY stands for any
+    current value.
+    """
+
+    if_match: frozenset[str] | None = None
+    if_none_match: frozenset[str] | None = None
+
+    def holds_for(self, current_etag: str | None) -> bool:
+        """Whether the conditions hold when the key's current ETag is `current_etag`."""
+        if self.if_match is not None and not _matches(self.if_match, current_etag):
+            return False
+        return self.if_none_match is None or not _matches(self.if_none_match, current_etag)
+
+
+NO_CONDITION = Precondition()
+
+
+def _matches(etags: frozenset[str], current_etag: str | None) -> bool:
+    return current_etag is not None and (MATCH_ANY in etags or current_etag in etags)
+
+
+def validate_key(key: str) -> None:
+    """Raise InvalidKey, saying why, unless `key` is 1-255 characters of [A-Za-z0-9]."""
+    if KEY_PATTERN.fullmatch(key):
+        return
+    if not key:
+        raise InvalidKey("The key is empty; keys are 1-255 characters of [A-Za-z0-9].")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidKey(
+            f"The key is {len(key)} characters long; keys are at most {MAX_KEY_LENGTH}."
+        )
+    position, char = next((i, c) for i, c in enumerate(key) if not KEY_PATTERN.fullmatch(c))
+    raise InvalidKey(
+        f"The key has the character {char!a} at position {position}; "
+        "keys are 1-255 characters of [A-Za-z0-9]."
+    )
+
+
+def too_large(size: int, max_value_bytes: int) -> ValueTooLarge:
+    """The error for a value of `size` bytes over the limit; every backend words it alike."""
+    return ValueTooLarge(f"The value is {size} bytes; the limit is {max_value_bytes} bytes.")

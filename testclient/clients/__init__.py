@@ -1,0 +1,53 @@
+"""The clients the checks talk to a kvservice through: the `KVClient` protocol and its types,
+one client per transport, and `CLIENTS`, the client for each URL scheme."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from testclient.clients.http import HTTPKVClient
+from testclient.clients.protocol import (
+    DEFAULT_TIMEOUT_S,
+    Capability,
+    HistoryEntry,
+    HistoryReply,
+    KVClient,
+    KVUnreachable,
+    Outcome,
+    Reply,
+    describe_value,
+)
+from testclient.clients.resp import RespKVClient
+
+__all__ = [
+    "CLIENTS",
+    "DEFAULT_TIMEOUT_S",
+    "Capability",
+    "ClientFactory",
+    "HTTPKVClient",
+    "HistoryEntry",
+    "HistoryReply",
+    "KVClient",
+    "KVUnreachable",
+    "Outcome",
+    "Reply",
+    "RespKVClient",
+    "describe_value",
+    "make_client",
+]
+
+ClientFactory = Callable[[str, tuple[float, float]], KVClient]
+"""Makes the client from the kvservice URL and the (connect, read) timeouts."""
+
+CLIENTS: dict[str, ClientFactory] = {
+    "http": HTTPKVClient,
+    "https": HTTPKVClient,
+    "redis": RespKVClient,
+}
+"""URL scheme -> the client for it; `--kv-url` accepts exactly these schemes."""
+
+
+def make_client(kv_url: str, timeout: tuple[float, float]) -> KVClient:
+    """The client for `kv_url`'s scheme (one of CLIENTS; config.py has checked it)."""
+    return CLIENTS[urlsplit(kv_url).scheme](kv_url, timeout)

@@ -1,0 +1,256 @@
+"""`HTTPKVClient`: the `KVClient` protocol over kvservice's HTTP interface.
+
+The only code of testclient that knows kvservice's URLs, headers and status codes. Each
+operation has its own status table: a 200 where the contract says 204 is an unexpected
+answer, not a success.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from testclient.clients.pool import IdlePool
+from testclient.clients.protocol import (
+    DEFAULT_TIMEOUT_S,
+    Capability,
+    HistoryEntry,
+    HistoryReply,
+    KVUnreachable,
+    Outcome,
+    Reply,
+)
+
+_EVIDENCE_BODY_CHARS = 200
+
+_WRITE_ERRORS = {
+    400: Outcome.INVALID,
+    412: Outcome.PRECONDITION_FAILED,
+    413: Outcome.TOO_LARGE,
+    507: Outcome.STORE_FULL,
+}
+_PUT_OUTCOMES = {204: Outcome.STORED, **_WRITE_ERRORS}
+_CREATE_OUTCOMES = {201: Outcome.CREATED, 409: Outcome.ALREADY_EXISTS, **_WRITE_ERRORS}
+_GET_OUTCOMES = {200: Outcome.FOUND, 400: Outcome.INVALID, 404: Outcome.NOT_FOUND}
+_DELETE_OUTCOMES = {
+    204: Outcome.DELETED,
+    400: Outcome.INVALID,
+    404: Outcome.NOT_FOUND,
+    412: Outcome.PRECONDITION_FAILED,
+}
+_HISTORY_OUTCOMES = {200: Outcome.FOUND, 400: Outcome.INVALID}
+
+_HISTORY_FIELDS = {"value", "timestamp", "encoding"}
+
+
+class HTTPKVClient:
+    """A `KVClient` for kvservice's HTTP interface; safe to share between threads.
+
+    Each request borrows a `requests.Session` from a pool (creating one when all are busy)
+    and returns it, so threads never share a session at once and connections are reused.
+    Redirects are not followed: kvservice never sends one.
+    """
+
+    capabilities = frozenset(Capability)
+
+    def __init__(self, base_url: str, timeout: tuple[float, float] = DEFAULT_TIMEOUT_S) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._sessions = IdlePool(_new_session, requests.Session.close)
+
+    def __enter__(self) -> HTTPKVClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every pooled session and its connections."""
+        self._sessions.close()
+
+    def put(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        content_type: str | None = None,
+        only_if_version: str | None = None,
+        only_if_absent: bool = False,
+    ) -> Reply:
+        """PUT /<key>: 204 when stored."""
+        headers = _conditions(only_if_version, only_if_absent)
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        response, outcome, evidence = self._exchange("PUT", key, _PUT_OUTCOMES, headers, value)
+        return Reply(outcome, version=_etag(response, outcome), evidence=evidence)
+
+    def create(self, key: str, value: bytes, *, content_type: str | None = None) -> Reply:
+        """POST /<key>: 201 with `Location: /<key>` when created, 409 when the key has a value."""
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        response, outcome, evidence = self._exchange("POST", key, _CREATE_OUTCOMES, headers, value)
+        if response is not None and outcome is Outcome.CREATED:
+            location = response.headers.get("Location")
+            if location != self._path(key):
+                evidence = f"{evidence}, but Location is {location!r}, not {self._path(key)!r}"
+                return Reply(Outcome.UNEXPECTED, evidence=evidence)
+        return Reply(outcome, version=_etag(response, outcome), evidence=evidence)
+
+    def get(self, key: str) -> Reply:
+        """GET /<key>: 200 with the stored bytes, 404 when the key has no value."""
+        response, outcome, evidence = self._exchange("GET", key, _GET_OUTCOMES)
+        if response is None or outcome is not Outcome.FOUND:
+            return Reply(outcome, evidence=evidence)
+        return Reply(
+            outcome,
+            value=response.content,
+            content_type=response.headers.get("Content-Type"),
+            version=response.headers.get("ETag"),
+            evidence=evidence,
+        )
+
+    def delete(self, key: str, *, only_if_version: str | None = None) -> Reply:
+        """DELETE /<key>: 204 when deleted, 404 when there was no value."""
+        headers = _conditions(only_if_version, only_if_absent=False)
+        _, outcome, evidence = self._exchange("DELETE", key, _DELETE_OUTCOMES, headers)
+        return Reply(outcome, evidence=evidence)
+
+    def history(self, key: str) -> HistoryReply:
+        """GET /<key>/history: a JSON list, newest first; base64 entries are decoded."""
+        response, outcome, evidence = self._exchange(
+            "GET", key, _HISTORY_OUTCOMES, path_suffix="/history"
+        )
+        if response is None or outcome is not Outcome.FOUND:
+            return HistoryReply(outcome, evidence=evidence)
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        if media_type != "application/json":
+            return HistoryReply(
+                Outcome.UNEXPECTED,
+                evidence=f"{evidence}, but Content-Type is {media_type!r}, not application/json",
+            )
+        try:
+            entries = _parse_history(response.content)
+        except ValueError as error:
+            return HistoryReply(
+                Outcome.UNEXPECTED, evidence=f"{evidence}, but the body is malformed: {error}"
+            )
+        return HistoryReply(outcome, entries, evidence)
+
+    # -- transport ---------------------------------------------------------------------------
+
+    def _path(self, key: str) -> str:
+        # Quote everything, so a key like "a/b" or "a%2F" stays one path segment as sent.
+        return "/" + quote(key, safe="")
+
+    def _exchange(
+        self,
+        method: str,
+        key: str,
+        outcomes: Mapping[int, Outcome],
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        path_suffix: str = "",
+    ) -> tuple[requests.Response | None, Outcome, str]:
+        """Send one request; returns the response (None if unreadable), its outcome, evidence."""
+        url = self.base_url + self._path(key) + path_suffix
+        try:
+            with self._sessions.borrowed() as session:
+                response = session.request(
+                    method,
+                    url,
+                    data=body,
+                    headers=headers,
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                )
+        except requests.Timeout as error:
+            connect_s, read_s = self.timeout
+            raise KVUnreachable(
+                f"{method} {url}: timed out (connect {connect_s:g} s, read {read_s:g} s): "
+                f"{_root_cause(error)}"
+            ) from error
+        except requests.ConnectionError as error:
+            raise KVUnreachable(f"{method} {url}: no connection: {_root_cause(error)}") from error
+        except requests.RequestException as error:
+            # It answered, but not with a readable HTTP response (bad chunking, bad encoding).
+            return None, Outcome.UNEXPECTED, f"unreadable HTTP response: {_root_cause(error)}"
+        outcome = outcomes.get(response.status_code, Outcome.UNEXPECTED)
+        return response, outcome, _evidence(response)
+
+
+def _new_session() -> requests.Session:
+    session = requests.Session()
+    session.headers["User-Agent"] = "kvservice-testclient"
+    return session
+
+
+def _conditions(only_if_version: str | None, only_if_absent: bool) -> dict[str, str]:
+    headers = {}
+    if only_if_version is not None:
+        headers["If-Match"] = only_if_version
+    if only_if_absent:
+        headers["If-None-Match"] = "*"
+    return headers
+
+
+def _etag(response: requests.Response | None, outcome: Outcome) -> str | None:
+    if response is None or outcome not in (Outcome.STORED, Outcome.CREATED):
+        return None
+    return response.headers.get("ETag")
+
+
+def _evidence(response: requests.Response) -> str:
+    """'HTTP 404 Not Found', plus the problem detail (or the start of the body) for errors."""
+    evidence = f"HTTP {response.status_code} {response.reason}"
+    if response.status_code < 400:
+        return evidence
+    try:
+        problem = response.json()
+        detail = problem["detail"] if isinstance(problem, dict) else None
+    except (ValueError, KeyError):
+        detail = None
+    if detail is None:
+        detail = response.content[:_EVIDENCE_BODY_CHARS].decode("utf-8", "replace")
+    return f"{evidence}: {detail}" if detail else evidence
+
+
+def _root_cause(error: requests.RequestException) -> str:
+    # requests wraps urllib3's MaxRetryError, whose `reason` holds the useful part.
+    inner: Any = error.args[0] if error.args else error
+    return str(getattr(inner, "reason", inner))
+
+
+def _parse_history(body: bytes) -> tuple[HistoryEntry, ...]:
+    """Decode kvservice's history JSON, refusing anything off the contract (ValueError)."""
+    items = json.loads(body)
+    if not isinstance(items, list):
+        raise ValueError(f"expected a JSON list, got {type(items).__name__}")
+    return tuple(_history_entry(position, item) for position, item in enumerate(items))
+
+
+def _history_entry(position: int, item: object) -> HistoryEntry:
+    where = f"entry {position}"
+    if not isinstance(item, dict) or not {"value", "timestamp"} <= item.keys() <= _HISTORY_FIELDS:
+        raise ValueError(f"{where} is not an object with value and timestamp: {item!r}")
+    value, timestamp, encoding = item["value"], item["timestamp"], item.get("encoding")
+    if not isinstance(timestamp, int) or isinstance(timestamp, bool):
+        raise ValueError(f"{where} has a timestamp that is not an integer: {timestamp!r}")
+    if value is None:
+        if encoding is not None:
+            raise ValueError(f"{where} is a delete with an encoding: {item!r}")
+        return HistoryEntry(None, timestamp)
+    if not isinstance(value, str):
+        raise ValueError(f"{where} has a value that is neither a string nor null: {value!r}")
+    if encoding is None:
+        return HistoryEntry(value.encode("utf-8"), timestamp)
+    if encoding != "base64":
+        raise ValueError(f"{where} has an unknown encoding {encoding!r}")
+    try:
+        return HistoryEntry(base64.b64decode(value, validate=True), timestamp)
+    except binascii.Error as error:
+        raise ValueError(f"{where} is not valid base64: {error}") from error

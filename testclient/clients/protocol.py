@@ -1,0 +1,152 @@
+"""What the checks need from a kvservice, whatever the transport: the `KVClient` protocol.
+
+The protocol speaks in outcomes (`Outcome.STORED`, `Outcome.NOT_FOUND`, ...) rather than
+status codes or reply types, so each transport's client implements it without pretending to
+be another. A transport that cannot express something (versions, content types) says so in
+`capabilities`, and the checks skip, visibly, the steps that need it. Each reply keeps
+`evidence`, a short note of what actually came back on the wire ("HTTP 500 Internal Server
+Error: ..."), so a failing check can show it. A transport failure (refused connection,
+timeout) raises `KVUnreachable`, which is how callers tell "answered wrongly" from "did not
+answer".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+DEFAULT_TIMEOUT_S = (2.0, 5.0)
+"""(connect, read) seconds for one request."""
+
+
+class KVUnreachable(Exception):
+    """The kvservice did not answer: the connection failed or a timeout passed."""
+
+
+class Outcome(StrEnum):
+    """What the kvservice said about one operation, independent of the transport."""
+
+    STORED = "stored"
+    CREATED = "created"
+    FOUND = "found"
+    DELETED = "deleted"
+    NOT_FOUND = "not found"
+    ALREADY_EXISTS = "already exists"
+    PRECONDITION_FAILED = "precondition failed"
+    INVALID = "invalid request"
+    TOO_LARGE = "value too large"
+    STORE_FULL = "store full"
+    UNEXPECTED = "unexpected answer"
+    UNSUPPORTED = "not supported by this transport"
+    """Nothing was sent: the transport cannot express the request (see `Capability`)."""
+
+
+class Capability(StrEnum):
+    """What a transport may lack; the value completes "this transport has no ..."."""
+
+    VERSIONS = "versions to condition writes on"
+    CONTENT_TYPES = "content types"
+
+
+def describe_value(value: bytes | None) -> str:
+    """A short, printable rendering of a value for reports; None is a delete."""
+    if value is None:
+        return "<deleted>"
+    text = repr(value)
+    if len(text) > 60:
+        return f"{text[:40]}... ({len(value)} bytes)"
+    return text
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The answer to put, create, get or delete."""
+
+    outcome: Outcome
+    value: bytes | None = None
+    content_type: str | None = None
+    version: str | None = None
+    evidence: str = ""
+
+    def __str__(self) -> str:
+        parts = [self.outcome.value]
+        if self.value is not None:
+            parts.append(describe_value(self.value))
+        if self.content_type is not None:
+            parts.append(f"as {self.content_type}")
+        if self.version is not None:
+            parts.append(f"version {self.version}")
+        if self.evidence:
+            parts.append(f"[{self.evidence}]")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One write of a key: its value (None for a delete) and when it was applied."""
+
+    value: bytes | None
+    timestamp_ms: int
+
+
+@dataclass(frozen=True)
+class HistoryReply:
+    """The answer to history: the entries newest first when the outcome is FOUND."""
+
+    outcome: Outcome
+    entries: tuple[HistoryEntry, ...] = ()
+    evidence: str = ""
+
+    @property
+    def values(self) -> list[bytes | None]:
+        """The entries' values, newest first."""
+        return [entry.value for entry in self.entries]
+
+    def __str__(self) -> str:
+        if self.outcome is Outcome.FOUND:
+            text = "[" + ", ".join(describe_value(value) for value in self.values) + "]"
+        else:
+            text = self.outcome.value
+        return f"{text} [{self.evidence}]" if self.evidence else text
+
+
+class KVClient(Protocol):
+    """The operations the checks need from a kvservice, over any transport."""
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """What this transport can express; requests needing more answer UNSUPPORTED."""
+        ...
+
+    def put(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        content_type: str | None = None,
+        only_if_version: str | None = None,
+        only_if_absent: bool = False,
+    ) -> Reply:
+        """Write `value`; the conditions make a failed precondition change nothing."""
+        ...
+
+    def create(self, key: str, value: bytes, *, content_type: str | None = None) -> Reply:
+        """Write `value` only if the key holds none (ALREADY_EXISTS otherwise)."""
+        ...
+
+    def get(self, key: str) -> Reply:
+        """Read the current value, its content type and version."""
+        ...
+
+    def delete(self, key: str, *, only_if_version: str | None = None) -> Reply:
+        """Delete the current value."""
+        ...
+
+    def history(self, key: str) -> HistoryReply:
+        """The key's writes within the history window, newest first."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the client is not used afterwards."""
+        ...

@@ -1,0 +1,345 @@
+"""A `KVClient` for kvservice's Redis protocol port: a small RESP2 client on raw sockets.
+
+The only code of testclient that knows kvservice's RESP commands and replies. As in the
+HTTP client, each operation has a table from the kind of reply to an outcome, so `+OK` where
+nil belongs is an unexpected answer, not a success. kvservice's errors are `-ERR <detail>`
+with the HTTP problem's detail text; `_ERROR_KINDS` tells them apart by that text.
+
+RESP carries neither versions nor content types: `capabilities` is empty, and a request
+that needs one answers `Outcome.UNSUPPORTED` without sending anything. A refused
+connection, a timeout or a connection closed before the reply raises `KVUnreachable`.
+
+It is written here rather than taken from redis-py, so that the test client keeps no
+dependency beyond requests, and so that kvservice's RESP server is checked by a parser it
+does not share (the tests use redis-py and redis-cli as well).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO, TypeAlias
+from urllib.parse import urlsplit
+
+from testclient.clients.pool import IdlePool
+from testclient.clients.protocol import (
+    DEFAULT_TIMEOUT_S,
+    Capability,
+    HistoryEntry,
+    HistoryReply,
+    KVUnreachable,
+    Outcome,
+    Reply,
+)
+
+DEFAULT_PORT = 6379
+_MAX_LINE_BYTES = 64 * 1024
+_MAX_BULK_BYTES = 1024 * 1024
+_MAX_ARRAY_ITEMS = 1_000_000
+_MAX_DEPTH = 4
+_EVIDENCE_CHARS = 200
+_INTEGER = re.compile(rb"-?[0-9]{1,19}")
+
+
+@dataclass(frozen=True)
+class Status:
+    """A simple string reply (`+OK`)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """An error reply (`-ERR ...`), without the dash."""
+
+    text: str
+
+
+RespValue: TypeAlias = Status | ErrorReply | int | bytes | list["RespValue"] | None
+"""A decoded RESP2 reply: None is nil, a list an array."""
+
+
+class MalformedReply(Exception):
+    """The bytes that came back are not RESP2."""
+
+
+class ConnectionClosed(Exception):
+    """The server closed the connection before the reply was complete."""
+
+
+_ERROR_KINDS = (
+    (
+        re.compile(
+            r"ERR The key (?:is empty|is \d+ characters long"
+            r"|has the character .+ at position \d+);"
+        ),
+        "invalid",
+    ),
+    (re.compile(r"ERR The value is \d+ bytes; the limit is \d+ bytes\."), "too large"),
+    (re.compile(r"ERR Storing \d+ more bytes would exceed the memory budget "), "store full"),
+)
+"""kvservice's error replies by the start of their text, which is the store's message."""
+
+_WRITE_ERRORS = {
+    "-invalid": Outcome.INVALID,
+    "-too large": Outcome.TOO_LARGE,
+    "-store full": Outcome.STORE_FULL,
+}
+_SET_OUTCOMES = {"+OK": Outcome.STORED, **_WRITE_ERRORS}
+_SET_IF_ABSENT_OUTCOMES = {
+    "+OK": Outcome.STORED,
+    "nil": Outcome.PRECONDITION_FAILED,
+    **_WRITE_ERRORS,
+}
+_CREATE_OUTCOMES = {"+OK": Outcome.CREATED, "nil": Outcome.ALREADY_EXISTS, **_WRITE_ERRORS}
+_GET_OUTCOMES = {"bulk": Outcome.FOUND, "nil": Outcome.NOT_FOUND, "-invalid": Outcome.INVALID}
+_DELETE_OUTCOMES = {":1": Outcome.DELETED, ":0": Outcome.NOT_FOUND, "-invalid": Outcome.INVALID}
+_HISTORY_OUTCOMES = {"array": Outcome.FOUND, "-invalid": Outcome.INVALID}
+
+
+class RespKVClient:
+    """A `KVClient` for a `redis://host:port` URL; safe to share between threads.
+
+    Each command borrows a connection from a pool (opening one when all are busy) and
+    returns it; a pooled connection the server has closed meanwhile is dropped, not used.
+    """
+
+    capabilities: frozenset[Capability] = frozenset()
+
+    def __init__(self, url: str, timeout: tuple[float, float] = DEFAULT_TIMEOUT_S) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "redis" or not parts.hostname:
+            raise ValueError(f"{url!r} is not a redis://host:port URL")
+        self.url = url.rstrip("/")
+        self.address = (parts.hostname, parts.port or DEFAULT_PORT)
+        self.timeout = timeout
+        self._connections = IdlePool(
+            lambda: _Connection(self.address, self.timeout), _Connection.close, _Connection.is_stale
+        )
+
+    def __enter__(self) -> RespKVClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._connections.close()
+
+    def put(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        content_type: str | None = None,
+        only_if_version: str | None = None,
+        only_if_absent: bool = False,
+    ) -> Reply:
+        """SET key value (NX when only_if_absent): +OK when stored, nil when NX found a value."""
+        if content_type is not None:
+            return _unsupported(Capability.CONTENT_TYPES)
+        if only_if_version is not None:
+            return _unsupported(Capability.VERSIONS)
+        if only_if_absent:
+            return self._write(_SET_IF_ABSENT_OUTCOMES, b"SET", key, value, b"NX")
+        return self._write(_SET_OUTCOMES, b"SET", key, value)
+
+    def create(self, key: str, value: bytes, *, content_type: str | None = None) -> Reply:
+        """SET key value NX: +OK when created, nil when the key has a value."""
+        if content_type is not None:
+            return _unsupported(Capability.CONTENT_TYPES)
+        return self._write(_CREATE_OUTCOMES, b"SET", key, value, b"NX")
+
+    def get(self, key: str) -> Reply:
+        """GET key: the bytes, or nil when the key has no value. No content type, no version."""
+        reply, evidence = self._exchange(b"GET", key)
+        outcome = _outcome(reply, _GET_OUTCOMES)
+        if outcome is not Outcome.FOUND or not isinstance(reply, bytes):
+            return Reply(outcome, evidence=evidence)
+        return Reply(outcome, value=reply, evidence=evidence)
+
+    def delete(self, key: str, *, only_if_version: str | None = None) -> Reply:
+        """DEL key: :1 when deleted, :0 when there was no value."""
+        if only_if_version is not None:
+            return _unsupported(Capability.VERSIONS)
+        return self._write(_DELETE_OUTCOMES, b"DEL", key)
+
+    def history(self, key: str) -> HistoryReply:
+        """HISTORY key: an array of [timestamp, value or nil], newest first."""
+        reply, evidence = self._exchange(b"HISTORY", key)
+        outcome = _outcome(reply, _HISTORY_OUTCOMES)
+        if outcome is not Outcome.FOUND or not isinstance(reply, list):
+            return HistoryReply(outcome, evidence=evidence)
+        try:
+            entries = tuple(_history_entry(position, item) for position, item in enumerate(reply))
+        except ValueError as error:
+            return HistoryReply(
+                Outcome.UNEXPECTED, evidence=f"{evidence}, but it is malformed: {error}"
+            )
+        return HistoryReply(outcome, entries, evidence)
+
+    # -- transport ---------------------------------------------------------------------------
+
+    def _write(self, outcomes: Mapping[str, Outcome], name: bytes, key: str, *rest: bytes) -> Reply:
+        reply, evidence = self._exchange(name, key, *rest)
+        return Reply(_outcome(reply, outcomes), evidence=evidence)
+
+    def _exchange(
+        self, name: bytes, key: str, *rest: bytes
+    ) -> tuple[RespValue | MalformedReply, str]:
+        """Send one command; returns the reply (or why it is unreadable) and its evidence."""
+        label = f"{name.decode()} {key} ({self.url})"
+        try:
+            with self._connections.borrowed() as connection:
+                connection.send([name, key.encode("utf-8"), *rest])
+                reply = _read_reply(connection.stream)
+        except TimeoutError as error:
+            connect_s, read_s = self.timeout
+            raise KVUnreachable(
+                f"{label}: timed out (connect {connect_s:g} s, read {read_s:g} s): {error}"
+            ) from error
+        except ConnectionClosed as error:
+            raise KVUnreachable(f"{label}: the connection closed: {error}") from error
+        except OSError as error:
+            raise KVUnreachable(f"{label}: no connection: {error}") from error
+        except MalformedReply as error:
+            return error, f"unreadable RESP reply: {error}"
+        return reply, _evidence(reply)
+
+
+class _Connection:
+    """One socket to the server and a buffered reader over it."""
+
+    def __init__(self, address: tuple[str, int], timeout: tuple[float, float]) -> None:
+        connect_s, read_s = timeout
+        self.sock = socket.create_connection(address, timeout=connect_s)
+        self.sock.settimeout(read_s)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.stream: BinaryIO = self.sock.makefile("rb")
+
+    def send(self, arguments: Sequence[bytes]) -> None:
+        self.sock.sendall(encode_command(arguments))
+
+    def is_stale(self) -> bool:
+        """Whether the server closed it (or sent something unasked) while it sat in the pool."""
+        timeout = self.sock.gettimeout()
+        self.sock.settimeout(0.0)  # with a timeout, recv would wait for data first
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            self.sock.settimeout(timeout)
+        return True
+
+    def close(self) -> None:
+        self.stream.close()
+        self.sock.close()
+
+
+def encode_command(arguments: Sequence[bytes]) -> bytes:
+    """A command as a RESP2 array of bulk strings."""
+    parts = [b"*%d\r\n" % len(arguments)]
+    parts.extend(b"$%d\r\n%s\r\n" % (len(argument), argument) for argument in arguments)
+    return b"".join(parts)
+
+
+def _read_reply(stream: BinaryIO, depth: int = 0) -> RespValue:
+    """Read one RESP2 reply; raises MalformedReply or ConnectionClosed."""
+    line = stream.readline(_MAX_LINE_BYTES + 1)
+    if not line.endswith(b"\r\n"):
+        if len(line) > _MAX_LINE_BYTES:
+            raise MalformedReply(f"a line longer than {_MAX_LINE_BYTES} bytes")
+        raise ConnectionClosed(f"after {line[:40]!r}" if line else "before a reply")
+    kind, body = line[:1], line[1:-2]
+    if kind == b"+":
+        return Status(body.decode("utf-8", "replace"))
+    if kind == b"-":
+        return ErrorReply(body.decode("utf-8", "replace"))
+    if kind == b":":
+        return _integer(body)
+    if kind == b"$":
+        return _read_bulk(stream, _integer(body))
+    if kind == b"*":
+        return _read_array(stream, _integer(body), depth)
+    raise MalformedReply(f"unknown reply type in {line[:40]!r}")
+
+
+def _integer(body: bytes) -> int:
+    if not _INTEGER.fullmatch(body):
+        raise MalformedReply(f"{body[:40]!r} is not an integer")
+    return int(body)
+
+
+def _read_bulk(stream: BinaryIO, size: int) -> bytes | None:
+    if size == -1:
+        return None
+    if not 0 <= size <= _MAX_BULK_BYTES:
+        raise MalformedReply(f"bulk length {size}")
+    data = stream.read(size + 2)
+    if len(data) < size + 2:
+        raise ConnectionClosed(f"{len(data)} bytes into a bulk string of {size}")
+    if not data.endswith(b"\r\n"):
+        raise MalformedReply(f"a bulk string of {size} bytes is not followed by CRLF")
+    return data[:-2]
+
+
+def _read_array(stream: BinaryIO, count: int, depth: int) -> list[RespValue] | None:
+    if count == -1:
+        return None
+    if not 0 <= count <= _MAX_ARRAY_ITEMS or depth >= _MAX_DEPTH:
+        raise MalformedReply(f"array of {count} items at depth {depth}")
+    return [_read_reply(stream, depth + 1) for _ in range(count)]
+
+
+def _kind(reply: RespValue | MalformedReply) -> str:
+    """The reply's row in the outcome tables: '+OK', 'nil', ':1', 'bulk', 'array', '-invalid'."""
+    if reply is None:
+        return "nil"
+    if isinstance(reply, Status):
+        return f"+{reply.text}"
+    if isinstance(reply, ErrorReply):
+        kinds = (kind for pattern, kind in _ERROR_KINDS if pattern.match(reply.text))
+        return "-" + next(kinds, "other")
+    if isinstance(reply, int):
+        return f":{reply}"
+    if isinstance(reply, bytes):
+        return "bulk"
+    if isinstance(reply, list):
+        return "array"
+    return "unreadable"
+
+
+def _outcome(reply: RespValue | MalformedReply, outcomes: Mapping[str, Outcome]) -> Outcome:
+    return outcomes.get(_kind(reply), Outcome.UNEXPECTED)
+
+
+def _evidence(reply: RespValue) -> str:
+    """'RESP +OK', 'RESP nil', 'RESP :1', 'RESP bulk of 5 bytes', 'RESP -ERR ...'."""
+    if isinstance(reply, ErrorReply):
+        return f"RESP -{reply.text[:_EVIDENCE_CHARS]}"
+    if isinstance(reply, bytes):
+        return f"RESP bulk of {len(reply)} bytes"
+    if isinstance(reply, list):
+        return f"RESP array of {len(reply)}"
+    return f"RESP {_kind(reply)}"
+
+
+def _unsupported(capability: Capability) -> Reply:
+    return Reply(Outcome.UNSUPPORTED, evidence=f"RESP has no {capability.value}; nothing was sent")
+
+
+def _history_entry(position: int, item: RespValue) -> HistoryEntry:
+    if (
+        isinstance(item, list)
+        and len(item) == 2
+        and isinstance(item[0], int)
+        and (item[1] is None or isinstance(item[1], bytes))
+    ):
+        return HistoryEntry(item[1], item[0])
+    raise ValueError(f"entry {position} is not [timestamp, value or nil]: {item!r:.100}")

@@ -1,0 +1,59 @@
+"""history_json writes exactly what json.dumps would, for every kind of value."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+from typing import Any
+
+from kvservice.http.app import history_json
+from kvservice.store import HistoryEntry
+
+
+def reference_history_json(entries: list[HistoryEntry]) -> bytes:
+    """The documented shape, through dicts and json.dumps: the plain way to write it."""
+    items: list[dict[str, Any]] = []
+    for entry in entries:
+        if entry.data is None:
+            items.append({"value": None, "timestamp": entry.timestamp_ms})
+            continue
+        try:
+            items.append({"value": entry.data.decode("utf-8"), "timestamp": entry.timestamp_ms})
+        except UnicodeDecodeError:
+            encoded = base64.b64encode(entry.data).decode("ascii")
+            items.append({"value": encoded, "encoding": "base64", "timestamp": entry.timestamp_ms})
+    return json.dumps(items, separators=(",", ":")).encode()
+
+
+SPECIAL_VALUES = [
+    None,
+    b"",
+    b"hello world!",
+    "h\u00e9llo \u2603 \U0001f600".encode(),
+    b'quote " backslash \\ newline \n tab \t nul \x00 unit separator \x1f del \x7f',
+    b'{"debug":true}',
+    bytes(range(256)),
+    b"\xff\xfe",
+]
+
+
+def test_history_json_matches_json_dumps_on_special_values() -> None:
+    entries = [HistoryEntry(data, 1_605_097_943_904 + i) for i, data in enumerate(SPECIAL_VALUES)]
+    assert history_json(entries) == reference_history_json(entries)
+    assert history_json([]) == b"[]"
+
+
+def test_history_json_matches_json_dumps_on_random_values() -> None:
+    rng = random.Random(6)
+    entries = []
+    for _ in range(2000):
+        size = rng.randint(0, 40)
+        raw = bytes(rng.randint(0, 255) for _ in range(size))
+        text = "".join(
+            chr(rng.choice((rng.randint(0, 0x7F), rng.randint(0x80, 0xD7FF)))) for _ in range(size)
+        )
+        entries += [HistoryEntry(raw, rng.randint(0, 2**45)), HistoryEntry(text.encode(), 0)]
+    for entry in entries:
+        assert history_json([entry]) == reference_history_json([entry]), entry
+    assert history_json(entries) == reference_history_json(entries)

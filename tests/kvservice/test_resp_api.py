@@ -1,0 +1,644 @@
+"""The RESP transport over a real socket: every command byte for byte, errors, limits, stop.
+
+Replies are compared as the bytes on the wire. The store under the server is the real one;
+where timestamps matter it runs on a hand-driven clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvservice.__main__ import TRANSPORTS, resp_settings
+from kvservice.config import Config, load_config
+from kvservice.resp.server import RespServer, RespSettings
+from kvservice.store import (
+    NO_CONDITION,
+    InvalidKey,
+    Precondition,
+    Store,
+    StoreFull,
+    Value,
+    ValueTooLarge,
+    validate_key,
+)
+from kvservice.store.memory import MemoryStore
+from tests.support.clock import FakeClock
+from tests.support.rawresp import RespConnection, command, running_resp
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+OK = b"+OK\r\n"
+NIL = b"$-1\r\n"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(1_700_000_000_000)
+
+
+@pytest.fixture
+def store(clock: FakeClock) -> Store:
+    return MemoryStore(clock=clock)
+
+
+@pytest.fixture
+def server(store: Store) -> Iterator[RespServer]:
+    with running_resp(store, idle_timeout_s=5.0) as resp_server:
+        yield resp_server
+
+
+@pytest.fixture
+def conn(server: RespServer) -> Iterator[RespConnection]:
+    with RespConnection(server.port) as connection:
+        yield connection
+
+
+def error_line(message: str) -> bytes:
+    return f"-ERR {message}\r\n".encode()
+
+
+def bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def store_message(error_type: type[Exception], call: object) -> str:
+    """The message the store raises for a call, to compare replies with."""
+    with pytest.raises(error_type) as raised:
+        call()  # type: ignore[operator]
+    return str(raised.value)
+
+
+# -- commands --------------------------------------------------------------------------------------
+
+
+def test_ping_with_and_without_a_message(conn: RespConnection) -> None:
+    assert conn.ask("PING") == b"+PONG\r\n"
+    assert conn.ask("ping", "hello there") == bulk(b"hello there")
+    assert conn.ask("PING", "a", "b") == error_line("wrong number of arguments for 'ping' command")
+
+
+def test_set_then_get_returns_the_exact_bytes(conn: RespConnection) -> None:
+    assert conn.ask("SET", "foo", "hello world!") == OK
+    assert conn.ask("GET", "foo") == bulk(b"hello world!")
+    assert conn.ask("set", "foo", "") == OK
+    assert conn.ask("get", "foo") == b"$0\r\n\r\n"
+
+
+def test_get_of_a_key_without_a_value_is_nil(conn: RespConnection) -> None:
+    assert conn.ask("GET", "nothing") == NIL
+
+
+def test_set_nx_creates_only_and_xx_overwrites_only(conn: RespConnection, store: Store) -> None:
+    assert conn.ask("SET", "k", "first", "NX") == OK
+    assert conn.ask("SET", "k", "second", "nx") == NIL
+    assert conn.ask("GET", "k") == bulk(b"first")
+    assert conn.ask("SET", "other", "v", "XX") == NIL
+    assert conn.ask("GET", "other") == NIL
+    assert conn.ask("SET", "k", "third", "xx") == OK
+    assert conn.ask("GET", "k") == bulk(b"third")
+    assert [entry.data for entry in store.history("k")] == [b"third", b"first"]
+    assert store.history("other") == []
+
+
+@pytest.mark.parametrize("options", [["NX", "XX"], ["EX", "10"], ["GET"], ["KEEPTTL"]])
+def test_set_refuses_other_options(conn: RespConnection, options: list[str]) -> None:
+    reply = conn.ask("SET", "k", "v", *options)
+
+    assert reply == error_line("syntax error; SET takes NX or XX, and no expiry")
+    assert conn.ask("GET", "k") == NIL
+
+
+def test_del_counts_what_it_deleted_and_writes_history_only_for_those(
+    conn: RespConnection, store: Store
+) -> None:
+    conn.ask("SET", "a", "1")
+    conn.ask("SET", "b", "2")
+
+    assert conn.ask("DEL", "a", "b", "c") == b":2\r\n"
+    assert conn.ask("DEL", "a") == b":0\r\n"
+    assert conn.ask("GET", "a") == NIL
+    assert [entry.data for entry in store.history("a")] == [None, b"1"]
+    assert store.history("c") == []
+
+
+def test_del_with_an_invalid_key_deletes_nothing(conn: RespConnection) -> None:
+    conn.ask("SET", "a", "1")
+
+    reply = conn.ask("DEL", "a", "b-c")
+
+    assert reply.startswith(b"-ERR The key has the character '-' at position 1")
+    assert conn.ask("GET", "a") == bulk(b"1")
+
+
+def test_exists_counts_keys_with_a_value(conn: RespConnection) -> None:
+    conn.ask("SET", "a", "1")
+    conn.ask("SET", "b", "2")
+    conn.ask("DEL", "b")
+
+    assert conn.ask("EXISTS", "a", "b", "c", "a") == b":2\r\n"
+    assert conn.ask("EXISTS") == error_line("wrong number of arguments for 'exists' command")
+
+
+def test_history_lists_timestamps_and_values_newest_first(
+    conn: RespConnection, clock: FakeClock
+) -> None:
+    t0 = clock.now_ms
+    conn.ask("SET", "h", "one")
+    clock.advance(5)
+    conn.ask("SET", "h", "two")
+    clock.advance(7)
+    conn.ask("DEL", "h")
+
+    assert conn.ask("HISTORY", "h") == (
+        b"*3\r\n"
+        b"*2\r\n:%d\r\n$-1\r\n"
+        b"*2\r\n:%d\r\n$3\r\ntwo\r\n"
+        b"*2\r\n:%d\r\n$3\r\none\r\n" % (t0 + 12, t0 + 5, t0)
+    )
+    assert conn.ask("HISTORY", "never") == b"*0\r\n"
+
+
+def test_history_forgets_writes_outside_the_window(conn: RespConnection, clock: FakeClock) -> None:
+    conn.ask("SET", "h", "old")
+    clock.advance(120_001)
+
+    assert conn.ask("HISTORY", "h") == b"*0\r\n"
+    assert conn.ask("GET", "h") == bulk(b"old")
+
+
+def test_quit_answers_ok_then_closes(conn: RespConnection) -> None:
+    conn.send(command("QUIT") + command("PING"))
+
+    assert conn.rest_and_closed() == (OK, True)
+
+
+def test_unknown_commands_and_wrong_arity_are_errors_that_keep_the_connection(
+    conn: RespConnection,
+) -> None:
+    assert conn.ask("FOO", "bar") == error_line("unknown command 'FOO'")
+    assert conn.ask("MULTI") == error_line("unknown command 'MULTI'")
+    assert conn.ask("GET") == error_line("wrong number of arguments for 'get' command")
+    assert conn.ask("get", "a", "b") == error_line("wrong number of arguments for 'get' command")
+    assert conn.ask("HISTORY") == error_line("wrong number of arguments for 'history' command")
+    assert conn.ask("PING") == b"+PONG\r\n"
+
+
+def test_a_command_name_with_line_breaks_cannot_inject_a_reply(conn: RespConnection) -> None:
+    reply = conn.ask(b"X\r\n+OK")
+
+    assert reply == error_line("unknown command 'X\\r\\n+OK'")
+    assert conn.ask("PING") == b"+PONG\r\n"
+
+
+# -- the handshake commands real clients send ------------------------------------------------------
+
+
+def test_hello_answers_a_resp2_map_as_a_flat_array(conn: RespConnection) -> None:
+    reply = conn.ask("HELLO")
+
+    assert reply.startswith(b"*14\r\n$6\r\nserver\r\n$9\r\nkvservice\r\n$7\r\nversion\r\n")
+    assert b"$5\r\nproto\r\n:2\r\n$2\r\nid\r\n:" in reply
+    assert reply.endswith(
+        b"$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n"
+    )
+    assert conn.ask("HELLO", "2").startswith(b"*14\r\n")
+
+
+def test_hello_3_switches_nil_and_maps_to_resp3(conn: RespConnection) -> None:
+    assert conn.ask("GET", "nothing") == b"$-1\r\n"
+    reply = conn.ask("HELLO", "3")
+    assert reply.startswith(b"%7\r\n$6\r\nserver\r\n$9\r\nkvservice\r\n")
+    assert b"$5\r\nproto\r\n:3\r\n" in reply
+    assert conn.ask("GET", "nothing") == b"_\r\n"
+    assert conn.ask("HELLO", "2").startswith(b"*14\r\n")
+    assert conn.ask("GET", "nothing") == b"$-1\r\n"
+
+
+def test_hello_with_other_versions_is_refused(conn: RespConnection) -> None:
+    assert conn.ask("HELLO", "4") == b"-NOPROTO unsupported protocol version\r\n"
+    assert conn.ask("HELLO", "two") == error_line(
+        "Protocol version is not an integer or out of range"
+    )
+    assert conn.ask("HELLO", "2", "AUTH", "user", "pass").startswith(b"-ERR syntax error")
+    assert conn.ask("PING") == b"+PONG\r\n"
+
+
+def test_hello_and_client_set_the_connection_name(conn: RespConnection) -> None:
+    assert conn.ask("CLIENT", "GETNAME") == NIL
+    assert conn.ask("HELLO", "2", "SETNAME", "first").startswith(b"*14\r\n")
+    assert conn.ask("CLIENT", "GETNAME") == bulk(b"first")
+    assert conn.ask("client", "setname", "second") == OK
+    assert conn.ask("CLIENT", "GETNAME") == bulk(b"second")
+    assert conn.ask("CLIENT", "SETNAME", "has space") == error_line(
+        "Client names cannot contain spaces, newlines or special characters."
+    )
+    assert conn.ask("CLIENT", "SETINFO", "LIB-NAME", "redis-py") == OK
+    assert re.fullmatch(rb":\d+\r\n", conn.ask("CLIENT", "ID"))
+    assert conn.ask("CLIENT", "KILL", "x") == error_line(
+        "unknown subcommand 'KILL'. Try CLIENT HELP."
+    )
+    assert conn.ask("CLIENT", "SETINFO", "x") == error_line(
+        "wrong number of arguments for 'client|setinfo' command"
+    )
+
+
+def test_command_tells_just_enough(conn: RespConnection) -> None:
+    assert conn.ask("COMMAND") == b"*0\r\n"
+    assert conn.ask("COMMAND", "DOCS") == b"*0\r\n"
+    assert conn.ask("COMMAND", "DOCS", "get") == b"*0\r\n"
+    assert conn.ask("COMMAND", "COUNT") == b":11\r\n"
+    assert conn.ask("COMMAND", "INFO", "get", "set") == b"*2\r\n$-1\r\n$-1\r\n"
+    assert conn.ask("COMMAND", "LIST").startswith(b"*11\r\n$4\r\nping\r\n$3\r\nget\r\n")
+
+
+def test_select_accepts_only_database_0(conn: RespConnection) -> None:
+    assert conn.ask("SELECT", "0") == OK
+    assert conn.ask("SELECT", "1") == error_line(
+        "DB index is out of range; kvservice has only database 0"
+    )
+    assert conn.ask("SELECT", "x") == error_line("value is not an integer or out of range")
+
+
+def test_an_unexpected_error_is_logged_and_answered_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class BrokenStore(MemoryStore):
+        def get(self, key: str) -> Value:
+            raise RuntimeError("boom")
+
+    with (
+        caplog.at_level(logging.INFO),
+        running_resp(BrokenStore()) as server,
+        RespConnection(server.port) as conn,
+    ):
+        assert conn.ask("GET", "k") == error_line("The server failed to answer; it logged why.")
+        assert conn.ask("PING") == b"+PONG\r\n"
+
+    assert "unexpected error running GET k" in caplog.text
+    assert "RuntimeError: boom" in caplog.text
+
+
+def test_each_command_is_on_the_access_log_without_its_value(
+    caplog: pytest.LogCaptureFixture, conn: RespConnection
+) -> None:
+    with caplog.at_level(logging.INFO, logger="kvservice.access"):
+        conn.ask("SET", "foo", "secret value")
+        conn.ask("GET", "foo")
+        conn.ask("GET", "bad-key")
+
+    lines = [record.getMessage() for record in caplog.records if record.name == "kvservice.access"]
+    assert [re.sub(r"^127\.0\.0\.1:\d+ | [\d.]+ms$", "", line) for line in lines] == [
+        '"SET foo" +OK 5',
+        '"GET foo" $12 19',
+        '"GET bad-key" -ERR 93',
+    ]
+    assert "secret" not in caplog.text
+
+
+# -- the store's errors, with the store's words ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "call"),
+    [
+        ("foo-bar", ["GET"]),
+        ("foo.bar", ["SET", "v"]),
+        ("k" * 256, ["HISTORY"]),
+        ("", ["DEL"]),
+        ("caf\u00e9", ["EXISTS"]),
+    ],
+)
+def test_invalid_keys_get_the_stores_message(
+    conn: RespConnection, key: str, call: list[str]
+) -> None:
+    name, *rest = call
+    # Keys are bytes on the wire; the store sees one character per byte, as HTTP does.
+    expected = store_message(InvalidKey, lambda: validate_key(key.encode().decode("latin-1")))
+
+    assert conn.ask(name, key, *rest) == error_line(expected)
+
+
+def test_a_value_over_the_limit_gets_the_stores_message_and_the_connection_stays(
+    conn: RespConnection,
+) -> None:
+    expected = store_message(ValueTooLarge, lambda: MemoryStore().put("k", b"x" * 1025))
+
+    assert conn.ask("SET", "big", "x" * 1024) == OK
+    assert conn.ask("SET", "big", "x" * 1025) == error_line(expected)
+    assert expected == "The value is 1025 bytes; the limit is 1024 bytes."
+    assert conn.ask("GET", "big") == bulk(b"x" * 1024)
+
+
+def test_a_full_store_refuses_writes_with_its_message_but_serves_reads() -> None:
+    store = MemoryStore(max_bytes=3000)
+    with running_resp(store) as server, RespConnection(server.port) as conn:
+        assert conn.ask("SET", "a", "x" * 1000) == OK
+        reply = conn.ask("SET", "b", "x" * 1000)
+        expected = store_message(StoreFull, lambda: store.put("b", b"x" * 1000))
+
+        assert reply == error_line(expected)
+        assert "memory budget of 3000 bytes" in expected
+        assert conn.ask("GET", "a") == bulk(b"x" * 1000)
+        assert conn.ask("DEL", "a") == b":1\r\n"
+
+
+# -- the wire: inline commands, pipelining, binary values ------------------------------------------
+
+
+def test_inline_commands_as_typed_into_telnet(conn: RespConnection) -> None:
+    conn.send(b"PING\r\n\r\nSET  k   v\nGET k\r\n")
+
+    assert [conn.reply() for _ in range(3)] == [b"+PONG\r\n", OK, bulk(b"v")]
+
+
+def test_pipelined_commands_are_answered_in_order(conn: RespConnection) -> None:
+    conn.send(b"".join(command("SET", f"k{n}", f"v{n}") for n in range(50)))
+    conn.send(b"".join(command("GET", f"k{n}") for n in range(50)))
+
+    replies = [conn.reply() for _ in range(100)]
+
+    assert replies == [OK] * 50 + [bulk(f"v{n}".encode()) for n in range(50)]
+
+
+def test_values_are_binary_safe(conn: RespConnection, store: Store) -> None:
+    every_byte = bytes(range(256))
+    framing = b"\r\n*1\r\n$4\r\nPING\r\n-ERR\r\n$-1\r\n"
+
+    assert conn.ask("SET", "bin", every_byte) == OK
+    assert conn.ask("GET", "bin") == bulk(every_byte)
+    assert conn.ask("SET", "frame", framing) == OK
+    assert conn.ask("GET", "frame") == bulk(framing)
+    assert conn.ask("HISTORY", "frame").endswith(bulk(framing))
+    assert store.get("bin").content_type is None
+
+
+# -- limits and malformed input: an error, then the connection closes ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sent", "error"),
+    [
+        (b"*x\r\n", "invalid multibulk length 'x'"),
+        (b"*1\n", "invalid multibulk length ''"),
+        (b"*1\r\n:5\r\n", "expected '$', got ':'"),
+        (b"*1\r\n$-1\r\n", "invalid bulk length -1 (arguments are at most 2048 bytes)"),
+        (b"*1\r\n$4\r\nPINGxx", "bulk string not followed by CRLF"),
+        (b"*2000\r\n", "invalid multibulk length 2000 (at most 1024 arguments)"),
+        (b"*1\r\n$2049\r\n", "invalid bulk length 2049 (arguments are at most 2048 bytes)"),
+        (b"*1\r\n$99999999999999999999\r\n", "invalid bulk length '99999999999999999999'"),
+    ],
+)
+def test_malformed_or_oversized_input_is_a_protocol_error_and_closes(
+    conn: RespConnection, sent: bytes, error: str
+) -> None:
+    conn.send(sent)
+
+    assert conn.rest_and_closed() == (error_line(f"Protocol error: {error}"), True)
+
+
+def test_an_oversized_argument_is_refused_before_its_bytes_are_read(
+    conn: RespConnection,
+) -> None:
+    conn.send(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100000000\r\n")  # and not one byte of it
+
+    reply, closed = conn.rest_and_closed()
+
+    assert reply.startswith(b"-ERR Protocol error: invalid bulk length 100000000")
+    assert closed
+
+
+def test_a_request_larger_than_the_request_limit_is_refused() -> None:
+    with running_resp(max_request_bytes=4096) as server, RespConnection(server.port) as conn:
+        conn.send(command("DEL", *[f"k{n:04}" + "x" * 995 for n in range(5)]))
+
+        assert conn.rest_and_closed() == (
+            error_line("Protocol error: request larger than 4096 bytes"),
+            True,
+        )
+
+
+def test_an_overlong_inline_line_is_refused() -> None:
+    with running_resp(max_request_bytes=4096) as server, RespConnection(server.port) as conn:
+        conn.send(b"PING " + b"x" * 5000)
+
+        assert conn.rest_and_closed() == (
+            error_line("Protocol error: too big inline request"),
+            True,
+        )
+
+
+def test_connections_past_the_maximum_are_refused_and_closed() -> None:
+    with running_resp(max_connections=2) as server:
+        first, second = RespConnection(server.port), RespConnection(server.port)
+        try:
+            assert first.ask("PING") == second.ask("PING") == b"+PONG\r\n"
+            with RespConnection(server.port) as third:
+                assert third.rest_and_closed() == (
+                    error_line("max number of clients reached"),
+                    True,
+                )
+            first.close()
+            deadline = time.monotonic() + 2
+            while True:  # the server notices the close on its next read
+                with RespConnection(server.port) as fourth, contextlib.suppress(ConnectionError):
+                    fourth.send(command("PING"))
+                    if fourth.reply() == b"+PONG\r\n":
+                        break
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            assert second.ask("PING") == b"+PONG\r\n"
+        finally:
+            first.close()
+            second.close()
+
+
+def test_idle_and_stalled_connections_are_closed_after_the_idle_timeout() -> None:
+    with running_resp(idle_timeout_s=0.3) as server:
+        idle, stalled = RespConnection(server.port), RespConnection(server.port)
+        started = time.monotonic()
+        stalled.send(b"*2\r\n$3\r\nGET\r\n$3\r\nfo")  # and never the rest
+
+        assert idle.rest_and_closed() == (b"", True)
+        assert stalled.rest_and_closed() == (b"", True)
+        assert 0.25 < time.monotonic() - started < 2.0
+        idle.close()
+        stalled.close()
+
+
+def test_a_busy_connection_is_not_idle() -> None:
+    with running_resp(idle_timeout_s=0.3) as server, RespConnection(server.port) as conn:
+        for _ in range(6):
+            assert conn.ask("PING") == b"+PONG\r\n"
+            time.sleep(0.1)
+
+
+# -- the Runnable: start, url, stop ----------------------------------------------------------------
+
+
+def test_url_names_the_bound_port(server: RespServer) -> None:
+    assert server.url == f"redis://127.0.0.1:{server.port}"
+    assert server.port != 0
+    assert not server.failed.is_set()
+
+
+def test_a_port_in_use_fails_to_start_with_the_address() -> None:
+    with running_resp() as server:
+        taken = RespServer(MemoryStore(), RespSettings(port=server.port))
+        with pytest.raises(OSError, match=rf"^127\.0\.0\.1:{server.port}: "):
+            taken.start()
+        taken.stop()  # harmless on a server that never started
+
+
+def test_stop_lets_the_command_in_flight_finish_and_closes_every_connection() -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowStore(MemoryStore):
+        def put(
+            self,
+            key: str,
+            data: bytes,
+            content_type: str | None = None,
+            precondition: Precondition = NO_CONDITION,
+        ) -> Value:
+            entered.set()
+            release.wait(5)
+            return super().put(key, data, content_type, precondition)
+
+    store = SlowStore()
+    server = RespServer(store, RespSettings(port=0))
+    server.start()
+    idle = RespConnection(server.port)
+    busy = RespConnection(server.port)
+    assert idle.ask("PING") == b"+PONG\r\n"
+    busy.send(command("SET", "k", "v"))
+    assert entered.wait(2)
+
+    stopper = threading.Thread(target=server.stop)
+    started = time.monotonic()
+    stopper.start()
+    time.sleep(0.1)  # stop() is waiting for the command in flight
+    release.set()
+    stopper.join(5)
+
+    assert not stopper.is_alive()
+    assert time.monotonic() - started < 2.0
+    assert busy.rest_and_closed() == (OK, True)
+    assert idle.rest_and_closed() == (b"", True)
+    assert store.get("k").data == b"v"
+    assert not server.failed.is_set()
+    with pytest.raises(ConnectionRefusedError):
+        RespConnection(server.port)
+    idle.close()
+    busy.close()
+
+
+def test_stop_is_prompt_with_many_idle_connections() -> None:
+    server = RespServer(MemoryStore(), RespSettings(port=0))
+    server.start()
+    connections = [RespConnection(server.port) for _ in range(50)]
+    for connection in connections:
+        connection.send(command("PING"))
+        assert connection.reply() == b"+PONG\r\n"
+    halfway = RespConnection(server.port)  # connected just now, half a command sent
+    halfway.send(b"*2\r\n$3\r\nGET")
+    connections.append(halfway)
+
+    started = time.monotonic()
+    server.stop()
+
+    assert time.monotonic() - started < 1.0
+    assert all(connection.rest_and_closed() == (b"", True) for connection in connections)
+    for connection in connections:
+        connection.close()
+
+
+# -- configuration and the composition root --------------------------------------------------------
+
+
+def test_resp_is_off_by_default_and_on_with_a_port() -> None:
+    assert load_config([], environ={}).resp_port is None
+    assert TRANSPORTS["resp"](Config(), MemoryStore()) is None
+
+    config = load_config(["--resp-port", "0"], environ={})
+    server = TRANSPORTS["resp"](config, MemoryStore())
+
+    assert isinstance(server, RespServer)
+    assert server.url == "redis://127.0.0.1:0"
+
+
+def test_resp_settings_come_from_flags_and_environment() -> None:
+    environ = {"KV_RESP_PORT": "6380", "KV_RESP_IDLE_TIMEOUT": "30", "KV_HOST": "0.0.0.0"}
+    config = load_config(["--resp-max-connections", "7", "--max-value-bytes", "100"], environ)
+
+    assert resp_settings(config) == RespSettings(
+        host="0.0.0.0",
+        port=6380,
+        max_connections=7,
+        idle_timeout_s=30.0,
+        max_argument_bytes=1124,
+        max_request_bytes=64 * 1024,
+    )
+    assert load_config([], {"KV_RESP_PORT": ""}).resp_port is None
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--resp-port", "70000"], ["--resp-max-connections", "0"], ["--resp-idle-timeout", "x"]],
+)
+def test_bad_resp_settings_are_usage_errors(args: list[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        load_config(args, environ={})
+    assert raised.value.code == 2
+
+
+def test_the_service_serves_both_transports_on_one_store_and_stops_on_sigterm() -> None:
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("KV_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kvservice", "--port", "0", "--resp-port", "0"],
+        cwd=REPO_ROOT,
+        env=environ,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        urls: dict[str, str] = {}
+        while len(urls) < 2:
+            line = process.stderr.readline()
+            assert line, "kvservice exited before listening"
+            if match := re.search(r"listening on ((\w+)://[\d.]+:\d+)", line):
+                urls[match.group(2)] = match.group(1)
+        resp_port = int(urls["redis"].rsplit(":", 1)[1])
+
+        with RespConnection(resp_port) as conn:
+            assert conn.ask("SET", "shared", "over resp") == OK
+        with socket.create_connection(("127.0.0.1", int(urls["http"].rsplit(":", 1)[1]))) as sock:
+            sock.sendall(b"GET /shared HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            response = b""
+            while chunk := sock.recv(65536):
+                response += chunk
+        assert response.startswith(b"HTTP/1.1 200 OK")
+        assert response.endswith(b"\r\n\r\nover resp")
+
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+    assert process.returncode == 0, stderr
+    assert "stopped" in stderr

@@ -1,0 +1,332 @@
+"""The store on its own, with a hand-driven clock: window edges, pruning, budget, order, threads."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import pytest
+
+from kvservice.store import (
+    MATCH_ANY,
+    HistoryEntry,
+    InvalidKey,
+    KeyExists,
+    KeyNotFound,
+    Precondition,
+    PreconditionFailed,
+    Store,
+    StoreFull,
+    ValueTooLarge,
+    validate_key,
+)
+from kvservice.store.memory import ENTRY_OVERHEAD_BYTES, KEY_OVERHEAD_BYTES, MemoryStore
+from tests.support.clock import START_MS, FakeClock
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(clock: FakeClock) -> Store:
+    return MemoryStore(history_window_ms=120_000, clock=clock)
+
+
+def values(entries: list[HistoryEntry]) -> list[bytes | None]:
+    return [entry.data for entry in entries]
+
+
+# -- values -----------------------------------------------------------------------------------
+
+
+def test_put_then_get_returns_bytes_and_type(store: Store) -> None:
+    store.put("foo", b"hello world!", "text/plain")
+    value = store.get("foo")
+    assert (value.data, value.content_type) == (b"hello world!", "text/plain")
+
+
+def test_get_unknown_key_raises(store: Store) -> None:
+    with pytest.raises(KeyNotFound):
+        store.get("nothing")
+
+
+def test_overwrite_serves_newest(store: Store) -> None:
+    store.put("k", b"v1")
+    store.put("k", b"v2")
+    assert store.get("k").data == b"v2"
+
+
+def test_empty_value_is_a_value(store: Store) -> None:
+    store.put("k", b"")
+    assert store.get("k").data == b""
+
+
+def test_value_limit_is_inclusive(clock: FakeClock) -> None:
+    store = MemoryStore(max_value_bytes=4, clock=clock)
+    store.put("k", b"1234")
+    with pytest.raises(ValueTooLarge, match="5 bytes; the limit is 4"):
+        store.put("k", b"12345")
+    assert store.get("k").data == b"1234"
+
+
+def test_delete_removes_value(store: Store) -> None:
+    store.put("k", b"v")
+    store.delete("k")
+    with pytest.raises(KeyNotFound):
+        store.get("k")
+
+
+def test_delete_of_absent_key_raises_and_writes_no_history(store: Store) -> None:
+    with pytest.raises(KeyNotFound):
+        store.delete("k")
+    store.put("k", b"v")
+    store.delete("k")
+    with pytest.raises(KeyNotFound):
+        store.delete("k")
+    assert values(store.history("k")) == [None, b"v"]
+
+
+def test_etag_changes_on_every_write_even_with_same_bytes(store: Store) -> None:
+    first = store.put("k", b"same")
+    second = store.put("k", b"same")
+    assert first.etag != second.etag
+    assert store.get("k").etag == second.etag
+
+
+def test_etags_differ_between_store_instances(clock: FakeClock) -> None:
+    assert (
+        MemoryStore(clock=clock).put("k", b"v").etag != MemoryStore(clock=clock).put("k", b"v").etag
+    )
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["a", "Z9", "x" * 255, "AbC123"])
+def test_valid_keys(key: str) -> None:
+    validate_key(key)
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ("", "empty"),
+        ("x" * 256, "256 characters long"),
+        ("foo-bar", "'-' at position 3"),
+        ("foo\xff", r"'\\xff' at position 3"),
+        ("über", r"'\\xfc' at position 0"),
+        ("a b", "' ' at position 1"),
+    ],
+)
+def test_invalid_keys_say_why(key: str, reason: str) -> None:
+    with pytest.raises(InvalidKey, match=reason):
+        validate_key(key)
+
+
+def test_every_operation_validates_the_key(store: Store) -> None:
+    for operation in (
+        lambda: store.get("a-b"),
+        lambda: store.put("a-b", b""),
+        lambda: store.create("a-b", b""),
+        lambda: store.delete("a-b"),
+        lambda: store.history("a-b"),
+    ):
+        with pytest.raises(InvalidKey):
+            operation()
+
+
+# -- history ----------------------------------------------------------------------------------
+
+
+def test_history_is_newest_first_with_deletes_as_none(store: Store, clock: FakeClock) -> None:
+    store.put("k", b"v1")
+    clock.advance(5)
+    store.put("k", b"v2")
+    clock.advance(5)
+    store.delete("k")
+    history = store.history("k")
+    assert values(history) == [None, b"v2", b"v1"]
+    assert [entry.timestamp_ms for entry in history] == [START_MS + 10, START_MS + 5, START_MS]
+
+
+def test_history_of_unknown_key_is_empty(store: Store) -> None:
+    assert store.history("unknown") == []
+
+
+def test_writes_in_the_same_millisecond_keep_their_order(store: Store) -> None:
+    for i in range(50):
+        store.put("k", str(i).encode())
+    assert values(store.history("k")) == [str(i).encode() for i in reversed(range(50))]
+
+
+def test_timestamps_never_decrease_when_the_clock_steps_back(
+    store: Store, clock: FakeClock
+) -> None:
+    store.put("k", b"v1")
+    clock.advance(-60_000)
+    store.put("k", b"v2")
+    newest, oldest = store.history("k")
+    assert newest.data == b"v2"
+    assert newest.timestamp_ms == oldest.timestamp_ms == START_MS
+
+
+def test_window_edge(store: Store, clock: FakeClock) -> None:
+    store.put("k", b"v")
+    clock.advance(119_999)
+    assert values(store.history("k")) == [b"v"]
+    clock.advance(1)
+    assert store.history("k") == []
+    assert store.get("k").data == b"v", "expiry removes history, never the current value"
+
+
+def test_expiry_keeps_the_newer_entries(store: Store, clock: FakeClock) -> None:
+    store.put("k", b"old")
+    clock.advance(60_000)
+    store.put("k", b"new")
+    clock.advance(60_000)
+    assert values(store.history("k")) == [b"new"]
+
+
+def test_deleted_key_with_expired_history_is_forgotten(store: Store, clock: FakeClock) -> None:
+    store.put("gone", b"v")
+    store.delete("gone")
+    store.put("kept", b"v")
+    assert store.stats()["keys"] == 2
+    clock.advance(120_000)
+    assert store.stats()["keys"] == 1
+    assert store.history("gone") == []
+
+
+def test_pruning_returns_every_charged_byte(clock: FakeClock) -> None:
+    store = MemoryStore(clock=clock)
+    for i in range(100):
+        key = f"key{i % 7}"
+        store.put(key, b"x" * i, "text/plain")
+        if i % 3 == 0:
+            store.delete(key)
+    for i in range(7):
+        with contextlib.suppress(KeyNotFound):
+            store.delete(f"key{i}")
+    clock.advance(120_000)
+    assert store.stats() == {"keys": 0, "used_bytes": 0, "max_bytes": store.max_bytes}
+
+
+# -- memory budget ----------------------------------------------------------------------------
+
+
+def test_budget_refuses_writes_but_keeps_reads_deletes_and_history(clock: FakeClock) -> None:
+    one_write = KEY_OVERHEAD_BYTES + 1 + 2 * 100 + ENTRY_OVERHEAD_BYTES  # key, value, entry
+    store = MemoryStore(max_bytes=3 * one_write, clock=clock)
+    for key in "abc":
+        store.put(key, b"x" * 100)
+    with pytest.raises(StoreFull, match="memory budget"):
+        store.put("d", b"x" * 100)
+    with pytest.raises(StoreFull):
+        store.put("a", b"y" * 100)  # the old entry stays in history, so this needs room too
+    assert store.get("a").data == b"x" * 100, "a refused write changes nothing"
+    assert values(store.history("a")) == [b"x" * 100]
+    store.delete("b")  # deletes always succeed
+    assert values(store.history("b")) == [None, b"x" * 100]
+
+
+def test_budget_room_comes_back_as_history_expires(clock: FakeClock) -> None:
+    store = MemoryStore(max_bytes=2_000, clock=clock)
+    store.put("k", b"x" * 500)
+    with pytest.raises(StoreFull):
+        for _ in range(10):
+            store.put("k", b"x" * 500)
+    clock.advance(120_000)
+    store.put("k", b"y" * 500)
+    assert store.get("k").data == b"y" * 500
+
+
+def test_stats_count_bytes_charged(store: Store) -> None:
+    store.put("k", b"abc", "text/plain")
+    expected = KEY_OVERHEAD_BYTES + 1 + (3 + len("text/plain")) + (ENTRY_OVERHEAD_BYTES + 3)
+    assert store.stats()["used_bytes"] == expected
+
+
+# -- create and preconditions -----------------------------------------------------------------
+
+
+def test_create_only_when_absent(store: Store) -> None:
+    store.create("k", b"first")
+    with pytest.raises(KeyExists):
+        store.create("k", b"second")
+    assert store.get("k").data == b"first"
+    store.delete("k")
+    store.create("k", b"again")
+    assert store.get("k").data == b"again"
+
+
+def test_if_match_current_etag_allows_write(store: Store) -> None:
+    etag = store.put("k", b"v1").etag
+    store.put("k", b"v2", precondition=Precondition(if_match=frozenset({etag})))
+    assert store.get("k").data == b"v2"
+
+
+def test_if_match_stale_etag_fails_and_changes_nothing(store: Store) -> None:
+    stale = store.put("k", b"v1").etag
+    store.put("k", b"v2")
+    with pytest.raises(PreconditionFailed):
+        store.put("k", b"v3", precondition=Precondition(if_match=frozenset({stale})))
+    with pytest.raises(PreconditionFailed):
+        store.delete("k", precondition=Precondition(if_match=frozenset({stale})))
+    assert store.get("k").data == b"v2"
+    assert values(store.history("k")) == [b"v2", b"v1"]
+
+
+def test_if_match_any_requires_a_value(store: Store) -> None:
+    any_value = Precondition(if_match=frozenset({MATCH_ANY}))
+    with pytest.raises(PreconditionFailed):
+        store.put("k", b"v", precondition=any_value)
+    store.put("k", b"v")
+    store.put("k", b"w", precondition=any_value)
+
+
+def test_if_none_match_any_means_create(store: Store) -> None:
+    absent = Precondition(if_none_match=frozenset({MATCH_ANY}))
+    store.put("k", b"v", precondition=absent)
+    with pytest.raises(PreconditionFailed):
+        store.put("k", b"w", precondition=absent)
+
+
+def test_existence_is_judged_before_preconditions(store: Store) -> None:
+    """RFC 9110 13.2.1: preconditions apply only where the request would otherwise succeed."""
+    with pytest.raises(KeyNotFound):
+        store.delete("k", precondition=Precondition(if_match=frozenset({"nope"})))
+    store.put("k", b"v")
+    with pytest.raises(KeyExists):
+        store.create("k", b"v", precondition=Precondition(if_match=frozenset({"nope"})))
+
+
+# -- threads ----------------------------------------------------------------------------------
+
+
+def test_concurrent_writers_lose_nothing_and_history_agrees_with_get() -> None:
+    store = MemoryStore()  # real clock: many writes share a millisecond
+    writers, writes_each = 8, 300
+
+    def write(writer: int) -> None:
+        for i in range(writes_each):
+            store.put("shared", f"{writer}:{i}".encode())
+            store.put(f"own{writer}", f"{i}".encode())
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    history = store.history("shared")
+    assert len(history) == writers * writes_each
+    assert history[0].data == store.get("shared").data
+    assert [e.timestamp_ms for e in history] == sorted(
+        (e.timestamp_ms for e in history), reverse=True
+    )
+    for writer in range(writers):
+        own = [e.data for e in history if e.data and e.data.startswith(f"{writer}:".encode())]
+        assert own == [f"{writer}:{i}".encode() for i in reversed(range(writes_each))]
+        assert store.get(f"own{writer}").data == str(writes_each - 1).encode()

@@ -1,0 +1,413 @@
+"""Hand-written `KVClient` fakes: one correct kvservice in memory, and broken ones.
+
+`InMemoryKV` keeps every promise of the kvservice contract. Each broken fake breaks exactly
+one, named in its docstring, so a check that passes the correct fake and fails the broken
+one is shown to test that promise. At the end, loopback endpoints for transport tests: any
+WSGI app served on a free port, a port nobody listens on, and one that never answers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from kvservice.http.server import Server, ServerSettings
+from testclient.clients import (
+    Capability,
+    HistoryEntry,
+    HistoryReply,
+    KVUnreachable,
+    Outcome,
+    Reply,
+)
+
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+_JSON_MEDIA_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json", re.ASCII)
+
+
+@dataclass(frozen=True)
+class StoredValue:
+    """A key's current value as the fake holds it."""
+
+    data: bytes
+    content_type: str | None
+    version: str
+
+
+class InMemoryKV:
+    """A correct kvservice behind the `KVClient` protocol; thread-safe like the real one."""
+
+    key_pattern = re.compile(r"[A-Za-z0-9]{1,255}")
+    max_value_bytes = 1024
+    capabilities = frozenset(Capability)
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._values: dict[str, StoredValue] = {}
+        self._history: dict[str, list[HistoryEntry]] = {}  # oldest first
+        self._writes = 0
+        self._last_ms = 0
+
+    # -- the protocol ------------------------------------------------------------------------
+
+    def put(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        content_type: str | None = None,
+        only_if_version: str | None = None,
+        only_if_absent: bool = False,
+    ) -> Reply:
+        refusal = self._refusal(key, value, content_type)
+        if refusal is not None:
+            return refusal
+        with self._lock:
+            if not self._holds(self._values.get(key), only_if_version, only_if_absent):
+                return Reply(Outcome.PRECONDITION_FAILED)
+            return Reply(Outcome.STORED, version=self._write(key, value, content_type))
+
+    def create(self, key: str, value: bytes, *, content_type: str | None = None) -> Reply:
+        refusal = self._refusal(key, value, content_type)
+        if refusal is not None:
+            return refusal
+        with self._lock:
+            if key in self._values:
+                return Reply(Outcome.ALREADY_EXISTS)
+            return Reply(Outcome.CREATED, version=self._write(key, value, content_type))
+
+    def get(self, key: str) -> Reply:
+        if not self.key_pattern.fullmatch(key):
+            return Reply(Outcome.INVALID)
+        with self._lock:
+            current = self._values.get(key)
+        if current is None:
+            return Reply(Outcome.NOT_FOUND)
+        return Reply(
+            Outcome.FOUND,
+            value=current.data,
+            content_type=current.content_type or DEFAULT_CONTENT_TYPE,
+            version=current.version,
+        )
+
+    def delete(self, key: str, *, only_if_version: str | None = None) -> Reply:
+        if not self.key_pattern.fullmatch(key):
+            return Reply(Outcome.INVALID)
+        with self._lock:
+            current = self._values.get(key)
+            if current is None:
+                return Reply(Outcome.NOT_FOUND)
+            if not self._holds(current, only_if_version, only_if_absent=False):
+                return Reply(Outcome.PRECONDITION_FAILED)
+            self._erase(key)
+        return Reply(Outcome.DELETED)
+
+    def history(self, key: str) -> HistoryReply:
+        if not self.key_pattern.fullmatch(key):
+            return HistoryReply(Outcome.INVALID)
+        with self._lock:
+            oldest_first = list(self._history.get(key, ()))
+        return HistoryReply(Outcome.FOUND, tuple(reversed(oldest_first)))
+
+    def close(self) -> None:
+        pass
+
+    # -- for tests ---------------------------------------------------------------------------
+
+    def live_keys(self) -> list[str]:
+        """Keys that currently hold a value."""
+        with self._lock:
+            return sorted(self._values)
+
+    # -- the parts broken fakes override -----------------------------------------------------
+
+    def _refusal(self, key: str, value: bytes, content_type: str | None) -> Reply | None:
+        if not self.key_pattern.fullmatch(key):
+            return Reply(Outcome.INVALID)
+        if len(value) > self.max_value_bytes:
+            return Reply(Outcome.TOO_LARGE)
+        if content_type and _is_json(content_type):
+            try:
+                json.loads(value.decode("utf-8"))
+            except ValueError:
+                return Reply(Outcome.INVALID)
+        return None
+
+    def _holds(
+        self, current: StoredValue | None, only_if_version: str | None, only_if_absent: bool
+    ) -> bool:
+        if only_if_version is not None and (current is None or current.version != only_if_version):
+            return False
+        return not (only_if_absent and current is not None)
+
+    def _write(self, key: str, value: bytes, content_type: str | None) -> str:
+        self._writes += 1
+        version = self._new_version(key)
+        self._values[key] = StoredValue(value, content_type, version)
+        self._record(key, value)
+        return version
+
+    def _new_version(self, key: str) -> str:
+        return f'"{self._writes}"'
+
+    def _erase(self, key: str) -> None:
+        del self._values[key]
+        self._record(key, None)
+
+    def _record(self, key: str, value: bytes | None) -> None:
+        self._last_ms = max(self._last_ms, time.time_ns() // 1_000_000)
+        self._history.setdefault(key, []).append(HistoryEntry(value, self._timestamp_ms()))
+
+    def _timestamp_ms(self) -> int:
+        return self._last_ms
+
+
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return _JSON_MEDIA_TYPE.fullmatch(media_type) is not None
+
+
+# -- broken fakes: each breaks one promise --------------------------------------------------
+
+
+class DeleteIgnoredKV(InMemoryKV):
+    """Answers every delete with 'deleted' and does nothing."""
+
+    def delete(self, key: str, *, only_if_version: str | None = None) -> Reply:
+        return Reply(Outcome.DELETED, evidence="HTTP 204 No Content")
+
+
+class DeleteStillServedKV(InMemoryKV):
+    """Applies deletes, but reads come from a cache that deletes do not invalidate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._read_cache: dict[str, Reply] = {}
+
+    def get(self, key: str) -> Reply:
+        reply = super().get(key)
+        if reply.outcome is Outcome.FOUND:
+            self._read_cache[key] = reply
+        elif reply.outcome is Outcome.NOT_FOUND and key in self._read_cache:
+            return self._read_cache[key]
+        return reply
+
+
+class GetAfterDeleteFailsKV(InMemoryKV):
+    """Reading a key whose value was deleted fails with a server error instead of 'not found'."""
+
+    def get(self, key: str) -> Reply:
+        reply = super().get(key)
+        if reply.outcome is Outcome.NOT_FOUND and self._history.get(key):
+            return Reply(Outcome.UNEXPECTED, evidence="HTTP 500 Internal Server Error: boom")
+        return reply
+
+
+class HistoryMissingDeleteKV(InMemoryKV):
+    """Deletes drop the value but write no history entry."""
+
+    def _erase(self, key: str) -> None:
+        del self._values[key]
+
+
+class HistoryOutOfOrderKV(InMemoryKV):
+    """History lists entries oldest first."""
+
+    def history(self, key: str) -> HistoryReply:
+        reply = super().history(key)
+        return HistoryReply(reply.outcome, tuple(reversed(reply.entries)), reply.evidence)
+
+
+class OverwriteIgnoredKV(InMemoryKV):
+    """Acknowledges writes to a key that holds a value, but keeps the first value."""
+
+    def _write(self, key: str, value: bytes, content_type: str | None) -> str:
+        current = self._values.get(key)
+        if current is not None:
+            return current.version
+        return super()._write(key, value, content_type)
+
+
+class StaleReadKV(InMemoryKV):
+    """Reads serve the value of the write before the newest one (a lagging replica)."""
+
+    def get(self, key: str) -> Reply:
+        reply = super().get(key)
+        with self._lock:
+            writes = self._history.get(key, [])
+            previous = writes[-2].value if len(writes) >= 2 else None
+        if reply.outcome is not Outcome.FOUND or previous is None:
+            return reply
+        return Reply(Outcome.FOUND, previous, reply.content_type, reply.version)
+
+
+class PerThreadCacheKV(InMemoryKV):
+    """Each thread reads its own last write of a key, unaware of other threads' writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._own_writes = threading.local()
+
+    def put(self, key: str, value: bytes, **options: Any) -> Reply:
+        reply = super().put(key, value, **options)
+        if reply.outcome is Outcome.STORED:
+            self._cache()[key] = super().get(key)
+        return reply
+
+    def get(self, key: str) -> Reply:
+        return self._cache().get(key) or super().get(key)
+
+    def _cache(self) -> dict[str, Reply]:
+        if not hasattr(self._own_writes, "replies"):
+            self._own_writes.replies = {}
+        cache: dict[str, Reply] = self._own_writes.replies
+        return cache
+
+
+class HistoryTruncatedKV(InMemoryKV):
+    """History keeps only a key's newest 25 writes, however recent the older ones are."""
+
+    def history(self, key: str) -> HistoryReply:
+        reply = super().history(key)
+        return HistoryReply(reply.outcome, reply.entries[:25], reply.evidence)
+
+
+class SecondsTimestampsKV(InMemoryKV):
+    """History timestamps are Unix epoch seconds, not milliseconds."""
+
+    def _timestamp_ms(self) -> int:
+        return self._last_ms // 1000
+
+
+class CreateOverwritesKV(InMemoryKV):
+    """Create-only writes overwrite an existing value and answer 'created'."""
+
+    def create(self, key: str, value: bytes, *, content_type: str | None = None) -> Reply:
+        reply = super().put(key, value, content_type=content_type)
+        return Reply(Outcome.CREATED, version=reply.version) if reply.version else reply
+
+
+class PreconditionIgnoredKV(InMemoryKV):
+    """Ignores version and absence conditions: every write and delete goes through."""
+
+    def _holds(
+        self, current: StoredValue | None, only_if_version: str | None, only_if_absent: bool
+    ) -> bool:
+        return True
+
+
+class VersionUnchangedKV(InMemoryKV):
+    """Gives a key the same version on every write, so conditions cannot tell writes apart."""
+
+    def _new_version(self, key: str) -> str:
+        return '"1"'
+
+
+class KeyUnvalidatedKV(InMemoryKV):
+    """Accepts any non-empty key."""
+
+    key_pattern = re.compile(r".+", re.DOTALL)
+
+
+class OversizeAcceptedKV(InMemoryKV):
+    """Accepts values of any size."""
+
+    max_value_bytes = 1 << 30
+
+
+class JSONUnvalidatedKV(InMemoryKV):
+    """Stores malformed JSON declared as application/json."""
+
+    def _refusal(self, key: str, value: bytes, content_type: str | None) -> Reply | None:
+        return super()._refusal(key, value, None)
+
+
+class BinaryGarbledKV(InMemoryKV):
+    """Stores values as text: bytes that are not UTF-8 are replaced."""
+
+    def _write(self, key: str, value: bytes, content_type: str | None) -> str:
+        text = value.decode("utf-8", errors="replace").encode("utf-8")
+        return super()._write(key, text, content_type)
+
+
+class ContentTypeDroppedKV(InMemoryKV):
+    """Serves every value as application/octet-stream, whatever type it was written with."""
+
+    def get(self, key: str) -> Reply:
+        reply = super().get(key)
+        if reply.outcome is not Outcome.FOUND:
+            return reply
+        return Reply(Outcome.FOUND, reply.value, DEFAULT_CONTENT_TYPE, reply.version)
+
+
+# -- not a kvservice at all -----------------------------------------------------------------
+
+
+class UnreachableKV(InMemoryKV):
+    """Every operation fails like a refused connection."""
+
+    def __init__(self, reason: str = "no connection: [Errno 111] Connection refused") -> None:
+        super().__init__()
+        self.reason = reason
+
+    def put(self, key: str, value: bytes, **options: Any) -> Reply:
+        raise KVUnreachable(f"PUT /{key}: {self.reason}")
+
+    def create(self, key: str, value: bytes, **options: Any) -> Reply:
+        raise KVUnreachable(f"POST /{key}: {self.reason}")
+
+    def get(self, key: str) -> Reply:
+        raise KVUnreachable(f"GET /{key}: {self.reason}")
+
+    def delete(self, key: str, **options: Any) -> Reply:
+        raise KVUnreachable(f"DELETE /{key}: {self.reason}")
+
+    def history(self, key: str) -> HistoryReply:
+        raise KVUnreachable(f"GET /{key}/history: {self.reason}")
+
+
+class ExplodingKV(InMemoryKV):
+    """Reads raise an exception no client should raise: a bug, not a kvservice answer."""
+
+    def get(self, key: str) -> Reply:
+        raise RuntimeError("a bug in the client")
+
+
+# -- loopback endpoints ---------------------------------------------------------------------
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+@contextmanager
+def serve_wsgi(app: WSGIApp) -> Iterator[str]:
+    """Serve `app` with kvservice's server on a free 127.0.0.1 port; yields the base URL."""
+    server = Server(app, ServerSettings(port=0, threads=8, socket_timeout_s=2.0))
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.stop()
+
+
+def closed_port_url() -> str:
+    """A loopback URL on which nothing listens (the port was free a moment ago)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def silent_url() -> Iterator[str]:
+    """A loopback URL that accepts connections and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)  # the kernel completes handshakes; nobody ever reads
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"

@@ -1,0 +1,197 @@
+"""The command line: the report, the exit codes (0, 1, 2, 3), configuration, and `serve`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from testclient.__main__ import main
+from testclient.checks import CHECKS
+from testclient.clients import ClientFactory, KVClient
+from testclient.config import Config, load_config
+from tests.support.fakes import DeleteStillServedKV, InMemoryKV, closed_port_url
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def fake_factory(client: KVClient) -> ClientFactory:
+    """A client factory for `main` that ignores the URL and returns `client`."""
+    return lambda kv_url, timeout: client
+
+
+# -- run: report and exit codes -----------------------------------------------------------------
+
+
+def test_run_exits_0_and_reports_every_step_when_all_pass(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(
+        ["run", "--kv-url", "http://kv.example:3000"], make_client=fake_factory(InMemoryKV())
+    )
+
+    report = capsys.readouterr().out
+    assert code == 0
+    assert report.startswith("kvservice at http://kv.example:3000\n")
+    for name in CHECKS:
+        assert f"PASSED      {name}  (" in report
+    assert "  ok    write b'deleteme-" in report
+    assert "FAIL" not in report
+    assert report.rstrip().endswith(
+        f"{len(CHECKS)} checks: {len(CHECKS)} passed, 0 failed, 0 unreachable, 0 skipped; "
+        "overall passed"
+    )
+
+
+def test_run_exits_1_and_shows_expected_and_actual_when_a_check_fails(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["run", "test_deletion"], make_client=fake_factory(DeleteStillServedKV()))
+
+    report = capsys.readouterr().out
+    assert code == 1
+    assert "FAILED      test_deletion" in report
+    assert "  FAIL  read tcdel" in report
+    assert "          expected: not found\n          actual:   found b'deleteme-" in report
+    assert "test_overwrite" not in report
+
+
+def test_run_exits_3_when_the_kvservice_is_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "test_deletion", "--kv-url", closed_port_url(), "--connect-timeout", "1"])
+
+    report = capsys.readouterr().out
+    assert code == 3
+    assert "UNREACHABLE test_deletion" in report
+    assert "Connection refused" in report
+
+
+def test_run_exits_0_against_the_real_kvservice(
+    kv_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["run", "--kv-url", kv_url])
+
+    assert code == 0, capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "test_nothing"],
+        ["frobnicate"],
+        [],
+        ["run", "--kv-url", "ftp://kv.example"],
+        ["run", "--kv-url", "http://kv.example/?q=1"],
+        ["run", "--read-timeout", "0"],
+        ["serve", "--port", "70000"],
+        ["run", "--log-level", "LOUD"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv, make_client=fake_factory(InMemoryKV())) == 2
+    assert "usage: testclient" in capsys.readouterr().err
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert "exit codes of run" in capsys.readouterr().out
+
+
+# -- configuration --------------------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    config = load_config(CHECKS, ["serve"], environ={})
+
+    assert config == Config(command="serve")
+    assert (config.host, config.port, config.kv_url) == ("127.0.0.1", 8000, "http://localhost:3000")
+
+
+def test_environment_fills_in_what_flags_leave_out() -> None:
+    environ = {
+        "TESTCLIENT_HOST": "0.0.0.0",
+        "TESTCLIENT_PORT": "9000",
+        "KV_URL": "http://kv:3000/",
+        "TESTCLIENT_READ_TIMEOUT": "7.5",
+        "TESTCLIENT_LOG_LEVEL": "debug",
+    }
+
+    config = load_config(CHECKS, ["serve", "--port", "9100"], environ)
+
+    assert (config.host, config.port, config.kv_url) == ("0.0.0.0", 9100, "http://kv:3000")
+    assert config.timeout == (2.0, 7.5)
+    assert config.log_level == "DEBUG"
+
+
+def test_a_bad_environment_value_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TESTCLIENT_PORT", "eighty")
+
+    assert main(["serve"]) == 2
+    assert "invalid port value: 'eighty'" in capsys.readouterr().err
+
+
+def test_run_takes_checks_in_order_without_repeats_and_test_all_means_all() -> None:
+    named = load_config(CHECKS, ["run", "test_overwrite", "test_deletion", "test_overwrite"], {})
+    everything = load_config(CHECKS, ["run", "test_deletion", "test_all"], {})
+
+    assert named.checks == ("test_overwrite", "test_deletion")
+    assert everything.checks == ()
+
+
+# -- serve ----------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_serve_answers_over_http_and_stops_cleanly_on_sigterm(kv_url: str) -> None:
+    port = free_port()
+    environ = {
+        name: value for name, value in os.environ.items() if not name.startswith("TESTCLIENT_")
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "testclient", "serve", "--port", str(port), "--kv-url", kv_url],
+        cwd=REPO_ROOT,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                requests.get(base + "/_health", timeout=1)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "the test client did not start listening"
+                assert process.poll() is None, process.communicate()
+                time.sleep(0.05)
+
+        response = requests.get(base + "/test_deletion", timeout=10)
+        assert response.status_code == 200, response.text
+        assert response.json()["kv_url"] == kv_url
+
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+    assert process.returncode == 0, stderr
+    assert '"GET /test_deletion" 200' in stdout  # the access log, on stdout
+    assert "received SIGTERM" in stderr
