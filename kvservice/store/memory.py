@@ -7,7 +7,8 @@ value that its key's newest history entry disagrees with.
 
 Expiry is exact and cheap: all writes get non-decreasing timestamps from one clock, so a
 single store-wide queue of records, in write order, tells which key holds the oldest entry.
-Pruning pops from its front until the oldest entry is inside the window.
+Pruning pops from its front (and from the front of that key's history, a deque: O(1) per
+entry, however long the key's history) until the oldest entry is inside the window.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class _Record:
     def __init__(self, key: str) -> None:
         self.key = key
         self.value: Value | None = None
-        self.history: list[HistoryEntry] = []
+        self.history: deque[HistoryEntry] = deque()
 
 
 class MemoryStore:
@@ -211,7 +212,7 @@ class MemoryStore:
             if oldest.timestamp_ms > cutoff_ms:
                 return
             queue.popleft()
-            del record.history[0]
+            record.history.popleft()
             self._used_bytes -= _entry_cost(oldest)
             if record.value is None and not record.history:
                 del self._records[record.key]

@@ -1,8 +1,13 @@
-"""The store on its own, with a hand-driven clock: window edges, pruning, budget, order, threads."""
+"""The store contract: what every backend must do, each test run once per backend.
+
+On a hand-driven clock: values, keys, history and its window edges, pruning, the budget,
+ordering within a millisecond, preconditions, concurrent writers. A new backend is added to
+`conftest.BACKENDS` and must pass this file unchanged; what only one backend promises (the
+memory backend's byte accounting) is tested beside it, in that backend's own file.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import threading
 
 import pytest
@@ -18,20 +23,11 @@ from kvservice.store import (
     Store,
     StoreFull,
     ValueTooLarge,
+    system_clock_ms,
     validate_key,
 )
-from kvservice.store.memory import ENTRY_OVERHEAD_BYTES, KEY_OVERHEAD_BYTES, MemoryStore
+from tests.kvservice.store.conftest import StoreFactory
 from tests.support.clock import START_MS, FakeClock
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def store(clock: FakeClock) -> Store:
-    return MemoryStore(history_window_ms=120_000, clock=clock)
 
 
 def values(entries: list[HistoryEntry]) -> list[bytes | None]:
@@ -63,8 +59,8 @@ def test_empty_value_is_a_value(store: Store) -> None:
     assert store.get("k").data == b""
 
 
-def test_value_limit_is_inclusive(clock: FakeClock) -> None:
-    store = MemoryStore(max_value_bytes=4, clock=clock)
+def test_value_limit_is_inclusive(make_store: StoreFactory, clock: FakeClock) -> None:
+    store = make_store(max_value_bytes=4, clock=clock)
     store.put("k", b"1234")
     with pytest.raises(ValueTooLarge, match="5 bytes; the limit is 4"):
         store.put("k", b"12345")
@@ -93,12 +89,6 @@ def test_etag_changes_on_every_write_even_with_same_bytes(store: Store) -> None:
     second = store.put("k", b"same")
     assert first.etag != second.etag
     assert store.get("k").etag == second.etag
-
-
-def test_etags_differ_between_store_instances(clock: FakeClock) -> None:
-    assert (
-        MemoryStore(clock=clock).put("k", b"v").etag != MemoryStore(clock=clock).put("k", b"v").etag
-    )
 
 
 # -- keys -------------------------------------------------------------------------------------
@@ -199,53 +189,47 @@ def test_deleted_key_with_expired_history_is_forgotten(store: Store, clock: Fake
     assert store.history("gone") == []
 
 
-def test_pruning_returns_every_charged_byte(clock: FakeClock) -> None:
-    store = MemoryStore(clock=clock)
-    for i in range(100):
-        key = f"key{i % 7}"
-        store.put(key, b"x" * i, "text/plain")
-        if i % 3 == 0:
-            store.delete(key)
-    for i in range(7):
-        with contextlib.suppress(KeyNotFound):
-            store.delete(f"key{i}")
-    clock.advance(120_000)
-    assert store.stats() == {"keys": 0, "used_bytes": 0, "max_bytes": store.max_bytes}
-
-
 # -- memory budget ----------------------------------------------------------------------------
 
 
-def test_budget_refuses_writes_but_keeps_reads_deletes_and_history(clock: FakeClock) -> None:
-    one_write = KEY_OVERHEAD_BYTES + 1 + 2 * 100 + ENTRY_OVERHEAD_BYTES  # key, value, entry
-    store = MemoryStore(max_bytes=3 * one_write, clock=clock)
-    for key in "abc":
-        store.put(key, b"x" * 100)
+def test_a_full_store_refuses_writes_and_keeps_reads_deletes_and_history(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    store = make_store(clock=clock, budget_bytes=64 * 1024)
+    keys = fill(store)
+    first, second = keys[0], keys[1]
+    more = b"x" * 1000  # more than the write that did not fit, even as an overwrite
     with pytest.raises(StoreFull, match="memory budget"):
-        store.put("d", b"x" * 100)
+        store.put("another", more)
     with pytest.raises(StoreFull):
-        store.put("a", b"y" * 100)  # the old entry stays in history, so this needs room too
-    assert store.get("a").data == b"x" * 100, "a refused write changes nothing"
-    assert values(store.history("a")) == [b"x" * 100]
-    store.delete("b")  # deletes always succeed
-    assert values(store.history("b")) == [None, b"x" * 100]
-
-
-def test_budget_room_comes_back_as_history_expires(clock: FakeClock) -> None:
-    store = MemoryStore(max_bytes=2_000, clock=clock)
-    store.put("k", b"x" * 500)
+        store.put(first, more)
     with pytest.raises(StoreFull):
-        for _ in range(10):
-            store.put("k", b"x" * 500)
-    clock.advance(120_000)
-    store.put("k", b"y" * 500)
-    assert store.get("k").data == b"y" * 500
+        store.create("another", more)
+    assert store.get(first).data == value_of(first), "a refused write changes nothing"
+    assert values(store.history(first)) == [value_of(first)]
+    with pytest.raises(KeyNotFound):
+        store.get("another")
+    store.delete(second)  # deletes always succeed
+    assert values(store.history(second)) == [None, value_of(second)]
 
 
-def test_stats_count_bytes_charged(store: Store) -> None:
-    store.put("k", b"abc", "text/plain")
-    expected = KEY_OVERHEAD_BYTES + 1 + (3 + len("text/plain")) + (ENTRY_OVERHEAD_BYTES + 3)
-    assert store.stats()["used_bytes"] == expected
+def value_of(key: str) -> bytes:
+    """What `fill` wrote to `key`."""
+    return key.encode() * (100 // len(key) + 1)
+
+
+def fill(store: Store, most_keys: int = 100_000) -> list[str]:
+    """Write 100-odd-byte values to new keys until the store is full; the keys written."""
+    keys: list[str] = []
+    for number in range(most_keys):
+        key = f"fill{number}"
+        try:
+            store.put(key, value_of(key))
+        except StoreFull:
+            assert keys, "the store was full before the first write"
+            return keys
+        keys.append(key)
+    raise AssertionError(f"{most_keys} writes and the store is not full")
 
 
 # -- create and preconditions -----------------------------------------------------------------
@@ -305,8 +289,10 @@ def test_existence_is_judged_before_preconditions(store: Store) -> None:
 # -- threads ----------------------------------------------------------------------------------
 
 
-def test_concurrent_writers_lose_nothing_and_history_agrees_with_get() -> None:
-    store = MemoryStore()  # real clock: many writes share a millisecond
+def test_concurrent_writers_lose_nothing_and_history_agrees_with_get(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store(clock=system_clock_ms)  # real clock: many writes share a millisecond
     writers, writes_each = 8, 300
 
     def write(writer: int) -> None:

@@ -1,0 +1,77 @@
+"""The store backends the contract suite runs against, each behind one `make_store` factory.
+
+A backend is a `StoreFactory`: keyword settings in, a fresh, empty store out. `budget_bytes`
+asks for a store that refuses writes (StoreFull) once it holds about that much; each backend
+maps it onto its own budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import pytest
+
+from kvservice.store import Clock, Store
+from kvservice.store.memory import MemoryStore
+from tests.support.clock import FakeClock
+
+WINDOW_MS = 120_000
+"""The history window the contract tests assume unless they ask for another."""
+
+
+class StoreFactory(Protocol):
+    """Makes a fresh, empty store of one backend."""
+
+    def __call__(
+        self,
+        *,
+        clock: Clock,
+        history_window_ms: int = WINDOW_MS,
+        max_value_bytes: int = 1024,
+        budget_bytes: int | None = None,
+    ) -> Store: ...
+
+
+def memory_store(
+    *,
+    clock: Clock,
+    history_window_ms: int = WINDOW_MS,
+    max_value_bytes: int = 1024,
+    budget_bytes: int | None = None,
+) -> Store:
+    """The in-memory backend; the budget is its `max_bytes`."""
+    if budget_bytes is None:
+        return MemoryStore(
+            history_window_ms=history_window_ms, max_value_bytes=max_value_bytes, clock=clock
+        )
+    return MemoryStore(
+        history_window_ms=history_window_ms,
+        max_value_bytes=max_value_bytes,
+        max_bytes=budget_bytes,
+        clock=clock,
+    )
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest], StoreFactory]] = {
+    "memory": lambda request: memory_store,
+}
+"""Backend name -> how to get its factory (a backend on a server starts it, once)."""
+
+
+@pytest.fixture(params=list(BACKENDS))
+def make_store(request: pytest.FixtureRequest) -> StoreFactory:
+    """Each backend's factory in turn: every test that uses it runs once per backend."""
+    return BACKENDS[request.param](request)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The clock the stores under test read."""
+    return FakeClock()
+
+
+@pytest.fixture
+def store(make_store: StoreFactory, clock: FakeClock) -> Store:
+    """A fresh store of each backend, on the fake clock, with a 120 s window."""
+    return make_store(clock=clock)

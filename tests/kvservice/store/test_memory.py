@@ -1,0 +1,100 @@
+"""What only the memory backend promises: its byte accounting and per-process ETags, and
+pruning whose cost does not grow with a key's history."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import pytest
+
+from kvservice.store import KeyNotFound, StoreFull
+from kvservice.store.memory import ENTRY_OVERHEAD_BYTES, KEY_OVERHEAD_BYTES, MemoryStore
+from tests.support.clock import FakeClock
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def test_etags_differ_between_store_instances(clock: FakeClock) -> None:
+    assert (
+        MemoryStore(clock=clock).put("k", b"v").etag != MemoryStore(clock=clock).put("k", b"v").etag
+    )
+
+
+def test_pruning_returns_every_charged_byte(clock: FakeClock) -> None:
+    store = MemoryStore(clock=clock)
+    for i in range(100):
+        key = f"key{i % 7}"
+        store.put(key, b"x" * i, "text/plain")
+        if i % 3 == 0:
+            store.delete(key)
+    for i in range(7):
+        with contextlib.suppress(KeyNotFound):
+            store.delete(f"key{i}")
+    clock.advance(120_000)
+    assert store.stats() == {"keys": 0, "used_bytes": 0, "max_bytes": store.max_bytes}
+
+
+def test_the_budget_fits_exactly_what_it_counts(clock: FakeClock) -> None:
+    one_write = KEY_OVERHEAD_BYTES + 1 + 2 * 100 + ENTRY_OVERHEAD_BYTES  # key, value, entry
+    store = MemoryStore(max_bytes=3 * one_write, clock=clock)
+    for key in "abc":
+        store.put(key, b"x" * 100)
+    with pytest.raises(StoreFull, match="memory budget"):
+        store.put("d", b"x" * 100)
+    with pytest.raises(StoreFull):
+        store.put("a", b"y" * 100)  # the old entry stays in history, so this needs room too
+    store.delete("b")
+    assert store.stats()["used_bytes"] > 3 * one_write - 100, "a delete may pass the budget"
+
+
+def test_budget_room_comes_back_as_history_expires(clock: FakeClock) -> None:
+    store = MemoryStore(max_bytes=2_000, clock=clock)
+    store.put("k", b"x" * 500)
+    with pytest.raises(StoreFull):
+        for _ in range(10):
+            store.put("k", b"x" * 500)
+    clock.advance(120_000)
+    store.put("k", b"y" * 500)
+    assert store.get("k").data == b"y" * 500
+
+
+def test_stats_count_bytes_charged(clock: FakeClock) -> None:
+    store = MemoryStore(clock=clock)
+    store.put("k", b"abc", "text/plain")
+    expected = KEY_OVERHEAD_BYTES + 1 + (3 + len("text/plain")) + (ENTRY_OVERHEAD_BYTES + 3)
+    assert store.stats()["used_bytes"] == expected
+
+
+def _pruning_seconds(history_length: int, pruned: int) -> float:
+    """The fastest of a few runs of one write that prunes `pruned` entries of one key, whose
+    history holds `history_length` entries at the time."""
+    fastest = float("inf")
+    for _ in range(3):
+        clock = FakeClock()
+        store = MemoryStore(history_window_ms=10 * history_length, clock=clock)
+        for _ in range(history_length):
+            store.put("k", b"v")
+            clock.advance(1)
+        clock.advance(9 * history_length + pruned - 1)  # the oldest `pruned` entries age out
+        started = time.perf_counter()
+        store.put("other", b"v")  # every write prunes what has left the window
+        fastest = min(fastest, time.perf_counter() - started)
+        assert len(store.history("k")) == history_length - pruned
+    return fastest
+
+
+def test_pruning_cost_does_not_grow_with_a_keys_history_length() -> None:
+    """Pruning an entry must be O(1), not a shift of the key's whole history.
+
+    A ratio measured side by side, not a time limit: popping from the front of a list of
+    200,000 entries costs some 60 times what it costs at 2,000; from a deque, the same.
+    """
+    short = _pruning_seconds(history_length=2_000, pruned=1_000)
+    long = _pruning_seconds(history_length=200_000, pruned=1_000)
+    assert long < 5 * short, (
+        f"pruning 1000 entries: {short * 1e3:.2f} ms at 2,000, {long * 1e3:.2f} ms at 200,000"
+    )
