@@ -114,42 +114,98 @@ def _http_version(request_line: bytes) -> tuple[int, int] | None:
         return None
 
 
-def chunked_body_complete(body: bytes) -> bool:
-    """True once a chunked body has ended (trailers included) or shown itself malformed,
-    read line by line as StrictChunkedReader reads it."""
-    position = 0
-    while True:
-        line, position = _chunk_line(body, position)
-        if line is None:
-            return False
+class ChunkedBodyDecoder:
+    """The chunked transfer coding (RFC 9112 section 7.1), decoded incrementally and strictly.
+
+    Sans-IO: `feed()` takes whatever bytes have arrived and returns the body bytes they
+    complete and how many of the given bytes it used; it stops at the end of the message
+    (last chunk and trailers), so bytes after it (a pipelined request) are left unused.
+    Malformed input raises ValueError, answered 400: a size that is not 1-8 hex digits, a
+    line longer than MAX_CHUNK_LINE_BYTES or not ended by CRLF, chunk data not followed by
+    CRLF, or more than MAX_TRAILER_LINES trailer lines. The gate feeds it what the selector
+    received to learn whether a body has arrived whole; the worker's body reader feeds it the
+    same bytes to decode them, so the two cannot disagree on where a body ends.
+    """
+
+    def __init__(self) -> None:
+        self._line = bytearray()
+        """The part of a size or trailer line received so far."""
+        self._data_left = 0
+        """Bytes of the current chunk's data still to come."""
+        self._crlf_left = 0
+        """Bytes of the CRLF after the current chunk's data still to come."""
+        self._trailer_lines = 0
+        self._in_trailers = False
+        self.done = False
+        """True once the last chunk and the trailers have been read."""
+
+    def feed(self, data: bytes | bytearray | memoryview) -> tuple[bytes, int]:
+        """Decode what `data` completes: (body bytes, how many bytes of `data` were used)."""
+        view = memoryview(data)
+        body = bytearray()
+        position = 0
+        while position < len(view) and not self.done:
+            if self._data_left:
+                taken = view[position : position + self._data_left]
+                body += taken
+                position += len(taken)
+                self._data_left -= len(taken)
+                if not self._data_left:
+                    self._crlf_left = 2
+            elif self._crlf_left:
+                expected = CRLF[2 - self._crlf_left :]
+                taken = view[position : position + self._crlf_left]
+                if bytes(taken) != expected[: len(taken)]:
+                    raise ValueError(
+                        "Bad chunked transfer coding: chunk data is not followed by CRLF."
+                    )
+                position += len(taken)
+                self._crlf_left -= len(taken)
+            else:
+                position = self._feed_line(view, position)
+        return bytes(body), position
+
+    def _feed_line(self, view: memoryview, position: int) -> int:
+        room = MAX_CHUNK_LINE_BYTES - len(self._line)
+        newline = bytes(view[position : position + room]).find(b"\n")
+        if newline < 0:
+            self._line += view[position : position + room]
+            if len(self._line) >= MAX_CHUNK_LINE_BYTES:
+                raise ValueError(f"Bad chunked transfer coding: {self._what()} line is too long.")
+            return len(view)
+        self._line += view[position : position + newline + 1]
+        line, self._line = bytes(self._line), bytearray()
+        if not line.endswith(CRLF):
+            raise ValueError(f"Bad chunked transfer coding: {self._what()} line is malformed.")
+        if self._in_trailers:
+            self._trailer_line(line)
+        else:
+            self._size_line(line)
+        return position + newline + 1
+
+    def _what(self) -> str:
+        return "trailer" if self._in_trailers else "chunk-size"
+
+    def _size_line(self, line: bytes) -> None:
         size_text = line[:-2].split(b";", 1)[0].strip(b" \t")
-        if not line.endswith(CRLF) or not HEX_DIGITS.fullmatch(size_text):
-            return True
-        size = int(size_text, 16)
-        if size == 0:
-            return _trailers_complete(body, position)
-        if len(body) < position + size + 2:
-            return False
-        if body[position + size : position + size + 2] != CRLF:
-            return True
-        position += size + 2
+        if not HEX_DIGITS.fullmatch(size_text):
+            raise ValueError(f"Bad chunked transfer coding: chunk size {size_text!r}.")
+        self._data_left = int(size_text, 16)
+        self._in_trailers = self._data_left == 0
+
+    def _trailer_line(self, line: bytes) -> None:
+        self._trailer_lines += 1
+        if line == CRLF:
+            self.done = True
+        elif self._trailer_lines >= MAX_TRAILER_LINES:
+            raise ValueError("Bad chunked transfer coding: too many trailer lines.")
 
 
-def _trailers_complete(body: bytes, position: int) -> bool:
-    for _ in range(MAX_TRAILER_LINES):
-        line, position = _chunk_line(body, position)
-        if line is None:
-            return False
-        if line == CRLF or not line.endswith(CRLF):
-            return True
-    return True  # too many trailer lines: refused
-
-
-def _chunk_line(body: bytes, position: int) -> tuple[bytes | None, int]:
-    """The next line as `readline(MAX_CHUNK_LINE_BYTES)` returns it; None until it arrives."""
-    newline = body.find(b"\n", position, position + MAX_CHUNK_LINE_BYTES)
-    if newline >= 0:
-        return body[position : newline + 1], newline + 1
-    if len(body) - position >= MAX_CHUNK_LINE_BYTES:
-        return body[position : position + MAX_CHUNK_LINE_BYTES], position + MAX_CHUNK_LINE_BYTES
-    return None, position
+def chunked_body_complete(body: bytes | bytearray) -> bool:
+    """True once a chunked body has ended (trailers included) or shown itself malformed."""
+    decoder = ChunkedBodyDecoder()
+    try:
+        decoder.feed(body)
+    except ValueError:
+        return True  # malformed: the worker's reader refuses it with 400
+    return decoder.done

@@ -18,21 +18,16 @@ from typing import Any
 from cheroot import errors as cheroot_errors
 from cheroot import server as cheroot_server
 
-from kvservice.http.framing import (
-    CRLF,
-    HEX_DIGITS,
-    MAX_CHUNK_LINE_BYTES,
-    MAX_TRAILER_LINES,
-    read_strict_headers,
-)
+from kvservice.http.framing import CRLF, ChunkedBodyDecoder, read_strict_headers
 from kvservice.http.gate import gated_makefile
 from kvservice.http.problems import PROBLEM_CONTENT_TYPE, problem_body
 
 
 class StrictChunkedReader(cheroot_server.ChunkedRFile):
-    """A chunked body reader with bounded lines, strict hex sizes and consumed trailers.
+    """A chunked body reader on `framing.ChunkedBodyDecoder`: bounded lines, strict hex sizes,
+    trailers consumed, and never a byte read past the end of the message.
 
-    Chunk data is read piece by piece as the application asks for it, so a chunk that
+    Chunk data is decoded piece by piece as the application asks for it, so a chunk that
     announces gigabytes costs no more memory than the application reads; going past
     `maxlen` raises MaxSizeExceeded. `closed` becomes true only after the whole message,
     trailers included, has been read, so a partly read body can be told apart and the
@@ -41,47 +36,23 @@ class StrictChunkedReader(cheroot_server.ChunkedRFile):
 
     def __init__(self, rfile: Any, maxlen: int, bufsize: int = 8192) -> None:
         super().__init__(rfile, maxlen, bufsize)
-        self._chunk_left = 0
+        self._decoder = ChunkedBodyDecoder()
 
     def _fetch(self) -> None:
-        if self.closed:
-            return
-        if self._chunk_left == 0 and not self._start_chunk():
-            return
-        piece = self.rfile.read(min(self._chunk_left, self.bufsize))
-        if not piece:
-            raise ValueError("Bad chunked transfer coding: chunk data is truncated.")
-        self._chunk_left -= len(piece)
-        self.bytes_read += len(piece)
-        if self.maxlen and self.bytes_read > self.maxlen:
-            raise cheroot_errors.MaxSizeExceeded("Request Entity Too Large", self.maxlen)
-        if self._chunk_left == 0 and self.rfile.read(2) != CRLF:
-            raise ValueError("Bad chunked transfer coding: chunk data is not followed by CRLF.")
-        self.buffer += piece
-
-    def _start_chunk(self) -> bool:
-        """Read a chunk-size line; False at the last chunk (trailers read, body closed)."""
-        line = self.rfile.readline(MAX_CHUNK_LINE_BYTES)
-        if not line.endswith(CRLF):
-            raise ValueError("Bad chunked transfer coding: chunk-size line is malformed.")
-        size_text = line[:-2].split(b";", 1)[0].strip(b" \t")
-        if not HEX_DIGITS.fullmatch(size_text):
-            raise ValueError(f"Bad chunked transfer coding: chunk size {size_text!r}.")
-        self._chunk_left = int(size_text, 16)
-        if self._chunk_left == 0:
-            self._read_trailers()
-            self.closed = True
-            return False
-        return True
-
-    def _read_trailers(self) -> None:
-        for _ in range(MAX_TRAILER_LINES):
-            line = self.rfile.readline(MAX_CHUNK_LINE_BYTES)
-            if line == CRLF:
-                return
-            if not line.endswith(CRLF):
-                raise ValueError("Bad chunked transfer coding: trailer line is malformed.")
-        raise ValueError("Bad chunked transfer coding: too many trailer lines.")
+        # Peek, decode, then consume only what the decoder used: what follows the message
+        # stays in the connection's reader for the next request. peek(1) reads the socket
+        # only when nothing is buffered; a larger peek would wait for more than has arrived.
+        while not (self.closed or self.buffer):
+            available = self.rfile.peek(1)[: self.bufsize]
+            if not available:
+                raise ValueError("Bad chunked transfer coding: the body is truncated.")
+            data, used = self._decoder.feed(available)
+            self.rfile.read(used)
+            self.bytes_read += len(data)
+            if self.maxlen and self.bytes_read > self.maxlen:
+                raise cheroot_errors.MaxSizeExceeded("Request Entity Too Large", self.maxlen)
+            self.buffer += data
+            self.closed = self._decoder.done
 
 
 class StrictRequest(cheroot_server.HTTPRequest):
