@@ -1,13 +1,19 @@
 """kvservice's configuration: one frozen dataclass, built once from flags with env fallbacks.
 
+Each setting is declared once, as a field of `Config` made by `setting()`: its default, flag,
+environment variable, parser and help text together. The parser, `--help` and the README
+all follow from that one line. The parsers and `add_settings` are shared with the test
+client, so both programs accept and refuse the same spellings.
+
 This is the only module of kvservice that reads the environment.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,40 +21,32 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 @dataclass(frozen=True)
-class Config:
-    """Every setting of a kvservice process."""
-
-    host: str = "127.0.0.1"
-    port: int = 3000
-    history_window_s: float = 120.0
-    max_bytes: int = 256 * 1024 * 1024
-    max_value_bytes: int = 1024
-    threads: int = 32
-    listen_backlog: int = 1024
-    socket_timeout_s: float = 10.0
-    request_timeout_s: float = 10.0
-    max_connections: int = 1000
-    max_header_bytes: int = 16 * 1024
-    log_level: str = "INFO"
-    resp_port: int | None = None
-    """The Redis protocol's port on `host`; None: off."""
-    resp_max_connections: int = 512
-    resp_idle_timeout_s: float = 300.0
-
-
-@dataclass(frozen=True)
-class Option:
-    """One setting: its flag, environment variable, parser and help text."""
+class Flag:
+    """How one setting is given: its flag, environment variable, parser and help text."""
 
     flag: str
     env: str
-    field: str
     parse: Callable[[str], Any]
     help: str
 
 
+def setting(default: Any, flag: str, env: str, parse: Callable[[str], Any], help: str) -> Any:
+    """A config dataclass field with its default, settable by `flag` or `env`."""
+    return dataclasses.field(default=default, metadata={"flag": Flag(flag, env, parse, help)})
+
+
+def named(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
+    """`parse` under the name argparse shows in usage and errors ("invalid port value")."""
+
+    def named_parse(text: str) -> Any:
+        return parse(text)
+
+    named_parse.__name__ = name
+    return named_parse
+
+
 def positive_int(text: str) -> int:
-    """An integer > 0, for argparse."""
+    """An integer > 0."""
     value = int(text)
     if value <= 0:
         raise ValueError(f"{text} is not a positive integer")
@@ -56,7 +54,7 @@ def positive_int(text: str) -> int:
 
 
 def port_number(text: str) -> int:
-    """A TCP port, 0-65535 (0 picks a free one), for argparse."""
+    """A TCP port, 0-65535 (0 picks a free one)."""
     value = int(text)
     if not 0 <= value <= 65535:
         raise ValueError(f"{text} is not a port number (0-65535)")
@@ -64,12 +62,12 @@ def port_number(text: str) -> int:
 
 
 def optional_port(text: str) -> int | None:
-    """A TCP port as `port_number` does, or None for an empty string (unset), for argparse."""
+    """A TCP port as `port_number` takes it, or None for an empty string (unset)."""
     return port_number(text) if text.strip() else None
 
 
 def positive_float(text: str) -> float:
-    """A number > 0, for argparse."""
+    """A number > 0."""
     value = float(text)
     if not value > 0:
         raise ValueError(f"{text} is not a positive number")
@@ -83,142 +81,149 @@ def log_level(text: str) -> str:
     return text.upper()
 
 
-def _named(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
-    # argparse names the type in its error message: "invalid <name> value: 'x'".
-    def named_parse(text: str) -> Any:
-        return parse(text)
+ADDRESS = named(str, "address")
+PORT = named(port_number, "port")
+SECONDS = named(positive_float, "seconds")
+BYTES = named(positive_int, "bytes")
+COUNT = named(positive_int, "count")
+LEVEL = named(log_level, "level")
 
-    named_parse.__name__ = name
-    return named_parse
 
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a kvservice process."""
 
-OPTIONS = (
-    Option("--host", "KV_HOST", "host", _named(str, "address"), "address to listen on"),
-    Option("--port", "KV_PORT", "port", _named(port_number, "port"), "TCP port"),
-    Option(
+    host: str = setting("127.0.0.1", "--host", "KV_HOST", ADDRESS, "address to listen on")
+    port: int = setting(3000, "--port", "KV_PORT", PORT, "TCP port")
+    history_window_s: float = setting(
+        120.0,
         "--history-window",
         "KV_HISTORY_WINDOW",
-        "history_window_s",
-        _named(positive_float, "seconds"),
+        SECONDS,
         "seconds of write history kept per key",
-    ),
-    Option(
+    )
+    max_bytes: int = setting(
+        256 * 1024 * 1024,
         "--max-bytes",
         "KV_MAX_BYTES",
-        "max_bytes",
-        _named(positive_int, "bytes"),
+        BYTES,
         "memory budget for keys, values and history; writes past it get 507",
-    ),
-    Option(
+    )
+    max_value_bytes: int = setting(
+        1024,
         "--max-value-bytes",
         "KV_MAX_VALUE_BYTES",
-        "max_value_bytes",
-        _named(positive_int, "bytes"),
+        BYTES,
         "largest value accepted; larger ones get 413",
-    ),
-    Option(
+    )
+    threads: int = setting(
+        32,
         "--threads",
         "KV_THREADS",
-        "threads",
-        _named(positive_int, "count"),
+        COUNT,
         "worker threads, the number of requests served at once",
-    ),
-    Option(
+    )
+    listen_backlog: int = setting(
+        1024,
         "--listen-backlog",
         "KV_LISTEN_BACKLOG",
-        "listen_backlog",
-        _named(positive_int, "count"),
+        COUNT,
         "connections the kernel queues before accept",
-    ),
-    Option(
+    )
+    socket_timeout_s: float = setting(
+        10.0,
         "--socket-timeout",
         "KV_SOCKET_TIMEOUT",
-        "socket_timeout_s",
-        _named(positive_float, "seconds"),
+        SECONDS,
         "how long a connection may sit idle, or a read or write stall",
-    ),
-    Option(
+    )
+    request_timeout_s: float = setting(
+        10.0,
         "--request-timeout",
         "KV_REQUEST_TIMEOUT",
-        "request_timeout_s",
-        _named(positive_float, "seconds"),
+        SECONDS,
         "how long a request may take to arrive once it started; then 408",
-    ),
-    Option(
+    )
+    max_connections: int = setting(
+        1000,
         "--max-connections",
         "KV_MAX_CONNECTIONS",
-        "max_connections",
-        _named(positive_int, "count"),
+        COUNT,
         "open connections at most; more get 503",
-    ),
-    Option(
+    )
+    max_header_bytes: int = setting(
+        16 * 1024,
         "--max-header-bytes",
         "KV_MAX_HEADER_BYTES",
-        "max_header_bytes",
-        _named(positive_int, "bytes"),
+        BYTES,
         "request line plus headers; larger gets 414/431",
-    ),
-    Option(
-        "--log-level",
-        "KV_LOG_LEVEL",
-        "log_level",
-        _named(log_level, "level"),
-        "DEBUG, INFO, WARNING or ERROR",
-    ),
-    Option(
+    )
+    log_level: str = setting(
+        "INFO", "--log-level", "KV_LOG_LEVEL", LEVEL, "DEBUG, INFO, WARNING or ERROR"
+    )
+    resp_port: int | None = setting(
+        None,
         "--resp-port",
         "KV_RESP_PORT",
-        "resp_port",
-        _named(optional_port, "port"),
+        named(optional_port, "port"),
         "serve the Redis protocol (RESP2) on this port of --host too; unset or empty: off",
-    ),
-    Option(
+    )
+    resp_max_connections: int = setting(
+        512,
         "--resp-max-connections",
         "KV_RESP_MAX_CONNECTIONS",
-        "resp_max_connections",
-        _named(positive_int, "count"),
+        COUNT,
         "RESP connections open at once; more are refused",
-    ),
-    Option(
+    )
+    resp_idle_timeout_s: float = setting(
+        300.0,
         "--resp-idle-timeout",
         "KV_RESP_IDLE_TIMEOUT",
-        "resp_idle_timeout_s",
-        _named(positive_float, "seconds"),
+        SECONDS,
         "how long a RESP connection may sit idle or stall",
-    ),
-)
+    )
+
+
+def settings_of(
+    config_class: type, names: Collection[str] | None = None
+) -> list[dataclasses.Field[Any]]:
+    """The fields of a config dataclass that are settings (made by `setting()`), in order;
+    only those named in `names`, when given."""
+    return [
+        field
+        for field in dataclasses.fields(config_class)
+        if "flag" in field.metadata and (names is None or field.name in names)
+    ]
+
+
+def add_settings(
+    parser: argparse.ArgumentParser,
+    fields: Sequence[dataclasses.Field[Any]],
+    environ: Mapping[str, str],
+) -> None:
+    """Add each setting as a flag whose default is its environment variable, else its own."""
+    for field in fields:
+        flag: Flag = field.metadata["flag"]
+        env_value = environ.get(flag.env)
+        parser.add_argument(
+            flag.flag,
+            dest=field.name,
+            type=flag.parse,
+            metavar=getattr(flag.parse, "__name__", "VALUE").upper(),
+            # argparse runs `type` on string defaults, so bad environment values fail like flags.
+            default=env_value if env_value is not None else field.default,
+            help=f"{flag.help} (env {flag.env}, default {field.default})",
+        )
 
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     """The command-line parser; each option's default comes from its environment variable."""
     parser = argparse.ArgumentParser(
         prog="kvservice",
-        description="An in-memory HTTP key-value store with a write history per key.",
+        description="An HTTP key-value store with a write history per key.",
     )
-    add_options(parser, OPTIONS, Config(), environ)
+    add_settings(parser, settings_of(Config), environ)
     return parser
-
-
-def add_options(
-    parser: argparse.ArgumentParser,
-    options: Sequence[Option],
-    defaults: object,
-    environ: Mapping[str, str],
-) -> None:
-    """Add each option as a flag whose default is its environment variable, else the field of
-    `defaults` (a config dataclass instance) it sets."""
-    for option in options:
-        default = getattr(defaults, option.field)
-        env_value = environ.get(option.env)
-        parser.add_argument(
-            option.flag,
-            dest=option.field,
-            type=option.parse,
-            metavar=getattr(option.parse, "__name__", "VALUE").upper(),
-            # argparse runs `type` on string defaults, so bad environment values fail like flags.
-            default=env_value if env_value is not None else default,
-            help=f"{option.help} (env {option.env}, default {default})",
-        )
 
 
 def load_config(

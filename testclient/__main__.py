@@ -14,11 +14,14 @@ Exit codes of `run`:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from kvservice.http.server import Server, ServerSettings
+from kvservice.__main__ import server_settings
+from kvservice.config import Config as KVConfig
+from kvservice.http.server import Server
 from kvservice.lifecycle import configure_logging, run_until_signalled
 from testclient.checks import CHECKS, CheckResult, Step, Verdict, overall_verdict, run_checks
 from testclient.clients import ClientFactory, KVClient, make_client
@@ -44,9 +47,9 @@ def run_command(config: Config, client: KVClient) -> int:
 def serve_command(config: Config, client: KVClient) -> int:
     """Serve the checks over HTTP until SIGTERM or SIGINT."""
     configure_logging(config.log_level)
-    settings = ServerSettings(
-        host=config.host, port=config.port, threads=SERVE_THREADS, server_name="testclient"
-    )
+    # kvservice's own transport limits, on the test client's address and thread count.
+    listening = KVConfig(host=config.host, port=config.port, threads=SERVE_THREADS)
+    settings = dataclasses.replace(server_settings(listening), server_name="testclient")
     return run_until_signalled([Server(create_app(client, config.kv_url), settings)])
 
 

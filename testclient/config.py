@@ -1,44 +1,31 @@
 """The test client's configuration: one frozen dataclass, built once from flags with env fallbacks.
 
-This is the only module of testclient that reads the environment. The value parsers and the
-`Option` record are kvservice's, so both programs accept and refuse the same spellings.
+Each setting is declared once, with `kvservice.config.setting`, so both programs accept and
+refuse the same spellings. This is the only module of testclient that reads the environment.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 from urllib.parse import urlsplit
 
-from kvservice.config import Option, add_options, log_level, port_number, positive_float
+from kvservice.config import (
+    ADDRESS,
+    LEVEL,
+    PORT,
+    SECONDS,
+    add_settings,
+    named,
+    setting,
+    settings_of,
+)
 from testclient.checks import ALL_CHECKS
 from testclient.clients import CLIENTS
 
 RUN, SERVE = "run", "serve"
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Config:
-    """Every setting of a test client process."""
-
-    command: str = RUN
-    checks: tuple[str, ...] = ()
-    """The checks `run` runs, in order; empty means all of them."""
-    kv_url: str = "http://localhost:3000"
-    host: str = "127.0.0.1"
-    port: int = 8000
-    connect_timeout_s: float = 2.0
-    read_timeout_s: float = 5.0
-    log_level: str = "INFO"
-
-    @property
-    def timeout(self) -> tuple[float, float]:
-        """(connect, read) seconds for each request to the kvservice."""
-        return self.connect_timeout_s, self.read_timeout_s
 
 
 def kv_url(text: str) -> str:
@@ -56,51 +43,48 @@ def kv_url(text: str) -> str:
     return text.rstrip("/")
 
 
-def _named(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
-    # argparse names the type in its errors ("invalid port value: 'x'") and in the usage line.
-    def named_parse(text: str) -> T:
-        return parse(text)
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a test client process."""
 
-    named_parse.__name__ = name
-    return named_parse
-
-
-COMMON_OPTIONS = (
-    Option(
+    command: str = RUN
+    checks: tuple[str, ...] = ()
+    """The checks `run` runs, in order; empty means all of them."""
+    kv_url: str = setting(
+        "http://localhost:3000",
         "--kv-url",
         "KV_URL",
-        "kv_url",
-        _named(kv_url, "url"),
+        named(kv_url, "url"),
         "the kvservice to check: http://HOST:PORT, or redis://HOST:PORT for its RESP port",
-    ),
-    Option(
+    )
+    host: str = setting("127.0.0.1", "--host", "TESTCLIENT_HOST", ADDRESS, "address to listen on")
+    port: int = setting(8000, "--port", "TESTCLIENT_PORT", PORT, "TCP port to listen on")
+    connect_timeout_s: float = setting(
+        2.0,
         "--connect-timeout",
         "TESTCLIENT_CONNECT_TIMEOUT",
-        "connect_timeout_s",
-        _named(positive_float, "seconds"),
+        SECONDS,
         "seconds to wait for a connection to the kvservice",
-    ),
-    Option(
+    )
+    read_timeout_s: float = setting(
+        5.0,
         "--read-timeout",
         "TESTCLIENT_READ_TIMEOUT",
-        "read_timeout_s",
-        _named(positive_float, "seconds"),
+        SECONDS,
         "seconds to wait for each answer of the kvservice",
-    ),
-    Option(
-        "--log-level",
-        "TESTCLIENT_LOG_LEVEL",
-        "log_level",
-        _named(log_level, "level"),
-        "DEBUG, INFO, WARNING or ERROR",
-    ),
-)
-SERVE_OPTIONS = (
-    Option("--host", "TESTCLIENT_HOST", "host", _named(str, "address"), "address to listen on"),
-    Option(
-        "--port", "TESTCLIENT_PORT", "port", _named(port_number, "port"), "TCP port to listen on"
-    ),
-)
+    )
+    log_level: str = setting(
+        "INFO", "--log-level", "TESTCLIENT_LOG_LEVEL", LEVEL, "DEBUG, INFO, WARNING or ERROR"
+    )
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        """(connect, read) seconds for each request to the kvservice."""
+        return self.connect_timeout_s, self.read_timeout_s
+
+
+SERVE_ONLY = ("host", "port")
+"""Settings of `serve` alone; `run` takes the others."""
 
 
 def build_parser(
@@ -121,9 +105,10 @@ def build_parser(
         metavar="CHECK",
         help=f"checks to run (default: all): {', '.join(check_names)}, {ALL_CHECKS}",
     )
-    add_options(run, COMMON_OPTIONS, Config(), environ)
+    every_setting = settings_of(Config)
+    add_settings(run, [field for field in every_setting if field.name not in SERVE_ONLY], environ)
     serve = commands.add_parser(SERVE, help="serve the checks over HTTP until SIGTERM")
-    add_options(serve, SERVE_OPTIONS + COMMON_OPTIONS, Config(), environ)
+    add_settings(serve, every_setting, environ)
     return parser
 
 

@@ -12,6 +12,7 @@ from kvservice.http.app import create_app
 from kvservice.http.server import Server, ServerSettings
 from kvservice.store import Store
 from kvservice.store.memory import MemoryStore
+from tests.support.servers import http_settings
 
 StartKV = Callable[..., str]
 
@@ -37,7 +38,7 @@ def start_kv(background_stops: list[threading.Thread]) -> Iterator[StartKV]:
     ) -> str:
         server = Server(
             create_app(store or MemoryStore(**store_options)),
-            settings or ServerSettings(port=0, threads=8, socket_timeout_s=2.0),
+            settings or http_settings(threads=8, socket_timeout_s=2.0),
         )
         server.start()
         servers.append(server)

@@ -26,29 +26,34 @@ logger = logging.getLogger("kvservice.server")
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """Listening address and every limit the transport enforces."""
+    """Listening address and every limit the transport enforces.
 
-    host: str = "127.0.0.1"
-    port: int = 3000
-    threads: int = 32
-    listen_backlog: int = 1024
-    socket_timeout_s: float = 10.0
+    The settings a user can change have no default here: they come from the caller's
+    configuration (`kvservice.__main__.server_settings`), which declares each default once.
+    """
+
+    host: str
+    port: int
+    threads: int
+    listen_backlog: int
+    socket_timeout_s: float
+    request_timeout_s: float
+    max_connections: int
+    max_header_bytes: int
+    max_body_bytes: int
     drain_timeout_s: float = 2.0
     shutdown_timeout_s: float = 2.5
-    max_header_bytes: int = 16 * 1024
     max_header_count: int = 100
-    max_body_bytes: int = 64 * 1024
-    max_connections: int = 1000
-    request_timeout_s: float = 10.0
     server_name: str = "kvservice"
 
 
 class _CherootServer(cheroot_wsgi.Server):
     ConnectionClass = StrictConnection
-    max_header_count = 100
-    max_connections = 1000
-    request_timeout = 10.0
-    drain_timeout = 2.0
+    # Set from ServerSettings by Server before the server starts; the gate and parser read them.
+    max_header_count: int
+    max_connections: int
+    request_timeout: float
+    drain_timeout: float
     _connections: GatedConnectionManager
 
     def prepare(self) -> None:

@@ -41,18 +41,19 @@ _RECEIVE_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class RespSettings:
-    """Listening address and every limit the RESP transport enforces."""
+    """Listening address and every limit the RESP transport enforces; those a user can change
+    come from the configuration (`kvservice.__main__.resp_settings`), without defaults here."""
 
-    host: str = "127.0.0.1"
-    port: int = 6379
-    max_connections: int = 512
-    idle_timeout_s: float = 300.0
-    max_argument_bytes: int = 1024 + 1024
+    host: str
+    port: int
+    max_connections: int
+    idle_timeout_s: float
+    max_argument_bytes: int
     """One bulk string; above the value limit, so the store answers slightly large values."""
-    max_request_bytes: int = 64 * 1024
+    max_request_bytes: int
     """All arguments of one command together; also the longest inline command line."""
+    listen_backlog: int
     max_arguments: int = 1024
-    listen_backlog: int = 1024
     shutdown_timeout_s: float = 2.0
 
     @property

@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -36,9 +31,10 @@ from kvservice.store import (
 )
 from kvservice.store.memory import MemoryStore
 from tests.support.clock import FakeClock
+from tests.support.processes import free_port, start_service
 from tests.support.rawresp import RespConnection, command, running_resp
+from tests.support.servers import resp_test_settings
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 OK = b"+OK\r\n"
 NIL = b"$-1\r\n"
 
@@ -495,7 +491,7 @@ def test_url_names_the_bound_port(server: RespServer) -> None:
 
 def test_a_port_in_use_fails_to_start_with_the_address() -> None:
     with running_resp() as server:
-        taken = RespServer(MemoryStore(), RespSettings(port=server.port))
+        taken = RespServer(MemoryStore(), resp_test_settings(port=server.port))
         with pytest.raises(OSError, match=rf"^127\.0\.0\.1:{server.port}: "):
             taken.start()
         taken.stop()  # harmless on a server that never started
@@ -517,7 +513,7 @@ def test_stop_lets_the_command_in_flight_finish_and_closes_every_connection() ->
             return super().put(key, data, content_type, precondition)
 
     store = SlowStore()
-    server = RespServer(store, RespSettings(port=0))
+    server = RespServer(store, resp_test_settings())
     server.start()
     idle = RespConnection(server.port)
     busy = RespConnection(server.port)
@@ -545,7 +541,7 @@ def test_stop_lets_the_command_in_flight_finish_and_closes_every_connection() ->
 
 
 def test_stop_is_prompt_with_many_idle_connections() -> None:
-    server = RespServer(MemoryStore(), RespSettings(port=0))
+    server = RespServer(MemoryStore(), resp_test_settings())
     server.start()
     connections = [RespConnection(server.port) for _ in range(50)]
     for connection in connections:
@@ -589,6 +585,7 @@ def test_resp_settings_come_from_flags_and_environment() -> None:
         idle_timeout_s=30.0,
         max_argument_bytes=1124,
         max_request_bytes=64 * 1024,
+        listen_backlog=1024,
     )
     assert load_config([], {"KV_RESP_PORT": ""}).resp_port is None
 
@@ -604,41 +601,21 @@ def test_bad_resp_settings_are_usage_errors(args: list[str]) -> None:
 
 
 def test_the_service_serves_both_transports_on_one_store_and_stops_on_sigterm() -> None:
-    environ = {name: value for name, value in os.environ.items() if not name.startswith("KV_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kvservice", "--port", "0", "--resp-port", "0"],
-        cwd=REPO_ROOT,
-        env=environ,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    resp_port = free_port()
+    service = start_service("kvservice", "--resp-port", str(resp_port), capture=True)
     try:
-        assert process.stderr is not None
-        urls: dict[str, str] = {}
-        while len(urls) < 2:
-            line = process.stderr.readline()
-            assert line, "kvservice exited before listening"
-            if match := re.search(r"listening on ((\w+)://[\d.]+:\d+)", line):
-                urls[match.group(2)] = match.group(1)
-        resp_port = int(urls["redis"].rsplit(":", 1)[1])
-
         with RespConnection(resp_port) as conn:
             assert conn.ask("SET", "shared", "over resp") == OK
-        with socket.create_connection(("127.0.0.1", int(urls["http"].rsplit(":", 1)[1]))) as sock:
+        with socket.create_connection(("127.0.0.1", service.port)) as sock:
             sock.sendall(b"GET /shared HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             response = b""
             while chunk := sock.recv(65536):
                 response += chunk
         assert response.startswith(b"HTTP/1.1 200 OK")
         assert response.endswith(b"\r\n\r\nover resp")
-
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=10)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        _, stderr = service.stop()
 
-    assert process.returncode == 0, stderr
+    assert service.process.returncode == 0, stderr
+    assert f"listening on redis://127.0.0.1:{resp_port}" in stderr
     assert "stopped" in stderr

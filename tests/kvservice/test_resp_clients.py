@@ -14,11 +14,12 @@ import pytest
 import requests
 
 from kvservice.http.app import create_app
-from kvservice.http.server import Server, ServerSettings
+from kvservice.http.server import Server
 from kvservice.resp.server import RespServer
 from kvservice.store import Store
 from kvservice.store.memory import MemoryStore
 from tests.support.rawresp import RespConnection, running_resp
+from tests.support.servers import http_settings
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class BothTransports:
 @pytest.fixture
 def both(background_stops: list[threading.Thread]) -> Iterator[BothTransports]:
     store = MemoryStore(max_bytes=64 * 1024)
-    http = Server(create_app(store), ServerSettings(port=0, threads=4, socket_timeout_s=2.0))
+    http = Server(create_app(store), http_settings(threads=4, socket_timeout_s=2.0))
     http.start()
     try:
         with running_resp(store) as resp:

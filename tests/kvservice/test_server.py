@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from kvservice.config import Config, load_config
+from tests.support.processes import REPO_ROOT, running_service, start_service
 from tests.support.rawhttp import exchange, parse_responses, single_response
 
 PUT_HEAD = b"PUT /k HTTP/1.1\r\nHost: x\r\n"
@@ -166,47 +167,21 @@ def test_keep_alive_survives_ordinary_errors(kv_url: str) -> None:
 # -- the process: access log, signals, config --------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_process(*args: str) -> tuple[subprocess.Popen[str], str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kvservice", "--port", str(port), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"{url}/_health", timeout=0.5)
-            return process, url
-        except requests.ConnectionError:
-            time.sleep(0.05)
-    process.kill()
-    raise AssertionError(f"kvservice did not start: {process.communicate()}")
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_gracefully_and_logs_each_request(signum: int) -> None:
-    process, url = start_process()
+    service = start_service("kvservice", capture=True)
+    url = service.url
     try:
         requests.put(f"{url}/k", data=b"hello")
         requests.get(f"{url}/nothing")
         with requests.Session() as idle:  # an idle keep-alive connection must not delay exit
             idle.get(f"{url}/k")
             started = time.monotonic()
-            os.kill(process.pid, signum)
-            stdout, stderr = process.communicate(timeout=10)
-        assert process.returncode == 0, stderr
+            stdout, stderr = service.stop(signum)
+        assert service.process.returncode == 0, stderr
         assert time.monotonic() - started < 5
     finally:
-        process.kill()
+        service.kill()
     assert '"PUT /k" 204 0' in stdout
     assert '"GET /nothing" 404' in stdout
     assert "listening on http://127.0.0.1" in stderr
@@ -215,37 +190,33 @@ def test_signal_stops_gracefully_and_logs_each_request(signum: int) -> None:
 
 
 def test_in_flight_request_is_answered_during_shutdown() -> None:
-    process, url = start_process()
+    service = start_service("kvservice")
     try:
-        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as sock:
+        with socket.create_connection(("127.0.0.1", service.port)) as sock:
             sock.sendall(PUT_HEAD + b"Content-Length: 5\r\n\r\nhel")  # the request is in flight
             time.sleep(0.2)
-            os.kill(process.pid, signal.SIGTERM)
+            os.kill(service.pid, signal.SIGTERM)
             time.sleep(0.2)
             sock.sendall(b"lo")
             sock.settimeout(5)
             assert sock.recv(1024).startswith(b"HTTP/1.1 204")
-        process.communicate(timeout=10)
-        assert process.returncode == 0
+        service.stop()
+        assert service.process.returncode == 0
     finally:
-        process.kill()
+        service.kill()
 
 
 def test_port_in_use_is_a_clear_error() -> None:
-    process, url = start_process()
-    try:
-        port = url.rsplit(":", 1)[1]
+    with running_service("kvservice") as first:
         second = subprocess.run(
-            [sys.executable, "-m", "kvservice", "--port", port],
+            [sys.executable, "-m", "kvservice", "--port", str(first.port)],
+            cwd=REPO_ROOT,
             capture_output=True,
             text=True,
             timeout=10,
         )
-        assert second.returncode == 1
-        assert f"cannot listen: 127.0.0.1:{port}" in second.stderr
-    finally:
-        process.terminate()
-        process.communicate(timeout=10)
+    assert second.returncode == 1
+    assert f"cannot listen: 127.0.0.1:{first.port}" in second.stderr
 
 
 def test_config_reads_flags_over_environment_over_defaults() -> None:

@@ -39,8 +39,8 @@ from typing import ClassVar
 
 import pytest
 
-from kvservice.http.server import ServerSettings
 from tests.conftest import StartKV
+from tests.support.servers import http_settings
 
 SEED = 20240605
 CASES = 5000
@@ -49,7 +49,7 @@ MAX_FAILURES = 20
 ANSWER_TIMEOUT_S = 1.0
 CLOSE_TIMEOUT_S = 1.0
 CONNECT_TIMEOUT_S = 2.0
-SETTINGS = ServerSettings(port=0, threads=8, socket_timeout_s=2.0)
+SETTINGS = http_settings(threads=8, socket_timeout_s=2.0)
 MAX_HEADER_COUNT = SETTINGS.max_header_count
 HEAD_LIMIT_SLACK = 256
 """The reference does not count the head exactly as the server does; near the limit it

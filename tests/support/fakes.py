@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from kvservice.http.server import Server, ServerSettings
+from kvservice.http.server import Server
 from testclient.clients import (
     Capability,
     HistoryEntry,
@@ -27,6 +27,7 @@ from testclient.clients import (
     Outcome,
     Reply,
 )
+from tests.support.servers import http_settings
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _JSON_MEDIA_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json", re.ASCII)
@@ -388,7 +389,7 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 @contextmanager
 def serve_wsgi(app: WSGIApp) -> Iterator[str]:
     """Serve `app` with kvservice's server on a free 127.0.0.1 port; yields the base URL."""
-    server = Server(app, ServerSettings(port=0, threads=8, socket_timeout_s=2.0))
+    server = Server(app, http_settings(threads=8, socket_timeout_s=2.0))
     server.start()
     try:
         yield f"http://127.0.0.1:{server.port}"

@@ -97,14 +97,14 @@ def start_service(
     capture: bool = False,
     environ: Mapping[str, str] | None = None,
 ) -> ServiceProcess:
-    """Start `python -m MODULE --port PORT ARGS` from the repository root and wait until its
+    """Start `python -m MODULE ARGS --port PORT` from the repository root and wait until its
     `/_health` answers. With `capture`, stdout and stderr are kept for `stop()` to return;
     otherwise they are discarded (stderr is kept only to say why a start failed)."""
     port = free_port() if port is None else port
     # Uncaptured stderr goes to a file, not a pipe nobody reads, which could fill and block it.
     error_log = None if capture else tempfile.TemporaryFile("w+")  # noqa: SIM115 - stop() closes
     process = subprocess.Popen(
-        [sys.executable, "-m", module, "--port", str(port), *args],
+        [sys.executable, "-m", module, *args, "--port", str(port)],
         cwd=REPO_ROOT,
         env=dict(environment_without("KV_", "TESTCLIENT_") if environ is None else environ),
         stdout=subprocess.PIPE if capture else subprocess.DEVNULL,

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from kvservice.resp.server import RespServer, RespSettings
+from kvservice.resp.server import RespServer
 from kvservice.store import Store
 from kvservice.store.memory import MemoryStore
+from tests.support.servers import resp_test_settings
 
 
 def command(*arguments: bytes | str) -> bytes:
@@ -75,7 +76,7 @@ class RespConnection:
 @contextmanager
 def running_resp(store: Store | None = None, **settings: Any) -> Iterator[RespServer]:
     """A RespServer over `store` (a fresh one by default) on a free 127.0.0.1 port."""
-    server = RespServer(store or MemoryStore(), RespSettings(port=0, **settings))
+    server = RespServer(store or MemoryStore(), resp_test_settings(**settings))
     server.start()
     try:
         yield server

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -18,8 +12,7 @@ from testclient.checks import CHECKS
 from testclient.clients import ClientFactory, KVClient
 from testclient.config import Config, load_config
 from tests.support.fakes import DeleteStillServedKV, InMemoryKV, closed_port_url
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.support.processes import start_service
 
 
 def fake_factory(client: KVClient) -> ClientFactory:
@@ -149,49 +142,15 @@ def test_run_takes_checks_in_order_without_repeats_and_test_all_means_all() -> N
 # -- serve ----------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def test_serve_answers_over_http_and_stops_cleanly_on_sigterm(kv_url: str) -> None:
-    port = free_port()
-    environ = {
-        name: value for name, value in os.environ.items() if not name.startswith("TESTCLIENT_")
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "testclient", "serve", "--port", str(port), "--kv-url", kv_url],
-        cwd=REPO_ROOT,
-        env=environ,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    service = start_service("testclient", "serve", "--kv-url", kv_url, capture=True)
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                requests.get(base + "/_health", timeout=1)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "the test client did not start listening"
-                assert process.poll() is None, process.communicate()
-                time.sleep(0.05)
-
-        response = requests.get(base + "/test_deletion", timeout=10)
+        response = requests.get(service.url + "/test_deletion", timeout=10)
         assert response.status_code == 200, response.text
         assert response.json()["kv_url"] == kv_url
-
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=10)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        stdout, stderr = service.stop(signal.SIGTERM)
 
-    assert process.returncode == 0, stderr
+    assert service.process.returncode == 0, stderr
     assert '"GET /test_deletion" 200' in stdout  # the access log, on stdout
     assert "received SIGTERM" in stderr

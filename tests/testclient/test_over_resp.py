@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from kvservice.http.app import create_app as create_kv_app
-from kvservice.http.server import Server, ServerSettings
+from kvservice.http.server import Server
 from kvservice.store import Store
 from kvservice.store.memory import MemoryStore
 from testclient.__main__ import main
@@ -34,6 +34,7 @@ from testclient.config import load_config
 from testclient.http_api import create_app as create_testclient_app
 from tests.support.fakes import InMemoryKV, JSONUnvalidatedKV, closed_port_url, serve_wsgi
 from tests.support.rawresp import running_resp
+from tests.support.servers import http_settings
 from tests.testclient.test_checks import BROKEN_PROMISES, BrokenPromise, failure_report
 
 CAPABLE_EVERYWHERE = [
@@ -62,7 +63,7 @@ class KVService:
 @pytest.fixture(scope="module")
 def kv_service() -> Iterator[KVService]:
     store = MemoryStore()
-    http = Server(create_kv_app(store), ServerSettings(port=0, threads=16, socket_timeout_s=2.0))
+    http = Server(create_kv_app(store), http_settings(threads=16, socket_timeout_s=2.0))
     http.start()
     with running_resp(store) as resp:
         yield KVService(store, f"http://127.0.0.1:{http.port}", resp.url)

@@ -1,0 +1,22 @@
+"""Transport settings for servers started inside a test: kvservice's defaults, as its
+composition root builds them, with what a test needs changed (port 0, fewer threads)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from kvservice.__main__ import resp_settings, server_settings
+from kvservice.config import Config
+from kvservice.http.server import ServerSettings
+from kvservice.resp.server import RespSettings
+
+
+def http_settings(**config: Any) -> ServerSettings:
+    """The HTTP transport's settings for a Config with these fields, on a free port."""
+    return server_settings(Config(**{"port": 0, **config}))
+
+
+def resp_test_settings(**overrides: Any) -> RespSettings:
+    """The RESP transport's default settings on a free port, with these fields replaced."""
+    return dataclasses.replace(resp_settings(Config(resp_port=0)), **overrides)
