@@ -19,7 +19,7 @@ from typing import Any
 
 import bottle
 
-from kvservice.http.problems import PROBLEM_CONTENT_TYPE, problem_body
+from kvservice.http.problems import answer_errors_with_problems
 from testclient.checks import (
     ALL_CHECKS,
     CHECKS,
@@ -48,8 +48,12 @@ def create_app(
     """Build the WSGI app that runs `checks` through `client` (which talks to `kv_url`)."""
     app = bottle.Bottle(catchall=True)
     app.uninstall(True)  # no JSON or template plugins: routes return bytes they serialized
-    app.default_error_handler = _problem_for_http_error
-    app.add_hook("after_request", _add_common_headers)
+    answer_errors_with_problems(
+        app,
+        not_found=lambda: f"No resource at {bottle.request.path!r}; GET / lists the checks.",
+        failed="The test client failed while answering; it logged why.",
+        logger=logger,
+    )
 
     app.route("/", ["GET", "HEAD"], lambda: _index(kv_url, checks))
     app.route("/_health", ["GET", "HEAD"], lambda: _json_response({"status": "ok"}))
@@ -131,31 +135,3 @@ def _json_response(document: Mapping[str, Any], status: int = 200) -> bytes:
     # Every GET runs the checks anew; a cached answer would be a stale verdict.
     bottle.response.set_header("Cache-Control", "no-store")
     return json.dumps(document, ensure_ascii=False).encode("utf-8")
-
-
-def _add_common_headers() -> None:
-    bottle.response.set_header("X-Content-Type-Options", "nosniff")
-
-
-def _problem_for_http_error(error: bottle.HTTPError) -> bytes:
-    """Bottle's errors (no route, wrong method, a raised exception) as problem documents."""
-    if error.status_code == 500:
-        logger.error(
-            "unexpected error serving %s %s",
-            bottle.request.method,
-            bottle.request.path,
-            exc_info=error.exception,
-        )
-        detail = "The test client failed while answering; it logged why."
-    elif error.status_code == 405:
-        detail = (
-            f"Method {bottle.request.method} is not allowed here; "
-            f"allowed: {error.headers.get('Allow', '')}."
-        )
-    elif error.status_code == 404 and str(error.body).startswith("Not found:"):
-        detail = f"No resource at {bottle.request.path!r}; GET / lists the checks."
-    else:
-        detail = str(error.body)
-    bottle.response.content_type = PROBLEM_CONTENT_TYPE
-    _add_common_headers()  # Bottle replaced the response's headers with the error's
-    return problem_body(error.status_code, detail)

@@ -18,7 +18,11 @@ from typing import Any
 
 import bottle
 
-from kvservice.http.problems import PROBLEM_CONTENT_TYPE, problem_body
+from kvservice.http.problems import (
+    PROBLEM_CONTENT_TYPE,
+    answer_errors_with_problems,
+    problem_body,
+)
 from kvservice.store import (
     MATCH_ANY,
     HistoryEntry,
@@ -71,8 +75,15 @@ def create_app(store: Store) -> bottle.Bottle:
     app = bottle.Bottle(catchall=True)
     app.uninstall(True)  # no template or JSON plugins on the hot path
     app.install(_answer_store_errors)
-    app.default_error_handler = _problem_for_http_error
-    app.add_hook("after_request", _add_common_headers)
+    answer_errors_with_problems(
+        app,
+        not_found=lambda: (
+            f"No resource at {bottle.request.environ.get('bottle.raw_path')!r}; "
+            "keys are single path segments: /<key> and /<key>/history."
+        ),
+        failed="The server failed to answer; it logged why.",
+        logger=logger,
+    )
 
     app.route("/_health", ["GET", "HEAD"], lambda: _health(store))
     item = functools.partial(_item_route, store)
@@ -255,11 +266,6 @@ def _set_etag(value: Value) -> None:
     bottle.response.set_header("ETag", f'"{value.etag}"')
 
 
-def _add_common_headers() -> None:
-    # Values echo content types chosen by users; browsers must not sniff them into HTML.
-    bottle.response.set_header("X-Content-Type-Options", "nosniff")
-
-
 def _problem_response(status: int, detail: str, problem_type: str, title: str) -> bytes:
     bottle.response.status = status
     bottle.response.content_type = PROBLEM_CONTENT_TYPE
@@ -293,27 +299,3 @@ def _answer_store_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
             )
 
     return wrapper
-
-
-def _problem_for_http_error(error: bottle.HTTPError) -> bytes:
-    """Bottle's own errors (no route, wrong method, internal failure) as problem documents."""
-    if error.status_code == 500:
-        logger.error("bottle reported an internal error: %s", error.exception)
-        detail = "The server failed to answer; it logged why."
-    elif error.status_code == 404 and not isinstance(error.body, str):
-        detail = "No such resource."
-    elif error.status_code == 404 and error.body.startswith("Not found:"):
-        detail = (
-            f"No resource at {bottle.request.environ.get('bottle.raw_path')!r}; "
-            "keys are single path segments: /<key> and /<key>/history."
-        )
-    elif error.status_code == 405:
-        detail = (
-            f"Method {bottle.request.method} is not allowed here; "
-            f"allowed: {error.headers.get('Allow', '')}."
-        )
-    else:
-        detail = str(error.body)
-    bottle.response.content_type = PROBLEM_CONTENT_TYPE
-    _add_common_headers()  # Bottle replaced the response's headers with the error's
-    return problem_body(error.status_code, detail)

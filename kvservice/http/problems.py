@@ -1,9 +1,14 @@
-"""RFC 9457 problem details: the one shape every error response body takes."""
+"""RFC 9457 problem details: the one shape every error response body takes, and the one
+way a Bottle app (kvservice's, the test client's) turns its own errors into them."""
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from http import HTTPStatus
+
+import bottle
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
@@ -21,3 +26,45 @@ def problem_body(
         },
         separators=(",", ":"),
     ).encode("ascii")
+
+
+def answer_errors_with_problems(
+    app: bottle.Bottle, *, not_found: Callable[[], str], failed: str, logger: logging.Logger
+) -> None:
+    """Make Bottle answer its own errors (no route, wrong method, an exception it caught) with
+    problem documents, never its HTML page or a traceback, and mark every response nosniff.
+
+    `not_found` says what to do instead of a path no route matched; `failed` is the detail of
+    a 500, whose cause goes to `logger` and never to the client.
+    """
+
+    def problem_for(error: bottle.HTTPError) -> bytes:
+        if error.status_code == 500:
+            logger.error(
+                "unexpected error serving %s %s",
+                bottle.request.method,
+                bottle.request.environ.get("bottle.raw_path", bottle.request.path),
+                exc_info=error.exception,
+            )
+            detail = failed
+        elif error.status_code == 405:
+            detail = (
+                f"Method {bottle.request.method} is not allowed here; "
+                f"allowed: {error.headers.get('Allow', '')}."
+            )
+        elif error.status_code == 404 and str(error.body).startswith("Not found:"):
+            detail = not_found()
+        else:
+            detail = str(error.body) if isinstance(error.body, str) else HTTPStatus(404).phrase
+        bottle.response.content_type = PROBLEM_CONTENT_TYPE
+        add_common_headers()  # Bottle replaced the response's headers with the error's
+        return problem_body(error.status_code, detail)
+
+    app.default_error_handler = problem_for
+    app.add_hook("after_request", add_common_headers)
+
+
+def add_common_headers() -> None:
+    """Headers on every response: values echo user-chosen types, which browsers must not sniff
+    into HTML."""
+    bottle.response.set_header("X-Content-Type-Options", "nosniff")
