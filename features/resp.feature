@@ -26,7 +26,7 @@ Feature: The same store over the Redis protocol
   Scenario: A refused key is refused in the same words
     When I PUT "v" to /bad-key
     And over RESP I SET bad-key to "v"
-    Then the RESP error is the HTTP problem's detail
+    Then the RESP error is INVALIDKEY with the HTTP problem's detail
 
   Scenario Outline: The test client's checks pass over RESP
     When the test client runs <check> over RESP

@@ -75,10 +75,10 @@ def step_then_resp_history(context: Context, key: str) -> None:
     _expect(context, over_http, over_resp, "history entries [timestamp, value]")
 
 
-@then("the RESP error is the HTTP problem's detail")
-def step_then_resp_error_matches(context: Context) -> None:
+@then("the RESP error is {code:w} with the HTTP problem's detail")
+def step_then_resp_error_matches(context: Context, code: str) -> None:
     detail = context.response.json()["detail"]
-    _expect(context, detail, str(context.resp_reply), "RESP error text")
+    _expect(context, f"{code} {detail}", str(context.resp_reply), "RESP error code and text")
 
 
 @when("the test client runs {check:S} over RESP")

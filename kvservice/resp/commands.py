@@ -2,9 +2,9 @@
 
 Each handler takes the store, the connection's `Session` and the arguments, makes at most a
 few store calls and returns a `codec.Reply`. Domain errors become replies through one table
-(`STORE_ERRORS`), like the HTTP app's PROBLEMS: an error reply with the store's message, or
-nil where Redis answers nil (GET of an empty key, SET NX on a taken key). HELLO, COMMAND,
-CLIENT and SELECT answer just enough for real clients to connect.
+(`STORE_ERRORS`), like the HTTP app's PROBLEMS: an error reply with a code of its own and
+the store's message, or nil where Redis answers nil (GET of an empty key, SET NX on a taken
+key). HELLO, COMMAND, CLIENT and SELECT answer just enough for real clients to connect.
 """
 
 from __future__ import annotations
@@ -33,14 +33,16 @@ SUPPORTED_PROTOCOLS = (2, 3)
 """RESP versions HELLO accepts; redis-py 8 asks for 3 by default."""
 
 STORE_ERRORS: dict[type[StoreError], str | None] = {
-    InvalidKey: "ERR",
-    ValueTooLarge: "ERR",
-    StoreFull: "ERR",
+    InvalidKey: "INVALIDKEY",
+    ValueTooLarge: "TOOLARGE",
+    StoreFull: "OOM",  # Redis's own code for writes refused at its memory limit
     KeyNotFound: None,  # GET of a key without a value
     KeyExists: None,  # SET NX on a key holding a value
     PreconditionFailed: None,  # SET XX on a key holding none
 }
-"""Each domain error's reply: an error with this code and the store's message, or nil (None)."""
+"""Each domain error's reply: an error with this code (the first word, as Redis's `-OOM` and
+`-WRONGTYPE` are, so clients tell errors apart without reading the text) and the store's
+message, or nil (None)."""
 
 
 # -- commands -------------------------------------------------------------------------------

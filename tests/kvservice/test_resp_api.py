@@ -61,8 +61,8 @@ def conn(server: RespServer) -> Iterator[RespConnection]:
         yield connection
 
 
-def error_line(message: str) -> bytes:
-    return f"-ERR {message}\r\n".encode()
+def error_line(message: str, code: str = "ERR") -> bytes:
+    return f"-{code} {message}\r\n".encode()
 
 
 def bulk(data: bytes) -> bytes:
@@ -134,7 +134,7 @@ def test_del_with_an_invalid_key_deletes_nothing(conn: RespConnection) -> None:
 
     reply = conn.ask("DEL", "a", "b-c")
 
-    assert reply.startswith(b"-ERR The key has the character '-' at position 1")
+    assert reply.startswith(b"-INVALIDKEY The key has the character '-' at position 1")
     assert conn.ask("GET", "a") == bulk(b"1")
 
 
@@ -298,7 +298,7 @@ def test_each_command_is_on_the_access_log_without_its_value(
     assert [re.sub(r"^127\.0\.0\.1:\d+ | [\d.]+ms$", "", line) for line in lines] == [
         '"SET foo" +OK 5',
         '"GET foo" $12 19',
-        '"GET bad-key" -ERR 93',
+        '"GET bad-key" -INVALIDKEY 100',
     ]
     assert "secret" not in caplog.text
 
@@ -323,7 +323,7 @@ def test_invalid_keys_get_the_stores_message(
     # Keys are bytes on the wire; the store sees one character per byte, as HTTP does.
     expected = store_message(InvalidKey, lambda: validate_key(key.encode().decode("latin-1")))
 
-    assert conn.ask(name, key, *rest) == error_line(expected)
+    assert conn.ask(name, key, *rest) == error_line(expected, "INVALIDKEY")
 
 
 def test_a_value_over_the_limit_gets_the_stores_message_and_the_connection_stays(
@@ -332,7 +332,7 @@ def test_a_value_over_the_limit_gets_the_stores_message_and_the_connection_stays
     expected = store_message(ValueTooLarge, lambda: MemoryStore().put("k", b"x" * 1025))
 
     assert conn.ask("SET", "big", "x" * 1024) == OK
-    assert conn.ask("SET", "big", "x" * 1025) == error_line(expected)
+    assert conn.ask("SET", "big", "x" * 1025) == error_line(expected, "TOOLARGE")
     assert expected == "The value is 1025 bytes; the limit is 1024 bytes."
     assert conn.ask("GET", "big") == bulk(b"x" * 1024)
 
@@ -344,7 +344,7 @@ def test_a_full_store_refuses_writes_with_its_message_but_serves_reads() -> None
         reply = conn.ask("SET", "b", "x" * 1000)
         expected = store_message(StoreFull, lambda: store.put("b", b"x" * 1000))
 
-        assert reply == error_line(expected)
+        assert reply == error_line(expected, "OOM")
         assert "memory budget of 3000 bytes" in expected
         assert conn.ask("GET", "a") == bulk(b"x" * 1000)
         assert conn.ask("DEL", "a") == b":1\r\n"

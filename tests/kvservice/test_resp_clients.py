@@ -83,9 +83,11 @@ def test_redis_py_raises_the_stores_error_text(redis_py: object) -> None:
     import redis
 
     assert isinstance(redis_py, redis.Redis)
-    with pytest.raises(redis.ResponseError, match=r"^The key has the character '-' at position 3"):
+    with pytest.raises(
+        redis.ResponseError, match=r"^INVALIDKEY The key has the character '-' at position 3"
+    ):
         redis_py.set("bad-key", b"v")
-    with pytest.raises(redis.ResponseError, match=r"^The value is 1025 bytes; the limit is 1024"):
+    with pytest.raises(redis.ResponseError, match=r"^TOOLARGE The value is 1025 bytes; the limit"):
         redis_py.set("big", b"x" * 1025)
     with pytest.raises(redis.ResponseError, match=r"^unknown command 'MULTI'"):
         redis_py.execute_command("MULTI")  # type: ignore[no-untyped-call]
@@ -151,7 +153,7 @@ def test_redis_cli_session(both: BothTransports) -> None:
     history = redis_cli(port, "HISTORY", "foo").splitlines()
     assert [line.split(") ", 1)[1] for line in history[1::2]] == ["(nil)", '"hello world!"']
     assert redis_cli(port, "SET", "foo-bar", "x") == (
-        "(error) ERR The key has the character '-' at position 3; "
+        "(error) INVALIDKEY The key has the character '-' at position 3; "
         "keys are 1-255 characters of [A-Za-z0-9].\n"
     )
 
@@ -205,14 +207,14 @@ def test_the_stores_errors_say_the_same_over_both_transports(both: BothTransport
         for key in ["bad-key", "caf\u00e9", "k" * 256]:
             http = requests.put(f"{both.http_url}/{key}", data=b"v", timeout=5)
             assert http.status_code == 400
-            assert conn.ask("SET", key, "v") == f"-ERR {http.json()['detail']}\r\n".encode()
+            assert conn.ask("SET", key, "v") == f"-INVALIDKEY {http.json()['detail']}\r\n".encode()
 
         while conn.ask("SET", f"fill{both.store.stats()['used_bytes']}", "x" * 1024) == b"+OK\r\n":
             pass  # until the 64 KiB budget is spent
         http_full = requests.put(f"{both.http_url}/more", data=b"x" * 1024, timeout=5)
         assert http_full.status_code == 507
         assert conn.ask("SET", "more", "x" * 1024) == (
-            f"-ERR {http_full.json()['detail']}\r\n".encode()
+            f"-OOM {http_full.json()['detail']}\r\n".encode()
         )
 
 
@@ -227,4 +229,4 @@ def test_a_value_too_large_is_refused_by_both_in_their_own_words(both: BothTrans
         413,
         "The value is larger than the limit of 1024 bytes.",
     )
-    assert resp == b"-ERR The value is 1025 bytes; the limit is 1024 bytes.\r\n"
+    assert resp == b"-TOOLARGE The value is 1025 bytes; the limit is 1024 bytes.\r\n"

@@ -111,14 +111,14 @@ def test_outcomes_of_the_real_kvservice(resp_client: RespKVClient) -> None:
 def test_refusals_map_to_their_outcomes(resp_client: RespKVClient) -> None:
     invalid = resp_client.put("bad-key", b"x")
     assert invalid.outcome is Outcome.INVALID
-    assert invalid.evidence.startswith("RESP -ERR The key has the character '-' at position 3")
+    assert invalid.evidence.startswith("RESP -INVALIDKEY The key has the character '-' at pos")
     assert resp_client.put("k" * 256, b"x").outcome is Outcome.INVALID
     assert resp_client.get("caf\u00e9").outcome is Outcome.INVALID
     assert resp_client.delete("a.b").outcome is Outcome.INVALID
     assert resp_client.history("a b").outcome is Outcome.INVALID
     too_large = resp_client.create("rkbig", b"x" * 1025)
     assert too_large.outcome is Outcome.TOO_LARGE
-    assert too_large.evidence == "RESP -ERR The value is 1025 bytes; the limit is 1024 bytes."
+    assert too_large.evidence == "RESP -TOOLARGE The value is 1025 bytes; the limit is 1024 bytes."
 
 
 def test_a_full_store_is_store_full() -> None:
@@ -198,6 +198,19 @@ def canned_resp(reply: bytes, close_after: bool = False) -> Iterator[str]:
 
 
 @pytest.mark.parametrize(
+    ("reply", "outcome"),
+    [
+        (b"-INVALIDKEY any words at all\r\n", Outcome.INVALID),
+        (b"-TOOLARGE any words at all\r\n", Outcome.TOO_LARGE),
+        (b"-OOM any words at all\r\n", Outcome.STORE_FULL),
+    ],
+)
+def test_an_error_is_told_apart_by_its_code_alone(reply: bytes, outcome: Outcome) -> None:
+    with canned_resp(reply) as url, RespKVClient(url, timeout=(1.0, 1.0)) as client:
+        assert client.put("k", b"v").outcome is outcome
+
+
+@pytest.mark.parametrize(
     ("reply", "call", "evidence"),
     [
         (b"+OK\r\n", lambda c: c.get("k"), "RESP +OK"),
@@ -205,6 +218,12 @@ def canned_resp(reply: bytes, close_after: bool = False) -> Iterator[str]:
         (b"$1\r\nx\r\n", lambda c: c.put("k", b"v"), "RESP bulk of 1 bytes"),
         (b"-ERR out of cheese\r\n", lambda c: c.put("k", b"v"), "RESP -ERR out of cheese"),
         (b"-ERR max number of clients reached\r\n", lambda c: c.get("k"), "RESP -ERR max"),
+        # The store's words without its code: the code, not the text, says what went wrong.
+        (
+            b"-ERR The value is 9 bytes; the limit is 4 bytes.\r\n",
+            lambda c: c.put("k", b"v"),
+            "-ERR",
+        ),
         (b"HTTP/1.1 400 Bad Request\r\n", lambda c: c.get("k"), "unreadable RESP reply"),
         (b"$3\r\nabcde\r\n", lambda c: c.get("k"), "not followed by CRLF"),
         (b":1x\r\n", lambda c: c.delete("k"), "is not an integer"),
