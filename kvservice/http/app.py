@@ -144,7 +144,14 @@ def _history(store: Store, key: str) -> bytes:
 
 def _health(store: Store) -> bytes:
     bottle.response.content_type = "application/json"
-    return json.dumps({"status": "ok", **store.stats()}, separators=(",", ":")).encode()
+    stats = store.stats()
+    health = {
+        "status": "ok",
+        "keys": stats.keys,
+        "used_bytes": stats.used_bytes,
+        "max_bytes": stats.max_bytes,
+    }
+    return json.dumps(health, separators=(",", ":")).encode()
 
 
 # -- request parsing ------------------------------------------------------------------------

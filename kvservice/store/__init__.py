@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from kvservice.store.model import (
+    DEFAULT_PAGE_KEYS,
     MATCH_ANY,
     MAX_KEY_LENGTH,
     NO_CONDITION,
@@ -19,17 +20,21 @@ from kvservice.store.model import (
     InvalidKey,
     KeyExists,
     KeyNotFound,
+    KeyPage,
     Precondition,
     PreconditionFailed,
     StoreError,
     StoreFull,
+    StoreStats,
     Value,
     ValueTooLarge,
     system_clock_ms,
     validate_key,
+    validate_prefix,
 )
 
 __all__ = [
+    "DEFAULT_PAGE_KEYS",
     "MATCH_ANY",
     "MAX_KEY_LENGTH",
     "NO_CONDITION",
@@ -38,15 +43,18 @@ __all__ = [
     "InvalidKey",
     "KeyExists",
     "KeyNotFound",
+    "KeyPage",
     "Precondition",
     "PreconditionFailed",
     "Store",
     "StoreError",
     "StoreFull",
+    "StoreStats",
     "Value",
     "ValueTooLarge",
     "system_clock_ms",
     "validate_key",
+    "validate_prefix",
 ]
 
 
@@ -70,8 +78,18 @@ class Store(Protocol):
         """Every write to the key inside the history window, newest first; [] if none."""
         ...
 
-    def stats(self) -> dict[str, int]:
-        """Counts for health checks: keys held, bytes charged against the budget, the budget."""
+    def keys(
+        self, prefix: str = "", after: str | None = None, limit: int = DEFAULT_PAGE_KEYS
+    ) -> KeyPage:
+        """Up to `limit` (>= 1) keys holding a value that start with `prefix`, in lexicographic
+        order, strictly after `after`, and the `after` of the next page (None on the last).
+
+        Raises InvalidKey for a prefix no key can start with, or an `after` that is no key.
+        """
+        ...
+
+    def stats(self) -> StoreStats:
+        """Keys holding a value, bytes charged against the budget, and the budget."""
         ...
 
     def put(

@@ -7,48 +7,71 @@ value that its key's newest history entry disagrees with.
 
 Expiry is exact and cheap: all writes get non-decreasing timestamps from one clock, so a
 single store-wide queue of records, in write order, tells which key holds the oldest entry.
-Pruning pops from its front (and from the front of that key's history, a deque: O(1) per
-entry, however long the key's history) until the oldest entry is inside the window.
+Pruning pops from its front until the oldest entry is inside the window. A key's history is
+a list whose pruned front is skipped by an index and cut off only once it is half the list,
+so pruning costs O(1) per entry, amortised, however long the key's history (a deque would
+too, but an empty one costs 624 bytes against a list's 56, on every key).
 """
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import threading
 from collections import deque
 
 from kvservice.store.model import (
+    DEFAULT_PAGE_KEYS,
     NO_CONDITION,
     Clock,
     HistoryEntry,
     KeyExists,
     KeyNotFound,
+    KeyPage,
     Precondition,
     PreconditionFailed,
     StoreFull,
+    StoreStats,
     Value,
-    ValueTooLarge,
     system_clock_ms,
+    too_large,
     validate_key,
+    validate_prefix,
 )
+from kvservice.store.sorted_keys import SortedKeys
 
-# CPython's cost of the structures behind a key (dict slot, record, Value, ETag, key header)
-# and behind a history entry (entry object, timestamp, list and queue slots), measured with
-# tracemalloc on CPython 3.11. Charging them keeps the budget close to real memory even when
-# values are tiny.
-KEY_OVERHEAD_BYTES = 240
+# CPython's cost of the structures behind a key (dict slot, record, Value, ETag, key header,
+# its slot in the sorted key list) and behind a history entry (entry object, timestamp, list
+# and queue slots), measured with tracemalloc on CPython 3.11. Charging them keeps the budget
+# close to real memory even when values are tiny.
+KEY_OVERHEAD_BYTES = 250
 ENTRY_OVERHEAD_BYTES = 100
 
 
 class _Record:
-    """Everything the store holds for one key, history oldest first."""
+    """Everything the store holds for one key: its value, and its history oldest first in
+    `history[first:]` (the entries before `first` have been pruned)."""
 
-    __slots__ = ("history", "key", "value")
+    __slots__ = ("first", "history", "key", "value")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.value: Value | None = None
-        self.history: deque[HistoryEntry] = deque()
+        self.history: list[HistoryEntry] = []
+        self.first = 0
+
+    def entries(self) -> list[HistoryEntry]:
+        """The history inside the window, newest first."""
+        return self.history[: self.first - 1 if self.first else None : -1]
+
+    def drop_oldest(self) -> HistoryEntry:
+        """Prune the oldest entry; amortised O(1): the front is cut once it is half the list."""
+        oldest = self.history[self.first]
+        self.first += 1
+        if 2 * self.first >= len(self.history):
+            del self.history[: self.first]
+            self.first = 0
+        return oldest
 
 
 class MemoryStore:
@@ -70,6 +93,7 @@ class MemoryStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._records: dict[str, _Record] = {}
+        self._keys_with_values = SortedKeys()
         # The record of each history entry, in write order. Records, not keys: a request's
         # key is a new string each time, and the queue would keep one alive per entry.
         self._expiry_queue: deque[_Record] = deque()
@@ -95,17 +119,32 @@ class MemoryStore:
         with self._lock:
             self._prune(self._now_ms())
             record = self._records.get(key)
-            return list(reversed(record.history)) if record else []
+            return record.entries() if record else []
 
-    def stats(self) -> dict[str, int]:
-        """Counts for health checks: keys held, bytes charged against the budget, the budget."""
+    def keys(
+        self, prefix: str = "", after: str | None = None, limit: int = DEFAULT_PAGE_KEYS
+    ) -> KeyPage:
+        """Up to `limit` keys holding a value that start with `prefix`, in lexicographic
+        order, strictly after `after`; raises InvalidKey for a prefix or `after` no key has."""
+        validate_prefix(prefix)
+        if after is not None:
+            validate_key(after)
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        with self._lock:
+            # One more than asked for tells whether another page follows.
+            found = list(
+                itertools.islice(self._keys_with_values.starting(prefix, after), limit + 1)
+            )
+        if len(found) > limit:
+            return KeyPage(found[:limit], found[limit - 1])
+        return KeyPage(found, None)
+
+    def stats(self) -> StoreStats:
+        """Keys holding a value, bytes charged against the budget, and the budget."""
         with self._lock:
             self._prune(self._now_ms())
-            return {
-                "keys": len(self._records),
-                "used_bytes": self._used_bytes,
-                "max_bytes": self.max_bytes,
-            }
+            return StoreStats(len(self._keys_with_values), self._used_bytes, self.max_bytes)
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -145,6 +184,7 @@ class MemoryStore:
                 raise PreconditionFailed(f"The precondition on {key!r} does not hold.")
             self._used_bytes -= _value_cost(record.value)
             record.value = None
+            self._keys_with_values.discard(key)
             self._append_history(record, HistoryEntry(None, now_ms))
 
     def _write(
@@ -158,9 +198,7 @@ class MemoryStore:
     ) -> Value:
         validate_key(key)
         if len(data) > self.max_value_bytes:
-            raise ValueTooLarge(
-                f"The value is {len(data)} bytes; the limit is {self.max_value_bytes} bytes."
-            )
+            raise too_large(len(data), self.max_value_bytes)
         with self._lock:
             now_ms = self._now_ms()
             self._prune(now_ms)
@@ -187,6 +225,8 @@ class MemoryStore:
                 self._used_bytes += KEY_OVERHEAD_BYTES + len(key)
             self._used_bytes += _value_cost(value) - freed
             record.value = value
+            if current is None:
+                self._keys_with_values.add(record.key)
             self._append_history(record, HistoryEntry(data, now_ms))
             return value
 
@@ -208,12 +248,10 @@ class MemoryStore:
         queue = self._expiry_queue
         while queue:
             record = queue[0]
-            oldest = record.history[0]
-            if oldest.timestamp_ms > cutoff_ms:
+            if record.history[record.first].timestamp_ms > cutoff_ms:
                 return
             queue.popleft()
-            record.history.popleft()
-            self._used_bytes -= _entry_cost(oldest)
+            self._used_bytes -= _entry_cost(record.drop_oldest())
             if record.value is None and not record.history:
                 del self._records[record.key]
                 self._used_bytes -= KEY_OVERHEAD_BYTES + len(record.key)

@@ -1,5 +1,5 @@
-"""What every store backend speaks: values, history entries, preconditions, the
-errors a store raises, and the key rules.
+"""What every store backend speaks: values, history entries, preconditions, pages of keys,
+figures, the errors a store raises, and the key rules.
 
 Standard library only; nothing here knows of a transport or of a particular backend.
 """
@@ -16,7 +16,10 @@ Clock = Callable[[], int]
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9]{1,255}")
 MAX_KEY_LENGTH = 255
+PREFIX_PATTERN = re.compile(r"[A-Za-z0-9]{0,255}")
 MATCH_ANY = "*"
+DEFAULT_PAGE_KEYS = 1000
+"""How many keys `Store.keys` returns when the caller names no limit."""
 
 
 def system_clock_ms() -> int:
@@ -69,6 +72,29 @@ class HistoryEntry:
     timestamp_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class KeyPage:
+    """Keys holding a value, in lexicographic order, and where the next page starts.
+
+    `next_after` is the `after` that asks for the following page, or None on the last page.
+    """
+
+    keys: list[str]
+    next_after: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Figures for health checks and metrics."""
+
+    keys: int
+    """Keys holding a value (not those with only history left)."""
+    used_bytes: int
+    """Bytes the store holds, as its budget counts them."""
+    max_bytes: int
+    """The budget: writes that would take `used_bytes` past it are refused with StoreFull."""
+
+
 @dataclass(frozen=True)
 class Precondition:
     """Conditions on a key's current ETag, in the sense of RFC 9110's If-Match/If-None-Match.
@@ -107,6 +133,21 @@ def validate_key(key: str) -> None:
     position, char = next((i, c) for i, c in enumerate(key) if not KEY_PATTERN.fullmatch(c))
     raise InvalidKey(
         f"The key has the character {char!a} at position {position}; "
+        "keys are 1-255 characters of [A-Za-z0-9]."
+    )
+
+
+def validate_prefix(prefix: str) -> None:
+    """Raise InvalidKey, saying why, unless `prefix` could begin a key: 0-255 of [A-Za-z0-9]."""
+    if PREFIX_PATTERN.fullmatch(prefix):
+        return
+    if len(prefix) > MAX_KEY_LENGTH:
+        raise InvalidKey(
+            f"The prefix is {len(prefix)} characters long; keys are at most {MAX_KEY_LENGTH}."
+        )
+    position, char = next((i, c) for i, c in enumerate(prefix) if not KEY_PATTERN.fullmatch(c))
+    raise InvalidKey(
+        f"The prefix has the character {char!a} at position {position}; "
         "keys are 1-255 characters of [A-Za-z0-9]."
     )
 

@@ -209,7 +209,7 @@ def test_the_stores_errors_say_the_same_over_both_transports(both: BothTransport
             assert http.status_code == 400
             assert conn.ask("SET", key, "v") == f"-INVALIDKEY {http.json()['detail']}\r\n".encode()
 
-        while conn.ask("SET", f"fill{both.store.stats()['used_bytes']}", "x" * 1024) == b"+OK\r\n":
+        while conn.ask("SET", f"fill{both.store.stats().used_bytes}", "x" * 1024) == b"+OK\r\n":
             pass  # until the 64 KiB budget is spent
         http_full = requests.put(f"{both.http_url}/more", data=b"x" * 1024, timeout=5)
         assert http_full.status_code == 507

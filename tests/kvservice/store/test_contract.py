@@ -8,6 +8,7 @@ memory backend's byte accounting) is tested beside it, in that backend's own fil
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import pytest
@@ -18,6 +19,7 @@ from kvservice.store import (
     InvalidKey,
     KeyExists,
     KeyNotFound,
+    KeyPage,
     Precondition,
     PreconditionFailed,
     Store,
@@ -26,7 +28,7 @@ from kvservice.store import (
     system_clock_ms,
     validate_key,
 )
-from tests.kvservice.store.conftest import StoreFactory
+from tests.kvservice.store.conftest import WINDOW_MS, StoreFactory
 from tests.support.clock import START_MS, FakeClock
 
 
@@ -179,14 +181,17 @@ def test_expiry_keeps_the_newer_entries(store: Store, clock: FakeClock) -> None:
     assert values(store.history("k")) == [b"new"]
 
 
-def test_deleted_key_with_expired_history_is_forgotten(store: Store, clock: FakeClock) -> None:
+def test_a_deleted_key_keeps_its_history_for_the_window_and_no_longer_counts(
+    store: Store, clock: FakeClock
+) -> None:
     store.put("gone", b"v")
     store.delete("gone")
     store.put("kept", b"v")
-    assert store.stats()["keys"] == 2
+    assert store.stats().keys == 1, "keys counts keys with a value, not those with history"
+    assert values(store.history("gone")) == [None, b"v"]
     clock.advance(120_000)
-    assert store.stats()["keys"] == 1
     assert store.history("gone") == []
+    assert store.stats().keys == 1
 
 
 # -- memory budget ----------------------------------------------------------------------------
@@ -316,3 +321,140 @@ def test_concurrent_writers_lose_nothing_and_history_agrees_with_get(
         own = [e.data for e in history if e.data and e.data.startswith(f"{writer}:".encode())]
         assert own == [f"{writer}:{i}".encode() for i in reversed(range(writes_each))]
         assert store.get(f"own{writer}").data == str(writes_each - 1).encode()
+
+
+# -- listing keys -----------------------------------------------------------------------------
+
+
+def test_an_empty_store_lists_nothing(store: Store) -> None:
+    assert store.keys() == KeyPage([], None)
+
+
+def test_keys_are_listed_in_lexicographic_order(store: Store) -> None:
+    for key in ["b", "a", "B", "1", "ab", "A0"]:
+        store.put(key, b"v")
+    assert store.keys() == KeyPage(["1", "A0", "B", "a", "ab", "b"], None)
+
+
+def test_only_keys_holding_a_value_are_listed(store: Store, clock: FakeClock) -> None:
+    for key in ["a", "b", "c"]:
+        store.put(key, b"v")
+    store.delete("b")  # its history is still in the window
+    assert store.keys().keys == ["a", "c"]
+    store.create("b", b"again")
+    assert store.keys().keys == ["a", "b", "c"]
+    clock.advance(WINDOW_MS)
+    assert store.keys().keys == ["a", "b", "c"], "expiry never removes a current value"
+
+
+def test_a_prefix_lists_the_keys_that_start_with_it(store: Store) -> None:
+    for key in ["user1", "user10", "user2", "users", "use", "video1", "User1"]:
+        store.put(key, b"v")
+    assert store.keys(prefix="user").keys == ["user1", "user10", "user2", "users"]
+    assert store.keys(prefix="user1").keys == ["user1", "user10"]
+    assert store.keys(prefix="use").keys == ["use", "user1", "user10", "user2", "users"]
+    assert store.keys(prefix="nothing") == KeyPage([], None)
+    assert store.keys(prefix="x" * 255) == KeyPage([], None)
+
+
+def test_pages_follow_each_other_with_next_after(store: Store) -> None:
+    for key in ["a", "b", "c", "d", "e"]:
+        store.put(key, b"v")
+    assert store.keys(limit=2) == KeyPage(["a", "b"], "b")
+    assert store.keys(after="b", limit=2) == KeyPage(["c", "d"], "d")
+    assert store.keys(after="d", limit=2) == KeyPage(["e"], None)
+
+
+def test_a_page_that_ends_the_keys_exactly_is_the_last(store: Store) -> None:
+    for key in ["a", "b", "c", "d"]:
+        store.put(key, b"v")
+    assert store.keys(after="b", limit=2) == KeyPage(["c", "d"], None)
+    assert store.keys(limit=4) == KeyPage(["a", "b", "c", "d"], None)
+    assert store.keys(limit=1) == KeyPage(["a"], "a")
+
+
+def test_after_need_not_be_a_key_and_is_never_listed(store: Store) -> None:
+    for key in ["a", "b", "c"]:
+        store.put(key, b"v")
+    assert store.keys(after="a").keys == ["b", "c"]
+    assert store.keys(after="a0").keys == ["b", "c"]
+    assert store.keys(after="c") == KeyPage([], None)
+    assert store.keys(after="zzz") == KeyPage([], None)
+
+
+def test_prefix_and_after_together(store: Store) -> None:
+    for key in ["a1", "b1", "b2", "b3", "c1"]:
+        store.put(key, b"v")
+    assert store.keys(prefix="b", after="a9").keys == ["b1", "b2", "b3"], "after before the prefix"
+    assert store.keys(prefix="b", after="b1").keys == ["b2", "b3"]
+    assert store.keys(prefix="b", after="b3") == KeyPage([], None)
+    assert store.keys(prefix="b", after="c") == KeyPage([], None), "after past the prefix"
+
+
+@pytest.mark.parametrize(
+    ("prefix", "after", "reason"),
+    [
+        ("a-b", None, "prefix has the character '-' at position 1"),
+        ("x" * 256, None, "prefix is 256 characters long"),
+        ("", "", "key is empty"),
+        ("", "a b", "' ' at position 1"),
+    ],
+)
+def test_a_prefix_or_after_no_key_can_have_is_refused(
+    store: Store, prefix: str, after: str | None, reason: str
+) -> None:
+    with pytest.raises(InvalidKey, match=reason):
+        store.keys(prefix=prefix, after=after)
+
+
+def test_paging_a_quiet_store_lists_every_key_exactly_once(store: Store) -> None:
+    written = {f"k{number}" for number in range(1000)} | {f"other{number}" for number in range(50)}
+    for key in written:
+        store.put(key, b"v")
+    for prefix, limit in [("", 7), ("k", 13), ("k", 1000), ("other", 3)]:
+        listed: list[str] = []
+        after = None
+        for _ in range(len(written) + 1):
+            page = store.keys(prefix=prefix, after=after, limit=limit)
+            assert len(page.keys) <= limit
+            listed += page.keys
+            if page.next_after is None:
+                break
+            after = page.next_after
+        assert listed == sorted(key for key in written if key.startswith(prefix))
+
+
+def test_listing_while_keys_come_and_go_never_breaks_and_keeps_order(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store(clock=system_clock_ms)
+    stable = {f"stable{number:03d}" for number in range(200)}
+    for key in stable:
+        store.put(key, b"v")
+    stop = threading.Event()
+
+    def churn() -> None:
+        number = 0
+        while not stop.is_set():
+            store.put(f"churn{number % 300:03d}", b"v")
+            with contextlib.suppress(KeyNotFound):
+                store.delete(f"churn{(number + 150) % 300:03d}")
+            number += 1
+
+    writer = threading.Thread(target=churn)
+    writer.start()
+    try:
+        for _ in range(20):
+            listed: list[str] = []
+            after = None
+            while True:
+                page = store.keys(after=after, limit=17)
+                listed += page.keys
+                if page.next_after is None:
+                    break
+                after = page.next_after
+            assert listed == sorted(set(listed)), "in order, each key once"
+            assert stable <= set(listed), "keys present all along are all listed"
+    finally:
+        stop.set()
+        writer.join()

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from kvservice.store import KeyNotFound, StoreFull
+from kvservice.store import KeyNotFound, StoreFull, StoreStats
 from kvservice.store.memory import ENTRY_OVERHEAD_BYTES, KEY_OVERHEAD_BYTES, MemoryStore
 from tests.support.clock import FakeClock
 
@@ -35,7 +35,7 @@ def test_pruning_returns_every_charged_byte(clock: FakeClock) -> None:
         with contextlib.suppress(KeyNotFound):
             store.delete(f"key{i}")
     clock.advance(120_000)
-    assert store.stats() == {"keys": 0, "used_bytes": 0, "max_bytes": store.max_bytes}
+    assert store.stats() == StoreStats(keys=0, used_bytes=0, max_bytes=store.max_bytes)
 
 
 def test_the_budget_fits_exactly_what_it_counts(clock: FakeClock) -> None:
@@ -48,7 +48,7 @@ def test_the_budget_fits_exactly_what_it_counts(clock: FakeClock) -> None:
     with pytest.raises(StoreFull):
         store.put("a", b"y" * 100)  # the old entry stays in history, so this needs room too
     store.delete("b")
-    assert store.stats()["used_bytes"] > 3 * one_write - 100, "a delete may pass the budget"
+    assert store.stats().used_bytes > 3 * one_write - 100, "a delete may pass the budget"
 
 
 def test_budget_room_comes_back_as_history_expires(clock: FakeClock) -> None:
@@ -66,7 +66,7 @@ def test_stats_count_bytes_charged(clock: FakeClock) -> None:
     store = MemoryStore(clock=clock)
     store.put("k", b"abc", "text/plain")
     expected = KEY_OVERHEAD_BYTES + 1 + (3 + len("text/plain")) + (ENTRY_OVERHEAD_BYTES + 3)
-    assert store.stats()["used_bytes"] == expected
+    assert store.stats().used_bytes == expected
 
 
 def _pruning_seconds(history_length: int, pruned: int) -> float:
