@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import sys
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,9 @@ from kvservice.http.problems import (
     problem_body,
 )
 from kvservice.store import (
+    DEFAULT_PAGE_KEYS,
     MATCH_ANY,
+    MAX_PAGE_KEYS,
     HistoryEntry,
     InvalidKey,
     KeyExists,
@@ -57,6 +60,7 @@ PROBLEMS: dict[type[StoreError], tuple[int, str, str]] = {
 
 # One element of an entity-tag list, with the comma after it; a tag may itself hold commas.
 _ETAG_ITEM = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|\Z)')
+_DIGITS = re.compile(r"[0-9]{1,9}")
 _JSON_MEDIA_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json", re.ASCII)
 
 
@@ -86,6 +90,7 @@ def create_app(store: Store) -> bottle.Bottle:
     )
 
     app.route("/_health", ["GET", "HEAD"], lambda: _health(store))
+    app.route("/_keys", ["GET", "HEAD"], lambda: _keys(store))
     item = functools.partial(_item_route, store)
     for method, handler in ITEM_HANDLERS.items():
         app.route(f"/<key:{KEY_SEGMENT}>", method, functools.partial(item, handler))
@@ -154,7 +159,43 @@ def _health(store: Store) -> bytes:
     return json.dumps(health, separators=(",", ":")).encode()
 
 
+def _keys(store: Store) -> bytes:
+    page = store.keys(**_listing_parameters())
+    bottle.response.content_type = "application/json"
+    return json.dumps({"keys": page.keys, "next": page.next_after}, separators=(",", ":")).encode()
+
+
 # -- request parsing ------------------------------------------------------------------------
+
+
+LISTING_PARAMETERS = ("prefix", "after", "limit")
+
+
+def _listing_parameters() -> dict[str, Any]:
+    """prefix, after and limit from the query string, each at most once; keys and prefixes
+    are percent-decoded to one character per byte, as the path is, so the store can name a
+    bad byte."""
+    query = bottle.request.environ.get("QUERY_STRING", "")
+    fields = urllib.parse.parse_qsl(query, keep_blank_values=True, encoding="latin-1")
+    given: dict[str, str] = {}
+    for name, value in fields:
+        if name not in LISTING_PARAMETERS:
+            raise BadRequest(
+                f"Unknown query parameter {name!r}; /_keys takes {', '.join(LISTING_PARAMETERS)}."
+            )
+        if name in given:
+            raise BadRequest(f"The query parameter {name!r} is given more than once.")
+        given[name] = value
+    limit_text = given.get("limit", str(DEFAULT_PAGE_KEYS))
+    if not _DIGITS.fullmatch(limit_text) or not 1 <= int(limit_text) <= MAX_PAGE_KEYS:
+        raise BadRequest(
+            f"limit must be a whole number from 1 to {MAX_PAGE_KEYS}, not {limit_text!a}."
+        )
+    return {
+        "prefix": given.get("prefix", ""),
+        "after": given.get("after") or None,  # an empty `after` is the first page
+        "limit": int(limit_text),
+    }
 
 
 def _key_from_raw_path() -> str:

@@ -10,13 +10,18 @@ key). HELLO, COMMAND, CLIENT and SELECT answer just enough for real clients to c
 from __future__ import annotations
 
 import contextlib
+import re
+import secrets
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 
 from kvservice.resp.codec import INTEGER, OK, Error, Reply, Status, printable
+from kvservice.resp.patterns import compile_pattern, literal_prefix
 from kvservice.store import (
     MATCH_ANY,
+    MAX_PAGE_KEYS,
     InvalidKey,
     KeyExists,
     KeyNotFound,
@@ -48,11 +53,40 @@ message, or nil (None)."""
 # -- commands -------------------------------------------------------------------------------
 
 
+class ScanCursors:
+    """Where each SCAN left off, shared by every connection of a server.
+
+    Redis clients treat a cursor as a 64-bit number (redis-cli parses it with strtoull), and a
+    page ends at a key of up to 255 characters, so a cursor cannot carry the key itself: it is a
+    random 62-bit number remembered with the key. The most recent `capacity` are kept; an
+    older or unknown cursor (from another server, or before a restart) is refused, never
+    resumed somewhere else.
+    """
+
+    def __init__(self, capacity: int = 65_536) -> None:
+        self.capacity = capacity
+        self._after: OrderedDict[int, str] = OrderedDict()
+
+    def issue(self, after: str) -> int:
+        """A new cursor for the page after `after`."""
+        cursor = secrets.randbits(62) | 1  # never 0, which starts and ends an iteration
+        self._after[cursor] = after
+        while len(self._after) > self.capacity:
+            self._after.popitem(last=False)
+        return cursor
+
+    def resume(self, cursor: int) -> str | None:
+        """The key a cursor's page starts after: None for 0; raises KeyError if unknown."""
+        return None if cursor == 0 else self._after[cursor]
+
+
 @dataclass
 class Session:
     """What one connection remembers between commands."""
 
     id: int
+    cursors: ScanCursors = field(default_factory=ScanCursors)
+    """The server's SCAN cursors (a connection of its own has its own)."""
     name: bytes | None = None
     closing: bool = False
     """Set by QUIT: the connection closes once the reply is sent."""
@@ -164,6 +198,83 @@ def _history(store: Store, session: Session, args: list[bytes]) -> Reply:
     return [[entry.timestamp_ms, entry.data] for entry in store.history(_key(args[0]))]
 
 
+SCAN_DEFAULT_COUNT = 10
+"""Keys per SCAN page when the client names no COUNT, as in Redis."""
+_CURSOR = re.compile(rb"[0-9]{1,20}")
+"""An unsigned 64-bit number, as Redis reads a cursor."""
+
+
+def _scan(store: Store, session: Session, args: list[bytes]) -> Reply:
+    """SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]: one page of keys, as Redis answers
+    it: [next cursor (0 when done), [keys]]. COUNT keys are read per page (at most
+    MAX_PAGE_KEYS) and MATCH filters them, so a page may come back short, or empty."""
+    cursor_text, *options = args
+    if not _CURSOR.fullmatch(cursor_text) or int(cursor_text) >= 2**64:
+        return Error("ERR", "invalid cursor")
+    try:
+        after = session.cursors.resume(int(cursor_text))
+    except KeyError:
+        return Error("ERR", "invalid cursor; it is unknown to this server or too old, scan again")
+    settings = _scan_options(options)
+    if isinstance(settings, Error):
+        return settings
+    pattern, count, type_name = settings
+    if type_name not in (None, b"STRING"):
+        return [b"0", []]  # every kvservice value is a string
+    prefix = literal_prefix(pattern).decode("latin-1")
+    try:
+        page = store.keys(prefix=prefix, after=after, limit=min(count, MAX_PAGE_KEYS))
+    except InvalidKey:
+        return [b"0", []]  # a prefix no key can start with
+    matches = compile_pattern(pattern).fullmatch
+    keys: list[Reply] = [k.encode() for k in page.keys if matches(k.encode())]
+    next_cursor = 0 if page.next_after is None else session.cursors.issue(page.next_after)
+    return [str(next_cursor).encode(), keys]
+
+
+def _scan_options(options: list[bytes]) -> tuple[bytes, int, bytes | None] | Error:
+    """MATCH, COUNT and TYPE, each followed by its value; defaults `*`, 10 and any type."""
+    pattern, count, type_name = b"*", SCAN_DEFAULT_COUNT, None
+    if len(options) % 2:
+        return Error("ERR", "syntax error")
+    for name, value in zip(options[::2], options[1::2], strict=True):
+        option = name.upper()
+        if option == b"MATCH":
+            pattern = value
+        elif option == b"COUNT":
+            if not INTEGER.fullmatch(value):
+                return Error("ERR", "value is not an integer or out of range")
+            if int(value) < 1:
+                return Error("ERR", "syntax error")
+            count = int(value)
+        elif option == b"TYPE":
+            type_name = value.upper()
+        else:
+            return Error("ERR", "syntax error")
+    return pattern, count, type_name
+
+
+def _keys(store: Store, session: Session, args: list[bytes]) -> Reply:
+    """KEYS pattern: every matching key at once, in order. SCAN is the way for many keys."""
+    prefix = literal_prefix(args[0]).decode("latin-1")
+    matches = compile_pattern(args[0]).fullmatch
+    found: list[Reply] = []
+    after = None
+    try:
+        while True:
+            page = store.keys(prefix=prefix, after=after, limit=MAX_PAGE_KEYS)
+            found.extend(key.encode() for key in page.keys if matches(key.encode()))
+            if page.next_after is None:
+                return found
+            after = page.next_after
+    except InvalidKey:
+        return []  # a prefix no key can start with
+
+
+def _dbsize(store: Store, session: Session, args: list[bytes]) -> Reply:
+    return store.stats().keys
+
+
 def _quit(store: Store, session: Session, args: list[bytes]) -> Reply:
     session.closing = True
     return OK
@@ -233,6 +344,9 @@ COMMANDS: dict[bytes, Command] = {
     b"DEL": Command(_delete, 1, None),
     b"EXISTS": Command(_exists, 1, None),
     b"HISTORY": Command(_history, 1, 1),
+    b"SCAN": Command(_scan, 1, None),
+    b"KEYS": Command(_keys, 1, 1),
+    b"DBSIZE": Command(_dbsize, 0, 0),
     b"QUIT": Command(_quit, 0, None),
     b"HELLO": Command(_hello, 0, None),
     b"COMMAND": Command(_subcommands("COMMAND", COMMAND_SUBCOMMANDS), 0, None),

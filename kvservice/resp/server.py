@@ -29,7 +29,7 @@ from kvservice.resp.codec import (
     encode,
     printable,
 )
-from kvservice.resp.commands import Session, execute
+from kvservice.resp.commands import ScanCursors, Session, execute
 from kvservice.store import Store
 
 logger = logging.getLogger("kvservice.resp")
@@ -90,6 +90,7 @@ class RespServer:
         self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
+        self._cursors = ScanCursors()
         self._bound_port = settings.port
 
     @property
@@ -213,7 +214,9 @@ class RespServer:
                 )
                 await self._send(writer, encode(Error("ERR", "max number of clients reached")))
                 return
-            connection = _Connection(Session(next(self._ids)), reader, writer.transport)
+            connection = _Connection(
+                Session(next(self._ids), self._cursors), reader, writer.transport
+            )
             self._connections[task] = connection
             try:
                 await self._converse(reader, writer, connection, peer)

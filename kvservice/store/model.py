@@ -20,6 +20,8 @@ PREFIX_PATTERN = re.compile(r"[A-Za-z0-9]{0,255}")
 MATCH_ANY = "*"
 DEFAULT_PAGE_KEYS = 1000
 """How many keys `Store.keys` returns when the caller names no limit."""
+MAX_PAGE_KEYS = 10_000
+"""The most keys a transport asks `Store.keys` for in one page."""
 
 
 def system_clock_ms() -> int:

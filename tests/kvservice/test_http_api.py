@@ -238,6 +238,71 @@ def test_other_methods_are_405_with_allow(
     assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
+# -- listing keys ----------------------------------------------------------------------------
+
+
+def test_keys_lists_keys_with_a_value_in_order(kv_url: str) -> None:
+    assert requests.get(f"{kv_url}/_keys").json() == {"keys": [], "next": None}
+    for key in ["b", "a", "B", "ab", "gone"]:
+        requests.put(f"{kv_url}/{key}", data=b"v")
+    requests.delete(f"{kv_url}/gone")
+    response = requests.get(f"{kv_url}/_keys")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.content == b'{"keys":["B","a","ab","b"],"next":null}'
+
+
+def test_keys_pages_with_limit_and_after_and_filters_by_prefix(kv_url: str) -> None:
+    for key in ["user1", "user2", "user3", "video1"]:
+        requests.put(f"{kv_url}/{key}", data=b"v")
+    first = requests.get(f"{kv_url}/_keys", params={"prefix": "user", "limit": "2"}).json()
+    assert first == {"keys": ["user1", "user2"], "next": "user2"}
+    second = requests.get(
+        f"{kv_url}/_keys", params={"prefix": "user", "limit": "2", "after": first["next"]}
+    ).json()
+    assert second == {"keys": ["user3"], "next": None}
+    assert requests.get(f"{kv_url}/_keys?after=&limit=1").json() == {
+        "keys": ["user1"],
+        "next": "user1",
+    }, "an empty after is the first page"
+
+
+def test_head_of_keys_has_the_headers_and_no_body(kv_url: str) -> None:
+    requests.put(f"{kv_url}/k", data=b"v")
+    head = requests.head(f"{kv_url}/_keys")
+    assert head.status_code == 200
+    assert head.headers["Content-Length"] == str(len(b'{"keys":["k"],"next":null}'))
+    assert head.content == b""
+
+
+@pytest.mark.parametrize(
+    ("query", "detail_part"),
+    [
+        ("limit=0", "limit must be a whole number from 1 to 10000, not '0'"),
+        ("limit=10001", "from 1 to 10000, not '10001'"),
+        ("limit=ten", "not 'ten'"),
+        ("limit=%B2", r"not '\xb2'"),
+        ("limit=-1", "not '-1'"),
+        ("limit=", "not ''"),
+        ("cursor=abc", "Unknown query parameter 'cursor'; /_keys takes prefix, after, limit"),
+        ("limit=1&limit=2", "'limit' is given more than once"),
+        ("prefix=a-b", "The prefix has the character '-' at position 1"),
+        ("prefix=%FF", r"The prefix has the character '\xff' at position 0"),
+        ("after=a%20b", "The key has the character ' ' at position 1"),
+    ],
+)
+def test_a_bad_listing_parameter_is_a_400_problem(
+    kv_url: str, query: str, detail_part: str
+) -> None:
+    assert_problem(requests.get(f"{kv_url}/_keys?{query}"), 400, detail_part)
+
+
+def test_keys_takes_only_get_and_head(kv_url: str) -> None:
+    response = requests.post(f"{kv_url}/_keys", data=b"x")
+    assert_problem(response, 405, "allowed: GET,HEAD")
+    assert_problem(requests.get(f"{kv_url}/_keys/more"), 404, "No resource")
+
+
 # -- history ----------------------------------------------------------------------------------
 
 
@@ -285,11 +350,14 @@ def test_full_store_is_507_and_keeps_serving(start_kv: StartKV) -> None:
 
 def test_health(kv_url: str) -> None:
     requests.put(f"{kv_url}/k", data=b"v")
+    requests.put(f"{kv_url}/gone", data=b"v")
+    requests.delete(f"{kv_url}/gone")  # its history stays; it holds no value
     response = requests.get(f"{kv_url}/_health")
     assert response.status_code == 200
     health = response.json()
+    assert set(health) == {"status", "keys", "used_bytes", "max_bytes"}
     assert health["status"] == "ok"
-    assert health["keys"] == 1
+    assert health["keys"] == 1, "keys with a value only"
     assert 0 < health["used_bytes"] < health["max_bytes"]
 
 

@@ -198,6 +198,125 @@ def test_a_command_name_with_line_breaks_cannot_inject_a_reply(conn: RespConnect
     assert conn.ask("PING") == b"+PONG\r\n"
 
 
+# -- listing keys: SCAN, KEYS, DBSIZE --------------------------------------------------------------
+
+
+def scan_reply(cursor: bytes, keys: list[str]) -> bytes:
+    """A SCAN reply as the bytes on the wire."""
+    return (
+        b"*2\r\n" + bulk(cursor) + b"*%d\r\n" % len(keys) + b"".join(bulk(k.encode()) for k in keys)
+    )
+
+
+def scan(conn: RespConnection, cursor: bytes, *options: str) -> tuple[bytes, list[bytes]]:
+    """One SCAN page: the next cursor and the keys, parsed from the raw reply."""
+    conn.send(command("SCAN", cursor, *options))
+    head = conn.stream.readline()
+    assert head == b"*2\r\n", head
+    next_cursor = conn.stream.readline()
+    assert next_cursor.startswith(b"$")
+    cursor_value = conn.stream.readline()[:-2]
+    count = int(conn.stream.readline()[1:-2])
+    keys = []
+    for _ in range(count):
+        length = int(conn.stream.readline()[1:-2])
+        keys.append(conn.stream.read(length + 2)[:-2])
+    return cursor_value, keys
+
+
+def scan_all(conn: RespConnection, *options: str) -> list[bytes]:
+    """Every key a full SCAN iteration hands out, in the order handed out."""
+    cursor, listed = b"0", []
+    for _ in range(10_000):
+        cursor, keys = scan(conn, cursor, *options)
+        listed += keys
+        if cursor == b"0":
+            return listed
+    raise AssertionError("SCAN never returned cursor 0")
+
+
+def test_dbsize_counts_keys_with_a_value(conn: RespConnection) -> None:
+    assert conn.ask("DBSIZE") == b":0\r\n"
+    for key in ["a", "b", "c"]:
+        conn.ask("SET", key, "v")
+    conn.ask("DEL", "b")
+    assert conn.ask("DBSIZE") == b":2\r\n"
+    assert conn.ask("DBSIZE", "x") == error_line("wrong number of arguments for 'dbsize' command")
+
+
+def test_keys_lists_the_matching_keys_in_order(conn: RespConnection) -> None:
+    for key in ["user1", "user2", "user10", "video1", "gone"]:
+        conn.ask("SET", key, "v")
+    conn.ask("DEL", "gone")
+    assert conn.ask("KEYS", "*") == b"*4\r\n" + b"".join(
+        bulk(k) for k in [b"user1", b"user10", b"user2", b"video1"]
+    )
+    assert conn.ask("KEYS", "user?") == b"*2\r\n" + bulk(b"user1") + bulk(b"user2")
+    assert conn.ask("KEYS", "*1") == b"*2\r\n" + bulk(b"user1") + bulk(b"video1")
+    assert conn.ask("KEYS", "nothing*") == b"*0\r\n"
+    assert conn.ask("KEYS", "bad-*") == b"*0\r\n", "a prefix no key can have matches nothing"
+
+
+def test_scan_walks_every_key_once_with_the_cursors_it_hands_out(conn: RespConnection) -> None:
+    written = sorted(f"k{number:03d}".encode() for number in range(95))
+    for key in written:
+        conn.ask("SET", key, "v")
+
+    assert scan_all(conn) == written, "10 keys a page by default"
+    assert scan_all(conn, "COUNT", "7") == written
+    assert scan_all(conn, "COUNT", "1000") == written
+    assert scan_all(conn, "MATCH", "k0*", "COUNT", "3") == [k for k in written if k < b"k1"]
+    assert scan_all(conn, "MATCH", "*5") == [k for k in written if k.endswith(b"5")]
+
+
+def test_scan_pages_are_count_keys_and_matching_filters_them(conn: RespConnection) -> None:
+    for key in ["a1", "a2", "b1", "b2", "c1"]:
+        conn.ask("SET", key, "v")
+    cursor, keys = scan(conn, b"0", "COUNT", "2")
+    assert keys == [b"a1", b"a2"]
+    assert cursor not in (b"0", b"")
+    assert scan(conn, cursor, "COUNT", "10") == (b"0", [b"b1", b"b2", b"c1"])
+    # MATCH filters each page after it is read (as Redis does), so a page may come back empty.
+    cursor, keys = scan(conn, b"0", "MATCH", "*2", "COUNT", "1")
+    assert keys == []
+    assert cursor != b"0"
+    assert conn.ask("SCAN", "0", "TYPE", "hash") == scan_reply(b"0", [])
+    assert conn.ask("SCAN", "0", "TYPE", "string", "COUNT", "1") != scan_reply(b"0", [])
+
+
+def test_a_cursor_is_good_on_any_connection_of_the_server(server: RespServer) -> None:
+    with RespConnection(server.port) as first, RespConnection(server.port) as second:
+        for key in ["a", "b", "c"]:
+            first.ask("SET", key, "v")
+        cursor, keys = scan(first, b"0", "COUNT", "2")
+        assert keys == [b"a", b"b"]
+        assert scan(second, cursor) == (b"0", [b"c"])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "reply"),
+    [
+        (["SCAN", "x"], error_line("invalid cursor")),
+        (["SCAN", "-1"], error_line("invalid cursor")),
+        (
+            ["SCAN", "12345"],
+            error_line("invalid cursor; it is unknown to this server or too old, scan again"),
+        ),
+        (["SCAN", "0", "COUNT", "0"], error_line("syntax error")),
+        (["SCAN", "0", "COUNT", "ten"], error_line("value is not an integer or out of range")),
+        (["SCAN", "0", "MATCH"], error_line("syntax error")),
+        (["SCAN", "0", "LIMIT", "5"], error_line("syntax error")),
+        (["SCAN"], error_line("wrong number of arguments for 'scan' command")),
+        (["KEYS"], error_line("wrong number of arguments for 'keys' command")),
+        (["KEYS", "a", "b"], error_line("wrong number of arguments for 'keys' command")),
+    ],
+)
+def test_bad_listing_commands_get_redis_errors(
+    conn: RespConnection, arguments: list[str], reply: bytes
+) -> None:
+    assert conn.ask(*arguments) == reply
+
+
 # -- the handshake commands real clients send ------------------------------------------------------
 
 
@@ -254,9 +373,9 @@ def test_command_tells_just_enough(conn: RespConnection) -> None:
     assert conn.ask("COMMAND") == b"*0\r\n"
     assert conn.ask("COMMAND", "DOCS") == b"*0\r\n"
     assert conn.ask("COMMAND", "DOCS", "get") == b"*0\r\n"
-    assert conn.ask("COMMAND", "COUNT") == b":11\r\n"
+    assert conn.ask("COMMAND", "COUNT") == b":14\r\n"
     assert conn.ask("COMMAND", "INFO", "get", "set") == b"*2\r\n$-1\r\n$-1\r\n"
-    assert conn.ask("COMMAND", "LIST").startswith(b"*11\r\n$4\r\nping\r\n$3\r\nget\r\n")
+    assert conn.ask("COMMAND", "LIST").startswith(b"*14\r\n$4\r\nping\r\n$3\r\nget\r\n")
 
 
 def test_select_accepts_only_database_0(conn: RespConnection) -> None:

@@ -118,6 +118,23 @@ def test_redis_py_with_its_resp3_default_works(both: BothTransports) -> None:
     client.close()
 
 
+def test_redis_py_scan_iter_walks_every_key_exactly_once(redis_py: object) -> None:
+    import redis
+
+    assert isinstance(redis_py, redis.Redis)
+    written = {f"scan{number}".encode() for number in range(120)} | {b"other1", b"other2"}
+    for key in written:
+        redis_py.set(key, b"v")
+
+    everything = list(redis_py.scan_iter(count=7))
+    assert sorted(everything) == sorted(written)
+    assert len(everything) == len(set(everything)), "no key twice"
+    matching = list(redis_py.scan_iter(match="scan1*", count=20))
+    assert sorted(matching) == sorted(k for k in written if k.startswith(b"scan1"))
+    assert sorted(redis_py.keys("other*")) == [b"other1", b"other2"]
+    assert redis_py.dbsize() == len(written)
+
+
 # -- redis-cli -------------------------------------------------------------------------------------
 
 needs_redis_cli = pytest.mark.skipif(
@@ -126,10 +143,11 @@ needs_redis_cli = pytest.mark.skipif(
 )
 
 
-def redis_cli(port: int, *args: str, stdin: str | None = None) -> str:
-    """redis-cli's output, formatted as a person sees it ('(nil)', '(integer) 1', ...)."""
+def redis_cli(port: int, *args: str, stdin: str | None = None, raw: bool = False) -> str:
+    """redis-cli's output, formatted as a person sees it ('(nil)', '(integer) 1', ...), or
+    as a script reads it (`raw`: values unquoted, one per line)."""
     completed = subprocess.run(
-        ["redis-cli", "-h", "127.0.0.1", "-p", str(port), "--no-raw", *args],
+        ["redis-cli", "-h", "127.0.0.1", "-p", str(port), "--raw" if raw else "--no-raw", *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -156,6 +174,20 @@ def test_redis_cli_session(both: BothTransports) -> None:
         "(error) INVALIDKEY The key has the character '-' at position 3; "
         "keys are 1-255 characters of [A-Za-z0-9].\n"
     )
+
+
+@needs_redis_cli
+def test_redis_cli_scan_lists_every_key(both: BothTransports) -> None:
+    written = [f"cli{number:03d}" for number in range(120)]
+    for key in written:
+        both.store.put(key, b"v")
+    both.store.put("elsewhere", b"v")
+
+    assert redis_cli(both.resp.port, "--scan", raw=True).split() == [*written, "elsewhere"]
+    assert redis_cli(both.resp.port, "--scan", "--pattern", "cli1*", raw=True).split() == [
+        key for key in written if key.startswith("cli1")
+    ]
+    assert redis_cli(both.resp.port, "DBSIZE") == "(integer) 121\n"
 
 
 @needs_redis_cli
