@@ -40,6 +40,7 @@ Feature: The same store over the Redis protocol
       | test_create_only   | 0       |
       | test_validation    | 1       |
       | test_binary_values | 1       |
+      | test_listing       | 0       |
 
   Scenario Outline: Checks that need what RESP cannot carry are skipped, saying why
     When the test client runs <check> over RESP

@@ -19,6 +19,9 @@ from testclient.checks import conditions
 from testclient.checks import values
 
 # isort: split
+from testclient.checks import listing
+
+# isort: split
 from testclient.checks.framework import (
     ALL_CHECKS,
     CHECKS,
@@ -45,6 +48,7 @@ __all__ = [
     "check",
     "conditions",
     "history",
+    "listing",
     "overall_verdict",
     "run_checks",
     "values",

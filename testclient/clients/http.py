@@ -22,6 +22,7 @@ from testclient.clients.protocol import (
     Capability,
     HistoryEntry,
     HistoryReply,
+    KeysReply,
     KVUnreachable,
     Outcome,
     Reply,
@@ -45,6 +46,7 @@ _DELETE_OUTCOMES = {
     412: Outcome.PRECONDITION_FAILED,
 }
 _HISTORY_OUTCOMES = {200: Outcome.FOUND, 400: Outcome.INVALID}
+_KEYS_OUTCOMES = {200: Outcome.FOUND, 400: Outcome.INVALID}
 
 _HISTORY_FIELDS = {"value", "timestamp", "encoding"}
 
@@ -141,6 +143,34 @@ class HTTPKVClient:
             )
         return HistoryReply(outcome, entries, evidence)
 
+    def list_keys(self, prefix: str, *, limit: int, page: str | None = None) -> KeysReply:
+        """GET /_keys?prefix=P&limit=N&after=K: {"keys": [...], "next": K or null}."""
+        query = {"prefix": prefix, "limit": str(limit)}
+        if page is not None:
+            query["after"] = page
+        response, outcome, evidence = self._request("GET", "/_keys", _KEYS_OUTCOMES, query=query)
+        if response is None or outcome is not Outcome.FOUND:
+            return KeysReply(outcome, evidence=evidence)
+        try:
+            document = response.json()
+        except ValueError:
+            document = None
+        keys = document.get("keys") if isinstance(document, dict) else None
+        next_page = document.get("next") if isinstance(document, dict) else None
+        if (
+            not isinstance(document, dict)
+            or set(document) != {"keys", "next"}
+            or not isinstance(keys, list)
+            or not all(isinstance(key, str) for key in keys)
+            or not (next_page is None or isinstance(next_page, str))
+        ):
+            body = response.content[:_EVIDENCE_BODY_CHARS].decode("utf-8", "replace")
+            return KeysReply(
+                Outcome.UNEXPECTED,
+                evidence=f'{evidence}, but the body is not {{"keys": [...], "next": ...}}: {body}',
+            )
+        return KeysReply(outcome, tuple(keys), next_page, evidence)
+
     # -- transport ---------------------------------------------------------------------------
 
     def _path(self, key: str) -> str:
@@ -156,13 +186,28 @@ class HTTPKVClient:
         body: bytes | None = None,
         path_suffix: str = "",
     ) -> tuple[requests.Response | None, Outcome, str]:
+        """One request about `key`: see `_request`."""
+        path = self._path(key) + path_suffix
+        return self._request(method, path, outcomes, headers=headers, body=body)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        outcomes: Mapping[int, Outcome],
+        *,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        query: dict[str, str] | None = None,
+    ) -> tuple[requests.Response | None, Outcome, str]:
         """Send one request; returns the response (None if unreadable), its outcome, evidence."""
-        url = self.base_url + self._path(key) + path_suffix
+        url = self.base_url + path
         try:
             with self._sessions.borrowed() as session:
                 response = session.request(
                     method,
                     url,
+                    params=query,
                     data=body,
                     headers=headers,
                     timeout=self.timeout,

@@ -111,6 +111,25 @@ class HistoryReply:
         return f"{text} [{self.evidence}]" if self.evidence else text
 
 
+@dataclass(frozen=True)
+class KeysReply:
+    """The answer to list_keys: one page of keys when the outcome is FOUND, and the token
+    that asks for the next page (None on the last)."""
+
+    outcome: Outcome
+    keys: tuple[str, ...] = ()
+    next_page: str | None = None
+    evidence: str = ""
+
+    def __str__(self) -> str:
+        if self.outcome is Outcome.FOUND:
+            more = "more to come" if self.next_page is not None else "last page"
+            text = f"[{', '.join(self.keys)}] ({more})"
+        else:
+            text = self.outcome.value
+        return f"{text} [{self.evidence}]" if self.evidence else text
+
+
 class KVClient(Protocol):
     """The operations the checks need from a kvservice, over any transport."""
 
@@ -145,6 +164,11 @@ class KVClient(Protocol):
 
     def history(self, key: str) -> HistoryReply:
         """The key's writes within the history window, newest first."""
+        ...
+
+    def list_keys(self, prefix: str, *, limit: int, page: str | None = None) -> KeysReply:
+        """One page of at most `limit` keys holding a value that start with `prefix`, in
+        lexicographic order; `page` is the previous reply's `next_page` (None: the first)."""
         ...
 
     def close(self) -> None:

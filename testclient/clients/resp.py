@@ -33,6 +33,7 @@ from testclient.clients.protocol import (
     Capability,
     HistoryEntry,
     HistoryReply,
+    KeysReply,
     KVUnreachable,
     Outcome,
     Reply,
@@ -174,6 +175,30 @@ class RespKVClient:
                 Outcome.UNEXPECTED, evidence=f"{evidence}, but it is malformed: {error}"
             )
         return HistoryReply(outcome, entries, evidence)
+
+    def list_keys(self, prefix: str, *, limit: int, page: str | None = None) -> KeysReply:
+        """SCAN cursor MATCH prefix* COUNT limit: [next cursor (0 on the last page), [keys]]."""
+        cursor = "0" if page is None else page
+        pattern = _glob_escape(prefix) + b"*"
+        reply, evidence = self._exchange(
+            b"SCAN", cursor, b"MATCH", pattern, b"COUNT", str(limit).encode()
+        )
+        if _kind(reply) == "-invalid":
+            return KeysReply(Outcome.INVALID, evidence=evidence)
+        if not (
+            isinstance(reply, list)
+            and len(reply) == 2
+            and isinstance(reply[0], bytes)
+            and _INTEGER.fullmatch(reply[0])
+            and isinstance(reply[1], list)
+            and all(isinstance(key, bytes) for key in reply[1])
+        ):
+            return KeysReply(
+                Outcome.UNEXPECTED, evidence=f"{evidence}, but it is not [cursor, [keys]]"
+            )
+        next_cursor = reply[0].decode()
+        keys = tuple(key.decode("latin-1") for key in reply[1] if isinstance(key, bytes))
+        return KeysReply(Outcome.FOUND, keys, None if next_cursor == "0" else next_cursor, evidence)
 
     # -- transport ---------------------------------------------------------------------------
 
@@ -321,6 +346,11 @@ def _evidence(reply: RespValue) -> str:
     if isinstance(reply, list):
         return f"RESP array of {len(reply)}"
     return f"RESP {_kind(reply)}"
+
+
+def _glob_escape(text: str) -> bytes:
+    """`text` as a Redis glob pattern that matches it literally."""
+    return re.sub(rb"([*?\[\]\\])", rb"\\\1", text.encode("utf-8"))
 
 
 def _unsupported(capability: Capability) -> Reply:

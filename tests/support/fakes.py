@@ -23,6 +23,7 @@ from testclient.clients import (
     Capability,
     HistoryEntry,
     HistoryReply,
+    KeysReply,
     KVUnreachable,
     Outcome,
     Reply,
@@ -117,6 +118,14 @@ class InMemoryKV:
             oldest_first = list(self._history.get(key, ()))
         return HistoryReply(Outcome.FOUND, tuple(reversed(oldest_first)))
 
+    def list_keys(self, prefix: str, *, limit: int, page: str | None = None) -> KeysReply:
+        if not re.fullmatch(r"[A-Za-z0-9]{0,255}", prefix):
+            return KeysReply(Outcome.INVALID)
+        with self._lock:
+            matching = sorted(key for key in self._listed() if key.startswith(prefix))
+        after = [key for key in matching if page is None or key > page]
+        return self._page(after, limit)
+
     def close(self) -> None:
         pass
 
@@ -128,6 +137,14 @@ class InMemoryKV:
             return sorted(self._values)
 
     # -- the parts broken fakes override -----------------------------------------------------
+
+    def _listed(self) -> list[str]:
+        return list(self._values)
+
+    def _page(self, keys: list[str], limit: int) -> KeysReply:
+        """The first `limit` of `keys` and the token of the page after them."""
+        more = len(keys) > limit
+        return KeysReply(Outcome.FOUND, tuple(keys[:limit]), keys[limit - 1] if more else None)
 
     def _refusal(self, key: str, value: bytes, content_type: str | None) -> Reply | None:
         if not self.key_pattern.fullmatch(key):
@@ -351,6 +368,45 @@ class ContentTypeDroppedKV(InMemoryKV):
 # -- not a kvservice at all -----------------------------------------------------------------
 
 
+class ListsDeletedKeysKV(InMemoryKV):
+    """Listing still shows keys that were deleted (a stale index)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ever_written: set[str] = set()
+
+    def _write(self, key: str, value: bytes, content_type: str | None) -> str:
+        self._ever_written.add(key)
+        return super()._write(key, value, content_type)
+
+    def _listed(self) -> list[str]:
+        return list(self._ever_written)
+
+
+class PageRepeatsItsStartKV(InMemoryKV):
+    """Each following page starts at the key the last one ended with: `after` taken as >=."""
+
+    def list_keys(self, prefix: str, *, limit: int, page: str | None = None) -> KeysReply:
+        with self._lock:
+            matching = sorted(key for key in self._values if key.startswith(prefix))
+        return self._page([key for key in matching if page is None or key >= page], limit)
+
+
+class PageSkipsAKeyKV(InMemoryKV):
+    """The token of the next page is one key too far: a key at each page boundary is lost."""
+
+    def _page(self, keys: list[str], limit: int) -> KeysReply:
+        more = len(keys) > limit
+        return KeysReply(Outcome.FOUND, tuple(keys[:limit]), keys[limit] if more else None)
+
+
+class ListingNeverEndsKV(InMemoryKV):
+    """Every page says more is to come, even the one past the last key."""
+
+    def _page(self, keys: list[str], limit: int) -> KeysReply:
+        return KeysReply(Outcome.FOUND, tuple(keys[:limit]), keys[-1] if keys else "zzzz")
+
+
 class UnreachableKV(InMemoryKV):
     """Every operation fails like a refused connection."""
 
@@ -372,6 +428,9 @@ class UnreachableKV(InMemoryKV):
 
     def history(self, key: str) -> HistoryReply:
         raise KVUnreachable(f"GET /{key}/history: {self.reason}")
+
+    def list_keys(self, prefix: str, *, limit: int, page: str | None = None) -> KeysReply:
+        raise KVUnreachable(f"GET /_keys?prefix={prefix}: {self.reason}")
 
 
 class ExplodingKV(InMemoryKV):

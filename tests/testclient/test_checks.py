@@ -35,8 +35,12 @@ from tests.support.fakes import (
     InMemoryKV,
     JSONUnvalidatedKV,
     KeyUnvalidatedKV,
+    ListingNeverEndsKV,
+    ListsDeletedKeysKV,
     OversizeAcceptedKV,
     OverwriteIgnoredKV,
+    PageRepeatsItsStartKV,
+    PageSkipsAKeyKV,
     PerThreadCacheKV,
     PreconditionIgnoredKV,
     SecondsTimestampsKV,
@@ -239,6 +243,29 @@ BROKEN_PROMISES = [
             ("as application/vnd.kvtest+json", "as application/octet-stream"),
             ("as text/plain; charset=utf-8", "as application/octet-stream"),
         ),
+    ),
+    BrokenPromise(
+        ListsDeletedKeysKV,
+        "test_listing",
+        (
+            ("each of the 5 live keys exactly once", "deleted but listed: tcls"),
+            ("in one page of up to 100", "k2"),
+        ),
+    ),
+    BrokenPromise(
+        PageRepeatsItsStartKV,
+        "test_listing",
+        (("each of the 5 live keys exactly once", "listed more than once: tcls"),),
+    ),
+    BrokenPromise(
+        PageSkipsAKeyKV,
+        "test_listing",
+        (("each of the 5 live keys exactly once", "missing: tcls"),),
+    ),
+    BrokenPromise(
+        ListingNeverEndsKV,
+        "test_listing",
+        (("to the last page", "9 pages and still more to come"),),
     ),
 ]
 

@@ -426,7 +426,7 @@ def test_run_over_resp_exits_4_and_says_what_it_skipped(
     assert "PASSED      test_validation  (" in report
     assert "FAIL" not in report
     assert report.rstrip().endswith(
-        "8 checks: 6 passed, 0 failed, 0 unreachable, 2 skipped; overall skipped (4 steps skipped)"
+        "9 checks: 7 passed, 0 failed, 0 unreachable, 2 skipped; overall skipped (4 steps skipped)"
     )
 
 
