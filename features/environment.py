@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ import requests
 from behave.model import Scenario
 from behave.runner import Context
 
+from tests.support.processes import free_port
+
 SHORT_WINDOW_S = 2.0
 STARTUP_TIMEOUT_S = 15.0
 LOG_TAIL_LINES = 40
@@ -43,7 +44,7 @@ class Service:
 
     def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
         self.name = name
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("w")
@@ -98,7 +99,7 @@ def before_all(context: Context) -> None:
         context.kv_resp_url = userdata.get("kv_resp_url") or os.environ.get("KV_RESP_URL")
         print(f"target mode: kvservice {context.kv_url}, testclient {context.testclient_url}")
         return
-    resp_port = _free_port()
+    resp_port = free_port()
     kv = _start(context, "kvservice", ["kvservice", "--resp-port", str(resp_port)])
     context.kv_resp_url = f"redis://127.0.0.1:{resp_port}"
     testclient = _start(context, "testclient", ["testclient", "serve", "--kv-url", kv.url])
@@ -149,9 +150,3 @@ def _start(context: Context, name: str, args: list[str]) -> Service:
     context.services[name] = service
     service.wait_until_healthy()
     return service
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -1,0 +1,151 @@
+"""The store port holds: adapters take any object with the Store Protocol's methods, and no
+transport module imports a backend.
+
+`DelegatingStore` inherits from nothing and is handed to both transports; `mypy --strict`
+(which checks this file) accepts it only because the adapters are typed against the Protocol.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import requests
+
+from kvservice.http.app import create_app
+from kvservice.resp.server import RespServer
+from kvservice.store import (
+    DEFAULT_PAGE_KEYS,
+    NO_CONDITION,
+    HistoryEntry,
+    KeyPage,
+    Precondition,
+    Store,
+    StoreStats,
+    Value,
+)
+from kvservice.store.memory import MemoryStore
+from tests.support.fakes import serve_wsgi
+from tests.support.rawresp import RespConnection
+from tests.support.servers import resp_test_settings
+
+KVSERVICE = Path(__file__).resolve().parents[2] / "kvservice"
+BACKEND_MODULES = ("kvservice.store.memory", "kvservice.store.sorted_keys", "kvservice.store.redis")
+
+
+class DelegatingStore:
+    """A backend of its own class, not a MemoryStore subclass: it counts calls and passes
+    them on to a MemoryStore it holds."""
+
+    def __init__(self) -> None:
+        self._inner = MemoryStore()
+        self.calls: list[str] = []
+
+    @property
+    def max_value_bytes(self) -> int:
+        return self._inner.max_value_bytes
+
+    def get(self, key: str) -> Value:
+        self.calls.append("get")
+        return self._inner.get(key)
+
+    def history(self, key: str) -> list[HistoryEntry]:
+        self.calls.append("history")
+        return self._inner.history(key)
+
+    def keys(
+        self, prefix: str = "", after: str | None = None, limit: int = DEFAULT_PAGE_KEYS
+    ) -> KeyPage:
+        self.calls.append("keys")
+        return self._inner.keys(prefix, after, limit)
+
+    def stats(self) -> StoreStats:
+        self.calls.append("stats")
+        return self._inner.stats()
+
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str | None = None,
+        precondition: Precondition = NO_CONDITION,
+    ) -> Value:
+        self.calls.append("put")
+        return self._inner.put(key, data, content_type, precondition)
+
+    def create(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str | None = None,
+        precondition: Precondition = NO_CONDITION,
+    ) -> Value:
+        self.calls.append("create")
+        return self._inner.create(key, data, content_type, precondition)
+
+    def delete(self, key: str, precondition: Precondition = NO_CONDITION) -> None:
+        self.calls.append("delete")
+        self._inner.delete(key, precondition)
+
+
+def test_both_transports_serve_a_backend_that_inherits_from_nothing() -> None:
+    backend = DelegatingStore()
+    as_port: Store = backend  # mypy --strict checks that the class satisfies the Protocol
+    with serve_wsgi(create_app(backend)) as url:
+        assert requests.put(f"{url}/k", data=b"over http", timeout=5).status_code == 204
+        assert requests.get(f"{url}/_keys", timeout=5).json() == {"keys": ["k"], "next": None}
+    server = RespServer(backend, resp_test_settings())
+    server.start()
+    try:
+        with RespConnection(server.port) as conn:
+            assert conn.ask("GET", "k") == b"$9\r\nover http\r\n"
+    finally:
+        server.stop()
+    assert backend.calls == ["put", "keys", "get"]
+    assert as_port is backend
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    names |= {
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
+    return names
+
+
+def test_no_transport_module_imports_a_backend() -> None:
+    transports = sorted((KVSERVICE / "http").glob("*.py")) + sorted(
+        (KVSERVICE / "resp").glob("*.py")
+    )
+    assert transports
+    offending = {
+        str(path.relative_to(KVSERVICE)): sorted(_imports(path) & set(BACKEND_MODULES))
+        for path in transports
+        if _imports(path) & set(BACKEND_MODULES)
+    }
+    assert offending == {}
+
+
+def test_the_store_package_imports_nothing_but_the_standard_library_and_itself() -> None:
+    allowed_third_party = {"redis"}  # only the Redis backend, which is an optional extra
+    for path in sorted((KVSERVICE / "store").glob("*.py")):
+        for name in _imports(path):
+            top = name.split(".")[0]
+            if top == "kvservice":
+                assert name.startswith("kvservice.store"), f"{path.name} imports {name}"
+            elif path.name != "redis.py":
+                assert top not in allowed_third_party and _is_standard_library(top), (
+                    f"{path.name} imports {name}"
+                )
+
+
+def _is_standard_library(module: str) -> bool:
+    import sys
+
+    return module in sys.stdlib_module_names or module == "__future__"
