@@ -6,25 +6,85 @@ to a server (`lifecycle.Runnable`), or None when the config leaves it off.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Sequence
+from urllib.parse import urlsplit
 
 from kvservice.config import Config, load_config
 from kvservice.http.app import create_app
 from kvservice.http.server import Server, ServerSettings
 from kvservice.lifecycle import Runnable, configure_logging, run_until_signalled
 from kvservice.resp.server import RespServer, RespSettings
-from kvservice.store import Store
+from kvservice.store import Store, StoreMisconfigured, StoreUnavailable
 from kvservice.store.memory import MemoryStore
 
+logger = logging.getLogger("kvservice")
 
-def build_store(config: Config) -> Store:
-    """The store with the configured window and budgets."""
+
+class StartupError(Exception):
+    """The configuration cannot be served; the message says why (exit code 2)."""
+
+
+def memory_store(config: Config) -> Store:
+    """The default: everything in this process, with the configured window and budgets."""
     return MemoryStore(
         history_window_ms=round(config.history_window_s * 1000),
         max_bytes=config.max_bytes,
         max_value_bytes=config.max_value_bytes,
     )
+
+
+def redis_store(config: Config) -> Store:
+    """Redis or Redis Cluster at --store, with a connection for each worker thread and RESP's."""
+    try:
+        from kvservice.store.redis import RedisStore
+    except ImportError as error:
+        raise StartupError(
+            f"--store {config.store.split('://')[0]}:// needs redis-py: "
+            "pip install 'kvservice[redis]'"
+        ) from error
+    logger.info("the memory budget is Redis's maxmemory; --max-bytes does not apply")
+    return RedisStore.from_url(
+        config.store,
+        connections=config.threads + 1,
+        timeout_s=config.store_timeout_s,
+        history_window_ms=round(config.history_window_s * 1000),
+        max_value_bytes=config.max_value_bytes,
+    )
+
+
+STORES: dict[str, Callable[[Config], Store]] = {
+    "memory": memory_store,
+    "redis": redis_store,
+    "rediss": redis_store,
+    "redis+cluster": redis_store,
+    "rediss+cluster": redis_store,
+}
+"""Each store backend by the scheme of --store (`memory` has none)."""
+
+
+def build_store(config: Config) -> Store:
+    """The backend --store names; raises StartupError for one that is not known."""
+    scheme = "memory" if config.store == "memory" else urlsplit(config.store).scheme
+    make = STORES.get(scheme)
+    if make is None:
+        raise StartupError(
+            f"--store: unknown kind {scheme!r}; use memory or "
+            + ", ".join(f"{name}://" for name in STORES if name != "memory")
+        )
+    return make(config)
+
+
+def check_store(store: Store) -> None:
+    """Refuse a store that could lose acknowledged data (StartupError); start, warning, when
+    it cannot be reached yet: requests get 503 until it answers."""
+    try:
+        store.check_ready()
+    except StoreMisconfigured as error:
+        raise StartupError(str(error)) from error
+    except StoreUnavailable as error:
+        logger.warning("%s Serving 503 until it answers.", error)
 
 
 def server_settings(config: Config) -> ServerSettings:
@@ -79,7 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run kvservice until SIGTERM or SIGINT."""
     config = load_config(argv)
     configure_logging(config.log_level)
-    store = build_store(config)
+    try:
+        store = build_store(config)
+        check_store(store)
+    except (StartupError, ValueError) as error:
+        logger.error("cannot start: %s", error)
+        return 2
     servers = [make(config, store) for make in TRANSPORTS.values()]
     return run_until_signalled([server for server in servers if server is not None])
 

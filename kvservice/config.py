@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import urllib.parse
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def store_location(text: str) -> str:
+    """`memory`, or the URL of the service the data lives in (its scheme is checked against
+    the backends the composition root knows)."""
+    if text == "memory":
+        return text
+    parts = urllib.parse.urlsplit(text)
+    if not parts.scheme or not parts.netloc:
+        raise ValueError("not memory and not a URL such as redis://host:6379")
+    return text
+
+
 def log_level(text: str) -> str:
     """One of LOG_LEVELS, any case."""
     if text.upper() not in LOG_LEVELS:
@@ -94,6 +106,21 @@ class Config:
     """Every setting of a kvservice process."""
 
     host: str = setting("127.0.0.1", "--host", "KV_HOST", ADDRESS, "address to listen on")
+    store: str = setting(
+        "memory",
+        "--store",
+        "KV_STORE",
+        named(store_location, "url"),
+        "where the data lives: memory (this process), redis://[user:password@]host:port[/db], "
+        "rediss://... (TLS), or redis+cluster://host:port[,host:port...] (a Redis Cluster)",
+    )
+    store_timeout_s: float = setting(
+        2.0,
+        "--store-timeout",
+        "KV_STORE_TIMEOUT",
+        SECONDS,
+        "seconds to wait for Redis to connect or answer; past it the request gets 503",
+    )
     port: int = setting(3000, "--port", "KV_PORT", PORT, "TCP port")
     history_window_s: float = setting(
         120.0,
@@ -107,7 +134,7 @@ class Config:
         "--max-bytes",
         "KV_MAX_BYTES",
         BYTES,
-        "memory budget for keys, values and history; writes past it get 507",
+        "memory budget of the memory store; writes past it get 507 (Redis: its maxmemory)",
     )
     max_value_bytes: int = setting(
         1024,

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real kvservice (store + HTTP app + cheroot server) on a free loopback port."""
+"""Shared fixtures: a real kvservice (store + HTTP app + cheroot server) on a free loopback port,
+and real Redis servers (one, and a three-primary cluster) for the Redis backend."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ from kvservice.http.app import create_app
 from kvservice.http.server import Server, ServerSettings
 from kvservice.store import Store
 from kvservice.store.memory import MemoryStore
+from tests.support.redis_servers import (
+    RedisClusterProcesses,
+    RedisProcess,
+    running_cluster,
+    running_redis,
+)
 from tests.support.servers import http_settings
 
 StartKV = Callable[..., str]
@@ -55,3 +62,18 @@ def start_kv(background_stops: list[threading.Thread]) -> Iterator[StartKV]:
 def kv_url(start_kv: StartKV) -> str:
     """The base URL of a kvservice with default store settings."""
     return start_kv()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """One redis-server for the session (skipped without one, failed under CI); tests that
+    use it flush it first."""
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcesses]:
+    """A three-primary Redis Cluster for the session; tests that use it flush it first."""
+    with running_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster

@@ -15,7 +15,7 @@ import re
 import sys
 import urllib.parse
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import bottle
 
@@ -37,6 +37,8 @@ from kvservice.store import (
     Store,
     StoreError,
     StoreFull,
+    StoreMisconfigured,
+    StoreUnavailable,
     Value,
     ValueTooLarge,
     validate_key,
@@ -48,15 +50,31 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 KEY_SEGMENT = "re:[^/_][^/]*"  # paths starting with "_" are reserved for service endpoints
 PROBLEM_TYPE_BASE = "urn:kvservice:problem:"
 
-PROBLEMS: dict[type[StoreError], tuple[int, str, str]] = {
-    InvalidKey: (400, "invalid-key", "Invalid key"),
-    ValueTooLarge: (413, "value-too-large", "Value too large"),
-    KeyNotFound: (404, "key-not-found", "Key not found"),
-    KeyExists: (409, "key-exists", "Key already exists"),
-    PreconditionFailed: (412, "precondition-failed", "Precondition failed"),
-    StoreFull: (507, "store-full", "Store full"),
+
+class Problem(NamedTuple):
+    """How a domain error is answered."""
+
+    status: int
+    slug: str
+    """The problem type, after PROBLEM_TYPE_BASE."""
+    title: str
+    retry: bool = False
+    """Whether the answer says when to try again (Retry-After)."""
+
+
+PROBLEMS: dict[type[StoreError], Problem] = {
+    InvalidKey: Problem(400, "invalid-key", "Invalid key"),
+    ValueTooLarge: Problem(413, "value-too-large", "Value too large"),
+    KeyNotFound: Problem(404, "key-not-found", "Key not found"),
+    KeyExists: Problem(409, "key-exists", "Key already exists"),
+    PreconditionFailed: Problem(412, "precondition-failed", "Precondition failed"),
+    StoreFull: Problem(507, "store-full", "Store full"),
+    StoreUnavailable: Problem(503, "store-unavailable", "Store unavailable", retry=True),
+    StoreMisconfigured: Problem(503, "store-misconfigured", "Store misconfigured", retry=True),
 }
-"""Each domain error's status, problem type (after PROBLEM_TYPE_BASE) and title."""
+"""Each domain error's answer."""
+RETRY_AFTER_S = 1
+"""What Retry-After says when the store's service could not be reached."""
 
 # One element of an entity-tag list, with the comma after it; a tag may itself hold commas.
 _ETAG_ITEM = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|\Z)')
@@ -68,9 +86,9 @@ class BadRequest(Exception):
     """The request itself is malformed (body, headers); answered with 400."""
 
 
-def _problem_for(error: StoreError | BadRequest) -> tuple[int, str, str]:
+def _problem_for(error: StoreError | BadRequest) -> Problem:
     if isinstance(error, BadRequest):
-        return 400, "bad-request", "Bad request"
+        return Problem(400, "bad-request", "Bad request")
     return PROBLEMS[type(error)]
 
 
@@ -90,6 +108,7 @@ def create_app(store: Store) -> bottle.Bottle:
     )
 
     app.route("/_health", ["GET", "HEAD"], lambda: _health(store))
+    app.route("/_ready", ["GET", "HEAD"], lambda: _ready(store))
     app.route("/_keys", ["GET", "HEAD"], lambda: _keys(store))
     item = functools.partial(_item_route, store)
     for method, handler in ITEM_HANDLERS.items():
@@ -148,15 +167,28 @@ def _history(store: Store, key: str) -> bytes:
 
 
 def _health(store: Store) -> bytes:
-    bottle.response.content_type = "application/json"
+    """Liveness: the process answers. A remote store is not asked (a Redis outage must not
+    make every replica look dead); the memory store's figures cost nothing, so they come too."""
+    health: dict[str, Any] = {"status": "ok"}
+    if not store.remote:
+        health.update(_figures(store))
+    return _json(health)
+
+
+def _ready(store: Store) -> bytes:
+    """Readiness: the store answers now and is safe to write to (503 otherwise)."""
+    store.check_ready()
+    return _json({"status": "ready"})
+
+
+def _figures(store: Store) -> dict[str, int]:
     stats = store.stats()
-    health = {
-        "status": "ok",
-        "keys": stats.keys,
-        "used_bytes": stats.used_bytes,
-        "max_bytes": stats.max_bytes,
-    }
-    return json.dumps(health, separators=(",", ":")).encode()
+    return {"keys": stats.keys, "used_bytes": stats.used_bytes, "max_bytes": stats.max_bytes}
+
+
+def _json(document: dict[str, Any]) -> bytes:
+    bottle.response.content_type = "application/json"
+    return json.dumps(document, separators=(",", ":")).encode()
 
 
 def _keys(store: Store) -> bytes:
@@ -330,8 +362,12 @@ def _answer_store_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
         except bottle.HTTPResponse:
             raise
         except (StoreError, BadRequest) as error:
-            status, slug, title = _problem_for(error)
-            return _problem_response(status, str(error), PROBLEM_TYPE_BASE + slug, title)
+            problem = _problem_for(error)
+            if problem.retry:
+                bottle.response.set_header("Retry-After", str(RETRY_AFTER_S))
+            return _problem_response(
+                problem.status, str(error), PROBLEM_TYPE_BASE + problem.slug, problem.title
+            )
         except Exception:
             logger.exception(
                 "unexpected error serving %s %s",

@@ -30,6 +30,8 @@ from kvservice.store import (
     Store,
     StoreError,
     StoreFull,
+    StoreMisconfigured,
+    StoreUnavailable,
     ValueTooLarge,
     validate_key,
 )
@@ -41,6 +43,8 @@ STORE_ERRORS: dict[type[StoreError], str | None] = {
     InvalidKey: "INVALIDKEY",
     ValueTooLarge: "TOOLARGE",
     StoreFull: "OOM",  # Redis's own code for writes refused at its memory limit
+    StoreUnavailable: "UNAVAILABLE",  # the store's Redis could not be reached or answer
+    StoreMisconfigured: "MISCONF",  # Redis's code for a setup that refuses writes
     KeyNotFound: None,  # GET of a key without a value
     KeyExists: None,  # SET NX on a key holding a value
     PreconditionFailed: None,  # SET XX on a key holding none

@@ -3,7 +3,7 @@
 Transports depend on this module alone, never on a backend's class: a backend is any object
 with these methods and attributes (`mypy --strict` checks the adapters against the Protocol,
 and a test passes them a backend that inherits from nothing). The backends live beside it:
-`memory.py` (the default).
+`memory.py` (the default) and `redis.py` (Redis or Redis Cluster).
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from kvservice.store.model import (
     PreconditionFailed,
     StoreError,
     StoreFull,
+    StoreMisconfigured,
     StoreStats,
+    StoreUnavailable,
     Value,
     ValueTooLarge,
     system_clock_ms,
@@ -51,7 +53,9 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreFull",
+    "StoreMisconfigured",
     "StoreStats",
+    "StoreUnavailable",
     "Value",
     "ValueTooLarge",
     "system_clock_ms",
@@ -64,12 +68,25 @@ class Store(Protocol):
     """A key-value store with a write history per key; every method is atomic.
 
     Methods validate their key first (InvalidKey). Errors are StoreError subclasses whose
-    message is safe to show a client; anything else is a bug.
+    message is safe to show a client; anything else is a bug. A remote store raises
+    StoreUnavailable from any method when its service cannot be reached.
     """
 
     @property
     def max_value_bytes(self) -> int:
         """The largest value accepted; a transport may refuse larger bodies before reading."""
+        ...
+
+    @property
+    def remote(self) -> bool:
+        """Whether the data lives in another service, so that any call may raise
+        StoreUnavailable and take up to a network timeout; a liveness check must then not
+        call the store at all."""
+        ...
+
+    def check_ready(self) -> None:
+        """Raise StoreUnavailable unless the store can serve requests now, StoreMisconfigured
+        if its service could lose acknowledged data (a readiness probe; also run at start)."""
         ...
 
     def get(self, key: str) -> Value:

@@ -102,6 +102,12 @@ class MemoryStore:
         self._etag_prefix = secrets.token_hex(4)
         self._writes = 0
 
+    remote = False
+    """Everything is in this process: no call ever waits on a network."""
+
+    def check_ready(self) -> None:
+        """Always ready: there is nothing to reach."""
+
     # -- reads ------------------------------------------------------------------------------
 
     def get(self, key: str) -> Value:

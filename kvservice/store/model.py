@@ -57,6 +57,19 @@ class StoreFull(StoreError):
     """The write would take the store past its memory budget."""
 
 
+class StoreUnavailable(StoreError):
+    """The service the store keeps its data in could not be reached or did not answer in
+    time. The message says whether the operation may have been applied; the caller may try
+    again after `retry_after_s`."""
+
+    retry_after_s = 1
+
+
+class StoreMisconfigured(StoreError):
+    """The service behind the store is set up so that it could lose acknowledged data (Redis
+    that evicts keys): at start the process refuses to run, later requests are refused."""
+
+
 @dataclass(frozen=True, slots=True)
 class Value:
     """A stored value; `etag` changes on every write and never repeats across restarts."""

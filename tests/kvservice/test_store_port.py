@@ -45,6 +45,13 @@ class DelegatingStore:
     def max_value_bytes(self) -> int:
         return self._inner.max_value_bytes
 
+    @property
+    def remote(self) -> bool:
+        return False
+
+    def check_ready(self) -> None:
+        self.calls.append("check_ready")
+
     def get(self, key: str) -> Value:
         self.calls.append("get")
         return self._inner.get(key)

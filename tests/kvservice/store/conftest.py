@@ -1,8 +1,9 @@
 """The store backends the contract suite runs against, each behind one `make_store` factory.
 
 A backend is a `StoreFactory`: keyword settings in, a fresh, empty store out. `budget_bytes`
-asks for a store that refuses writes (StoreFull) once it holds about that much; each backend
-maps it onto its own budget.
+asks for a store that refuses writes (StoreFull) once it holds about that much more; each
+backend maps it onto its own budget (the memory backend's max_bytes, Redis's maxmemory, on
+each node of a cluster). The Redis backends run on real servers, started once per session.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import pytest
 
 from kvservice.store import Clock, Store
 from kvservice.store.memory import MemoryStore
+from kvservice.store.redis import RedisStore
 from tests.support.clock import FakeClock
+from tests.support.redis_servers import RedisClusterProcesses, RedisProcess
 
 WINDOW_MS = 120_000
 """The history window the contract tests assume unless they ask for another."""
@@ -53,8 +56,39 @@ def memory_store(
     )
 
 
+def redis_store(
+    servers: RedisProcess | RedisClusterProcesses, request: pytest.FixtureRequest
+) -> StoreFactory:
+    """The Redis backend on `servers`, flushed for each store; the budget is maxmemory."""
+
+    def make(
+        *,
+        clock: Clock,
+        history_window_ms: int = WINDOW_MS,
+        max_value_bytes: int = 1024,
+        budget_bytes: int | None = None,
+    ) -> Store:
+        servers.flush()
+        if budget_bytes is not None:
+            servers.limit_memory(budget_bytes)
+        store = RedisStore.from_url(
+            servers.url,
+            connections=16,
+            timeout_s=5.0,
+            history_window_ms=history_window_ms,
+            max_value_bytes=max_value_bytes,
+            clock=clock,
+        )
+        request.addfinalizer(store.close)
+        return store
+
+    return make
+
+
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], StoreFactory]] = {
     "memory": lambda request: memory_store,
+    "redis": lambda request: redis_store(request.getfixturevalue("redis_server"), request),
+    "redis-cluster": lambda request: redis_store(request.getfixturevalue("redis_cluster"), request),
 }
 """Backend name -> how to get its factory (a backend on a server starts it, once)."""
 
