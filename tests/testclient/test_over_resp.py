@@ -44,6 +44,7 @@ CAPABLE_EVERYWHERE = [
     "test_create_only",
     "test_validation",
     "test_binary_values",
+    "test_listing",
 ]
 NEEDS_WHAT_RESP_LACKS = {
     "test_conditional_writes": "this transport has no versions to condition writes on",

@@ -1,0 +1,266 @@
+"""What only the Redis backend promises, against real redis-server processes: its layout,
+history trimmed and expiring by itself, Redis's clock, ETags shared between replicas, the
+eviction policy it refuses, and every fault it turns into a clear StoreUnavailable.
+
+Faults are real: a closed port, a server stopped and started again on its port, a server told
+to hold writes (CLIENT PAUSE) so that a write is sent and its reply never comes in time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvservice.store import (
+    KeyExists,
+    KeyNotFound,
+    Precondition,
+    StoreFull,
+    StoreMisconfigured,
+    StoreUnavailable,
+    system_clock_ms,
+)
+from kvservice.store.redis import RedisStore, history_key, value_key
+from tests.support.clock import FakeClock
+from tests.support.processes import free_port
+from tests.support.redis_servers import RedisClusterProcesses, RedisProcess, running_redis
+
+WINDOW_MS = 120_000
+
+
+@pytest.fixture
+def server(redis_server: RedisProcess) -> RedisProcess:
+    redis_server.flush()
+    return redis_server
+
+
+def make_store(url: str, **options: object) -> RedisStore:
+    settings: dict[str, object] = {"connections": 4, "timeout_s": 2.0, **options}
+    return RedisStore.from_url(url, **settings)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(server: RedisProcess) -> Iterator[RedisStore]:
+    store = make_store(server.url)
+    yield store
+    store.close()
+
+
+# -- layout -------------------------------------------------------------------------------------
+
+
+def test_a_value_and_its_history_live_under_the_keys_hash_tag(
+    store: RedisStore, server: RedisProcess
+) -> None:
+    store.put("k", b"v", "text/plain")
+    redis = server.client()
+    assert redis.hgetall(value_key("k")) == {
+        b"d": b"v",
+        b"t": b"text/plain",
+        b"e": store.get("k").etag.encode(),
+    }
+    assert value_key("k") == "kv:{k}" and history_key("k") == "kv:{k}:h"
+    assert redis.llen(history_key("k")) == 1
+    assert WINDOW_MS < redis.pttl(history_key("k")) <= WINDOW_MS + 1000
+    assert redis.zrange("kv:keys", 0, -1) == [b"k"]
+    store.delete("k")
+    assert redis.exists(value_key("k")) == 0
+    assert redis.zrange("kv:keys", 0, -1) == []
+
+
+def test_a_write_trims_the_keys_history_to_the_window(server: RedisProcess) -> None:
+    clock = FakeClock()
+    store = make_store(server.url, clock=clock)
+    for number in range(5):
+        store.put("k", str(number).encode())
+    clock.advance(WINDOW_MS)
+    store.put("k", b"new")
+    assert server.client().llen(history_key("k")) == 1, "old entries are removed, not just hidden"
+    store.close()
+
+
+def test_a_deleted_keys_history_goes_away_by_itself(server: RedisProcess) -> None:
+    store = make_store(server.url, history_window_ms=200)
+    store.put("gone", b"v")
+    store.delete("gone")
+    redis = server.client()
+    assert redis.exists(history_key("gone")) == 1
+    deadline = time.monotonic() + 5
+    while redis.exists(history_key("gone")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert redis.exists(history_key("gone")) == 0, "its TTL is the window plus a second"
+    assert store.history("gone") == []
+    store.close()
+
+
+def test_timestamps_come_from_redis_when_no_clock_is_given(store: RedisStore) -> None:
+    before = system_clock_ms()
+    store.put("k", b"v")
+    after = system_clock_ms()
+    [entry] = store.history("k")
+    assert before - 50 <= entry.timestamp_ms <= after + 50
+
+
+# -- replicas: two stores on one Redis ----------------------------------------------------------
+
+
+def test_an_etag_from_one_replica_works_on_another(server: RedisProcess) -> None:
+    first, second = make_store(server.url), make_store(server.url)
+    etag = first.put("k", b"v1").etag
+    assert second.get("k").etag == etag
+    second.put("k", b"v2", precondition=Precondition(if_match=frozenset({etag})))
+    assert first.get("k").data == b"v2"
+    first.close()
+    second.close()
+
+
+def test_create_only_from_many_threads_on_two_replicas_lets_exactly_one_win(
+    server: RedisProcess,
+) -> None:
+    replicas = [make_store(server.url, connections=20), make_store(server.url, connections=20)]
+    start = threading.Barrier(20)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def create(number: int) -> None:
+        start.wait(5)
+        try:
+            replicas[number % 2].create("race", f"writer{number}".encode())
+            result = "created"
+        except KeyExists:
+            result = "exists"
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=create, args=(number,)) for number in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["created"] + ["exists"] * 19
+    assert len(replicas[0].history("race")) == 1
+    for replica in replicas:
+        replica.close()
+
+
+def test_scripts_are_loaded_again_after_redis_forgets_them(
+    store: RedisStore, server: RedisProcess
+) -> None:
+    store.put("k", b"v1")
+    server.client().script_flush()
+    store.put("k", b"v2")
+    assert [entry.data for entry in store.history("k")] == [b"v2", b"v1"]
+
+
+# -- the budget is Redis's ----------------------------------------------------------------------
+
+
+def test_an_evicting_server_is_refused(tmp_path: Path) -> None:
+    with running_redis(tmp_path, "--maxmemory-policy", "allkeys-lru") as evicting:
+        store = make_store(evicting.url)
+        with pytest.raises(
+            StoreMisconfigured, match="maxmemory-policy allkeys-lru: it would evict"
+        ):
+            store.check_ready()
+        with pytest.raises(StoreMisconfigured, match="noeviction"):
+            store.put("k", b"v")
+        assert evicting.client().exists(value_key("k")) == 0
+        store.close()
+
+
+def test_at_maxmemory_writes_are_507_and_reads_and_deletes_work(
+    store: RedisStore, server: RedisProcess
+) -> None:
+    store.put("kept", b"x" * 100)
+    server.limit_memory(0)  # full now
+    with pytest.raises(StoreFull, match=r"127\.0\.0\.1:\d+ is at its memory limit \(maxmemory\)"):
+        store.put("more", b"x")
+    assert store.get("kept").data == b"x" * 100
+    store.delete("kept")
+    with pytest.raises(KeyNotFound):
+        store.get("kept")
+
+
+# -- faults -------------------------------------------------------------------------------------
+
+
+def test_a_server_that_is_not_there_is_unavailable_within_the_timeout() -> None:
+    store = make_store(f"redis://127.0.0.1:{free_port()}", timeout_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(
+        StoreUnavailable, match=r"could not be reached within 1 s .*nothing was changed"
+    ):
+        store.put("k", b"v")
+    with pytest.raises(StoreUnavailable):
+        store.get("k")
+    assert time.monotonic() - started < 3
+    store.close()
+
+
+def test_a_write_sent_without_a_reply_says_its_outcome_is_unknown(tmp_path: Path) -> None:
+    """It is unknown: the same timeout hides a write that was applied and one that was not."""
+    with running_redis(tmp_path, "--enable-debug-command", "yes") as server:
+        store = make_store(server.url, timeout_s=0.5)
+        store.put("warm", b"up")  # the scripts are loaded
+        # The whole server is busy for 1.5 s: the write waits in its socket, then runs.
+        busy = threading.Thread(
+            target=server.client().execute_command, args=("DEBUG", "SLEEP", "1.5")
+        )
+        busy.start()
+        time.sleep(0.1)
+        with pytest.raises(StoreUnavailable, match="may or may not have been applied"):
+            store.put("slept", b"sent")
+        busy.join()
+        assert store.get("slept").data == b"sent", "applied after all"
+        # Writes are held for 1.5 s: Redis drops the held write when the client gives up.
+        server.client().execute_command("CLIENT", "PAUSE", "1500", "WRITE")  # type: ignore[no-untyped-call]
+        with pytest.raises(StoreUnavailable, match="may or may not have been applied"):
+            store.put("paused", b"sent")
+        time.sleep(1.6)
+        with pytest.raises(KeyNotFound):
+            store.get("paused")
+        store.close()
+
+
+def test_the_store_recovers_by_itself_when_redis_returns(tmp_path: Path) -> None:
+    with running_redis(tmp_path, "--appendonly", "yes", "--appendfsync", "always") as server:
+        store = make_store(server.url, timeout_s=1.0)
+        store.put("k", b"before")
+        server.stop()
+        with pytest.raises(StoreUnavailable):
+            store.get("k")
+        server.start()
+        assert store.get("k").data == b"before", "pooled connections were replaced"
+        store.put("k", b"after")
+        store.close()
+
+
+def test_credentials_never_appear_in_the_description() -> None:
+    store = make_store("redis://user:secret@127.0.0.1:1/0")
+    assert "secret" not in store.description and "user" not in store.description
+    store.close()
+    with pytest.raises(ValueError, match="is not a redis://, rediss://"):
+        make_store("http://127.0.0.1:1")
+
+
+# -- cluster ------------------------------------------------------------------------------------
+
+
+def test_a_clusters_keys_are_spread_over_every_primary_and_listed_from_all(
+    redis_cluster: RedisClusterProcesses,
+) -> None:
+    redis_cluster.flush()
+    store = make_store(redis_cluster.url, connections=4)
+    keys = [f"spread{number}" for number in range(60)]
+    for key in keys:
+        store.put(key, b"v")
+    per_node = [len(node.client().keys("kv:{*}")) for node in redis_cluster.nodes]
+    assert all(count > 0 for count in per_node), per_node
+    assert sum(per_node) == len(keys)
+    assert store.keys(prefix="spread", limit=1000).keys == sorted(keys)
+    assert store.stats().keys == len(keys)
+    store.close()
