@@ -800,21 +800,35 @@ def assert_history_lists_exactly_the_acknowledged_writes(
 
 
 def test_concurrent_clients_see_a_linearizable_store_whose_history_agrees(kv_url: str) -> None:
+    assert_linearizable_under_concurrent_clients([kv_url])
+
+
+def assert_linearizable_under_concurrent_clients(urls: list[str]) -> None:
+    """Run the workload, client n on urls[n % len(urls)] (replicas of one store, or one
+    service), and check it: linearizable, and /history a valid linearization of it."""
     started = time.monotonic()
     start = threading.Barrier(CLIENTS)
     stop_ns = time.monotonic_ns() + int(TIME_LIMIT_S * 1e9)
-    with HTTPKVClient(kv_url) as kv, ThreadPoolExecutor(CLIENTS) as pool:
-        clients = [pool.submit(run_client, kv, f"t{n}", start, stop_ns) for n in range(CLIENTS)]
-        records = [record for client in clients for record in client.result()]
+    services = [HTTPKVClient(url) for url in urls]
+    try:
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            clients = [
+                pool.submit(run_client, services[n % len(services)], f"t{n}", start, stop_ns)
+                for n in range(CLIENTS)
+            ]
+            records = [record for client in clients for record in client.result()]
         ran_s = time.monotonic() - started
-        history = {key: recorded_writes(kv, key) for key in KEYS}
+        history = {key: recorded_writes(services[0], key) for key in KEYS}
+    finally:
+        for service in services:
+            service.close()
     operations = [record.operation for record in records]
 
     result = check_linearizable(operations, max_steps=MAX_STEPS_PER_KEY)
     constrained = check_linearizable(
         operations, expected_writes=history, max_steps=MAX_STEPS_PER_KEY
     )
-    print(summary(records, ran_s, result, constrained, history))
+    print(summary(records, ran_s, result, constrained, history, replicas=len(urls)))
 
     assert result.ok, result.explain()
     for key in KEYS:
@@ -857,6 +871,7 @@ def summary(
     result: CheckResult,
     constrained: CheckResult,
     history: dict[str, list[bytes | None]],
+    replicas: int = 1,
 ) -> str:
     """The figures for docs/RELIABILITY.md."""
     by_label: dict[str, Counter[str]] = {request.label: Counter() for request in (*MIX, READ_FIRST)}
@@ -864,7 +879,8 @@ def summary(
         by_label[record.label][record.status] += 1
     lines = [
         f"\nlinearizability workload: {CLIENTS} clients x {REQUESTS_PER_CLIENT} requests on "
-        f"{len(KEYS)} keys (seed {SEED}): {len(records)} requests in {ran_s:.2f} s "
+        f"{len(KEYS)} keys (seed {SEED}), over {replicas} replica(s): {len(records)} requests in "
+        f"{ran_s:.2f} s "
         f"({len(records) / ran_s:.0f}/s)"
     ]
     for label, statuses in by_label.items():
