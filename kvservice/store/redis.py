@@ -582,10 +582,12 @@ class RedisStore:
         name = str(command[0])
         try:
             connection = server.pool.get_connection()
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as error:
+        except (redis_errors.RedisError, OSError) as error:
+            # Not reached, or it refused the connection's handshake (a wrong password, or
+            # protected mode): either way no command was sent.
             self._topology_lost()
             raise StoreUnavailable(
-                f"Redis at {server.address} could not be reached within {self.timeout_s:g} s "
+                f"Redis at {server.address} gave no connection within {self.timeout_s:g} s "
                 f"({_reason(error)}); nothing was changed."
             ) from error
         try:
@@ -627,7 +629,8 @@ class RedisStore:
 
 def _refusal(error: redis_errors.ResponseError, address: str) -> Exception:
     """What an error reply from Redis means here. NOSCRIPT, MOVED and ASK pass through to
-    `_script`, which retries them; anything unknown is a bug, and stays an exception."""
+    `_script`, which retries them. An error nothing here expects is still Redis's doing, not
+    the client's: logged, and answered as the store being unavailable."""
     if isinstance(
         error, redis_errors.NoScriptError | redis_errors.MovedError | redis_errors.AskError
     ):
@@ -648,7 +651,13 @@ def _refusal(error: redis_errors.ResponseError, address: str) -> Exception:
         return StoreUnavailable(
             f"Redis at {address} cannot serve now ({error}); nothing was changed."
         )
-    return error
+    if isinstance(error, redis_errors.NoPermissionError | redis_errors.AuthenticationError):
+        return StoreMisconfigured(
+            f"Redis at {address} does not let kvservice's user run its commands ({error}); "
+            "it needs EVALSHA, SCRIPT, HMGET, ZRANGE, ZCARD, SCAN and INFO on the keys kv:*"
+        )
+    logger.error("Redis at %s answered an error kvservice does not expect: %s", address, error)
+    return StoreUnavailable(f"Redis at {address} answered with an error: {error}.")
 
 
 def _reason(error: BaseException) -> str:

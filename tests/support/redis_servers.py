@@ -113,7 +113,10 @@ class RedisProcess:
 
     def client(self) -> redis.Redis:
         """A redis-py client for test set-up and inspection (not the code under test)."""
-        client = redis.Redis(port=self.port, socket_timeout=5)
+        password = None
+        if "--requirepass" in self.extra_args:
+            password = self.extra_args[self.extra_args.index("--requirepass") + 1]
+        client = redis.Redis(port=self.port, socket_timeout=5, password=password)
         self.clients.append(client)
         return client
 

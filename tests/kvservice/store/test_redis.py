@@ -192,7 +192,7 @@ def test_a_server_that_is_not_there_is_unavailable_within_the_timeout() -> None:
     store = make_store(f"redis://127.0.0.1:{free_port()}", timeout_s=1.0)
     started = time.monotonic()
     with pytest.raises(
-        StoreUnavailable, match=r"could not be reached within 1 s .*nothing was changed"
+        StoreUnavailable, match=r"gave no connection within 1 s .*nothing was changed"
     ):
         store.put("k", b"v")
     with pytest.raises(StoreUnavailable):
@@ -237,6 +237,19 @@ def test_the_store_recovers_by_itself_when_redis_returns(tmp_path: Path) -> None
         assert store.get("k").data == b"before", "pooled connections were replaced"
         store.put("k", b"after")
         store.close()
+
+
+def test_a_password_comes_from_the_url_and_a_wrong_one_is_a_clear_503(tmp_path: Path) -> None:
+    with running_redis(tmp_path, "--requirepass", "s3cret") as server:
+        right = make_store(f"redis://:s3cret@127.0.0.1:{server.port}")
+        right.put("k", b"v")
+        assert right.get("k").data == b"v"
+        for url in (server.url, f"redis://:wrong@127.0.0.1:{server.port}"):
+            wrong = make_store(url)
+            with pytest.raises(StoreUnavailable, match=r"gave no connection .*nothing was changed"):
+                wrong.get("k")
+            wrong.close()
+        right.close()
 
 
 def test_credentials_never_appear_in_the_description() -> None:
