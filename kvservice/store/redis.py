@@ -28,10 +28,15 @@ a cluster's MOVED/ASK (which mean the command did not run) are retried, once.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import secrets
+import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -198,6 +203,83 @@ def history_key(key: str) -> str:
     return f"kv:{{{key}}}:h"
 
 
+# -- connections whose every step has a deadline -------------------------------------------------
+
+
+class BoundedLookup:
+    """Host name lookups that give up after a deadline and then fall back on the address
+    that answered last.
+
+    redis-py looks the host up with getaddrinfo on every new connection, and no socket
+    timeout bounds that: a DNS server that does not answer (a stopped container's name, in
+    compose) holds the request for the resolver's own timeouts, 10 s and more, far past
+    --store-timeout. Here the lookup runs on a small pool of its own threads, and waiting for
+    it is bounded; one that does not finish is left to finish on its own.
+    """
+
+    def __init__(self, resolve: Callable[[str, int], str] | None = None, threads: int = 2) -> None:
+        self._resolve = resolve or _first_address
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="redis-lookup")
+        self._last_good: dict[tuple[str, int], str] = {}
+
+    def address(self, host: str, port: int, timeout_s: float | None) -> str:
+        """An address for `host`, within `timeout_s`; raises ConnectionError if none."""
+        if _is_address(host):
+            return host
+        try:
+            address = self._pool.submit(self._resolve, host, port).result(timeout_s)
+        except (FutureTimeout, OSError) as error:
+            last_good = self._last_good.get((host, port))
+            if last_good is not None:
+                return last_good
+            reason = (
+                f"no answer within {timeout_s:g} s" if isinstance(error, FutureTimeout) else error
+            )
+            raise redis_errors.ConnectionError(f"cannot look {host} up: {reason}") from error
+        self._last_good[(host, port)] = address
+        return address
+
+
+def _first_address(host: str, port: int) -> str:
+    return str(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][4][0])
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+LOOKUP = BoundedLookup()
+"""The lookups of every connection of the process."""
+
+
+class _Connection(redis.Connection):
+    """redis-py's TCP connection, looking the host up through LOOKUP."""
+
+    lookup = LOOKUP
+
+    def _connect(self) -> socket.socket:
+        # The lookup and the connect share one deadline: the connect timeout.
+        name, timeout_s = self._host, self.socket_connect_timeout
+        started = time.monotonic()
+        self._host = self.lookup.address(name, self.port, timeout_s)
+        if timeout_s is not None:
+            self.socket_connect_timeout = max(0.05, timeout_s - (time.monotonic() - started))
+        try:
+            sock: socket.socket = super()._connect()  # type: ignore[no-untyped-call]
+        finally:
+            self._host = name  # TLS checks the certificate against the name, not the address
+            self.socket_connect_timeout = timeout_s
+        return sock
+
+
+class _SSLConnection(redis.SSLConnection, _Connection):
+    """The same over TLS: redis-py's SSLConnection wraps what _Connection connected."""
+
+
 # -- where commands go --------------------------------------------------------------------------
 
 
@@ -340,11 +422,12 @@ class RedisStore:
         history_window_ms: int = 120_000,
         max_value_bytes: int = 1024,
         clock: Clock | None = None,
+        lookup: BoundedLookup = LOOKUP,
     ) -> RedisStore:
         """A store on `redis://[user:password@]host:port[/db]`, `rediss://...` (TLS), or
         `redis+cluster://host:port[,host:port...]` (`rediss+cluster://` for TLS), with at most
         `connections` connections to each server. Connects lazily: nothing is sent yet."""
-        topology, description = _topology(url, connections, timeout_s)
+        topology, description = _topology(url, connections, timeout_s, lookup)
         return cls(
             topology,
             description=description,
@@ -688,8 +771,14 @@ def _info(reply: bytes) -> dict[str, str]:
     return fields
 
 
-def _topology(url: str, connections: int, timeout_s: float) -> tuple[_Topology, str]:
+def _topology(
+    url: str, connections: int, timeout_s: float, lookup: BoundedLookup
+) -> tuple[_Topology, str]:
     """The servers a store URL names, and how to describe them without their credentials."""
+    tls = urlsplit(url).scheme.startswith("rediss")
+    connection_class = type(
+        "Connection", (_SSLConnection if tls else _Connection,), {"lookup": lookup}
+    )
     parts = urlsplit(url)
     if parts.scheme not in SCHEMES or not parts.netloc:
         raise ValueError(
@@ -708,9 +797,14 @@ def _topology(url: str, connections: int, timeout_s: float) -> tuple[_Topology, 
             seeds.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))  # type: ignore[no-untyped-call]
 
         def make_cluster() -> RedisCluster:
+            first = seeds[0]
             return RedisCluster(
-                startup_nodes=seeds,
-                ssl=parts.scheme.startswith("rediss"),
+                # With a url (plain redis://, whatever the scheme: TLS is the connection
+                # class's), redis-py builds each node's pool with our connection class;
+                # without one it would build clients that do not take a connection class.
+                url=f"redis://{first.host}:{first.port}",
+                startup_nodes=seeds[1:],
+                connection_class=connection_class,
                 max_connections=connections,
                 require_full_coverage=False,
                 username=parts.username,
@@ -720,7 +814,11 @@ def _topology(url: str, connections: int, timeout_s: float) -> tuple[_Topology, 
 
         return _Cluster(make_cluster, description), description
     pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=connections, timeout=timeout_s, **options
+        url,
+        max_connections=connections,
+        timeout=timeout_s,
+        connection_class=connection_class,
+        **options,
     )
     address = f"{parts.hostname}:{parts.port or 6379}"
     return _SingleServer(_Server(pool, address)), description

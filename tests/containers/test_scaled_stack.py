@@ -130,6 +130,7 @@ def test_traffic_keeps_flowing_when_a_replica_is_killed(stack: Stack) -> None:
         f"\none of 3 replicas killed under 4 clients: {len(answers)} PUTs through haproxy, "
         f"statuses {dict(statuses)}; in the 2 s after the kill "
         f"{Counter(a.status for a in at_the_kill)}, from 2 s on {Counter(a.status for a in after)}"
+        f"; unanswered: {[a.body for a in answers if not a.status]}"
     )
     assert after and all(answer.status == 204 for answer in after)
     # Only a request in flight on the killed replica can fail (haproxy does not resend what
@@ -159,7 +160,8 @@ def test_redis_down_gives_503_and_back_gives_service_with_no_acknowledged_write_
         f"\nRedis killed for 3 s under 4 clients: {len(answers)} PUTs through haproxy, "
         f"statuses {dict(Counter(a.status for a in answers))}; while down "
         f"{Counter(a.status for a in down)}, from 1 s after it was back "
-        f"{Counter(a.status for a in after)}"
+        f"{Counter(a.status for a in after)}; unanswered: "
+        f"{[a.body for a in answers if not a.status]}"
     )
     assert {a.status for a in answers} <= {204, 503}, "never a 500, never no answer"
     assert down and all(a.status == 503 and "store-unavailable" in a.body for a in down), (

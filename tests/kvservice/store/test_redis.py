@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import kvservice.store.redis as redis_store
 from kvservice.store import (
     KeyExists,
     KeyNotFound,
@@ -24,7 +25,7 @@ from kvservice.store import (
     StoreUnavailable,
     system_clock_ms,
 )
-from kvservice.store.redis import RedisStore, history_key, value_key
+from kvservice.store.redis import BoundedLookup, RedisStore, history_key, value_key
 from tests.support.clock import FakeClock
 from tests.support.processes import free_port
 from tests.support.redis_servers import RedisClusterProcesses, RedisProcess, running_redis
@@ -252,6 +253,48 @@ def test_a_password_comes_from_the_url_and_a_wrong_one_is_a_clear_503(tmp_path: 
         right.close()
 
 
+def test_a_host_lookup_that_hangs_is_cut_off_at_the_timeout() -> None:
+    """A DNS server that never answers cannot be made on loopback here, so the resolver is a
+    stand-in that sleeps; everything after it (the pool, the store, the 503) is real."""
+    release = threading.Event()
+
+    def hanging(host: str, port: int) -> str:
+        release.wait(10)
+        return "127.0.0.1"
+
+    store = make_store("redis://redis.invalid:6379", timeout_s=0.5, lookup=BoundedLookup(hanging))
+    started = time.monotonic()
+    with pytest.raises(
+        StoreUnavailable, match=r"cannot look redis\.invalid up: no answer within 0\.5 s"
+    ):
+        store.get("k")
+    assert time.monotonic() - started < 1.5
+    release.set()
+    store.close()
+
+
+def test_a_lookup_that_fails_falls_back_on_the_last_address_that_answered(
+    server: RedisProcess,
+) -> None:
+    answers = iter(["127.0.0.1"])
+
+    def flaky(host: str, port: int) -> str:
+        try:
+            return next(answers)
+        except StopIteration:
+            raise OSError("the name is gone") from None
+
+    lookup = BoundedLookup(flaky)
+    assert lookup.address("redis", server.port, 1.0) == "127.0.0.1"
+    assert lookup.address("redis", server.port, 1.0) == "127.0.0.1", "the last good one"
+    with pytest.raises(Exception, match="cannot look other up: the name is gone"):
+        lookup.address("other", server.port, 1.0)
+    store = make_store(f"redis://redis:{server.port}", lookup=lookup)
+    store.put("k", b"v")  # connects to the last good address of "redis"
+    assert store.get("k").data == b"v"
+    store.close()
+
+
 def test_credentials_never_appear_in_the_description() -> None:
     store = make_store("redis://user:secret@127.0.0.1:1/0")
     assert "secret" not in store.description and "user" not in store.description
@@ -276,4 +319,6 @@ def test_a_clusters_keys_are_spread_over_every_primary_and_listed_from_all(
     assert sum(per_node) == len(keys)
     assert store.keys(prefix="spread", limit=1000).keys == sorted(keys)
     assert store.stats().keys == len(keys)
+    pool = store._topology.primaries()[0].pool  # the nodes' connections bound their lookups too
+    assert issubclass(pool.connection_class, redis_store._Connection)
     store.close()
