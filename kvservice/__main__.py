@@ -100,6 +100,8 @@ def server_settings(config: Config) -> ServerSettings:
         max_connections=config.max_connections,
         max_header_bytes=config.max_header_bytes,
         max_body_bytes=max(64 * 1024, 2 * config.max_value_bytes),
+        # A client that asks first is told at once when its value will not fit.
+        max_continued_body_bytes=config.max_value_bytes,
     )
 
 

@@ -92,9 +92,30 @@ def _problem_for(error: StoreError | BadRequest) -> Problem:
     return PROBLEMS[type(error)]
 
 
+class _App(bottle.Bottle):  # type: ignore[misc]
+    """Bottle, with the two header spellings it cannot be told to leave alone."""
+
+    def wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        def respond(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            fixed = [
+                (_HEADER_SPELLING.get(name, name), value)
+                for name, value in headers
+                # Bottle gives an empty 201 its default text/html; it has no content at all.
+                if not (name == "Content-Type" and status.startswith("201"))
+            ]
+            return start_response(status, fixed, exc_info)
+
+        return super().wsgi(environ, respond)
+
+
+_HEADER_SPELLING = {"Etag": "ETag"}
+"""Bottle title-cases header names; RFC 9110 spells this one ETag (any case is valid, but
+clients and people grep for ETag)."""
+
+
 def create_app(store: Store) -> bottle.Bottle:
     """Build the WSGI app serving `store`; the store's limits are the app's limits."""
-    app = bottle.Bottle(catchall=True)
+    app = _App(catchall=True)
     app.uninstall(True)  # no template or JSON plugins on the hot path
     app.install(_answer_store_errors)
     answer_errors_with_problems(
@@ -125,9 +146,17 @@ def _item_route(store: Store, handler: Callable[[Store, str], Any], key: str) ->
 
 
 def _get(store: Store, key: str) -> bytes:
+    """GET and HEAD, conditional as RFC 9110 13.2.2 orders it: a failing If-Match is 412,
+    then an If-None-Match that matches is 304 (the client's copy is current)."""
     value = store.get(key)
-    bottle.response.content_type = value.content_type or DEFAULT_CONTENT_TYPE
+    precondition = _precondition()
     _set_etag(value)
+    if precondition.if_match is not None and not precondition.holds_for(value.etag):
+        raise PreconditionFailed(f"The precondition on {key!r} does not hold.")
+    if precondition.if_none_match is not None and not precondition.holds_for(value.etag):
+        bottle.response.status = 304
+        return b""
+    bottle.response.content_type = value.content_type or DEFAULT_CONTENT_TYPE
     return value.data
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from cheroot import errors as cheroot_errors
@@ -25,7 +26,7 @@ HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]{1,8}")
 MAX_CHUNK_LINE_BYTES = 1024
 MAX_TRAILER_LINES = 32
 CHUNKED = -1
-"""What `body_length` returns for a chunked body."""
+"""The length `body_framing` gives a chunked body."""
 
 
 class TooManyHeaders(cheroot_errors.MaxSizeExceeded):
@@ -59,7 +60,7 @@ def read_strict_headers(rfile: Any, max_count: int) -> dict[bytes, bytes]:
             raise ValueError("Illegal header line.")
         name = name.title()
         value = value.strip(b" \t")
-        if name in (b"Content-Length", b"Transfer-Encoding"):
+        if name in (b"Content-Length", b"Transfer-Encoding", b"Host"):
             if name in seen_framing:
                 raise ValueError(f"Duplicate {name.decode()} header.")
             seen_framing.add(name)
@@ -67,7 +68,7 @@ def read_strict_headers(rfile: Any, max_count: int) -> dict[bytes, bytes]:
             value = headers[name] + b", " + value
         headers[name] = value
 
-    if len(seen_framing) == 2:
+    if {b"Content-Length", b"Transfer-Encoding"} <= seen_framing:
         raise ValueError("Content-Length and Transfer-Encoding must not both be present.")
     length = headers.get(b"Content-Length")
     if length is not None and not _DIGITS.fullmatch(length):
@@ -75,9 +76,19 @@ def read_strict_headers(rfile: Any, max_count: int) -> dict[bytes, bytes]:
     return headers
 
 
-def body_length(head: bytes, max_fields: int) -> int | None:
-    """The length of the body that follows `head` (CHUNKED if chunked), or None if there is
-    no body or the strict parser refuses the head before reading one.
+@dataclass(frozen=True, slots=True)
+class Body:
+    """What a request head says of the body after it."""
+
+    length: int
+    """Its length, or CHUNKED."""
+    expects_continue: bool
+    """The client waits for `100 Continue` before it sends the body (RFC 9110 10.1.1)."""
+
+
+def body_framing(head: bytes, max_fields: int) -> Body | None:
+    """The body that follows `head`, or None if there is none or the strict parser refuses
+    the head before reading one.
 
     `head` is a request line and its header fields, without the empty line that ends them.
     """
@@ -91,13 +102,20 @@ def body_length(head: bytes, max_fields: int) -> int | None:
         headers = read_strict_headers(io.BytesIO(section), max_fields)
     except (ValueError, TooManyHeaders):
         return None  # refused with 400 or 431
+    if version == (1, 1) and b"Host" not in headers:
+        return None  # refused with 400
     length = headers.get(b"Content-Length")
     coding = headers.get(b"Transfer-Encoding")
+    expects_continue = headers.get(b"Expect", b"").strip().lower() == b"100-continue"
     if coding is not None:
         tokens = [token.strip().lower() for token in coding.split(b",") if token.strip()]
         chunked = bool(tokens) and all(token == b"chunked" for token in tokens)
-        return CHUNKED if chunked and version == (1, 1) else None  # else 400 or 501
-    return None if length is None else int(length)
+        if not chunked or version != (1, 1):
+            return None  # refused with 400 or 501
+        return Body(CHUNKED, expects_continue)
+    if length is None or int(length) == 0:
+        return None
+    return Body(int(length), expects_continue)
 
 
 def _http_version(request_line: bytes) -> tuple[int, int] | None:
@@ -201,7 +219,7 @@ class ChunkedBodyDecoder:
             raise ValueError("Bad chunked transfer coding: too many trailer lines.")
 
 
-def chunked_body_complete(body: bytes | bytearray) -> bool:
+def chunked_body_complete(body: bytes | bytearray | memoryview) -> bool:
     """True once a chunked body has ended (trailers included) or shown itself malformed."""
     decoder = ChunkedBodyDecoder()
     try:

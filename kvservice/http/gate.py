@@ -20,7 +20,9 @@ limits), not a thread.
 from __future__ import annotations
 
 import _pyio  # type: ignore[import-not-found]  # cheroot's reader base; it has no stubs
+import contextlib
 import logging
+import re
 import selectors
 import socket
 import threading
@@ -32,12 +34,14 @@ from typing import Any
 from cheroot import connections as cheroot_connections
 from cheroot import makefile as cheroot_makefile
 
-from kvservice.http.framing import CHUNKED, body_length, chunked_body_complete
+from kvservice.http.framing import CHUNKED, body_framing, chunked_body_complete
 
 logger = logging.getLogger("kvservice.gate")
 
 _RECEIVE_BYTES = 65536
 _HEAD_END = b"\r\n\r\n"
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class _GateRaw(_pyio.RawIOBase):  # type: ignore[misc]
@@ -102,34 +106,54 @@ class Readiness(Enum):
     """What the gate does with a connection's pending bytes."""
 
     WAIT = "wait"  # well-formed so far and incomplete
+    CONTINUE = "continue"  # as WAIT, and the client waits for `100 Continue` to send its body
     SERVE = "serve"  # whole, or malformed: a worker's strict parser answers either
     TOO_LARGE = "too large"  # the body is over the limit: refused with 413 here
+    TOO_LARGE_TO_CONTINUE = "too large to continue"  # refused with 413 before it is sent
+
+
+_WAITING = (Readiness.WAIT, Readiness.CONTINUE)
 
 
 def request_readiness(
-    pending: bytes | bytearray, max_head: int, max_body: int, max_fields: int
+    pending: bytes | bytearray,
+    max_head: int,
+    max_body: int,
+    max_fields: int,
+    max_continued_body: int | None = None,
 ) -> Readiness:
     """Whether a request can go to a worker now, must wait for more bytes, or is too large.
 
     The gate waits only for requests the strict parser would read a body for; anything it
-    refuses at once (malformed, ambiguous, too large a head) goes to a worker at once.
+    refuses at once (malformed, ambiguous, too large a head, a line ended by a bare LF) goes
+    to a worker at once. A client that sent `Expect: 100-continue` is told to go on
+    (CONTINUE) unless it declared a body over `max_continued_body` (default `max_body`),
+    which is refused before it is sent.
     """
     head_end = pending.find(_HEAD_END)
+    head = pending if head_end < 0 else pending[:head_end]
+    if _BARE_LF.search(head, 0, max_head + 1):
+        return Readiness.SERVE  # the parser refuses the line at once (RFC 9112 2.2 allows it)
     if head_end < 0:
         return Readiness.SERVE if len(pending) > max_head else Readiness.WAIT
     if head_end > max_head:
         return Readiness.SERVE  # refused as too large before any body is read
-    length = body_length(bytes(pending[:head_end]), max_fields)
-    if length is None:
+    framing = body_framing(bytes(head), max_fields)
+    if framing is None:
         return Readiness.SERVE
-    body = bytes(pending[head_end + len(_HEAD_END) :])
-    if length == CHUNKED:
+    body = memoryview(pending)[head_end + len(_HEAD_END) :]
+    if framing.length == CHUNKED:
         if chunked_body_complete(body):
             return Readiness.SERVE
-        return Readiness.TOO_LARGE if len(body) > max_body else Readiness.WAIT
-    if length > max_body:
+        if len(body) > max_body:
+            return Readiness.TOO_LARGE
+    elif framing.length > max_body:
         return Readiness.TOO_LARGE
-    return Readiness.SERVE if len(body) >= length else Readiness.WAIT
+    elif framing.expects_continue and framing.length > (max_continued_body or max_body):
+        return Readiness.TOO_LARGE_TO_CONTINUE
+    elif len(body) >= framing.length:
+        return Readiness.SERVE
+    return Readiness.CONTINUE if framing.expects_continue and not body else Readiness.WAIT
 
 
 class GatedConnectionManager(cheroot_connections.ConnectionManager):
@@ -239,10 +263,12 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
 
     def _wait_for_request(self, conn: Any) -> None:
         conn.last_used = time.time()
+        conn.continued = False
         readiness = self._readiness(conn) if conn.rfile.gate.pending else Readiness.WAIT
-        if readiness is not Readiness.WAIT:
+        if readiness not in _WAITING:
             self._dispatch(conn, readiness)
             return
+        self._tell_to_continue(conn, readiness)
         conn.request_deadline = conn.last_used + self.server.request_timeout
         self._selector.register(conn.socket.fileno(), selectors.EVENT_READ, data=conn)
 
@@ -260,12 +286,23 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
         pending = conn.rfile.gate.pending
         if not pending:
             conn.request_deadline = time.time() + self.server.request_timeout
+            conn.continued = False
         pending += data
         conn.last_used = time.time()
         readiness = self._readiness(conn)
-        if readiness is not Readiness.WAIT:
-            self._selector.unregister(sock_fd)
-            self._dispatch(conn, readiness)
+        if readiness in _WAITING:
+            self._tell_to_continue(conn, readiness)
+            return
+        self._selector.unregister(sock_fd)
+        self._dispatch(conn, readiness)
+
+    def _tell_to_continue(self, conn: Any, readiness: Readiness) -> None:
+        """Answer `Expect: 100-continue` once the head is accepted, so the client sends its
+        body now rather than after its own timeout (curl's is 1 s). Once per request."""
+        if readiness is Readiness.CONTINUE and not conn.continued:
+            conn.continued = True
+            with contextlib.suppress(OSError):
+                conn.socket.sendall(_CONTINUE)
 
     def _readiness(self, conn: Any) -> Readiness:
         server = self.server
@@ -274,12 +311,16 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
             server.max_request_header_size,
             server.max_request_body_size,
             server.max_header_count,
+            server.max_continued_body_size,
         )
 
     def _dispatch(self, conn: Any, readiness: Readiness) -> None:
         """Hand the request to a worker, or refuse it as too large."""
         if readiness is Readiness.SERVE:
             self.server.process_conn(conn)
+        elif readiness is Readiness.TOO_LARGE_TO_CONTINUE:
+            limit = self.server.max_continued_body_size
+            conn.refuse(413, f"The request body would exceed the limit of {limit} bytes.")
         else:
             limit = self.server.max_request_body_size
             conn.refuse(413, f"The request body exceeds the limit of {limit} bytes.")

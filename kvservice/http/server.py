@@ -41,6 +41,9 @@ class ServerSettings:
     max_connections: int
     max_header_bytes: int
     max_body_bytes: int
+    max_continued_body_bytes: int | None = None
+    """The largest body a client that sends `Expect: 100-continue` is told to send; larger is
+    413 before it is sent. None: `max_body_bytes`."""
     drain_timeout_s: float = 2.0
     shutdown_timeout_s: float = 2.5
     max_header_count: int = 100
@@ -51,6 +54,7 @@ class _CherootServer(cheroot_wsgi.Server):
     ConnectionClass = StrictConnection
     # Set from ServerSettings by Server before the server starts; the gate and parser read them.
     max_header_count: int
+    max_continued_body_size: int
     max_connections: int
     request_timeout: float
     drain_timeout: float
@@ -131,6 +135,9 @@ class Server:
         )
         self._server.max_request_header_size = settings.max_header_bytes
         self._server.max_request_body_size = settings.max_body_bytes
+        self._server.max_continued_body_size = (
+            settings.max_continued_body_bytes or settings.max_body_bytes
+        )
         self._server.max_header_count = settings.max_header_count
         self._server.max_connections = settings.max_connections
         self._server.request_timeout = settings.request_timeout_s

@@ -96,6 +96,11 @@ class StrictRequest(cheroot_server.HTTPRequest):
                 "400 Bad Request", "Transfer-Encoding is not allowed on HTTP/1.0 requests."
             )
             return False
+        if self.request_protocol == b"HTTP/1.1" and b"Host" not in self.inheaders:
+            self.simple_response(
+                "400 Bad Request", "An HTTP/1.1 request must have a Host header (RFC 9112 3.2)."
+            )
+            return False
         return True
 
     def respond(self) -> None:
@@ -167,6 +172,10 @@ class HeaderReader(cheroot_server.HeaderReader):
 
     def __call__(self, rfile: Any, hdict: dict[bytes, bytes] | None = None) -> dict[bytes, bytes]:
         headers = read_strict_headers(rfile, self.max_count)
+        if headers.get(b"Expect", b"").strip().lower() == b"100-continue":
+            # The gate answered it when the head arrived, or the body came with the head;
+            # cheroot would answer it again, after the body.
+            del headers[b"Expect"]
         if hdict is not None:
             hdict.update(headers)
             return hdict
