@@ -1,16 +1,20 @@
 """The servers the benchmark runs besides kvservice itself, each as its own process.
 
     python -m benchmarks.serve bare --port N      a bare Bottle route on kvservice's cheroot runner
+    python -m benchmarks.serve stock --port N     the same route on stock cheroot, its defaults
     python -m benchmarks.serve waitress --port N  kvservice's app on waitress
 
-Both take kvservice's default configuration (threads, backlog, limits, INFO logging with an
-access line per request), so that the only difference from `python -m kvservice` is the
-one being measured: the store and routes (bare) or the HTTP server (waitress).
+bare and waitress take kvservice's default configuration (threads, backlog, limits, INFO
+logging with an access line per request), so that the only difference from `python -m
+kvservice` is the one being measured: the store and routes (bare) or the HTTP server
+(waitress). stock is what a user gets from the framework with no tuning at all: the bare
+route on cheroot.wsgi.Server as it comes (10 threads), a backlog of 128, no access log.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -47,6 +51,30 @@ def serve_bare(config: Config) -> int:
     return run_until_signalled([Server(create_bare_app(), server_settings(config))])
 
 
+STOCK_THREADS = 10
+"""cheroot.wsgi.Server's own default."""
+STOCK_BACKLOG = 128
+
+
+def serve_stock(config: Config) -> int:
+    """The bare app on cheroot.wsgi.Server with its defaults, until SIGTERM or SIGINT."""
+    from cheroot import wsgi
+
+    server = wsgi.Server(
+        (config.host, config.port),
+        create_bare_app(),
+        numthreads=STOCK_THREADS,
+        request_queue_size=STOCK_BACKLOG,
+    )
+    signal.signal(signal.SIGTERM, _interrupt)  # safe_start stops the server on it
+    server.safe_start()
+    return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve_waitress(config: Config) -> int:
     """kvservice's app, behind the same access log, on waitress with the same limits."""
     import waitress  # an optional dependency (the `bench` extra), needed only here
@@ -66,7 +94,11 @@ def serve_waitress(config: Config) -> int:
     return 0
 
 
-SERVERS: dict[str, Callable[[Config], int]] = {"bare": serve_bare, "waitress": serve_waitress}
+SERVERS: dict[str, Callable[[Config], int]] = {
+    "bare": serve_bare,
+    "stock": serve_stock,
+    "waitress": serve_waitress,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

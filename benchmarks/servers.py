@@ -108,6 +108,13 @@ BARE_BOTTLE = ServerSpec(
     _python_module("benchmarks.serve", "bare"),
     CONSTANT_WORKLOADS,
 )
+STOCK = ServerSpec(
+    "stock",
+    "the same bare route on stock cheroot (cheroot.wsgi.Server's 10 threads, backlog 128, no "
+    "access log): what the framework gives untuned, the reference kvservice must reach",
+    _python_module("benchmarks.serve", "stock"),
+    CONSTANT_WORKLOADS,
+)
 KVSERVICE = ServerSpec(
     "kvservice", "`python -m kvservice` with its defaults", _python_module("kvservice")
 )
@@ -122,7 +129,7 @@ WAITRESS = ServerSpec(
 def builtin_servers() -> list[ServerSpec]:
     """The comparison the issue asks for; nginx only where it is installed."""
     optional = [NGINX] if shutil.which("nginx") else []
-    return [*optional, BARE_BOTTLE, KVSERVICE, WAITRESS]
+    return [*optional, STOCK, BARE_BOTTLE, KVSERVICE, WAITRESS]
 
 
 def variant(label: str, command_template: str) -> ServerSpec:

@@ -6,6 +6,7 @@ to a server (`lifecycle.Runnable`), or None when the config leaves it off.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -121,8 +122,10 @@ def resp_settings(config: Config) -> RespSettings:
 
 
 def http_transport(config: Config, store: Store) -> Runnable | None:
-    """HTTP on --port, always on."""
-    return Server(create_app(store), server_settings(config))
+    """HTTP on --port, always on. A store in this process is served on the event loop's
+    thread; one that waits on a network, by --threads workers."""
+    settings = dataclasses.replace(server_settings(config), serve_inline=not store.remote)
+    return Server(create_app(store), settings)
 
 
 def resp_transport(config: Config, store: Store) -> Runnable | None:

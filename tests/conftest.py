@@ -43,10 +43,10 @@ def start_kv(background_stops: list[threading.Thread]) -> Iterator[StartKV]:
     def start(
         *, store: Store | None = None, settings: ServerSettings | None = None, **store_options: Any
     ) -> str:
-        server = Server(
-            create_app(store or MemoryStore(**store_options)),
-            settings or http_settings(threads=8, socket_timeout_s=2.0),
-        )
+        store = store or MemoryStore(**store_options)
+        # As kvservice runs it: a store in this process is served on the event loop's thread.
+        default = http_settings(threads=8, socket_timeout_s=2.0, serve_inline=not store.remote)
+        server = Server(create_app(store), settings or default)
         server.start()
         servers.append(server)
         return f"http://127.0.0.1:{server.port}"

@@ -1,20 +1,26 @@
-"""Keeps each connection in cheroot's selector until its whole request has arrived.
+"""The HTTP server's event loop: it reads every request whole before it is served, and sends
+every response, so that no thread but its own ever waits on a socket.
 
 Stock cheroot hands every new connection to a worker thread at once, and the worker then
 blocks reading the request; the socket timeout restarts with every byte. So a client that
 opens a connection and says nothing, or trickles a byte a second, holds a worker, and as
-many such clients as there are workers stop the server for everyone.
+many such clients as there are workers stop the server for everyone. A worker also blocks
+writing its response to a client that does not read it.
 
 Here the selector thread reads whatever has arrived, without blocking, into the
-connection's `GateReader`. A worker gets the connection only when the request is complete:
-its head, and its body, whether of known length or chunked up to the last chunk and its
-trailers (`framing.py` decides, with the functions the worker's parser uses). A request the
-parser would refuse anyway goes to a worker at once; a body past the limit is refused here
-with 413. A request not complete within `request_timeout_s` of its first byte gets a 408; a
-connection that stays silent is closed after the idle timeout; connections past
-`max_connections` get a 503. Workers therefore only ever serve requests that are already in
-memory, and slow clients cost a selector slot and a buffer (at most the header and body
-limits), not a thread.
+connection's `GateReader`. The request is served only when it is complete: its head, and
+its body, whether of known length or chunked up to the last chunk and its trailers
+(`framing.py` decides, with the functions the parser uses). A request the parser would
+refuse anyway is served at once; a body past the limit is refused here with 413, before it
+is sent when the client asked first (`Expect: 100-continue`, answered here too). A request
+not complete within `request_timeout_s` of its first byte gets a 408; a connection that
+stays silent is closed after the idle timeout; connections past `max_connections` get a 503.
+
+The request is then served by a worker, or right here when the server serves inline (an app
+that never waits: no thread hand-off at all). Either way the response goes into the
+connection's `ResponseBuffer`, and this loop sends it: in one send when the socket takes it,
+the rest as the client reads, closing a connection that makes no progress for the socket
+timeout. Slow clients, reading or writing, cost a selector slot and a buffer, never a thread.
 """
 
 from __future__ import annotations
@@ -32,13 +38,13 @@ from enum import Enum
 from typing import Any
 
 from cheroot import connections as cheroot_connections
-from cheroot import makefile as cheroot_makefile
 
 from kvservice.http.framing import CHUNKED, body_framing, chunked_body_complete
 
 logger = logging.getLogger("kvservice.gate")
 
 _RECEIVE_BYTES = 65536
+_ACCEPTS_PER_WAKEUP = 128
 _HEAD_END = b"\r\n\r\n"
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -95,11 +101,36 @@ class GateReader(_pyio.BufferedReader):  # type: ignore[misc]
         return len(self._read_buf) - int(self._read_pos)
 
 
+class ResponseBuffer:
+    """The connection's `wfile`: what cheroot writes is kept, not sent; the gate sends it,
+    all at once when the socket takes it (one send for head and body), the rest as the
+    client reads."""
+
+    def __init__(self) -> None:
+        self.pending = bytearray()
+        self.bytes_written = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        """Keep `data` to send."""
+        self.pending += data
+        self.bytes_written += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing to do: the gate sends."""
+
+    def close(self) -> None:
+        """Forget what was not sent."""
+        self.pending.clear()
+        self.closed = True
+
+
 def gated_makefile(sock: socket.socket, mode: str = "r", bufsize: int = 8192) -> Any:
-    """cheroot's MakeFile, with the gate on the read side."""
+    """The gate's reader and writer in place of cheroot's MakeFile."""
     if "r" in mode:
         return GateReader(sock, bufsize)
-    return cheroot_makefile.MakeFile(sock, mode, bufsize)
+    return ResponseBuffer()
 
 
 class Readiness(Enum):
@@ -157,10 +188,15 @@ def request_readiness(
 
 
 class GatedConnectionManager(cheroot_connections.ConnectionManager):
-    """cheroot's connection manager, handing a connection to a worker only with a whole request.
+    """cheroot's connection manager, made the server's event loop: it reads every request
+    whole before serving it, and sends every response, so that no thread but its own ever
+    waits on a socket.
 
-    Runs on the server's selector thread, except `put()`, which workers call to hand a
-    kept-alive connection back.
+    A connection is in one of three states: waiting for (the rest of) a request, registered
+    for reading; being served, unregistered (by a worker, or right here on this thread when
+    `server.serve_inline`); or sending its response, registered for writing. Runs on the
+    server's selector thread, except `put()` and `finish()`, which workers call when they
+    have written a response into the connection's ResponseBuffer.
     """
 
     # cheroot's internals this class builds on; its type stubs leave them out.
@@ -196,21 +232,25 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
         """Drain, then stop the selector loop: called from the thread stopping the server.
 
         New connections are no longer accepted and idle ones are closed at once; requests that
-        have started to arrive get until `drain_timeout` to complete and be served. Whatever
-        is still incomplete then is answered 503.
+        have started to arrive get until `drain_timeout` to complete and be served, and
+        responses being sent until then to go out. Whatever is still incomplete then is
+        answered 503.
         """
         self._drain_deadline = time.time() + self.server.drain_timeout
-        while self._serving and time.time() < self._drain_deadline and self._partial_requests():
+        while self._serving and time.time() < self._drain_deadline and self._unfinished():
             time.sleep(0.01)
         super().stop()
         for sock_fd, conn in list(self._selector.connections):
             if conn is not self.server:
                 self._selector.unregister(sock_fd)
-                conn.refuse(503, "The server is shutting down; retry elsewhere or later.")
+                if conn.wfile.pending:
+                    conn.close_now()  # a reader too slow to take its response in time
+                else:
+                    conn.refuse(503, "The server is shutting down; retry elsewhere or later.")
 
-    def _partial_requests(self) -> bool:
+    def _unfinished(self) -> bool:
         return any(
-            conn is not self.server and conn.rfile.gate.pending
+            conn is not self.server and (conn.rfile.gate.pending or conn.wfile.pending)
             for _, conn in self._selector.connections
         )
 
@@ -219,7 +259,7 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
         self._accepting = False
         self._selector.unregister(self.server.socket.fileno())
         for sock_fd, conn in list(self._selector.connections):
-            if not conn.rfile.gate.pending:
+            if not (conn.rfile.gate.pending or conn.wfile.pending):
                 self._selector.unregister(sock_fd)
                 conn.close()
 
@@ -231,15 +271,15 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
             # While draining, look often: the thread stopping the server is waiting.
             timeout = expiration_interval if self._accepting else 0.01
             try:
-                ready = self._selector.select(timeout=timeout)
+                ready = list(self._selector.select(timeout=timeout))
             except OSError:
                 self._remove_invalid_sockets()
                 continue
             for sock_fd, conn in ready:
                 if conn is self.server:
-                    new_conn = self._from_server_socket(self.server.socket)
-                    if new_conn is not None:
-                        self._admit(new_conn)
+                    self._accept()
+                elif conn.wfile.pending:
+                    self._send_more(sock_fd, conn)
                 else:
                     self._receive(sock_fd, conn)
             now = time.time()
@@ -247,19 +287,76 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
                 self._expire(threshold=now - self.server.timeout)
                 last_expiration_check = now
 
+    def _accept(self) -> None:
+        """Accept every connection waiting, up to a batch (the listening socket does not
+        block): one a wakeup would leave a crowd of new clients waiting a round each."""
+        for _ in range(_ACCEPTS_PER_WAKEUP):
+            conn = self._from_server_socket(self.server.socket)
+            if conn is None:
+                return
+            self._admit(conn)
+
     def _admit(self, conn: Any) -> None:
         with self._count_lock:
             self._open_connections += 1
             over_capacity = self._open_connections > self.server.max_connections
+        conn.socket.setblocking(False)  # only this thread touches sockets, and never waits
         if over_capacity:
             conn.refuse(503, "The server is at its connection limit; retry shortly.")
             return
         self._wait_for_request(conn)
 
+    # -- answered: send the response, then wait for the next request or close --------------
+
     def put(self, conn: Any) -> None:
-        """A worker is done with a kept-alive connection: wait for its next request."""
-        conn.rfile.unread_buffered()
+        """A worker has answered a request on a kept-alive connection."""
+        self._respond(conn, keep_open=True)
+
+    def finish(self, conn: Any) -> None:
+        """A connection with a response still to send is done: send it, then close."""
+        self._respond(conn, keep_open=False)
+
+    def _respond(self, conn: Any, keep_open: bool) -> None:
+        """Send what is in the connection's ResponseBuffer; what the socket does not take now
+        goes out as the client reads it, without a worker (a slow reader holds no thread)."""
+        conn.keep_open = keep_open
+        if self._send(conn):
+            self._sent(conn)
+            return
+        conn.send_deadline = time.time() + self.server.timeout
+        self._selector.register(conn.socket.fileno(), selectors.EVENT_WRITE, data=conn)
+
+    def _send_more(self, sock_fd: int, conn: Any) -> None:
+        if self._send(conn):
+            self._selector.unregister(sock_fd)
+            self._sent(conn)
+        else:
+            conn.send_deadline = time.time() + self.server.timeout  # it is reading: more time
+
+    def _send(self, conn: Any) -> bool:
+        """Send what the socket takes now; True once nothing is left (sent, or undeliverable:
+        the client is gone, and the connection will close)."""
+        pending = conn.wfile.pending
+        while pending:
+            try:
+                sent = conn.socket.send(pending)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                pending.clear()
+                conn.keep_open = False
+                return True
+            del pending[:sent]
+        return True
+
+    def _sent(self, conn: Any) -> None:
+        if not conn.keep_open:
+            conn.close_now()
+            return
+        conn.rfile.unread_buffered()  # bytes read ahead: a pipelined request
         self._wait_for_request(conn)
+
+    # -- waiting for a request --------------------------------------------------------------
 
     def _wait_for_request(self, conn: Any) -> None:
         conn.last_used = time.time()
@@ -302,7 +399,7 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
         if readiness is Readiness.CONTINUE and not conn.continued:
             conn.continued = True
             with contextlib.suppress(OSError):
-                conn.socket.sendall(_CONTINUE)
+                conn.socket.send(_CONTINUE)  # 25 bytes into an idle socket's empty buffer
 
     def _readiness(self, conn: Any) -> Readiness:
         server = self.server
@@ -315,9 +412,12 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
         )
 
     def _dispatch(self, conn: Any, readiness: Readiness) -> None:
-        """Hand the request to a worker, or refuse it as too large."""
+        """Serve the request (here, or on a worker), or refuse it as too large."""
         if readiness is Readiness.SERVE:
-            self.server.process_conn(conn)
+            if self.server.serve_inline:
+                self._serve_here(conn)
+            else:
+                self.server.process_conn(conn)
         elif readiness is Readiness.TOO_LARGE_TO_CONTINUE:
             limit = self.server.max_continued_body_size
             conn.refuse(413, f"The request body would exceed the limit of {limit} bytes.")
@@ -325,21 +425,55 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
             limit = self.server.max_request_body_size
             conn.refuse(413, f"The request body exceeds the limit of {limit} bytes.")
 
+    def _serve_here(self, conn: Any) -> None:
+        """What a worker does with a connection, on this thread: no hand-off, no lock, no
+        other thread waking up. For apps that never wait (an in-process store)."""
+        try:
+            keep_open = conn.communicate()
+        except Exception:
+            logger.exception("serving a request failed")
+            keep_open = False
+        if keep_open:
+            self.put(conn)
+        else:
+            conn.close()
+
     def _expire(self, threshold: float) -> None:
-        """Close silent connections after the idle timeout; answer stalled requests with 408."""
+        """Close silent connections after the idle timeout, and those that stopped reading
+        their response for as long; answer stalled requests with 408."""
         now = time.time()
         expired = [
             (sock_fd, conn)
             for sock_fd, conn in self._selector.connections
             if conn is not self.server
             and (
-                (conn.rfile.gate.pending and now > conn.request_deadline)
-                or (not conn.rfile.gate.pending and conn.last_used < threshold)
+                (conn.wfile.pending and now > conn.send_deadline)
+                or (
+                    not conn.wfile.pending
+                    and conn.rfile.gate.pending
+                    and now > conn.request_deadline
+                )
+                or (
+                    not conn.wfile.pending
+                    and not conn.rfile.gate.pending
+                    and conn.last_used < threshold
+                )
             )
         ]
         for sock_fd, conn in expired:
             self._selector.unregister(sock_fd)
-            if conn.rfile.gate.pending:
+            if conn.wfile.pending:
+                conn.close_now()
+            elif conn.rfile.gate.pending:
                 conn.refuse(408, "The request did not arrive in time.")
             else:
                 conn.close()
+
+
+def _expired(conn: Any, now: float, idle_threshold: float) -> bool:
+    """Whether a connection has waited too long for what it is waiting for."""
+    if conn.wfile.pending:
+        return bool(now > conn.send_deadline)  # the client stopped reading its response
+    if conn.rfile.gate.pending:
+        return bool(now > conn.request_deadline)  # a request that is not arriving
+    return bool(conn.last_used < idle_threshold)  # an idle connection

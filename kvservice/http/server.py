@@ -44,6 +44,10 @@ class ServerSettings:
     max_continued_body_bytes: int | None = None
     """The largest body a client that sends `Expect: 100-continue` is told to send; larger is
     413 before it is sent. None: `max_body_bytes`."""
+    serve_inline: bool = False
+    """Serve each request on the event loop's own thread, not a worker: for apps that never
+    wait (an in-process store), which then cost no thread hand-off. An app that waits on a
+    network (a remote store) must leave it False, or it would stall every connection."""
     drain_timeout_s: float = 2.0
     shutdown_timeout_s: float = 2.5
     max_header_count: int = 100
@@ -56,12 +60,14 @@ class _CherootServer(cheroot_wsgi.Server):
     max_header_count: int
     max_continued_body_size: int
     max_connections: int
+    serve_inline: bool
     request_timeout: float
     drain_timeout: float
     _connections: GatedConnectionManager
 
     def prepare(self) -> None:
         super().prepare()
+        self.socket.setblocking(False)  # the gate accepts in batches until none is left
         self._connections._selector.close()  # replaced, with the listening socket, by the gate
         self._connections = GatedConnectionManager(self)
 
@@ -142,6 +148,7 @@ class Server:
         self._server.max_connections = settings.max_connections
         self._server.request_timeout = settings.request_timeout_s
         self._server.drain_timeout = settings.drain_timeout_s
+        self._server.serve_inline = settings.serve_inline
         # Idle kept-alive connections wait in the selector at no cost; only the total counts.
         self._server.keep_alive_conn_limit = settings.max_connections
         self._thread: threading.Thread | None = None

@@ -10,7 +10,6 @@ text. The subclasses here tighten exactly those points; where a request ends is 
 
 from __future__ import annotations
 
-import contextlib
 import socket
 from http import HTTPStatus
 from typing import Any
@@ -19,7 +18,7 @@ from cheroot import errors as cheroot_errors
 from cheroot import server as cheroot_server
 
 from kvservice.http.framing import CRLF, ChunkedBodyDecoder, read_strict_headers
-from kvservice.http.gate import gated_makefile
+from kvservice.http.gate import ResponseBuffer, gated_makefile
 from kvservice.http.problems import PROBLEM_CONTENT_TYPE, problem_body
 
 
@@ -183,9 +182,14 @@ class HeaderReader(cheroot_server.HeaderReader):
 
 
 class StrictConnection(cheroot_server.HTTPConnection):
-    """A connection whose reads go through the gate and whose close is counted."""
+    """A connection whose reads and writes go through the gate and whose close is counted.
+
+    `close()` with a response still to send hands the connection to the gate, which closes it
+    (`close_now()`) once the response is out or the client stops reading.
+    """
 
     RequestHandlerClass = StrictRequest
+    wfile: ResponseBuffer
 
     def __init__(self, server: Any, sock: socket.socket, makefile: Any = None) -> None:
         super().__init__(server, sock, gated_makefile)
@@ -194,12 +198,19 @@ class StrictConnection(cheroot_server.HTTPConnection):
     def refuse(self, code: int, detail: str) -> None:
         """Answer with an error before any request was served, then close."""
         head_only = is_head_request(bytes(self.rfile.gate.pending[:_PEEK_BYTES]))
-        with contextlib.suppress(OSError):
-            self.socket.sendall(error_response(code, detail, head_only=head_only))
+        self.wfile.write(error_response(code, detail, head_only=head_only))
         self.close()
 
     def close(self) -> None:
+        if self.wfile.pending and not self._closed:
+            self.server.connections.finish(self)
+        else:
+            self.close_now()
+
+    def close_now(self) -> None:
+        """Close, dropping anything not yet sent."""
         if not self._closed:
             self._closed = True
             self.server.connections.connection_closed()
+        self.wfile.close()
         super().close()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -773,11 +774,16 @@ def health_answers(port: int) -> bool:
     return outcome.received.startswith(b"HTTP/1.1 200 ")
 
 
+@pytest.mark.parametrize("serve_inline", [True, False], ids=["on the event loop", "by workers"])
 def test_raw_fuzz_never_breaks_the_server(
-    start_kv: StartKV, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    start_kv: StartKV,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    serve_inline: bool,
 ) -> None:
     caplog.set_level(logging.ERROR)
-    url = start_kv(settings=SETTINGS, max_bytes=64 * 1024)
+    settings = dataclasses.replace(SETTINGS, serve_inline=serve_inline)
+    url = start_kv(settings=settings, max_bytes=64 * 1024)
     port = int(url.rsplit(":", 1)[1])
     tally = Tally()
     started = time.monotonic()

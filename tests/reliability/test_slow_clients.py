@@ -20,6 +20,7 @@ from tests.support.processes import kvservice_process, percentile
 ATTACK_S = float(os.environ.get("RELIABILITY_ATTACK_S", "30"))
 TRICKLERS = 200
 IDLERS = 200
+READERS_THAT_NEVER_READ = 12
 TRICKLED_REQUEST = b"GET /k HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"p" * 100 + b"\r\n\r\n"
 
 
@@ -144,3 +145,64 @@ def test_connections_past_capacity_get_a_fast_503_and_capacity_returns() -> None
     assert closed
     assert refused_ms < 100
     assert back == 200
+
+
+def test_clients_that_never_read_a_long_history_hold_no_worker() -> None:
+    """12 clients ask for a history of 5 MB, more than the kernel's socket buffers take (4 MiB
+    at most here), and never read it: the server sends what their sockets take and keeps the
+    rest to send as they read, holding no thread, so a normal client is served as fast as
+    ever; once they have made no progress for the socket timeout it gives up on them. (When a
+    worker wrote the response, four such clients held all four workers, 3 s at a time.)"""
+    with kvservice_process("--socket-timeout", "3", "--threads", "4") as kv:
+        with requests.Session() as writer:
+            for number in range(5000):
+                value = f"entry {number:05d} ".encode() * 84  # 1008 bytes
+                writer.put(f"{kv.url}/long", data=value, timeout=5)
+        size = len(requests.get(f"{kv.url}/long/history", timeout=30).content)
+        readers = []
+        for _ in range(READERS_THAT_NEVER_READ):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
+            sock.connect(("127.0.0.1", kv.port))
+            sock.sendall(b"GET /long/history HTTP/1.1\r\nHost: x\r\n\r\n")
+            readers.append(sock)
+        time.sleep(0.5)
+        rss_while_stuck = kv.rss_bytes()
+        latencies = []
+        with requests.Session() as client:
+            for _ in range(200):
+                started = time.perf_counter()
+                assert client.get(f"{kv.url}/_health", timeout=5).status_code == 200
+                latencies.append((time.perf_counter() - started) * 1000)
+        # The kernel takes what it can into socket buffers (they grow, up to megabytes);
+        # the rest waits in the server's buffer. A connection that has made no progress for
+        # the socket timeout is closed, and so is one left idle for it once all was taken.
+        # A close is only seen by reading (it comes after the data), so wait, then read.
+        time.sleep(15.0)
+        closed = sum(_closed_after_reading(sock) for sock in readers)
+    p99 = percentile(latencies, 0.99)
+    print(
+        f"\n{READERS_THAT_NEVER_READ} clients not reading a {size / 2**20:.1f} MiB history: "
+        "a normal client's 200 GETs "
+        f"p50 {percentile(latencies, 0.5):.1f} ms, p99 {p99:.1f} ms; RSS {rss_while_stuck >> 20} "
+        f"MiB; {closed} of {READERS_THAT_NEVER_READ} closed by the server within 15 s (socket "
+        "timeout 3 s)"
+    )
+    assert size > 4.5 * 1024 * 1024, "more than the kernel's buffers take (4 MiB)"
+    assert p99 < 100
+    assert closed == READERS_THAT_NEVER_READ
+
+
+def _closed_after_reading(sock: socket.socket) -> bool:
+    """Read what `sock` has; whether the server had closed it (an end of stream comes)."""
+    sock.setblocking(False)
+    try:
+        while sock.recv(65536):
+            pass
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        sock.close()
+    return True

@@ -12,9 +12,11 @@ from kvservice.http.server import ServerSettings
 from kvservice.resp.server import RespSettings
 
 
-def http_settings(**config: Any) -> ServerSettings:
-    """The HTTP transport's settings for a Config with these fields, on a free port."""
-    return server_settings(Config(**{"port": 0, **config}))
+def http_settings(*, serve_inline: bool = False, **config: Any) -> ServerSettings:
+    """The HTTP transport's settings for a Config with these fields, on a free port; served
+    by workers unless `serve_inline`."""
+    settings = server_settings(Config(**{"port": 0, **config}))
+    return dataclasses.replace(settings, serve_inline=serve_inline)
 
 
 def resp_test_settings(**overrides: Any) -> RespSettings:
