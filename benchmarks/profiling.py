@@ -30,7 +30,7 @@ from typing import Any
 
 from benchmarks.workloads import CONTENT_TYPE, VALUE, WORKLOADS, Slot, Workload, fill_pool
 from benchmarks.wrk import require_wrk, run_wrk
-from kvservice.__main__ import build_store, server_settings
+from kvservice.__main__ import build_store, http_transport_settings
 from kvservice.config import Config
 from kvservice.http.app import create_app
 from kvservice.http.server import Server
@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with redirect_stdout(devnull):
             configure_logging(config.log_level)  # the access log goes to stdout: /dev/null
         profiles.install()
-        server = Server(create_app(store), server_settings(config))
+        server = Server(create_app(store), http_transport_settings(config, store))
         server.start()
         profiles.uninstall()
         try:

@@ -121,11 +121,15 @@ def resp_settings(config: Config) -> RespSettings:
     )
 
 
+def http_transport_settings(config: Config, store: Store) -> ServerSettings:
+    """The HTTP transport's settings for `store`: one in this process is served on the event
+    loop's thread; one that waits on a network, by --threads workers."""
+    return dataclasses.replace(server_settings(config), serve_inline=not store.remote)
+
+
 def http_transport(config: Config, store: Store) -> Runnable | None:
-    """HTTP on --port, always on. A store in this process is served on the event loop's
-    thread; one that waits on a network, by --threads workers."""
-    settings = dataclasses.replace(server_settings(config), serve_inline=not store.remote)
-    return Server(create_app(store), settings)
+    """HTTP on --port, always on."""
+    return Server(create_app(store), http_transport_settings(config, store))
 
 
 def resp_transport(config: Config, store: Store) -> Runnable | None:

@@ -7,8 +7,8 @@ can never disagree about where a message ends: the disagreement request smugglin
 
 from __future__ import annotations
 
-import io
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,25 +34,33 @@ class TooManyHeaders(cheroot_errors.MaxSizeExceeded):
 
 
 def read_strict_headers(rfile: Any, max_count: int) -> dict[bytes, bytes]:
-    """Read a header section, refusing anything that would make the message length ambiguous.
+    """Read a header section line by line from a stream, as `parse_header_block` judges it."""
+    return _parse_fields(iter(rfile.readline, b""), max_count)
 
-    Raises ValueError (answered 400) for malformed or ambiguous framing and TooManyHeaders
-    (answered 431) past `max_count` fields.
+
+def parse_header_block(block: bytes, max_count: int) -> dict[bytes, bytes]:
+    """Parse a whole header section already in memory: its field lines and the empty line
+    that ends it (all that follows the request line, up to and including CRLF CRLF).
+
+    Refuses anything that would make the message length ambiguous: raises ValueError
+    (answered 400) for malformed or ambiguous framing and TooManyHeaders (answered 431) past
+    `max_count` fields.
     """
+    lines = block.split(b"\n")
+    tail = lines.pop()  # what follows the last LF: nothing, in a whole block
+    return _parse_fields([*(line + b"\n" for line in lines), *([tail] if tail else [])], max_count)
+
+
+def _parse_fields(lines: Iterable[bytes], max_count: int) -> dict[bytes, bytes]:
     headers: dict[bytes, bytes] = {}
     seen_framing: set[bytes] = set()
-    count = 0
-    while True:
-        line = rfile.readline()
-        if not line:
-            raise ValueError("Illegal end of headers.")
+    for count, line in enumerate(lines, start=1):
         if line == CRLF:
             break
         if not line.endswith(CRLF):
             raise ValueError("HTTP requires CRLF line terminators.")
         if line[:1] in (b" ", b"\t"):
             raise ValueError("Obsolete header line folding is not accepted.")
-        count += 1
         if count > max_count:
             raise TooManyHeaders
         name, colon, value = line[:-2].partition(b":")
@@ -67,6 +75,8 @@ def read_strict_headers(rfile: Any, max_count: int) -> dict[bytes, bytes]:
         if name in _LIST_HEADERS and name in headers:
             value = headers[name] + b", " + value
         headers[name] = value
+    else:
+        raise ValueError("Illegal end of headers.")
 
     if {b"Content-Length", b"Transfer-Encoding"} <= seen_framing:
         raise ValueError("Content-Length and Transfer-Encoding must not both be present.")
@@ -99,7 +109,7 @@ def body_framing(head: bytes, max_fields: int) -> Body | None:
         return None  # refused with 400 or 505
     try:
         section = fields + CRLF + CRLF if fields else CRLF
-        headers = read_strict_headers(io.BytesIO(section), max_fields)
+        headers = parse_header_block(section, max_fields)
     except (ValueError, TooManyHeaders):
         return None  # refused with 400 or 431
     if version == (1, 1) and b"Host" not in headers:

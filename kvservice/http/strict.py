@@ -17,8 +17,13 @@ from typing import Any
 from cheroot import errors as cheroot_errors
 from cheroot import server as cheroot_server
 
-from kvservice.http.framing import CRLF, ChunkedBodyDecoder, read_strict_headers
-from kvservice.http.gate import ResponseBuffer, gated_makefile
+from kvservice.http.framing import (
+    CRLF,
+    ChunkedBodyDecoder,
+    parse_header_block,
+    read_strict_headers,
+)
+from kvservice.http.gate import GateReader, ResponseBuffer, gated_makefile
 from kvservice.http.problems import PROBLEM_CONTENT_TYPE, problem_body
 
 
@@ -166,11 +171,22 @@ def error_response(code: int, detail: str, *, head_only: bool = False) -> bytes:
 
 
 class HeaderReader(cheroot_server.HeaderReader):
+    """Reads the header section with framing.py's rules: taken whole from what the gate has
+    buffered and parsed in one pass when it is all there (as it is for every request the gate
+    let through whole), else line by line."""
+
     def __init__(self, max_count: int) -> None:
         self.max_count = max_count
 
     def __call__(self, rfile: Any, hdict: dict[bytes, bytes] | None = None) -> dict[bytes, bytes]:
-        headers = read_strict_headers(rfile, self.max_count)
+        source = getattr(rfile, "rfile", None)  # cheroot's SizeCheckWrapper around the gate's
+        block = source.take_header_block() if isinstance(source, GateReader) else None
+        if block is None:
+            headers = read_strict_headers(rfile, self.max_count)
+        else:
+            rfile.bytes_read += len(block)
+            rfile._check_length()  # 431 past --max-header-bytes, as a line-by-line read
+            headers = parse_header_block(block, self.max_count)
         if headers.get(b"Expect", b"").strip().lower() == b"100-continue":
             # The gate answered it when the head arrived, or the body came with the head;
             # cheroot would answer it again, after the body.

@@ -175,3 +175,23 @@ def test_the_etag_header_is_spelled_etag_and_an_empty_201_has_no_content_type(
     assert b"\r\nETag: " in head
     assert b"\r\ncontent-type:" not in head.lower()
     assert b"\r\nETag: " in read and b"\r\nEtag" not in read
+
+
+# -- pipelining ------------------------------------------------------------------------------
+
+
+def test_thousands_of_pipelined_requests_are_all_answered_in_order(kv_url: str) -> None:
+    requests.put(f"{kv_url}/piped", data=b"v", timeout=5)
+    count = 3000
+    pipeline = b"GET /piped HTTP/1.1\r\nHost: x\r\n\r\n" * (count - 1)
+    pipeline += b"GET /_health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with connect(kv_url) as sock:
+        sock.settimeout(10)
+        sock.sendall(pipeline)
+        data = b""
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    responses = parse_responses(data)
+    assert len(responses) == count
+    assert all(response.body == b"v" for response in responses[:-1])
+    assert responses[-1].json()["status"] == "ok"
