@@ -4,14 +4,18 @@ Each handler takes the store, the connection's `Session` and the arguments, make
 few store calls and returns a `codec.Reply`. Domain errors become replies through one table
 (`STORE_ERRORS`), like the HTTP app's PROBLEMS: an error reply with a code of its own and
 the store's message, or nil where Redis answers nil (GET of an empty key, SET NX on a taken
-key). HELLO, COMMAND, CLIENT and SELECT answer just enough for real clients to connect.
+key). HELLO, COMMAND, CLIENT, SELECT, CONFIG GET and INFO answer just enough for real clients
+and tools (redis-cli --stat, redis-benchmark) to connect and report.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 import re
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -85,12 +89,28 @@ class ScanCursors:
 
 
 @dataclass
+class ServerState:
+    """What every connection of one server shares: its SCAN cursors, and the figures INFO
+    reports, which the server keeps up to date."""
+
+    port: int = 0
+    max_clients: int = 0
+    cursors: ScanCursors = field(default_factory=ScanCursors)
+    started: float = field(default_factory=time.monotonic)
+    run_id: str = field(default_factory=lambda: secrets.token_hex(20))
+    connected_clients: int = 0
+    total_connections_received: int = 0
+    rejected_connections: int = 0
+    total_commands_processed: int = 0
+
+
+@dataclass
 class Session:
     """What one connection remembers between commands."""
 
     id: int
-    cursors: ScanCursors = field(default_factory=ScanCursors)
-    """The server's SCAN cursors (a connection of its own has its own)."""
+    server: ServerState = field(default_factory=ServerState)
+    """Shared with every connection of the server (a connection of its own has its own)."""
     name: bytes | None = None
     closing: bool = False
     """Set by QUIT: the connection closes once the reply is sent."""
@@ -157,8 +177,23 @@ def _ping(store: Store, session: Session, args: list[bytes]) -> Reply:
     return args[0] if args else Status("PONG")
 
 
+def _echo(store: Store, session: Session, args: list[bytes]) -> Reply:
+    return args[0]
+
+
 def _get(store: Store, session: Session, args: list[bytes]) -> Reply:
     return store.get(_key(args[0])).data
+
+
+def _mget(store: Store, session: Session, args: list[bytes]) -> Reply:
+    """Each key's value, nil for a key without one; all keys are valid before any is read."""
+    values: list[Reply] = []
+    for key in [_key(arg) for arg in args]:
+        try:
+            values.append(store.get(key).data)
+        except KeyNotFound:
+            values.append(None)
+    return values
 
 
 _ONLY_IF_SET = Precondition(if_match=frozenset({MATCH_ANY}))
@@ -216,7 +251,7 @@ def _scan(store: Store, session: Session, args: list[bytes]) -> Reply:
     if not _CURSOR.fullmatch(cursor_text) or int(cursor_text) >= 2**64:
         return Error("ERR", "invalid cursor")
     try:
-        after = session.cursors.resume(int(cursor_text))
+        after = session.server.cursors.resume(int(cursor_text))
     except KeyError:
         return Error("ERR", "invalid cursor; it is unknown to this server or too old, scan again")
     settings = _scan_options(options)
@@ -232,7 +267,7 @@ def _scan(store: Store, session: Session, args: list[bytes]) -> Reply:
         return [b"0", []]  # a prefix no key can start with
     matches = compile_pattern(pattern).fullmatch
     keys: list[Reply] = [k.encode() for k in page.keys if matches(k.encode())]
-    next_cursor = 0 if page.next_after is None else session.cursors.issue(page.next_after)
+    next_cursor = 0 if page.next_after is None else session.server.cursors.issue(page.next_after)
     return [str(next_cursor).encode(), keys]
 
 
@@ -341,9 +376,139 @@ def _select(store: Store, session: Session, args: list[bytes]) -> Reply:
     return OK
 
 
+# -- CONFIG GET and INFO: what tools ask before they start ------------------------------------
+
+CONFIG_PARAMETERS: dict[bytes, Callable[[Store], bytes]] = {
+    b"maxmemory": lambda store: b"%d" % store.stats().max_bytes,
+    b"maxmemory-policy": lambda store: b"noeviction",  # at the budget, writes are refused
+    b"databases": lambda store: b"1",
+    b"save": lambda store: b"",  # kvservice itself keeps nothing on disk
+    b"appendonly": lambda store: b"no",
+}
+"""The parameters CONFIG GET answers (redis-benchmark asks for save and appendonly): what
+kvservice does, read-only; it is configured by its command line, so there is no CONFIG SET."""
+
+
+def _config_get(store: Store, session: Session, args: list[bytes]) -> Reply:
+    """CONFIG GET pattern [pattern ...]: a map of every parameter a pattern matches."""
+    matchers = [compile_pattern(pattern.lower()).fullmatch for pattern in args]
+    return {
+        name: value(store)
+        for name, value in CONFIG_PARAMETERS.items()
+        if any(matches(name) for matches in matchers)
+    }
+
+
+CONFIG_SUBCOMMANDS: dict[bytes, Command] = {
+    b"GET": Command(_config_get, 1, None),
+}
+
+
+def _human_bytes(count: int) -> str:
+    """Bytes as Redis's INFO writes them for people: 1.50K, 2.00M."""
+    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if count >= size:
+            return f"{count / size:.2f}{unit}"
+    return f"{count}B"
+
+
+InfoSection = Callable[[Store, ServerState], dict[str, object]]
+
+
+def _info_server(store: Store, server: ServerState) -> dict[str, object]:
+    uptime = int(time.monotonic() - server.started)
+    return {
+        # Valkey's precedent: the Redis version whose replies it gives, for tools that read it;
+        # server_name and kvservice_version say what it is.
+        "redis_version": REDIS_COMPATIBLE_VERSION,
+        "server_name": "kvservice",
+        "kvservice_version": _VERSION,
+        "redis_mode": "standalone",
+        "os": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "arch_bits": 64 if platform.architecture()[0] == "64bit" else 32,
+        "multiplexing_api": "asyncio",
+        "process_id": os.getpid(),
+        "run_id": server.run_id,
+        "tcp_port": server.port,
+        "uptime_in_seconds": uptime,
+        "uptime_in_days": uptime // 86400,
+    }
+
+
+def _info_clients(store: Store, server: ServerState) -> dict[str, object]:
+    return {
+        "connected_clients": server.connected_clients,
+        "maxclients": server.max_clients,
+        "blocked_clients": 0,
+    }
+
+
+def _info_memory(store: Store, server: ServerState) -> dict[str, object]:
+    stats = store.stats()
+    return {
+        "used_memory": stats.used_bytes,  # as the store's budget counts it
+        "used_memory_human": _human_bytes(stats.used_bytes),
+        "maxmemory": stats.max_bytes,
+        "maxmemory_human": _human_bytes(stats.max_bytes),
+        "maxmemory_policy": "noeviction",
+    }
+
+
+def _info_persistence(store: Store, server: ServerState) -> dict[str, object]:
+    return {
+        "loading": 0,
+        "rdb_bgsave_in_progress": 0,
+        "aof_enabled": 0,
+        "aof_rewrite_in_progress": 0,
+    }
+
+
+def _info_stats(store: Store, server: ServerState) -> dict[str, object]:
+    return {
+        "total_connections_received": server.total_connections_received,
+        "total_commands_processed": server.total_commands_processed,
+        "rejected_connections": server.rejected_connections,
+    }
+
+
+def _info_keyspace(store: Store, server: ServerState) -> dict[str, object]:
+    keys = store.stats().keys
+    return {"db0": f"keys={keys},expires=0,avg_ttl=0"} if keys else {}  # as Redis, if any
+
+
+INFO_SECTIONS: dict[bytes, InfoSection] = {
+    b"server": _info_server,
+    b"clients": _info_clients,
+    b"memory": _info_memory,
+    b"persistence": _info_persistence,
+    b"stats": _info_stats,
+    b"keyspace": _info_keyspace,
+}
+"""INFO's sections, in order; `INFO`, `INFO default`, `INFO all` and `INFO everything` give
+every one."""
+_ALL_SECTIONS = {b"default", b"all", b"everything"}
+REDIS_COMPATIBLE_VERSION = "7.0.0"
+
+
+def _info(store: Store, session: Session, args: list[bytes]) -> Reply:
+    """INFO [section ...]: `# Section` headings and `field:value` lines, as Redis writes them;
+    a section it does not have is left out, as Redis leaves out one it does not know."""
+    asked = {arg.lower() for arg in args} or _ALL_SECTIONS
+    everything = bool(asked & _ALL_SECTIONS)
+    sections = [
+        f"# {name.decode().capitalize()}\r\n"
+        + "".join(f"{field}:{value}\r\n" for field, value in section(store, session.server).items())
+        for name, section in INFO_SECTIONS.items()
+        if everything or name in asked
+    ]
+    return "\r\n".join(sections).encode()
+
+
 COMMANDS: dict[bytes, Command] = {
     b"PING": Command(_ping, 0, 1),
+    b"ECHO": Command(_echo, 1, 1),
     b"GET": Command(_get, 1, 1),
+    b"MGET": Command(_mget, 1, None),
     b"SET": Command(_set, 2, None),
     b"DEL": Command(_delete, 1, None),
     b"EXISTS": Command(_exists, 1, None),
@@ -356,6 +521,8 @@ COMMANDS: dict[bytes, Command] = {
     b"COMMAND": Command(_subcommands("COMMAND", COMMAND_SUBCOMMANDS), 0, None),
     b"CLIENT": Command(_subcommands("CLIENT", CLIENT_SUBCOMMANDS), 1, None),
     b"SELECT": Command(_select, 1, 1),
+    b"CONFIG": Command(_subcommands("CONFIG", CONFIG_SUBCOMMANDS), 1, None),
+    b"INFO": Command(_info, 0, None),
 }
 """Every command by its upper-case name."""
 

@@ -29,7 +29,7 @@ from kvservice.resp.codec import (
     encode,
     printable,
 )
-from kvservice.resp.commands import ScanCursors, Session, execute
+from kvservice.resp.commands import ServerState, Session, execute
 from kvservice.store import Store
 
 logger = logging.getLogger("kvservice.resp")
@@ -90,7 +90,7 @@ class RespServer:
         self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
-        self._cursors = ScanCursors()
+        self._state = ServerState(max_clients=settings.max_connections)
         self._bound_port = settings.port
 
     @property
@@ -114,7 +114,7 @@ class RespServer:
             )
         except OSError as error:
             raise OSError(f"{host}:{port}: {error}") from error
-        self._bound_port = int(self._socket.getsockname()[1])
+        self._bound_port = self._state.port = int(self._socket.getsockname()[1])
         self._thread = threading.Thread(target=self._run, name="resp-serve", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -208,20 +208,23 @@ class RespServer:
         try:
             if self._stopping:
                 return
+            state = self._state
+            state.total_connections_received += 1
             if len(self._connections) >= self.settings.max_connections:
+                state.rejected_connections += 1
                 logger.warning(
                     "refused %s: %d connections are open", peer, self.settings.max_connections
                 )
                 await self._send(writer, encode(Error("ERR", "max number of clients reached")))
                 return
-            connection = _Connection(
-                Session(next(self._ids), self._cursors), reader, writer.transport
-            )
+            connection = _Connection(Session(next(self._ids), state), reader, writer.transport)
             self._connections[task] = connection
+            state.connected_clients = len(self._connections)
             try:
                 await self._converse(reader, writer, connection, peer)
             finally:
                 del self._connections[task]
+                state.connected_clients = len(self._connections)
         except (ConnectionError, TimeoutError):
             pass  # the client went away or stopped reading; nothing left to tell it
         except asyncio.CancelledError:
@@ -279,6 +282,7 @@ class RespServer:
 
     def _answer(self, arguments: list[bytes], session: Session, peer: str) -> bytes:
         started = time.perf_counter()
+        self._state.total_commands_processed += 1
         try:
             data = encode(execute(self.store, session, arguments), session.protocol)
         except Exception:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import socket
 import threading
@@ -145,6 +146,26 @@ def test_exists_counts_keys_with_a_value(conn: RespConnection) -> None:
 
     assert conn.ask("EXISTS", "a", "b", "c", "a") == b":2\r\n"
     assert conn.ask("EXISTS") == error_line("wrong number of arguments for 'exists' command")
+
+
+def test_echo_answers_its_argument(conn: RespConnection) -> None:
+    assert conn.ask("ECHO", "hello there") == bulk(b"hello there")
+    assert conn.ask("ECHO") == error_line("wrong number of arguments for 'echo' command")
+
+
+def test_mget_answers_each_keys_value_or_nil_in_order(conn: RespConnection) -> None:
+    conn.ask("SET", "a", "1")
+    conn.ask("SET", "b", "")
+    conn.ask("SET", "gone", "x")
+    conn.ask("DEL", "gone")
+
+    assert conn.ask("MGET", "b", "nothing", "a", "gone", "a") == (
+        b"*5\r\n$0\r\n\r\n$-1\r\n$1\r\n1\r\n$-1\r\n$1\r\n1\r\n"
+    )
+    assert conn.ask("MGET", "a", "b-c").startswith(
+        b"-INVALIDKEY The key has the character '-' at position 1"
+    )
+    assert conn.ask("MGET") == error_line("wrong number of arguments for 'mget' command")
 
 
 def test_history_lists_timestamps_and_values_newest_first(
@@ -373,9 +394,97 @@ def test_command_tells_just_enough(conn: RespConnection) -> None:
     assert conn.ask("COMMAND") == b"*0\r\n"
     assert conn.ask("COMMAND", "DOCS") == b"*0\r\n"
     assert conn.ask("COMMAND", "DOCS", "get") == b"*0\r\n"
-    assert conn.ask("COMMAND", "COUNT") == b":14\r\n"
+    assert conn.ask("COMMAND", "COUNT") == b":18\r\n"
     assert conn.ask("COMMAND", "INFO", "get", "set") == b"*2\r\n$-1\r\n$-1\r\n"
-    assert conn.ask("COMMAND", "LIST").startswith(b"*14\r\n$4\r\nping\r\n$3\r\nget\r\n")
+    assert conn.ask("COMMAND", "LIST").startswith(b"*18\r\n$4\r\nping\r\n$4\r\necho\r\n")
+
+
+def test_config_get_answers_what_tools_ask_as_a_map(conn: RespConnection) -> None:
+    assert conn.ask("CONFIG", "GET", "save") == b"*2\r\n$4\r\nsave\r\n$0\r\n\r\n"
+    assert conn.ask("config", "get", "APPENDONLY") == b"*2\r\n$10\r\nappendonly\r\n$2\r\nno\r\n"
+    assert conn.ask("CONFIG", "GET", "maxmemory*", "databases") == (
+        b"*6\r\n$9\r\nmaxmemory\r\n$9\r\n268435456\r\n"
+        b"$16\r\nmaxmemory-policy\r\n$10\r\nnoeviction\r\n$9\r\ndatabases\r\n$1\r\n1\r\n"
+    )
+    assert conn.ask("CONFIG", "GET", "no-such-parameter") == b"*0\r\n"
+    conn.ask("HELLO", "3")
+    assert conn.ask("CONFIG", "GET", "save") == b"%1\r\n$4\r\nsave\r\n$0\r\n\r\n"
+
+
+def test_config_has_no_set_kvservice_is_configured_by_its_command_line(
+    conn: RespConnection,
+) -> None:
+    assert conn.ask("CONFIG", "SET", "maxmemory", "1") == error_line(
+        "unknown subcommand 'SET'. Try CONFIG HELP."
+    )
+    assert conn.ask("CONFIG", "GET", "maxmemory") == (
+        b"*2\r\n$9\r\nmaxmemory\r\n$9\r\n268435456\r\n"
+    )
+
+
+def info_fields(reply: bytes) -> dict[str, dict[str, str]]:
+    """An INFO bulk reply as {section: {field: value}}, checking it is well formed."""
+    head, _, body = reply.partition(b"\r\n")
+    text = body[:-2]  # the bulk string: every line of it ends in CRLF, as in Redis
+    assert head == b"$%d" % len(text) and body.endswith(b"\r\n") and text.endswith(b"\r\n")
+    sections: dict[str, dict[str, str]] = {}
+    for block in text[:-2].decode().split("\r\n\r\n"):
+        title, *lines = block.split("\r\n")
+        assert title.startswith("# "), block
+        sections[title[2:]] = dict(line.split(":", 1) for line in lines)
+    return sections
+
+
+def test_info_reports_server_clients_memory_persistence_stats_and_keyspace(
+    server: RespServer, store: Store
+) -> None:
+    with RespConnection(server.port) as first, RespConnection(server.port) as second:
+        assert first.ask("INFO", "keyspace") == b"$12\r\n# Keyspace\r\n\r\n"  # no keys yet
+        first.ask("SET", "a", "12345")
+        first.ask("SET", "b", "x")
+        second.ask("DEL", "b")
+
+        info = info_fields(second.ask("INFO"))
+
+    assert list(info) == ["Server", "Clients", "Memory", "Persistence", "Stats", "Keyspace"]
+    assert info["Server"]["redis_version"] == "7.0.0"
+    assert info["Server"]["server_name"] == "kvservice"
+    assert info["Server"]["tcp_port"] == str(server.port)
+    assert info["Server"]["process_id"] == str(os.getpid())
+    assert info["Clients"] == {
+        "connected_clients": "2",
+        "maxclients": "512",
+        "blocked_clients": "0",
+    }
+    stats = store.stats()
+    assert info["Memory"]["used_memory"] == str(stats.used_bytes) != "0"
+    assert info["Memory"]["maxmemory"] == str(stats.max_bytes)
+    assert info["Memory"]["maxmemory_human"] == "256.00M"
+    assert info["Memory"]["maxmemory_policy"] == "noeviction"
+    assert info["Persistence"]["loading"] == "0"
+    assert info["Stats"] == {
+        "total_connections_received": "2",
+        "total_commands_processed": "5",
+        "rejected_connections": "0",
+    }
+    assert info["Keyspace"] == {"db0": "keys=1,expires=0,avg_ttl=0"}
+
+
+def test_info_gives_the_sections_asked_for(conn: RespConnection) -> None:
+    assert list(info_fields(conn.ask("INFO", "stats", "CLIENTS"))) == ["Clients", "Stats"]
+    assert list(info_fields(conn.ask("INFO", "everything"))) == list(
+        info_fields(conn.ask("INFO", "default"))
+    )
+    assert conn.ask("INFO", "replication") == b"$0\r\n\r\n"
+
+
+def test_info_counts_refused_connections() -> None:
+    with running_resp(max_connections=1) as server, RespConnection(server.port) as first:
+        with RespConnection(server.port) as refused:
+            assert refused.rest_and_closed()[1]
+        stats = info_fields(first.ask("INFO", "stats"))["Stats"]
+    assert stats["total_connections_received"] == "2"
+    assert stats["rejected_connections"] == "1"
 
 
 def test_select_accepts_only_database_0(conn: RespConnection) -> None:

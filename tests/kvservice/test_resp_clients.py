@@ -4,9 +4,13 @@ behind both transports: what is written over one is read over the other, errors 
 
 from __future__ import annotations
 
+import os
+import pty
+import select
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -201,6 +205,76 @@ def test_redis_cli_reads_commands_from_stdin_and_speaks_resp3_when_asked(
         ["redis-cli", "-p", str(port), "-3", "PING"], capture_output=True, text=True, timeout=10
     )
     assert completed.stdout.startswith("PONG")
+
+
+def read_terminal(argv: list[str], seconds: float) -> str:
+    """What a program that runs until stopped prints to a terminal in `seconds`: redis-cli
+    --stat buffers its output when it is not writing to one."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    output = b""
+    deadline = time.monotonic() + seconds
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([controller], [], [], left)[0]:
+                try:
+                    output += os.read(controller, 4096)
+                except OSError:  # the program ended and closed the terminal
+                    break
+    finally:
+        process.kill()
+        process.wait()
+        os.close(controller)
+    return output.decode(errors="replace")
+
+
+@needs_redis_cli
+def test_redis_cli_stat_reports_keys_memory_clients_and_requests(both: BothTransports) -> None:
+    for key in ("a", "b", "c"):
+        both.store.put(key, b"12345")
+
+    output = read_terminal(
+        ["redis-cli", "-h", "127.0.0.1", "-p", str(both.resp.port), "--stat", "-i", "0.2"], 1.5
+    )
+
+    lines = output.splitlines()
+    assert lines[1].split() == ["keys", "mem", "clients", "blocked", "requests", "connections"]
+    keys, memory, clients, blocked, requests_made, *_ = lines[2].split()
+    assert (keys, clients, blocked) == ("3", "1", "0")
+    assert memory == f"{both.store.stats().used_bytes / 1024:.2f}K"  # 3 keys: over 1 KiB
+    later = lines[3].split()
+    assert int(later[4]) == int(requests_made) + 1 and later[5] == "(+1)"
+    assert "Error" not in output and "WARNING" not in output
+
+
+needs_redis_benchmark = pytest.mark.skipif(
+    shutil.which("redis-benchmark") is None,
+    reason="redis-benchmark is missing: apt-get install redis-tools (Debian) to run these",
+)
+
+
+@needs_redis_benchmark
+def test_redis_benchmark_runs_without_warnings(both: BothTransports) -> None:
+    port = str(both.resp.port)
+    value = "v" * 100
+    load = ["-n", "100", "-r", "50", "-P", "4", "-c", "2", "-q"]
+    # Keys of kvservice's alphabet: the default -t tests use key:__rand_int__.
+    command = ["SET", "k__rand_int__", value]
+    completed = subprocess.run(
+        ["redis-benchmark", "-h", "127.0.0.1", "-p", port, *load, *command],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    output = completed.stdout + completed.stderr
+    assert "requests per second" in output
+    assert "WARNING" not in output and "Error" not in output, output
+    written = [key for key in (f"k{n:012d}" for n in range(50)) if key in both.store.keys().keys]
+    assert written and all(both.store.get(key).data == value.encode() for key in written)
 
 
 # -- one store, two transports ---------------------------------------------------------------------
