@@ -136,14 +136,16 @@ def execute(store: Store, session: Session, arguments: Sequence[bytes]) -> Reply
     command = COMMANDS.get(name.upper())
     if command is None:
         return Error("ERR", f"unknown command '{printable(name)}'")
-    return _call(command, printable(name).lower(), store, session, args)
+    return _call(command, lambda: printable(name).lower(), store, session, args)
 
 
-def _call(command: Command, label: str, store: Store, session: Session, args: list[bytes]) -> Reply:
+def _call(
+    command: Command, label: Callable[[], str], store: Store, session: Session, args: list[bytes]
+) -> Reply:
     if len(args) < command.min_args or (
         command.max_args is not None and len(args) > command.max_args
     ):
-        return Error("ERR", f"wrong number of arguments for '{label}' command")
+        return Error("ERR", f"wrong number of arguments for '{label()}' command")
     try:
         return command.handler(store, session, args)
     except StoreError as error:
@@ -160,7 +162,7 @@ def _subcommands(command: str, table: dict[bytes, Command]) -> Handler:
         if subcommand is None:
             return Error("ERR", f"unknown subcommand '{printable(name)}'. Try {command} HELP.")
         label = f"{command}|{printable(name)}".lower()
-        return _call(subcommand, label, store, session, args[1:])
+        return _call(subcommand, lambda: label, store, session, args[1:])
 
     return dispatch
 

@@ -514,10 +514,10 @@ def test_an_unexpected_error_is_logged_and_answered_without_a_traceback(
     assert "RuntimeError: boom" in caplog.text
 
 
-def test_each_command_is_on_the_access_log_without_its_value(
+def test_at_debug_each_command_is_on_the_access_log_without_its_value(
     caplog: pytest.LogCaptureFixture, conn: RespConnection
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="kvservice.access"):
+    with caplog.at_level(logging.DEBUG, logger="kvservice.access"):
         conn.ask("SET", "foo", "secret value")
         conn.ask("GET", "foo")
         conn.ask("GET", "bad-key")
@@ -529,6 +529,35 @@ def test_each_command_is_on_the_access_log_without_its_value(
         '"GET bad-key" -INVALIDKEY 100',
     ]
     assert "secret" not in caplog.text
+
+
+def test_at_info_each_connection_has_one_line_when_it_closes(
+    caplog: pytest.LogCaptureFixture, server: RespServer
+) -> None:
+    with caplog.at_level(logging.INFO, logger="kvservice.access"):
+        with RespConnection(server.port) as conn:
+            conn.ask("SET", "foo", "secret value")
+            conn.ask("GET", "foo")
+            conn.send(command("QUIT"))
+            assert conn.rest_and_closed() == (OK, True)
+        with RespConnection(server.port) as broken:
+            broken.send(b"*1\r\n:5\r\n")
+            assert broken.rest_and_closed()[1]
+        deadline = time.monotonic() + 2
+        while len(access_lines(caplog)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    assert [
+        re.sub(r"^127\.0\.0\.1:\d+ | in [\d.]+ s", "", line) for line in access_lines(caplog)
+    ] == [
+        "closed: 3 commands",
+        "closed: 0 commands, after a protocol error",
+    ]
+    assert "secret" not in caplog.text
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == "kvservice.access"]
 
 
 # -- the store's errors, with the store's words ----------------------------------------------------
@@ -699,6 +728,45 @@ def test_idle_and_stalled_connections_are_closed_after_the_idle_timeout() -> Non
         assert 0.25 < time.monotonic() - started < 2.0
         idle.close()
         stalled.close()
+
+
+def test_a_client_that_does_not_read_its_replies_is_not_read_and_is_closed() -> None:
+    store = MemoryStore()
+    store.put("big", b"x" * 1024)
+    with running_resp(store, idle_timeout_s=1.0) as server:
+        greedy = socket.create_connection(("127.0.0.1", server.port))
+        greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        greedy.setblocking(False)
+        sent, sent_by = 0, {}
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < 0.8:  # GETs of 1 KiB, no reply read
+            try:
+                sent += greedy.send(command("GET", "big") * 64)
+            except BlockingIOError:
+                time.sleep(0.001)
+            sent_by[round(elapsed, 1)] = sent
+        with RespConnection(server.port) as other:  # meanwhile, others are served
+            assert other.ask("PING") == b"+PONG\r\n"
+        # The server stopped reading it: nothing more went out in the last 0.4 s.
+        assert sent_by[0.4] == sent > 0
+        time.sleep(1.5)  # past the idle timeout (1 s), and still not reading
+        greedy.setblocking(True)
+        greedy.settimeout(1)
+        received, closed = 0, False
+        deadline = time.monotonic() + 3
+        try:
+            while not closed and time.monotonic() < deadline:
+                chunk = greedy.recv(1 << 20)
+                received += len(chunk)
+                closed = not chunk
+        except ConnectionResetError:
+            closed = True  # with replies unsent
+        assert closed
+        assert received < sent // 30 * 1031  # 30 bytes a GET, 1031 its reply: not all sent
+        greedy.close()
+        with RespConnection(server.port) as info:
+            clients = info_fields(info.ask("INFO", "clients"))["Clients"]
+        assert clients["connected_clients"] == "1"
 
 
 def test_a_busy_connection_is_not_idle() -> None:
