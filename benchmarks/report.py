@@ -15,9 +15,10 @@ from importlib import metadata
 from pathlib import Path
 
 from benchmarks.memory import MemoryResult
+from benchmarks.resp import RESP_SERVERS, RESP_WORKLOADS, resp_table
 from benchmarks.results import Results
 from benchmarks.servers import REPO_ROOT, ServerSpec
-from benchmarks.targets import CEILING, PEER, SUBJECT, TargetCheck
+from benchmarks.targets import CEILING, PEER, SUBJECT, Measurements, TargetCheck
 from benchmarks.workloads import Workload
 
 RESULTS_BEGIN = "<!-- benchmark results: begin (written by python -m benchmarks) -->"
@@ -89,6 +90,7 @@ def describe_machine(source: Path | None) -> dict[str, str]:
         "waitress": _version("waitress"),
         "wrk": wrk_version[0] if wrk_version else "unknown",
         "nginx": _command_output(["nginx", "-v"]),
+        "redis-server": _command_output(["redis-server", "--version"]),
         "kvservice": source_revision(source),
         "load average at start (1 min)": f"{os.getloadavg()[0]:.2f}",
     }
@@ -190,13 +192,13 @@ def memory_table(memory: Sequence[MemoryResult]) -> list[str]:
 def render_results(
     info: RunInfo,
     checks: Sequence[TargetCheck],
-    results: Results,
-    memory: Sequence[MemoryResult],
+    measured: Measurements,
     servers: Sequence[ServerSpec],
     workloads: Sequence[Workload],
     chart: str | None,
 ) -> str:
     """The generated part of PERFORMANCE.md (also what the benchmark prints)."""
+    results, memory = measured.http, measured.memory
     lines = [
         f"Measured {info.started} by `{info.command}`, which took "
         f"{_format_elapsed(info.elapsed_s)}: every run lasted {info.duration_s} s (deletes "
@@ -224,9 +226,14 @@ def render_results(
     lines += ["### Latency, server CPU and errors", "", *detail_table(results), ""]
     if memory:
         lines += ["### Memory", "", *memory_table(memory), ""]
+    if measured.resp.servers:
+        lines += ["### RESP (redis-benchmark, ops/s)", "", *resp_table(measured.resp), ""]
     lines += ["### Servers and workloads", ""]
     lines += [f"- **{spec.name}**: {spec.description}" for spec in servers]
     lines += [f"- **{workload.name}**: {workload.description}" for workload in workloads]
+    if measured.resp.servers:
+        lines += [f"- **RESP {spec.name}**: {spec.description}" for spec in RESP_SERVERS]
+        lines += [f"- **RESP {w.name}**: {w.description}" for w in RESP_WORKLOADS]
     return "\n".join(lines) + "\n"
 
 

@@ -32,6 +32,12 @@ from benchmarks.chart import ChartUnavailable, write_chart
 from benchmarks.loader import LoadFailed
 from benchmarks.memory import MEMORY_CASES, MemoryResult, measure_memory
 from benchmarks.report import RunInfo, describe_machine, render_results, write_document
+from benchmarks.resp import (
+    RespBenchmarkFailed,
+    RespBenchmarkUnavailable,
+    measure_resp,
+    require_tools,
+)
 from benchmarks.results import Results, Run
 from benchmarks.servers import (
     HOST,
@@ -44,7 +50,7 @@ from benchmarks.servers import (
     server_environment,
     variant,
 )
-from benchmarks.targets import check_targets
+from benchmarks.targets import Measurements, check_targets
 from benchmarks.workloads import (
     POOL_SIZE,
     Slot,
@@ -89,6 +95,7 @@ class Options:
     workloads: list[Workload]
     source: Path | None
     wrk_cpus: str | None
+    resp: bool
     document: Path | None
     chart: Path | None
     command: str
@@ -153,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--wrk-cpus", metavar="LIST", help="pin wrk to these CPUs (taskset)")
     parser.add_argument(
+        "--resp",
+        action=argparse.BooleanOptionalAction,
+        help="also run the RESP workloads against redis-server (default: yes, except with "
+        "--quick; needs redis-benchmark and redis-server)",
+    )
+    parser.add_argument(
         "--write",
         action=argparse.BooleanOptionalAction,
         help="write the document and chart (default: yes, except with --quick)",
@@ -204,6 +217,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         workloads=workloads,
         source=args.source,
         wrk_cpus=args.wrk_cpus,
+        resp=not args.quick if args.resp is None else args.resp,
         document=args.document if write else None,
         chart=args.chart if write else None,
         command=shlex.join(["python", "-m", "benchmarks", *argv]),
@@ -321,6 +335,12 @@ def run(options: Options, wrk: str) -> int:
         scratch = Path(scratch_name)
         results = measure_throughput(options, plan, wrk, scratch)
         memory = measure_all_memory(options, scratch)
+        resp = (
+            measure_resp(options.scale.repeats, options.scale.duration_s, scratch)
+            if options.resp
+            else Results()
+        )
+    measured = Measurements(results, memory, resp)
     info = RunInfo(
         command=options.command,
         started=started.strftime("%Y-%m-%d %H:%M UTC"),
@@ -337,13 +357,7 @@ def run(options: Options, wrk: str) -> int:
         except ChartUnavailable as error:
             print(f"benchmarks: {error}", file=sys.stderr)
     text = render_results(
-        info,
-        check_targets(results, memory),
-        results,
-        memory,
-        options.servers,
-        options.workloads,
-        chart_link,
+        info, check_targets(measured), measured, options.servers, options.workloads, chart_link
     )
     print(text)
     if options.document is not None:
@@ -357,12 +371,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parse_options(sys.argv[1:] if argv is None else argv)
     try:
         wrk = require_wrk()
-    except WrkMissing as error:
-        print(f"benchmarks: {error}", file=sys.stderr)
+        if options.resp:
+            require_tools()
+    except (WrkMissing, RespBenchmarkUnavailable) as error:
+        print(f"benchmarks: {error} (or --no-resp)", file=sys.stderr)
         return 2
     try:
         return run(options, wrk)
-    except (ServerFailed, WrkFailed, LoadFailed) as error:
+    except (ServerFailed, WrkFailed, LoadFailed, RespBenchmarkFailed) as error:
         print(f"benchmarks: {error}", file=sys.stderr)
         return 1
 
