@@ -151,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workload", choices=sorted(profilable), default="get")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--threads", type=int, help="server threads (kvservice's default)")
+    parser.add_argument(
+        "--threads", type=int, help="worker threads, for a store that waits (kvservice's default)"
+    )
     parser.add_argument("--top", type=int, default=25, help="functions to list")
     args = parser.parse_args(argv)
     workload: Workload = profilable[args.workload]
@@ -166,7 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with redirect_stdout(devnull):
             configure_logging(config.log_level)  # the access log goes to stdout: /dev/null
         profiles.install()
-        server = Server(create_app(store), http_transport_settings(config, store))
+        settings = http_transport_settings(config, store)
+        server = Server(create_app(store), settings)
         server.start()
         profiles.uninstall()
         try:
@@ -180,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             server.stop()
     print(
-        f"{workload.name} at {args.connections} connections, {config.threads} server threads: "
+        f"{workload.name} at {args.connections} connections, "
+        f"{'served on the event loop' if settings.serve_inline else f'{config.threads} threads'}: "
         f"{result.requests_per_s:,.0f} req/s under the profiler, "
         f"non-2xx {result.non_2xx}, socket errors {result.socket_errors}\n"
     )
