@@ -270,9 +270,7 @@ def test_redis_stopped_for_5_s_under_load_gives_only_503_then_full_service(
             time.sleep(2.0)
             stop.set()
             answers = [answer for client in clients for answer in client.result()]
-    # Sent and answered while Redis was down (one sent just before the restart may be served
-    # once it is back, within --store-timeout, and rightly succeed).
-    while_down = [a for a in answers if stopped_at <= a.sent_at and a.answered_at <= restarting_at]
+    while_down = [a for a in answers if stopped_at <= a.sent_at <= restarting_at]
     after = [a for a in answers if a.sent_at >= back_at + 1.0]
     first_failure_after_return = max(
         (a.sent_at - back_at for a in answers if a.sent_at >= back_at and a.status == 503),
@@ -287,5 +285,11 @@ def test_redis_stopped_for_5_s_under_load_gives_only_503_then_full_service(
         f"{Counter(a.status for a in answers if a.sent_at <= restarting_at < a.answered_at)}"
     )
     assert set(statuses) <= {200, 204, 404, 503}, "no 500, and never no answer at all"
-    assert while_down and all(a.status == 503 for a in while_down)
+    # Sent while Redis was down: 503, unless it was still waiting for Redis (--store-timeout)
+    # when Redis came back, and then rightly succeeded.
+    assert any(a.status == 503 for a in while_down)
+    assert all(
+        a.status == 503 or (a.status in (200, 204, 404) and a.answered_at > restarting_at)
+        for a in while_down
+    )
     assert after and all(a.status in (200, 204, 404) for a in after), "full service within 1 s"
