@@ -84,7 +84,12 @@ class GateReader(_pyio.BufferedReader):  # type: ignore[misc]
         self.bytes_read = 0
 
     def read(self, size: int | None = -1) -> bytes:
-        data: bytes = super().read(size)
+        """Up to `size` bytes; b"" when none have arrived. The socket is non-blocking, and the
+        gate hands the parser only requests it judged whole, so a parser that wants more (a
+        line longer than every limit, say) has read all there is: it must not wait for it."""
+        data: bytes | None = super().read(size)
+        if data is None:  # nothing buffered, and the socket has nothing now
+            return b""
         self.bytes_read += len(data)
         return data
 

@@ -13,8 +13,10 @@ import pytest
 import requests
 
 from kvservice.config import Config, load_config
+from tests.conftest import StartKV
 from tests.support.processes import REPO_ROOT, running_service, start_service
 from tests.support.rawhttp import exchange, parse_responses, single_response
+from tests.support.servers import http_settings
 
 PUT_HEAD = b"PUT /k HTTP/1.1\r\nHost: x\r\n"
 
@@ -139,6 +141,27 @@ def test_header_count_limit_is_exact(kv_url: str) -> None:
 def test_long_url_is_414(kv_url: str) -> None:
     response, closed = single_response(kv_url, b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\n\r\n")
     assert response.status == 414
+    assert closed
+
+
+@pytest.mark.parametrize("serve_inline", [True, False], ids=["on the event loop", "by workers"])
+@pytest.mark.parametrize(
+    ("unfinished_head", "status"),
+    [
+        (b"GET /" + b"a" * 16_400, 414),
+        (b"GET /k HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 16_400, 431),
+    ],
+    ids=["request line", "header"],
+)
+def test_a_head_past_the_limit_is_refused_before_it_ends(
+    start_kv: StartKV, serve_inline: bool, unfinished_head: bytes, status: int
+) -> None:
+    # Just past the default 16 KiB, and no line end ever arrives: the parser reads all there
+    # is and must answer, not wait (or fail with a 500, as it did on the drained socket).
+    settings = http_settings(threads=2, socket_timeout_s=2.0, serve_inline=serve_inline)
+    kv_url = start_kv(settings=settings)
+    response, closed = single_response(kv_url, unfinished_head)
+    assert response.status == status
     assert closed
 
 
