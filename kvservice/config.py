@@ -13,12 +13,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import urllib.parse
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kvservice import __version__
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -37,28 +41,41 @@ def setting(default: Any, flag: str, env: str, parse: Callable[[str], Any], help
 
 
 def named(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
-    """`parse` under the name argparse shows in usage and errors ("invalid port value")."""
+    """`parse` under the name argparse shows in usage and errors ("invalid port value"); its
+    ValueError's message, which says what is accepted, becomes the error argparse shows."""
 
     def named_parse(text: str) -> Any:
-        return parse(text)
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"invalid {name} value {text!r}: {error}") from None
 
     named_parse.__name__ = name
     return named_parse
 
 
+def _integer(text: str, accepted: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(accepted) from None
+
+
 def positive_int(text: str) -> int:
     """An integer > 0."""
-    value = int(text)
+    accepted = "give a whole number of at least 1"
+    value = _integer(text, accepted)
     if value <= 0:
-        raise ValueError(f"{text} is not a positive integer")
+        raise ValueError(accepted)
     return value
 
 
 def port_number(text: str) -> int:
     """A TCP port, 0-65535 (0 picks a free one)."""
-    value = int(text)
+    accepted = "give a port number from 0 to 65535 (0 picks a free one)"
+    value = _integer(text, accepted)
     if not 0 <= value <= 65535:
-        raise ValueError(f"{text} is not a port number (0-65535)")
+        raise ValueError(accepted)
     return value
 
 
@@ -67,12 +84,48 @@ def optional_port(text: str) -> int | None:
     return port_number(text) if text.strip() else None
 
 
-def positive_float(text: str) -> float:
-    """A number > 0."""
-    value = float(text)
-    if not value > 0:
-        raise ValueError(f"{text} is not a positive number")
-    return value
+_QUANTITY = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*")
+
+BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+"""Units of a size, any case: SI's kB/MB/GB are powers of 1000, KiB/MiB/GiB of 1024. A bare
+K, M or G is refused, since tools disagree on which it means."""
+SECONDS_PER_UNIT = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+"""Units of a duration; a bare number is seconds."""
+
+
+def _quantity(text: str, units: Mapping[str, float], accepted: str) -> float:
+    """A positive number times its unit from `units`; ValueError saying `accepted` if not."""
+    match = _QUANTITY.fullmatch(text)
+    unit = match and units.get(match[2].lower())
+    if match is None or unit is None or not float(match[1]) > 0:
+        raise ValueError(accepted)
+    return float(match[1]) * unit
+
+
+def byte_size(text: str) -> int:
+    """A whole number of bytes > 0, bare or with a unit of BYTE_UNITS: 1024, 64KiB, 10MB."""
+    accepted = (
+        "give a whole number of bytes of at least 1, bare or with a unit: "
+        "65536, 64KiB, 10MB, 1GiB (kB, MB, GB are powers of 1000; KiB, MiB, GiB of 1024)"
+    )
+    size = _quantity(text, BYTE_UNITS, accepted)
+    if size != int(size):
+        raise ValueError(accepted)
+    return int(size)
+
+
+def duration_s(text: str) -> float:
+    """A duration > 0 in seconds, bare or with a unit of SECONDS_PER_UNIT: 2.5, 500ms, 2m."""
+    return _quantity(text, SECONDS_PER_UNIT, "give a duration above 0: 120, 2.5s, 500ms, 2m, 1h")
 
 
 def store_location(text: str) -> str:
@@ -89,16 +142,33 @@ def store_location(text: str) -> str:
 def log_level(text: str) -> str:
     """One of LOG_LEVELS, any case."""
     if text.upper() not in LOG_LEVELS:
-        raise ValueError(f"{text} is not one of {', '.join(LOG_LEVELS)}")
+        raise ValueError(f"give one of {', '.join(LOG_LEVELS)}")
     return text.upper()
+
+
+def log_format(text: str) -> str:
+    """One of LOG_FORMATS, any case."""
+    if text.lower() not in LOG_FORMATS:
+        raise ValueError(f"give one of {', '.join(LOG_FORMATS)}")
+    return text.lower()
+
+
+def on_off(text: str) -> bool:
+    """on or off (also true/false, yes/no, 1/0), any case."""
+    value = {"on": True, "true": True, "yes": True, "1": True}.get(text.strip().lower())
+    if value is None and text.strip().lower() not in ("off", "false", "no", "0"):
+        raise ValueError("give on or off")
+    return bool(value)
 
 
 ADDRESS = named(str, "address")
 PORT = named(port_number, "port")
-SECONDS = named(positive_float, "seconds")
-BYTES = named(positive_int, "bytes")
+SECONDS = named(duration_s, "seconds")
+BYTES = named(byte_size, "bytes")
 COUNT = named(positive_int, "count")
 LEVEL = named(log_level, "level")
+LOG_FORMAT = named(log_format, "format")
+SWITCH = named(on_off, "switch")
 
 
 @dataclass(frozen=True)
@@ -188,6 +258,20 @@ class Config:
     log_level: str = setting(
         "INFO", "--log-level", "KV_LOG_LEVEL", LEVEL, "DEBUG, INFO, WARNING or ERROR"
     )
+    log_format: str = setting(
+        "text",
+        "--log-format",
+        "KV_LOG_FORMAT",
+        LOG_FORMAT,
+        "text (one line a record) or json (one JSON object a line, for log collectors)",
+    )
+    metrics: bool = setting(
+        True,
+        "--metrics",
+        "KV_METRICS",
+        SWITCH,
+        "on: count requests and serve them at /_metrics (Prometheus); off: neither",
+    )
     resp_port: int | None = setting(
         None,
         "--resp-port",
@@ -223,12 +307,22 @@ def settings_of(
     ]
 
 
+@dataclass(frozen=True)
+class FromEnvironment:
+    """A setting's default taken from its environment variable, parsed once the flags are:
+    only when no flag overrides it, and with the variable, not the flag, named if it is bad."""
+
+    flag: Flag
+    text: str
+
+
 def add_settings(
     parser: argparse.ArgumentParser,
     fields: Sequence[dataclasses.Field[Any]],
     environ: Mapping[str, str],
 ) -> None:
-    """Add each setting as a flag whose default is its environment variable, else its own."""
+    """Add each setting as a flag whose default is its environment variable, else its own;
+    `parse_settings` then parses what came from the environment."""
     for field in fields:
         flag: Flag = field.metadata["flag"]
         env_value = environ.get(flag.env)
@@ -237,10 +331,27 @@ def add_settings(
             dest=field.name,
             type=flag.parse,
             metavar=getattr(flag.parse, "__name__", "VALUE").upper(),
-            # argparse runs `type` on string defaults, so bad environment values fail like flags.
-            default=env_value if env_value is not None else field.default,
+            default=FromEnvironment(flag, env_value) if env_value is not None else field.default,
             help=f"{flag.help} (env {flag.env}, default {field.default})",
         )
+
+
+def parse_settings(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> dict[str, Any]:
+    """Every setting by name: flags over environment over defaults. A bad value exits with
+    a usage error (2) naming where it came from, the flag or the environment variable."""
+    settings = vars(parser.parse_args(argv))
+    for name, value in settings.items():
+        if isinstance(value, FromEnvironment):
+            try:
+                settings[name] = value.flag.parse(value.text)
+            except (ValueError, argparse.ArgumentTypeError) as error:
+                parser.error(f"environment variable {value.flag.env}: {error}")
+    return settings
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """`--version`: the program's name and the installed package's version."""
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -249,6 +360,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         prog="kvservice",
         description="An HTTP key-value store with a write history per key.",
     )
+    add_version(parser)
     add_settings(parser, settings_of(Config), environ)
     return parser
 
@@ -258,5 +370,4 @@ def load_config(
 ) -> Config:
     """Parse flags over environment over defaults; exits with a usage error on bad values."""
     parser = build_parser(os.environ if environ is None else environ)
-    namespace = parser.parse_args(argv)
-    return Config(**vars(namespace))
+    return Config(**parse_settings(parser, argv))

@@ -18,7 +18,9 @@ from kvservice.config import (
     PORT,
     SECONDS,
     add_settings,
+    add_version,
     named,
+    parse_settings,
     setting,
     settings_of,
 )
@@ -97,6 +99,7 @@ def build_parser(
         epilog="exit codes of run: 0 all passed, 1 a check failed, 2 usage error, "
         "3 the kvservice was unreachable, 4 a check cannot run over the URL's transport",
     )
+    add_version(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(RUN, help="run checks once and print a report")
     run.add_argument(
@@ -119,7 +122,7 @@ def load_config(
 ) -> Config:
     """Parse flags over environment over defaults; exits with a usage error (2) on bad values."""
     parser = build_parser(os.environ if environ is None else environ, check_names)
-    settings = vars(parser.parse_args(argv))
+    settings = parse_settings(parser, argv)
     requested = settings.pop("checks", [])
     unknown = [name for name in requested if name not in check_names and name != ALL_CHECKS]
     if unknown:

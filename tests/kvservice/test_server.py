@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from importlib import metadata
 
 import pytest
 import requests
@@ -248,23 +249,53 @@ def test_config_reads_flags_over_environment_over_defaults() -> None:
     assert config == Config(port=5000, history_window_s=2.5, log_level="DEBUG")
 
 
+def test_config_takes_sizes_and_durations_with_units() -> None:
+    config = load_config(
+        ["--max-bytes", "10MB", "--history-window", "2m", "--request-timeout", "500ms"],
+        {"KV_MAX_VALUE_BYTES": "4KiB", "KV_SOCKET_TIMEOUT": "1.5s", "KV_STORE_TIMEOUT": "1h"},
+    )
+    assert (config.max_bytes, config.max_value_bytes) == (10_000_000, 4096)
+    assert (config.history_window_s, config.request_timeout_s) == (120.0, 0.5)
+    assert (config.socket_timeout_s, config.store_timeout_s) == (1.5, 3600.0)
+    assert load_config(["--max-bytes", "1gib", "--history-window", "90"], {}).max_bytes == 2**30
+
+
 @pytest.mark.parametrize(
     ("args", "environ", "message"),
     [
-        (["--port", "70000"], {}, "invalid port value: '70000'"),
-        (["--max-bytes", "0"], {}, "invalid bytes value: '0'"),
-        ([], {"KV_THREADS": "many"}, "invalid count value: 'many'"),
-        ([], {"KV_HISTORY_WINDOW": "-1"}, "invalid seconds value: '-1'"),
-        (["--log-level", "loud"], {}, "invalid level value: 'loud'"),
+        (["--port", "70000"], {}, "argument --port: invalid port value '70000': give a port"),
+        (["--max-bytes", "0"], {}, "--max-bytes: invalid bytes value '0': give a whole number"),
+        (["--max-bytes", "10M"], {}, "'10M': give a whole number of bytes of at least 1, bare"),
+        (["--max-bytes", "1.5B"], {}, "invalid bytes value '1.5B'"),
+        (["--history-window", "2min"], {}, "'2min': give a duration above 0: 120, 2.5s"),
+        ([], {"KV_THREADS": "many"}, "environment variable KV_THREADS: invalid count value"),
+        ([], {"KV_HISTORY_WINDOW": "-1"}, "variable KV_HISTORY_WINDOW: invalid seconds value"),
+        ([], {"KV_MAX_BYTES": "lots"}, "environment variable KV_MAX_BYTES: invalid bytes"),
+        (["--log-level", "loud"], {}, "'loud': give one of DEBUG, INFO, WARNING, ERROR"),
+        (["--log-format", "xml"], {}, "'xml': give one of text, json"),
+        (["--metrics", "maybe"], {}, "'maybe': give on or off"),
     ],
 )
-def test_bad_config_is_a_usage_error(
+def test_bad_config_is_a_usage_error_saying_what_is_accepted(
     args: list[str], environ: dict[str, str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
         load_config(args, environ)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_flag_overrides_a_bad_environment_value() -> None:
+    assert load_config(["--threads", "4"], {"KV_THREADS": "many"}).threads == 4
+
+
+@pytest.mark.parametrize("program", ["kvservice", "testclient"])
+def test_version_names_the_program_and_its_version(program: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", program, "--version"], capture_output=True, text=True, timeout=10
+    )
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"{program} {metadata.version('kvservice')}"
 
 
 def test_help_lists_every_environment_variable() -> None:

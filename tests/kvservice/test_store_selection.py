@@ -37,7 +37,7 @@ def test_an_unknown_kind_of_store_is_refused_at_start() -> None:
     assert "unknown kind 'mongodb'; use memory or redis://, rediss://" in completed.stderr
     garbled = run_kvservice("--store", "redis")
     assert garbled.returncode == 2
-    assert "invalid url value: 'redis'" in garbled.stderr
+    assert "--store: invalid url value 'redis': not memory and not a URL" in garbled.stderr
 
 
 def test_a_redis_that_would_evict_is_refused_at_start(tmp_path: Path) -> None:

@@ -128,7 +128,8 @@ def test_a_bad_environment_value_is_a_usage_error(
     monkeypatch.setenv("TESTCLIENT_PORT", "eighty")
 
     assert main(["serve"]) == 2
-    assert "invalid port value: 'eighty'" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "environment variable TESTCLIENT_PORT: invalid port value 'eighty'" in error
 
 
 def test_run_takes_checks_in_order_without_repeats_and_test_all_means_all() -> None:
