@@ -24,7 +24,7 @@ from benchmarks.workloads import VALUE
 from kvservice.__main__ import build_store, server_settings
 from kvservice.config import Config
 from kvservice.http.app import create_app
-from kvservice.http.server import AccessLog, Server
+from kvservice.http.server import RequestLog, Server, write_access_line
 from kvservice.lifecycle import configure_logging, run_until_signalled
 
 
@@ -81,7 +81,7 @@ def serve_waitress(config: Config) -> int:
 
     settings = server_settings(config)
     waitress.serve(
-        AccessLog(create_app(build_store(config))),
+        RequestLog(create_app(build_store(config)), [write_access_line]),
         host=config.host,
         port=config.port,
         threads=settings.threads,

@@ -1,7 +1,8 @@
 """The composition root: config -> store backend -> every enabled transport's server -> run.
 
-A transport is one entry in `TRANSPORTS`: a function from the config and the shared store
-to a server (`lifecycle.Runnable`), or None when the config leaves it off.
+A transport is one entry in `TRANSPORTS`: a function from the config, the shared store and
+the shared metrics (None with --metrics off) to a server (`lifecycle.Runnable`), or None when
+the config leaves it off.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from urllib.parse import urlsplit
 
 from kvservice.config import Config, load_config
 from kvservice.http.app import create_app
-from kvservice.http.server import Server, ServerSettings
+from kvservice.http.server import RequestObserver, Server, ServerSettings, write_access_line
 from kvservice.lifecycle import Runnable, configure_logging, run_until_signalled
+from kvservice.metrics import Metrics
 from kvservice.resp.server import RespServer, RespSettings
 from kvservice.store import Store, StoreMisconfigured, StoreUnavailable
 from kvservice.store.memory import MemoryStore
@@ -127,17 +129,31 @@ def http_transport_settings(config: Config, store: Store) -> ServerSettings:
     return dataclasses.replace(server_settings(config), serve_inline=not store.remote)
 
 
-def http_transport(config: Config, store: Store) -> Runnable | None:
-    """HTTP on --port, always on."""
-    return Server(create_app(store), http_transport_settings(config, store))
+def http_transport(config: Config, store: Store, metrics: Metrics | None) -> Runnable | None:
+    """HTTP on --port, always on; with metrics, it counts requests and serves /_metrics."""
+    if metrics is None:
+        return Server(create_app(store), http_transport_settings(config, store))
+    observers: list[RequestObserver] = [write_access_line, metrics.observe_request]
+    server = Server(
+        create_app(store, metrics_page=metrics.render),
+        http_transport_settings(config, store),
+        observers,
+    )
+    metrics.watch_http(server)
+    return server
 
 
-def resp_transport(config: Config, store: Store) -> Runnable | None:
+def resp_transport(config: Config, store: Store, metrics: Metrics | None) -> Runnable | None:
     """The Redis protocol on --resp-port, off unless that is set."""
-    return None if config.resp_port is None else RespServer(store, resp_settings(config))
+    if config.resp_port is None:
+        return None
+    server = RespServer(store, resp_settings(config))
+    if metrics is not None:
+        metrics.watch_resp(server.figures)
+    return server
 
 
-TRANSPORTS: dict[str, Callable[[Config, Store], Runnable | None]] = {
+TRANSPORTS: dict[str, Callable[[Config, Store, Metrics | None], Runnable | None]] = {
     "http": http_transport,
     "resp": resp_transport,
 }
@@ -147,14 +163,15 @@ TRANSPORTS: dict[str, Callable[[Config, Store], Runnable | None]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run kvservice until SIGTERM or SIGINT."""
     config = load_config(argv)
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     try:
         store = build_store(config)
         check_store(store)
     except (StartupError, ValueError) as error:
         logger.error("cannot start: %s", error)
         return 2
-    servers = [make(config, store) for make in TRANSPORTS.values()]
+    metrics = Metrics(store) if config.metrics else None
+    servers = [make(config, store, metrics) for make in TRANSPORTS.values()]
     return run_until_signalled([server for server in servers if server is not None])
 
 

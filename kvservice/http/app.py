@@ -22,8 +22,10 @@ import bottle
 from kvservice.http.problems import (
     PROBLEM_CONTENT_TYPE,
     answer_errors_with_problems,
+    current_request_id,
     problem_body,
 )
+from kvservice.http.request_info import ROUTE_ENVIRON
 from kvservice.store import (
     DEFAULT_PAGE_KEYS,
     MATCH_ANY,
@@ -41,6 +43,7 @@ from kvservice.store import (
     StoreUnavailable,
     Value,
     ValueTooLarge,
+    too_large,
     validate_key,
 )
 
@@ -113,10 +116,17 @@ _HEADER_SPELLING = {"Etag": "ETag"}
 clients and people grep for ETag)."""
 
 
-def create_app(store: Store) -> bottle.Bottle:
-    """Build the WSGI app serving `store`; the store's limits are the app's limits."""
+MetricsPage = Callable[[str | None], tuple[bytes, str]]
+"""The metrics exposition for an Accept header, and its content type
+(`kvservice.metrics.Metrics.render`)."""
+
+
+def create_app(store: Store, metrics_page: MetricsPage | None = None) -> bottle.Bottle:
+    """Build the WSGI app serving `store`, and `metrics_page` at /_metrics if given; the
+    store's limits are the app's limits."""
     app = _App(catchall=True)
     app.uninstall(True)  # no template or JSON plugins on the hot path
+    app.install(_RouteTemplate())
     app.install(_answer_store_errors)
     answer_errors_with_problems(
         app,
@@ -128,14 +138,38 @@ def create_app(store: Store) -> bottle.Bottle:
         logger=logger,
     )
 
-    app.route("/_health", ["GET", "HEAD"], lambda: _health(store))
-    app.route("/_ready", ["GET", "HEAD"], lambda: _ready(store))
-    app.route("/_keys", ["GET", "HEAD"], lambda: _keys(store))
+    app.route("/_health", ["GET", "HEAD"], lambda: _health(store), name="/_health")
+    app.route("/_ready", ["GET", "HEAD"], lambda: _ready(store), name="/_ready")
+    app.route("/_keys", ["GET", "HEAD"], lambda: _keys(store), name="/_keys")
+    if metrics_page is not None:
+        app.route("/_metrics", ["GET", "HEAD"], lambda: _metrics(metrics_page), name="/_metrics")
     item = functools.partial(_item_route, store)
     for method, handler in ITEM_HANDLERS.items():
-        app.route(f"/<key:{KEY_SEGMENT}>", method, functools.partial(item, handler))
-    app.route(f"/<key:{KEY_SEGMENT}>/history", ["GET", "HEAD"], lambda key: _history(store, key))
+        app.route(f"/<key:{KEY_SEGMENT}>", method, functools.partial(item, handler), name="/{key}")
+    app.route(
+        f"/<key:{KEY_SEGMENT}>/history",
+        ["GET", "HEAD"],
+        lambda key: _history(store, key),
+        name="/{key}/history",
+    )
     return app
+
+
+class _RouteTemplate:
+    """Bottle plugin: puts the name of the route serving a request, its template ("/{key}"),
+    where the transport's metrics find it (ROUTE_ENVIRON)."""
+
+    api = 2
+
+    def apply(self, callback: Callable[..., Any], route: Any) -> Callable[..., Any]:
+        template = route.name or route.rule
+
+        @functools.wraps(callback)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            bottle.request.environ[ROUTE_ENVIRON] = template
+            return callback(*args, **kwargs)
+
+        return wrapper
 
 
 # -- routes ---------------------------------------------------------------------------------
@@ -215,6 +249,12 @@ def _figures(store: Store) -> dict[str, int]:
     return {"keys": stats.keys, "used_bytes": stats.used_bytes, "max_bytes": stats.max_bytes}
 
 
+def _metrics(metrics_page: MetricsPage) -> bytes:
+    page, content_type = metrics_page(bottle.request.headers.get("Accept"))
+    bottle.response.content_type = content_type
+    return page
+
+
 def _json(document: dict[str, Any]) -> bytes:
     bottle.response.content_type = "application/json"
     return json.dumps(document, separators=(",", ":")).encode()
@@ -275,11 +315,10 @@ def _read_value(max_bytes: int) -> tuple[bytes, str | None]:
     environ = bottle.request.environ
     stream = environ["wsgi.input"]
     declared_length = environ.get("CONTENT_LENGTH") or ""
-    too_large = f"The value is larger than the limit of {max_bytes} bytes."
     try:
         if declared_length:
             if int(declared_length) > max_bytes:
-                raise ValueTooLarge(too_large)
+                raise too_large(int(declared_length), max_bytes)
             data = stream.read(int(declared_length))
         else:
             data = stream.read(max_bytes + 1)
@@ -288,7 +327,8 @@ def _read_value(max_bytes: int) -> tuple[bytes, str | None]:
         raise BadRequest(f"The request body could not be read: {error}") from error
     if len(data) > max_bytes:
         bottle.response.set_header("Connection", "close")
-        raise ValueTooLarge(too_large)
+        # A chunked body: read only as far as the limit, so its size is not known.
+        raise ValueTooLarge(f"The value is larger than the limit of {max_bytes} bytes.")
     # Values share a few content types: one copy of each saves about 80 bytes per key.
     # Interned strings are freed once unused, so clients cannot grow the table.
     content_type = sys.intern(environ.get("CONTENT_TYPE") or "") or None
@@ -378,7 +418,7 @@ def _set_etag(value: Value) -> None:
 def _problem_response(status: int, detail: str, problem_type: str, title: str) -> bytes:
     bottle.response.status = status
     bottle.response.content_type = PROBLEM_CONTENT_TYPE
-    return problem_body(status, detail, problem_type, title)
+    return problem_body(status, detail, problem_type, title, current_request_id())
 
 
 def _answer_store_errors(callback: Callable[..., Any]) -> Callable[..., Any]:

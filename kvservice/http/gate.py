@@ -227,6 +227,8 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
         super().__init__(server)
         self._open_connections = 0
         self._count_lock = threading.Lock()
+        self.refusals: dict[int, int] = {}
+        """Answers the transport gave before the app saw a request, by status code."""
         self._drain_deadline: float | None = None
         self._accepting = True
         self._to_serve: deque[Any] = deque()
@@ -243,6 +245,17 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
     def open_connections(self) -> int:
         """Connections accepted and not yet closed: waiting, in the gate or being served."""
         return self._open_connections
+
+    @property
+    def connections_in_gate(self) -> int:
+        """Connections registered with the selector, not counting the listening socket: idle,
+        receiving a request, sending a response, or (`serve_inline`) being served here."""
+        return max(0, len(self._selector) - (1 if self._accepting else 0))
+
+    def count_refusal(self, status: int) -> None:
+        """Count an answer the transport gave on its own (any thread)."""
+        with self._count_lock:
+            self.refusals[status] = self.refusals.get(status, 0) + 1
 
     # -- the selector loop ------------------------------------------------------------------
 
@@ -475,10 +488,21 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
                 self.server.process_conn(conn)
         elif readiness is Readiness.TOO_LARGE_TO_CONTINUE:
             limit = self.server.max_continued_body_size
-            conn.refuse(413, f"The request body would exceed the limit of {limit} bytes.")
+            size = self._declared_size(conn)
+            conn.refuse(413, f"The request body{size} would exceed the limit of {limit} bytes.")
         else:
             limit = self.server.max_request_body_size
-            conn.refuse(413, f"The request body exceeds the limit of {limit} bytes.")
+            size = self._declared_size(conn)
+            conn.refuse(413, f"The request body{size} exceeds the limit of {limit} bytes.")
+
+    def _declared_size(self, conn: Any) -> str:
+        """ " of N bytes" for a request that declared its Content-Length, else "" (chunked)."""
+        pending = conn.rfile.gate.pending
+        head_end = pending.find(_HEAD_END)
+        framing = body_framing(bytes(pending[:head_end]), self.server.max_header_count)
+        if framing is None or framing.length == CHUNKED:
+            return ""
+        return f" of {framing.length} bytes"
 
     def _serve_here(self, conn: Any) -> None:
         """What a worker does with a connection, on this thread: no hand-off, no lock, no

@@ -10,22 +10,35 @@ from http import HTTPStatus
 
 import bottle
 
+from kvservice.http.request_info import REQUEST_ID_ENVIRON
+
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
 
 def problem_body(
-    status: int, detail: str, problem_type: str = "about:blank", title: str | None = None
+    status: int,
+    detail: str,
+    problem_type: str = "about:blank",
+    title: str | None = None,
+    request_id: str | None = None,
 ) -> bytes:
-    """Serialize a problem document; the title defaults to the status's reason phrase."""
-    return json.dumps(
-        {
-            "type": problem_type,
-            "title": title or HTTPStatus(status).phrase,
-            "status": status,
-            "detail": detail,
-        },
-        separators=(",", ":"),
-    ).encode("ascii")
+    """Serialize a problem document; the title defaults to the status's reason phrase. The
+    request's ID, when there is one, is the extension member `request_id`."""
+    document: dict[str, object] = {
+        "type": problem_type,
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if request_id is not None:
+        document["request_id"] = request_id
+    return json.dumps(document, separators=(",", ":")).encode("ascii")
+
+
+def current_request_id() -> str | None:
+    """The ID the transport gave the request Bottle is serving, if it gave one."""
+    identifier: str | None = bottle.request.environ.get(REQUEST_ID_ENVIRON)
+    return identifier
 
 
 def answer_errors_with_problems(
@@ -58,7 +71,7 @@ def answer_errors_with_problems(
             detail = str(error.body) if isinstance(error.body, str) else HTTPStatus(404).phrase
         bottle.response.content_type = PROBLEM_CONTENT_TYPE
         add_common_headers()  # Bottle replaced the response's headers with the error's
-        return problem_body(error.status_code, detail)
+        return problem_body(error.status_code, detail, request_id=current_request_id())
 
     app.default_error_handler = problem_for
     app.add_hook("after_request", add_common_headers)

@@ -9,13 +9,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cheroot import wsgi as cheroot_wsgi
 
 from kvservice.http.gate import GatedConnectionManager
+from kvservice.http.request_info import (
+    REQUEST_ID_ENVIRON,
+    REQUEST_ID_HEADER,
+    ROUTE_ENVIRON,
+    UNMATCHED_ROUTE,
+    request_id,
+)
 from kvservice.http.strict import StrictConnection
 
 WSGIApp = Callable[..., Iterable[bytes]]
@@ -80,27 +87,76 @@ class _CherootServer(cheroot_wsgi.Server):
         logger.log(level, "%s", msg, exc_info=traceback)
 
 
-class AccessLog:
-    """WSGI middleware writing one line per request: client, method, path, status, bytes, time."""
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """What happened to one request the app answered, for the access log and metrics."""
 
-    def __init__(self, app: WSGIApp) -> None:
+    client: str
+    method: str
+    target: str
+    """The request target as sent: path and query."""
+    route: str
+    """The template of the route that served it ("/{key}"), or UNMATCHED_ROUTE."""
+    status: int
+    body_bytes_in: int
+    """The request body's declared Content-Length (0 for none, or a chunked body)."""
+    body_bytes_out: int
+    duration_s: float
+    request_id: str
+
+
+RequestObserver = Callable[[RequestRecord], None]
+
+
+def write_access_line(record: RequestRecord) -> None:
+    """The access log's line for a request: client, request, status, bytes, time, ID. Its
+    fields also go on the record (`fields`), for the JSON log format."""
+    if not access_logger.isEnabledFor(logging.INFO):
+        return
+    duration_ms = record.duration_s * 1000
+    access_logger.info(
+        '%s "%s %s" %d %d %.1fms %s',
+        record.client,
+        record.method,
+        record.target,
+        record.status,
+        record.body_bytes_out,
+        duration_ms,
+        record.request_id,
+        extra={
+            "fields": {
+                "client": record.client,
+                "method": record.method,
+                "target": record.target,
+                "route": record.route,
+                "status": record.status,
+                "bytes_in": record.body_bytes_in,
+                "bytes_out": record.body_bytes_out,
+                "duration_ms": round(duration_ms, 3),
+                "request_id": record.request_id,
+            }
+        },
+    )
+
+
+class RequestLog:
+    """WSGI middleware: gives each request its ID (X-Request-ID, both ways), then tells each
+    observer what became of it once the response has been produced."""
+
+    def __init__(self, app: WSGIApp, observers: Sequence[RequestObserver]) -> None:
         self.app = app
+        self.observers = tuple(observers)
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
-        if not access_logger.isEnabledFor(logging.INFO):
-            return self.app(environ, start_response)  # the access log is off: step aside
-        return self._logged(environ, start_response)
-
-    def _logged(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterator[bytes]:
         started = time.perf_counter()
-        status = ["-"]
+        environ[REQUEST_ID_ENVIRON] = identifier = request_id(environ)
+        status = [0]
 
         def recording_start_response(status_line: str, headers: Any, exc_info: Any = None) -> Any:
-            status[0] = status_line.split(" ", 1)[0]
+            status[0] = int(status_line[:3])
+            headers.append((REQUEST_ID_HEADER, identifier))
             return start_response(status_line, headers, exc_info)
 
         body = self.app(environ, recording_start_response)
@@ -113,25 +169,37 @@ class AccessLog:
             close = getattr(body, "close", None)
             if close is not None:
                 close()
-            access_logger.info(
-                '%s "%s %s" %s %d %.1fms',
-                environ.get("REMOTE_ADDR", "-"),
-                environ.get("REQUEST_METHOD", "-"),
-                environ.get("REQUEST_URI") or environ.get("PATH_INFO", "-"),
-                status[0],
-                sent,
-                (time.perf_counter() - started) * 1000,
-            )
+            if self.observers:
+                length = environ.get("CONTENT_LENGTH")
+                record = RequestRecord(
+                    environ.get("REMOTE_ADDR", "-"),
+                    environ.get("REQUEST_METHOD", "-"),
+                    environ.get("REQUEST_URI") or environ.get("PATH_INFO", "-"),
+                    environ.get(ROUTE_ENVIRON, UNMATCHED_ROUTE),
+                    status[0],
+                    int(length) if length else 0,
+                    sent,
+                    time.perf_counter() - started,
+                    identifier,
+                )
+                for observe in self.observers:
+                    observe(record)
 
 
 class Server:
-    """A cheroot server for one WSGI app, serving on a background thread until `stop()`."""
+    """A cheroot server for one WSGI app, serving on a background thread until `stop()`; each
+    request answered is told to `observers` (by default, the access log)."""
 
-    def __init__(self, app: WSGIApp, settings: ServerSettings) -> None:
+    def __init__(
+        self,
+        app: WSGIApp,
+        settings: ServerSettings,
+        observers: Sequence[RequestObserver] = (write_access_line,),
+    ) -> None:
         self.settings = settings
         self._server = _CherootServer(
             (settings.host, settings.port),
-            AccessLog(app),
+            RequestLog(app, observers),
             numthreads=settings.threads,
             server_name=settings.server_name,
             request_queue_size=settings.listen_backlog,
@@ -163,6 +231,23 @@ class Server:
     def url(self) -> str:
         """The address it serves, as a URL."""
         return f"http://{self.settings.host}:{self.port}"
+
+    @property
+    def open_connections(self) -> int:
+        """Connections accepted and not yet closed."""
+        return self._server.connections.open_connections
+
+    @property
+    def connections_in_gate(self) -> int:
+        """Open connections the gate holds: waiting for (the rest of) a request, or sending a
+        response; the others are being served."""
+        return self._server.connections.connections_in_gate
+
+    @property
+    def refusals(self) -> Mapping[int, int]:
+        """Requests and connections the transport refused before the app saw them (connection
+        limit, timeouts, oversized heads or bodies, shutting down), by status code."""
+        return self._server.connections.refusals
 
     def start(self) -> None:
         """Bind (raising OSError if the address is taken) and serve on a background thread."""

@@ -136,6 +136,7 @@ class StrictRequest(cheroot_server.HTTPRequest):
     def simple_response(self, status: str, msg: str = "") -> None:
         """Answer a transport-level error with a problem document and close the connection."""
         self.close_connection = True
+        self.server.connections.count_refusal(int(status[:3]))
         try:
             self.conn.wfile.write(error_response(int(status[:3]), msg, head_only=self.head_request))
         except OSError as error:
@@ -214,6 +215,7 @@ class StrictConnection(cheroot_server.HTTPConnection):
     def refuse(self, code: int, detail: str) -> None:
         """Answer with an error before any request was served, then close."""
         head_only = is_head_request(bytes(self.rfile.gate.pending[:_PEEK_BYTES]))
+        self.server.connections.count_refusal(code)
         self.wfile.write(error_response(code, detail, head_only=head_only))
         self.close()
 

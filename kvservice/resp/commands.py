@@ -19,8 +19,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 
+from kvservice import __version__
 from kvservice.resp.codec import INTEGER, OK, Error, Reply, Status, printable
 from kvservice.resp.patterns import compile_pattern, literal_prefix
 from kvservice.store import (
@@ -102,6 +102,18 @@ class ServerState:
     total_connections_received: int = 0
     rejected_connections: int = 0
     total_commands_processed: int = 0
+    commands: dict[bytes, int] = field(default_factory=dict)
+    """Calls by command name, upper case; names not in COMMANDS count as UNKNOWN_COMMAND."""
+    errors: dict[tuple[bytes, str], int] = field(default_factory=dict)
+    """Error replies by command name (as `commands` counts it) and error code."""
+
+    def count(self, name: bytes, reply: Reply) -> None:
+        """Count one command run and, if it is an error, its error code (the loop's thread)."""
+        commands = self.commands
+        commands[name] = commands.get(name, 0) + 1
+        if type(reply) is Error:
+            errors, labels = self.errors, (name, reply.code)
+            errors[labels] = errors.get(labels, 0) + 1
 
 
 @dataclass
@@ -130,13 +142,24 @@ class Command:
     max_args: int | None
 
 
+UNKNOWN_COMMAND = b"UNKNOWN"
+"""The name a command not in COMMANDS is counted under (clients choose names; counts must
+not grow with them)."""
+
+
 def execute(store: Store, session: Session, arguments: Sequence[bytes]) -> Reply:
-    """Run one command (name and arguments) against the store; never raises a StoreError."""
+    """Run one command (name and arguments) against the store, and count it in the server's
+    figures; never raises a StoreError."""
     name, *args = arguments
-    command = COMMANDS.get(name.upper())
+    upper = name.upper()
+    command = COMMANDS.get(upper)
     if command is None:
-        return Error("ERR", f"unknown command '{printable(name)}'")
-    return _call(command, lambda: printable(name).lower(), store, session, args)
+        reply: Reply = Error("ERR", f"unknown command '{printable(name)}'")
+        session.server.count(UNKNOWN_COMMAND, reply)
+        return reply
+    reply = _call(command, lambda: printable(name).lower(), store, session, args)
+    session.server.count(upper, reply)
+    return reply
 
 
 def _call(
@@ -337,7 +360,7 @@ def _hello(store: Store, session: Session, args: list[bytes]) -> Reply:
         session.protocol = int(args[0])
     return {
         b"server": b"kvservice",
-        b"version": _VERSION.encode(),
+        b"version": __version__.encode(),
         b"proto": session.protocol,
         b"id": session.id,
         b"mode": b"standalone",
@@ -424,7 +447,7 @@ def _info_server(store: Store, server: ServerState) -> dict[str, object]:
         # server_name and kvservice_version say what it is.
         "redis_version": REDIS_COMPATIBLE_VERSION,
         "server_name": "kvservice",
-        "kvservice_version": _VERSION,
+        "kvservice_version": __version__,
         "redis_mode": "standalone",
         "os": f"{platform.system()} {platform.release()} {platform.machine()}",
         "arch_bits": 64 if platform.architecture()[0] == "64bit" else 32,
@@ -447,13 +470,16 @@ def _info_clients(store: Store, server: ServerState) -> dict[str, object]:
 
 def _info_memory(store: Store, server: ServerState) -> dict[str, object]:
     stats = store.stats()
-    return {
+    memory: dict[str, object] = {
         "used_memory": stats.used_bytes,  # as the store's budget counts it
         "used_memory_human": _human_bytes(stats.used_bytes),
         "maxmemory": stats.max_bytes,
         "maxmemory_human": _human_bytes(stats.max_bytes),
         "maxmemory_policy": "noeviction",
     }
+    if stats.history_entries is not None:
+        memory["kvservice_history_entries"] = stats.history_entries
+    return memory
 
 
 def _info_persistence(store: Store, server: ServerState) -> dict[str, object]:
@@ -470,7 +496,30 @@ def _info_stats(store: Store, server: ServerState) -> dict[str, object]:
         "total_connections_received": server.total_connections_received,
         "total_commands_processed": server.total_commands_processed,
         "rejected_connections": server.rejected_connections,
+        "total_error_replies": sum(server.errors.values()),
+        # Writes refused at the memory budget over either transport (HTTP 507, RESP OOM).
+        "kvservice_store_full_refusals": store.stats().full_refusals,
     }
+
+
+def _info_commandstats(store: Store, server: ServerState) -> dict[str, object]:
+    """Redis's fields for each command's calls and error replies; no timings (not kept)."""
+    failed: dict[bytes, int] = {}
+    for (name, _), count in dict(server.errors).items():
+        failed[name] = failed.get(name, 0) + count
+    return {
+        f"cmdstat_{name.decode('ascii', 'replace').lower()}": (
+            f"calls={calls},failed_calls={failed.get(name, 0)}"
+        )
+        for name, calls in sorted(dict(server.commands).items())
+    }
+
+
+def _info_errorstats(store: Store, server: ServerState) -> dict[str, object]:
+    by_code: dict[str, int] = {}
+    for (_, code), count in dict(server.errors).items():
+        by_code[code] = by_code.get(code, 0) + count
+    return {f"errorstat_{code}": f"count={count}" for code, count in sorted(by_code.items())}
 
 
 def _info_keyspace(store: Store, server: ServerState) -> dict[str, object]:
@@ -484,24 +533,29 @@ INFO_SECTIONS: dict[bytes, InfoSection] = {
     b"memory": _info_memory,
     b"persistence": _info_persistence,
     b"stats": _info_stats,
+    b"commandstats": _info_commandstats,
+    b"errorstats": _info_errorstats,
     b"keyspace": _info_keyspace,
 }
-"""INFO's sections, in order; `INFO`, `INFO default`, `INFO all` and `INFO everything` give
-every one."""
-_ALL_SECTIONS = {b"default", b"all", b"everything"}
+"""INFO's sections, in order; `INFO all` and `INFO everything` give every one, `INFO` and
+`INFO default` all but commandstats and errorstats, as Redis does."""
+_EVERY_SECTION = {b"all", b"everything"}
+_DEFAULT_SECTIONS = {b"default"}
+_NOT_DEFAULT = {b"commandstats", b"errorstats"}
 REDIS_COMPATIBLE_VERSION = "7.0.0"
 
 
 def _info(store: Store, session: Session, args: list[bytes]) -> Reply:
     """INFO [section ...]: `# Section` headings and `field:value` lines, as Redis writes them;
     a section it does not have is left out, as Redis leaves out one it does not know."""
-    asked = {arg.lower() for arg in args} or _ALL_SECTIONS
-    everything = bool(asked & _ALL_SECTIONS)
+    asked = {arg.lower() for arg in args} or _DEFAULT_SECTIONS
+    everything = bool(asked & _EVERY_SECTION)
+    default = bool(asked & _DEFAULT_SECTIONS)
     sections = [
         f"# {name.decode().capitalize()}\r\n"
         + "".join(f"{field}:{value}\r\n" for field, value in section(store, session.server).items())
         for name, section in INFO_SECTIONS.items()
-        if everything or name in asked
+        if everything or name in asked or (default and name not in _NOT_DEFAULT)
     ]
     return "\r\n".join(sections).encode()
 
@@ -527,13 +581,3 @@ COMMANDS: dict[bytes, Command] = {
     b"INFO": Command(_info, 0, None),
 }
 """Every command by its upper-case name."""
-
-
-def _package_version() -> str:
-    try:
-        return metadata.version("kvservice")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-_VERSION = _package_version()

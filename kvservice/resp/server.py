@@ -92,6 +92,11 @@ class RespServer:
         return self._bound_port
 
     @property
+    def figures(self) -> ServerState:
+        """Its connection and command counts, as INFO reports them (read by metrics)."""
+        return self._state
+
+    @property
     def url(self) -> str:
         """The address it serves, as a redis:// URL."""
         host = self.settings.host

@@ -32,6 +32,7 @@ from kvservice.store.model import (
     Value,
     ValueTooLarge,
     system_clock_ms,
+    too_large,
     validate_key,
     validate_prefix,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "Value",
     "ValueTooLarge",
     "system_clock_ms",
+    "too_large",
     "validate_key",
     "validate_prefix",
 ]

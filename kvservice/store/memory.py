@@ -101,6 +101,7 @@ class MemoryStore:
         self._last_timestamp_ms = 0
         self._etag_prefix = secrets.token_hex(4)
         self._writes = 0
+        self._full_refusals = 0
 
     remote = False
     """Everything is in this process: no call ever waits on a network."""
@@ -147,10 +148,17 @@ class MemoryStore:
         return KeyPage(found, None)
 
     def stats(self) -> StoreStats:
-        """Keys holding a value, bytes charged against the budget, and the budget."""
+        """Keys holding a value, bytes charged against the budget, the budget, history entries
+        in the window and writes refused for the budget."""
         with self._lock:
             self._prune(self._now_ms())
-            return StoreStats(len(self._keys_with_values), self._used_bytes, self.max_bytes)
+            return StoreStats(
+                len(self._keys_with_values),
+                self._used_bytes,
+                self.max_bytes,
+                history_entries=len(self._expiry_queue),
+                full_refusals=self._full_refusals,
+            )
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -222,6 +230,7 @@ class MemoryStore:
             if record is None:
                 added += KEY_OVERHEAD_BYTES + len(key)
             if self._used_bytes + added - freed > self.max_bytes:
+                self._full_refusals += 1
                 raise StoreFull(
                     f"Storing {len(data)} more bytes would exceed the memory budget of "
                     f"{self.max_bytes} bytes; delete keys or wait for history to expire."

@@ -108,6 +108,11 @@ class StoreStats:
     """Bytes the store holds, as its budget counts them."""
     max_bytes: int
     """The budget: writes that would take `used_bytes` past it are refused with StoreFull."""
+    history_entries: int | None = None
+    """History entries inside the window, every key's together; None where counting them
+    would mean reading every key (Redis)."""
+    full_refusals: int = 0
+    """Writes this process's store refused with StoreFull since it started."""
 
 
 @dataclass(frozen=True)

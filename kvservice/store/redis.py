@@ -411,6 +411,8 @@ class RedisStore:
         self._clock = clock
         self._checked = False
         self._check_lock = threading.Lock()
+        self._full_refusals = 0
+        self._full_refusals_lock = threading.Lock()
 
     @classmethod
     def from_url(
@@ -472,7 +474,7 @@ class RedisStore:
             count = sum(len(self._scan_keys(server, "")) for server in self._topology.primaries())
         else:
             count = int(self._execute(self._index_server(), ("ZCARD", INDEX_KEY), writes=False))
-        return StoreStats(count, used, limit)
+        return StoreStats(count, used, limit, full_refusals=self._full_refusals)
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -701,6 +703,9 @@ class RedisStore:
             refusal = _refusal(error, server.address)
             if refusal is error:
                 raise
+            if isinstance(refusal, StoreFull):
+                with self._full_refusals_lock:
+                    self._full_refusals += 1
             raise refusal from error
         finally:
             server.pool.release(connection)

@@ -23,7 +23,8 @@ def assert_problem(response: requests.Response, status: int, detail_part: str) -
     assert response.status_code == status, response.text
     assert response.headers["Content-Type"] == PROBLEM
     problem: dict[str, Any] = response.json()
-    assert set(problem) == {"type", "title", "status", "detail"}
+    assert set(problem) == {"type", "title", "status", "detail", "request_id"}
+    assert problem["request_id"] == response.headers["X-Request-ID"]
     assert problem["status"] == status
     assert detail_part in problem["detail"], problem
     assert "Traceback" not in response.text
@@ -116,7 +117,11 @@ def test_malformed_json_value_is_400_and_stores_nothing(kv_url: str, body: bytes
 
 def test_value_limit_is_1024_bytes(kv_url: str) -> None:
     assert requests.put(f"{kv_url}/big", data=b"x" * 1024).status_code == 204
-    assert_problem(requests.put(f"{kv_url}/big", data=b"y" * 1025), 413, "limit of 1024 bytes")
+    assert_problem(
+        requests.put(f"{kv_url}/big", data=b"y" * 1025),
+        413,
+        "The value is 1025 bytes; the limit is 1024 bytes.",
+    )
     assert requests.get(f"{kv_url}/big").content == b"x" * 1024
 
 

@@ -462,20 +462,42 @@ def test_info_reports_server_clients_memory_persistence_stats_and_keyspace(
     assert info["Memory"]["maxmemory_human"] == "256.00M"
     assert info["Memory"]["maxmemory_policy"] == "noeviction"
     assert info["Persistence"]["loading"] == "0"
+    assert info["Memory"]["kvservice_history_entries"] == str(stats.history_entries) == "3"
     assert info["Stats"] == {
         "total_connections_received": "2",
         "total_commands_processed": "5",
         "rejected_connections": "0",
+        "total_error_replies": "0",
+        "kvservice_store_full_refusals": "0",
     }
     assert info["Keyspace"] == {"db0": "keys=1,expires=0,avg_ttl=0"}
 
 
 def test_info_gives_the_sections_asked_for(conn: RespConnection) -> None:
     assert list(info_fields(conn.ask("INFO", "stats", "CLIENTS"))) == ["Clients", "Stats"]
-    assert list(info_fields(conn.ask("INFO", "everything"))) == list(
-        info_fields(conn.ask("INFO", "default"))
-    )
+    assert list(info_fields(conn.ask("INFO", "everything"))) == [
+        *list(info_fields(conn.ask("INFO", "default")))[:-1],
+        "Commandstats",
+        "Errorstats",
+        "Keyspace",
+    ]
     assert conn.ask("INFO", "replication") == b"$0\r\n\r\n"
+
+
+def test_info_counts_calls_and_errors_by_command_and_code(conn: RespConnection) -> None:
+    conn.ask("SET", "a", "1")
+    conn.ask("GET", "a")
+    conn.ask("GET", "a", "b")  # wrong number of arguments: ERR
+    conn.ask("GET", "bad-key")  # INVALIDKEY
+    conn.ask("NOSUCH")
+    info = info_fields(conn.ask("INFO", "commandstats", "errorstats"))
+    assert info["Commandstats"] == {
+        "cmdstat_get": "calls=3,failed_calls=2",
+        "cmdstat_set": "calls=1,failed_calls=0",
+        "cmdstat_unknown": "calls=1,failed_calls=1",
+    }
+    assert info["Errorstats"] == {"errorstat_ERR": "count=2", "errorstat_INVALIDKEY": "count=1"}
+    assert info_fields(conn.ask("INFO", "stats"))["Stats"]["total_error_replies"] == "3"
 
 
 def test_info_counts_refused_connections() -> None:
@@ -861,10 +883,10 @@ def test_stop_is_prompt_with_many_idle_connections() -> None:
 
 def test_resp_is_off_by_default_and_on_with_a_port() -> None:
     assert load_config([], environ={}).resp_port is None
-    assert TRANSPORTS["resp"](Config(), MemoryStore()) is None
+    assert TRANSPORTS["resp"](Config(), MemoryStore(), None) is None
 
     config = load_config(["--resp-port", "0"], environ={})
-    server = TRANSPORTS["resp"](config, MemoryStore())
+    server = TRANSPORTS["resp"](config, MemoryStore(), None)
 
     assert isinstance(server, RespServer)
     assert server.url == "redis://127.0.0.1:0"

@@ -324,15 +324,15 @@ def test_the_stores_errors_say_the_same_over_both_transports(both: BothTransport
         )
 
 
-def test_a_value_too_large_is_refused_by_both_in_their_own_words(both: BothTransports) -> None:
-    # HTTP refuses by Content-Length before reading the body, in http_api's words; RESP has
-    # read the bytes and lets the store refuse them, in the store's words, with the size.
+def test_a_value_too_large_is_refused_by_both_in_the_same_words(both: BothTransports) -> None:
+    # HTTP refuses by Content-Length before reading the body; RESP has read the bytes and lets
+    # the store refuse them: both in the store's words, with the size.
     http = requests.put(f"{both.http_url}/big", data=b"x" * 1025, timeout=5)
     with RespConnection(both.resp.port) as conn:
         resp = conn.ask("SET", "big", "x" * 1025)
 
     assert (http.status_code, http.json()["detail"]) == (
         413,
-        "The value is larger than the limit of 1024 bytes.",
+        "The value is 1025 bytes; the limit is 1024 bytes.",
     )
     assert resp == b"-TOOLARGE The value is 1025 bytes; the limit is 1024 bytes.\r\n"

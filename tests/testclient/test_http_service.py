@@ -29,7 +29,7 @@ from tests.support.fakes import (
 KV_URL = "http://kv.example:3000"
 RESULT_FIELDS = {"test", "passed", "verdict", "kv_url", "duration_ms", "steps"}
 STEP_FIELDS = {"step", "expected", "actual", "passed", "skipped"}
-PROBLEM_FIELDS = {"type", "title", "status", "detail"}
+PROBLEM_FIELDS = {"type", "title", "status", "detail", "request_id"}
 
 ServeTestClient = Callable[[KVClient], str]
 
@@ -70,6 +70,7 @@ def assert_problem(response: requests.Response, status: int) -> dict[str, object
     assert response.headers["Content-Type"] == "application/problem+json"
     problem: dict[str, object] = response.json()
     assert problem.keys() == PROBLEM_FIELDS
+    assert problem["request_id"] == response.headers["X-Request-ID"]
     assert problem["status"] == status
     assert "Traceback" not in response.text
     return problem

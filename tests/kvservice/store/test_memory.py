@@ -35,7 +35,9 @@ def test_pruning_returns_every_charged_byte(clock: FakeClock) -> None:
         with contextlib.suppress(KeyNotFound):
             store.delete(f"key{i}")
     clock.advance(120_000)
-    assert store.stats() == StoreStats(keys=0, used_bytes=0, max_bytes=store.max_bytes)
+    assert store.stats() == StoreStats(
+        keys=0, used_bytes=0, max_bytes=store.max_bytes, history_entries=0
+    )
 
 
 def test_the_budget_fits_exactly_what_it_counts(clock: FakeClock) -> None:

@@ -1,0 +1,234 @@
+"""Prometheus metrics: what kvservice counts, and the page a scrape of /_metrics gets.
+
+prometheus_client keeps the figures and writes the text exposition format. Per request, the
+HTTP transport reports a `RequestRecord` to `Metrics.observe_request`, which costs a dict
+lookup and three locked additions. Everything else is read when a scrape asks for it: the
+store's figures from `Store.stats()`, each transport's connection counts and RESP's command
+counts (the RESP server keeps those itself, on its one thread, at the price of a dict update),
+so that serving a request does not pay for figures nobody has asked for yet.
+
+Labels are bounded: methods outside HTTP_METHODS count as OTHER, routes are templates
+("/{key}", never a key), RESP commands outside its table count as "unknown".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+
+from kvservice.http.server import RequestRecord
+from kvservice.store import Store, StoreError
+
+logger = logging.getLogger("kvservice.metrics")
+
+# No `_created` series beside every counter: they double the page, and rate() needs none.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"})
+OTHER_METHOD = "OTHER"
+DURATION_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+"""From half a millisecond (a memory-store request is about 0.2 ms) to past the default 2 s
+Redis timeout."""
+
+
+class HttpConnections(Protocol):
+    """What the HTTP transport tells about its connections (`kvservice.http.server.Server`)."""
+
+    @property
+    def open_connections(self) -> int: ...
+
+    @property
+    def connections_in_gate(self) -> int: ...
+
+    @property
+    def refusals(self) -> Mapping[int, int]: ...
+
+
+class RespFigures(Protocol):
+    """What the RESP transport tells (`kvservice.resp.server.RespServer.figures`)."""
+
+    connected_clients: int
+    total_connections_received: int
+    rejected_connections: int
+    commands: dict[bytes, int]
+    """Calls by command name (upper case)."""
+    errors: dict[tuple[bytes, str], int]
+    """Error replies by command name and error code (ERR, WRONGTYPE, OOM, ...)."""
+
+
+class Metrics:
+    """Every figure one kvservice process exports, in a registry of its own."""
+
+    def __init__(self, store: Store) -> None:
+        self.registry = CollectorRegistry()
+        self._requests = Counter(
+            "kvservice_http_requests",
+            "HTTP requests the app answered, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self._durations = Histogram(
+            "kvservice_http_request_duration_seconds",
+            "Time from a whole request reaching the app to its response being produced.",
+            ["method", "route"],
+            buckets=DURATION_BUCKETS_S,
+            registry=self.registry,
+        )
+        self._bytes_in = Counter(
+            "kvservice_http_request_body_bytes",
+            "Request body bytes the app was sent (declared Content-Length).",
+            registry=self.registry,
+        )
+        self._bytes_out = Counter(
+            "kvservice_http_response_body_bytes",
+            "Response body bytes the app answered with.",
+            registry=self.registry,
+        )
+        self._per_request: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._collectors: list[Callable[[], Iterator[Metric]]] = [lambda: _store_metrics(store)]
+        self.registry.register(_Collector(self._collectors))
+
+    def observe_request(self, record: RequestRecord) -> None:
+        """Count one answered request (any thread): a `RequestObserver` of the HTTP server."""
+        method = record.method if record.method in HTTP_METHODS else OTHER_METHOD
+        labels = (method, record.route, record.status)
+        children = self._per_request.get(labels)
+        if children is None:
+            children = self._per_request.setdefault(
+                labels,
+                (
+                    self._requests.labels(method, record.route, str(record.status)),
+                    self._durations.labels(method, record.route),
+                ),
+            )
+        requests, durations = children
+        requests.inc()
+        durations.observe(record.duration_s)
+        if record.body_bytes_in:
+            self._bytes_in.inc(record.body_bytes_in)
+        self._bytes_out.inc(record.body_bytes_out)
+
+    def watch_http(self, connections: HttpConnections) -> None:
+        """Export the HTTP transport's connection figures, read at each scrape."""
+        self._collectors.append(lambda: _http_connection_metrics(connections))
+
+    def watch_resp(self, figures: RespFigures) -> None:
+        """Export the RESP transport's connection and command figures, read at each scrape."""
+        self._collectors.append(lambda: _resp_metrics(figures))
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        """The exposition in the format the scraper's Accept header asks for (Prometheus
+        text 0.0.4 by default, OpenMetrics on request), and its content type."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type
+
+
+class _Collector:
+    """A prometheus_client collector over figures read when a scrape asks."""
+
+    def __init__(self, sources: list[Callable[[], Iterator[Metric]]]) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        for source in list(self.sources):
+            yield from source()
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _store_metrics(store: Store) -> Iterator[Metric]:
+    """The store's figures; with Redis away, only `kvservice_store_up 0`."""
+    try:
+        stats = store.stats()
+    except StoreError as error:
+        logger.warning("metrics: the store's figures are unavailable: %s", error)
+        yield _gauge("kvservice_store_up", "1 when the store answered this scrape.", 0)
+        return
+    yield _gauge("kvservice_store_up", "1 when the store answered this scrape.", 1)
+    yield _gauge("kvservice_store_keys", "Keys holding a value.", stats.keys)
+    yield _gauge(
+        "kvservice_store_used_bytes",
+        "Bytes the store holds, as its budget counts them.",
+        stats.used_bytes,
+    )
+    yield _gauge(
+        "kvservice_store_max_bytes",
+        "The memory budget (--max-bytes; Redis: maxmemory, 0 for none).",
+        stats.max_bytes,
+    )
+    if stats.history_entries is not None:
+        yield _gauge(
+            "kvservice_store_history_entries",
+            "History entries inside the window, every key's together.",
+            stats.history_entries,
+        )
+    yield CounterMetricFamily(
+        "kvservice_store_full_refusals",
+        "Writes refused because the memory budget was reached (HTTP 507, RESP OOM).",
+        value=stats.full_refusals,
+    )
+
+
+def _http_connection_metrics(connections: HttpConnections) -> Iterator[Metric]:
+    yield _gauge(
+        "kvservice_http_connections_open",
+        "HTTP connections accepted and not yet closed.",
+        connections.open_connections,
+    )
+    yield _gauge(
+        "kvservice_http_connections_in_gate",
+        "Open HTTP connections the event loop holds (idle, receiving a request, sending a "
+        "response, or served on the loop itself), not a worker.",
+        connections.connections_in_gate,
+    )
+    refused = CounterMetricFamily(
+        "kvservice_http_refused",
+        "Answers the transport gave before the app saw a request (503 connection limit, "
+        "408 too slow, 413 too large, 414/431 oversized head, 400 malformed), by status.",
+        labels=["status"],
+    )
+    for status, count in sorted(dict(connections.refusals).items()):
+        refused.add_metric([str(status)], count)
+    yield refused
+
+
+def _resp_metrics(figures: RespFigures) -> Iterator[Metric]:
+    yield _gauge(
+        "kvservice_resp_connections_open", "RESP connections open.", figures.connected_clients
+    )
+    yield CounterMetricFamily(
+        "kvservice_resp_connections_accepted",
+        "RESP connections accepted, refused ones included.",
+        value=figures.total_connections_received,
+    )
+    yield CounterMetricFamily(
+        "kvservice_resp_connections_refused",
+        "RESP connections refused at --resp-max-connections.",
+        value=figures.rejected_connections,
+    )
+    commands = CounterMetricFamily(
+        "kvservice_resp_commands", "RESP commands run, by name.", labels=["command"]
+    )
+    for name, count in sorted(dict(figures.commands).items()):
+        commands.add_metric([name.decode("ascii", "replace")], count)
+    yield commands
+    errors = CounterMetricFamily(
+        "kvservice_resp_errors",
+        "RESP error replies, by command and error code (ERR, WRONGTYPE, OOM, ...).",
+        labels=["command", "error"],
+    )
+    for (name, code), count in sorted(dict(figures.errors).items()):
+        errors.add_metric([name.decode("ascii", "replace"), code], count)
+    yield errors
