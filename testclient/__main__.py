@@ -9,6 +9,8 @@ Exit codes of `run`:
     2  usage error: unknown check, bad flag or environment value
     3  the kvservice could not be reached or timed out (and no check failed)
     4  a check could not run over the URL's transport (RESP has no versions; nothing failed)
+    5  the URL answered, but not like a kvservice (GET /_health, or INFO server over RESP);
+       no check ran
 `serve` exits 0 after SIGTERM or SIGINT, and 1 if it cannot listen.
 """
 
@@ -29,7 +31,13 @@ from testclient.config import RUN, SERVE, Config, load_config
 from testclient.http_api import create_app
 
 EXIT_USAGE = 2
-EXIT_CODES = {Verdict.PASSED: 0, Verdict.FAILED: 1, Verdict.UNREACHABLE: 3, Verdict.SKIPPED: 4}
+EXIT_CODES = {
+    Verdict.PASSED: 0,
+    Verdict.FAILED: 1,
+    Verdict.UNREACHABLE: 3,
+    Verdict.SKIPPED: 4,
+    Verdict.NOT_KVSERVICE: 5,
+}
 """The exit code of `run` for each way it can end."""
 
 SERVE_THREADS = 16
@@ -56,21 +64,36 @@ def serve_command(config: Config, client: KVClient) -> int:
 COMMANDS: dict[str, Callable[[Config, KVClient], int]] = {RUN: run_command, SERVE: serve_command}
 
 
-def format_report(results: Sequence[CheckResult], kv_url: str) -> str:
-    """A readable report: every step of every check, expected and actual for failures."""
+SUMMARY_VERDICTS = (Verdict.PASSED, Verdict.FAILED, Verdict.UNREACHABLE, Verdict.SKIPPED)
+"""Counted in every summary line; other verdicts are counted only when they occur."""
+
+
+def format_report(results: Sequence[CheckResult], kv_url: str, quiet: bool = False) -> str:
+    """A readable report: every step of every check, expected and actual for failures; when
+    `quiet`, only the checks that did not pass, their failed and skipped steps, and the
+    summary. When the URL is not a kvservice, no check ran: the report says what answered,
+    once."""
     lines = [f"kvservice at {kv_url}", ""]
-    for result in results:
+    shown = [result for result in results if not (quiet and result.passed)]
+    if results and all(result.verdict is Verdict.NOT_KVSERVICE for result in results):
+        lines.extend([results[0].steps[0].actual, ""])
+        shown = []  # the per-check lines would repeat the same sentence
+    for result in shown:
         skipped = sum(step.skipped for step in result.steps)
         note = f", {skipped} {'step' if skipped == 1 else 'steps'} skipped" if skipped else ""
         lines.append(
             f"{result.verdict.value.upper():<12}{result.test}  ({result.duration_ms} ms{note})"
         )
-        lines.extend(_step_lines(step) for step in result.steps)
+        lines.extend(_step_lines(step) for step in result.steps if not (quiet and step.passed))
         lines.append("")
     counts = {verdict: 0 for verdict in Verdict}
     for result in results:
         counts[result.verdict] += 1
-    summary = ", ".join(f"{count} {verdict.value}" for verdict, count in counts.items())
+    summary = ", ".join(
+        f"{count} {verdict.value}"
+        for verdict, count in counts.items()
+        if count or verdict in SUMMARY_VERDICTS
+    )
     checks = "check" if len(results) == 1 else "checks"
     overall = f"overall {overall_verdict(results).value}"
     skipped_steps = sum(step.skipped for result in results for step in result.steps)

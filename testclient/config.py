@@ -95,7 +95,8 @@ def build_parser(
         prog="testclient",
         description="Checks that a running kvservice keeps its promises.",
         epilog="exit codes of run: 0 all passed, 1 a check failed, 2 usage error, "
-        "3 the kvservice was unreachable, 4 a check cannot run over the URL's transport",
+        "3 the kvservice was unreachable, 4 a check cannot run over the URL's transport, "
+        "5 the URL answers like something other than a kvservice",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(RUN, help="run checks once and print a report")

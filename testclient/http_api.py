@@ -2,8 +2,9 @@
 
 The only module of testclient that imports bottle. The status code tells the four endings
 apart, so `curl --fail` and scripts need not parse the body: 200 every step passed, 502 the
-kvservice answered wrongly, 503 it could not be reached or timed out, 501 a check could not
-run over the kvservice URL's transport (nothing failed, but not everything was checked).
+kvservice answered wrongly, 503 it could not be checked (no answer, a timeout, or the URL
+answered like something other than a kvservice: the verdict says which), 501 a check could
+not run over the kvservice URL's transport (nothing failed, but not everything was checked).
 Errors of the test client itself (unknown check, wrong method, a bug) are problem+json
 documents, never Bottle's HTML page or a traceback.
 """
@@ -38,6 +39,7 @@ STATUS_BY_VERDICT = {
     Verdict.FAILED: 502,
     Verdict.UNREACHABLE: 503,
     Verdict.SKIPPED: 501,
+    Verdict.NOT_KVSERVICE: 503,
 }
 """The response status for each way a run can end."""
 

@@ -126,6 +126,9 @@ class InMemoryKV:
         after = [key for key in matching if page is None or key > page]
         return self._page(after, limit)
 
+    def identify(self) -> str | None:
+        return None
+
     def close(self) -> None:
         pass
 
@@ -431,6 +434,9 @@ class UnreachableKV(InMemoryKV):
 
     def list_keys(self, prefix: str, *, limit: int, page: str | None = None) -> KeysReply:
         raise KVUnreachable(f"GET /_keys?prefix={prefix}: {self.reason}")
+
+    def identify(self) -> str | None:
+        raise KVUnreachable(f"GET /_health: {self.reason}")
 
 
 class ExplodingKV(InMemoryKV):
