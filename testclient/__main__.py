@@ -1,7 +1,11 @@
 """The composition root and CLI: config -> KV client -> checks, as a report or an HTTP service.
 
-    python -m testclient run [CHECK ...] [--kv-url URL]    run checks once, print a report
-    python -m testclient serve [--host H] [--port P] [--kv-url URL]
+    python -m testclient run [CHECK ...] [--kv-url URL] [--quiet] [--format text|json]
+    python -m testclient serve [--host H] [--port P] [--kv-url URL] [--interval SECONDS]
+
+`run --format json` prints the document the HTTP service answers with: one check's result
+when one check was named, else the test_all document. `serve --interval` also runs every
+check on a schedule (the prober); the page, /_results and /_metrics show its results.
 
 Exit codes of `run`:
     0  every step of every check passed
@@ -17,8 +21,10 @@ Exit codes of `run`:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from kvservice.__main__ import server_settings
@@ -27,8 +33,11 @@ from kvservice.http.server import Server
 from kvservice.lifecycle import configure_logging, run_until_signalled
 from testclient.checks import CHECKS, CheckResult, Step, Verdict, overall_verdict, run_checks
 from testclient.clients import ClientFactory, KVClient, make_client
-from testclient.config import RUN, SERVE, Config, load_config
+from testclient.config import JSON, RUN, SERVE, Config, load_config
+from testclient.documents import result_document, run_document
 from testclient.http_api import create_app
+from testclient.prober import Prober
+from testclient.results import ResultBook
 
 EXIT_USAGE = 2
 EXIT_CODES = {
@@ -45,20 +54,43 @@ SERVE_THREADS = 16
 
 
 def run_command(config: Config, client: KVClient) -> int:
-    """Run the configured checks (all by default), print the report, return the exit code."""
+    """Run the configured checks (all by default), print the report or the JSON document,
+    return the exit code."""
+    # Logs go to stderr, so stdout holds the report or exactly one JSON document.
     logging.basicConfig(level=config.log_level, format="%(levelname)s %(name)s: %(message)s")
+    started = time.perf_counter()
     results = run_checks(config.checks or tuple(CHECKS), client)
-    print(format_report(results, config.kv_url))
+    if config.output_format == JSON:
+        print(json.dumps(json_document(results, config, started), ensure_ascii=False))
+    else:
+        print(format_report(results, config.kv_url, quiet=config.quiet))
     return EXIT_CODES[overall_verdict(results)]
 
 
+def json_document(results: Sequence[CheckResult], config: Config, started: float) -> object:
+    """What the HTTP service would answer: /<check> for one named check, else /test_all's."""
+    if len(config.checks) == 1:
+        return result_document(results[0], config.kv_url)
+    duration_ms = round((time.perf_counter() - started) * 1000, 1)
+    return run_document(results, config.kv_url, duration_ms)
+
+
 def serve_command(config: Config, client: KVClient) -> int:
-    """Serve the checks over HTTP until SIGTERM or SIGINT."""
+    """Serve the checks over HTTP until SIGTERM or SIGINT; with an interval, probe too."""
     configure_logging(config.log_level)
     # kvservice's own transport limits, on the test client's address and thread count.
     listening = KVConfig(host=config.host, port=config.port, threads=SERVE_THREADS)
     settings = dataclasses.replace(server_settings(listening), server_name="testclient")
-    return run_until_signalled([Server(create_app(client, config.kv_url), settings)])
+    book = ResultBook(config.kv_url, CHECKS)
+    server = Server(create_app(client, config.kv_url, CHECKS, book), settings)
+    if config.interval_s is None:
+        return run_until_signalled([server])
+    prober = Prober(client, book, config.interval_s)
+    prober.start()
+    try:
+        return run_until_signalled([server])
+    finally:
+        prober.stop()  # after the signal: the round under way ends, no new one starts
 
 
 COMMANDS: dict[str, Callable[[Config, KVClient], int]] = {RUN: run_command, SERVE: serve_command}

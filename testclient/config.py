@@ -19,6 +19,7 @@ from kvservice.config import (
     SECONDS,
     add_settings,
     named,
+    positive_float,
     setting,
     settings_of,
 )
@@ -26,6 +27,13 @@ from testclient.checks import ALL_CHECKS
 from testclient.clients import CLIENTS
 
 RUN, SERVE = "run", "serve"
+TEXT, JSON = "text", "json"
+"""The formats of `run`'s output: the readable report, or the HTTP service's JSON document."""
+
+
+def optional_seconds(text: str) -> float | None:
+    """A number of seconds > 0, or None for an empty string (off)."""
+    return positive_float(text) if text.strip() else None
 
 
 def kv_url(text: str) -> str:
@@ -50,6 +58,10 @@ class Config:
     command: str = RUN
     checks: tuple[str, ...] = ()
     """The checks `run` runs, in order; empty means all of them."""
+    quiet: bool = False
+    """`run --quiet`: report only the checks that did not pass, and the summary."""
+    output_format: str = TEXT
+    """`run --format`: TEXT, or JSON (the HTTP service's document, one object on stdout)."""
     kv_url: str = setting(
         "http://localhost:3000",
         "--kv-url",
@@ -59,6 +71,14 @@ class Config:
     )
     host: str = setting("127.0.0.1", "--host", "TESTCLIENT_HOST", ADDRESS, "address to listen on")
     port: int = setting(8000, "--port", "TESTCLIENT_PORT", PORT, "TCP port to listen on")
+    interval_s: float | None = setting(
+        None,
+        "--interval",
+        "TESTCLIENT_INTERVAL",
+        named(optional_seconds, "seconds"),
+        "run every check every SECONDS in the background (a slow round delays the next); "
+        "unset or empty: off",
+    )
     connect_timeout_s: float = setting(
         2.0,
         "--connect-timeout",
@@ -83,7 +103,7 @@ class Config:
         return self.connect_timeout_s, self.read_timeout_s
 
 
-SERVE_ONLY = ("host", "port")
+SERVE_ONLY = ("host", "port", "interval_s")
 """Settings of `serve` alone; `run` takes the others."""
 
 
@@ -108,6 +128,16 @@ def build_parser(
     )
     every_setting = settings_of(Config)
     add_settings(run, [field for field in every_setting if field.name not in SERVE_ONLY], environ)
+    run.add_argument(
+        "--quiet", action="store_true", help="report only the checks that did not pass"
+    )
+    run.add_argument(
+        "--format",
+        dest="output_format",
+        choices=(TEXT, JSON),
+        default=TEXT,
+        help="text: the report (default); json: the HTTP service's document, on stdout",
+    )
     serve = commands.add_parser(SERVE, help="serve the checks over HTTP until SIGTERM")
     add_settings(serve, every_setting, environ)
     return parser
