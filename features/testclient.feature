@@ -34,3 +34,17 @@ Feature: The test client proves a running kvservice behaves
     When I run the test client's /test_nothing
     Then the status is 404
     And the header Content-Type is "application/problem+json"
+
+  Scenario: A browser gets the page, a script gets JSON
+    When I open the test client's index in a browser
+    Then the status is 200
+    And the header Content-Type is "text/html; charset=utf-8"
+    When I open the test client's index
+    Then the header Content-Type is "application/json"
+
+  Scenario: The metrics count a run and show its verdict
+    Given I noted how many runs of test_deletion the test client's metrics count
+    When I run the test client's /test_deletion
+    And I read the test client's metrics
+    Then the metrics count at least one more run of test_deletion
+    And the metrics say test_deletion last passed

@@ -15,10 +15,12 @@ from urllib.parse import urlsplit
 from kvservice.config import (
     ADDRESS,
     LEVEL,
+    LOG_FORMAT,
     PORT,
     SECONDS,
     add_settings,
     add_version,
+    duration_s,
     named,
     parse_settings,
     setting,
@@ -28,6 +30,14 @@ from testclient.checks import ALL_CHECKS
 from testclient.clients import CLIENTS
 
 RUN, SERVE = "run", "serve"
+TEXT, JSON = "text", "json"
+"""The formats of `run`'s output: the readable report, or the HTTP service's JSON document."""
+
+
+def optional_seconds(text: str) -> float | None:
+    """A duration > 0 in seconds (units as `duration_s` takes them), or None for an empty
+    string (off)."""
+    return duration_s(text) if text.strip() else None
 
 
 def kv_url(text: str) -> str:
@@ -52,6 +62,10 @@ class Config:
     command: str = RUN
     checks: tuple[str, ...] = ()
     """The checks `run` runs, in order; empty means all of them."""
+    quiet: bool = False
+    """`run --quiet`: report only the checks that did not pass, and the summary."""
+    output_format: str = TEXT
+    """`run --format`: TEXT, or JSON (the HTTP service's document, one object on stdout)."""
     kv_url: str = setting(
         "http://localhost:3000",
         "--kv-url",
@@ -61,6 +75,14 @@ class Config:
     )
     host: str = setting("127.0.0.1", "--host", "TESTCLIENT_HOST", ADDRESS, "address to listen on")
     port: int = setting(8000, "--port", "TESTCLIENT_PORT", PORT, "TCP port to listen on")
+    interval_s: float | None = setting(
+        None,
+        "--interval",
+        "TESTCLIENT_INTERVAL",
+        named(optional_seconds, "seconds"),
+        "run every check every SECONDS in the background (a slow round delays the next); "
+        "unset or empty: off",
+    )
     connect_timeout_s: float = setting(
         2.0,
         "--connect-timeout",
@@ -78,6 +100,13 @@ class Config:
     log_level: str = setting(
         "INFO", "--log-level", "TESTCLIENT_LOG_LEVEL", LEVEL, "DEBUG, INFO, WARNING or ERROR"
     )
+    log_format: str = setting(
+        "text",
+        "--log-format",
+        "TESTCLIENT_LOG_FORMAT",
+        LOG_FORMAT,
+        "text (one line a record) or json (one JSON object a line, for log collectors)",
+    )
 
     @property
     def timeout(self) -> tuple[float, float]:
@@ -85,7 +114,7 @@ class Config:
         return self.connect_timeout_s, self.read_timeout_s
 
 
-SERVE_ONLY = ("host", "port")
+SERVE_ONLY = ("host", "port", "interval_s")
 """Settings of `serve` alone; `run` takes the others."""
 
 
@@ -97,7 +126,8 @@ def build_parser(
         prog="testclient",
         description="Checks that a running kvservice keeps its promises.",
         epilog="exit codes of run: 0 all passed, 1 a check failed, 2 usage error, "
-        "3 the kvservice was unreachable, 4 a check cannot run over the URL's transport",
+        "3 the kvservice was unreachable, 4 a check cannot run over the URL's transport, "
+        "5 the URL answers like something other than a kvservice",
     )
     add_version(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -110,6 +140,16 @@ def build_parser(
     )
     every_setting = settings_of(Config)
     add_settings(run, [field for field in every_setting if field.name not in SERVE_ONLY], environ)
+    run.add_argument(
+        "--quiet", action="store_true", help="report only the checks that did not pass"
+    )
+    run.add_argument(
+        "--format",
+        dest="output_format",
+        choices=(TEXT, JSON),
+        default=TEXT,
+        help="text: the report (default); json: the HTTP service's document, on stdout",
+    )
     serve = commands.add_parser(SERVE, help="serve the checks over HTTP until SIGTERM")
     add_settings(serve, every_setting, environ)
     return parser

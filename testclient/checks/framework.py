@@ -8,6 +8,13 @@ concurrently with each other and with other runs. `require` ends a check where t
 steps would prove nothing; `expect` records and carries on, so one run shows every broken
 promise it can see.
 
+Before the checks, `run_checks` asks the client to `identify` the service once: a URL that
+answers like something else (another server's 404 page, a plain Redis) gives every check the
+verdict NOT_KVSERVICE with a single step saying what answered, and no check runs against it.
+
+Each step keeps the request IDs of the replies it judged (`Step.request_ids`; HTTP only), so a
+failing step can be found in kvservice's access log.
+
 If the client raises `KVUnreachable`, the run ends there: the verdict is UNREACHABLE, unless
 an earlier step had already shown a wrong answer (then FAILED: a wrong answer is evidence).
 
@@ -19,6 +26,7 @@ could run nothing is SKIPPED, which no caller counts as a pass (exit code 4, HTT
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections import Counter
@@ -52,6 +60,8 @@ class Verdict(StrEnum):
     UNREACHABLE = "unreachable"
     SKIPPED = "skipped"
     """Nothing failed, but the check could not run over the client's transport."""
+    NOT_KVSERVICE = "not kvservice"
+    """The URL answered, but not like a kvservice (`KVClient.identify`); nothing was checked."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,8 @@ class Step:
     actual: str
     passed: bool
     skipped: bool = False
+    request_ids: tuple[str, ...] = ()
+    """The X-Request-IDs of the requests whose replies this step judged."""
 
 
 @dataclass(frozen=True)
@@ -95,10 +107,16 @@ class Expectation:
     expected: str
     actual: str
     passed: bool
+    request_ids: tuple[str, ...] = ()
 
 
 class StopCheck(Exception):
     """A required step failed; the rest of the check would prove nothing."""
+
+
+def unreachable_step(error: KVUnreachable) -> Step:
+    """The step that ends a check the kvservice did not answer."""
+    return Step("reach the kvservice", "an answer", f"no answer: {error}", passed=False)
 
 
 class CheckRun:
@@ -126,7 +144,15 @@ class CheckRun:
 
     def expect(self, step: str, expectation: Expectation) -> bool:
         """Record a step; returns whether it passed."""
-        self._steps.append(Step(step, expectation.expected, expectation.actual, expectation.passed))
+        self._steps.append(
+            Step(
+                step,
+                expectation.expected,
+                expectation.actual,
+                expectation.passed,
+                request_ids=expectation.request_ids,
+            )
+        )
         self._answered_wrongly |= not expectation.passed
         return expectation.passed
 
@@ -134,7 +160,7 @@ class CheckRun:
         """Record a step; if it failed, stop the check (raises StopCheck)."""
         if not expectation.passed:
             actual = expectation.actual + _STOPPED_NOTE
-            expectation = Expectation(expectation.expected, actual, passed=False)
+            expectation = dataclasses.replace(expectation, actual=actual)
         if not self.expect(step, expectation):
             raise StopCheck(step)
 
@@ -171,9 +197,7 @@ class CheckRun:
     ) -> bool:
         if isinstance(exc, KVUnreachable):
             self._unreachable = True
-            self._steps.append(
-                Step("reach the kvservice", "an answer", f"no answer: {exc}", passed=False)
-            )
+            self._steps.append(unreachable_step(exc))
         else:
             self._clean_up()  # an unreachable service cannot be cleaned up; don't wait on it
         self._duration_ms = round((time.perf_counter() - self._started) * 1000, 1)
@@ -204,7 +228,7 @@ class CheckRun:
 
 def outcome_is(reply: Reply, outcome: Outcome) -> Expectation:
     """The reply has exactly this outcome."""
-    return Expectation(outcome.value, str(reply), reply.outcome is outcome)
+    return Expectation(outcome.value, str(reply), reply.outcome is outcome, _ids(reply))
 
 
 def all_outcomes_are(replies: Sequence[Reply], outcome: Outcome) -> Expectation:
@@ -214,7 +238,7 @@ def all_outcomes_are(replies: Sequence[Reply], outcome: Outcome) -> Expectation:
     odd = [reply for reply in replies if reply.outcome is not outcome]
     if odd:
         actual += f"; first other: {odd[0]}"
-    return Expectation(f"{len(replies)} x {outcome.value}", actual, not odd)
+    return Expectation(f"{len(replies)} x {outcome.value}", actual, not odd, _ids(*replies))
 
 
 def value_is(reply: Reply, value: bytes, content_type: str | None = None) -> Expectation:
@@ -227,17 +251,23 @@ def value_is(reply: Reply, value: bytes, content_type: str | None = None) -> Exp
         and reply.value == value
         and (content_type is None or reply.content_type == content_type)
     )
-    return Expectation(expected, str(reply), passed)
+    return Expectation(expected, str(reply), passed, _ids(reply))
 
 
 def history_is(history: HistoryReply, values: Sequence[bytes | None]) -> Expectation:
     """The history lists exactly these values, newest first; a failure names the difference."""
     expected = "[" + ", ".join(describe_value(value) for value in values) + "] newest first"
+    ids = _ids(history)
     if history.outcome is not Outcome.FOUND:
-        return Expectation(expected, str(history), passed=False)
+        return Expectation(expected, str(history), False, ids)
     if history.values == list(values):
-        return Expectation(expected, str(history), passed=True)
-    return Expectation(expected, f"{history}; {_first_difference(history.values, values)}", False)
+        return Expectation(expected, str(history), True, ids)
+    difference = _first_difference(history.values, values)
+    return Expectation(expected, f"{history}; {difference}", False, ids)
+
+
+def _ids(*replies: Reply | HistoryReply) -> tuple[str, ...]:
+    return tuple(reply.request_id for reply in replies if reply.request_id is not None)
 
 
 def _first_difference(actual: Sequence[bytes | None], expected: Sequence[bytes | None]) -> str:
@@ -291,19 +321,37 @@ def check(function: CheckFunction) -> CheckFunction:
 def run_checks(
     names: Iterable[str], client: KVClient, checks: Mapping[str, Check] = CHECKS
 ) -> list[CheckResult]:
-    """Run the named checks concurrently (they share nothing); results in the order named."""
+    """Confirm the client reaches a kvservice, then run the named checks concurrently (they
+    share nothing); results in the order named."""
+    names = list(names)
     functions = [checks[name].function for name in names]
     if not functions:
         return []
+    refusal = _identity_refusal(client)
+    if refusal is not None:
+        return [CheckResult(name, refusal[0], (refusal[1],), 0.0) for name in names]
     with ThreadPoolExecutor(len(functions), thread_name_prefix="check") as pool:
         return list(pool.map(lambda function: function(client), functions))
 
 
+def _identity_refusal(client: KVClient) -> tuple[Verdict, Step] | None:
+    """None when the client reaches a kvservice; else every check's verdict and only step."""
+    step = "confirm the URL answers like a kvservice"
+    try:
+        reason = client.identify()
+    except KVUnreachable as error:
+        return Verdict.UNREACHABLE, unreachable_step(error)
+    if reason is None:
+        return None
+    return Verdict.NOT_KVSERVICE, Step(step, "a kvservice", reason, passed=False)
+
+
 def overall_verdict(results: Iterable[CheckResult]) -> Verdict:
-    """FAILED if any check failed, else UNREACHABLE if any could not reach it, else SKIPPED if
-    any could not run over the transport, else PASSED."""
+    """FAILED if any check failed, else NOT_KVSERVICE if the URL is not a kvservice, else
+    UNREACHABLE if any could not reach it, else SKIPPED if any could not run over the
+    transport, else PASSED."""
     verdicts = {result.verdict for result in results}
-    for verdict in (Verdict.FAILED, Verdict.UNREACHABLE, Verdict.SKIPPED):
+    for verdict in (Verdict.FAILED, Verdict.NOT_KVSERVICE, Verdict.UNREACHABLE, Verdict.SKIPPED):
         if verdict in verdicts:
             return verdict
     return Verdict.PASSED

@@ -3,6 +3,10 @@
 The only code of testclient that knows kvservice's URLs, headers and status codes. Each
 operation has its own status table: a 200 where the contract says 204 is an unexpected
 answer, not a success.
+
+Every request carries a fresh `X-Request-ID` (32 hex digits), kept in the reply, so a
+failing step names the request to look for in kvservice's access log. `identify` asks
+`GET /_health` and accepts only kvservice's answer: 200, JSON, an object whose status is "ok".
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import secrets
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -49,6 +54,14 @@ _HISTORY_OUTCOMES = {200: Outcome.FOUND, 400: Outcome.INVALID}
 _KEYS_OUTCOMES = {200: Outcome.FOUND, 400: Outcome.INVALID}
 
 _HISTORY_FIELDS = {"value", "timestamp", "encoding"}
+_HEALTH_OUTCOMES = {200: Outcome.FOUND}
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+def new_request_id() -> str:
+    """A fresh request ID: 32 random hex digits, valid in any header and any log."""
+    return secrets.token_hex(16)
 
 
 class HTTPKVClient:
@@ -89,68 +102,82 @@ class HTTPKVClient:
         headers = _conditions(only_if_version, only_if_absent)
         if content_type is not None:
             headers["Content-Type"] = content_type
-        response, outcome, evidence = self._exchange("PUT", key, _PUT_OUTCOMES, headers, value)
-        return Reply(outcome, version=_etag(response, outcome), evidence=evidence)
+        response, outcome, evidence, request_id = self._exchange(
+            "PUT", key, _PUT_OUTCOMES, headers, value
+        )
+        return Reply(
+            outcome, version=_etag(response, outcome), evidence=evidence, request_id=request_id
+        )
 
     def create(self, key: str, value: bytes, *, content_type: str | None = None) -> Reply:
         """POST /<key>: 201 with `Location: /<key>` when created, 409 when the key has a value."""
         headers = {} if content_type is None else {"Content-Type": content_type}
-        response, outcome, evidence = self._exchange("POST", key, _CREATE_OUTCOMES, headers, value)
+        response, outcome, evidence, request_id = self._exchange(
+            "POST", key, _CREATE_OUTCOMES, headers, value
+        )
         if response is not None and outcome is Outcome.CREATED:
             location = response.headers.get("Location")
             if location != self._path(key):
                 evidence = f"{evidence}, but Location is {location!r}, not {self._path(key)!r}"
-                return Reply(Outcome.UNEXPECTED, evidence=evidence)
-        return Reply(outcome, version=_etag(response, outcome), evidence=evidence)
+                return Reply(Outcome.UNEXPECTED, evidence=evidence, request_id=request_id)
+        return Reply(
+            outcome, version=_etag(response, outcome), evidence=evidence, request_id=request_id
+        )
 
     def get(self, key: str) -> Reply:
         """GET /<key>: 200 with the stored bytes, 404 when the key has no value."""
-        response, outcome, evidence = self._exchange("GET", key, _GET_OUTCOMES)
+        response, outcome, evidence, request_id = self._exchange("GET", key, _GET_OUTCOMES)
         if response is None or outcome is not Outcome.FOUND:
-            return Reply(outcome, evidence=evidence)
+            return Reply(outcome, evidence=evidence, request_id=request_id)
         return Reply(
             outcome,
             value=response.content,
             content_type=response.headers.get("Content-Type"),
             version=response.headers.get("ETag"),
             evidence=evidence,
+            request_id=request_id,
         )
 
     def delete(self, key: str, *, only_if_version: str | None = None) -> Reply:
         """DELETE /<key>: 204 when deleted, 404 when there was no value."""
         headers = _conditions(only_if_version, only_if_absent=False)
-        _, outcome, evidence = self._exchange("DELETE", key, _DELETE_OUTCOMES, headers)
-        return Reply(outcome, evidence=evidence)
+        _, outcome, evidence, request_id = self._exchange("DELETE", key, _DELETE_OUTCOMES, headers)
+        return Reply(outcome, evidence=evidence, request_id=request_id)
 
     def history(self, key: str) -> HistoryReply:
         """GET /<key>/history: a JSON list, newest first; base64 entries are decoded."""
-        response, outcome, evidence = self._exchange(
+        response, outcome, evidence, request_id = self._exchange(
             "GET", key, _HISTORY_OUTCOMES, path_suffix="/history"
         )
         if response is None or outcome is not Outcome.FOUND:
-            return HistoryReply(outcome, evidence=evidence)
-        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+            return HistoryReply(outcome, evidence=evidence, request_id=request_id)
+        media_type = _media_type(response)
         if media_type != "application/json":
             return HistoryReply(
                 Outcome.UNEXPECTED,
                 evidence=f"{evidence}, but Content-Type is {media_type!r}, not application/json",
+                request_id=request_id,
             )
         try:
             entries = _parse_history(response.content)
         except ValueError as error:
             return HistoryReply(
-                Outcome.UNEXPECTED, evidence=f"{evidence}, but the body is malformed: {error}"
+                Outcome.UNEXPECTED,
+                evidence=f"{evidence}, but the body is malformed: {error}",
+                request_id=request_id,
             )
-        return HistoryReply(outcome, entries, evidence)
+        return HistoryReply(outcome, entries, evidence, request_id)
 
     def list_keys(self, prefix: str, *, limit: int, page: str | None = None) -> KeysReply:
         """GET /_keys?prefix=P&limit=N&after=K: {"keys": [...], "next": K or null}."""
         query = {"prefix": prefix, "limit": str(limit)}
         if page is not None:
             query["after"] = page
-        response, outcome, evidence = self._request("GET", "/_keys", _KEYS_OUTCOMES, query=query)
+        response, outcome, evidence, request_id = self._request(
+            "GET", "/_keys", _KEYS_OUTCOMES, query=query
+        )
         if response is None or outcome is not Outcome.FOUND:
-            return KeysReply(outcome, evidence=evidence)
+            return KeysReply(outcome, evidence=evidence, request_id=request_id)
         try:
             document = response.json()
         except ValueError:
@@ -168,8 +195,28 @@ class HTTPKVClient:
             return KeysReply(
                 Outcome.UNEXPECTED,
                 evidence=f'{evidence}, but the body is not {{"keys": [...], "next": ...}}: {body}',
+                request_id=request_id,
             )
-        return KeysReply(outcome, tuple(keys), next_page, evidence)
+        return KeysReply(outcome, tuple(keys), next_page, evidence, request_id)
+
+    def identify(self) -> str | None:
+        """GET /_health: kvservice answers 200 with a JSON object whose status is "ok"."""
+        response, outcome, _, request_id = self._request("GET", "/_health", _HEALTH_OUTCOMES)
+        unlike = f"{self.base_url} answered like something else"
+        if response is None:
+            return f"{unlike}: an unreadable HTTP response to GET /_health"
+        media_type = _media_type(response) or "no content type"
+        answered = f"{unlike}: status {response.status_code} {media_type}"
+        where = f"to GET /_health (X-Request-ID {request_id})"
+        if outcome is not Outcome.FOUND or media_type != "application/json":
+            return f"{answered} {where}"
+        try:
+            health = response.json()
+        except ValueError:
+            return f"{answered} that is not JSON {where}"
+        if not isinstance(health, dict) or health.get("status") != "ok":
+            return f'{answered} without "status": "ok" {where}'
+        return None
 
     # -- transport ---------------------------------------------------------------------------
 
@@ -185,7 +232,7 @@ class HTTPKVClient:
         headers: dict[str, str] | None = None,
         body: bytes | None = None,
         path_suffix: str = "",
-    ) -> tuple[requests.Response | None, Outcome, str]:
+    ) -> tuple[requests.Response | None, Outcome, str, str]:
         """One request about `key`: see `_request`."""
         path = self._path(key) + path_suffix
         return self._request(method, path, outcomes, headers=headers, body=body)
@@ -199,9 +246,12 @@ class HTTPKVClient:
         headers: dict[str, str] | None = None,
         body: bytes | None = None,
         query: dict[str, str] | None = None,
-    ) -> tuple[requests.Response | None, Outcome, str]:
-        """Send one request; returns the response (None if unreadable), its outcome, evidence."""
+    ) -> tuple[requests.Response | None, Outcome, str, str]:
+        """Send one request with a fresh X-Request-ID; returns the response (None if
+        unreadable), its outcome, evidence and the request ID."""
         url = self.base_url + path
+        request_id = new_request_id()
+        headers = {**(headers or {}), REQUEST_ID_HEADER: request_id}
         try:
             with self._sessions.borrowed() as session:
                 response = session.request(
@@ -217,15 +267,16 @@ class HTTPKVClient:
             connect_s, read_s = self.timeout
             raise KVUnreachable(
                 f"{method} {url}: timed out (connect {connect_s:g} s, read {read_s:g} s): "
-                f"{_root_cause(error)}"
+                f"{_root_cause(error)} (X-Request-ID {request_id})"
             ) from error
         except requests.ConnectionError as error:
             raise KVUnreachable(f"{method} {url}: no connection: {_root_cause(error)}") from error
         except requests.RequestException as error:
             # It answered, but not with a readable HTTP response (bad chunking, bad encoding).
-            return None, Outcome.UNEXPECTED, f"unreadable HTTP response: {_root_cause(error)}"
+            evidence = f"unreadable HTTP response: {_root_cause(error)}"
+            return None, Outcome.UNEXPECTED, evidence, request_id
         outcome = outcomes.get(response.status_code, Outcome.UNEXPECTED)
-        return response, outcome, _evidence(response)
+        return response, outcome, _evidence(response), request_id
 
 
 def _new_session() -> requests.Session:
@@ -241,6 +292,10 @@ def _conditions(only_if_version: str | None, only_if_absent: bool) -> dict[str, 
     if only_if_absent:
         headers["If-None-Match"] = "*"
     return headers
+
+
+def _media_type(response: requests.Response) -> str:
+    return response.headers.get("Content-Type", "").split(";")[0].strip().lower()
 
 
 def _etag(response: requests.Response | None, outcome: Outcome) -> str | None:

@@ -8,6 +8,12 @@ be another. A transport that cannot express something (versions, content types) 
 Error: ..."), so a failing check can show it. A transport failure (refused connection,
 timeout) raises `KVUnreachable`, which is how callers tell "answered wrongly" from "did not
 answer".
+
+Over HTTP each request carries a fresh `X-Request-ID`, and the reply keeps it (`request_id`),
+so a failing step names the line to look for in kvservice's access log.
+
+Before any check, `identify` confirms the URL answers like a kvservice at all, so a wrong URL
+(another service, a proxy's error page) is reported as such instead of as a broken kvservice.
 """
 
 from __future__ import annotations
@@ -68,6 +74,8 @@ class Reply:
     content_type: str | None = None
     version: str | None = None
     evidence: str = ""
+    request_id: str | None = None
+    """The X-Request-ID the request was sent with (None: the transport has none)."""
 
     def __str__(self) -> str:
         parts = [self.outcome.value]
@@ -77,9 +85,15 @@ class Reply:
             parts.append(f"as {self.content_type}")
         if self.version is not None:
             parts.append(f"version {self.version}")
-        if self.evidence:
-            parts.append(f"[{self.evidence}]")
-        return " ".join(parts)
+        return _with_evidence(" ".join(parts), self.evidence, self.request_id)
+
+
+def _with_evidence(text: str, evidence: str, request_id: str | None) -> str:
+    """`text [evidence, request ID]`, leaving out what is empty."""
+    notes = [evidence] if evidence else []
+    if request_id is not None:
+        notes.append(f"X-Request-ID {request_id}")
+    return f"{text} [{'; '.join(notes)}]" if notes else text
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,7 @@ class HistoryReply:
     outcome: Outcome
     entries: tuple[HistoryEntry, ...] = ()
     evidence: str = ""
+    request_id: str | None = None
 
     @property
     def values(self) -> list[bytes | None]:
@@ -108,7 +123,7 @@ class HistoryReply:
             text = "[" + ", ".join(describe_value(value) for value in self.values) + "]"
         else:
             text = self.outcome.value
-        return f"{text} [{self.evidence}]" if self.evidence else text
+        return _with_evidence(text, self.evidence, self.request_id)
 
 
 @dataclass(frozen=True)
@@ -120,6 +135,7 @@ class KeysReply:
     keys: tuple[str, ...] = ()
     next_page: str | None = None
     evidence: str = ""
+    request_id: str | None = None
 
     def __str__(self) -> str:
         if self.outcome is Outcome.FOUND:
@@ -127,7 +143,7 @@ class KeysReply:
             text = f"[{', '.join(self.keys)}] ({more})"
         else:
             text = self.outcome.value
-        return f"{text} [{self.evidence}]" if self.evidence else text
+        return _with_evidence(text, self.evidence, self.request_id)
 
 
 class KVClient(Protocol):
@@ -169,6 +185,11 @@ class KVClient(Protocol):
     def list_keys(self, prefix: str, *, limit: int, page: str | None = None) -> KeysReply:
         """One page of at most `limit` keys holding a value that start with `prefix`, in
         lexicographic order; `page` is the previous reply's `next_page` (None: the first)."""
+        ...
+
+    def identify(self) -> str | None:
+        """None when the URL answers like a kvservice; otherwise a short reason why it does
+        not ("status 404 text/html"). Raises KVUnreachable when nothing answers."""
         ...
 
     def close(self) -> None:

@@ -6,6 +6,10 @@ nil belongs is an unexpected answer, not a success. kvservice's errors carry a c
 Redis's do (`-INVALIDKEY <detail>`, `-TOOLARGE`, `-OOM`), followed by the HTTP problem's
 detail text; `_ERROR_KINDS` tells them apart by the code alone.
 
+`identify` sends `INFO server`: kvservice's answer is a bulk string with the line
+`server_name:kvservice` (Redis has no such line; Valkey says `server_name:valkey`), so a real
+Redis or anything else on the port is told apart from kvservice before any check writes to it.
+
 RESP carries neither versions nor content types: `capabilities` is empty, and a request
 that needs one answers `Outcome.UNSUPPORTED` without sending anything. A refused
 connection, a timeout or a connection closed before the reply raises `KVUnreachable`.
@@ -46,6 +50,7 @@ _MAX_ARRAY_ITEMS = 1_000_000
 _MAX_DEPTH = 4
 _EVIDENCE_CHARS = 200
 _INTEGER = re.compile(rb"-?[0-9]{1,19}")
+_KVSERVICE_INFO_LINE = b"server_name:kvservice"
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,11 @@ class MalformedReply(Exception):
 
 class ConnectionClosed(Exception):
     """The server closed the connection before the reply was complete."""
+
+    def __init__(self, message: str, received: bytes = b"") -> None:
+        super().__init__(message)
+        self.received = received
+        """The start of what did come back, if anything."""
 
 
 _ERROR_KINDS = {"INVALIDKEY": "invalid", "TOOLARGE": "too large", "OOM": "store full"}
@@ -200,6 +210,25 @@ class RespKVClient:
         keys = tuple(key.decode("latin-1") for key in reply[1] if isinstance(key, bytes))
         return KeysReply(Outcome.FOUND, keys, None if next_cursor == "0" else next_cursor, evidence)
 
+    def identify(self) -> str | None:
+        """INFO server: kvservice's answer has the line `server_name:kvservice`."""
+        unlike = f"{self.url} answered like something else"
+        try:
+            reply, evidence = self._exchange(b"INFO", "server")
+        except KVUnreachable as error:
+            closed = error.__cause__
+            if isinstance(closed, ConnectionClosed) and closed.received:  # e.g. an HTTP server
+                return f"{unlike}: {closed.received!r} to INFO server, then it closed"
+            raise
+        if isinstance(reply, bytes) and _KVSERVICE_INFO_LINE in reply.splitlines():
+            return None
+        if isinstance(reply, bytes):
+            fields = dict(line.partition(b":")[::2] for line in reply.splitlines() if b":" in line)
+            name = fields.get(b"server_name", b"redis" if b"redis_version" in fields else b"")
+            said = f"server_name {name.decode('utf-8', 'replace')!r}" if name else "no server_name"
+            return f"{unlike}: INFO server gives {said}, not kvservice"
+        return f"{unlike}: INFO server answered {evidence}"
+
     # -- transport ---------------------------------------------------------------------------
 
     def _write(self, outcomes: Mapping[str, Outcome], name: bytes, key: str, *rest: bytes) -> Reply:
@@ -274,7 +303,7 @@ def _read_reply(stream: BinaryIO, depth: int = 0) -> RespValue:
     if not line.endswith(b"\r\n"):
         if len(line) > _MAX_LINE_BYTES:
             raise MalformedReply(f"a line longer than {_MAX_LINE_BYTES} bytes")
-        raise ConnectionClosed(f"after {line[:40]!r}" if line else "before a reply")
+        raise ConnectionClosed(f"after {line[:40]!r}" if line else "before a reply", line[:40])
     kind, body = line[:1], line[1:-2]
     if kind == b"+":
         return Status(body.decode("utf-8", "replace"))

@@ -126,6 +126,9 @@ class InMemoryKV:
         after = [key for key in matching if page is None or key > page]
         return self._page(after, limit)
 
+    def identify(self) -> str | None:
+        return None
+
     def close(self) -> None:
         pass
 
@@ -365,6 +368,21 @@ class ContentTypeDroppedKV(InMemoryKV):
         return Reply(Outcome.FOUND, reply.value, DEFAULT_CONTENT_TYPE, reply.version)
 
 
+HTML_PAYLOAD = b"<script>pwned=1</script><img src=x onerror=pwned=2>"
+"""Markup a page that shows a value as HTML would run: the <img>'s onerror sets `pwned`."""
+
+
+class ServesHTMLKV(InMemoryKV):
+    """Reads of a key holding a value serve HTML_PAYLOAD instead (markup from the service
+    under test, which anything showing it must show as text)."""
+
+    def get(self, key: str) -> Reply:
+        reply = super().get(key)
+        if reply.outcome is not Outcome.FOUND:
+            return reply
+        return Reply(Outcome.FOUND, HTML_PAYLOAD, "text/html", reply.version)
+
+
 # -- not a kvservice at all -----------------------------------------------------------------
 
 
@@ -431,6 +449,9 @@ class UnreachableKV(InMemoryKV):
 
     def list_keys(self, prefix: str, *, limit: int, page: str | None = None) -> KeysReply:
         raise KVUnreachable(f"GET /_keys?prefix={prefix}: {self.reason}")
+
+    def identify(self) -> str | None:
+        raise KVUnreachable(f"GET /_health: {self.reason}")
 
 
 class ExplodingKV(InMemoryKV):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 
 import pytest
@@ -73,9 +74,89 @@ def test_run_exits_0_against_the_real_kvservice(
     assert code == 0, capsys.readouterr().out
 
 
+def test_quiet_shows_only_what_did_not_pass_and_the_summary(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["run", "--quiet"], make_client=fake_factory(DeleteStillServedKV()))
+
+    report = capsys.readouterr().out
+    assert code == 1
+    assert "FAILED      test_deletion" in report
+    assert "  FAIL  read tcdel" in report and "expected: not found" in report
+    assert "  ok  " not in report
+    assert "PASSED" not in report and "test_overwrite" not in report
+    assert report.rstrip().endswith(
+        f"{len(CHECKS) - 1} passed, 1 failed, 0 unreachable, 0 skipped; overall failed"
+    )
+
+
+def test_quiet_when_all_pass_is_the_summary_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        ["run", "--quiet", "--kv-url", "http://kv.example:3000"],
+        make_client=fake_factory(InMemoryKV()),
+    )
+
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    assert lines[0] == "kvservice at http://kv.example:3000"
+    assert lines[-1].endswith("overall passed")
+    assert len([line for line in lines if line]) == 2
+
+
+def test_json_of_one_check_is_the_http_services_document(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(
+        ["run", "test_deletion", "--format", "json", "--kv-url", "http://kv.example:3000"],
+        make_client=fake_factory(DeleteStillServedKV()),
+    )
+
+    document = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert document.keys() == {"test", "passed", "verdict", "kv_url", "duration_ms", "steps"}
+    assert (document["test"], document["verdict"], document["kv_url"]) == (
+        "test_deletion",
+        "failed",
+        "http://kv.example:3000",
+    )
+    [failed] = [step for step in document["steps"] if not step["passed"]]
+    assert failed["expected"] == "not found"
+
+
+def test_json_of_every_check_is_one_test_all_document(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "--format", "json"], make_client=fake_factory(InMemoryKV()))
+
+    out = capsys.readouterr().out
+    document = json.loads(out)  # exactly one JSON value: json.loads refuses trailing text
+    assert code == 0
+    assert (document["test"], document["passed"]) == ("test_all", True)
+    assert [result["test"] for result in document["results"]] == list(CHECKS)
+
+
+def test_json_against_an_unreachable_kvservice_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "run",
+            "test_deletion",
+            "--format",
+            "json",
+            "--kv-url",
+            closed_port_url(),
+            "--connect-timeout",
+            "1",
+        ]
+    )
+
+    assert code == 3
+    assert json.loads(capsys.readouterr().out)["verdict"] == "unreachable"
+
+
 @pytest.mark.parametrize(
     "argv",
     [
+        ["run", "--format", "xml"],
+        ["serve", "--interval", "0"],
+        ["serve", "--quiet"],
         ["run", "test_nothing"],
         ["frobnicate"],
         [],

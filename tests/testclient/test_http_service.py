@@ -28,7 +28,7 @@ from tests.support.fakes import (
 
 KV_URL = "http://kv.example:3000"
 RESULT_FIELDS = {"test", "passed", "verdict", "kv_url", "duration_ms", "steps"}
-STEP_FIELDS = {"step", "expected", "actual", "passed", "skipped"}
+STEP_FIELDS = {"step", "expected", "actual", "passed", "skipped", "request_ids"}
 PROBLEM_FIELDS = {"type", "title", "status", "detail", "request_id"}
 
 ServeTestClient = Callable[[KVClient], str]
