@@ -78,9 +78,10 @@ def _stop_all(servers: Sequence[Runnable]) -> None:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object a record: time (UTC, ISO 8601), level, logger, message, the record's
-    `fields` (an access line's client, status, request_id, ...), and any exception's
-    traceback as one string, so a log collector needs no multi-line rules."""
+    """One JSON object a record: time (UTC, ISO 8601), level, logger, message, an access
+    line's fields (from its `request`, a named tuple: client, method, target, route, status,
+    body_bytes_in, body_bytes_out, duration_s, request_id), and any exception's traceback as
+    one string, so a log collector needs no multi-line rules."""
 
     def format(self, record: logging.LogRecord) -> str:
         created = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
@@ -90,7 +91,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        document.update(getattr(record, "fields", {}))
+        request = getattr(record, "request", None)
+        if request is not None:
+            document.update(request._asdict())
         if record.exc_info:
             document["exception"] = self.formatException(record.exc_info)
         return json.dumps(document)

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cheroot import wsgi as cheroot_wsgi
 
@@ -87,9 +87,9 @@ class _CherootServer(cheroot_wsgi.Server):
         logger.log(level, "%s", msg, exc_info=traceback)
 
 
-@dataclass(frozen=True, slots=True)
-class RequestRecord:
-    """What happened to one request the app answered, for the access log and metrics."""
+class RequestRecord(NamedTuple):
+    """What happened to one request the app answered, for the access log and metrics. (A
+    named tuple: it is made for every request, and it is the quickest record to make.)"""
 
     client: str
     method: str
@@ -109,11 +109,10 @@ RequestObserver = Callable[[RequestRecord], None]
 
 
 def write_access_line(record: RequestRecord) -> None:
-    """The access log's line for a request: client, request, status, bytes, time, ID. Its
-    fields also go on the record (`fields`), for the JSON log format."""
+    """The access log's line for a request: client, request, status, bytes, time, ID. The
+    record goes along (`request`), for the JSON log format to write its fields."""
     if not access_logger.isEnabledFor(logging.INFO):
         return
-    duration_ms = record.duration_s * 1000
     access_logger.info(
         '%s "%s %s" %d %d %.1fms %s',
         record.client,
@@ -121,21 +120,9 @@ def write_access_line(record: RequestRecord) -> None:
         record.target,
         record.status,
         record.body_bytes_out,
-        duration_ms,
+        record.duration_s * 1000,
         record.request_id,
-        extra={
-            "fields": {
-                "client": record.client,
-                "method": record.method,
-                "target": record.target,
-                "route": record.route,
-                "status": record.status,
-                "bytes_in": record.body_bytes_in,
-                "bytes_out": record.body_bytes_out,
-                "duration_ms": round(duration_ms, 3),
-                "request_id": record.request_id,
-            }
-        },
+        extra={"request": record},
     )
 
 

@@ -267,13 +267,16 @@ def test_the_access_line_names_the_request_id_in_either_log_format(log_format: s
     assert record["logger"] == "kvservice.access"
     assert record["level"] == "INFO"
     assert record["time"].endswith("Z")
-    assert {key: record[key] for key in ("method", "target", "route", "status", "bytes_in")} == {
+    fields = ("method", "target", "route", "status", "body_bytes_in", "body_bytes_out")
+    assert {key: record[key] for key in fields} == {
         "method": "PUT",
         "target": "/k",
         "route": "/{key}",
         "status": 204,
-        "bytes_in": 5,
+        "body_bytes_in": 5,
+        "body_bytes_out": 0,
     }
+    assert 0 < record["duration_s"] < 1
     assert record["request_id"] == "grep-me"
     for other in stderr.splitlines():  # the service's own records are JSON objects too
         assert json.loads(other)["logger"].startswith("kvservice")
