@@ -30,7 +30,6 @@ from kvservice.http.problems import answer_errors_with_problems
 from testclient.checks import ALL_CHECKS, CHECKS, Check, Verdict, overall_verdict, run_checks
 from testclient.clients import KVClient
 from testclient.documents import result_document, run_document
-from testclient.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from testclient.results import ResultBook, Trigger
 
 logger = logging.getLogger("testclient.http")
@@ -145,9 +144,10 @@ def results_document(book: ResultBook, checks: Mapping[str, Check]) -> dict[str,
 
 
 def _metrics(book: ResultBook) -> bytes:
-    bottle.response.content_type = METRICS_CONTENT_TYPE
+    page, content_type = book.metrics.exposition(bottle.request.headers.get("Accept"))
+    bottle.response.content_type = content_type
     bottle.response.set_header("Cache-Control", "no-store")
-    return book.metrics.exposition()
+    return page
 
 
 # -- the page ---------------------------------------------------------------------------------

@@ -24,13 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
-from prometheus_client.exposition import generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.exposition import choose_encoder
 
 from testclient.checks import CheckResult, Verdict
-
-CONTENT_TYPE = CONTENT_TYPE_LATEST
-"""The Content-Type of `CheckMetrics.exposition()`."""
 
 FAILURE_VERDICTS = frozenset({Verdict.FAILED, Verdict.UNREACHABLE, Verdict.NOT_KVSERVICE})
 """The verdicts `testclient_check_failures_total` counts."""
@@ -90,6 +87,8 @@ class CheckMetrics:
         if result.verdict in FAILURE_VERDICTS:
             self._failures.labels(*labels).inc()
 
-    def exposition(self) -> bytes:
-        """Every series in Prometheus's text format (`CONTENT_TYPE`)."""
-        return generate_latest(self.registry)
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """Every series, in the format a scraper's Accept header asks for (Prometheus text
+        0.0.4 by default, OpenMetrics on request, as kvservice's), and its content type."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type

@@ -252,6 +252,7 @@ def _figures(store: Store) -> dict[str, int]:
 def _metrics(metrics_page: MetricsPage) -> bytes:
     page, content_type = metrics_page(bottle.request.headers.get("Accept"))
     bottle.response.content_type = content_type
+    bottle.response.set_header("Cache-Control", "no-store")  # every scrape reads them anew
     return page
 
 

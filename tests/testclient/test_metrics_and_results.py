@@ -9,7 +9,7 @@ from contextlib import ExitStack
 
 import pytest
 import requests
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.parser import text_string_to_metric_families
 
 from testclient.checks import CHECKS
@@ -56,7 +56,7 @@ def samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of /_metrics by (name, sorted labels)."""
     response = requests.get(url + "/_metrics", timeout=5)
     assert response.status_code == 200
-    assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST
+    assert response.headers["Content-Type"] == CONTENT_TYPE_PLAIN_0_0_4  # what Prometheus reads
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(response.text)

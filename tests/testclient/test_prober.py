@@ -79,7 +79,7 @@ def test_each_round_records_every_check_as_scheduled() -> None:
     assert {run.finished_at_s for run in last.values()} == {1_700_000_000.0}
     [runs] = [
         m
-        for m in text_string_to_metric_families(book.metrics.exposition().decode())
+        for m in text_string_to_metric_families(book.metrics.exposition()[0].decode())
         if m.name == "testclient_check_runs"
     ]
     assert {s.value for s in runs.samples if s.name.endswith("_total")} == {2.0}
