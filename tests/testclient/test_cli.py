@@ -236,3 +236,21 @@ def test_serve_answers_over_http_and_stops_cleanly_on_sigterm(kv_url: str) -> No
     assert service.process.returncode == 0, stderr
     assert '"GET /test_deletion" 200' in stdout  # the access log, on stdout
     assert "received SIGTERM" in stderr
+
+
+def test_serve_logs_json_objects_with_log_format_json(kv_url: str) -> None:
+    service = start_service(
+        "testclient", "serve", "--kv-url", kv_url, "--log-format", "json", capture=True
+    )
+    try:
+        response = requests.get(
+            service.url + "/test_deletion", headers={"X-Request-ID": "tc-json-1"}, timeout=10
+        )
+    finally:
+        stdout, stderr = service.stop(signal.SIGTERM)
+    assert response.status_code == 200, response.text
+    access = [json.loads(line) for line in stdout.splitlines()]  # start_service's probes too
+    [run] = [line for line in access if line["target"] == "/test_deletion"]
+    assert (run["method"], run["status"], run["request_id"]) == ("GET", 200, "tc-json-1")
+    records = [json.loads(line) for line in stderr.splitlines()]
+    assert any(record["message"] == "received SIGTERM, stopping" for record in records)
