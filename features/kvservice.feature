@@ -59,6 +59,6 @@ Feature: Storing and reading values
     Then the status is 204
     When I PUT 1025 bytes to /big
     Then the status is 413
-    And the answer is a "value-too-large" problem saying "limit of 1024 bytes"
+    And the answer is a "value-too-large" problem saying "The value is 1025 bytes; the limit is 1024 bytes."
     When I GET /big
     Then the header Content-Length is "1024"

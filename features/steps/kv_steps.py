@@ -151,8 +151,10 @@ def step_then_problem(context: Context, problem: str, text: str) -> None:
         context, "application/problem+json", response.headers.get("Content-Type"), "Content-Type"
     )
     document = response.json()
-    expect(context, ["type", "title", "status", "detail"], list(document), "problem fields")
+    fields = ["type", "title", "status", "detail", "request_id"]
+    expect(context, fields, list(document), "problem fields")
     expect(context, response.status_code, document["status"], "problem status")
+    expect(context, response.headers.get("X-Request-ID"), document["request_id"], "request ID")
     kind = document["type"].removeprefix("urn:kvservice:problem:")
     expect(context, problem, kind, "problem type")
     expect(context, True, text in document["detail"], f'detail mentions "{text}"')
