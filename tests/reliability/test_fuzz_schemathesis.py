@@ -29,7 +29,6 @@ import pytest
 import schemathesis
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from kvservice.http.app import create_app as create_kv_app
 from kvservice.store.memory import MemoryStore
 from testclient.clients import HTTPKVClient
 from testclient.http_api import create_app as create_testclient_app
@@ -40,6 +39,7 @@ from tests.reliability.test_openapi import (
 )
 from tests.support.fakes import serve_wsgi
 from tests.support.processes import ServiceProcess, kvservice_process
+from tests.support.servers import kv_app_with_metrics
 
 SEED = 20240605
 EXAMPLES_PER_OPERATION = 50
@@ -153,7 +153,7 @@ class _SwappableApp:
     """A WSGI app that forwards to whichever kvservice app was installed last."""
 
     def __init__(self) -> None:
-        self.app = create_kv_app(MemoryStore())
+        self.app = kv_app_with_metrics(MemoryStore())
         self._lock = threading.Lock()
 
     def install(self, app: Callable[..., Iterable[bytes]]) -> None:
@@ -173,7 +173,7 @@ def test_kvservice_sequences_follow_the_documented_links(status_counts: StatusCo
                 # A fresh store per scenario: hypothesis replays scenarios and needs the same
                 # answers. A long window keeps the answers independent of the clock.
                 swappable.install(
-                    create_kv_app(MemoryStore(max_bytes=8192, history_window_ms=60_000))
+                    kv_app_with_metrics(MemoryStore(max_bytes=8192, history_window_ms=60_000))
                 )
 
             def get_call_kwargs(self, case: schemathesis.Case[Any]) -> dict[str, Any]:
@@ -226,7 +226,7 @@ def test_testclient_answers_as_documented(
 
 def _answering_wrongly(status: str, content_type: str) -> Callable[..., Iterable[bytes]]:
     """A kvservice app whose every answer has this status line and Content-Type."""
-    app = create_kv_app(MemoryStore())
+    app = kv_app_with_metrics(MemoryStore())
 
     def wrong(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         def start(_: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:

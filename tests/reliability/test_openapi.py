@@ -21,10 +21,10 @@ import pytest
 import schemathesis
 import yaml
 
-from kvservice.http.app import create_app as create_kv_app
 from kvservice.store.memory import MemoryStore
 from testclient.http_api import create_app as create_testclient_app
 from tests.support.fakes import InMemoryKV
+from tests.support.servers import kv_app_with_metrics
 
 OPENAPI_DIR = Path(__file__).resolve().parents[2] / "docs" / "openapi"
 KVSERVICE_DOCUMENT = OPENAPI_DIR / "kvservice.yaml"
@@ -165,7 +165,7 @@ def test_the_document_is_valid_openapi_3_1(path: Path) -> None:
 
 
 def test_kvservice_routes_are_exactly_the_documented_ones() -> None:
-    app = create_kv_app(MemoryStore())
+    app = kv_app_with_metrics(MemoryStore())
     assert route_differences(app, load_document(KVSERVICE_DOCUMENT)) == []
 
 
@@ -178,14 +178,14 @@ def test_testclient_routes_are_exactly_the_documented_ones() -> None:
 
 
 def test_a_route_missing_from_either_side_is_named() -> None:
-    app = create_kv_app(MemoryStore())
-    app.route("/_metrics", "GET", lambda: b"")
+    app = kv_app_with_metrics(MemoryStore())
+    app.route("/_debug", "GET", lambda: b"")
     document = load_document(KVSERVICE_DOCUMENT)
     document["paths"]["/{key}/history"]["delete"] = document["paths"]["/{key}"]["delete"]
 
     assert sorted(route_differences(app, document)) == [
         "documented, not served: DELETE /{key}/history",
-        "served, not documented: GET /_metrics",
+        "served, not documented: GET /_debug",
     ]
 
 

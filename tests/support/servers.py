@@ -8,8 +8,11 @@ from typing import Any
 
 from kvservice.__main__ import resp_settings, server_settings
 from kvservice.config import Config
+from kvservice.http.app import create_app
 from kvservice.http.server import ServerSettings
+from kvservice.metrics import Metrics
 from kvservice.resp.server import RespSettings
+from kvservice.store import Store
 
 
 def http_settings(*, serve_inline: bool = False, **config: Any) -> ServerSettings:
@@ -22,3 +25,8 @@ def http_settings(*, serve_inline: bool = False, **config: Any) -> ServerSetting
 def resp_test_settings(**overrides: Any) -> RespSettings:
     """The RESP transport's default settings on a free port, with these fields replaced."""
     return dataclasses.replace(resp_settings(Config(resp_port=0)), **overrides)
+
+
+def kv_app_with_metrics(store: Store) -> Any:
+    """kvservice's app over `store` as the service serves it by default: with /_metrics."""
+    return create_app(store, metrics_page=Metrics(store).render)
