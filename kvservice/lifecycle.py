@@ -41,8 +41,11 @@ class Runnable(Protocol):
         ...
 
 
-def run_until_signalled(servers: Sequence[Runnable]) -> int:
-    """Start every server, wait for SIGTERM or SIGINT, stop them all; returns the exit code."""
+def run_until_signalled(
+    servers: Sequence[Runnable], on_started: Callable[[], None] | None = None
+) -> int:
+    """Start every server, wait for SIGTERM or SIGINT, stop them all; returns the exit code.
+    `on_started` runs once every server listens, and not at all if one cannot."""
     stop_requested = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -61,6 +64,8 @@ def run_until_signalled(servers: Sequence[Runnable]) -> int:
         logger.error("cannot listen: %s", error)
         _stop_all(started)
         return 1
+    if on_started is not None:
+        on_started()
     while not stop_requested.wait(0.5):
         if any(server.failed.is_set() for server in started):
             break

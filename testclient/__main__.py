@@ -92,9 +92,9 @@ def serve_command(config: Config, client: KVClient) -> int:
     if config.interval_s is None:
         return run_until_signalled([server])
     prober = Prober(client, book, config.interval_s)
-    prober.start()
     try:
-        return run_until_signalled([server])
+        # Once listening: a serve that cannot listen must not write a round of keys anyway.
+        return run_until_signalled([server], on_started=prober.start)
     finally:
         prober.stop()  # after the signal: the round under way ends, no new one starts
 

@@ -344,9 +344,10 @@ class _Client(asyncio.Protocol):
         if self.admitted:
             self.server.leave(self)
             access_logger.info(
-                "%s closed: %d commands in %.1f s%s",
+                "%s closed: %d command%s in %.1f s%s",
                 self.peer,
                 self.commands,
+                "" if self.commands == 1 else "s",
                 time.monotonic() - self.opened,
                 ", after a protocol error" if self.errors else "",
             )
