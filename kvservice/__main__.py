@@ -1,19 +1,25 @@
 """The composition root: config -> store backend -> every enabled transport's server -> run.
 
-A transport is one entry in `TRANSPORTS`: a function from the config and the shared store
-to a server (`lifecycle.Runnable`), or None when the config leaves it off.
+A transport is one entry in `TRANSPORTS`: a function from the config, the shared store and
+the shared `Security` (tokens, TLS) to a server (`lifecycle.Runnable`), or None when the
+config leaves it off.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
+from kvservice.auth import TokenFileError, Tokens
 from kvservice.config import Config, load_config
 from kvservice.http.app import create_app
+from kvservice.http.bearer import BearerTokens
 from kvservice.http.server import Server, ServerSettings
 from kvservice.lifecycle import Runnable, configure_logging, run_until_signalled
 from kvservice.resp.server import RespServer, RespSettings
@@ -127,17 +133,57 @@ def http_transport_settings(config: Config, store: Store) -> ServerSettings:
     return dataclasses.replace(server_settings(config), serve_inline=not store.remote)
 
 
-def http_transport(config: Config, store: Store) -> Runnable | None:
+@dataclass(frozen=True)
+class Security:
+    """What every transport checks before it serves a client, shared by all of them."""
+
+    tokens: Tokens | None = None
+    """The tokens clients must present; None: anyone may read and write."""
+
+
+def build_security(config: Config) -> Security:
+    """The tokens of --auth-tokens; raises StartupError if the file cannot be used."""
+    if config.auth_tokens is None:
+        if not _is_loopback(config.host):
+            logger.warning(
+                "listening on %s without --auth-tokens: every client that can reach it can "
+                "read, overwrite and delete every key",
+                config.host,
+            )
+        return Security()
+    try:
+        tokens = Tokens.from_file(Path(config.auth_tokens))
+    except TokenFileError as error:
+        raise StartupError(f"--auth-tokens: {error}") from error
+    logger.info("clients need one of %d tokens from %s", len(tokens), config.auth_tokens)
+    return Security(tokens=tokens)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def http_transport(config: Config, store: Store, security: Security) -> Runnable | None:
     """HTTP on --port, always on."""
-    return Server(create_app(store), http_transport_settings(config, store))
+    app = create_app(store)
+    if security.tokens is not None:
+        app = BearerTokens(app, security.tokens)
+    return Server(app, http_transport_settings(config, store))
 
 
-def resp_transport(config: Config, store: Store) -> Runnable | None:
+def resp_transport(config: Config, store: Store, security: Security) -> Runnable | None:
     """The Redis protocol on --resp-port, off unless that is set."""
-    return None if config.resp_port is None else RespServer(store, resp_settings(config))
+    if config.resp_port is None:
+        return None
+    return RespServer(store, resp_settings(config))
 
 
-TRANSPORTS: dict[str, Callable[[Config, Store], Runnable | None]] = {
+TRANSPORTS: dict[str, Callable[[Config, Store, Security], Runnable | None]] = {
     "http": http_transport,
     "resp": resp_transport,
 }
@@ -149,13 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(argv)
     configure_logging(config.log_level)
     try:
+        security = build_security(config)
         store = build_store(config)
         check_store(store)
     except (StartupError, ValueError) as error:
         logger.error("cannot start: %s", error)
         return 2
-    servers = [make(config, store) for make in TRANSPORTS.values()]
-    return run_until_signalled([server for server in servers if server is not None])
+    servers = [make(config, store, security) for make in TRANSPORTS.values()]
+    reloads = [] if security.tokens is None else [security.tokens.reload]
+    return run_until_signalled([server for server in servers if server is not None], reloads)
 
 
 if __name__ == "__main__":

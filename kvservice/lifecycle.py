@@ -11,7 +11,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Protocol
 
@@ -39,16 +39,26 @@ class Runnable(Protocol):
         ...
 
 
-def run_until_signalled(servers: Sequence[Runnable]) -> int:
-    """Start every server, wait for SIGTERM or SIGINT, stop them all; returns the exit code."""
+def run_until_signalled(
+    servers: Sequence[Runnable], on_reload: Sequence[Callable[[], object]] = ()
+) -> int:
+    """Start every server, wait for SIGTERM or SIGINT, stop them all; returns the exit code.
+    SIGHUP calls each of `on_reload` (re-reading files such as the token file)."""
     stop_requested = threading.Event()
+    reload_requested = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
         logger.info("received %s, stopping", signal.Signals(signum).name)
         stop_requested.set()
 
+    def request_reload(_signum: int, _frame: FrameType | None) -> None:
+        # Done by the loop below, not here: a handler interrupts whatever the main thread does.
+        reload_requested.set()
+
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    if on_reload:
+        signal.signal(signal.SIGHUP, request_reload)
     started: list[Runnable] = []
     try:
         for server in servers:
@@ -59,9 +69,14 @@ def run_until_signalled(servers: Sequence[Runnable]) -> int:
         logger.error("cannot listen: %s", error)
         _stop_all(started)
         return 1
-    while not stop_requested.wait(0.5):
+    while not stop_requested.wait(0.1 if on_reload else 0.5):
         if any(server.failed.is_set() for server in started):
             break
+        if reload_requested.is_set():
+            reload_requested.clear()
+            logger.info("received SIGHUP, reloading")
+            for reload in on_reload:
+                reload()
     _stop_all(started)
     logger.info("stopped")
     return 1 if any(server.failed.is_set() for server in started) else 0

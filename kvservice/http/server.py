@@ -114,13 +114,15 @@ class AccessLog:
             if close is not None:
                 close()
             access_logger.info(
-                '%s "%s %s" %s %d %.1fms',
+                '%s "%s %s" %s %d %.1fms%s',
                 environ.get("REMOTE_ADDR", "-"),
                 environ.get("REQUEST_METHOD", "-"),
                 environ.get("REQUEST_URI") or environ.get("PATH_INFO", "-"),
                 status[0],
                 sent,
                 (time.perf_counter() - started) * 1000,
+                # The name of the token the request came with (bearer.py), never the token.
+                f" token={environ['REMOTE_USER']}" if "REMOTE_USER" in environ else "",
             )
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kvservice.__main__ import TRANSPORTS, resp_settings
+from kvservice.__main__ import TRANSPORTS, Security, resp_settings
 from kvservice.config import Config, load_config
 from kvservice.resp.server import RespServer, RespSettings
 from kvservice.store import (
@@ -861,10 +861,10 @@ def test_stop_is_prompt_with_many_idle_connections() -> None:
 
 def test_resp_is_off_by_default_and_on_with_a_port() -> None:
     assert load_config([], environ={}).resp_port is None
-    assert TRANSPORTS["resp"](Config(), MemoryStore()) is None
+    assert TRANSPORTS["resp"](Config(), MemoryStore(), Security()) is None
 
     config = load_config(["--resp-port", "0"], environ={})
-    server = TRANSPORTS["resp"](config, MemoryStore())
+    server = TRANSPORTS["resp"](config, MemoryStore(), Security())
 
     assert isinstance(server, RespServer)
     assert server.url == "redis://127.0.0.1:0"
