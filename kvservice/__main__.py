@@ -180,7 +180,7 @@ def resp_transport(config: Config, store: Store, security: Security) -> Runnable
     """The Redis protocol on --resp-port, off unless that is set."""
     if config.resp_port is None:
         return None
-    return RespServer(store, resp_settings(config))
+    return RespServer(store, resp_settings(config), tokens=security.tokens)
 
 
 TRANSPORTS: dict[str, Callable[[Config, Store, Security], Runnable | None]] = {

@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from kvservice.auth import Tokens
 from kvservice.resp.codec import (
     CRLF,
     CommandParser,
@@ -70,7 +71,7 @@ class RespSettings:
 class RespServer:
     """The RESP transport over `store`, serving on a background thread until `stop()`."""
 
-    def __init__(self, store: Store, settings: RespSettings) -> None:
+    def __init__(self, store: Store, settings: RespSettings, tokens: Tokens | None = None) -> None:
         self.store = store
         self.settings = settings
         self.failed = threading.Event()
@@ -83,7 +84,7 @@ class RespServer:
         self._clients: set[_Client] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
-        self._state = ServerState(max_clients=settings.max_connections)
+        self._state = ServerState(max_clients=settings.max_connections, tokens=tokens)
         self._bound_port = settings.port
 
     @property
@@ -339,17 +340,26 @@ class _Client(asyncio.Protocol):
         if self.admitted:
             self.server.leave(self)
             access_logger.info(
-                "%s closed: %d commands in %.1f s%s",
+                "%s closed: %d commands in %.1f s%s%s",
                 self.peer,
                 self.commands,
                 time.monotonic() - self.opened,
                 ", after a protocol error" if self.errors else "",
+                # The name of the token AUTH accepted, never the token.
+                f" token={self.session.user}" if self.session.grant is not None else "",
             )
         if not self.closed.done():
             self.closed.set_result(None)
 
 
+_SECRET_ARGUMENTS = frozenset({"AUTH"})
+"""Commands whose arguments the log leaves out: AUTH's first one may be the token."""
+
+
 def _summary(arguments: list[bytes]) -> str:
-    """The command and its first argument (the key, usually) for the log; never a value."""
+    """The command and its first argument (the key, usually) for the log; never a value or
+    a token."""
     name = printable(arguments[0]).upper()
-    return f"{name} {printable(arguments[1])}" if len(arguments) > 1 else name
+    if len(arguments) < 2 or name in _SECRET_ARGUMENTS:
+        return name
+    return f"{name} {printable(arguments[1])}"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kvservice.auth import Access, Grant, TokenFileError, TokenTable, Tokens, parse_token_file
+from kvservice.auth import Access, Grant, TokenFileError, Tokens, TokenTable, parse_token_file
 
 READ = "r-0123456789abcdef"
 WRITE = "w-0123456789abcdef"

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from kvservice.auth import Tokens
 from kvservice.resp.server import RespServer
 from kvservice.store import Store
 from kvservice.store.memory import MemoryStore
@@ -74,9 +75,12 @@ class RespConnection:
 
 
 @contextmanager
-def running_resp(store: Store | None = None, **settings: Any) -> Iterator[RespServer]:
-    """A RespServer over `store` (a fresh one by default) on a free 127.0.0.1 port."""
-    server = RespServer(store or MemoryStore(), resp_test_settings(**settings))
+def running_resp(
+    store: Store | None = None, *, tokens: Tokens | None = None, **settings: Any
+) -> Iterator[RespServer]:
+    """A RespServer over `store` (a fresh one by default) on a free 127.0.0.1 port, asking
+    clients for one of `tokens` if given."""
+    server = RespServer(store or MemoryStore(), resp_test_settings(**settings), tokens=tokens)
     server.start()
     try:
         yield server
