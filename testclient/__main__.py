@@ -9,6 +9,7 @@ Exit codes of `run`:
     2  usage error: unknown check, bad flag or environment value
     3  the kvservice could not be reached or timed out (and no check failed)
     4  a check could not run over the URL's transport (RESP has no versions; nothing failed)
+    5  the kvservice refused the test client's token, or wanted one (--kv-token; nothing failed)
 `serve` exits 0 after SIGTERM or SIGINT, and 1 if it cannot listen.
 """
 
@@ -29,7 +30,13 @@ from testclient.config import RUN, SERVE, Config, load_config
 from testclient.http_api import create_app
 
 EXIT_USAGE = 2
-EXIT_CODES = {Verdict.PASSED: 0, Verdict.FAILED: 1, Verdict.UNREACHABLE: 3, Verdict.SKIPPED: 4}
+EXIT_CODES = {
+    Verdict.PASSED: 0,
+    Verdict.FAILED: 1,
+    Verdict.UNREACHABLE: 3,
+    Verdict.SKIPPED: 4,
+    Verdict.UNAUTHORIZED: 5,
+}
 """The exit code of `run` for each way it can end."""
 
 SERVE_THREADS = 16
@@ -98,7 +105,7 @@ def main(argv: Sequence[str] | None = None, make_client: ClientFactory = make_cl
         config = load_config(CHECKS, argv)
     except SystemExit as exit_request:  # argparse: --help (0) or a usage error (2)
         return exit_request.code if isinstance(exit_request.code, int) else EXIT_USAGE
-    client = make_client(config.kv_url, config.timeout)
+    client = make_client(config.kv_url, config.timeout, config.credentials)
     try:
         return COMMANDS[config.command](config, client)
     finally:

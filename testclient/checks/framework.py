@@ -10,6 +10,8 @@ promise it can see.
 
 If the client raises `KVUnreachable`, the run ends there: the verdict is UNREACHABLE, unless
 an earlier step had already shown a wrong answer (then FAILED: a wrong answer is evidence).
+If it raises `KVRefused` (the kvservice refused the client's token), the verdict is
+UNAUTHORIZED in the same way: the kvservice did not answer the question, it said who may ask.
 
 A step that needs what the client's transport cannot express (RESP has no versions and no
 content types: `KVClient.capabilities`) is recorded as skipped, saying so, never as passed.
@@ -32,6 +34,7 @@ from testclient.clients import (
     Capability,
     HistoryReply,
     KVClient,
+    KVRefused,
     KVUnreachable,
     Outcome,
     Reply,
@@ -50,6 +53,8 @@ class Verdict(StrEnum):
     PASSED = "passed"
     FAILED = "failed"
     UNREACHABLE = "unreachable"
+    UNAUTHORIZED = "unauthorized"
+    """The kvservice refused the test client's token, or asked for one it was not given."""
     SKIPPED = "skipped"
     """Nothing failed, but the check could not run over the client's transport."""
 
@@ -112,6 +117,7 @@ class CheckRun:
         self._keys: list[str] = []
         self._answered_wrongly = False
         self._unreachable = False
+        self._refused = False
         self._started = time.perf_counter()
         self._duration_ms = 0.0
 
@@ -137,6 +143,10 @@ class CheckRun:
             expectation = Expectation(expectation.expected, actual, passed=False)
         if not self.expect(step, expectation):
             raise StopCheck(step)
+
+    def skip(self, step: str, why: str) -> None:
+        """Record `step` as skipped, saying why; the caller leaves it out."""
+        self._steps.append(Step(step, "to run", f"skipped: {why}", passed=False, skipped=True))
 
     def supports(self, capability: Capability, step: str) -> bool:
         """Whether the client's transport has `capability`; if not, `step` is recorded as
@@ -169,7 +179,12 @@ class CheckRun:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool:
-        if isinstance(exc, KVUnreachable):
+        if isinstance(exc, KVRefused):
+            self._refused = True
+            self._steps.append(
+                Step("be let in", "an answer", f"refused the token: {exc}", passed=False)
+            )
+        elif isinstance(exc, KVUnreachable):
             self._unreachable = True
             self._steps.append(
                 Step("reach the kvservice", "an answer", f"no answer: {exc}", passed=False)
@@ -190,6 +205,8 @@ class CheckRun:
         """The verdict and steps, once the `with` block has ended."""
         if self._answered_wrongly:
             verdict = Verdict.FAILED
+        elif self._refused:
+            verdict = Verdict.UNAUTHORIZED
         elif self._unreachable:
             verdict = Verdict.UNREACHABLE
         elif all(step.skipped for step in self._steps):
@@ -300,10 +317,11 @@ def run_checks(
 
 
 def overall_verdict(results: Iterable[CheckResult]) -> Verdict:
-    """FAILED if any check failed, else UNREACHABLE if any could not reach it, else SKIPPED if
-    any could not run over the transport, else PASSED."""
+    """FAILED if any check failed, else UNAUTHORIZED if its token was refused, else UNREACHABLE
+    if any could not reach it, else SKIPPED if any could not run over the transport, else
+    PASSED."""
     verdicts = {result.verdict for result in results}
-    for verdict in (Verdict.FAILED, Verdict.UNREACHABLE, Verdict.SKIPPED):
+    for verdict in (Verdict.FAILED, Verdict.UNAUTHORIZED, Verdict.UNREACHABLE, Verdict.SKIPPED):
         if verdict in verdicts:
             return verdict
     return Verdict.PASSED

@@ -7,7 +7,9 @@ be another. A transport that cannot express something (versions, content types) 
 `evidence`, a short note of what actually came back on the wire ("HTTP 500 Internal Server
 Error: ..."), so a failing check can show it. A transport failure (refused connection,
 timeout) raises `KVUnreachable`, which is how callers tell "answered wrongly" from "did not
-answer".
+answer"; a refused token (or a missing one) raises its subclass `KVRefused`, so that it is
+reported as what it is. A client presents `credentials.token`; `with_token` makes one like it
+that presents another (the token checks use it).
 """
 
 from __future__ import annotations
@@ -22,6 +24,28 @@ DEFAULT_TIMEOUT_S = (2.0, 5.0)
 
 class KVUnreachable(Exception):
     """The kvservice did not answer: the connection failed or a timeout passed."""
+
+
+class KVRefused(KVUnreachable):
+    """The kvservice would not serve this client: no token, an unknown one, or one that may
+    not do this (HTTP 401 or 403; RESP -NOAUTH, -WRONGPASS or -NOPERM)."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a client presents to a kvservice that asks for tokens, and whom it trusts."""
+
+    token: str | None = None
+    """Sent with every request (HTTP `Authorization: Bearer`, RESP `AUTH`); None: none."""
+    read_token: str | None = None
+    """A token that may only read, for the checks that it cannot write; None: not checked."""
+    ca_cert: str | None = None
+    """A PEM file of the CA to verify the kvservice's TLS certificate with (https://,
+    rediss://); None: the system's CAs."""
+
+
+NO_CREDENTIALS = Credentials()
+"""No tokens, the system's CAs."""
 
 
 class Outcome(StrEnum):
@@ -169,6 +193,16 @@ class KVClient(Protocol):
     def list_keys(self, prefix: str, *, limit: int, page: str | None = None) -> KeysReply:
         """One page of at most `limit` keys holding a value that start with `prefix`, in
         lexicographic order; `page` is the previous reply's `next_page` (None: the first)."""
+        ...
+
+    @property
+    def credentials(self) -> Credentials:
+        """The tokens this client knows."""
+        ...
+
+    def with_token(self, token: str | None) -> KVClient:
+        """A client of the same kvservice presenting `token` (None: no token); the caller
+        closes it."""
         ...
 
     def close(self) -> None:

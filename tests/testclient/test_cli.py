@@ -17,7 +17,7 @@ from tests.support.processes import start_service
 
 def fake_factory(client: KVClient) -> ClientFactory:
     """A client factory for `main` that ignores the URL and returns `client`."""
-    return lambda kv_url, timeout: client
+    return lambda kv_url, timeout, credentials: client
 
 
 # -- run: report and exit codes -----------------------------------------------------------------
@@ -38,8 +38,8 @@ def test_run_exits_0_and_reports_every_step_when_all_pass(
     assert "  ok    write b'deleteme-" in report
     assert "FAIL" not in report
     assert report.rstrip().endswith(
-        f"{len(CHECKS)} checks: {len(CHECKS)} passed, 0 failed, 0 unreachable, 0 skipped; "
-        "overall passed"
+        f"{len(CHECKS)} checks: {len(CHECKS)} passed, 0 failed, 0 unreachable, 0 unauthorized, "
+        "0 skipped; overall passed (1 step skipped)"  # test_tokens: no read token to try
     )
 
 
