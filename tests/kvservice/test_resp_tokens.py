@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -154,6 +155,10 @@ def test_the_token_is_not_in_the_command_log(
         connection.ask("AUTH", READ_TOKEN)
         connection.ask("HELLO", "3", "AUTH", "default", READ_TOKEN)
         connection.ask("QUIT")
+        assert connection.rest_and_closed() == (b"", True)
+        deadline = time.monotonic() + 2  # the line is written as the server closes its end
+        while "closed" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
     lines = " ".join(record.getMessage() for record in caplog.records)
     assert '"AUTH"' in lines
     assert WRITE_TOKEN not in lines and READ_TOKEN not in lines
