@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from kvservice.lifecycle import Runnable, configure_logging, run_until_signalled
 from kvservice.resp.server import RespServer, RespSettings
 from kvservice.store import Store, StoreMisconfigured, StoreUnavailable
 from kvservice.store.memory import MemoryStore
+from kvservice.tls import TLSSetupError, server_context
 
 logger = logging.getLogger("kvservice")
 
@@ -127,10 +129,12 @@ def resp_settings(config: Config) -> RespSettings:
     )
 
 
-def http_transport_settings(config: Config, store: Store) -> ServerSettings:
+def http_transport_settings(
+    config: Config, store: Store, tls: ssl.SSLContext | None = None
+) -> ServerSettings:
     """The HTTP transport's settings for `store`: one in this process is served on the event
     loop's thread; one that waits on a network, by --threads workers."""
-    return dataclasses.replace(server_settings(config), serve_inline=not store.remote)
+    return dataclasses.replace(server_settings(config), serve_inline=not store.remote, tls=tls)
 
 
 @dataclass(frozen=True)
@@ -139,10 +143,28 @@ class Security:
 
     tokens: Tokens | None = None
     """The tokens clients must present; None: anyone may read and write."""
+    http_tls: ssl.SSLContext | None = None
+    """HTTPS on --port; None: plain HTTP."""
+    resp_tls: ssl.SSLContext | None = None
+    """TLS on --resp-port; None: plain RESP."""
 
 
 def build_security(config: Config) -> Security:
-    """The tokens of --auth-tokens; raises StartupError if the file cannot be used."""
+    """The tokens of --auth-tokens and the TLS of --tls-cert and --tls-key; raises
+    StartupError if a file cannot be used."""
+    http_tls = resp_tls = None
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise StartupError("--tls-cert and --tls-key go together: give both, or neither")
+    if config.tls_cert is not None and config.tls_key is not None:
+        try:
+            http_tls = server_context(config.tls_cert, config.tls_key, alpn=["http/1.1"])
+            resp_tls = server_context(config.tls_cert, config.tls_key)
+        except TLSSetupError as error:
+            raise StartupError(f"--tls-cert/--tls-key: {error}") from error
+    return Security(tokens=_build_tokens(config), http_tls=http_tls, resp_tls=resp_tls)
+
+
+def _build_tokens(config: Config) -> Tokens | None:
     if config.auth_tokens is None:
         if not _is_loopback(config.host):
             logger.warning(
@@ -150,13 +172,13 @@ def build_security(config: Config) -> Security:
                 "read, overwrite and delete every key",
                 config.host,
             )
-        return Security()
+        return None
     try:
         tokens = Tokens.from_file(Path(config.auth_tokens))
     except TokenFileError as error:
         raise StartupError(f"--auth-tokens: {error}") from error
     logger.info("clients need one of %d tokens from %s", len(tokens), config.auth_tokens)
-    return Security(tokens=tokens)
+    return tokens
 
 
 def _is_loopback(host: str) -> bool:
@@ -173,7 +195,7 @@ def http_transport(config: Config, store: Store, security: Security) -> Runnable
     app = create_app(store)
     if security.tokens is not None:
         app = BearerTokens(app, security.tokens)
-    return Server(app, http_transport_settings(config, store))
+    return Server(app, http_transport_settings(config, store, security.http_tls))
 
 
 def resp_transport(config: Config, store: Store, security: Security) -> Runnable | None:

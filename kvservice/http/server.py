@@ -7,6 +7,7 @@ else is ordinary cheroot configuration taken from `ServerSettings`.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -48,6 +49,9 @@ class ServerSettings:
     """Serve each request on the event loop's own thread, not a worker: for apps that never
     wait (an in-process store), which then cost no thread hand-off. An app that waits on a
     network (a remote store) must leave it False, or it would stall every connection."""
+    tls: ssl.SSLContext | None = None
+    """Serve HTTPS with this context (`kvservice.tls`); None: plain HTTP. The gate does the
+    handshakes, without blocking."""
     drain_timeout_s: float = 2.0
     shutdown_timeout_s: float = 2.5
     max_header_count: int = 100
@@ -63,6 +67,7 @@ class _CherootServer(cheroot_wsgi.Server):
     serve_inline: bool
     request_timeout: float
     drain_timeout: float
+    tls_context: ssl.SSLContext | None
     _connections: GatedConnectionManager
 
     def prepare(self) -> None:
@@ -151,6 +156,7 @@ class Server:
         self._server.request_timeout = settings.request_timeout_s
         self._server.drain_timeout = settings.drain_timeout_s
         self._server.serve_inline = settings.serve_inline
+        self._server.tls_context = settings.tls
         # Idle kept-alive connections wait in the selector at no cost; only the total counts.
         self._server.keep_alive_conn_limit = settings.max_connections
         self._thread: threading.Thread | None = None
@@ -164,7 +170,8 @@ class Server:
     @property
     def url(self) -> str:
         """The address it serves, as a URL."""
-        return f"http://{self.settings.host}:{self.port}"
+        scheme = "http" if self.settings.tls is None else "https"
+        return f"{scheme}://{self.settings.host}:{self.port}"
 
     def start(self) -> None:
         """Bind (raising OSError if the address is taken) and serve on a background thread."""

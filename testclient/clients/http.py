@@ -232,6 +232,8 @@ class HTTPKVClient:
                     headers=headers,
                     timeout=self.timeout,
                     allow_redirects=False,
+                    # Per request: requests lets REQUESTS_CA_BUNDLE override a session's.
+                    verify=self.credentials.ca_cert or True,
                 )
         except requests.Timeout as error:
             connect_s, read_s = self.timeout
@@ -255,8 +257,6 @@ def _new_session(credentials: Credentials) -> requests.Session:
     session.headers["User-Agent"] = "kvservice-testclient"
     if credentials.token is not None:
         session.headers["Authorization"] = f"Bearer {credentials.token}"
-    if credentials.ca_cert is not None:
-        session.verify = credentials.ca_cert
     return session
 
 
