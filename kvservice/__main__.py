@@ -202,7 +202,7 @@ def resp_transport(config: Config, store: Store, security: Security) -> Runnable
     """The Redis protocol on --resp-port, off unless that is set."""
     if config.resp_port is None:
         return None
-    return RespServer(store, resp_settings(config), tokens=security.tokens)
+    return RespServer(store, resp_settings(config), tokens=security.tokens, tls=security.resp_tls)
 
 
 TRANSPORTS: dict[str, Callable[[Config, Store, Security], Runnable | None]] = {

@@ -9,7 +9,8 @@ streams API's awaits cost more than a GET. The access log has a line per connect
 and one per command at DEBUG (a line costs more than the command it describes). Everything a
 client can make it hold is bounded: connections, idle time, the size of one request, the
 number of its arguments; malformed input is answered with `-ERR Protocol error: ...` and the
-connection is closed.
+connection is closed. With TLS, asyncio does each handshake without blocking the loop, within
+`handshake_timeout_s`; a connection counts against the limit once its handshake is done.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import contextlib
 import itertools
 import logging
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -58,6 +60,8 @@ class RespSettings:
     listen_backlog: int
     max_arguments: int = 1024
     shutdown_timeout_s: float = 2.0
+    handshake_timeout_s: float = 10.0
+    """How long a TLS handshake may take; a client that stalls one is then dropped."""
 
     @property
     def limits(self) -> RequestLimits:
@@ -71,9 +75,17 @@ class RespSettings:
 class RespServer:
     """The RESP transport over `store`, serving on a background thread until `stop()`."""
 
-    def __init__(self, store: Store, settings: RespSettings, tokens: Tokens | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: RespSettings,
+        tokens: Tokens | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
+        self.tls = tls
+        """Serve TLS with this context (`kvservice.tls`); None: plain RESP."""
         self.failed = threading.Event()
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -94,9 +106,10 @@ class RespServer:
 
     @property
     def url(self) -> str:
-        """The address it serves, as a redis:// URL."""
+        """The address it serves, as a redis:// (or with TLS rediss://) URL."""
         host = self.settings.host
-        return f"redis://{f'[{host}]' if ':' in host else host}:{self.port}"
+        scheme = "redis" if self.tls is None else "rediss"
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     def start(self) -> None:
         """Bind (raising OSError if the address is taken) and serve on a background thread."""
@@ -193,8 +206,18 @@ class RespServer:
         loop = asyncio.get_running_loop()
         client = _Client(self, next(self._ids))
         try:
-            await loop.connect_accepted_socket(lambda: client, sock=sock)
-        except OSError:
+            if self.tls is None:
+                await loop.connect_accepted_socket(lambda: client, sock=sock)
+            else:
+                await loop.connect_accepted_socket(
+                    lambda: client,
+                    sock=sock,
+                    ssl=self.tls,
+                    ssl_handshake_timeout=self.settings.handshake_timeout_s,
+                )
+        except OSError as error:  # ssl.SSLError and a handshake timeout included
+            if self.tls is not None:
+                logger.info("TLS handshake failed: %s", error)
             sock.close()
             return
         await client.closed

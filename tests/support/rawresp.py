@@ -7,6 +7,7 @@ the protocol byte for byte. Also: a RESP server on a free loopback port, for a `
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -76,11 +77,17 @@ class RespConnection:
 
 @contextmanager
 def running_resp(
-    store: Store | None = None, *, tokens: Tokens | None = None, **settings: Any
+    store: Store | None = None,
+    *,
+    tokens: Tokens | None = None,
+    tls: ssl.SSLContext | None = None,
+    **settings: Any,
 ) -> Iterator[RespServer]:
     """A RespServer over `store` (a fresh one by default) on a free 127.0.0.1 port, asking
-    clients for one of `tokens` if given."""
-    server = RespServer(store or MemoryStore(), resp_test_settings(**settings), tokens=tokens)
+    clients for one of `tokens` if given, speaking TLS with `tls` if given."""
+    server = RespServer(
+        store or MemoryStore(), resp_test_settings(**settings), tokens=tokens, tls=tls
+    )
     server.start()
     try:
         yield server
