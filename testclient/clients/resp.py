@@ -299,10 +299,13 @@ class _Connection:
 
     def is_stale(self) -> bool:
         """Whether the server closed it (or sent something unasked) while it sat in the pool."""
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True  # decrypted bytes nobody asked for
         timeout = self.sock.gettimeout()
         self.sock.settimeout(0.0)  # with a timeout, recv would wait for data first
         try:
-            self.sock.recv(1, socket.MSG_PEEK)
+            # The kernel's buffer, past TLS (which cannot peek): bytes or an end of stream.
+            socket.socket.recv(self.sock, 1, socket.MSG_PEEK)
         except BlockingIOError:
             return False
         except OSError:
