@@ -10,7 +10,8 @@ and one per command at DEBUG (a line costs more than the command it describes). 
 client can make it hold is bounded: connections, idle time, the size of one request, the
 number of its arguments; malformed input is answered with `-ERR Protocol error: ...` and the
 connection is closed. With TLS, asyncio does each handshake without blocking the loop, within
-`handshake_timeout_s`; a connection counts against the limit once its handshake is done.
+`handshake_timeout_s`; connections still in their handshake count against the connection
+limit, and one past it is closed at once.
 """
 
 from __future__ import annotations
@@ -193,6 +194,14 @@ class RespServer:
                 loop.remove_reader(listener.fileno())
                 loop.call_later(0.1, self._resume_accepting, listener)
                 return
+            if self.tls is not None and len(self._tasks) >= self.settings.max_connections:
+                # Connections mid-handshake count too, or stalled handshakes would be
+                # unbounded; there is no TLS yet to say "max number of clients" in.
+                self._state.total_connections_received += 1
+                self._state.rejected_connections += 1
+                logger.warning("refused a TLS connection: %d are open", len(self._tasks))
+                client.close()
+                continue
             task = loop.create_task(self._serve_client(client))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

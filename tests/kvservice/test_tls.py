@@ -184,6 +184,23 @@ def test_stalled_handshakes_leave_other_clients_answered_promptly(
             sock.close()
 
 
+def test_resp_handshakes_count_against_the_connection_limit(certificates: Certificates) -> None:
+    redis = pytest.importorskip("redis")
+    context = server_context(str(certificates.cert), str(certificates.key))
+    ca = str(certificates.ca_cert)
+    with running_resp(tls=context, max_connections=3) as server:
+        stalled = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=2) as excess:
+                assert _read_to_end(excess) == b"", "closed at once, without a word"
+        finally:
+            for sock in stalled:
+                sock.close()
+        time.sleep(0.2)  # the server sees them go
+        with redis.Redis(port=server.port, ssl=True, ssl_ca_certs=ca) as client:
+            assert client.ping() is True
+
+
 def test_tokens_and_tls_together_with_redis_py(certificates: Certificates) -> None:
     redis = pytest.importorskip("redis")
     tokens = Tokens.of((TOKEN, Access.WRITE, "writer"))
