@@ -59,14 +59,16 @@ class TLSServers:
         return ssl.create_default_context(cafile=self.ca_cert)
 
 
-@pytest.fixture
-def servers(certificates: Certificates) -> Iterator[TLSServers]:
+@pytest.fixture(params=[True, False], ids=["inline", "workers"])
+def servers(certificates: Certificates, request: pytest.FixtureRequest) -> Iterator[TLSServers]:
+    """Served on the event loop's thread (the memory store's way) and by worker threads (a
+    remote store's), which then read and write the TLS socket the loop handed them."""
     store = MemoryStore(max_value_bytes=512 * 1024)
     cert, key = str(certificates.cert), str(certificates.key)
     settings = dataclasses.replace(
         http_settings(
             threads=4,
-            serve_inline=True,
+            serve_inline=request.param,
             request_timeout_s=REQUEST_TIMEOUT_S,
             socket_timeout_s=REQUEST_TIMEOUT_S,
             max_value_bytes=512 * 1024,
