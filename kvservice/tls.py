@@ -1,10 +1,10 @@
 """The TLS settings every transport serves with: one server-side `ssl.SSLContext` from the
 certificate chain and key files of --tls-cert and --tls-key.
 
-TLS 1.2 is the oldest version offered; the ciphers, and everything else, are the standard
-library's defaults (`ssl.create_default_context`), which track what is safe. Handshakes are
-the transports' business, done without blocking: `http/gate.py` drives them on its event loop,
-`resp/server.py` leaves them to asyncio.
+TLS 1.2 is the oldest version offered and renegotiation is off; the ciphers, and everything
+else, are the standard library's defaults (`ssl.create_default_context`), which track what is
+safe. Handshakes are the transports' business, done without blocking: `http/gate.py` drives
+them on its event loop, `resp/server.py` leaves them to asyncio.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ def server_context(cert_file: str, key_file: str, alpn: Sequence[str] = ()) -> s
     with `key_file`; `alpn` names the protocols offered in the handshake (HTTP: http/1.1)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # A renegotiation mid-connection would make a read want a write: the event loops wait
+    # for one or the other, and it is an old way to make a server do handshakes for free.
+    context.options |= ssl.OP_NO_RENEGOTIATION
     try:
         context.load_cert_chain(cert_file, key_file)
     except FileNotFoundError as error:

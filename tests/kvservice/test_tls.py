@@ -114,9 +114,10 @@ def test_large_values_and_pipelined_requests_go_through_tls(servers: TLSServers)
     assert received.count(value) == 3
 
 
-def test_tls_older_than_1_2_is_not_offered(certificates: Certificates) -> None:
+def test_tls_older_than_1_2_and_renegotiation_are_not_offered(certificates: Certificates) -> None:
     context = server_context(str(certificates.cert), str(certificates.key))
     assert context.minimum_version is ssl.TLSVersion.TLSv1_2
+    assert context.options & ssl.OP_NO_RENEGOTIATION
 
 
 def test_plain_http_to_the_tls_port_is_closed_cleanly(
