@@ -122,7 +122,7 @@ class Session:
     """Set by QUIT: the connection closes once the reply is sent."""
     protocol: int = 2
     """2 or 3, as chosen with HELLO; RESP3 is RESP2 with its own nil and maps."""
-    token: bytes | None = None
+    token: bytes | None = field(default=None, repr=False)  # no log or traceback shows it
     """The token AUTH accepted, kept to check it again after the tokens are reloaded."""
     grant: Grant | None = None
     generation: int = 0

@@ -14,7 +14,7 @@ that presents another (the token checks use it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -35,9 +35,10 @@ class KVRefused(KVUnreachable):
 class Credentials:
     """What a client presents to a kvservice that asks for tokens, and whom it trusts."""
 
-    token: str | None = None
+    # Left out of repr(), so that no log line or traceback shows a token.
+    token: str | None = field(default=None, repr=False)
     """Sent with every request (HTTP `Authorization: Bearer`, RESP `AUTH`); None: none."""
-    read_token: str | None = None
+    read_token: str | None = field(default=None, repr=False)
     """A token that may only read, for the checks that it cannot write; None: not checked."""
     ca_cert: str | None = None
     """A PEM file of the CA to verify the kvservice's TLS certificate with (https://,

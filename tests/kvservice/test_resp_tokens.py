@@ -205,3 +205,9 @@ def test_redis_cli_with_a_password(resp: RespServer) -> None:
     assert redis_cli("-a", READ_TOKEN, "GET", "k") == "cli\n"
     assert redis_cli("GET", "k").startswith("NOAUTH")
     assert redis_cli("-a", READ_TOKEN, "SET", "k", "no").startswith("NOPERM")
+
+
+def test_a_session_does_not_show_its_token() -> None:
+    from kvservice.resp.commands import Session
+
+    assert WRITE_TOKEN not in repr(Session(1, token=WRITE_TOKEN.encode()))

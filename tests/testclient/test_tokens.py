@@ -81,3 +81,10 @@ def test_the_cli_exits_5_and_says_the_token_was_refused(
     assert "UNAUTHORIZED" in report
     assert "refused the token" in report
     assert "403" in report or "NOPERM" in report
+
+
+def test_credentials_do_not_show_their_tokens() -> None:
+    shown = repr(Credentials(WRITE_TOKEN, READ_TOKEN, ca_cert="/ca.pem"))
+
+    assert WRITE_TOKEN not in shown and READ_TOKEN not in shown
+    assert "/ca.pem" in shown
