@@ -14,6 +14,10 @@ window with `-D short_window_s=SECONDS`; without them those scenarios are skippe
 Scenarios tagged @resp also talk to kvservice's Redis protocol port (with redis-py). Default
 mode starts kvservice with `--resp-port`; in target mode pass `-D kv_resp_url=redis://HOST:PORT`
 (or KV_RESP_URL), or they are skipped, saying why.
+
+Scenarios tagged @tokens need a kvservice started with --auth-tokens. Default mode starts one
+for them, with a write and a read token of its own; in target mode pass
+`-D tokens_kv_url=URL -D write_token=TOKEN -D read_token=TOKEN`, or they are skipped.
 """
 
 from __future__ import annotations
@@ -97,6 +101,8 @@ def before_all(context: Context) -> None:
         context.short_window_kv_url = userdata.get("short_window_kv_url")
         context.short_window_s = float(userdata.get("short_window_s", SHORT_WINDOW_S))
         context.kv_resp_url = userdata.get("kv_resp_url") or os.environ.get("KV_RESP_URL")
+        context.tokens_kv_url = userdata.get("tokens_kv_url")
+        context.tokens = {"write": userdata.get("write_token"), "read": userdata.get("read_token")}
         print(f"target mode: kvservice {context.kv_url}, testclient {context.testclient_url}")
         return
     resp_port = free_port()
@@ -106,6 +112,8 @@ def before_all(context: Context) -> None:
     context.kv_url, context.testclient_url = kv.url, testclient.url
     context.short_window_kv_url = None  # started on first use
     context.short_window_s = SHORT_WINDOW_S
+    context.tokens_kv_url = None  # started on first use
+    context.tokens = {"write": secrets.token_hex(16), "read": secrets.token_hex(16)}
 
 
 def before_scenario(context: Context, scenario: Scenario) -> None:
@@ -114,6 +122,22 @@ def before_scenario(context: Context, scenario: Scenario) -> None:
     context.remembered: dict[str, Any] = {}
     context.response = None
     context.use_short_window = False
+    context.use_tokens = "tokens" in scenario.effective_tags
+    context.token = None
+    if context.use_tokens and context.tokens_kv_url is None and not context.target_mode:
+        token_file = context.log_dir / "tokens"
+        token_file.write_text(
+            f"write {context.tokens['write']} writer\nread {context.tokens['read']} reader\n"
+        )
+        guarded = _start(
+            context, "kvservice-tokens", ["kvservice", "--auth-tokens", str(token_file)]
+        )
+        context.tokens_kv_url = guarded.url
+    if context.use_tokens and not (context.tokens_kv_url and all(context.tokens.values())):
+        scenario.skip(
+            "needs a kvservice with tokens: "
+            "pass -D tokens_kv_url=URL -D write_token=TOKEN -D read_token=TOKEN"
+        )
     if "short_window" in scenario.effective_tags:
         if context.short_window_kv_url is None and not context.target_mode:
             short = _start(

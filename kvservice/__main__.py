@@ -1,26 +1,33 @@
 """The composition root: config -> store backend -> every enabled transport's server -> run.
 
 A transport is one entry in `TRANSPORTS`: a function from the config, the shared store and
-the shared metrics (None with --metrics off) to a server (`lifecycle.Runnable`), or None when
-the config leaves it off.
+the shared `Security` (tokens, TLS) and the shared metrics (None with --metrics off) to a
+server (`lifecycle.Runnable`), or None when the config leaves it off.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
+import ssl
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
+from kvservice.auth import TokenFileError, Tokens
 from kvservice.config import Config, load_config
 from kvservice.http.app import create_app
+from kvservice.http.bearer import BearerTokens
 from kvservice.http.server import RequestObserver, Server, ServerSettings, write_access_line
 from kvservice.lifecycle import Runnable, configure_logging, run_until_signalled
 from kvservice.metrics import Metrics
 from kvservice.resp.server import RespServer, RespSettings
 from kvservice.store import Store, StoreMisconfigured, StoreUnavailable
 from kvservice.store.memory import MemoryStore
+from kvservice.tls import TLSSetupError, server_context
 
 logger = logging.getLogger("kvservice")
 
@@ -123,37 +130,99 @@ def resp_settings(config: Config) -> RespSettings:
     )
 
 
-def http_transport_settings(config: Config, store: Store) -> ServerSettings:
+def http_transport_settings(
+    config: Config, store: Store, tls: ssl.SSLContext | None = None
+) -> ServerSettings:
     """The HTTP transport's settings for `store`: one in this process is served on the event
     loop's thread; one that waits on a network, by --threads workers."""
-    return dataclasses.replace(server_settings(config), serve_inline=not store.remote)
+    return dataclasses.replace(server_settings(config), serve_inline=not store.remote, tls=tls)
 
 
-def http_transport(config: Config, store: Store, metrics: Metrics | None) -> Runnable | None:
+@dataclass(frozen=True)
+class Security:
+    """What every transport checks before it serves a client, shared by all of them."""
+
+    tokens: Tokens | None = None
+    """The tokens clients must present; None: anyone may read and write."""
+    http_tls: ssl.SSLContext | None = None
+    """HTTPS on --port; None: plain HTTP."""
+    resp_tls: ssl.SSLContext | None = None
+    """TLS on --resp-port; None: plain RESP."""
+
+
+def build_security(config: Config) -> Security:
+    """The tokens of --auth-tokens and the TLS of --tls-cert and --tls-key; raises
+    StartupError if a file cannot be used."""
+    http_tls = resp_tls = None
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise StartupError("--tls-cert and --tls-key go together: give both, or neither")
+    if config.tls_cert is not None and config.tls_key is not None:
+        try:
+            http_tls = server_context(config.tls_cert, config.tls_key, alpn=["http/1.1"])
+            resp_tls = server_context(config.tls_cert, config.tls_key)
+        except TLSSetupError as error:
+            raise StartupError(f"--tls-cert/--tls-key: {error}") from error
+    return Security(tokens=_build_tokens(config), http_tls=http_tls, resp_tls=resp_tls)
+
+
+def _build_tokens(config: Config) -> Tokens | None:
+    if config.auth_tokens is None:
+        if not _is_loopback(config.host):
+            logger.warning(
+                "listening on %s without --auth-tokens: every client that can reach it can "
+                "read, overwrite and delete every key",
+                config.host,
+            )
+        return None
+    try:
+        tokens = Tokens.from_file(Path(config.auth_tokens))
+    except TokenFileError as error:
+        raise StartupError(f"--auth-tokens: {error}") from error
+    logger.info("clients need one of %d tokens from %s", len(tokens), config.auth_tokens)
+    return tokens
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def http_transport(
+    config: Config, store: Store, security: Security, metrics: Metrics | None
+) -> Runnable | None:
     """HTTP on --port, always on; with metrics, it counts requests and serves /_metrics."""
-    if metrics is None:
-        return Server(create_app(store), http_transport_settings(config, store))
-    observers: list[RequestObserver] = [write_access_line, metrics.observe_request]
-    server = Server(
-        create_app(store, metrics_page=metrics.render),
-        http_transport_settings(config, store),
-        observers,
-    )
-    metrics.watch_http(server)
+    app = create_app(store, metrics_page=None if metrics is None else metrics.render)
+    if security.tokens is not None:
+        app = BearerTokens(app, security.tokens)
+    observers: list[RequestObserver] = [write_access_line]
+    if metrics is not None:
+        observers.append(metrics.observe_request)
+    server = Server(app, http_transport_settings(config, store, security.http_tls), observers)
+    if metrics is not None:
+        metrics.watch_http(server)
     return server
 
 
-def resp_transport(config: Config, store: Store, metrics: Metrics | None) -> Runnable | None:
+def resp_transport(
+    config: Config, store: Store, security: Security, metrics: Metrics | None
+) -> Runnable | None:
     """The Redis protocol on --resp-port, off unless that is set."""
     if config.resp_port is None:
         return None
-    server = RespServer(store, resp_settings(config))
+    server = RespServer(store, resp_settings(config), tokens=security.tokens, tls=security.resp_tls)
     if metrics is not None:
         metrics.watch_resp(server.figures)
     return server
 
 
-TRANSPORTS: dict[str, Callable[[Config, Store, Metrics | None], Runnable | None]] = {
+Transport = Callable[[Config, Store, Security, "Metrics | None"], Runnable | None]
+"""A transport's factory: config, the shared store, security and metrics -> its server."""
+
+TRANSPORTS: dict[str, Transport] = {
     "http": http_transport,
     "resp": resp_transport,
 }
@@ -165,14 +234,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(argv)
     configure_logging(config.log_level, config.log_format)
     try:
+        security = build_security(config)
         store = build_store(config)
         check_store(store)
     except (StartupError, ValueError) as error:
         logger.error("cannot start: %s", error)
         return 2
     metrics = Metrics(store) if config.metrics else None
-    servers = [make(config, store, metrics) for make in TRANSPORTS.values()]
-    return run_until_signalled([server for server in servers if server is not None])
+    servers = [make(config, store, security, metrics) for make in TRANSPORTS.values()]
+    reloads = [] if security.tokens is None else [security.tokens.reload]
+    return run_until_signalled(
+        [server for server in servers if server is not None], on_reload=reloads
+    )
 
 
 if __name__ == "__main__":

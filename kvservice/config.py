@@ -139,6 +139,11 @@ def store_location(text: str) -> str:
     return text
 
 
+def optional_path(text: str) -> str | None:
+    """A file name, or None for an empty string (unset)."""
+    return text if text.strip() else None
+
+
 def log_level(text: str) -> str:
     """One of LOG_LEVELS, any case."""
     if text.upper() not in LOG_LEVELS:
@@ -169,6 +174,7 @@ COUNT = named(positive_int, "count")
 LEVEL = named(log_level, "level")
 LOG_FORMAT = named(log_format, "format")
 SWITCH = named(on_off, "switch")
+FILE = named(optional_path, "file")
 
 
 @dataclass(frozen=True)
@@ -292,6 +298,24 @@ class Config:
         "KV_RESP_IDLE_TIMEOUT",
         SECONDS,
         "how long a RESP connection may sit idle or stall",
+    )
+    auth_tokens: str | None = setting(
+        None,
+        "--auth-tokens",
+        "KV_AUTH_TOKENS",
+        FILE,
+        "file of access tokens, a line each: read|write TOKEN [NAME]; clients then need one "
+        "(HTTP: Authorization: Bearer TOKEN; RESP: AUTH TOKEN); re-read on SIGHUP; unset: off",
+    )
+    tls_cert: str | None = setting(
+        None,
+        "--tls-cert",
+        "KV_TLS_CERT",
+        FILE,
+        "PEM certificate chain: serve HTTPS on --port and TLS on --resp-port (with --tls-key)",
+    )
+    tls_key: str | None = setting(
+        None, "--tls-key", "KV_TLS_KEY", FILE, "PEM private key of --tls-cert"
     )
 
 

@@ -42,18 +42,28 @@ class Runnable(Protocol):
 
 
 def run_until_signalled(
-    servers: Sequence[Runnable], on_started: Callable[[], None] | None = None
+    servers: Sequence[Runnable],
+    on_started: Callable[[], None] | None = None,
+    on_reload: Sequence[Callable[[], object]] = (),
 ) -> int:
     """Start every server, wait for SIGTERM or SIGINT, stop them all; returns the exit code.
-    `on_started` runs once every server listens, and not at all if one cannot."""
+    `on_started` runs once every server listens, and not at all if one cannot. SIGHUP calls
+    each of `on_reload` (re-reading files such as the token file)."""
     stop_requested = threading.Event()
+    reload_requested = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
         logger.info("received %s, stopping", signal.Signals(signum).name)
         stop_requested.set()
 
+    def request_reload(_signum: int, _frame: FrameType | None) -> None:
+        # Done by the loop below, not here: a handler interrupts whatever the main thread does.
+        reload_requested.set()
+
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    if on_reload:
+        signal.signal(signal.SIGHUP, request_reload)
     started: list[Runnable] = []
     try:
         for server in servers:
@@ -66,9 +76,14 @@ def run_until_signalled(
         return 1
     if on_started is not None:
         on_started()
-    while not stop_requested.wait(0.5):
+    while not stop_requested.wait(0.1 if on_reload else 0.5):
         if any(server.failed.is_set() for server in started):
             break
+        if reload_requested.is_set():
+            reload_requested.clear()
+            logger.info("received SIGHUP, reloading")
+            for reload in on_reload:
+                reload()
     _stop_all(started)
     logger.info("stopped")
     return 1 if any(server.failed.is_set() for server in started) else 0

@@ -15,6 +15,7 @@ Exit codes of `run`:
     4  a check could not run over the URL's transport (RESP has no versions; nothing failed)
     5  the URL answered, but not like a kvservice (GET /_health, or INFO server over RESP);
        no check ran
+    6  the kvservice refused the test client's token, or wanted one (--kv-token; nothing failed)
 `serve` exits 0 after SIGTERM or SIGINT, and 1 if it cannot listen.
 """
 
@@ -46,6 +47,7 @@ EXIT_CODES = {
     Verdict.UNREACHABLE: 3,
     Verdict.SKIPPED: 4,
     Verdict.NOT_KVSERVICE: 5,
+    Verdict.UNAUTHORIZED: 6,
 }
 """The exit code of `run` for each way it can end."""
 
@@ -159,7 +161,7 @@ def main(argv: Sequence[str] | None = None, make_client: ClientFactory = make_cl
         config = load_config(CHECKS, argv)
     except SystemExit as exit_request:  # argparse: --help (0) or a usage error (2)
         return exit_request.code if isinstance(exit_request.code, int) else EXIT_USAGE
-    client = make_client(config.kv_url, config.timeout)
+    client = make_client(config.kv_url, config.timeout, config.credentials)
     try:
         return COMMANDS[config.command](config, client)
     finally:

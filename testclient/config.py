@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from kvservice.config import (
     ADDRESS,
+    FILE,
     LEVEL,
     LOG_FORMAT,
     PORT,
@@ -27,7 +28,7 @@ from kvservice.config import (
     settings_of,
 )
 from testclient.checks import ALL_CHECKS
-from testclient.clients import CLIENTS
+from testclient.clients import CLIENTS, Credentials
 
 RUN, SERVE = "run", "serve"
 TEXT, JSON = "text", "json"
@@ -40,8 +41,12 @@ def optional_seconds(text: str) -> float | None:
     return duration_s(text) if text.strip() else None
 
 
+TOKEN = named(lambda text: text.strip() or None, "token")
+"""A token, or None for an empty string (unset)."""
+
+
 def kv_url(text: str) -> str:
-    """A kvservice base URL, for argparse: http(s)://host[:port][/path] or redis://host[:port],
+    """A kvservice base URL, for argparse: http(s)://host[:port][/path] or redis(s)://host[:port],
     without query or fragment, trailing slash removed."""
     parts = urlsplit(text)
     if parts.scheme not in CLIENTS or not parts.hostname:
@@ -49,7 +54,7 @@ def kv_url(text: str) -> str:
         raise ValueError(f"{text!r} is not a URL with a host and one of {schemes}")
     if parts.query or parts.fragment:
         raise ValueError(f"{text!r} has a query or fragment; give the service's base URL")
-    if parts.scheme == "redis" and parts.path not in ("", "/", "/0"):
+    if parts.scheme in ("redis", "rediss") and parts.path not in ("", "/", "/0"):
         raise ValueError(f"{text!r} names a database; kvservice has only database 0")
     parts.port  # noqa: B018 - raises ValueError for a port out of range
     return text.rstrip("/")
@@ -71,7 +76,7 @@ class Config:
         "--kv-url",
         "KV_URL",
         named(kv_url, "url"),
-        "the kvservice to check: http://HOST:PORT, or redis://HOST:PORT for its RESP port",
+        "the kvservice to check: http(s)://HOST:PORT, or redis(s)://HOST:PORT for its RESP port",
     )
     host: str = setting("127.0.0.1", "--host", "TESTCLIENT_HOST", ADDRESS, "address to listen on")
     port: int = setting(8000, "--port", "TESTCLIENT_PORT", PORT, "TCP port to listen on")
@@ -107,11 +112,38 @@ class Config:
         LOG_FORMAT,
         "text (one line a record) or json (one JSON object a line, for log collectors)",
     )
+    kv_token: str | None = setting(
+        None,
+        "--kv-token",
+        "KV_TOKEN",
+        TOKEN,
+        "a write token of the kvservice, sent with every request; prefer the environment "
+        "variable, which other users cannot see in the process list",
+    )
+    kv_read_token: str | None = setting(
+        None,
+        "--kv-read-token",
+        "KV_READ_TOKEN",
+        TOKEN,
+        "a read token of the kvservice: test_tokens then checks that it reads but cannot write",
+    )
+    ca_cert: str | None = setting(
+        None,
+        "--ca-cert",
+        "KV_CA_CERT",
+        FILE,
+        "PEM file of the CA that signed the kvservice's certificate (https://, rediss://)",
+    )
 
     @property
     def timeout(self) -> tuple[float, float]:
         """(connect, read) seconds for each request to the kvservice."""
         return self.connect_timeout_s, self.read_timeout_s
+
+    @property
+    def credentials(self) -> Credentials:
+        """The tokens to present to the kvservice and the CA to trust."""
+        return Credentials(self.kv_token, self.kv_read_token, self.ca_cert)
 
 
 SERVE_ONLY = ("host", "port", "interval_s")
@@ -127,7 +159,8 @@ def build_parser(
         description="Checks that a running kvservice keeps its promises.",
         epilog="exit codes of run: 0 all passed, 1 a check failed, 2 usage error, "
         "3 the kvservice was unreachable, 4 a check cannot run over the URL's transport, "
-        "5 the URL answers like something other than a kvservice",
+        "5 the URL answers like something other than a kvservice, 6 the kvservice refused "
+        "the token",
     )
     add_version(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

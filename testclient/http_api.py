@@ -38,6 +38,7 @@ STATUS_BY_VERDICT = {
     Verdict.PASSED: 200,
     Verdict.FAILED: 502,
     Verdict.UNREACHABLE: 503,
+    Verdict.UNAUTHORIZED: 503,  # the kvservice did not serve the test client; the body says why
     Verdict.SKIPPED: 501,
     Verdict.NOT_KVSERVICE: 503,
 }

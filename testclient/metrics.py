@@ -29,7 +29,9 @@ from prometheus_client.exposition import choose_encoder
 
 from testclient.checks import CheckResult, Verdict
 
-FAILURE_VERDICTS = frozenset({Verdict.FAILED, Verdict.UNREACHABLE, Verdict.NOT_KVSERVICE})
+FAILURE_VERDICTS = frozenset(
+    {Verdict.FAILED, Verdict.UNREACHABLE, Verdict.UNAUTHORIZED, Verdict.NOT_KVSERVICE}
+)
 """The verdicts `testclient_check_failures_total` counts."""
 
 _LABELS = ("check", "kv_url")

@@ -13,6 +13,7 @@ from kvservice.http.app import create_app
 from kvservice.http.server import Server, ServerSettings
 from kvservice.store import Store
 from kvservice.store.memory import MemoryStore
+from tests.support.certificates import Certificates, make_certificates
 from tests.support.redis_servers import (
     RedisClusterProcesses,
     RedisProcess,
@@ -77,3 +78,9 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     """A three-primary Redis Cluster for the session; tests that use it flush it first."""
     with running_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A private CA and a server certificate it signed for 127.0.0.1 and localhost."""
+    return make_certificates(tmp_path_factory.mktemp("tls"))

@@ -20,12 +20,31 @@ def _kv(
     headers: dict[str, str] | None = None,
 ) -> None:
     base = context.kv_url if not context.use_short_window else context.short_window_kv_url
+    if context.use_tokens:
+        base = context.tokens_kv_url
+        if context.token is not None:
+            headers = {**(headers or {}), "Authorization": f"Bearer {context.token}"}
     send(context, base, method, scenario_path(context, path), body, headers)
 
 
 @given("a kvservice whose history window is a few seconds")
 def step_given_short_window(context: Context) -> None:
     context.use_short_window = True
+
+
+@given("I hold the {kind:w} token")
+def step_given_token(context: Context, kind: str) -> None:
+    context.token = context.tokens[kind]
+
+
+@given("I hold no token")
+def step_given_no_token(context: Context) -> None:
+    context.token = None
+
+
+@given("I hold a token the service does not know")
+def step_given_wrong_token(context: Context) -> None:
+    context.token = context.tokens["write"][:-1] + "x"  # differs in its last character
 
 
 @given('{path} holds "{text}"')

@@ -21,6 +21,15 @@ that never waits: no thread hand-off at all). Either way the response goes into 
 connection's `ResponseBuffer`, and this loop sends it: in one send when the socket takes it,
 the rest as the client reads, closing a connection that makes no progress for the socket
 timeout. Slow clients, reading or writing, cost a selector slot and a buffer, never a thread.
+
+With TLS (`server.tls_context`), each accepted socket is wrapped without a handshake, and
+this loop drives the handshake as the client's bytes arrive, as it reads requests: a client
+that connects and never completes one holds a selector slot until the request timeout, not
+the loop or a worker (cheroot's own TLS adapter handshakes, blocking, on the accepting
+thread). A failed handshake is logged in one line and the connection closed; plain HTTP sent
+to the TLS port gets a 400 in plain text first. After the handshake, the connection is an
+ordinary one; the only difference is that bytes OpenSSL has already decrypted
+(`SSLSocket.pending()`) do not show as readiness, so they are taken along with every read.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import logging
 import re
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -68,7 +78,10 @@ class _GateRaw(_pyio.RawIOBase):  # type: ignore[misc]
             buffer[:count] = self.pending[:count]
             del self.pending[:count]
             return count
-        return self._socket_io.readinto(buffer)
+        try:
+            return self._socket_io.readinto(buffer)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None  # TLS's "nothing now", which SocketIO does not recognise
 
     def close(self) -> None:
         self._socket_io.close()
@@ -160,6 +173,28 @@ class Readiness(Enum):
 
 
 _WAITING = (Readiness.WAIT, Readiness.CONTINUE)
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+"""What a non-blocking socket, plain or TLS, raises when it cannot go on now."""
+
+
+class _TLSListener:
+    """The listening socket as cheroot's accept sees it: each accepted socket comes back
+    wrapped for TLS, its handshake not started (the gate drives it)."""
+
+    def __init__(self, listener: socket.socket, context: ssl.SSLContext) -> None:
+        self.listener = listener
+        self.context = context
+
+    def accept(self) -> tuple[ssl.SSLSocket, Any]:
+        sock, address = self.listener.accept()
+        try:
+            wrapped = self.context.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
+        except OSError:
+            sock.close()
+            raise
+        return wrapped, address
 
 
 def request_readiness(
@@ -276,8 +311,8 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
         for sock_fd, conn in list(self._selector.connections):
             if conn is not self.server:
                 self._selector.unregister(sock_fd)
-                if conn.wfile.pending:
-                    conn.close_now()  # a reader too slow to take its response in time
+                if conn.wfile.pending or conn.handshaking:
+                    conn.close_now()  # a reader too slow to take its response, or no TLS yet
                 else:
                     conn.refuse(503, "The server is shutting down; retry elsewhere or later.")
 
@@ -314,6 +349,8 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
             for sock_fd, conn in ready:
                 if conn is self.server:
                     self._accept()
+                elif conn.handshaking:
+                    self._handshake(sock_fd, conn)
                 elif conn.wfile.pending:
                     self._send_more(sock_fd, conn)
                 else:
@@ -328,8 +365,11 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
     def _accept(self) -> None:
         """Accept every connection waiting, up to a batch (the listening socket does not
         block): one a wakeup would leave a crowd of new clients waiting a round each."""
+        listener: Any = self.server.socket
+        if self.server.tls_context is not None:
+            listener = _TLSListener(listener, self.server.tls_context)
         for _ in range(_ACCEPTS_PER_WAKEUP):
-            conn = self._from_server_socket(self.server.socket)
+            conn = self._from_server_socket(listener)
             if conn is None:
                 return
             self._admit(conn)
@@ -339,7 +379,46 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
             self._open_connections += 1
             over_capacity = self._open_connections > self.server.max_connections
         conn.socket.setblocking(False)  # only this thread touches sockets, and never waits
+        conn.handshaking = isinstance(conn.socket, ssl.SSLSocket)
+        if conn.handshaking:
+            # The refusal, if any, is sent once there is a TLS session to send it in.
+            conn.over_capacity = over_capacity
+            conn.last_used = time.time()
+            conn.request_deadline = conn.last_used + self.server.request_timeout
+            conn.handshake_events = selectors.EVENT_READ  # the client speaks first
+            self._selector.register(conn.socket.fileno(), selectors.EVENT_READ, data=conn)
+            return
         if over_capacity:
+            conn.refuse(503, "The server is at its connection limit; retry shortly.")
+            return
+        self._wait_for_request(conn)
+
+    def _handshake(self, sock_fd: int, conn: Any) -> None:
+        """Take the TLS handshake one step further; once done, wait for a request."""
+        try:
+            conn.socket.do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as wanted:
+            events = (
+                selectors.EVENT_READ
+                if isinstance(wanted, ssl.SSLWantReadError)
+                else selectors.EVENT_WRITE
+            )
+            if events != conn.handshake_events:  # cheroot's selector has no modify()
+                self._selector.unregister(sock_fd)
+                self._selector.register(sock_fd, events, data=conn)
+                conn.handshake_events = events
+            return
+        except OSError as error:  # ssl.SSLError included: no traceback, it is the client's
+            logger.info("TLS handshake with %s failed: %s", conn.remote_addr, error)
+            self._selector.unregister(sock_fd)
+            if getattr(error, "reason", None) == "HTTP_REQUEST":  # OpenSSL saw plain HTTP
+                conn.refuse_in_clear(400, "This port speaks HTTPS only: use an https:// URL.")
+            conn.close_now()
+            return
+        conn.handshaking = False
+        conn.ssl_env = {"HTTPS": "on", "wsgi.url_scheme": "https"}
+        self._selector.unregister(sock_fd)
+        if conn.over_capacity:
             conn.refuse(503, "The server is at its connection limit; retry shortly.")
             return
         self._wait_for_request(conn)
@@ -378,7 +457,7 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
         while pending:
             try:
                 sent = conn.socket.send(pending)
-            except (BlockingIOError, InterruptedError):
+            except _WOULD_BLOCK:  # before OSError: TLS's are OSErrors too
                 return False
             except OSError:
                 pending.clear()
@@ -399,6 +478,9 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
     def _wait_for_request(self, conn: Any) -> None:
         conn.last_used = time.time()
         conn.continued = False
+        more = self._decrypted(conn)  # a broken connection shows at the next read
+        if more:
+            conn.rfile.gate.pending += more
         readiness = self._readiness(conn) if conn.rfile.gate.pending else Readiness.WAIT
         if readiness not in _WAITING:
             self._dispatch(conn, readiness)
@@ -407,13 +489,32 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
         conn.request_deadline = conn.last_used + self.server.request_timeout
         self._selector.register(conn.socket.fileno(), selectors.EVENT_READ, data=conn)
 
+    def _decrypted(self, conn: Any) -> bytes | None:
+        """What OpenSSL has decrypted and not handed out yet, which the selector cannot see;
+        None if the connection broke."""
+        sock = conn.socket
+        if not isinstance(sock, ssl.SSLSocket):
+            return b""
+        data = bytearray()
+        while sock.pending():
+            try:
+                data += sock.recv(sock.pending())
+            except _WOULD_BLOCK:
+                break
+            except OSError:
+                return None
+        return bytes(data)
+
     def _receive(self, sock_fd: int, conn: Any) -> None:
         try:
             data = conn.socket.recv(_RECEIVE_BYTES)
-        except (BlockingIOError, InterruptedError):
+        except _WOULD_BLOCK:  # before OSError: TLS's are OSErrors too
             return
         except OSError:
             data = b""
+        if data:
+            more = self._decrypted(conn)
+            data = b"" if more is None else data + more
         if not data:  # the client closed, or the connection broke
             self._selector.unregister(sock_fd)
             conn.close()
@@ -531,7 +632,8 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
             for sock_fd, conn in self._selector.connections
             if conn is not self.server
             and (
-                (conn.wfile.pending and now > conn.send_deadline)
+                (conn.handshaking and now > conn.request_deadline)
+                or (conn.wfile.pending and now > conn.send_deadline)
                 or (
                     not conn.wfile.pending
                     and conn.rfile.gate.pending

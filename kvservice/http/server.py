@@ -7,6 +7,7 @@ else is ordinary cheroot configuration taken from `ServerSettings`.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -55,6 +56,9 @@ class ServerSettings:
     """Serve each request on the event loop's own thread, not a worker: for apps that never
     wait (an in-process store), which then cost no thread hand-off. An app that waits on a
     network (a remote store) must leave it False, or it would stall every connection."""
+    tls: ssl.SSLContext | None = None
+    """Serve HTTPS with this context (`kvservice.tls`); None: plain HTTP. The gate does the
+    handshakes, without blocking."""
     drain_timeout_s: float = 2.0
     shutdown_timeout_s: float = 2.5
     max_header_count: int = 100
@@ -70,6 +74,7 @@ class _CherootServer(cheroot_wsgi.Server):
     serve_inline: bool
     request_timeout: float
     drain_timeout: float
+    tls_context: ssl.SSLContext | None
     _connections: GatedConnectionManager
 
     def prepare(self) -> None:
@@ -103,18 +108,22 @@ class RequestRecord(NamedTuple):
     body_bytes_out: int
     duration_s: float
     request_id: str
+    token_name: str | None
+    """The name of the token the request came with (`bearer.py`'s REMOTE_USER), never the
+    token; None without tokens."""
 
 
 RequestObserver = Callable[[RequestRecord], None]
 
 
 def write_access_line(record: RequestRecord) -> None:
-    """The access log's line for a request: client, request, status, bytes, time, ID. The
-    record goes along (`request`), for the JSON log format to write its fields."""
+    """The access log's line for a request: client, request, status, bytes, time, ID, and the
+    token's name when there is one. The record goes along (`request`), for the JSON log
+    format to write its fields."""
     if not access_logger.isEnabledFor(logging.INFO):
         return
     access_logger.info(
-        '%s "%s %s" %d %d %.1fms %s',
+        '%s "%s %s" %d %d %.1fms %s%s',
         record.client,
         record.method,
         record.target,
@@ -122,6 +131,7 @@ def write_access_line(record: RequestRecord) -> None:
         record.body_bytes_out,
         record.duration_s * 1000,
         record.request_id,
+        "" if record.token_name is None else f" token={record.token_name}",
         extra={"request": record},
     )
 
@@ -168,6 +178,7 @@ class RequestLog:
                     sent,
                     time.perf_counter() - started,
                     identifier,
+                    environ.get("REMOTE_USER"),
                 )
                 for observe in self.observers:
                     observe(record)
@@ -204,6 +215,7 @@ class Server:
         self._server.request_timeout = settings.request_timeout_s
         self._server.drain_timeout = settings.drain_timeout_s
         self._server.serve_inline = settings.serve_inline
+        self._server.tls_context = settings.tls
         # Idle kept-alive connections wait in the selector at no cost; only the total counts.
         self._server.keep_alive_conn_limit = settings.max_connections
         self._thread: threading.Thread | None = None
@@ -217,7 +229,8 @@ class Server:
     @property
     def url(self) -> str:
         """The address it serves, as a URL."""
-        return f"http://{self.settings.host}:{self.port}"
+        scheme = "http" if self.settings.tls is None else "https"
+        return f"{scheme}://{self.settings.host}:{self.port}"
 
     @property
     def open_connections(self) -> int:

@@ -10,6 +10,7 @@ text. The subclasses here tighten exactly those points; where a request ends is 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from http import HTTPStatus
 from typing import Any
@@ -218,6 +219,13 @@ class StrictConnection(cheroot_server.HTTPConnection):
         self.server.connections.count_refusal(code)
         self.wfile.write(error_response(code, detail, head_only=head_only))
         self.close()
+
+    def refuse_in_clear(self, code: int, detail: str) -> None:
+        """Answer a client that spoke plain HTTP to the TLS port, in plain HTTP, in one
+        send past the TLS layer (a small response into an empty socket buffer); the caller
+        closes the connection."""
+        with contextlib.suppress(OSError):
+            socket.socket.send(self.socket, error_response(code, detail))
 
     def close(self) -> None:
         if self.wfile.pending and not self._closed:

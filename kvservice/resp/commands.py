@@ -4,8 +4,11 @@ Each handler takes the store, the connection's `Session` and the arguments, make
 few store calls and returns a `codec.Reply`. Domain errors become replies through one table
 (`STORE_ERRORS`), like the HTTP app's PROBLEMS: an error reply with a code of its own and
 the store's message, or nil where Redis answers nil (GET of an empty key, SET NX on a taken
-key). HELLO, COMMAND, CLIENT, SELECT, CONFIG GET and INFO answer just enough for real clients
-and tools (redis-cli --stat, redis-benchmark) to connect and report.
+key). With tokens, a connection that has not sent AUTH (or HELLO ... AUTH) may only run the
+commands that need `Access.NONE`, and one with a read token not those that need
+`Access.WRITE`: each command's `access` in the table says which. HELLO, COMMAND, CLIENT,
+SELECT, CONFIG GET and INFO answer just enough for real clients and tools (redis-cli --stat,
+redis-benchmark) to connect and report.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kvservice import __version__
+from kvservice.auth import Access, Grant, Tokens
 from kvservice.resp.codec import INTEGER, OK, Error, Reply, Status, printable
 from kvservice.resp.patterns import compile_pattern, literal_prefix
 from kvservice.store import (
@@ -115,6 +119,9 @@ class ServerState:
             errors, labels = self.errors, (name, reply.code)
             errors[labels] = errors.get(labels, 0) + 1
 
+    tokens: Tokens | None = None
+    """The tokens clients must AUTH with; None: every connection may read and write."""
+
 
 @dataclass
 class Session:
@@ -128,6 +135,30 @@ class Session:
     """Set by QUIT: the connection closes once the reply is sent."""
     protocol: int = 2
     """2 or 3, as chosen with HELLO; RESP3 is RESP2 with its own nil and maps."""
+    token: bytes | None = field(default=None, repr=False)  # no log or traceback shows it
+    """The token AUTH accepted, kept to check it again after the tokens are reloaded."""
+    grant: Grant | None = None
+    generation: int = 0
+    """The tokens' generation `grant` was looked up in."""
+
+    @property
+    def access(self) -> Access:
+        """What this connection may do now: a token revoked by a reload stops working on
+        connections that authenticated with it too."""
+        tokens = self.server.tokens
+        if tokens is None:
+            return Access.WRITE
+        if self.token is None:
+            return Access.NONE
+        if self.generation != tokens.generation:
+            self.generation = tokens.generation
+            self.grant = tokens.grant_for(self.token)
+        return Access.NONE if self.grant is None else self.grant.access
+
+    @property
+    def user(self) -> str:
+        """The name of the token in use, for the log ("-" for none)."""
+        return "-" if self.grant is None else self.grant.name
 
 
 Handler = Callable[[Store, Session, list[bytes]], Reply]
@@ -135,11 +166,13 @@ Handler = Callable[[Store, Session, list[bytes]], Reply]
 
 @dataclass(frozen=True)
 class Command:
-    """A command's handler and how many arguments it takes (max None: any number)."""
+    """A command's handler, how many arguments it takes (max None: any number) and the
+    access it needs when tokens are in use."""
 
     handler: Handler
     min_args: int
     max_args: int | None
+    access: Access = Access.READ
 
 
 UNKNOWN_COMMAND = b"UNKNOWN"
@@ -157,9 +190,19 @@ def execute(store: Store, session: Session, arguments: Sequence[bytes]) -> Reply
         reply: Reply = Error("ERR", f"unknown command '{printable(name)}'")
         session.server.count(UNKNOWN_COMMAND, reply)
         return reply
-    reply = _call(command, lambda: printable(name).lower(), store, session, args)
+    if command.access > Access.NONE and session.access < command.access:
+        reply = _refusal(session, session.access, printable(name).lower())
+    else:
+        reply = _call(command, lambda: printable(name).lower(), store, session, args)
     session.server.count(upper, reply)
     return reply
+
+
+def _refusal(session: Session, access: Access, label: str) -> Error:
+    """The answer to a command the connection's token (or its lack) does not allow."""
+    if access is Access.NONE:
+        return Error("NOAUTH", "Authentication required.")
+    return Error("NOPERM", f"the token {session.user} may read, not run the '{label}' command")
 
 
 def _call(
@@ -344,6 +387,39 @@ def _quit(store: Store, session: Session, args: list[bytes]) -> Reply:
     return OK
 
 
+def _client_setname(store: Store, session: Session, args: list[bytes]) -> Reply:
+    if any(byte <= 0x20 or byte >= 0x7F for byte in args[0]):
+        return Error("ERR", "Client names cannot contain spaces, newlines or special characters.")
+    session.name = args[0] or None
+    return OK
+
+
+def _auth(store: Store, session: Session, args: list[bytes]) -> Reply:
+    """AUTH token, or AUTH username token as Redis 6 clients send it: the username is
+    `default` or the token's own name. A failed AUTH leaves the connection as it was."""
+    username, token = (b"default", args[0]) if len(args) == 1 else (args[0], args[1])
+    tokens = session.server.tokens
+    if tokens is None:
+        # Redis's words, which clients recognise: there is nothing to authenticate against.
+        return Error(
+            "ERR",
+            "AUTH <password> called without any password configured for the default user. "
+            "Are you sure your configuration is correct?",
+        )
+    grant = tokens.grant_for(token)
+    if grant is None or username not in (b"default", grant.name.encode()):
+        return Error("WRONGPASS", "invalid username-password pair or user is disabled.")
+    session.token, session.grant, session.generation = token, grant, tokens.generation
+    return OK
+
+
+HELLO_OPTIONS: dict[bytes, tuple[int, Handler]] = {
+    b"AUTH": (2, _auth),
+    b"SETNAME": (1, _client_setname),
+}
+"""HELLO's options: how many arguments each takes, and the command that does it."""
+
+
 def _hello(store: Store, session: Session, args: list[bytes]) -> Reply:
     if args:
         if not INTEGER.fullmatch(args[0]):
@@ -351,12 +427,15 @@ def _hello(store: Store, session: Session, args: list[bytes]) -> Reply:
         if int(args[0]) not in SUPPORTED_PROTOCOLS:
             return Error("NOPROTO", "unsupported protocol version")
         options = args[1:]
-        if len(options) == 2 and options[0].upper() == b"SETNAME":
-            named = _client_setname(store, session, options[1:])
-            if named != OK:
-                return named
-        elif options:
-            return Error("ERR", "syntax error; HELLO takes a version and SETNAME (no AUTH)")
+        while options:
+            option = HELLO_OPTIONS.get(options[0].upper())
+            if option is None or len(options) <= option[0]:
+                return Error("ERR", "syntax error; HELLO takes a version, AUTH and SETNAME")
+            count, handler = option
+            done = handler(store, session, options[1 : 1 + count])
+            if done != OK:
+                return done
+            options = options[1 + count :]
         session.protocol = int(args[0])
     return {
         b"server": b"kvservice",
@@ -367,13 +446,6 @@ def _hello(store: Store, session: Session, args: list[bytes]) -> Reply:
         b"role": b"master",
         b"modules": [],
     }
-
-
-def _client_setname(store: Store, session: Session, args: list[bytes]) -> Reply:
-    if any(byte <= 0x20 or byte >= 0x7F for byte in args[0]):
-        return Error("ERR", "Client names cannot contain spaces, newlines or special characters.")
-    session.name = args[0] or None
-    return OK
 
 
 CLIENT_SUBCOMMANDS: dict[bytes, Command] = {
@@ -561,23 +633,24 @@ def _info(store: Store, session: Session, args: list[bytes]) -> Reply:
 
 
 COMMANDS: dict[bytes, Command] = {
-    b"PING": Command(_ping, 0, 1),
+    b"PING": Command(_ping, 0, 1, Access.NONE),
     b"ECHO": Command(_echo, 1, 1),
     b"GET": Command(_get, 1, 1),
     b"MGET": Command(_mget, 1, None),
-    b"SET": Command(_set, 2, None),
-    b"DEL": Command(_delete, 1, None),
+    b"SET": Command(_set, 2, None, Access.WRITE),
+    b"DEL": Command(_delete, 1, None, Access.WRITE),
     b"EXISTS": Command(_exists, 1, None),
     b"HISTORY": Command(_history, 1, 1),
     b"SCAN": Command(_scan, 1, None),
     b"KEYS": Command(_keys, 1, 1),
     b"DBSIZE": Command(_dbsize, 0, 0),
-    b"QUIT": Command(_quit, 0, None),
-    b"HELLO": Command(_hello, 0, None),
+    b"QUIT": Command(_quit, 0, None, Access.NONE),
+    b"HELLO": Command(_hello, 0, None, Access.NONE),
     b"COMMAND": Command(_subcommands("COMMAND", COMMAND_SUBCOMMANDS), 0, None),
     b"CLIENT": Command(_subcommands("CLIENT", CLIENT_SUBCOMMANDS), 1, None),
     b"SELECT": Command(_select, 1, 1),
     b"CONFIG": Command(_subcommands("CONFIG", CONFIG_SUBCOMMANDS), 1, None),
     b"INFO": Command(_info, 0, None),
+    b"AUTH": Command(_auth, 1, 2, Access.NONE),
 }
 """Every command by its upper-case name."""

@@ -9,7 +9,9 @@ streams API's awaits cost more than a GET. The access log has a line per connect
 and one per command at DEBUG (a line costs more than the command it describes). Everything a
 client can make it hold is bounded: connections, idle time, the size of one request, the
 number of its arguments; malformed input is answered with `-ERR Protocol error: ...` and the
-connection is closed.
+connection is closed. With TLS, asyncio does each handshake without blocking the loop, within
+`handshake_timeout_s`; connections still in their handshake count against the connection
+limit, and one past it is closed at once.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import contextlib
 import itertools
 import logging
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
 
+from kvservice.auth import Tokens
 from kvservice.resp.codec import (
     CRLF,
     CommandParser,
@@ -57,6 +61,8 @@ class RespSettings:
     listen_backlog: int
     max_arguments: int = 1024
     shutdown_timeout_s: float = 2.0
+    handshake_timeout_s: float = 10.0
+    """How long a TLS handshake may take; a client that stalls one is then dropped."""
 
     @property
     def limits(self) -> RequestLimits:
@@ -70,9 +76,17 @@ class RespSettings:
 class RespServer:
     """The RESP transport over `store`, serving on a background thread until `stop()`."""
 
-    def __init__(self, store: Store, settings: RespSettings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: RespSettings,
+        tokens: Tokens | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
+        self.tls = tls
+        """Serve TLS with this context (`kvservice.tls`); None: plain RESP."""
         self.failed = threading.Event()
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -83,7 +97,7 @@ class RespServer:
         self._clients: set[_Client] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
-        self._state = ServerState(max_clients=settings.max_connections)
+        self._state = ServerState(max_clients=settings.max_connections, tokens=tokens)
         self._bound_port = settings.port
 
     @property
@@ -98,9 +112,10 @@ class RespServer:
 
     @property
     def url(self) -> str:
-        """The address it serves, as a redis:// URL."""
+        """The address it serves, as a redis:// (or with TLS rediss://) URL."""
         host = self.settings.host
-        return f"redis://{f'[{host}]' if ':' in host else host}:{self.port}"
+        scheme = "redis" if self.tls is None else "rediss"
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     def start(self) -> None:
         """Bind (raising OSError if the address is taken) and serve on a background thread."""
@@ -184,6 +199,14 @@ class RespServer:
                 loop.remove_reader(listener.fileno())
                 loop.call_later(0.1, self._resume_accepting, listener)
                 return
+            if self.tls is not None and len(self._tasks) >= self.settings.max_connections:
+                # Connections mid-handshake count too, or stalled handshakes would be
+                # unbounded; there is no TLS yet to say "max number of clients" in.
+                self._state.total_connections_received += 1
+                self._state.rejected_connections += 1
+                logger.warning("refused a TLS connection: %d are open", len(self._tasks))
+                client.close()
+                continue
             task = loop.create_task(self._serve_client(client))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -197,8 +220,18 @@ class RespServer:
         loop = asyncio.get_running_loop()
         client = _Client(self, next(self._ids))
         try:
-            await loop.connect_accepted_socket(lambda: client, sock=sock)
-        except OSError:
+            if self.tls is None:
+                await loop.connect_accepted_socket(lambda: client, sock=sock)
+            else:
+                await loop.connect_accepted_socket(
+                    lambda: client,
+                    sock=sock,
+                    ssl=self.tls,
+                    ssl_handshake_timeout=self.settings.handshake_timeout_s,
+                )
+        except OSError as error:  # ssl.SSLError and a handshake timeout included
+            if self.tls is not None:
+                logger.info("TLS handshake failed: %s", error)
             sock.close()
             return
         await client.closed
@@ -344,18 +377,27 @@ class _Client(asyncio.Protocol):
         if self.admitted:
             self.server.leave(self)
             access_logger.info(
-                "%s closed: %d command%s in %.1f s%s",
+                "%s closed: %d command%s in %.1f s%s%s",
                 self.peer,
                 self.commands,
                 "" if self.commands == 1 else "s",
                 time.monotonic() - self.opened,
                 ", after a protocol error" if self.errors else "",
+                # The name of the token AUTH accepted, never the token.
+                f" token={self.session.user}" if self.session.grant is not None else "",
             )
         if not self.closed.done():
             self.closed.set_result(None)
 
 
+_SECRET_ARGUMENTS = frozenset({"AUTH"})
+"""Commands whose arguments the log leaves out: AUTH's first one may be the token."""
+
+
 def _summary(arguments: list[bytes]) -> str:
-    """The command and its first argument (the key, usually) for the log; never a value."""
+    """The command and its first argument (the key, usually) for the log; never a value or
+    a token."""
     name = printable(arguments[0]).upper()
-    return f"{name} {printable(arguments[1])}" if len(arguments) > 1 else name
+    if len(arguments) < 2 or name in _SECRET_ARGUMENTS:
+        return name
+    return f"{name} {printable(arguments[1])}"

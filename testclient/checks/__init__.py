@@ -22,6 +22,9 @@ from testclient.checks import values
 from testclient.checks import listing
 
 # isort: split
+from testclient.checks import tokens
+
+# isort: split
 from testclient.checks.framework import (
     ALL_CHECKS,
     CHECKS,
@@ -51,6 +54,7 @@ __all__ = [
     "listing",
     "overall_verdict",
     "run_checks",
+    "tokens",
     "values",
     "writes",
 ]

@@ -17,6 +17,8 @@ failing step can be found in kvservice's access log.
 
 If the client raises `KVUnreachable`, the run ends there: the verdict is UNREACHABLE, unless
 an earlier step had already shown a wrong answer (then FAILED: a wrong answer is evidence).
+If it raises `KVRefused` (the kvservice refused the client's token), the verdict is
+UNAUTHORIZED in the same way: the kvservice did not answer the question, it said who may ask.
 
 A step that needs what the client's transport cannot express (RESP has no versions and no
 content types: `KVClient.capabilities`) is recorded as skipped, saying so, never as passed.
@@ -40,6 +42,7 @@ from testclient.clients import (
     Capability,
     HistoryReply,
     KVClient,
+    KVRefused,
     KVUnreachable,
     Outcome,
     Reply,
@@ -58,6 +61,8 @@ class Verdict(StrEnum):
     PASSED = "passed"
     FAILED = "failed"
     UNREACHABLE = "unreachable"
+    UNAUTHORIZED = "unauthorized"
+    """The kvservice refused the test client's token, or asked for one it was not given."""
     SKIPPED = "skipped"
     """Nothing failed, but the check could not run over the client's transport."""
     NOT_KVSERVICE = "not kvservice"
@@ -119,6 +124,11 @@ def unreachable_step(error: KVUnreachable) -> Step:
     return Step("reach the kvservice", "an answer", f"no answer: {error}", passed=False)
 
 
+def refused_step(error: KVRefused) -> Step:
+    """The step that ends a check the kvservice would not serve with the client's token."""
+    return Step("be let in", "an answer", f"refused the token: {error}", passed=False)
+
+
 class CheckRun:
     """Records one check's steps and cleans up its keys; use as a context manager."""
 
@@ -130,6 +140,7 @@ class CheckRun:
         self._keys: list[str] = []
         self._answered_wrongly = False
         self._unreachable = False
+        self._refused = False
         self._started = time.perf_counter()
         self._duration_ms = 0.0
 
@@ -164,6 +175,10 @@ class CheckRun:
         if not self.expect(step, expectation):
             raise StopCheck(step)
 
+    def skip(self, step: str, why: str) -> None:
+        """Record `step` as skipped, saying why; the caller leaves it out."""
+        self._steps.append(Step(step, "to run", f"skipped: {why}", passed=False, skipped=True))
+
     def supports(self, capability: Capability, step: str) -> bool:
         """Whether the client's transport has `capability`; if not, `step` is recorded as
         skipped, saying why, and the caller leaves it out."""
@@ -195,7 +210,10 @@ class CheckRun:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool:
-        if isinstance(exc, KVUnreachable):
+        if isinstance(exc, KVRefused):
+            self._refused = True
+            self._steps.append(refused_step(exc))
+        elif isinstance(exc, KVUnreachable):
             self._unreachable = True
             self._steps.append(unreachable_step(exc))
         else:
@@ -214,6 +232,8 @@ class CheckRun:
         """The verdict and steps, once the `with` block has ended."""
         if self._answered_wrongly:
             verdict = Verdict.FAILED
+        elif self._refused:
+            verdict = Verdict.UNAUTHORIZED
         elif self._unreachable:
             verdict = Verdict.UNREACHABLE
         elif all(step.skipped for step in self._steps):
@@ -339,6 +359,8 @@ def _identity_refusal(client: KVClient) -> tuple[Verdict, Step] | None:
     step = "confirm the URL answers like a kvservice"
     try:
         reason = client.identify()
+    except KVRefused as error:  # over RESP, INFO needs AUTH first
+        return Verdict.UNAUTHORIZED, refused_step(error)
     except KVUnreachable as error:
         return Verdict.UNREACHABLE, unreachable_step(error)
     if reason is None:
@@ -348,10 +370,17 @@ def _identity_refusal(client: KVClient) -> tuple[Verdict, Step] | None:
 
 def overall_verdict(results: Iterable[CheckResult]) -> Verdict:
     """FAILED if any check failed, else NOT_KVSERVICE if the URL is not a kvservice, else
-    UNREACHABLE if any could not reach it, else SKIPPED if any could not run over the
-    transport, else PASSED."""
+    UNAUTHORIZED if its token was refused, else UNREACHABLE if any could not reach it, else
+    SKIPPED if any could not run over the transport, else PASSED."""
     verdicts = {result.verdict for result in results}
-    for verdict in (Verdict.FAILED, Verdict.NOT_KVSERVICE, Verdict.UNREACHABLE, Verdict.SKIPPED):
+    worst_first = (
+        Verdict.FAILED,
+        Verdict.NOT_KVSERVICE,
+        Verdict.UNAUTHORIZED,
+        Verdict.UNREACHABLE,
+        Verdict.SKIPPED,
+    )
+    for verdict in worst_first:
         if verdict in verdicts:
             return verdict
     return Verdict.PASSED

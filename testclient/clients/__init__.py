@@ -9,11 +9,14 @@ from urllib.parse import urlsplit
 from testclient.clients.http import HTTPKVClient
 from testclient.clients.protocol import (
     DEFAULT_TIMEOUT_S,
+    NO_CREDENTIALS,
     Capability,
+    Credentials,
     HistoryEntry,
     HistoryReply,
     KeysReply,
     KVClient,
+    KVRefused,
     KVUnreachable,
     Outcome,
     Reply,
@@ -24,12 +27,15 @@ from testclient.clients.resp import RespKVClient
 __all__ = [
     "CLIENTS",
     "DEFAULT_TIMEOUT_S",
+    "NO_CREDENTIALS",
     "Capability",
     "ClientFactory",
+    "Credentials",
     "HTTPKVClient",
     "HistoryEntry",
     "HistoryReply",
     "KVClient",
+    "KVRefused",
     "KVUnreachable",
     "KeysReply",
     "Outcome",
@@ -39,17 +45,20 @@ __all__ = [
     "make_client",
 ]
 
-ClientFactory = Callable[[str, tuple[float, float]], KVClient]
-"""Makes the client from the kvservice URL and the (connect, read) timeouts."""
+ClientFactory = Callable[[str, tuple[float, float], Credentials], KVClient]
+"""Makes the client from the kvservice URL, the (connect, read) timeouts and the tokens."""
 
 CLIENTS: dict[str, ClientFactory] = {
     "http": HTTPKVClient,
     "https": HTTPKVClient,
     "redis": RespKVClient,
+    "rediss": RespKVClient,
 }
 """URL scheme -> the client for it; `--kv-url` accepts exactly these schemes."""
 
 
-def make_client(kv_url: str, timeout: tuple[float, float]) -> KVClient:
+def make_client(
+    kv_url: str, timeout: tuple[float, float], credentials: Credentials = NO_CREDENTIALS
+) -> KVClient:
     """The client for `kv_url`'s scheme (one of CLIENTS; config.py has checked it)."""
-    return CLIENTS[urlsplit(kv_url).scheme](kv_url, timeout)
+    return CLIENTS[urlsplit(kv_url).scheme](kv_url, timeout, credentials)

@@ -2,7 +2,8 @@
 
 The only code of testclient that knows kvservice's URLs, headers and status codes. Each
 operation has its own status table: a 200 where the contract says 204 is an unexpected
-answer, not a success.
+answer, not a success. 401 and 403 are no answer at all to the question asked: they raise
+`KVRefused`.
 
 Every request carries a fresh `X-Request-ID` (32 hex digits), kept in the reply, so a
 failing step names the request to look for in kvservice's access log. `identify` asks
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import functools
 import json
 import secrets
 from collections.abc import Mapping
@@ -24,16 +27,20 @@ import requests
 from testclient.clients.pool import IdlePool
 from testclient.clients.protocol import (
     DEFAULT_TIMEOUT_S,
+    NO_CREDENTIALS,
     Capability,
+    Credentials,
     HistoryEntry,
     HistoryReply,
     KeysReply,
+    KVRefused,
     KVUnreachable,
     Outcome,
     Reply,
 )
 
 _EVIDENCE_BODY_CHARS = 200
+_REFUSALS = (401, 403)
 
 _WRITE_ERRORS = {
     400: Outcome.INVALID,
@@ -74,10 +81,23 @@ class HTTPKVClient:
 
     capabilities = frozenset(Capability)
 
-    def __init__(self, base_url: str, timeout: tuple[float, float] = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT_S,
+        credentials: Credentials = NO_CREDENTIALS,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self._sessions = IdlePool(_new_session, requests.Session.close)
+        self.credentials = credentials
+        self._sessions = IdlePool(
+            functools.partial(_new_session, credentials), requests.Session.close
+        )
+
+    def with_token(self, token: str | None) -> HTTPKVClient:
+        """A client of the same kvservice presenting `token` (None: none)."""
+        credentials = dataclasses.replace(self.credentials, token=token)
+        return HTTPKVClient(self.base_url, self.timeout, credentials)
 
     def __enter__(self) -> HTTPKVClient:
         return self
@@ -262,6 +282,8 @@ class HTTPKVClient:
                     headers=headers,
                     timeout=self.timeout,
                     allow_redirects=False,
+                    # Per request: requests lets REQUESTS_CA_BUNDLE override a session's.
+                    verify=self.credentials.ca_cert or True,
                 )
         except requests.Timeout as error:
             connect_s, read_s = self.timeout
@@ -275,13 +297,17 @@ class HTTPKVClient:
             # It answered, but not with a readable HTTP response (bad chunking, bad encoding).
             evidence = f"unreadable HTTP response: {_root_cause(error)}"
             return None, Outcome.UNEXPECTED, evidence, request_id
+        if response.status_code in _REFUSALS:
+            raise KVRefused(f"{method} {url}: {_evidence(response)}")
         outcome = outcomes.get(response.status_code, Outcome.UNEXPECTED)
         return response, outcome, _evidence(response), request_id
 
 
-def _new_session() -> requests.Session:
+def _new_session(credentials: Credentials) -> requests.Session:
     session = requests.Session()
     session.headers["User-Agent"] = "kvservice-testclient"
+    if credentials.token is not None:
+        session.headers["Authorization"] = f"Bearer {credentials.token}"
     return session
 
 

@@ -7,7 +7,9 @@ be another. A transport that cannot express something (versions, content types) 
 `evidence`, a short note of what actually came back on the wire ("HTTP 500 Internal Server
 Error: ..."), so a failing check can show it. A transport failure (refused connection,
 timeout) raises `KVUnreachable`, which is how callers tell "answered wrongly" from "did not
-answer".
+answer"; a refused token (or a missing one) raises its subclass `KVRefused`, so that it is
+reported as what it is. A client presents `credentials.token`; `with_token` makes one like it
+that presents another (the token checks use it).
 
 Over HTTP each request carries a fresh `X-Request-ID`, and the reply keeps it (`request_id`),
 so a failing step names the line to look for in kvservice's access log.
@@ -18,7 +20,7 @@ Before any check, `identify` confirms the URL answers like a kvservice at all, s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -28,6 +30,29 @@ DEFAULT_TIMEOUT_S = (2.0, 5.0)
 
 class KVUnreachable(Exception):
     """The kvservice did not answer: the connection failed or a timeout passed."""
+
+
+class KVRefused(KVUnreachable):
+    """The kvservice would not serve this client: no token, an unknown one, or one that may
+    not do this (HTTP 401 or 403; RESP -NOAUTH, -WRONGPASS or -NOPERM)."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a client presents to a kvservice that asks for tokens, and whom it trusts."""
+
+    # Left out of repr(), so that no log line or traceback shows a token.
+    token: str | None = field(default=None, repr=False)
+    """Sent with every request (HTTP `Authorization: Bearer`, RESP `AUTH`); None: none."""
+    read_token: str | None = field(default=None, repr=False)
+    """A token that may only read, for the checks that it cannot write; None: not checked."""
+    ca_cert: str | None = None
+    """A PEM file of the CA to verify the kvservice's TLS certificate with (https://,
+    rediss://); None: the system's CAs."""
+
+
+NO_CREDENTIALS = Credentials()
+"""No tokens, the system's CAs."""
 
 
 class Outcome(StrEnum):
@@ -190,6 +215,16 @@ class KVClient(Protocol):
     def identify(self) -> str | None:
         """None when the URL answers like a kvservice; otherwise a short reason why it does
         not ("status 404 text/html"). Raises KVUnreachable when nothing answers."""
+        ...
+
+    @property
+    def credentials(self) -> Credentials:
+        """The tokens this client knows."""
+        ...
+
+    def with_token(self, token: str | None) -> KVClient:
+        """A client of the same kvservice presenting `token` (None: no token); the caller
+        closes it."""
         ...
 
     def close(self) -> None:

@@ -12,7 +12,10 @@ Redis or anything else on the port is told apart from kvservice before any check
 
 RESP carries neither versions nor content types: `capabilities` is empty, and a request
 that needs one answers `Outcome.UNSUPPORTED` without sending anything. A refused
-connection, a timeout or a connection closed before the reply raises `KVUnreachable`.
+connection, a timeout or a connection closed before the reply raises `KVUnreachable`. With a
+token, each new connection sends `AUTH token` first; a refused AUTH, and -NOAUTH, -WRONGPASS
+or -NOPERM to a command, raise `KVRefused`. A `rediss://` URL speaks TLS, verified against
+`credentials.ca_cert` or the system's CAs.
 
 It is written here rather than taken from redis-py because redis-py cannot say what came
 back: it folds the status `+OK` and a bulk string "OK" into the same value, and nil and a
@@ -24,8 +27,10 @@ share (the tests use redis-py and redis-cli as well).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import socket
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, TypeAlias
@@ -34,16 +39,23 @@ from urllib.parse import urlsplit
 from testclient.clients.pool import IdlePool
 from testclient.clients.protocol import (
     DEFAULT_TIMEOUT_S,
+    NO_CREDENTIALS,
     Capability,
+    Credentials,
     HistoryEntry,
     HistoryReply,
     KeysReply,
+    KVRefused,
     KVUnreachable,
     Outcome,
     Reply,
 )
 
 DEFAULT_PORT = 6379
+SCHEMES = ("redis", "rediss")
+"""Plain RESP, and RESP over TLS."""
+_REFUSALS = frozenset({"NOAUTH", "WRONGPASS", "NOPERM"})
+"""The error codes that mean the token, not the command, was refused."""
 _MAX_LINE_BYTES = 64 * 1024
 _MAX_BULK_BYTES = 1024 * 1024
 _MAX_ARRAY_ITEMS = 1_000_000
@@ -105,7 +117,8 @@ _HISTORY_OUTCOMES = {"array": Outcome.FOUND, "-invalid": Outcome.INVALID}
 
 
 class RespKVClient:
-    """A `KVClient` for a `redis://host:port` URL; safe to share between threads.
+    """A `KVClient` for a `redis://host:port` or `rediss://host:port` URL; safe to share
+    between threads.
 
     Each command borrows a connection from a pool (opening one when all are busy) and
     returns it; a pooled connection the server has closed meanwhile is dropped, not used.
@@ -113,16 +126,32 @@ class RespKVClient:
 
     capabilities: frozenset[Capability] = frozenset()
 
-    def __init__(self, url: str, timeout: tuple[float, float] = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT_S,
+        credentials: Credentials = NO_CREDENTIALS,
+    ) -> None:
         parts = urlsplit(url)
-        if parts.scheme != "redis" or not parts.hostname:
-            raise ValueError(f"{url!r} is not a redis://host:port URL")
+        if parts.scheme not in SCHEMES or not parts.hostname:
+            raise ValueError(f"{url!r} is not a redis://host:port or rediss://host:port URL")
         self.url = url.rstrip("/")
         self.address = (parts.hostname, parts.port or DEFAULT_PORT)
         self.timeout = timeout
+        self.credentials = credentials
+        tls = None
+        if parts.scheme == "rediss":
+            tls = ssl.create_default_context(cafile=credentials.ca_cert)
         self._connections = IdlePool(
-            lambda: _Connection(self.address, self.timeout), _Connection.close, _Connection.is_stale
+            lambda: _Connection(self.address, self.timeout, credentials.token, tls),
+            _Connection.close,
+            _Connection.is_stale,
         )
+
+    def with_token(self, token: str | None) -> RespKVClient:
+        """A client of the same kvservice presenting `token` (None: none)."""
+        credentials = dataclasses.replace(self.credentials, token=token)
+        return RespKVClient(self.url, self.timeout, credentials)
 
     def __enter__(self) -> RespKVClient:
         return self
@@ -251,32 +280,61 @@ class RespKVClient:
             ) from error
         except ConnectionClosed as error:
             raise KVUnreachable(f"{label}: the connection closed: {error}") from error
+        except ssl.SSLError as error:  # before OSError, which it is: not a network failure
+            raise KVUnreachable(f"{label}: TLS failed: {error}") from error
         except OSError as error:
             raise KVUnreachable(f"{label}: no connection: {error}") from error
         except MalformedReply as error:
             return error, f"unreadable RESP reply: {error}"
+        if isinstance(reply, ErrorReply) and reply.text.split(" ", 1)[0] in _REFUSALS:
+            raise KVRefused(f"{label}: {_evidence(reply)}")
         return reply, _evidence(reply)
 
 
 class _Connection:
-    """One socket to the server and a buffered reader over it."""
+    """One socket to the server (TLS with `tls`) and a buffered reader over it; with a
+    `token`, authenticated before it is used (raises KVRefused if refused)."""
 
-    def __init__(self, address: tuple[str, int], timeout: tuple[float, float]) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        timeout: tuple[float, float],
+        token: str | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         connect_s, read_s = timeout
         self.sock = socket.create_connection(address, timeout=connect_s)
-        self.sock.settimeout(read_s)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.stream: BinaryIO = self.sock.makefile("rb")
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:  # the handshake is bounded by the connect timeout
+                self.sock = tls.wrap_socket(self.sock, server_hostname=address[0])
+            self.sock.settimeout(read_s)
+            self.stream: BinaryIO = self.sock.makefile("rb")
+            if token is not None:
+                self._authenticate(token, address)
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _authenticate(self, token: str, address: tuple[str, int]) -> None:
+        self.send([b"AUTH", token.encode()])
+        reply = _read_reply(self.stream)
+        if reply != Status("OK"):
+            shown = f"-{reply.text}" if isinstance(reply, ErrorReply) else _kind(reply)
+            raise KVRefused(f"AUTH ({address[0]}:{address[1]}): RESP {shown}")
 
     def send(self, arguments: Sequence[bytes]) -> None:
         self.sock.sendall(encode_command(arguments))
 
     def is_stale(self) -> bool:
         """Whether the server closed it (or sent something unasked) while it sat in the pool."""
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True  # decrypted bytes nobody asked for
         timeout = self.sock.gettimeout()
         self.sock.settimeout(0.0)  # with a timeout, recv would wait for data first
         try:
-            self.sock.recv(1, socket.MSG_PEEK)
+            # The kernel's buffer, past TLS (which cannot peek): bytes or an end of stream.
+            socket.socket.recv(self.sock, 1, socket.MSG_PEEK)
         except BlockingIOError:
             return False
         except OSError:

@@ -18,7 +18,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from kvservice.__main__ import TRANSPORTS
+from kvservice.__main__ import TRANSPORTS, Security
 from kvservice.config import Config
 from kvservice.http.server import Server
 from kvservice.metrics import Metrics
@@ -68,8 +68,8 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def start(store: Store, metrics: bool) -> Service:
     config = Config(port=0, resp_port=0, threads=4, socket_timeout_s=2.0)
     shared = Metrics(store) if metrics else None
-    http = TRANSPORTS["http"](config, store, shared)
-    resp = TRANSPORTS["resp"](config, store, shared)
+    http = TRANSPORTS["http"](config, store, Security(), shared)
+    resp = TRANSPORTS["resp"](config, store, Security(), shared)
     assert isinstance(http, Server) and isinstance(resp, RespServer)
     http.start()
     resp.start()

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kvservice.__main__ import TRANSPORTS, resp_settings
+from kvservice.__main__ import TRANSPORTS, Security, resp_settings
 from kvservice.config import Config, load_config
 from kvservice.resp.server import RespServer, RespSettings
 from kvservice.store import (
@@ -367,7 +367,8 @@ def test_hello_with_other_versions_is_refused(conn: RespConnection) -> None:
     assert conn.ask("HELLO", "two") == error_line(
         "Protocol version is not an integer or out of range"
     )
-    assert conn.ask("HELLO", "2", "AUTH", "user", "pass").startswith(b"-ERR syntax error")
+    assert conn.ask("HELLO", "2", "SETNAME").startswith(b"-ERR syntax error")
+    assert conn.ask("HELLO", "2", "FOO", "bar").startswith(b"-ERR syntax error")
     assert conn.ask("PING") == b"+PONG\r\n"
 
 
@@ -394,9 +395,9 @@ def test_command_tells_just_enough(conn: RespConnection) -> None:
     assert conn.ask("COMMAND") == b"*0\r\n"
     assert conn.ask("COMMAND", "DOCS") == b"*0\r\n"
     assert conn.ask("COMMAND", "DOCS", "get") == b"*0\r\n"
-    assert conn.ask("COMMAND", "COUNT") == b":18\r\n"
+    assert conn.ask("COMMAND", "COUNT") == b":19\r\n"
     assert conn.ask("COMMAND", "INFO", "get", "set") == b"*2\r\n$-1\r\n$-1\r\n"
-    assert conn.ask("COMMAND", "LIST").startswith(b"*18\r\n$4\r\nping\r\n$4\r\necho\r\n")
+    assert conn.ask("COMMAND", "LIST").startswith(b"*19\r\n$4\r\nping\r\n$4\r\necho\r\n")
 
 
 def test_config_get_answers_what_tools_ask_as_a_map(conn: RespConnection) -> None:
@@ -883,10 +884,10 @@ def test_stop_is_prompt_with_many_idle_connections() -> None:
 
 def test_resp_is_off_by_default_and_on_with_a_port() -> None:
     assert load_config([], environ={}).resp_port is None
-    assert TRANSPORTS["resp"](Config(), MemoryStore(), None) is None
+    assert TRANSPORTS["resp"](Config(), MemoryStore(), Security(), None) is None
 
     config = load_config(["--resp-port", "0"], environ={})
-    server = TRANSPORTS["resp"](config, MemoryStore(), None)
+    server = TRANSPORTS["resp"](config, MemoryStore(), Security(), None)
 
     assert isinstance(server, RespServer)
     assert server.url == "redis://127.0.0.1:0"

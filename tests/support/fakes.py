@@ -16,14 +16,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from kvservice.http.server import Server
 from testclient.clients import (
     Capability,
+    Credentials,
     HistoryEntry,
     HistoryReply,
     KeysReply,
+    KVClient,
+    KVRefused,
     KVUnreachable,
     Outcome,
     Reply,
@@ -49,6 +52,8 @@ class InMemoryKV:
     key_pattern = re.compile(r"[A-Za-z0-9]{1,255}")
     max_value_bytes = 1024
     capabilities = frozenset(Capability)
+    credentials = Credentials()
+    """A kvservice without tokens: the client knows none, and needs none."""
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -128,6 +133,9 @@ class InMemoryKV:
 
     def identify(self) -> str | None:
         return None
+
+    def with_token(self, token: str | None) -> KVClient:
+        return self  # without tokens, any token (or none) is served alike
 
     def close(self) -> None:
         pass
@@ -452,6 +460,74 @@ class UnreachableKV(InMemoryKV):
 
     def identify(self) -> str | None:
         raise KVUnreachable(f"GET /_health: {self.reason}")
+
+
+WRITE_TOKEN = "write-0123456789abcdef"
+READ_TOKEN = "read-0123456789abcdef"
+
+
+class TokensKV:
+    """A correct kvservice with a write and a read token, seen through one of them (or none):
+    no token or an unknown one is refused, a read token reads but cannot write."""
+
+    capabilities = frozenset(Capability)
+    access_of: ClassVar[dict[str, int]] = {WRITE_TOKEN: 2, READ_TOKEN: 1}
+    """What each token may do: 2 read and write, 1 read; missing: nothing."""
+
+    def __init__(self, token: str | None = WRITE_TOKEN, backend: InMemoryKV | None = None):
+        self.token = token
+        self.backend = backend or InMemoryKV()
+
+    @property
+    def credentials(self) -> Credentials:
+        return Credentials(self.token, READ_TOKEN)
+
+    def with_token(self, token: str | None) -> KVClient:
+        return type(self)(token, self.backend)
+
+    def identify(self) -> str | None:
+        return None  # /_health is open to every client, with or without a token
+
+    def _allow(self, needed: int) -> InMemoryKV:
+        access = self.access_of.get(self.token or "", 0)
+        if access == 0:
+            raise KVRefused("HTTP 401 Unauthorized: This service needs a token")
+        if access < needed:
+            raise KVRefused("HTTP 403 Forbidden: The token may read, not write.")
+        return self.backend
+
+    def put(self, key: str, value: bytes, **options: Any) -> Reply:
+        return self._allow(2).put(key, value, **options)
+
+    def create(self, key: str, value: bytes, **options: Any) -> Reply:
+        return self._allow(2).create(key, value, **options)
+
+    def get(self, key: str) -> Reply:
+        return self._allow(1).get(key)
+
+    def delete(self, key: str, **options: Any) -> Reply:
+        return self._allow(2).delete(key, **options)
+
+    def history(self, key: str) -> HistoryReply:
+        return self._allow(1).history(key)
+
+    def list_keys(self, prefix: str, *, limit: int, page: str | None = None) -> KeysReply:
+        return self._allow(1).list_keys(prefix, limit=limit, page=page)
+
+    def close(self) -> None:
+        pass
+
+
+class ReadTokenWritesKV(TokensKV):
+    """Breaks: a read token may write too."""
+
+    access_of: ClassVar[dict[str, int]] = {WRITE_TOKEN: 2, READ_TOKEN: 2}
+
+
+class AnonymousServedKV(TokensKV):
+    """Breaks: a request without a token is served as if it had the write token."""
+
+    access_of: ClassVar[dict[str, int]] = {WRITE_TOKEN: 2, READ_TOKEN: 1, "": 2}
 
 
 class ExplodingKV(InMemoryKV):

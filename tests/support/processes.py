@@ -48,11 +48,13 @@ class ServiceProcess:
     port: int
     error_log: IO[str] | None = None
     """Where stderr goes when it is not captured; closed by `stop()`."""
+    ca_cert: Path | None = None
+    """The CA its HTTPS certificate is verified with; None: it serves plain HTTP."""
 
     @property
     def url(self) -> str:
-        """Its HTTP base URL."""
-        return f"http://127.0.0.1:{self.port}"
+        """Its HTTP (or HTTPS) base URL."""
+        return f"{'http' if self.ca_cert is None else 'https'}://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -96,10 +98,12 @@ def start_service(
     port: int | None = None,
     capture: bool = False,
     environ: Mapping[str, str] | None = None,
+    ca_cert: Path | None = None,
 ) -> ServiceProcess:
     """Start `python -m MODULE ARGS --port PORT` from the repository root and wait until its
-    `/_health` answers. With `capture`, stdout and stderr are kept for `stop()` to return;
-    otherwise they are discarded (stderr is kept only to say why a start failed)."""
+    `/_health` answers (over HTTPS, verified with `ca_cert`, if that is given). With
+    `capture`, stdout and stderr are kept for `stop()` to return; otherwise they are
+    discarded (stderr is kept only to say why a start failed)."""
     port = free_port() if port is None else port
     # Uncaptured stderr goes to a file, not a pipe nobody reads, which could fill and block it.
     error_log = None if capture else tempfile.TemporaryFile("w+")  # noqa: SIM115 - stop() closes
@@ -111,11 +115,12 @@ def start_service(
         stderr=subprocess.PIPE if error_log is None else error_log,
         text=True,
     )
-    service = ServiceProcess(process, port, error_log)
+    service = ServiceProcess(process, port, error_log, ca_cert)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while True:
         try:
-            requests.get(f"{service.url}/_health", timeout=1)
+            verify: str | bool = True if ca_cert is None else str(ca_cert)
+            requests.get(f"{service.url}/_health", timeout=1, verify=verify)
             return service
         except requests.ConnectionError:
             if time.monotonic() > deadline or process.poll() is not None:
@@ -136,9 +141,10 @@ def running_service(module: str, *args: str, **options: object) -> Iterator[Serv
 
 
 @contextmanager
-def kvservice_process(*args: str) -> Iterator[ServiceProcess]:
-    """A kvservice on a free port with ARGS, logging warnings only; stopped after the `with`."""
-    with running_service("kvservice", "--log-level", "WARNING", *args) as service:
+def kvservice_process(*args: str, ca_cert: Path | None = None) -> Iterator[ServiceProcess]:
+    """A kvservice on a free port with ARGS, logging warnings only; stopped after the `with`.
+    With `ca_cert`, ARGS must make it serve HTTPS with a certificate that CA signed."""
+    with running_service("kvservice", "--log-level", "WARNING", *args, ca_cert=ca_cert) as service:
         yield service
 
 

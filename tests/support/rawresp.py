@@ -7,10 +7,12 @@ the protocol byte for byte. Also: a RESP server on a free loopback port, for a `
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from kvservice.auth import Tokens
 from kvservice.resp.server import RespServer
 from kvservice.store import Store
 from kvservice.store.memory import MemoryStore
@@ -74,9 +76,18 @@ class RespConnection:
 
 
 @contextmanager
-def running_resp(store: Store | None = None, **settings: Any) -> Iterator[RespServer]:
-    """A RespServer over `store` (a fresh one by default) on a free 127.0.0.1 port."""
-    server = RespServer(store or MemoryStore(), resp_test_settings(**settings))
+def running_resp(
+    store: Store | None = None,
+    *,
+    tokens: Tokens | None = None,
+    tls: ssl.SSLContext | None = None,
+    **settings: Any,
+) -> Iterator[RespServer]:
+    """A RespServer over `store` (a fresh one by default) on a free 127.0.0.1 port, asking
+    clients for one of `tokens` if given, speaking TLS with `tls` if given."""
+    server = RespServer(
+        store or MemoryStore(), resp_test_settings(**settings), tokens=tokens, tls=tls
+    )
     server.start()
     try:
         yield server

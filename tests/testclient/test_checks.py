@@ -23,6 +23,8 @@ from testclient.checks import (
 )
 from testclient.clients import HTTPKVClient, KVClient
 from tests.support.fakes import (
+    READ_TOKEN,
+    AnonymousServedKV,
     BinaryGarbledKV,
     ContentTypeDroppedKV,
     CreateOverwritesKV,
@@ -43,8 +45,10 @@ from tests.support.fakes import (
     PageSkipsAKeyKV,
     PerThreadCacheKV,
     PreconditionIgnoredKV,
+    ReadTokenWritesKV,
     SecondsTimestampsKV,
     StaleReadKV,
+    TokensKV,
     UnreachableKV,
     VersionUnchangedKV,
     closed_port_url,
@@ -66,12 +70,14 @@ def failure_report(result: CheckResult) -> str:
 # -- a correct kvservice passes -------------------------------------------------------------
 
 
+@pytest.mark.parametrize("fake", [InMemoryKV, TokensKV])
 @pytest.mark.parametrize("name", ALL_NAMES)
-def test_every_check_passes_against_a_correct_fake(name: str) -> None:
-    result = CHECKS[name].function(InMemoryKV())
+def test_every_check_passes_against_a_correct_fake(name: str, fake: type[KVClient]) -> None:
+    result = CHECKS[name].function(fake())
 
     assert result.verdict is Verdict.PASSED, failure_report(result)
     assert result.test == name
+    # Without tokens, test_tokens only checks that a read without one is served: no skips.
     assert result.steps and all(step.passed for step in result.steps)
     assert result.duration_ms >= 0
 
@@ -109,7 +115,7 @@ def test_checks_can_run_concurrently_on_one_service() -> None:
 class BrokenPromise:
     """A broken fake, the check that must catch it, and the steps that must fail."""
 
-    fake: type[InMemoryKV]
+    fake: type[KVClient]
     check: str
     failing_steps: tuple[tuple[str, str], ...]
     """(a fragment of the step's text, a fragment of what came back), for each failing step."""
@@ -263,6 +269,24 @@ BROKEN_PROMISES = [
         (("each of the 5 live keys exactly once", "missing: tcls"),),
     ),
     BrokenPromise(
+        ReadTokenWritesKV,
+        "test_tokens",
+        (
+            ("write with the read token", "served: stored"),
+            ("delete with the read token", "served: deleted"),
+            ("the value is still", "not found"),
+        ),
+    ),
+    BrokenPromise(
+        AnonymousServedKV,
+        "test_tokens",
+        (
+            ("write without a token", "served: stored"),
+            ("read without a token", "served: found b'no'"),
+            ("nothing was written by them", "found b'no'"),
+        ),
+    ),
+    BrokenPromise(
         ListingNeverEndsKV,
         "test_listing",
         (("to the last page", "9 pages and still more to come"),),
@@ -343,6 +367,23 @@ def test_a_wrong_answer_outweighs_a_later_unreachable_service() -> None:
     assert overall_verdict([result]) is Verdict.FAILED
 
 
+def test_a_refused_token_is_unauthorized_not_failed_nor_unreachable() -> None:
+    results = run_checks(ALL_NAMES, TokensKV(token="not-the-token-at-all"))
+
+    assert {result.verdict for result in results} == {Verdict.UNAUTHORIZED}
+    assert overall_verdict(results) is Verdict.UNAUTHORIZED
+    step = results[0].steps[-1]
+    assert step.step == "be let in"
+    assert "HTTP 401 Unauthorized" in step.actual
+
+
+def test_a_read_token_where_a_write_token_belongs_is_unauthorized() -> None:
+    result = CHECKS["test_deletion"].function(TokensKV(token=READ_TOKEN))
+
+    assert result.verdict is Verdict.UNAUTHORIZED
+    assert "HTTP 403 Forbidden" in result.steps[-1].actual
+
+
 def test_overall_verdict_ranks_failed_over_unreachable_over_passed() -> None:
     passed = CHECKS["test_deletion"].function(InMemoryKV())
     failed = CHECKS["test_deletion"].function(DeleteIgnoredKV())
@@ -351,6 +392,9 @@ def test_overall_verdict_ranks_failed_over_unreachable_over_passed() -> None:
     assert overall_verdict([passed, passed]) is Verdict.PASSED
     assert overall_verdict([passed, unreachable]) is Verdict.UNREACHABLE
     assert overall_verdict([unreachable, failed, passed]) is Verdict.FAILED
+    refused = CHECKS["test_deletion"].function(TokensKV(token=None))
+    assert overall_verdict([passed, unreachable, refused]) is Verdict.UNAUTHORIZED
+    assert overall_verdict([refused, failed]) is Verdict.FAILED
 
 
 # -- the real kvservice passes ---------------------------------------------------------------

@@ -98,6 +98,7 @@ def test_a_passing_run_sets_verdict_duration_time_and_counts(serve: Serve) -> No
         "failed": 0,
         "unreachable": 0,
         "skipped": 0,
+        "unauthorized": 0,
         "not kvservice": 0,
     }
     duration = found[("testclient_check_duration_seconds", labels("test_deletion"))]

@@ -403,7 +403,7 @@ def test_the_url_scheme_picks_the_client() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["rediss://kv:6379", "redis://kv:6379/1", "redis://:6379", "redis://kv:99999"]
+    "url", ["rediss://kv:6379/2", "redis://kv:6379/1", "redis://:6379", "redis://kv:99999"]
 )
 def test_urls_the_client_cannot_use_are_usage_errors(
     url: str, capsys: pytest.CaptureFixture[str]
@@ -427,7 +427,7 @@ def test_run_over_resp_exits_4_and_says_what_it_skipped(
     assert "PASSED      test_validation  (" in report
     assert "FAIL" not in report
     assert report.rstrip().endswith(
-        "9 checks: 7 passed, 0 failed, 0 unreachable, 2 skipped; overall skipped (4 steps skipped)"
+        "10 checks: 8 passed, 0 failed, 0 unreachable, 2 skipped; overall skipped (4 steps skipped)"
     )
 
 
