@@ -197,7 +197,7 @@ class Config:
         SECONDS,
         "seconds to wait for Redis to connect or answer; past it the request gets 503",
     )
-    port: int = setting(3000, "--port", "KV_PORT", PORT, "TCP port")
+    port: int = setting(3000, "--port", "KV_PORT", PORT, "TCP port (0 picks a free one)")
     history_window_s: float = setting(
         120.0,
         "--history-window",
@@ -224,7 +224,8 @@ class Config:
         "--threads",
         "KV_THREADS",
         COUNT,
-        "worker threads, the number of requests served at once",
+        "worker threads for a store that waits on a network (Redis): requests served at once; "
+        "the memory store is served on the event loop and uses none",
     )
     listen_backlog: int = setting(
         1024,
@@ -283,7 +284,8 @@ class Config:
         "--resp-port",
         "KV_RESP_PORT",
         named(optional_port, "port"),
-        "serve the Redis protocol (RESP2) on this port of --host too; unset or empty: off",
+        "serve the Redis protocol (RESP2, RESP3 after HELLO 3) on this port of --host too; "
+        "unset or empty: off",
     )
     resp_max_connections: int = setting(
         512,
@@ -356,8 +358,26 @@ def add_settings(
             type=flag.parse,
             metavar=getattr(flag.parse, "__name__", "VALUE").upper(),
             default=FromEnvironment(flag, env_value) if env_value is not None else field.default,
-            help=f"{flag.help} (env {flag.env}, default {field.default})",
+            help=f"{flag.help} (env {flag.env}, default {shown_default(field.default)})",
         )
+
+
+def shown_default(default: Any) -> str:
+    """A default as a user would type it: on/off, unset, 120 rather than 120.0."""
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if default is None:
+        return "unset"
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default)
+
+
+UNITS_HELP = (
+    "Sizes take a unit or none (bytes): 65536, 64KiB, 10MB, 1GiB (kB, MB, GB are powers of "
+    "1000; KiB, MiB, GiB of 1024). Durations take ms, s, m or h, or none (seconds): 120, 2m, "
+    "500ms."
+)
 
 
 def parse_settings(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> dict[str, Any]:
@@ -382,7 +402,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     """The command-line parser; each option's default comes from its environment variable."""
     parser = argparse.ArgumentParser(
         prog="kvservice",
-        description="An HTTP key-value store with a write history per key.",
+        description="An HTTP and RESP key-value store with a write history per key.",
+        epilog=UNITS_HELP,
     )
     add_version(parser)
     add_settings(parser, settings_of(Config), environ)
