@@ -124,28 +124,26 @@ def before_scenario(context: Context, scenario: Scenario) -> None:
     context.use_short_window = False
     context.use_tokens = "tokens" in scenario.effective_tags
     context.token = None
-    if context.use_tokens and context.tokens_kv_url is None and not context.target_mode:
+    if context.use_tokens and not context.target_mode:
         token_file = context.log_dir / "tokens"
         token_file.write_text(
             f"write {context.tokens['write']} writer\nread {context.tokens['read']} reader\n"
         )
-        guarded = _start(
+        context.tokens_kv_url = _started(
             context, "kvservice-tokens", ["kvservice", "--auth-tokens", str(token_file)]
-        )
-        context.tokens_kv_url = guarded.url
+        ).url
     if context.use_tokens and not (context.tokens_kv_url and all(context.tokens.values())):
         scenario.skip(
             "needs a kvservice with tokens: "
             "pass -D tokens_kv_url=URL -D write_token=TOKEN -D read_token=TOKEN"
         )
     if "short_window" in scenario.effective_tags:
-        if context.short_window_kv_url is None and not context.target_mode:
-            short = _start(
+        if not context.target_mode:
+            context.short_window_kv_url = _started(
                 context,
                 "kvservice-short-window",
                 ["kvservice", "--history-window", str(SHORT_WINDOW_S)],
-            )
-            context.short_window_kv_url = short.url
+            ).url
         if context.short_window_kv_url is None:
             scenario.skip(
                 "needs a kvservice with a short history window: "
@@ -174,3 +172,10 @@ def _start(context: Context, name: str, args: list[str]) -> Service:
     context.services[name] = service
     service.wait_until_healthy()
     return service
+
+
+def _started(context: Context, name: str, args: list[str]) -> Service:
+    """The service `name`, started on first use and kept until after_all stops it. (What a
+    before_scenario hook sets on the context is forgotten after the scenario; the services
+    dict, made in before_all, is not, so it is where a started service is remembered.)"""
+    return context.services.get(name) or _start(context, name, args)
