@@ -100,8 +100,8 @@ def _stop_all(servers: Sequence[Runnable]) -> None:
 class JsonFormatter(logging.Formatter):
     """One JSON object a record: time (UTC, ISO 8601), level, logger, message, an access
     line's fields (from its `request`, a named tuple: client, method, target, route, status,
-    body_bytes_in, body_bytes_out, duration_s, request_id), and any exception's traceback as
-    one string, so a log collector needs no multi-line rules."""
+    body_bytes_in, body_bytes_out, duration_s, request_id, token_name), and any exception's
+    traceback as one string, so a log collector needs no multi-line rules."""
 
     def format(self, record: logging.LogRecord) -> str:
         created = datetime.datetime.fromtimestamp(record.created, datetime.UTC)

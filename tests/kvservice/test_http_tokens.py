@@ -15,15 +15,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from kvservice.auth import Access, Tokens
+from kvservice.auth import Access
 from kvservice.http.bearer import BearerTokens
 from kvservice.http.server import Server
 from kvservice.store.memory import MemoryStore
 from tests.support.processes import REPO_ROOT, start_service
 from tests.support.servers import http_settings, kv_app_with_metrics
-
-READ_TOKEN = "read-0123456789abcdef"
-WRITE_TOKEN = "write-0123456789abcdef"
+from tests.support.tokens import READ_TOKEN, WRITE_TOKEN, reader_and_writer
 
 ROUTES = [
     # (method, path, access needed, status with a token allowed to)
@@ -57,7 +55,7 @@ def store() -> MemoryStore:
 @pytest.fixture
 def url(store: MemoryStore) -> Iterator[str]:
     """kvservice over `store`, with a read and a write token."""
-    tokens = Tokens.of((READ_TOKEN, Access.READ, "reader"), (WRITE_TOKEN, Access.WRITE, "writer"))
+    tokens = reader_and_writer()
     server = Server(
         BearerTokens(kv_app_with_metrics(store), tokens),
         http_settings(threads=4, serve_inline=True),

@@ -15,9 +15,8 @@ from kvservice.resp.commands import COMMANDS
 from kvservice.resp.server import RespServer
 from kvservice.store.memory import MemoryStore
 from tests.support.rawresp import RespConnection, running_resp
+from tests.support.tokens import READ_TOKEN, WRITE_TOKEN, reader_and_writer
 
-READ_TOKEN = "read-0123456789abcdef"
-WRITE_TOKEN = "write-0123456789abcdef"
 NOAUTH = b"-NOAUTH Authentication required.\r\n"
 WRONGPASS = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
 OPEN_COMMANDS = {b"AUTH", b"HELLO", b"QUIT", b"PING"}
@@ -34,7 +33,7 @@ def store() -> MemoryStore:
 @pytest.fixture
 def resp(store: MemoryStore) -> Iterator[RespServer]:
     """A RESP server over `store`, with a read and a write token."""
-    tokens = Tokens.of((READ_TOKEN, Access.READ, "reader"), (WRITE_TOKEN, Access.WRITE, "writer"))
+    tokens = reader_and_writer()
     with running_resp(store, tokens=tokens) as server:
         yield server
 

@@ -32,6 +32,7 @@ from testclient.clients import (
     Reply,
 )
 from tests.support.servers import http_settings
+from tests.support.tokens import READ_TOKEN, WRITE_TOKEN
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _JSON_MEDIA_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json", re.ASCII)
@@ -460,10 +461,6 @@ class UnreachableKV(InMemoryKV):
 
     def identify(self) -> str | None:
         raise KVUnreachable(f"GET /_health: {self.reason}")
-
-
-WRITE_TOKEN = "write-0123456789abcdef"
-READ_TOKEN = "read-0123456789abcdef"
 
 
 class TokensKV:

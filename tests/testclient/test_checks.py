@@ -23,7 +23,6 @@ from testclient.checks import (
 )
 from testclient.clients import HTTPKVClient, KVClient
 from tests.support.fakes import (
-    READ_TOKEN,
     AnonymousServedKV,
     BinaryGarbledKV,
     ContentTypeDroppedKV,
@@ -54,6 +53,7 @@ from tests.support.fakes import (
     closed_port_url,
     silent_url,
 )
+from tests.support.tokens import READ_TOKEN
 
 ALL_NAMES = list(CHECKS)
 

@@ -3,24 +3,15 @@ tokens as well; a certificate it cannot verify is reported as an unreachable ser
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 
 import pytest
 
-from kvservice.auth import Access, Tokens
-from kvservice.http.app import create_app
-from kvservice.http.bearer import BearerTokens
-from kvservice.http.server import Server
-from kvservice.store.memory import MemoryStore
-from kvservice.tls import server_context
 from testclient.__main__ import main
 from testclient.checks import CHECKS, Verdict, run_checks
 from testclient.clients import Credentials, make_client
 from tests.support.certificates import Certificates
-from tests.support.fakes import READ_TOKEN, WRITE_TOKEN
-from tests.support.rawresp import running_resp
-from tests.support.servers import http_settings
+from tests.support.tokens import READ_TOKEN, WRITE_TOKEN, serving_with_tokens
 
 
 @pytest.fixture(scope="module")
@@ -29,23 +20,8 @@ def urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     from tests.support.certificates import make_certificates
 
     certificates: Certificates = make_certificates(tmp_path_factory.mktemp("tls"))
-    cert, key = str(certificates.cert), str(certificates.key)
-    store = MemoryStore()
-    tokens = Tokens.of((WRITE_TOKEN, Access.WRITE, "writer"), (READ_TOKEN, Access.READ, "reader"))
-    settings = dataclasses.replace(
-        http_settings(threads=4), tls=server_context(cert, key, alpn=["http/1.1"])
-    )
-    http = Server(BearerTokens(create_app(store), tokens), settings)
-    http.start()
-    try:
-        with running_resp(store, tokens=tokens, tls=server_context(cert, key)) as resp:
-            yield {
-                "http": f"https://127.0.0.1:{http.port}",
-                "resp": f"rediss://127.0.0.1:{resp.port}",
-                "ca": str(certificates.ca_cert),
-            }
-    finally:
-        http.stop()
+    with serving_with_tokens(certificates) as urls:
+        yield {**urls, "ca": str(certificates.ca_cert)}
 
 
 @pytest.mark.parametrize("transport", ["http", "resp"])

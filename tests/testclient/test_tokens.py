@@ -7,34 +7,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from kvservice.auth import Access, Tokens
-from kvservice.http.app import create_app
-from kvservice.http.bearer import BearerTokens
-from kvservice.http.server import Server
-from kvservice.store.memory import MemoryStore
 from testclient.__main__ import main
 from testclient.checks import CHECKS, Verdict, overall_verdict, run_checks
 from testclient.clients import Credentials, make_client
-from tests.support.fakes import READ_TOKEN, WRITE_TOKEN
-from tests.support.rawresp import running_resp
-from tests.support.servers import http_settings
+from tests.support.tokens import READ_TOKEN, WRITE_TOKEN, serving_with_tokens
 
 
 @pytest.fixture(scope="module")
 def urls() -> Iterator[dict[str, str]]:
     """One store with tokens, served over HTTP and RESP: the URL of each."""
-    store = MemoryStore()
-    tokens = Tokens.of((WRITE_TOKEN, Access.WRITE, "writer"), (READ_TOKEN, Access.READ, "reader"))
-    http = Server(BearerTokens(create_app(store), tokens), http_settings(threads=4))
-    http.start()
-    try:
-        with running_resp(store, tokens=tokens) as resp:
-            yield {
-                "http": f"http://127.0.0.1:{http.port}",
-                "resp": f"redis://127.0.0.1:{resp.port}",
-            }
-    finally:
-        http.stop()
+    with serving_with_tokens() as urls:
+        yield urls
 
 
 @pytest.mark.parametrize("transport", ["http", "resp"])
