@@ -48,7 +48,9 @@ def run_until_signalled(
 ) -> int:
     """Start every server, wait for SIGTERM or SIGINT, stop them all; returns the exit code.
     `on_started` runs once every server listens, and not at all if one cannot. SIGHUP calls
-    each of `on_reload` (re-reading files such as the token file)."""
+    each of `on_reload` (re-reading files such as the token file); with nothing to reload it is
+    logged and ignored, as redis-server does: a logrotate-style HUP must never stop a service
+    whose data may live only in its memory (SIGHUP's default action is to terminate)."""
     stop_requested = threading.Event()
     reload_requested = threading.Event()
 
@@ -62,8 +64,7 @@ def run_until_signalled(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    if on_reload:
-        signal.signal(signal.SIGHUP, request_reload)
+    signal.signal(signal.SIGHUP, request_reload)
     started: list[Runnable] = []
     try:
         for server in servers:
@@ -76,12 +77,15 @@ def run_until_signalled(
         return 1
     if on_started is not None:
         on_started()
-    while not stop_requested.wait(0.1 if on_reload else 0.5):
+    while not stop_requested.wait(0.1):
         if any(server.failed.is_set() for server in started):
             break
         if reload_requested.is_set():
             reload_requested.clear()
-            logger.info("received SIGHUP, reloading")
+            if not on_reload:
+                logger.info("received SIGHUP: nothing to reload, carrying on")
+            else:
+                logger.info("received SIGHUP, reloading")
             for reload in on_reload:
                 reload()
     _stop_all(started)

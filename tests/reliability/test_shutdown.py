@@ -1,4 +1,5 @@
-"""SIGTERM with in-flight, idle and slow connections: started requests answered, exit 0 in 5 s."""
+"""Signals: SIGTERM with in-flight, idle and slow connections (started requests answered, exit 0
+in 5 s), and SIGHUP, which never stops the service."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import signal
 import socket
 import time
+
+import requests
 
 from tests.support.processes import kvservice_process
 from tests.support.rawhttp import parse_responses
@@ -65,3 +68,16 @@ def test_sigterm_answers_in_flight_requests_and_exits_promptly() -> None:
     assert statuses == [[204]] * IN_FLIGHT, "every in-flight request is answered"
     assert slow_statuses <= {"503", "closed"}
     assert all(answer == b"" for answer in idle_answers), "idle connections are just closed"
+
+
+def test_sighup_without_anything_to_reload_keeps_serving_and_keeps_the_data() -> None:
+    """A logrotate-style HUP to a service started without --auth-tokens is logged and ignored
+    (its default action would end the process, and with the memory store every key with it)."""
+    with kvservice_process() as kv:
+        assert requests.put(f"{kv.url}/kept", data=b"v", timeout=5).status_code == 204
+        for _ in range(3):
+            os.kill(kv.process.pid, signal.SIGHUP)
+            time.sleep(0.2)
+        assert kv.process.poll() is None, "SIGHUP stopped the service"
+        answer = requests.get(f"{kv.url}/kept", timeout=5)
+        assert (answer.status_code, answer.content) == (200, b"v")
