@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from kvservice.auth import TokenFileError, Tokens
 from kvservice.config import Config, load_config
+from kvservice.execution import Execution, execution_for
 from kvservice.http.app import create_app
 from kvservice.http.bearer import BearerTokens
 from kvservice.http.server import RequestObserver, Server, ServerSettings, write_access_line
@@ -46,7 +47,8 @@ def memory_store(config: Config) -> Store:
 
 
 def redis_store(config: Config) -> Store:
-    """Redis or Redis Cluster at --store, with a connection for each worker thread and RESP's."""
+    """Redis or Redis Cluster at --store, with a connection for each worker thread of each
+    transport (the execution policy runs every call of this store on one), and the metrics'."""
     try:
         from kvservice.store.redis import RedisStore
     except ImportError as error:
@@ -57,7 +59,7 @@ def redis_store(config: Config) -> Store:
     logger.info("the memory budget is Redis's maxmemory; --max-bytes does not apply")
     return RedisStore.from_url(
         config.store,
-        connections=config.threads + 1,
+        connections=len(TRANSPORTS) * config.threads + 1,
         timeout_s=config.store_timeout_s,
         history_window_ms=round(config.history_window_s * 1000),
         max_value_bytes=config.max_value_bytes,
@@ -127,15 +129,17 @@ def resp_settings(config: Config) -> RespSettings:
         max_argument_bytes=config.max_value_bytes + 1024,
         max_request_bytes=max(64 * 1024, 2 * (config.max_value_bytes + 1024)),
         listen_backlog=config.listen_backlog,
+        workers=config.threads,
     )
 
 
 def http_transport_settings(
     config: Config, store: Store, tls: ssl.SSLContext | None = None
 ) -> ServerSettings:
-    """The HTTP transport's settings for `store`: one in this process is served on the event
-    loop's thread; one that waits on a network, by --threads workers."""
-    return dataclasses.replace(server_settings(config), serve_inline=not store.remote, tls=tls)
+    """The HTTP transport's settings for `store`: served on the event loop's thread or by
+    --threads workers, as the execution policy says."""
+    serve_inline = execution_for(store) is Execution.INLINE
+    return dataclasses.replace(server_settings(config), serve_inline=serve_inline, tls=tls)
 
 
 @dataclass(frozen=True)
@@ -213,7 +217,13 @@ def resp_transport(
     """The Redis protocol on --resp-port, off unless that is set."""
     if config.resp_port is None:
         return None
-    server = RespServer(store, resp_settings(config), tokens=security.tokens, tls=security.resp_tls)
+    server = RespServer(
+        store,
+        resp_settings(config),
+        tokens=security.tokens,
+        tls=security.resp_tls,
+        execution=execution_for(store),
+    )
     if metrics is not None:
         metrics.watch_resp(server.figures)
     return server

@@ -224,8 +224,8 @@ class Config:
         "--threads",
         "KV_THREADS",
         COUNT,
-        "worker threads for a store that waits on a network (Redis): requests served at once; "
-        "the memory store is served on the event loop and uses none",
+        "worker threads per transport for a store that waits on a network (Redis): requests "
+        "served at once; the memory store is served on the event loops and uses none",
     )
     listen_backlog: int = setting(
         1024,

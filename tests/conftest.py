@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from kvservice.execution import Execution, execution_for
 from kvservice.http.app import create_app
 from kvservice.http.server import Server, ServerSettings
 from kvservice.store import Store
@@ -45,8 +46,9 @@ def start_kv(background_stops: list[threading.Thread]) -> Iterator[StartKV]:
         *, store: Store | None = None, settings: ServerSettings | None = None, **store_options: Any
     ) -> str:
         store = store or MemoryStore(**store_options)
-        # As kvservice runs it: a store in this process is served on the event loop's thread.
-        default = http_settings(threads=8, socket_timeout_s=2.0, serve_inline=not store.remote)
+        # As kvservice runs it: where requests are served is the execution policy's.
+        inline = execution_for(store) is Execution.INLINE
+        default = http_settings(threads=8, socket_timeout_s=2.0, serve_inline=inline)
         server = Server(create_app(store), settings or default)
         server.start()
         servers.append(server)

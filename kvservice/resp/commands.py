@@ -18,6 +18,7 @@ import os
 import platform
 import re
 import secrets
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -78,18 +79,23 @@ class ScanCursors:
     def __init__(self, capacity: int = 65_536) -> None:
         self.capacity = capacity
         self._after: OrderedDict[int, str] = OrderedDict()
+        self._lock = threading.Lock()  # connections' commands may run on worker threads
 
     def issue(self, after: str) -> int:
         """A new cursor for the page after `after`."""
         cursor = secrets.randbits(62) | 1  # never 0, which starts and ends an iteration
-        self._after[cursor] = after
-        while len(self._after) > self.capacity:
-            self._after.popitem(last=False)
+        with self._lock:
+            self._after[cursor] = after
+            while len(self._after) > self.capacity:
+                self._after.popitem(last=False)
         return cursor
 
     def resume(self, cursor: int) -> str | None:
         """The key a cursor's page starts after: None for 0; raises KeyError if unknown."""
-        return None if cursor == 0 else self._after[cursor]
+        if cursor == 0:
+            return None
+        with self._lock:
+            return self._after[cursor]
 
 
 @dataclass
@@ -110,14 +116,17 @@ class ServerState:
     """Calls by command name, upper case; names not in COMMANDS count as UNKNOWN_COMMAND."""
     errors: dict[tuple[bytes, str], int] = field(default_factory=dict)
     """Error replies by command name (as `commands` counts it) and error code."""
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count(self, name: bytes, reply: Reply) -> None:
-        """Count one command run and, if it is an error, its error code (the loop's thread)."""
-        commands = self.commands
-        commands[name] = commands.get(name, 0) + 1
-        if type(reply) is Error:
-            errors, labels = self.errors, (name, reply.code)
-            errors[labels] = errors.get(labels, 0) + 1
+        """Count one command run and, if it is an error, its error code; commands may run on
+        worker threads (the execution policy), so under a lock."""
+        with self.lock:
+            commands = self.commands
+            commands[name] = commands.get(name, 0) + 1
+            if type(reply) is Error:
+                errors, labels = self.errors, (name, reply.code)
+                errors[labels] = errors.get(labels, 0) + 1
 
     tokens: Tokens | None = None
     """The tokens clients must AUTH with; None: every connection may read and write."""

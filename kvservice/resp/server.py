@@ -2,9 +2,12 @@
 
 `RespServer` is a `lifecycle.Runnable`. Idle connections cost a socket and a small buffer, not
 a thread. Each connection is an asyncio Protocol (`_Client`): each read is fed to its
-`codec.CommandParser` as it arrives, every complete command in it is run (store calls are
-quick and run on this thread) and their replies are written together, so a client that
-pipelines gets one write back, not one per command. No coroutine runs per command: the
+`codec.CommandParser` as it arrives, every complete command in it is run and their replies are
+written together, so a client that pipelines gets one write back, not one per command. Where
+the commands run is the execution policy's (`kvservice.execution`): on this thread for a store
+that never blocks; for one that may (Redis), on a pool of `workers` threads, one batch per
+connection at a time and in order, the connection's reading paused meanwhile, so no client
+waits behind another client's store call. No coroutine runs per command: the
 streams API's awaits cost more than a GET. The access log has a line per connection at INFO
 and one per command at DEBUG (a line costs more than the command it describes). Everything a
 client can make it hold is bounded: connections, idle time, the size of one request, the
@@ -24,9 +27,11 @@ import socket
 import ssl
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from kvservice.auth import Tokens
+from kvservice.execution import Execution
 from kvservice.resp.codec import (
     CRLF,
     CommandParser,
@@ -63,6 +68,8 @@ class RespSettings:
     shutdown_timeout_s: float = 2.0
     handshake_timeout_s: float = 10.0
     """How long a TLS handshake may take; a client that stalls one is then dropped."""
+    workers: int = 32
+    """Threads that run commands when the execution policy says WORKERS (--threads)."""
 
     @property
     def limits(self) -> RequestLimits:
@@ -82,11 +89,16 @@ class RespServer:
         settings: RespSettings,
         tokens: Tokens | None = None,
         tls: ssl.SSLContext | None = None,
+        execution: Execution = Execution.INLINE,
     ) -> None:
         self.store = store
         self.settings = settings
         self.tls = tls
         """Serve TLS with this context (`kvservice.tls`); None: plain RESP."""
+        self.workers: ThreadPoolExecutor | None = None
+        """Where commands run under Execution.WORKERS; None: on the loop's thread."""
+        if execution is Execution.WORKERS:
+            self.workers = ThreadPoolExecutor(settings.workers, thread_name_prefix="resp-worker")
         self.failed = threading.Event()
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -156,6 +168,8 @@ class RespServer:
         finally:
             self._ready.set()
             loop.close()
+            if self.workers is not None:
+                self.workers.shutdown(wait=False, cancel_futures=True)
 
     async def _serve(self) -> None:
         assert self._socket is not None
@@ -270,7 +284,9 @@ class RespServer:
 
     def answer(self, arguments: list[bytes], session: Session, peer: str) -> bytes:
         """Run one command; its reply, encoded for the session's protocol."""
-        self._state.total_commands_processed += 1
+        state = self._state
+        with state.lock:  # counted before it runs, so an INFO counts itself, as before
+            state.total_commands_processed += 1
         logged = access_logger.isEnabledFor(logging.DEBUG)
         started = time.perf_counter() if logged else 0.0
         try:
@@ -291,8 +307,9 @@ class RespServer:
 
 
 class _Client(asyncio.Protocol):
-    """One connection: every command complete in what arrives is run as it arrives (store
-    calls are quick), and their replies are written together.
+    """One connection: every command complete in what arrives is run, in order, and their
+    replies are written together: at once on this thread, or (`server.workers`) when a worker
+    has run them, reading paused until then.
 
     A client that stops reading its replies stops being read (`pause_writing`): what one
     connection can make the server hold is one read's worth of replies.
@@ -312,6 +329,10 @@ class _Client(asyncio.Protocol):
         self.commands = 0
         self.errors = 0
         self.admitted = False
+        self.running = False
+        """A batch of its commands is on a worker: nothing else of it runs until it is done."""
+        self.finishing = False
+        """Close once the running batch's replies are written."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -326,23 +347,74 @@ class _Client(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_received = time.monotonic()
-        parser, session, answer = self.parser, self.session, self.server.answer
-        parser.feed(data)
-        replies: list[bytes] = []
-        broken = False
+        self.parser.feed(data)
+        if not self.running:
+            self._serve_parsed()
+
+    def _serve_parsed(self) -> None:
+        """Run the commands parsed so far: here, or as one batch on a worker."""
+        commands, error = self._parsed_commands()
+        workers = self.server.workers
+        if workers is None or not commands:
+            self._reply(self._answer_all(commands), error)
+            return
+        self.running = True
+        self.transport.pause_reading()
+        batch = asyncio.get_running_loop().run_in_executor(workers, self._answer_all, commands)
+        batch.add_done_callback(lambda done: self._batch_done(done, error))
+
+    def _parsed_commands(self) -> tuple[list[list[bytes]], ProtocolError | None]:
+        """Every complete command buffered, and the protocol error that ended them, if any."""
+        commands: list[list[bytes]] = []
         try:
-            while not session.closing and (arguments := parser.next_command()) is not None:
+            while (arguments := self.parser.next_command()) is not None:
                 if arguments:
-                    replies.append(answer(arguments, session, self.peer))
+                    commands.append(arguments)
         except ProtocolError as error:
+            return commands, error
+        return commands, None
+
+    def _answer(self, arguments: list[bytes]) -> bytes:
+        return self.server.answer(arguments, self.session, self.peer)
+
+    def _answer_all(self, commands: list[list[bytes]]) -> list[bytes]:
+        """Run commands in order, stopping after QUIT (on a worker under WORKERS)."""
+        replies: list[bytes] = []
+        for arguments in commands:
+            if self.session.closing:
+                break
+            replies.append(self._answer(arguments))
+        return replies
+
+    def _batch_done(self, batch: asyncio.Future[list[bytes]], error: ProtocolError | None) -> None:
+        self.running = False
+        if self.transport.is_closing():  # aborted meanwhile (idle sweep, stop): nobody to tell
+            return
+        if batch.cancelled() or batch.exception() is not None:  # the pool shut down: stopping
+            self.transport.abort()
+            return
+        self._reply(batch.result(), error)
+        if self.transport.is_closing():
+            return
+        if self.finishing:
+            self.finish()
+            return
+        if self.stalled_since is None:
+            self.transport.resume_reading()
+        self._serve_parsed()  # what arrived while the batch ran
+
+    def _reply(self, replies: list[bytes], error: ProtocolError | None) -> None:
+        """Write a batch's replies (and the protocol error after them); close after QUIT or
+        a protocol error."""
+        answered = len(replies)
+        if error is not None and not self.session.closing:
             logger.info("closing %s: protocol error: %s", self.peer, error)
             replies.append(encode(Error("ERR", f"Protocol error: {error}")))
-            broken = True
-        self.commands += len(replies) - broken
+            self.errors += 1
+        self.commands += answered
         if replies:
             self.transport.write(b"".join(replies))
-        if broken or session.closing:
-            self.errors += broken
+        if error is not None or self.session.closing:
             self.finish()
 
     def eof_received(self) -> bool:
@@ -354,11 +426,16 @@ class _Client(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.stalled_since = None
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() and not self.running:
             self.transport.resume_reading()
 
     def finish(self) -> None:
-        """Read nothing more; close once every reply has been sent."""
+        """Read nothing more; close once every reply has been sent (and, with a batch on a
+        worker, once its replies are written)."""
+        if self.running:
+            self.finishing = True
+            self.transport.pause_reading()
+            return
         if not self.transport.is_closing():
             self.transport.pause_reading()
             self.transport.close()

@@ -70,8 +70,8 @@ class Store(Protocol):
     """A key-value store with a write history per key; every method is atomic.
 
     Methods validate their key first (InvalidKey). Errors are StoreError subclasses whose
-    message is safe to show a client; anything else is a bug. A remote store raises
-    StoreUnavailable from any method when its service cannot be reached.
+    message is safe to show a client; anything else is a bug. A store that `may_be_unavailable`
+    raises StoreUnavailable from any method when its service cannot be reached.
     """
 
     @property
@@ -80,10 +80,15 @@ class Store(Protocol):
         ...
 
     @property
-    def remote(self) -> bool:
-        """Whether the data lives in another service, so that any call may raise
-        StoreUnavailable and take up to a network timeout; a liveness check must then not
-        call the store at all."""
+    def may_block(self) -> bool:
+        """Whether a call can wait on I/O (a network round trip, a disk sync). The execution
+        policy (`kvservice.execution`) then runs calls where no other client waits on them."""
+        ...
+
+    @property
+    def may_be_unavailable(self) -> bool:
+        """Whether a call can raise StoreUnavailable because a service the data lives in is
+        away (taking up to its timeout); a liveness check must then not call the store."""
         ...
 
     def check_ready(self) -> None:

@@ -103,8 +103,10 @@ class MemoryStore:
         self._writes = 0
         self._full_refusals = 0
 
-    remote = False
-    """Everything is in this process: no call ever waits on a network."""
+    may_block = False
+    """Everything is in this process: no call waits on a network or a disk."""
+    may_be_unavailable = False
+    """There is nothing to reach."""
 
     def check_ready(self) -> None:
         """Always ready: there is nothing to reach."""

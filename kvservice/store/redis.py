@@ -342,16 +342,25 @@ class _Cluster(_Topology):
         self._lock = threading.Lock()
 
     def _connected(self) -> RedisCluster:
+        client = self._client
+        if client is not None:
+            return client
+        # Connecting asks the cluster for its slots, a network call: made outside the lock, so
+        # that requests do not queue behind one another's timeouts. Racing callers may each
+        # connect; the first to finish is kept.
+        try:
+            client = self._make_client()
+        except (redis_errors.RedisError, OSError) as error:
+            raise StoreUnavailable(
+                f"The Redis Cluster at {self._description} could not be reached: "
+                f"{error}; nothing was changed."
+            ) from error
         with self._lock:
-            if self._client is None:
-                try:
-                    self._client = self._make_client()
-                except (redis_errors.RedisError, OSError) as error:
-                    raise StoreUnavailable(
-                        f"The Redis Cluster at {self._description} could not be reached: "
-                        f"{error}; nothing was changed."
-                    ) from error
-            return self._client
+            kept, spare = (self._client, client) if self._client is not None else (client, None)
+            self._client = kept
+        if spare is not None:
+            spare.close()
+        return kept
 
     def _server_of(self, node: ClusterNode) -> _Server:
         client = self._connected().get_redis_connection(node)
@@ -384,11 +393,32 @@ class _Cluster(_Topology):
 
 # -- the backend --------------------------------------------------------------------------------
 
+POLICY_RECHECK_S = 1.0
+"""How often Redis's maxmemory-policy is checked again while serving: the longest an operator's
+switch to an evicting policy goes unnoticed (INFO memory once a second per replica)."""
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """The last check of Redis's eviction policy: when, and the refusal it called for."""
+
+    at: float
+    """time.monotonic() of the check."""
+    refusal: str | None
+    """The StoreMisconfigured message; None: safe to serve."""
+
+    def enforce(self) -> None:
+        if self.refusal is not None:
+            raise StoreMisconfigured(self.refusal)
+
 
 class RedisStore:
     """The Store contract on Redis or Redis Cluster; safe to share between threads."""
 
-    remote = True
+    may_block = True
+    """Every call is a round trip to Redis."""
+    may_be_unavailable = True
+    """Redis may be down, unreachable or silent; calls then raise StoreUnavailable."""
 
     def __init__(
         self,
@@ -409,8 +439,9 @@ class RedisStore:
         self.timeout_s = timeout_s
         self._topology = topology
         self._clock = clock
-        self._checked = False
-        self._check_lock = threading.Lock()
+        self._verdict: _Verdict | None = None
+        self._verdict_lock = threading.Lock()  # guards the claim to check, never a network call
+        self._checking = False
         self._full_refusals = 0
         self._full_refusals_lock = threading.Lock()
 
@@ -447,19 +478,27 @@ class RedisStore:
 
     def check_ready(self) -> None:
         """Raise StoreMisconfigured if a server would evict keys, StoreUnavailable if one
-        cannot be reached; remember a success, so operations need not ask again."""
+        cannot be reached. The verdict on the eviction policy is remembered for
+        POLICY_RECHECK_S, so operations need not ask each time, yet an operator's
+        `CONFIG SET maxmemory-policy allkeys-lru` at runtime is noticed within that time."""
         for server in self._topology.primaries():
             info = _info(self._execute(server, ("INFO", "memory"), writes=False))
             policy = info.get("maxmemory_policy", "")
             if policy not in _SAFE_POLICIES:
-                raise StoreMisconfigured(
+                refusal = StoreMisconfigured(
                     f"Redis at {server.address} has maxmemory-policy {policy or 'unknown'}: it "
                     "would evict keys, losing writes kvservice acknowledged. Set "
                     "maxmemory-policy noeviction (CONFIG SET maxmemory-policy noeviction, or in "
                     "redis.conf); Redis then refuses writes at maxmemory, which kvservice "
                     "answers with 507."
                 )
-        self._checked = True
+                if self._verdict_changed(refusal):
+                    logger.error("%s", refusal)
+                self._verdict = _Verdict(time.monotonic(), str(refusal))
+                raise refusal
+        if self._verdict_changed(None):
+            logger.info("Redis's maxmemory-policy is noeviction again: serving")
+        self._verdict = _Verdict(time.monotonic(), None)
 
     def stats(self) -> StoreStats:
         """Keys holding a value, Redis's used memory and its maxmemory (0: no limit), summed
@@ -619,11 +658,32 @@ class RedisStore:
         return "" if self._clock is None else str(self._clock())
 
     def _ensure_checked(self) -> None:
-        if self._checked:
+        """Refuse the operation while Redis would evict; check again every POLICY_RECHECK_S.
+
+        One caller at a time re-checks, and nobody waits for it: while it asks, the others go
+        by the previous verdict, or, before there is one, ask as well (each within the store
+        timeout). Nothing holds a lock across the network call: one silent Redis must not
+        queue requests behind one another's timeouts."""
+        verdict = self._verdict
+        if verdict is not None and time.monotonic() - verdict.at < POLICY_RECHECK_S:
+            verdict.enforce()
             return
-        with self._check_lock:
-            if not self._checked:
-                self.check_ready()
+        with self._verdict_lock:
+            claimed, self._checking = not self._checking, True
+        if not claimed and verdict is not None:
+            verdict.enforce()  # stale by less than one check's timeout
+            return
+        try:
+            self.check_ready()
+        finally:
+            if claimed:
+                self._checking = False
+
+    def _verdict_changed(self, refusal: StoreMisconfigured | None) -> bool:
+        previous = self._verdict
+        if previous is None:
+            return refusal is not None
+        return (previous.refusal is None) != (refusal is None)
 
     def _scan_keys(self, server: _Server, prefix: str) -> list[str]:
         """Every key holding a value on one server that starts with `prefix` (a SCAN walk)."""

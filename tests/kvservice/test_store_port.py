@@ -46,7 +46,11 @@ class DelegatingStore:
         return self._inner.max_value_bytes
 
     @property
-    def remote(self) -> bool:
+    def may_block(self) -> bool:
+        return False
+
+    @property
+    def may_be_unavailable(self) -> bool:
         return False
 
     def check_ready(self) -> None:

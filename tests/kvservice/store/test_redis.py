@@ -25,7 +25,13 @@ from kvservice.store import (
     StoreUnavailable,
     system_clock_ms,
 )
-from kvservice.store.redis import BoundedLookup, RedisStore, history_key, value_key
+from kvservice.store.redis import (
+    POLICY_RECHECK_S,
+    BoundedLookup,
+    RedisStore,
+    history_key,
+    value_key,
+)
 from tests.support.clock import FakeClock
 from tests.support.processes import free_port
 from tests.support.redis_servers import RedisClusterProcesses, RedisProcess, running_redis
@@ -171,6 +177,30 @@ def test_an_evicting_server_is_refused(tmp_path: Path) -> None:
             store.put("k", b"v")
         assert evicting.client().exists(value_key("k")) == 0
         store.close()
+
+
+def test_an_eviction_policy_set_at_runtime_is_noticed_and_refused_until_undone(
+    server: RedisProcess,
+) -> None:
+    """An operator's CONFIG SET maxmemory-policy allkeys-lru while serving: within
+    POLICY_RECHECK_S writes (and reads) are refused, saying why, none of them reaching Redis;
+    once noeviction is back, the store serves again by itself."""
+    store = make_store(server.url)
+    store.put("before", b"v")
+    server.client().config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        time.sleep(POLICY_RECHECK_S + 0.1)
+        with pytest.raises(StoreMisconfigured, match="maxmemory-policy allkeys-lru"):
+            store.put("during", b"v")
+        with pytest.raises(StoreMisconfigured, match="noeviction"):
+            store.get("before")
+        assert server.client().exists(value_key("during")) == 0
+    finally:
+        server.client().config_set("maxmemory-policy", "noeviction")
+    time.sleep(POLICY_RECHECK_S + 0.1)
+    store.put("after", b"v")
+    assert store.get("after").data == b"v"
+    store.close()
 
 
 def test_at_maxmemory_writes_are_507_and_reads_and_deletes_work(
