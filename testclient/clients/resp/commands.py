@@ -1,4 +1,4 @@
-"""A `KVClient` for kvservice's Redis protocol port: a small RESP2 client on raw sockets.
+"""A `KVClient` for kvservice's Redis protocol port: the commands and what their replies mean.
 
 The only code of testclient that knows kvservice's RESP commands and replies. As in the
 HTTP client, each operation has a table from the kind of reply to an outcome, so `+OK` where
@@ -17,23 +17,18 @@ token, each new connection sends `AUTH token` first; a refused AUTH, and -NOAUTH
 or -NOPERM to a command, raise `KVRefused`. A `rediss://` URL speaks TLS, verified against
 `credentials.ca_cert` or the system's CAs.
 
-It is written here rather than taken from redis-py because redis-py cannot say what came
-back: it folds the status `+OK` and a bulk string "OK" into the same value, and nil and a
-missing reply into None, so a server answering SET with the wrong reply type would pass.
-The checks must see the reply type on the wire. It also keeps the test client free of any
-dependency beyond requests, and checks kvservice's RESP server with a parser it does not
-share (the tests use redis-py and redis-cli as well).
+The wire format is `reader.py`'s and the socket `connection.py`'s, as redis-py separates
+`_parsers/`, `connection.py` and `commands/`. It keeps the test client free of any dependency
+beyond requests, and checks kvservice's RESP server with a parser it does not share (the tests
+use redis-py and redis-cli as well).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-import socket
 import ssl
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import BinaryIO, TypeAlias
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from testclient.clients.pool import IdlePool
@@ -50,51 +45,24 @@ from testclient.clients.protocol import (
     Outcome,
     Reply,
 )
+from testclient.clients.resp.connection import Connection
+from testclient.clients.resp.reader import (
+    INTEGER,
+    ConnectionClosed,
+    ErrorReply,
+    MalformedReply,
+    RespValue,
+    read_reply,
+    shape,
+)
 
 DEFAULT_PORT = 6379
 SCHEMES = ("redis", "rediss")
 """Plain RESP, and RESP over TLS."""
 _REFUSALS = frozenset({"NOAUTH", "WRONGPASS", "NOPERM"})
 """The error codes that mean the token, not the command, was refused."""
-_MAX_LINE_BYTES = 64 * 1024
-_MAX_BULK_BYTES = 1024 * 1024
-_MAX_ARRAY_ITEMS = 1_000_000
-_MAX_DEPTH = 4
 _EVIDENCE_CHARS = 200
-_INTEGER = re.compile(rb"-?[0-9]{1,19}")
 _KVSERVICE_INFO_LINE = b"server_name:kvservice"
-
-
-@dataclass(frozen=True)
-class Status:
-    """A simple string reply (`+OK`)."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class ErrorReply:
-    """An error reply (`-ERR ...`), without the dash."""
-
-    text: str
-
-
-RespValue: TypeAlias = Status | ErrorReply | int | bytes | list["RespValue"] | None
-"""A decoded RESP2 reply: None is nil, a list an array."""
-
-
-class MalformedReply(Exception):
-    """The bytes that came back are not RESP2."""
-
-
-class ConnectionClosed(Exception):
-    """The server closed the connection before the reply was complete."""
-
-    def __init__(self, message: str, received: bytes = b"") -> None:
-        super().__init__(message)
-        self.received = received
-        """The start of what did come back, if anything."""
-
 
 _ERROR_KINDS = {"INVALIDKEY": "invalid", "TOOLARGE": "too large", "OOM": "store full"}
 """kvservice's error replies by their code, the first word of the reply."""
@@ -143,9 +111,9 @@ class RespKVClient:
         if parts.scheme == "rediss":
             tls = ssl.create_default_context(cafile=credentials.ca_cert)
         self._connections = IdlePool(
-            lambda: _Connection(self.address, self.timeout, credentials.token, tls),
-            _Connection.close,
-            _Connection.is_stale,
+            lambda: Connection(self.address, self.timeout, credentials.token, tls),
+            Connection.close,
+            Connection.is_stale,
         )
 
     def with_token(self, token: str | None) -> RespKVClient:
@@ -228,7 +196,7 @@ class RespKVClient:
             isinstance(reply, list)
             and len(reply) == 2
             and isinstance(reply[0], bytes)
-            and _INTEGER.fullmatch(reply[0])
+            and INTEGER.fullmatch(reply[0])
             and isinstance(reply[1], list)
             and all(isinstance(key, bytes) for key in reply[1])
         ):
@@ -272,7 +240,7 @@ class RespKVClient:
         try:
             with self._connections.borrowed() as connection:
                 connection.send([name, key.encode("utf-8"), *rest])
-                reply = _read_reply(connection.stream)
+                reply = read_reply(connection.stream)
         except TimeoutError as error:
             connect_s, read_s = self.timeout
             raise KVUnreachable(
@@ -291,133 +259,13 @@ class RespKVClient:
         return reply, _evidence(reply)
 
 
-class _Connection:
-    """One socket to the server (TLS with `tls`) and a buffered reader over it; with a
-    `token`, authenticated before it is used (raises KVRefused if refused)."""
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        timeout: tuple[float, float],
-        token: str | None = None,
-        tls: ssl.SSLContext | None = None,
-    ) -> None:
-        connect_s, read_s = timeout
-        self.sock = socket.create_connection(address, timeout=connect_s)
-        try:
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if tls is not None:  # the handshake is bounded by the connect timeout
-                self.sock = tls.wrap_socket(self.sock, server_hostname=address[0])
-            self.sock.settimeout(read_s)
-            self.stream: BinaryIO = self.sock.makefile("rb")
-            if token is not None:
-                self._authenticate(token, address)
-        except BaseException:
-            self.sock.close()
-            raise
-
-    def _authenticate(self, token: str, address: tuple[str, int]) -> None:
-        self.send([b"AUTH", token.encode()])
-        reply = _read_reply(self.stream)
-        if reply != Status("OK"):
-            shown = f"-{reply.text}" if isinstance(reply, ErrorReply) else _kind(reply)
-            raise KVRefused(f"AUTH ({address[0]}:{address[1]}): RESP {shown}")
-
-    def send(self, arguments: Sequence[bytes]) -> None:
-        self.sock.sendall(encode_command(arguments))
-
-    def is_stale(self) -> bool:
-        """Whether the server closed it (or sent something unasked) while it sat in the pool."""
-        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
-            return True  # decrypted bytes nobody asked for
-        timeout = self.sock.gettimeout()
-        self.sock.settimeout(0.0)  # with a timeout, recv would wait for data first
-        try:
-            # The kernel's buffer, past TLS (which cannot peek): bytes or an end of stream.
-            socket.socket.recv(self.sock, 1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-        finally:
-            self.sock.settimeout(timeout)
-        return True
-
-    def close(self) -> None:
-        self.stream.close()
-        self.sock.close()
-
-
-def encode_command(arguments: Sequence[bytes]) -> bytes:
-    """A command as a RESP2 array of bulk strings."""
-    parts = [b"*%d\r\n" % len(arguments)]
-    parts.extend(b"$%d\r\n%s\r\n" % (len(argument), argument) for argument in arguments)
-    return b"".join(parts)
-
-
-def _read_reply(stream: BinaryIO, depth: int = 0) -> RespValue:
-    """Read one RESP2 reply; raises MalformedReply or ConnectionClosed."""
-    line = stream.readline(_MAX_LINE_BYTES + 1)
-    if not line.endswith(b"\r\n"):
-        if len(line) > _MAX_LINE_BYTES:
-            raise MalformedReply(f"a line longer than {_MAX_LINE_BYTES} bytes")
-        raise ConnectionClosed(f"after {line[:40]!r}" if line else "before a reply", line[:40])
-    kind, body = line[:1], line[1:-2]
-    if kind == b"+":
-        return Status(body.decode("utf-8", "replace"))
-    if kind == b"-":
-        return ErrorReply(body.decode("utf-8", "replace"))
-    if kind == b":":
-        return _integer(body)
-    if kind == b"$":
-        return _read_bulk(stream, _integer(body))
-    if kind == b"*":
-        return _read_array(stream, _integer(body), depth)
-    raise MalformedReply(f"unknown reply type in {line[:40]!r}")
-
-
-def _integer(body: bytes) -> int:
-    if not _INTEGER.fullmatch(body):
-        raise MalformedReply(f"{body[:40]!r} is not an integer")
-    return int(body)
-
-
-def _read_bulk(stream: BinaryIO, size: int) -> bytes | None:
-    if size == -1:
-        return None
-    if not 0 <= size <= _MAX_BULK_BYTES:
-        raise MalformedReply(f"bulk length {size}")
-    data = stream.read(size + 2)
-    if len(data) < size + 2:
-        raise ConnectionClosed(f"{len(data)} bytes into a bulk string of {size}")
-    if not data.endswith(b"\r\n"):
-        raise MalformedReply(f"a bulk string of {size} bytes is not followed by CRLF")
-    return data[:-2]
-
-
-def _read_array(stream: BinaryIO, count: int, depth: int) -> list[RespValue] | None:
-    if count == -1:
-        return None
-    if not 0 <= count <= _MAX_ARRAY_ITEMS or depth >= _MAX_DEPTH:
-        raise MalformedReply(f"array of {count} items at depth {depth}")
-    return [_read_reply(stream, depth + 1) for _ in range(count)]
-
-
 def _kind(reply: RespValue | MalformedReply) -> str:
     """The reply's row in the outcome tables: '+OK', 'nil', ':1', 'bulk', 'array', '-invalid'."""
-    if reply is None:
-        return "nil"
-    if isinstance(reply, Status):
-        return f"+{reply.text}"
+    if isinstance(reply, MalformedReply):
+        return "unreadable"
     if isinstance(reply, ErrorReply):
         return "-" + _ERROR_KINDS.get(reply.text.split(" ", 1)[0], "other")
-    if isinstance(reply, int):
-        return f":{reply}"
-    if isinstance(reply, bytes):
-        return "bulk"
-    if isinstance(reply, list):
-        return "array"
-    return "unreadable"
+    return shape(reply)
 
 
 def _outcome(reply: RespValue | MalformedReply, outcomes: Mapping[str, Outcome]) -> Outcome:
