@@ -3,7 +3,7 @@
 Transports depend on this module alone, never on a backend's class: a backend is any object
 with these methods and attributes (`mypy --strict` checks the adapters against the Protocol,
 and a test passes them a backend that inherits from nothing). The backends live beside it:
-`memory.py` (the default) and `redis.py` (Redis or Redis Cluster).
+`memory.py` (the default) and `redis/` (Redis or Redis Cluster: scripts, connections, the store).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-import kvservice.store.redis as redis_store
+import kvservice.store.redis.connection as redis_connection
 from kvservice.store import (
     KeyExists,
     KeyNotFound,
@@ -350,5 +350,5 @@ def test_a_clusters_keys_are_spread_over_every_primary_and_listed_from_all(
     assert store.keys(prefix="spread", limit=1000).keys == sorted(keys)
     assert store.stats().keys == len(keys)
     pool = store._topology.primaries()[0].pool  # the nodes' connections bound their lookups too
-    assert issubclass(pool.connection_class, redis_store._Connection)
+    assert issubclass(pool.connection_class, redis_connection.Connection)
     store.close()

@@ -1,51 +1,18 @@
-"""A store backend on Redis or Redis Cluster (redis-py), with the memory backend's contract.
-
-Layout: for a kvservice key K, a hash `kv:{K}` holds the value (`d`), its content type (`t`)
-and its ETag (`e`), and a list `kv:{K}:h` holds its history, oldest first, each entry
-`<epoch ms>:=<bytes>` for a write or `<epoch ms>:-` for a delete. The hash tag `{K}` puts
-both in one cluster slot. On a single Redis a sorted set `kv:keys` also holds every key with a
-value, for listing in order; a cluster cannot keep one set in step with keys on every node,
-so there listing scans every primary instead.
-
-Every operation is atomic on the server: writes, create-only, preconditions and deletes are
-one Lua script each (EVALSHA, loaded again on NOSCRIPT), so replicas racing on one key behave
-as threads of one process do. A script takes the time from Redis `TIME` (or the injected
-clock), never lets a key's timestamps go backwards, trims the key's history to the window,
-and sets a TTL on it so a deleted key's history goes away by itself. ETags are random and
-kept in Redis, so any replica honours the ETag another one handed out.
-
-The budget is Redis's `maxmemory`; kvservice refuses a server whose `maxmemory-policy` would
-evict (evicted keys are acknowledged writes lost). Write scripts are refused whole at the
-limit (OOM, our 507); the delete script is marked `allow-oom`, so deletes still work.
-
-Faults: commands are sent on connections taken from redis-py's pools directly rather than
-through its client, to know what happened. A connection that cannot be made, or a command
-that could not be sent, changed nothing; a command sent without a reply may or may not have
-been applied, and the StoreUnavailable says so. Nothing is retried blindly: only NOSCRIPT and
-a cluster's MOVED/ASK (which mean the command did not run) are retried, once.
-"""
+"""`RedisStore`: the Store contract on Redis or Redis Cluster. Each operation is one command or
+one script (`scripts.py`) on the server that holds the key (`connection.py`); this module says
+what every reply and every failure means to a client."""
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import logging
 import secrets
-import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-import redis
 import redis.exceptions as redis_errors
-from redis.backoff import NoBackoff
-from redis.cluster import ClusterNode, RedisCluster
-from redis.retry import Retry
 
 from kvservice.store.model import (
     DEFAULT_PAGE_KEYS,
@@ -67,331 +34,22 @@ from kvservice.store.model import (
     validate_key,
     validate_prefix,
 )
+from kvservice.store.redis.connection import LOOKUP, BoundedLookup, Server, Topology, topology
+from kvservice.store.redis.scripts import (
+    DELETE,
+    HISTORY,
+    HISTORY_TTL_MARGIN_MS,
+    INDEX_KEY,
+    WRITE,
+    Script,
+    history_key,
+    value_key,
+)
 
 logger = logging.getLogger("kvservice.store.redis")
 
-SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
-INDEX_KEY = "kv:keys"
-HISTORY_TTL_MARGIN_MS = 1_000
-"""How much longer than the window a key's history list lives after its last write."""
 _SCAN_COUNT = 1000
 _SAFE_POLICIES = ("noeviction",)
-
-# -- the scripts --------------------------------------------------------------------------------
-
-_LUA_COMMON = r"""
-local function now_ms(clock)
-  if clock ~= '' then return tonumber(clock) end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
-local function stamp(entry)
-  return tonumber(string.match(entry, '^(%d+):'))
-end
-
-local function latest_ms(history, clock)
-  -- A key's timestamps never go backwards, whatever the clock does.
-  local now = now_ms(clock)
-  local newest = redis.call('LINDEX', history, -1)
-  if newest and stamp(newest) > now then return stamp(newest) end
-  return now
-end
-
-local function matches(spec, etag)
-  if not etag then return false end
-  if spec == '*' then return true end
-  for tag in string.gmatch(string.sub(spec, 2), '[^\n]+') do
-    if tag == etag then return true end
-  end
-  return false
-end
-
-local function holds(if_match, if_none_match, etag)
-  if if_match ~= '' and not matches(if_match, etag) then return false end
-  return if_none_match == '' or not matches(if_none_match, etag)
-end
-
-local function record(history, entry, window_ms, clock, ttl_ms)
-  local now = latest_ms(history, clock)
-  redis.call('RPUSH', history, string.format('%.0f', now) .. ':' .. entry)
-  local cutoff = now - window_ms
-  while true do
-    local oldest = redis.call('LINDEX', history, 0)
-    if not oldest or stamp(oldest) > cutoff then break end
-    redis.call('LPOP', history)
-  end
-  redis.call('PEXPIRE', history, ttl_ms)
-  return now
-end
-"""
-
-# KEYS: value hash, history list, [index]. ARGV: key, data, content type ('' or '=type'),
-# new etag, create only ('1'/'0'), If-Match spec, If-None-Match spec, window, clock, ttl.
-_WRITE = (
-    "#!lua\n"
-    + _LUA_COMMON
-    + r"""
-local etag = redis.call('HGET', KEYS[1], 'e')
-if ARGV[5] == '1' and etag then return {'exists'} end
-if not holds(ARGV[6], ARGV[7], etag) then return {'precondition'} end
-if ARGV[3] == '' then
-  redis.call('HDEL', KEYS[1], 't')
-  redis.call('HSET', KEYS[1], 'd', ARGV[2], 'e', ARGV[4])
-else
-  redis.call('HSET', KEYS[1], 'd', ARGV[2], 'e', ARGV[4], 't', string.sub(ARGV[3], 2))
-end
-if KEYS[3] then redis.call('ZADD', KEYS[3], 0, ARGV[1]) end
-local now = record(KEYS[2], '=' .. ARGV[2], tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10]))
-return {'ok', now}
-"""
-)
-
-# KEYS: value hash, history list, [index]. ARGV: key, If-Match spec, If-None-Match spec,
-# window, clock, ttl. allow-oom: deletes are how a full store gets room back.
-_DELETE = (
-    "#!lua flags=allow-oom\n"
-    + _LUA_COMMON
-    + r"""
-local etag = redis.call('HGET', KEYS[1], 'e')
-if not etag then return {'missing'} end
-if not holds(ARGV[2], ARGV[3], etag) then return {'precondition'} end
-redis.call('DEL', KEYS[1])
-if KEYS[3] then redis.call('ZREM', KEYS[3], ARGV[1]) end
-record(KEYS[2], '-', tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]))
-return {'ok'}
-"""
-)
-
-# KEYS: history list. ARGV: window, clock. The entries inside the window, newest first.
-_HISTORY = (
-    "#!lua flags=no-writes\n"
-    + _LUA_COMMON
-    + r"""
-local cutoff = latest_ms(KEYS[1], ARGV[2]) - tonumber(ARGV[1])
-local entries = redis.call('LRANGE', KEYS[1], 0, -1)
-local kept = {}
-for i = #entries, 1, -1 do
-  if stamp(entries[i]) <= cutoff then break end
-  kept[#kept + 1] = entries[i]
-end
-return kept
-"""
-)
-
-
-@dataclass(frozen=True)
-class _Script:
-    source: str
-
-    @property
-    def sha(self) -> str:
-        """Redis's name for the script: the SHA-1 of its source."""
-        return hashlib.sha1(self.source.encode()).hexdigest()
-
-
-WRITE, DELETE, HISTORY = _Script(_WRITE), _Script(_DELETE), _Script(_HISTORY)
-
-
-def value_key(key: str) -> str:
-    """The Redis hash holding a key's value."""
-    return f"kv:{{{key}}}"
-
-
-def history_key(key: str) -> str:
-    """The Redis list holding a key's history."""
-    return f"kv:{{{key}}}:h"
-
-
-# -- connections whose every step has a deadline -------------------------------------------------
-
-
-class BoundedLookup:
-    """Host name lookups that give up after a deadline and then fall back on the address
-    that answered last.
-
-    redis-py looks the host up with getaddrinfo on every new connection, and no socket
-    timeout bounds that: a DNS server that does not answer (a stopped container's name, in
-    compose) holds the request for the resolver's own timeouts, 10 s and more, far past
-    --store-timeout. Here the lookup runs on a small pool of its own threads, and waiting for
-    it is bounded; one that does not finish is left to finish on its own.
-    """
-
-    def __init__(self, resolve: Callable[[str, int], str] | None = None, threads: int = 2) -> None:
-        self._resolve = resolve or _first_address
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="redis-lookup")
-        self._last_good: dict[tuple[str, int], str] = {}
-
-    def address(self, host: str, port: int, timeout_s: float | None) -> str:
-        """An address for `host`, within `timeout_s`; raises ConnectionError if none."""
-        if _is_address(host):
-            return host
-        try:
-            address = self._pool.submit(self._resolve, host, port).result(timeout_s)
-        except (FutureTimeout, OSError) as error:
-            last_good = self._last_good.get((host, port))
-            if last_good is not None:
-                return last_good
-            reason = (
-                f"no answer within {timeout_s:g} s" if isinstance(error, FutureTimeout) else error
-            )
-            raise redis_errors.ConnectionError(f"cannot look {host} up: {reason}") from error
-        self._last_good[(host, port)] = address
-        return address
-
-
-def _first_address(host: str, port: int) -> str:
-    return str(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][4][0])
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-LOOKUP = BoundedLookup()
-"""The lookups of every connection of the process."""
-
-
-class _Connection(redis.Connection):
-    """redis-py's TCP connection, looking the host up through LOOKUP."""
-
-    lookup = LOOKUP
-
-    def _connect(self) -> socket.socket:
-        # The lookup and the connect share one deadline: the connect timeout.
-        name, timeout_s = self._host, self.socket_connect_timeout
-        started = time.monotonic()
-        self._host = self.lookup.address(name, self.port, timeout_s)
-        if timeout_s is not None:
-            self.socket_connect_timeout = max(0.05, timeout_s - (time.monotonic() - started))
-        try:
-            sock: socket.socket = super()._connect()  # type: ignore[no-untyped-call]
-        finally:
-            self._host = name  # TLS checks the certificate against the name, not the address
-            self.socket_connect_timeout = timeout_s
-        return sock
-
-
-class _SSLConnection(redis.SSLConnection, _Connection):
-    """The same over TLS: redis-py's SSLConnection wraps what _Connection connected."""
-
-
-# -- where commands go --------------------------------------------------------------------------
-
-
-class _Server:
-    """One Redis server and the pool of connections to it."""
-
-    def __init__(self, pool: redis.ConnectionPool, address: str) -> None:
-        self.pool = pool
-        self.address = address
-
-
-class _Topology:
-    """Which server holds a Redis key."""
-
-    cluster: bool
-
-    def server_for(self, redis_key: str) -> _Server:
-        """The server to send commands about `redis_key` to."""
-        raise NotImplementedError
-
-    def primaries(self) -> list[_Server]:
-        """Every server that holds keys."""
-        raise NotImplementedError
-
-    def refresh(self) -> None:
-        """Relearn the topology (after MOVED, or a node that went away)."""
-
-    def close(self) -> None:
-        """Close every connection."""
-
-
-class _SingleServer(_Topology):
-    """One Redis server holds everything."""
-
-    cluster = False
-
-    def __init__(self, server: _Server) -> None:
-        self._server = server
-
-    def server_for(self, redis_key: str) -> _Server:
-        return self._server
-
-    def primaries(self) -> list[_Server]:
-        return [self._server]
-
-    def close(self) -> None:
-        self._server.pool.disconnect()
-
-
-class _Cluster(_Topology):
-    """A Redis Cluster, through redis-py's slot map; connected lazily, so the process starts
-    even while the cluster is down."""
-
-    cluster = True
-
-    def __init__(self, make_client: Callable[[], RedisCluster], description: str) -> None:
-        self._make_client = make_client
-        self._description = description
-        self._client: RedisCluster | None = None
-        self._lock = threading.Lock()
-
-    def _connected(self) -> RedisCluster:
-        client = self._client
-        if client is not None:
-            return client
-        # Connecting asks the cluster for its slots, a network call: made outside the lock, so
-        # that requests do not queue behind one another's timeouts. Racing callers may each
-        # connect; the first to finish is kept.
-        try:
-            client = self._make_client()
-        except (redis_errors.RedisError, OSError) as error:
-            raise StoreUnavailable(
-                f"The Redis Cluster at {self._description} could not be reached: "
-                f"{error}; nothing was changed."
-            ) from error
-        with self._lock:
-            kept, spare = (self._client, client) if self._client is not None else (client, None)
-            self._client = kept
-        if spare is not None:
-            spare.close()
-        return kept
-
-    def _server_of(self, node: ClusterNode) -> _Server:
-        client = self._connected().get_redis_connection(node)
-        return _Server(client.connection_pool, f"{node.host}:{node.port}")
-
-    def server_for(self, redis_key: str) -> _Server:
-        try:
-            node = self._connected().get_node_from_key(redis_key)  # type: ignore[no-untyped-call]
-            return self._server_of(node)
-        except redis_errors.SlotNotCoveredError as error:
-            self.refresh()
-            raise StoreUnavailable(
-                f"The Redis Cluster at {self._description} does not cover the key's slot: "
-                f"{error}; nothing was changed."
-            ) from error
-
-    def primaries(self) -> list[_Server]:
-        nodes = self._connected().get_primaries()  # type: ignore[no-untyped-call]
-        return [self._server_of(node) for node in nodes]
-
-    def refresh(self) -> None:
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
-
-    def close(self) -> None:
-        self.refresh()
-
-
-# -- the backend --------------------------------------------------------------------------------
 
 POLICY_RECHECK_S = 1.0
 """How often Redis's maxmemory-policy is checked again while serving: the longest an operator's
@@ -422,7 +80,7 @@ class RedisStore:
 
     def __init__(
         self,
-        topology: _Topology,
+        topology: Topology,
         *,
         description: str,
         history_window_ms: int = 120_000,
@@ -460,9 +118,9 @@ class RedisStore:
         """A store on `redis://[user:password@]host:port[/db]`, `rediss://...` (TLS), or
         `redis+cluster://host:port[,host:port...]` (`rediss+cluster://` for TLS), with at most
         `connections` connections to each server. Connects lazily: nothing is sent yet."""
-        topology, description = _topology(url, connections, timeout_s, lookup)
+        servers, description = topology(url, connections, timeout_s, lookup)
         return cls(
-            topology,
+            servers,
             description=description,
             history_window_ms=history_window_ms,
             max_value_bytes=max_value_bytes,
@@ -651,7 +309,7 @@ class RedisStore:
         keys = [value_key(key), history_key(key)]
         return keys if self._topology.cluster else [*keys, INDEX_KEY]
 
-    def _index_server(self) -> _Server:
+    def _index_server(self) -> Server:
         return self._topology.server_for(INDEX_KEY)
 
     def _clock_arg(self) -> str:
@@ -685,7 +343,7 @@ class RedisStore:
             return refusal is not None
         return (previous.refusal is None) != (refusal is None)
 
-    def _scan_keys(self, server: _Server, prefix: str) -> list[str]:
+    def _scan_keys(self, server: Server, prefix: str) -> list[str]:
         """Every key holding a value on one server that starts with `prefix` (a SCAN walk)."""
         pattern = f"kv:{{{prefix}*}}"
         found: list[str] = []
@@ -699,7 +357,7 @@ class RedisStore:
                 return found
 
     def _script(
-        self, script: _Script, key: str, keys: list[str], arguments: Sequence[Any], writes: bool
+        self, script: Script, key: str, keys: list[str], arguments: Sequence[Any], writes: bool
     ) -> Any:
         """Run a script on the server for `key`: EVALSHA, loading it on NOSCRIPT; in a cluster,
         relearning the slot map and retrying once on MOVED or ASK (it did not run)."""
@@ -721,7 +379,7 @@ class RedisStore:
                     ) from None
         raise AssertionError("unreachable")
 
-    def _execute(self, server: _Server, command: Sequence[Any], *, writes: bool) -> Any:
+    def _execute(self, server: Server, command: Sequence[Any], *, writes: bool) -> Any:
         """Send one command and read its reply, turning every way Redis can fail into a
         StoreError that says what became of the command."""
         name = str(command[0])
@@ -834,64 +492,3 @@ def _info(reply: bytes) -> dict[str, str]:
         if colon and not line.startswith("#"):
             fields[name] = value.strip()
     return fields
-
-
-def _topology(
-    url: str, connections: int, timeout_s: float, lookup: BoundedLookup
-) -> tuple[_Topology, str]:
-    """The servers a store URL names, and how to describe them without their credentials."""
-    tls = urlsplit(url).scheme.startswith("rediss")
-    connection_class = type(
-        "Connection", (_SSLConnection if tls else _Connection,), {"lookup": lookup}
-    )
-    parts = urlsplit(url)
-    if parts.scheme not in SCHEMES or not parts.netloc:
-        raise ValueError(
-            f"{_without_credentials(url)} is not a {', '.join(s + '://' for s in SCHEMES)} URL"
-        )
-    options: dict[str, Any] = {
-        "socket_timeout": timeout_s,
-        "socket_connect_timeout": timeout_s,
-        "retry": Retry(NoBackoff(), 0),
-    }
-    description = _without_credentials(url)
-    if parts.scheme.endswith("+cluster"):
-        seeds = []
-        for address in parts.netloc.rpartition("@")[2].split(","):
-            host, _, port = address.rpartition(":")
-            seeds.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))  # type: ignore[no-untyped-call]
-
-        def make_cluster() -> RedisCluster:
-            first = seeds[0]
-            return RedisCluster(
-                # With a url (plain redis://, whatever the scheme: TLS is the connection
-                # class's), redis-py builds each node's pool with our connection class;
-                # without one it would build clients that do not take a connection class.
-                url=f"redis://{first.host}:{first.port}",
-                startup_nodes=seeds[1:],
-                connection_class=connection_class,
-                max_connections=connections,
-                require_full_coverage=False,
-                username=parts.username,
-                password=parts.password,
-                **options,
-            )
-
-        return _Cluster(make_cluster, description), description
-    pool = redis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=connections,
-        timeout=timeout_s,
-        connection_class=connection_class,
-        **options,
-    )
-    address = f"{parts.hostname}:{parts.port or 6379}"
-    return _SingleServer(_Server(pool, address)), description
-
-
-def _without_credentials(url: str) -> str:
-    """The URL with any user and password left out, for logs and messages."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()

@@ -1,0 +1,40 @@
+"""A store backend on Redis or Redis Cluster (redis-py), with the memory backend's contract.
+
+Layout: for a kvservice key K, a hash `kv:{K}` holds the value (`d`), its content type (`t`)
+and its ETag (`e`), and a list `kv:{K}:h` holds its history, oldest first, each entry
+`<epoch ms>:=<bytes>` for a write or `<epoch ms>:-` for a delete. The hash tag `{K}` puts
+both in one cluster slot. On a single Redis a sorted set `kv:keys` also holds every key with a
+value, for listing in order; a cluster cannot keep one set in step with keys on every node,
+so there listing scans every primary instead.
+
+Every operation is atomic on the server: writes, create-only, preconditions and deletes are
+one Lua script each (EVALSHA, loaded again on NOSCRIPT), so replicas racing on one key behave
+as threads of one process do. A script takes the time from Redis `TIME` (or the injected
+clock), never lets a key's timestamps go backwards, trims the key's history to the window,
+and sets a TTL on it so a deleted key's history goes away by itself. ETags are random and
+kept in Redis, so any replica honours the ETag another one handed out.
+
+The budget is Redis's `maxmemory`; kvservice refuses a server whose `maxmemory-policy` would
+evict (evicted keys are acknowledged writes lost). Write scripts are refused whole at the
+limit (OOM, our 507); the delete script is marked `allow-oom`, so deletes still work.
+
+Faults: commands are sent on connections taken from redis-py's pools directly rather than
+through its client, to know what happened. A connection that cannot be made, or a command
+that could not be sent, changed nothing; a command sent without a reply may or may not have
+been applied, and the StoreUnavailable says so. Nothing is retried blindly: only NOSCRIPT and
+a cluster's MOVED/ASK (which mean the command did not run) are retried, once.
+"""
+
+from kvservice.store.redis.connection import LOOKUP, SCHEMES, BoundedLookup
+from kvservice.store.redis.scripts import history_key, value_key
+from kvservice.store.redis.store import POLICY_RECHECK_S, RedisStore
+
+__all__ = [
+    "LOOKUP",
+    "POLICY_RECHECK_S",
+    "SCHEMES",
+    "BoundedLookup",
+    "RedisStore",
+    "history_key",
+    "value_key",
+]
