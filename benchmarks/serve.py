@@ -3,12 +3,15 @@
     python -m benchmarks.serve bare --port N      a bare Bottle route on kvservice's cheroot runner
     python -m benchmarks.serve stock --port N     the same route on stock cheroot, its defaults
     python -m benchmarks.serve waitress --port N  kvservice's app on waitress
+    python -m benchmarks.serve starlette --port N the same GET/PUT on Starlette + uvicorn
 
 bare and waitress take kvservice's default configuration (threads, backlog, limits, INFO
 logging with an access line per request), so that the only difference from `python -m
 kvservice` is the one being measured: the store and routes (bare) or the HTTP server
 (waitress). stock is what a user gets from the framework with no tuning at all: the bare
 route on cheroot.wsgi.Server as it comes (10 threads), a backlog of 128, no access log.
+starlette is the peer a Python user would pick instead: a minimal key-value GET and PUT on a
+dict, Starlette on uvicorn with httptools and uvloop, one process, no access log.
 """
 
 from __future__ import annotations
@@ -94,10 +97,48 @@ def serve_waitress(config: Config) -> int:
     return 0
 
 
+def serve_starlette(config: Config) -> int:
+    """A minimal key-value GET and PUT on Starlette and uvicorn (httptools, uvloop)."""
+    # Optional dependencies (the `bench` extra), needed only here.
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    values: dict[str, bytes] = {}
+
+    async def get(request: Request) -> Response:
+        value = values.get(request.path_params["key"])
+        if value is None:
+            return Response(status_code=404)
+        return Response(value, media_type="application/octet-stream")
+
+    async def put(request: Request) -> Response:
+        values[request.path_params["key"]] = await request.body()
+        return Response(status_code=204)
+
+    app = Starlette(
+        routes=[Route("/{key}", get, methods=["GET"]), Route("/{key}", put, methods=["PUT"])]
+    )
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        http="httptools",
+        loop="uvloop",
+        access_log=False,
+        log_level="warning",
+        backlog=config.listen_backlog,
+    )
+    return 0
+
+
 SERVERS: dict[str, Callable[[Config], int]] = {
     "bare": serve_bare,
     "stock": serve_stock,
     "waitress": serve_waitress,
+    "starlette": serve_starlette,
 }
 
 

@@ -44,11 +44,13 @@ class ServerSpec:
     command: Command
     workloads: frozenset[str] | None = None
     """The workloads it serves; None: all of them (it is a kvservice store)."""
+    stores_values: bool = False
+    """Whether it stores what is PUT though it serves only some workloads (a peer store)."""
 
     @property
     def holds_data(self) -> bool:
         """Whether it is a real store, which needs its key pool filled before the runs."""
-        return self.workloads is None
+        return self.workloads is None or self.stores_values
 
     def serves(self, workload: str) -> bool:
         """Whether `workload` makes sense against this server."""
@@ -124,12 +126,20 @@ WAITRESS = ServerSpec(
     "a peer server",
     _python_module("benchmarks.serve", "waitress"),
 )
+STARLETTE = ServerSpec(
+    "starlette",
+    "a minimal key-value GET and PUT on Starlette + uvicorn (httptools, uvloop), one process, "
+    "no access log: the peer a Python user would pick instead",
+    _python_module("benchmarks.serve", "starlette"),
+    CONSTANT_WORKLOADS,
+    stores_values=True,
+)
 
 
 def builtin_servers() -> list[ServerSpec]:
     """The comparison the issue asks for; nginx only where it is installed."""
     optional = [NGINX] if shutil.which("nginx") else []
-    return [*optional, STOCK, BARE_BOTTLE, KVSERVICE, WAITRESS]
+    return [*optional, STOCK, BARE_BOTTLE, KVSERVICE, WAITRESS, STARLETTE]
 
 
 def variant(label: str, command_template: str) -> ServerSpec:
