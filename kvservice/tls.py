@@ -25,10 +25,16 @@ def server_context(cert_file: str, key_file: str, alpn: Sequence[str] = ()) -> s
     # A renegotiation mid-connection would make a read want a write: the event loops wait
     # for one or the other, and it is an old way to make a server do handshakes for free.
     context.options |= ssl.OP_NO_RENEGOTIATION
+    for path in (cert_file, key_file):
+        # load_cert_chain's OSError names no file (its filename is None): open each first,
+        # so a missing or unreadable one is named.
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as error:
+            raise TLSSetupError(f"cannot read {path}: {error.strerror or error}") from error
     try:
         context.load_cert_chain(cert_file, key_file)
-    except FileNotFoundError as error:
-        raise TLSSetupError(f"{error.filename}: no such file") from error
     except (ssl.SSLError, OSError) as error:
         raise TLSSetupError(
             f"cannot use the certificate {cert_file} with the key {key_file}: {error}"

@@ -288,7 +288,8 @@ def test_the_service_serves_tls_on_both_ports(certificates: Certificates) -> Non
     [
         (("cert", "other_key"), "cannot use the certificate"),
         (("cert", None), "--tls-cert and --tls-key go together"),
-        (("missing", "key"), "no such file"),
+        (("missing", "key"), "cannot read /nonexistent/cert.pem: No such file or directory"),
+        (("cert", "missing"), "cannot read /nonexistent/cert.pem: No such file or directory"),
     ],
 )
 def test_unusable_tls_files_stop_the_service_at_start(
