@@ -109,11 +109,11 @@ SUMMARY_VERDICTS = (Verdict.PASSED, Verdict.FAILED, Verdict.UNREACHABLE, Verdict
 
 
 def format_report(results: Sequence[CheckResult], kv_url: str, quiet: bool = False) -> str:
-    """A readable report: every step of every check, expected and actual for failures; when
-    `quiet`, only the checks that did not pass, their failed and skipped steps, and the
-    summary. When the URL is not a kvservice, no check ran: the report says what answered,
-    once."""
-    lines = [f"kvservice at {kv_url}", ""]
+    """A readable report: the URL, every step of every check, expected and actual for
+    failures; when `quiet`, only the checks that did not pass, their failed and skipped steps,
+    and the summary (all passed: the summary line alone). When the URL is not a kvservice, no
+    check ran: the report says what answered, once."""
+    lines = [] if quiet else [f"kvservice at {kv_url}", ""]
     shown = [result for result in results if not (quiet and result.passed)]
     if results and all(result.verdict is Verdict.NOT_KVSERVICE for result in results):
         lines.extend([results[0].steps[0].actual, ""])

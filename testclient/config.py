@@ -174,7 +174,9 @@ def build_parser(
     every_setting = settings_of(Config)
     add_settings(run, [field for field in every_setting if field.name not in SERVE_ONLY], environ)
     run.add_argument(
-        "--quiet", action="store_true", help="report only the checks that did not pass"
+        "--quiet",
+        action="store_true",
+        help="report only the checks that did not pass, and the summary line",
     )
     run.add_argument(
         "--format",
