@@ -92,11 +92,11 @@ def serve_command(config: Config, client: KVClient) -> int:
     book = ResultBook(config.kv_url, CHECKS)
     server = Server(create_app(client, config.kv_url, CHECKS, book), settings)
     if config.interval_s is None:
-        return run_until_signalled([server])
+        return run_until_signalled([server], service="testclient")
     prober = Prober(client, book, config.interval_s)
     try:
         # Once listening: a serve that cannot listen must not write a round of keys anyway.
-        return run_until_signalled([server], on_started=prober.start)
+        return run_until_signalled([server], on_started=prober.start, service="testclient")
     finally:
         prober.stop()  # after the signal: the round under way ends, no new one starts
 

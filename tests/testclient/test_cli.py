@@ -234,7 +234,9 @@ def test_serve_answers_over_http_and_stops_cleanly_on_sigterm(kv_url: str) -> No
 
     assert service.process.returncode == 0, stderr
     assert '"GET /test_deletion" 200' in stdout  # the access log, on stdout
-    assert "received SIGTERM" in stderr
+    assert f"testclient.lifecycle: listening on http://127.0.0.1:{service.port}" in stderr
+    assert "testclient.lifecycle: received SIGTERM" in stderr
+    assert "kvservice.lifecycle" not in stderr, "the test client's log names the test client"
 
 
 def test_serve_logs_json_objects_with_log_format_json(kv_url: str) -> None:
