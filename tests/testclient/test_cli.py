@@ -1,4 +1,5 @@
-"""The command line: the report, the exit codes (0, 1, 2, 3), configuration, and `serve`."""
+"""The command line: the report, the exit codes (one table, testclient.exit_codes), configuration,
+and `serve`."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import pytest
 import requests
 
 from testclient.__main__ import main
-from testclient.checks import CHECKS
+from testclient.checks import CHECKS, Verdict
 from testclient.clients import ClientFactory, KVClient
 from testclient.config import Config, load_config
+from testclient.exit_codes import RUN_EXIT_CODES, USAGE_ERROR
 from tests.support.fakes import DeleteStillServedKV, InMemoryKV, closed_port_url
 from tests.support.processes import start_service
 
@@ -177,9 +179,20 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     assert "usage: testclient" in capsys.readouterr().err
 
 
-def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_exits_0_and_lists_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
-    assert "exit codes of run" in capsys.readouterr().out
+    shown = " ".join(capsys.readouterr().out.partition("exit codes of run:")[2].split())
+    for entry in RUN_EXIT_CODES:
+        assert f"{entry.code} {entry.meaning}" in shown
+
+
+def test_the_exit_codes_are_one_table_with_one_code_for_every_verdict() -> None:
+    codes = [entry.code for entry in RUN_EXIT_CODES]
+    assert codes == sorted(set(codes)), "each code once, in order"
+    verdicts = [entry.verdict for entry in RUN_EXIT_CODES if entry.verdict is not None]
+    assert sorted(verdicts) == sorted(Verdict), "each verdict once"
+    assert [entry for entry in RUN_EXIT_CODES if entry.verdict is None] == [USAGE_ERROR]
+    assert USAGE_ERROR.code == 2, "argparse's own"
 
 
 # -- configuration --------------------------------------------------------------------------------
