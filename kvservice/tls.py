@@ -9,6 +9,7 @@ them on its event loop, `resp/server.py` leaves them to asyncio.
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Sequence
 
@@ -32,7 +33,12 @@ def server_context(cert_file: str, key_file: str, alpn: Sequence[str] = ()) -> s
             with open(path, "rb"):
                 pass
         except OSError as error:
-            raise TLSSetupError(f"cannot read {path}: {error.strerror or error}") from error
+            reason = error.strerror or str(error)
+            if isinstance(error, PermissionError):
+                # In a container the file keeps its host owner and mode (a bind mount), and
+                # the reader is the image's user: say which user was refused.
+                reason += f" (to uid {os.getuid()})"
+            raise TLSSetupError(f"cannot read {path}: {reason}") from error
     try:
         context.load_cert_chain(cert_file, key_file)
     except (ssl.SSLError, OSError) as error:
