@@ -373,8 +373,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         wrk = require_wrk()
         if options.resp:
             require_tools()
-    except (WrkMissing, RespBenchmarkUnavailable) as error:
-        print(f"benchmarks: {error} (or --no-resp)", file=sys.stderr)
+    except WrkMissing as error:  # every workload needs wrk: no flag does without it
+        print(f"benchmarks: {error}", file=sys.stderr)
+        return 2
+    except RespBenchmarkUnavailable as error:
+        print(
+            f"benchmarks: {error} (or --no-resp, to leave the RESP workloads out)", file=sys.stderr
+        )
         return 2
     try:
         return run(options, wrk)

@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Protocol
 
-logger = logging.getLogger("kvservice.lifecycle")
 _access_logger = logging.getLogger("kvservice.access")  # every transport writes its lines here
 
 
@@ -45,12 +44,16 @@ def run_until_signalled(
     servers: Sequence[Runnable],
     on_started: Callable[[], None] | None = None,
     on_reload: Sequence[Callable[[], object]] = (),
+    service: str = "kvservice",
 ) -> int:
     """Start every server, wait for SIGTERM or SIGINT, stop them all; returns the exit code.
     `on_started` runs once every server listens, and not at all if one cannot. SIGHUP calls
     each of `on_reload` (re-reading files such as the token file); with nothing to reload it is
     logged and ignored, as redis-server does: a logrotate-style HUP must never stop a service
-    whose data may live only in its memory (SIGHUP's default action is to terminate)."""
+    whose data may live only in its memory (SIGHUP's default action is to terminate). The
+    start-up and stop lines are logged as `<service>.lifecycle`, so each program's log names
+    that program."""
+    logger = logging.getLogger(f"{service}.lifecycle")
     stop_requested = threading.Event()
     reload_requested = threading.Event()
 

@@ -9,6 +9,7 @@ them on its event loop, `resp/server.py` leaves them to asyncio.
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Sequence
 
@@ -25,10 +26,21 @@ def server_context(cert_file: str, key_file: str, alpn: Sequence[str] = ()) -> s
     # A renegotiation mid-connection would make a read want a write: the event loops wait
     # for one or the other, and it is an old way to make a server do handshakes for free.
     context.options |= ssl.OP_NO_RENEGOTIATION
+    for path in (cert_file, key_file):
+        # load_cert_chain's OSError names no file (its filename is None): open each first,
+        # so a missing or unreadable one is named.
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as error:
+            reason = error.strerror or str(error)
+            if isinstance(error, PermissionError):
+                # In a container the file keeps its host owner and mode (a bind mount), and
+                # the reader is the image's user: say which user was refused.
+                reason += f" (to uid {os.getuid()})"
+            raise TLSSetupError(f"cannot read {path}: {reason}") from error
     try:
         context.load_cert_chain(cert_file, key_file)
-    except FileNotFoundError as error:
-        raise TLSSetupError(f"{error.filename}: no such file") from error
     except (ssl.SSLError, OSError) as error:
         raise TLSSetupError(
             f"cannot use the certificate {cert_file} with the key {key_file}: {error}"

@@ -7,16 +7,8 @@
 when one check was named, else the test_all document. `serve --interval` also runs every
 check on a schedule (the prober); the page, /_results and /_metrics show its results.
 
-Exit codes of `run`:
-    0  every step of every check passed
-    1  a check failed: the kvservice answered, and wrongly
-    2  usage error: unknown check, bad flag or environment value
-    3  the kvservice could not be reached or timed out (and no check failed)
-    4  a check could not run over the URL's transport (RESP has no versions; nothing failed)
-    5  the URL answered, but not like a kvservice (GET /_health, or INFO server over RESP);
-       no check ran
-    6  the kvservice refused the test client's token, or wanted one (--kv-token; nothing failed)
-`serve` exits 0 after SIGTERM or SIGINT, and 1 if it cannot listen.
+The exit codes of `run` are declared in `testclient.exit_codes` (`--help` lists them). `serve`
+exits 0 after SIGTERM or SIGINT, and 1 if it cannot listen.
 """
 
 from __future__ import annotations
@@ -36,20 +28,10 @@ from testclient.checks import CHECKS, CheckResult, Step, Verdict, overall_verdic
 from testclient.clients import ClientFactory, KVClient, make_client
 from testclient.config import JSON, RUN, SERVE, Config, load_config
 from testclient.documents import result_document, run_document
+from testclient.exit_codes import EXIT_CODE_BY_VERDICT, USAGE_ERROR
 from testclient.http_api import create_app
 from testclient.prober import Prober
 from testclient.results import ResultBook
-
-EXIT_USAGE = 2
-EXIT_CODES = {
-    Verdict.PASSED: 0,
-    Verdict.FAILED: 1,
-    Verdict.UNREACHABLE: 3,
-    Verdict.SKIPPED: 4,
-    Verdict.NOT_KVSERVICE: 5,
-    Verdict.UNAUTHORIZED: 6,
-}
-"""The exit code of `run` for each way it can end."""
 
 SERVE_THREADS = 16
 """Requests served at once; each runs checks, which hold a thread for their duration."""
@@ -72,7 +54,7 @@ def run_command(config: Config, client: KVClient) -> int:
         print(json.dumps(json_document(results, config, started), ensure_ascii=False))
     else:
         print(format_report(results, config.kv_url, quiet=config.quiet))
-    return EXIT_CODES[overall_verdict(results)]
+    return EXIT_CODE_BY_VERDICT[overall_verdict(results)]
 
 
 def json_document(results: Sequence[CheckResult], config: Config, started: float) -> object:
@@ -92,11 +74,11 @@ def serve_command(config: Config, client: KVClient) -> int:
     book = ResultBook(config.kv_url, CHECKS)
     server = Server(create_app(client, config.kv_url, CHECKS, book), settings)
     if config.interval_s is None:
-        return run_until_signalled([server])
+        return run_until_signalled([server], service="testclient")
     prober = Prober(client, book, config.interval_s)
     try:
         # Once listening: a serve that cannot listen must not write a round of keys anyway.
-        return run_until_signalled([server], on_started=prober.start)
+        return run_until_signalled([server], on_started=prober.start, service="testclient")
     finally:
         prober.stop()  # after the signal: the round under way ends, no new one starts
 
@@ -109,11 +91,11 @@ SUMMARY_VERDICTS = (Verdict.PASSED, Verdict.FAILED, Verdict.UNREACHABLE, Verdict
 
 
 def format_report(results: Sequence[CheckResult], kv_url: str, quiet: bool = False) -> str:
-    """A readable report: every step of every check, expected and actual for failures; when
-    `quiet`, only the checks that did not pass, their failed and skipped steps, and the
-    summary. When the URL is not a kvservice, no check ran: the report says what answered,
-    once."""
-    lines = [f"kvservice at {kv_url}", ""]
+    """A readable report: the URL, every step of every check, expected and actual for
+    failures; when `quiet`, only the checks that did not pass, their failed and skipped steps,
+    and the summary (all passed: the summary line alone). When the URL is not a kvservice, no
+    check ran: the report says what answered, once."""
+    lines = [] if quiet else [f"kvservice at {kv_url}", ""]
     shown = [result for result in results if not (quiet and result.passed)]
     if results and all(result.verdict is Verdict.NOT_KVSERVICE for result in results):
         lines.extend([results[0].steps[0].actual, ""])
@@ -160,7 +142,7 @@ def main(argv: Sequence[str] | None = None, make_client: ClientFactory = make_cl
     try:
         config = load_config(CHECKS, argv)
     except SystemExit as exit_request:  # argparse: --help (0) or a usage error (2)
-        return exit_request.code if isinstance(exit_request.code, int) else EXIT_USAGE
+        return exit_request.code if isinstance(exit_request.code, int) else USAGE_ERROR.code
     client = make_client(config.kv_url, config.timeout, config.credentials)
     try:
         return COMMANDS[config.command](config, client)

@@ -29,6 +29,7 @@ from kvservice.config import (
 )
 from testclient.checks import ALL_CHECKS
 from testclient.clients import CLIENTS, Credentials
+from testclient.exit_codes import exit_codes_help
 
 RUN, SERVE = "run", "serve"
 TEXT, JSON = "text", "json"
@@ -157,10 +158,8 @@ def build_parser(
     parser = argparse.ArgumentParser(
         prog="testclient",
         description="Checks that a running kvservice keeps its promises.",
-        epilog="exit codes of run: 0 all passed, 1 a check failed, 2 usage error, "
-        "3 the kvservice was unreachable, 4 a check cannot run over the URL's transport, "
-        "5 the URL answers like something other than a kvservice, 6 the kvservice refused "
-        "the token",
+        epilog=exit_codes_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the epilog is a table
     )
     add_version(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -174,7 +173,9 @@ def build_parser(
     every_setting = settings_of(Config)
     add_settings(run, [field for field in every_setting if field.name not in SERVE_ONLY], environ)
     run.add_argument(
-        "--quiet", action="store_true", help="report only the checks that did not pass"
+        "--quiet",
+        action="store_true",
+        help="report only the checks that did not pass, and the summary line",
     )
     run.add_argument(
         "--format",

@@ -7,7 +7,8 @@ answer, not a success. 401 and 403 are no answer at all to the question asked: t
 
 Every request carries a fresh `X-Request-ID` (32 hex digits), kept in the reply, so a
 failing step names the request to look for in kvservice's access log. `identify` asks
-`GET /_health` and accepts only kvservice's answer: 200, JSON, an object whose status is "ok".
+`GET /_health` and accepts only kvservice's answer: 200, JSON, an object whose status is "ok"
+and whose service is "kvservice" (the test client's own /_health says "ok" too).
 """
 
 from __future__ import annotations
@@ -220,14 +221,17 @@ class HTTPKVClient:
         return KeysReply(outcome, tuple(keys), next_page, evidence, request_id)
 
     def identify(self) -> str | None:
-        """GET /_health: kvservice answers 200 with a JSON object whose status is "ok"."""
+        """GET /_health: kvservice answers 200 with a JSON object whose status is "ok" and
+        whose service is "kvservice"; what else answered is named by its Server header."""
         response, outcome, _, request_id = self._request("GET", "/_health", _HEALTH_OUTCOMES)
         unlike = f"{self.base_url} answered like something else"
         if response is None:
             return f"{unlike}: an unreadable HTTP response to GET /_health"
         media_type = _media_type(response) or "no content type"
         answered = f"{unlike}: status {response.status_code} {media_type}"
-        where = f"to GET /_health (X-Request-ID {request_id})"
+        server = response.headers.get("Server")
+        named = f"Server: {server}; " if server else ""
+        where = f"to GET /_health ({named}X-Request-ID {request_id})"
         if outcome is not Outcome.FOUND or media_type != "application/json":
             return f"{answered} {where}"
         try:
@@ -236,6 +240,8 @@ class HTTPKVClient:
             return f"{answered} that is not JSON {where}"
         if not isinstance(health, dict) or health.get("status") != "ok":
             return f'{answered} without "status": "ok" {where}'
+        if health.get("service") != "kvservice":
+            return f'{answered} without "service": "kvservice" {where}'
         return None
 
     # -- transport ---------------------------------------------------------------------------

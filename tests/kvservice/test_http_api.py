@@ -360,8 +360,9 @@ def test_health(kv_url: str) -> None:
     response = requests.get(f"{kv_url}/_health")
     assert response.status_code == 200
     health = response.json()
-    assert set(health) == {"status", "keys", "used_bytes", "max_bytes"}
+    assert set(health) == {"status", "service", "keys", "used_bytes", "max_bytes"}
     assert health["status"] == "ok"
+    assert health["service"] == "kvservice"
     assert health["keys"] == 1, "keys with a value only"
     assert 0 < health["used_bytes"] < health["max_bytes"]
 

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -288,7 +291,8 @@ def test_the_service_serves_tls_on_both_ports(certificates: Certificates) -> Non
     [
         (("cert", "other_key"), "cannot use the certificate"),
         (("cert", None), "--tls-cert and --tls-key go together"),
-        (("missing", "key"), "no such file"),
+        (("missing", "key"), "cannot read /nonexistent/cert.pem: No such file or directory"),
+        (("cert", "missing"), "cannot read /nonexistent/cert.pem: No such file or directory"),
     ],
 )
 def test_unusable_tls_files_stop_the_service_at_start(
@@ -307,6 +311,43 @@ def test_unusable_tls_files_stop_the_service_at_start(
     )
     assert completed.returncode == 2
     assert message in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+NOBODY = 65534
+
+
+def test_an_unreadable_key_names_the_file_and_the_user_it_refused(
+    certificates: Certificates,
+) -> None:
+    """As a container's user meets a key bind-mounted with the host's mode 0600. As root the
+    service is started as nobody (root reads any file); otherwise the key is made mode 0."""
+    as_user: list[str] = []
+    if os.getuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root, and no setpriv to start the service as another user")
+        as_user = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    uid = NOBODY if as_user else os.getuid()
+    with tempfile.TemporaryDirectory() as name:
+        directory = Path(name)
+        directory.chmod(0o755)  # the certificate is readable by anyone; only the key is not
+        cert, key = directory / "kv.pem", directory / "kv.key"
+        shutil.copyfile(certificates.cert, cert)
+        shutil.copyfile(certificates.key, key)
+        cert.chmod(0o644)
+        key.chmod(0o600 if as_user else 0)
+        tls = ["--tls-cert", str(cert), "--tls-key", str(key)]
+        completed = subprocess.run(
+            [*as_user, sys.executable, "-m", "kvservice", "--port", "0", *tls],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+
+    assert completed.returncode == 2, completed.stderr
+    assert f"cannot read {key}: Permission denied (to uid {uid})" in completed.stderr
     assert "Traceback" not in completed.stderr
 
 

@@ -1,4 +1,5 @@
-"""The command line: the report, the exit codes (0, 1, 2, 3), configuration, and `serve`."""
+"""The command line: the report, the exit codes (one table, testclient.exit_codes), configuration,
+and `serve`."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import pytest
 import requests
 
 from testclient.__main__ import main
-from testclient.checks import CHECKS
+from testclient.checks import CHECKS, Verdict
 from testclient.clients import ClientFactory, KVClient
 from testclient.config import Config, load_config
+from testclient.exit_codes import RUN_EXIT_CODES, USAGE_ERROR
 from tests.support.fakes import DeleteStillServedKV, InMemoryKV, closed_port_url
 from tests.support.processes import start_service
 
@@ -40,7 +42,9 @@ def test_run_exits_0_and_reports_every_step_when_all_pass(
     assert "FAIL" not in report
     assert report.rstrip().endswith(
         f"{len(CHECKS)} checks: {len(CHECKS)} passed, 0 failed, 0 unreachable, 0 skipped; "
-        "overall passed"  # unauthorized and not-kvservice counts appear only when they occur
+        # unauthorized and not-kvservice counts appear only when they occur; the skipped steps
+        # are test_tokens', which cannot check tokens when it was given none
+        "overall passed (2 steps skipped)"
     )
 
 
@@ -81,12 +85,13 @@ def test_quiet_shows_only_what_did_not_pass_and_the_summary(
 
     report = capsys.readouterr().out
     assert code == 1
-    assert "FAILED      test_deletion" in report
+    assert report.startswith("FAILED      test_deletion")
     assert "  FAIL  read tcdel" in report and "expected: not found" in report
     assert "  ok  " not in report
     assert "PASSED" not in report and "test_overwrite" not in report
     assert report.rstrip().endswith(
-        f"{len(CHECKS) - 1} passed, 1 failed, 0 unreachable, 0 skipped; overall failed"
+        f"{len(CHECKS) - 1} passed, 1 failed, 0 unreachable, 0 skipped; "
+        "overall failed (2 steps skipped)"  # test_tokens', given no token
     )
 
 
@@ -96,11 +101,13 @@ def test_quiet_when_all_pass_is_the_summary_alone(capsys: pytest.CaptureFixture[
         make_client=fake_factory(InMemoryKV()),
     )
 
-    lines = capsys.readouterr().out.strip().splitlines()
+    report = capsys.readouterr().out
     assert code == 0
-    assert lines[0] == "kvservice at http://kv.example:3000"
-    assert lines[-1].endswith("overall passed")
-    assert len([line for line in lines if line]) == 2
+    summary = (
+        f"{len(CHECKS)} passed, 0 failed, 0 unreachable, 0 skipped; "
+        "overall passed (2 steps skipped)"
+    )
+    assert report == f"{len(CHECKS)} checks: {summary}\n"
 
 
 def test_json_of_one_check_is_the_http_services_document(
@@ -172,9 +179,20 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     assert "usage: testclient" in capsys.readouterr().err
 
 
-def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_exits_0_and_lists_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
-    assert "exit codes of run" in capsys.readouterr().out
+    shown = " ".join(capsys.readouterr().out.partition("exit codes of run:")[2].split())
+    for entry in RUN_EXIT_CODES:
+        assert f"{entry.code} {entry.meaning}" in shown
+
+
+def test_the_exit_codes_are_one_table_with_one_code_for_every_verdict() -> None:
+    codes = [entry.code for entry in RUN_EXIT_CODES]
+    assert codes == sorted(set(codes)), "each code once, in order"
+    verdicts = [entry.verdict for entry in RUN_EXIT_CODES if entry.verdict is not None]
+    assert sorted(verdicts) == sorted(Verdict), "each verdict once"
+    assert [entry for entry in RUN_EXIT_CODES if entry.verdict is None] == [USAGE_ERROR]
+    assert USAGE_ERROR.code == 2, "argparse's own"
 
 
 # -- configuration --------------------------------------------------------------------------------
@@ -235,7 +253,9 @@ def test_serve_answers_over_http_and_stops_cleanly_on_sigterm(kv_url: str) -> No
 
     assert service.process.returncode == 0, stderr
     assert '"GET /test_deletion" 200' in stdout  # the access log, on stdout
-    assert "received SIGTERM" in stderr
+    assert f"testclient.lifecycle: listening on http://127.0.0.1:{service.port}" in stderr
+    assert "testclient.lifecycle: received SIGTERM" in stderr
+    assert "kvservice.lifecycle" not in stderr, "the test client's log names the test client"
 
 
 def test_serve_logs_json_objects_with_log_format_json(kv_url: str) -> None:

@@ -38,8 +38,9 @@ def test_kvservice_is_recognised(kv_url: str) -> None:
         (200, "text/html", b"<p>all good</p>", "status 200 text/html to GET /_health"),
         (200, "application/json", b"{oops", "status 200 application/json that is not JSON"),
         (200, "application/json", b'{"healthy": true}', 'without "status": "ok"'),
+        (200, "application/json", b'{"status": "ok"}', 'without "service": "kvservice"'),
     ],
-    ids=["html-404", "html-200", "bad-json", "other-json"],
+    ids=["html-404", "html-200", "bad-json", "other-json", "another-service-ok"],
 )
 def test_another_http_server_is_named_for_what_it_answered(
     status: int, content_type: str, body: bytes, reason: str
@@ -80,6 +81,23 @@ def test_an_unreachable_url_is_still_unreachable(capsys: pytest.CaptureFixture[s
 
     assert code == 3
     assert "/_health: no connection" in capsys.readouterr().out
+
+
+def test_the_test_clients_own_http_service_is_not_kvservice(
+    kv_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its /_health also says {"status": "ok"}: a run against it must not check it as a
+    kvservice (nine failures), but say what answered."""
+    with HTTPKVClient(kv_url) as client, serve_wsgi(create_app(client, kv_url)) as testclient_url:
+        code = main(["run", "--kv-url", testclient_url])
+
+    report = capsys.readouterr().out
+    assert code == 5
+    assert (
+        f"{testclient_url} answered like something else: status 200 application/json without "
+        '"service": "kvservice" to GET /_health'
+    ) in report
+    assert report.rstrip().endswith(f"{len(CHECKS)} not kvservice; overall not kvservice")
 
 
 def test_the_http_service_answers_503_not_kvservice(html_404_url: str) -> None:

@@ -427,7 +427,7 @@ def test_run_over_resp_exits_4_and_says_what_it_skipped(
     assert "PASSED      test_validation  (" in report
     assert "FAIL" not in report
     assert report.rstrip().endswith(
-        "10 checks: 8 passed, 0 failed, 0 unreachable, 2 skipped; overall skipped (4 steps skipped)"
+        "10 checks: 8 passed, 0 failed, 0 unreachable, 2 skipped; overall skipped (6 steps skipped)"
     )
 
 

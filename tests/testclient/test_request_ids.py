@@ -25,7 +25,7 @@ def recording_health_then(
     def app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
         seen.append(environ.get("HTTP_X_REQUEST_ID", ""))
         if environ["PATH_INFO"] == "/_health":
-            body = b'{"status":"ok"}'
+            body = b'{"status":"ok","service":"kvservice"}'
             start_response("200 OK", [("Content-Type", "application/json")])
         else:
             body = b""

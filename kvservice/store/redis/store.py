@@ -387,11 +387,16 @@ class RedisStore:
             connection = server.pool.get_connection()
         except (redis_errors.RedisError, OSError) as error:
             # Not reached, or it refused the connection's handshake (a wrong password, or
-            # protected mode): either way no command was sent.
+            # protected mode): either way no command was sent. Only a timeout waited: a
+            # refusal comes back at once, and must not read as a server that was slow.
             self._topology_lost()
+            failure = (
+                f"gave no connection within {self.timeout_s:g} s"
+                if isinstance(error, redis_errors.TimeoutError | TimeoutError)
+                else "could not be connected to"
+            )
             raise StoreUnavailable(
-                f"Redis at {server.address} gave no connection within {self.timeout_s:g} s "
-                f"({_reason(error)}); nothing was changed."
+                f"Redis at {server.address} {failure} ({_reason(error)}); nothing was changed."
             ) from error
         try:
             try:
