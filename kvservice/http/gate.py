@@ -50,7 +50,12 @@ from typing import Any
 
 from cheroot import connections as cheroot_connections
 
-from kvservice.http.framing import CHUNKED, body_framing, chunked_body_complete
+from kvservice.http.framing import (
+    CHUNKED,
+    body_framing,
+    chunked_body_complete,
+    empty_lines_length,
+)
 
 logger = logging.getLogger("kvservice.gate")
 
@@ -212,7 +217,7 @@ def request_readiness(
     (CONTINUE) unless it declared a body over `max_continued_body` (default `max_body`),
     which is refused before it is sent.
     """
-    head_end = pending.find(_HEAD_END)
+    head_end = pending.find(_HEAD_END, empty_lines_length(pending))
     head = pending if head_end < 0 else pending[:head_end]
     if _BARE_LF.search(head, 0, max_head + 1):
         return Readiness.SERVE  # the parser refuses the line at once (RFC 9112 2.2 allows it)
@@ -599,7 +604,7 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
     def _declared_size(self, conn: Any) -> str:
         """ " of N bytes" for a request that declared its Content-Length, else "" (chunked)."""
         pending = conn.rfile.gate.pending
-        head_end = pending.find(_HEAD_END)
+        head_end = pending.find(_HEAD_END, empty_lines_length(pending))
         framing = body_framing(bytes(pending[:head_end]), self.server.max_header_count)
         if framing is None or framing.length == CHUNKED:
             return ""
