@@ -332,13 +332,3 @@ class ChunkedBodyDecoder:
             self.done = True
         elif self._trailer_lines >= MAX_TRAILER_LINES:
             raise ValueError("Bad chunked transfer coding: too many trailer lines.")
-
-
-def chunked_body_complete(body: bytes | bytearray | memoryview) -> bool:
-    """True once a chunked body has ended (trailers included) or shown itself malformed."""
-    decoder = ChunkedBodyDecoder()
-    try:
-        decoder.feed(body)
-    except ValueError:
-        return True  # malformed: the worker's reader refuses it with 400
-    return decoder.done
