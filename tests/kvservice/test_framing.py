@@ -176,3 +176,48 @@ def test_a_chunked_body_past_the_limit_is_too_large_as_it_arrives() -> None:
             break
     assert verdicts[-1] is Readiness.TOO_LARGE
     assert len(pending) - len(CHUNKED_HEAD) <= 600 + 60, "refused once past the limit"
+
+
+HEADS = {
+    "no body": (b"GET /k HTTP/1.1\r\nHost: x\r\n\r\n", Readiness.SERVE),
+    "empty lines first": (b"\r\n\r\nGET /k HTTP/1.1\r\nHost: x\r\n\r\n", Readiness.SERVE),
+    "a body to come": (b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n", Readiness.WAIT),
+    "a body after empty lines": (
+        b"\r\n" * 4 + b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
+        Readiness.WAIT,
+    ),
+    "one empty line too many": (
+        b"\r\n" * 5 + b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
+        Readiness.SERVE,  # the parser refuses it: no body to wait for
+    ),
+    "the body's head refused": (
+        b"PUT /t\tk HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
+        Readiness.SERVE,
+    ),
+    "a bare LF": (b"PUT /k HTTP/1.1\nHost: x\r\nContent-Length: 5\r\n\r\n", Readiness.SERVE),
+    "too large": (
+        b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n",
+        Readiness.TOO_LARGE,
+    ),
+}
+
+
+@pytest.mark.parametrize("piece_bytes", [None, 1, 3], ids=["whole", "byte by byte", "in threes"])
+@pytest.mark.parametrize(("head", "expected"), HEADS.values(), ids=HEADS.keys())
+def test_the_gate_judges_a_head_alike_however_it_arrives(
+    head: bytes, expected: Readiness, piece_bytes: int | None
+) -> None:
+    assert gate_readiness(head, piece_bytes) is expected
+
+
+def test_a_bare_lf_is_judged_when_it_arrives_and_a_split_crlf_is_not_one() -> None:
+    judge, pending = gate_judge(), bytearray(b"GET /k HTTP/1.1\r")
+    assert judge.readiness(pending) is Readiness.WAIT
+    pending += b"\nHost: x\r\n\r"
+    assert judge.readiness(pending) is Readiness.WAIT
+    pending += b"\n"
+    assert judge.readiness(pending) is Readiness.SERVE
+    judge, pending = gate_judge(), bytearray(b"GET /k HTTP/1.1\r\nHost: x")
+    assert judge.readiness(pending) is Readiness.WAIT
+    pending += b"\n"
+    assert judge.readiness(pending) is Readiness.SERVE, "a bare LF: refused at once"
