@@ -83,6 +83,9 @@ RETRY_AFTER_S = 1
 _ETAG_ITEM = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|\Z)')
 _DIGITS = re.compile(r"[0-9]{1,9}")
 _JSON_MEDIA_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json", re.ASCII)
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+"""What a field value may hold (RFC 9110 5.5): no CTL but HTAB, nothing beyond latin-1. A
+content type is stored and sent back in a response's header, so it must be one."""
 
 
 class BadRequest(Exception):
@@ -190,7 +193,7 @@ def _get(store: Store, key: str) -> bytes:
     if precondition.if_none_match is not None and not precondition.holds_for(value.etag):
         bottle.response.status = 304
         return b""
-    bottle.response.content_type = value.content_type or DEFAULT_CONTENT_TYPE
+    bottle.response.content_type = _servable_content_type(value.content_type)
     return value.data
 
 
@@ -336,9 +339,23 @@ def _read_value(max_bytes: int) -> tuple[bytes, str | None]:
     # Values share a few content types: one copy of each saves about 80 bytes per key.
     # Interned strings are freed once unused, so clients cannot grow the table.
     content_type = sys.intern(environ.get("CONTENT_TYPE") or "") or None
+    if content_type and not _FIELD_VALUE.fullmatch(content_type):
+        raise BadRequest(
+            "The Content-Type holds a control character, which a field value must not "
+            "(RFC 9110 5.5)."
+        )
     if content_type and _is_json(content_type):
         _require_json(data)
     return data, content_type
+
+
+def _servable_content_type(stored: str | None) -> str:
+    """The Content-Type to answer a value with: the stored one, unless it could not be a
+    field value (stored before types were checked, or written to Redis by other means),
+    which would make every read of the key fail."""
+    if not stored or not _FIELD_VALUE.fullmatch(stored):
+        return DEFAULT_CONTENT_TYPE
+    return stored
 
 
 def _is_json(content_type: str) -> bool:

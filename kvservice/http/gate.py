@@ -10,7 +10,10 @@ writing its response to a client that does not read it.
 Here the selector thread reads whatever has arrived, without blocking, into the
 connection's `GateReader`. The request is served only when it is complete: its head, and
 its body, whether of known length or chunked up to the last chunk and its trailers
-(`framing.py` decides, with the functions the parser uses). A request the parser would
+(`framing.py` decides, with the functions the parser uses). A `RequestJudge` per request
+keeps what it has judged, so each byte is examined a bounded number of times however the
+request is split over reads, and a body trickled in small reads costs this loop time
+linear in its length. A request the parser would
 refuse anyway is served at once; a body past the limit is refused here with 413, before it
 is sent when the client asked first (`Expect: 100-continue`, answered here too). A request
 not complete within `request_timeout_s` of its first byte gets a 408; a connection that
@@ -50,7 +53,13 @@ from typing import Any
 
 from cheroot import connections as cheroot_connections
 
-from kvservice.http.framing import CHUNKED, body_framing, chunked_body_complete
+from kvservice.http.framing import (
+    CHUNKED,
+    Body,
+    ChunkedBodyDecoder,
+    body_framing,
+    empty_lines_length,
+)
 
 logger = logging.getLogger("kvservice.gate")
 
@@ -197,14 +206,17 @@ class _TLSListener:
         return wrapped, address
 
 
-def request_readiness(
-    pending: bytes | bytearray,
-    max_head: int,
-    max_body: int,
-    max_fields: int,
-    max_continued_body: int | None = None,
-) -> Readiness:
-    """Whether a request can go to a worker now, must wait for more bytes, or is too large.
+class RequestJudge:
+    """Judges whether the request arriving on a connection can go to a worker now, must wait
+    for more bytes, or is too large; one per request, fed the connection's pending bytes
+    each time more arrive.
+
+    It keeps what it has judged (how far it looked for the head's end and for bare LFs, the
+    head's framing, a chunked body's decoder state), so each byte is examined a bounded
+    number of times however the request is split over reads (h11's `_receivebuffer.py`
+    does the same): a chunked body trickled in small reads costs the loop time linear in
+    its length. The bytes it was fed must still be at the front of `pending`: the gate
+    starts a new judge for each request.
 
     The gate waits only for requests the strict parser would read a body for; anything it
     refuses at once (malformed, ambiguous, too large a head, a line ended by a bare LF) goes
@@ -212,30 +224,79 @@ def request_readiness(
     (CONTINUE) unless it declared a body over `max_continued_body` (default `max_body`),
     which is refused before it is sent.
     """
-    head_end = pending.find(_HEAD_END)
-    head = pending if head_end < 0 else pending[:head_end]
-    if _BARE_LF.search(head, 0, max_head + 1):
-        return Readiness.SERVE  # the parser refuses the line at once (RFC 9112 2.2 allows it)
-    if head_end < 0:
-        return Readiness.SERVE if len(pending) > max_head else Readiness.WAIT
-    if head_end > max_head:
-        return Readiness.SERVE  # refused as too large before any body is read
-    framing = body_framing(bytes(head), max_fields)
-    if framing is None:
-        return Readiness.SERVE
-    body = memoryview(pending)[head_end + len(_HEAD_END) :]
-    if framing.length == CHUNKED:
-        if chunked_body_complete(body):
-            return Readiness.SERVE
-        if len(body) > max_body:
+
+    def __init__(
+        self, max_head: int, max_body: int, max_fields: int, max_continued_body: int | None = None
+    ) -> None:
+        self.max_head = max_head
+        self.max_body = max_body
+        self.max_fields = max_fields
+        self.max_continued_body = max_continued_body or max_body
+        self._searched = 0
+        """How far the head's end and bare LFs have been looked for."""
+        self._body_start = -1
+        """Where the body starts, once the head has been judged."""
+        self._framing: Body | None = None
+        self._decoder = ChunkedBodyDecoder()
+        self._body_judged = 0
+        """Bytes of a chunked body the decoder has been fed."""
+
+    @property
+    def framing(self) -> Body | None:
+        """What the head says of the body, once a head announcing one has been judged."""
+        return self._framing
+
+    def readiness(self, pending: bytes | bytearray) -> Readiness:
+        """What to do with the request at the front of `pending` now."""
+        if self._body_start < 0:
+            verdict = self._judge_head(pending)
+            if verdict is not None:
+                return verdict
+        framing = self._framing
+        assert framing is not None  # the head was judged to have a body
+        received = len(pending) - self._body_start
+        if framing.length == CHUNKED:
+            return self._judge_chunked(pending, received)
+        if framing.length > self.max_body:
             return Readiness.TOO_LARGE
-    elif framing.length > max_body:
-        return Readiness.TOO_LARGE
-    elif framing.expects_continue and framing.length > (max_continued_body or max_body):
-        return Readiness.TOO_LARGE_TO_CONTINUE
-    elif len(body) >= framing.length:
-        return Readiness.SERVE
-    return Readiness.CONTINUE if framing.expects_continue and not body else Readiness.WAIT
+        if framing.expects_continue and framing.length > self.max_continued_body:
+            return Readiness.TOO_LARGE_TO_CONTINUE
+        if received >= framing.length:
+            return Readiness.SERVE
+        return Readiness.CONTINUE if framing.expects_continue and not received else Readiness.WAIT
+
+    def _judge_head(self, pending: bytes | bytearray) -> Readiness | None:
+        """A verdict on the head, or None once it is whole and announces a body."""
+        start = empty_lines_length(pending)
+        # Step back over a CRLF CRLF (or CR LF) that the last look may have seen only part of.
+        head_end = pending.find(_HEAD_END, max(start, self._searched - len(_HEAD_END) + 1))
+        searched = len(pending) if head_end < 0 else head_end
+        if _BARE_LF.search(pending, max(0, self._searched - 1), min(searched, self.max_head + 1)):
+            return Readiness.SERVE  # the parser refuses the line at once (RFC 9112 2.2 allows it)
+        self._searched = searched
+        if head_end < 0:
+            return Readiness.SERVE if len(pending) > self.max_head else Readiness.WAIT
+        if head_end > self.max_head:
+            return Readiness.SERVE  # refused as too large before any body is read
+        self._framing = body_framing(bytes(pending[:head_end]), self.max_fields)
+        if self._framing is None:
+            return Readiness.SERVE
+        self._body_start = head_end + len(_HEAD_END)
+        return None
+
+    def _judge_chunked(self, pending: bytes | bytearray, received: int) -> Readiness:
+        try:
+            _, used = self._decoder.feed(pending[self._body_start + self._body_judged :])
+        except ValueError:
+            return Readiness.SERVE  # malformed: the worker's reader refuses it with 400
+        self._body_judged += used
+        if self._decoder.done:
+            return Readiness.SERVE
+        if received > self.max_body:
+            return Readiness.TOO_LARGE
+        if self._framing is not None and self._framing.expects_continue and not received:
+            return Readiness.CONTINUE
+        return Readiness.WAIT
 
 
 class GatedConnectionManager(cheroot_connections.ConnectionManager):
@@ -477,7 +538,7 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
 
     def _wait_for_request(self, conn: Any) -> None:
         conn.last_used = time.time()
-        conn.continued = False
+        self._begin_request(conn)
         more = self._decrypted(conn)  # a broken connection shows at the next read
         if more:
             conn.rfile.gate.pending += more
@@ -522,7 +583,7 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
         pending = conn.rfile.gate.pending
         if not pending:
             conn.request_deadline = time.time() + self.server.request_timeout
-            conn.continued = False
+            self._begin_request(conn)
         pending += data
         conn.last_used = time.time()
         readiness = self._readiness(conn)
@@ -548,7 +609,7 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
                 return
             conn.rfile.unread_buffered()  # bytes read ahead: a pipelined request
             conn.last_used = time.time()
-            conn.continued = False
+            self._begin_request(conn)
             readiness = self._readiness(conn) if conn.rfile.gate.pending else Readiness.WAIT
             if readiness in _WAITING:
                 self._tell_to_continue(conn, readiness)
@@ -571,9 +632,13 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
                 conn.socket.send(_CONTINUE)  # 25 bytes into an idle socket's empty buffer
 
     def _readiness(self, conn: Any) -> Readiness:
+        return conn.request_judge.readiness(conn.rfile.gate.pending)  # type: ignore[no-any-return]
+
+    def _begin_request(self, conn: Any) -> None:
+        """What the gate knows of a request is forgotten: the next bytes start a new one."""
         server = self.server
-        return request_readiness(
-            conn.rfile.gate.pending,
+        conn.continued = False
+        conn.request_judge = RequestJudge(
             server.max_request_header_size,
             server.max_request_body_size,
             server.max_header_count,
@@ -598,9 +663,7 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
 
     def _declared_size(self, conn: Any) -> str:
         """ " of N bytes" for a request that declared its Content-Length, else "" (chunked)."""
-        pending = conn.rfile.gate.pending
-        head_end = pending.find(_HEAD_END)
-        framing = body_framing(bytes(pending[:head_end]), self.server.max_header_count)
+        framing = conn.request_judge.framing
         if framing is None or framing.length == CHUNKED:
             return ""
         return f" of {framing.length} bytes"

@@ -4,14 +4,18 @@ cheroot's defaults are loose for a service that must never garble a write: it ac
 ambiguous request framing (Content-Length with Transfer-Encoding, duplicate or signed
 lengths, `0x`-prefixed chunk sizes), keeps reading a connection after the application
 asked to close it, answers oversized headers with 413 and writes its own errors as plain
-text. The subclasses here tighten exactly those points; where a request ends is decided by
-`framing.py`, which the gate reads with too.
+text. It also reads request targets loosely (`urlsplit` drops tabs and CRs, so `/ta\tb` is
+the key `tab`) and refuses the absolute form a server must accept. The subclasses here
+tighten exactly those points; where a request ends, and what its request line and fields
+may hold, is decided by `framing.py`, which the gate reads with too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
+import urllib.parse
 from http import HTTPStatus
 from typing import Any
 
@@ -20,12 +24,18 @@ from cheroot import server as cheroot_server
 
 from kvservice.http.framing import (
     CRLF,
+    EMPTY_LINES_BEFORE_REQUEST,
+    BadRequestLine,
     ChunkedBodyDecoder,
+    empty_lines_length,
     parse_header_block,
+    parse_request_line,
     read_strict_headers,
 )
 from kvservice.http.gate import GateReader, ResponseBuffer, gated_makefile
 from kvservice.http.problems import PROBLEM_CONTENT_TYPE, problem_body
+
+_ENCODED_SLASH = re.compile(rb"%2F", re.IGNORECASE)
 
 
 class StrictChunkedReader(cheroot_server.ChunkedRFile):
@@ -70,7 +80,7 @@ class StrictRequest(cheroot_server.HTTPRequest):
             self.conn.rfile, self.server.max_request_header_size
         )
         try:
-            if not self.read_request_line():  # type: ignore[no-untyped-call]
+            if not self.read_request_line():
                 return
         except cheroot_errors.MaxSizeExceeded:
             self.simple_response("414 URI Too Long", "The request line is too long.")
@@ -85,6 +95,33 @@ class StrictRequest(cheroot_server.HTTPRequest):
             )
             return
         self.ready = True
+
+    def read_request_line(self) -> bool:
+        """Read the request line with `framing.parse_request_line`, in place of cheroot's
+        reading, which `urlsplit` makes lossy; fill in what cheroot's would."""
+        line = self.rfile.readline()
+        self.started_request = True  # from here, a stalled request is answered 408
+        for _ in range(EMPTY_LINES_BEFORE_REQUEST):
+            if line != CRLF:
+                break
+            line = self.rfile.readline()
+        if not line:
+            return False
+        try:
+            request_line = parse_request_line(line)
+        except BadRequestLine as error:
+            self.simple_response(f"{error.status} {HTTPStatus(error.status).phrase}", error.detail)
+            return False
+        self.method = request_line.method
+        self.uri = request_line.origin_form  # REQUEST_URI: what the access log shows
+        self.authority = request_line.authority
+        # Percent-decoded, except an encoded slash, which stays one: cheroot's PATH_INFO.
+        pieces = _ENCODED_SLASH.split(request_line.path)
+        self.path = b"%2F".join(map(urllib.parse.unquote_to_bytes, pieces))
+        self.qs = request_line.query
+        self.request_protocol = b"HTTP/%d.%d" % request_line.version
+        self.response_protocol = "HTTP/{}.{}".format(*min(request_line.version, (1, 1)))
+        return True
 
     def read_request_headers(self) -> bool:
         self.header_reader = HeaderReader(self.server.max_header_count)
@@ -106,6 +143,8 @@ class StrictRequest(cheroot_server.HTTPRequest):
                 "400 Bad Request", "An HTTP/1.1 request must have a Host header (RFC 9112 3.2)."
             )
             return False
+        if self.authority is not None:
+            self.inheaders[b"Host"] = self.authority  # RFC 9112 3.2.2: the target's authority
         return True
 
     def respond(self) -> None:
@@ -150,10 +189,9 @@ _PEEK_BYTES = 1024
 
 
 def is_head_request(data: bytes) -> bool:
-    """Whether the request `data` starts with is a HEAD, its request line read as cheroot does
-    (one leading empty line skipped, surrounding whitespace stripped)."""
-    request_line = data.removeprefix(CRLF).split(b"\n", 1)[0]
-    return request_line.strip().startswith(b"HEAD ")
+    """Whether the request `data` starts with is a HEAD (after the empty lines skipped before
+    a request line)."""
+    return data.startswith(b"HEAD ", empty_lines_length(data))
 
 
 def error_response(code: int, detail: str, *, head_only: bool = False) -> bytes:

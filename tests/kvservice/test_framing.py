@@ -1,18 +1,18 @@
-"""The chunked-body decoder as pure functions, in the style of h11's tests: every case fed
-whole, byte by byte, and followed by the bytes of a next request, which must stay unused."""
+"""The chunked-body decoder and the gate's judgement of a request as pure functions, in the style
+of h11's tests: every case fed whole, byte by byte, and followed by the bytes of a next request,
+which must stay unused; and the cost of a body trickled in small reads, which must grow
+linearly with its length."""
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 
 import pytest
 
-from kvservice.http.framing import (
-    MAX_CHUNK_LINE_BYTES,
-    MAX_TRAILER_LINES,
-    ChunkedBodyDecoder,
-    chunked_body_complete,
-)
+from kvservice.http.framing import MAX_CHUNK_LINE_BYTES, MAX_TRAILER_LINES, ChunkedBodyDecoder
+from kvservice.http.gate import Readiness, RequestJudge
 
 NEXT_REQUEST = b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
 LONGEST_LINE = b"5;" + b"e" * (MAX_CHUNK_LINE_BYTES - 4) + b"\r\n"  # exactly the limit
@@ -79,8 +79,9 @@ FEEDERS: dict[str, Feeder] = {"whole": decode_whole, "byte by byte": decode_byte
 def test_a_valid_body_decodes_and_ends_where_it_ends(feed: Feeder, raw: bytes, body: bytes) -> None:
     assert feed(raw) == (body, len(raw), True)
     assert feed(raw + NEXT_REQUEST) == (body, len(raw), True), "the next request stays unread"
-    assert chunked_body_complete(raw)
-    assert chunked_body_complete(raw + NEXT_REQUEST)
+    for piece_bytes in (None, 1, 7):
+        assert gate_readiness(CHUNKED_HEAD + raw, piece_bytes) is Readiness.SERVE
+        assert gate_readiness(CHUNKED_HEAD + raw + NEXT_REQUEST, piece_bytes) is Readiness.SERVE
 
 
 @pytest.mark.parametrize("raw", [raw for raw, _ in VALID.values()], ids=VALID.keys())
@@ -89,7 +90,11 @@ def test_every_prefix_of_a_valid_body_waits_for_more(raw: bytes) -> None:
         prefix = raw[:end]
         _, used, done = decode_whole(prefix)
         assert (used, done) == (len(prefix), False), f"prefix of {end} bytes"
-        assert not chunked_body_complete(prefix), f"prefix of {end} bytes"
+        assert gate_readiness(CHUNKED_HEAD + prefix) is Readiness.WAIT, f"prefix of {end} bytes"
+    judge, pending = gate_judge(), bytearray()
+    for byte in CHUNKED_HEAD + raw[:-1]:
+        pending.append(byte)
+        assert judge.readiness(pending) is Readiness.WAIT, "one judge, fed each byte as it comes"
 
 
 @pytest.mark.parametrize("feed", FEEDERS.values(), ids=FEEDERS.keys())
@@ -99,7 +104,9 @@ def test_a_malformed_body_is_refused_however_it_arrives(feed: Feeder, raw: bytes
         feed(raw)
     with pytest.raises(ValueError, match="Bad chunked transfer coding"):
         feed(raw + NEXT_REQUEST)
-    assert chunked_body_complete(raw), "the gate hands malformed bodies on, to be refused"
+    for piece_bytes in (None, 1):
+        readiness = gate_readiness(CHUNKED_HEAD + raw, piece_bytes)
+        assert readiness is Readiness.SERVE, "the gate hands malformed bodies on, to be refused"
 
 
 def test_chunk_data_is_handed_out_as_it_arrives() -> None:
@@ -109,3 +116,108 @@ def test_chunk_data_is_handed_out_as_it_arrives() -> None:
     assert not decoder.done
     assert decoder.feed(b"rld\r\n0\r\n\r\nGET") == (b"rld", 10)
     assert decoder.done
+
+
+# -- the gate's judgement: the decoder fed incrementally, as bytes arrive ---------------------
+
+CHUNKED_HEAD = b"PUT /k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def gate_judge() -> RequestJudge:
+    return RequestJudge(max_head=16384, max_body=1 << 20, max_fields=100)
+
+
+def gate_readiness(data: bytes, piece_bytes: int | None = None) -> Readiness:
+    """What the gate makes of `data` arriving in reads of `piece_bytes` (all at once: None),
+    as it judges: one judge per request, given the growing buffer after each read, until it
+    stops waiting."""
+    judge, pending = gate_judge(), bytearray()
+    step = piece_bytes or max(1, len(data))
+    readiness = Readiness.WAIT
+    for start in range(0, len(data), step):
+        pending += data[start : start + step]
+        readiness = judge.readiness(pending)
+        if readiness not in (Readiness.WAIT, Readiness.CONTINUE):
+            break
+    return readiness
+
+
+def one_byte_chunks(body_bytes: int) -> bytes:
+    """A request whose chunked body of 1-byte chunks is `body_bytes` long on the wire."""
+    return CHUNKED_HEAD + b"1\r\nx\r\n" * (body_bytes // 6) + b"0\r\n\r\n"
+
+
+def test_a_chunked_body_trickled_in_small_reads_costs_the_loop_linear_time() -> None:
+    """Issue 18: judging the whole buffer anew on each read made a 60 KB body in 60-byte reads
+    cost 34 s of loop CPU. Ten times the body must cost about ten times the time, not 100."""
+
+    def loop_cpu_s(body_bytes: int) -> float:
+        data = one_byte_chunks(body_bytes)
+        best = math.inf
+        for _ in range(3):  # the least of three: another process's burst is not this code's
+            started = time.thread_time()
+            assert gate_readiness(data, 60) is Readiness.SERVE
+            best = min(best, time.thread_time() - started)
+        return best
+
+    small, large = loop_cpu_s(3_000), loop_cpu_s(30_000)
+    assert large < 25 * small, f"{large * 1000:.1f} ms for 10x the body of {small * 1000:.1f} ms"
+    assert large < 0.5, f"{large * 1000:.0f} ms of loop CPU for a 30 KB body"
+
+
+def test_a_chunked_body_past_the_limit_is_too_large_as_it_arrives() -> None:
+    judge, pending = RequestJudge(max_head=16384, max_body=600, max_fields=100), bytearray()
+    data = one_byte_chunks(6000)
+    verdicts = []
+    for start in range(0, len(data), 60):
+        pending += data[start : start + 60]
+        verdicts.append(judge.readiness(pending))
+        if verdicts[-1] is not Readiness.WAIT:
+            break
+    assert verdicts[-1] is Readiness.TOO_LARGE
+    assert len(pending) - len(CHUNKED_HEAD) <= 600 + 60, "refused once past the limit"
+
+
+HEADS = {
+    "no body": (b"GET /k HTTP/1.1\r\nHost: x\r\n\r\n", Readiness.SERVE),
+    "empty lines first": (b"\r\n\r\nGET /k HTTP/1.1\r\nHost: x\r\n\r\n", Readiness.SERVE),
+    "a body to come": (b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n", Readiness.WAIT),
+    "a body after empty lines": (
+        b"\r\n" * 4 + b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
+        Readiness.WAIT,
+    ),
+    "one empty line too many": (
+        b"\r\n" * 5 + b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
+        Readiness.SERVE,  # the parser refuses it: no body to wait for
+    ),
+    "the body's head refused": (
+        b"PUT /t\tk HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
+        Readiness.SERVE,
+    ),
+    "a bare LF": (b"PUT /k HTTP/1.1\nHost: x\r\nContent-Length: 5\r\n\r\n", Readiness.SERVE),
+    "too large": (
+        b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n",
+        Readiness.TOO_LARGE,
+    ),
+}
+
+
+@pytest.mark.parametrize("piece_bytes", [None, 1, 3], ids=["whole", "byte by byte", "in threes"])
+@pytest.mark.parametrize(("head", "expected"), HEADS.values(), ids=HEADS.keys())
+def test_the_gate_judges_a_head_alike_however_it_arrives(
+    head: bytes, expected: Readiness, piece_bytes: int | None
+) -> None:
+    assert gate_readiness(head, piece_bytes) is expected
+
+
+def test_a_bare_lf_is_judged_when_it_arrives_and_a_split_crlf_is_not_one() -> None:
+    judge, pending = gate_judge(), bytearray(b"GET /k HTTP/1.1\r")
+    assert judge.readiness(pending) is Readiness.WAIT
+    pending += b"\nHost: x\r\n\r"
+    assert judge.readiness(pending) is Readiness.WAIT
+    pending += b"\n"
+    assert judge.readiness(pending) is Readiness.SERVE
+    judge, pending = gate_judge(), bytearray(b"GET /k HTTP/1.1\r\nHost: x")
+    assert judge.readiness(pending) is Readiness.WAIT
+    pending += b"\n"
+    assert judge.readiness(pending) is Readiness.SERVE, "a bare LF: refused at once"

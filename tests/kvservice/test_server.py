@@ -34,7 +34,7 @@ PUT_HEAD = b"PUT /k HTTP/1.1\r\nHost: x\r\n"
         (b"Content-Length: -1\r\n", "non-negative decimal"),
         (b"Content-Length: 0x5\r\n", "non-negative decimal"),
         (b"Content-Length: 1_0\r\n", "non-negative decimal"),
-        (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", "Duplicate Transfer"),
+        (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", "chunked more than once"),
         (b"Content-Length : 5\r\n", "Illegal header line"),
         (b"X-Folded: a\r\n b\r\n", "folding"),
     ],

@@ -12,6 +12,10 @@ more, and whether an incomplete one trails them. For every case:
 - no 5xx, except 501 for a transfer coding other than chunked and 505 for an HTTP version
   other than 1.x, which are RFC 9112's required answers, not failures;
 - never more responses than the reference finds requests (no smuggling);
+- a request whose head the reference refuses (a request line or target outside RFC 9112
+  and 3986, a CR or NUL in a field value, a repeated singleton field, chunked twice or not
+  last, more empty lines first than are skipped) never gets a 1xx-3xx answer: what a
+  proxy would read otherwise is never served;
 - no hang: the server answers every whole request within ANSWER_TIMEOUT_S. It may keep
   waiting only where the bytes end in an incomplete request (a head without its blank line,
   a body or chunk shorter than announced: it cannot know more is not coming) or after a
@@ -62,6 +66,9 @@ _DIGITS = re.compile(rb"[0-9]+")
 _HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]{1,8}")
 _MAX_CHUNK_LINE_BYTES = 1024
 _MAX_TRAILER_LINES = 32
+_EMPTY_LINES_SKIPPED = 4
+_URI_CHARACTERS = re.compile(rb"[A-Za-z0-9\-._~:/?\[\]@!$&'()*+,;=%]+")
+_SINGLETONS = {b"host", b"content-length", b"authorization", b"content-type"}
 _STATUS_LINE = re.compile(rb"HTTP/1\.1 ([1-5][0-9][0-9]) [\x20-\x7e]*")
 _RFC_REQUIRED_5XX = {501, 505}
 
@@ -83,6 +90,8 @@ class Message:
     end: int = 0
     method: bytes = b""
     keep_alive: bool = False
+    head_refused: bool = False
+    """Refused for its request line or header fields, before any body is read."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,9 @@ class Framing:
     """Whether an unfinished request follows them (the server may wait for it, or refuse it)."""
     methods: tuple[bytes, ...]
     """The method of each request, in order, when its request line could be read."""
+    refused: bool = False
+    """Whether the last request the server must answer is one whose head it must refuse (4xx
+    or 5xx, whatever the route)."""
 
 
 def expected_framing(data: bytes, max_head: int, max_body: int) -> Framing:
@@ -108,17 +120,22 @@ def expected_framing(data: bytes, max_head: int, max_body: int) -> Framing:
         if message.verdict is Verdict.INCOMPLETE:
             return Framing(answerable, True, tuple(methods))
         answerable += 1
-        if message.verdict is Verdict.REFUSED or not message.keep_alive:
+        if message.verdict is Verdict.REFUSED:
+            return Framing(answerable, False, tuple(methods), refused=message.head_refused)
+        if not message.keep_alive:
             break
         position = message.end
     return Framing(answerable, False, tuple(methods))
 
 
 def _frame_message(data: bytes, start: int, max_head: int, max_body: int) -> Message:
-    position = start + 2 if data.startswith(CRLF, start) else start  # RFC 9112 section 2.2
+    position = start
+    for _ in range(_EMPTY_LINES_SKIPPED):  # RFC 9112 section 2.2
+        if data.startswith(CRLF, position):
+            position += 2
     head_end = data.find(CRLF + CRLF, position)
-    # The method as cheroot reads it: the request line stripped, up to the first space.
-    method, space, _ = data[position:].split(b"\n", 1)[0].strip().partition(b" ")
+    # HEAD is a request line that starts with it; anything else is not a HEAD.
+    method, space, _ = data[position:].split(b"\n", 1)[0].partition(b" ")
     method = method if space else b""
     if head_end < 0:
         # Under strict CRLF rules a head is not over until its blank line arrives.
@@ -129,29 +146,32 @@ def _frame_message(data: bytes, start: int, max_head: int, max_body: int) -> Mes
     if head_end - start > max_head - HEAD_LIMIT_SLACK:
         return Message(Verdict.INCOMPLETE, method=method)  # either answer is right here
     request_line, *field_lines = data[position:head_end].split(CRLF)
-    refused = Message(Verdict.REFUSED, method=method)
+    refused = Message(Verdict.REFUSED, method=method, head_refused=True)
     if any(b"\n" in line for line in (request_line, *field_lines)):
         return refused  # a bare LF ends a line early for a strict reader
-    parts = request_line.strip().split(b" ", 2)
-    if len(parts) != 3:
-        return refused
-    version = _http_version(parts[2])
-    if version is None or version[0] != 1 or version > (1, 1):
+    version = _request_line_version(request_line)
+    if version is None:
         return refused
     fields = _header_fields(field_lines)
     if fields is None:
         return refused
     lengths = fields.get(b"content-length", [])
-    codings = fields.get(b"transfer-encoding", [])
-    if len(lengths) > 1 or len(codings) > 1 or (lengths and codings):
+    if lengths and b"transfer-encoding" in fields:
         return refused
     connection = b", ".join(fields.get(b"connection", []))
     # cheroot compares the whole Connection value, case included.
     keep_alive = connection != b"close" if version == (1, 1) else connection == b"Keep-Alive"
     body_start = head_end + 4
-    if codings:
-        tokens = [token.strip().lower() for token in codings[0].split(b",") if token.strip()]
-        if version != (1, 1) or not tokens or any(token != b"chunked" for token in tokens):
+    if b"transfer-encoding" in fields:
+        # One list however it is split over lines (RFC 9110 5.3): only chunked, once, is read;
+        # any other coding is 501, chunked twice or not last 400.
+        codings = [
+            coding.strip(b" \t").lower()
+            for line in fields[b"transfer-encoding"]
+            for coding in line.split(b",")
+            if coding.strip(b" \t")
+        ]
+        if version != (1, 1) or codings != [b"chunked"]:
             return refused
         verdict, end = _frame_chunked(data, body_start)
         return Message(verdict, end, method, keep_alive)
@@ -163,17 +183,35 @@ def _frame_message(data: bytes, start: int, max_head: int, max_body: int) -> Mes
     return Message(verdict, end, method, keep_alive)
 
 
+def _request_line_version(line: bytes) -> tuple[int, int] | None:
+    """The version of a request line RFC 9112 section 3 accepts, or None. It is `METHOD SP
+    target SP HTTP/x.y`: an upper-case token; a target of RFC 3986's characters (a `%` only
+    before two hex digits) in origin form, in absolute http(s) form with a host and no user
+    information, or `*` for OPTIONS; a 1.x version."""
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        return None
+    method, target, protocol = parts
+    version = _http_version(protocol)
+    if version is None or version[0] != 1 or version > (1, 1):
+        return None
+    if not _TOKEN.fullmatch(method) or method != method.upper():
+        return None
+    if not _URI_CHARACTERS.fullmatch(target) or re.search(rb"%(?![0-9A-Fa-f]{2})", target):
+        return None
+    scheme, separator, rest = target.partition(b"://")
+    if separator and scheme.lower() in (b"http", b"https"):
+        authority = re.split(rb"[/?]", rest, maxsplit=1)[0]
+        return version if authority and b"@" not in authority else None
+    if target.startswith(b"/") or (target == b"*" and method == b"OPTIONS"):
+        return version
+    return None
+
+
 def _http_version(protocol: bytes) -> tuple[int, int] | None:
-    """The version as cheroot reads it: `HTTP/` then two integers around a dot."""
-    if not protocol.startswith(b"HTTP/"):
-        return None
-    numbers = protocol[5:].split(b".", 1)
-    if len(numbers) != 2:
-        return None
-    try:
-        return int(numbers[0]), int(numbers[1])
-    except ValueError:
-        return None
+    """The version of `HTTP/` DIGITS `.` DIGITS."""
+    match = re.fullmatch(rb"HTTP/([0-9]+)\.([0-9]+)", protocol)
+    return None if match is None else (int(match[1]), int(match[2]))
 
 
 def _header_fields(lines: list[bytes]) -> dict[bytes, list[bytes]] | None:
@@ -185,7 +223,9 @@ def _header_fields(lines: list[bytes]) -> dict[bytes, list[bytes]] | None:
         if line[:1] in (b" ", b"\t"):
             return None  # obsolete line folding
         name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.fullmatch(name):
+        if not colon or not _TOKEN.fullmatch(name) or re.search(rb"[\r\x00]", value):
+            return None  # a CR or NUL in a value (RFC 9110 5.5)
+        if name.lower() in _SINGLETONS and name.lower() in fields:
             return None
         fields[name.lower()].append(value.strip(b" \t"))
     return fields
@@ -316,10 +356,12 @@ def response_problems(response: Response, request: bytes) -> list[str]:
 
 def _rfc_requires(status: int, request: bytes) -> bool:
     """501 answers an unknown transfer coding (RFC 9112 6.1); 505 an HTTP version not 1.x."""
+    for _ in range(_EMPTY_LINES_SKIPPED):
+        request = request.removeprefix(CRLF)
     head = request.split(CRLF + CRLF, 1)[0].lower()
     if status == 501:
         return b"\ntransfer-encoding" in head
-    parts = request.removeprefix(CRLF).split(b"\n", 1)[0].strip().split(b" ", 2)
+    parts = request.split(b"\n", 1)[0].strip().split(b" ", 2)
     version = _http_version(parts[-1]) if len(parts) == 3 else None
     return version is not None and (version[0] != 1 or version > (1, 1))
 
@@ -440,12 +482,14 @@ class Request:
     line_end: bytes = CRLF
     raw_fields: list[bytes] = field(default_factory=list)
     """Header lines added verbatim (folded, colon-less, huge)."""
+    leading: bytes = b""
+    """What comes before the request line (empty lines)."""
 
     def to_bytes(self) -> bytes:
         lines = [self.method + b" " + self.target + b" " + self.version]
         lines += [name + b": " + value for name, value in self.fields]
         lines += self.raw_fields
-        head = b"".join(line + self.line_end for line in lines) + self.line_end
+        head = self.leading + b"".join(line + self.line_end for line in lines) + self.line_end
         body = b"".join(self.chunks) if self.chunks is not None else self.body
         return head + body
 
@@ -467,6 +511,29 @@ ODD_TARGETS = [
     b"/fz x",
     b"",
     b"/fz/../_health",
+    # Whitespace, controls and non-URI bytes, which urlsplit drops or a proxy reads otherwise.
+    b"/fz\tx",
+    b"/fz\t",
+    b"/f\rz",
+    b"/fz\x01",
+    b"/fz\x1b",
+    b"/fz\x7f",
+    b"/fz\x0b",
+    b"/fz%2",
+    b"/fz%2Fx",
+    b"/fz\\x",
+    b"/fz{x}",
+    # The absolute form, which a server must accept, and forms it must not.
+    b"http://127.0.0.1/fz",
+    b"HTTP://127.0.0.1:1/fz?x=1",
+    b"https://h/fz",
+    b"http://127.0.0.1",
+    b"http:///fz",
+    b"http://user@h/fz",
+    b"ftp://h/fz",
+    b"http://h/fz\tx",
+    b"//fz",
+    b"*",
 ]
 VERSIONS = [b"HTTP/1.1"] * 6 + [b"HTTP/1.0"] * 2
 ODD_VERSIONS = [
@@ -488,6 +555,10 @@ BAD_LENGTHS = [b"+5", b"-1", b"0x5", b"5, 5", b"5 5", b"", b"1e3", b"\xd9\xa5", 
 BAD_LENGTHS += [b"99999999999999999999999", b"65537", b" 5", b"5\x0b", b"1_0"]
 CODINGS = [b"chunked", b"Chunked", b"chunked, chunked", b"gzip", b"gzip, chunked"]
 CODINGS += [b"chunked, gzip", b"identity", b"", b"chunked;q=1", b"\x0bchunked", b"chunk"]
+CODINGS += [b"chunked,chunked", b"CHUNKED ,\tchunked", b", chunked", b"chunked ,", b"chunked,,"]
+SINGLETONS = [b"Host", b"Authorization", b"Content-Type", b"Content-Length", b"host"]
+CONTENT_TYPES = [b"text/plain\r", b"text/plain\x00", b"text/plain\rSet-Cookie: x=1", b"a\x01b"]
+CONTENT_TYPES += [b"text/\x1bplain", b"text/plain\x7f", b"text/plain;\tq=1", b"text/\xe9"]
 CHUNK_SIZES = [b"0x5", b"+5", b"-1", b"zz", b"5 5", b"ffffffff", b"100000000", b"000000005"]
 CHUNK_SIZES += [b"", b"5\x00", b" 5", b"5 ", b"\xd9\xa5", b"fffffffffffffff"]
 
@@ -609,6 +680,25 @@ class Fuzzer:
         self.rng.shuffle(pair)
         request.fields += pair
 
+    def split_coding(self, request: Request) -> None:
+        """Transfer-Encoding over two lines, which must frame as the same list on one line."""
+        self._drop(request, b"transfer-encoding")
+        self._drop(request, b"content-length")
+        first, second = self.rng.choice([(b"chunked", b"chunked"), (b"gzip", b"chunked")])
+        request.fields += [(b"Transfer-Encoding", first), (b"transfer-encoding", second)]
+        request.chunks = request.chunks or self.chunked(request.body or b"hello")
+
+    def duplicate_singleton(self, request: Request) -> None:
+        name = self.rng.choice(SINGLETONS)
+        request.fields += [(name, b"a"), (name, self.rng.choice([b"a", b"b", b"0"]))]
+
+    def odd_content_type(self, request: Request) -> None:
+        self._drop(request, b"content-type")
+        request.fields.append((b"Content-Type", self.rng.choice(CONTENT_TYPES)))
+
+    def empty_lines(self, request: Request) -> None:
+        request.leading = CRLF * self.rng.choice([1, 2, 4, 5, 40])
+
     def odd_coding(self, request: Request) -> None:
         self._drop(request, b"transfer-encoding")
         request.fields.append((b"Transfer-Encoding", self.rng.choice(CODINGS)))
@@ -671,6 +761,10 @@ class Fuzzer:
         duplicate_length,
         length_and_coding,
         odd_coding,
+        split_coding,
+        duplicate_singleton,
+        odd_content_type,
+        empty_lines,
         many_fields,
         odd_line_ends,
         expect_continue,
@@ -762,6 +856,10 @@ def judge(number: int, request: bytes, outcome: Outcome, framing: Framing, tally
         tally.fail(number, request, outcome, f"{len(responses)} responses to {allowed} requests")
     if outcome.ending in (Ending.UNANSWERED, Ending.HUNG):
         tally.fail(number, request, outcome, outcome.ending.value)
+    if framing.refused and len(responses) == framing.answerable:
+        refused_with = responses[framing.answerable - 1].status
+        if refused_with < 400:
+            tally.fail(number, request, outcome, f"{refused_with} to a request it must refuse")
     for response in responses:
         for problem in response_problems(response, request):
             tally.fail(number, request, outcome, problem)
@@ -823,6 +921,21 @@ FOUND = {
     "HEAD, bad version": b"HEAD /k HTTP/1.1x\r\nHost: x\r\n\r\n",
     "HEAD, two lengths": b"HEAD /k HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
     "HEAD, body too large": b"HEAD /k HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n",
+    # Issue 23: what a proxy and this server would read differently, or a server must accept.
+    "tab in the target": b"PUT /ta\tb HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nv",
+    "CR in the target": b"PUT /ta\rb HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nv",
+    "NUL in a value": b"GET /k HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+    "two Authorization lines": b"GET /k HTTP/1.1\r\nHost: x\r\nAuthorization: a\r\n"
+    + b"Authorization: b\r\n\r\n",
+    "chunked, chunked": b"PUT /k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n"
+    + b"\r\n1\r\nv\r\n0\r\n\r\n",
+    "gzip and chunked on two lines": b"PUT /k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n"
+    + b"Transfer-Encoding: chunked\r\n\r\n1\r\nv\r\n0\r\n\r\n",
+    "two empty lines first": b"\r\n\r\nGET /k HTTP/1.1\r\nHost: x\r\n\r\n",
+    "an empty line too many, then a body": b"\r\n" * 5
+    + b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
+    "absolute form": b"GET http://x/k HTTP/1.1\r\nHost: x\r\n\r\n",
+    "absolute form with userinfo": b"GET http://u@x/k HTTP/1.1\r\nHost: x\r\n\r\n",
 }
 """Reductions of what the fuzzer found, kept as a fast regression corpus."""
 
@@ -855,6 +968,22 @@ def test_what_the_fuzzer_found_stays_fixed(start_kv: StartKV, request_: bytes) -
         (b"PUT /k HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 1, False),
         (b"PUT /k HTTP/1.1\r\nContent-Length : 5\r\n\r\n", 1, False),
         (b"GET /k HTTP/2.0\r\n\r\n", 1, False),
+        (b"\r\n\r\nGET /k HTTP/1.1\r\n\r\nGET /k HTTP/1.1\r\n\r\n", 2, False),
+        (b"GET http://x/k HTTP/1.1\r\n\r\nGET /k HTTP/1.1\r\n\r\n", 2, False),
+        (b"GET /t\tk HTTP/1.1\r\n\r\nGET /k HTTP/1.1\r\n\r\n", 1, False),
+        (b"GET /k HTTP/1.1\r\nX: \x00\r\n\r\nGET /k HTTP/1.1\r\n\r\n", 1, False),
+        (
+            b"PUT /k HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n"
+            b"\r\n0\r\n\r\nGET /k HTTP/1.1\r\n\r\n",
+            1,
+            False,
+        ),
+        (
+            b"PUT /k HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            b"GET /k HTTP/1.1\r\n\r\n",
+            2,
+            False,
+        ),
     ],
 )
 def test_the_reference_framing(data: bytes, answerable: int, tail: bool) -> None:
