@@ -57,7 +57,10 @@ PAGES = [
 ]
 
 WELL_KNOWN_PORTS = {"kv": 3000, "testclient": 8000, "resp": 6379, "tls_resp": 6380, "tls": 3443}
-FENCE = re.compile(r"^(```|~~~)")
+FENCE = re.compile(r"^```")
+PROMPTS = ("$ ", ">>> ", "... ")
+EMPTY_LINE = "~"
+"""An empty line of output, for byexample's `+rm=~` (no page shows a `~` in its output)."""
 NOT_EXECUTED = re.compile(r"<!-- not executed: \S.*-->")
 HTTP_STATUS_LINE = re.compile(r"^HTTP/1\.1 \d{3} ")
 HEADER_LINE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*: ")
@@ -81,7 +84,7 @@ def test_every_block_without_prompts_says_why_it_is_not_run() -> None:
             if not inside:
                 continue
             block = _block_from(lines, number + 1)
-            runs = any(text.startswith(("$ ", ">>> ")) for text in block)
+            runs = any(text.startswith(PROMPTS) for text in block)
             said_why = number > 0 and NOT_EXECUTED.fullmatch(lines[number - 1].strip())
             assert runs or said_why or _is_output_only(line), (
                 f"{page.path}:{number + 1}: a block without `$ ` or `>>> ` prompts is not run; "
@@ -105,6 +108,8 @@ def test_the_examples_of_the_page_print_what_it_shows(page: Page, tmp_path: Path
                 "shell,python",
                 "--timeout",
                 "20",
+                "--options",
+                f"+rm={EMPTY_LINE}",
                 str(copy),
             ],
             cwd=work,
@@ -118,15 +123,22 @@ def test_the_examples_of_the_page_print_what_it_shows(page: Page, tmp_path: Path
 
 def runnable(text: str, ports: dict[str, int]) -> str:
     """The page as byexample runs it: its ports moved to `ports`, what varies as `<...>`,
-    abridged HTTP heads open to the headers left out, annotations dropped."""
+    abridged HTTP heads open to the headers left out, annotations dropped, and an empty line
+    inside an output (an HTTP head's end) kept as `EMPTY_LINE`, since byexample takes an empty
+    line for the end of the output."""
     for name, port in WELL_KNOWN_PORTS.items():
         text = re.sub(rf"\b{port}\b", str(ports[name]), text)
+    source = text.splitlines()
     lines = []
     in_head = False
-    for line in text.splitlines():
-        if line.startswith(("$ ", ">>> ", "... ")):
+    for number, line in enumerate(source):
+        if line.startswith(PROMPTS) or FENCE.match(line):
             in_head = False
             lines.append(line)
+            continue
+        following = source[number + 1] if number + 1 < len(source) else ""
+        if not line and _is_output(following) and _inside_output(lines):
+            lines.append(EMPTY_LINE)
             continue
         line = ANNOTATION.sub("", line)
         for pattern in VARYING:
@@ -138,6 +150,21 @@ def runnable(text: str, ports: dict[str, int]) -> str:
             in_head = False
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def _is_output(line: str) -> bool:
+    """Whether a line of a block, if it follows a prompt's output, continues it."""
+    return bool(line) and not line.startswith(PROMPTS) and not FENCE.match(line)
+
+
+def _inside_output(lines: list[str]) -> bool:
+    """Whether the page's text so far ends inside a fenced block, after a prompt."""
+    for line in reversed(lines):
+        if FENCE.match(line):
+            return False
+        if line.startswith(PROMPTS):
+            return True
+    return False
 
 
 def _block_from(lines: list[str], start: int) -> list[str]:
