@@ -20,10 +20,13 @@ comment just above it, so what is not run is a short, visible list.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
+import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,9 @@ import pytest
 from tests.support.processes import REPO_ROOT, environment_without, free_port, running_service
 
 BYEXAMPLE_TIMEOUT_S = 300
+RUN_ID_VARIABLE = "KVSERVICE_DOCS_EXAMPLES_RUN"
+"""Set for byexample and inherited by all it starts, so that what a page leaves running is
+found and stopped."""
 
 
 @dataclass(frozen=True)
@@ -44,19 +50,26 @@ class Page:
     """kvservice also serves RESP (the page's 6379)."""
     testclient: bool = False
     """The test client serves on the page's 8000, checking the kvservice."""
-    exits: tuple[str, ...] = ()
-    """Ports the page's own commands listen on, rewritten to free ones too."""
+    starts_redis: bool = False
+    """The page starts a Redis of its own on its 6379 (stopped here if the page did not)."""
 
 
 PAGES = [
     Page("README.md"),
     Page("docs/getting-started.md", resp=True, testclient=True),
     Page("docs/redis-protocol.md", resp=True),
-    Page("docs/operations.md"),
+    Page("docs/operations.md", starts_redis=True),
     Page("docs/testclient.md", resp=True, testclient=True),
 ]
 
-WELL_KNOWN_PORTS = {"kv": 3000, "testclient": 8000, "resp": 6379, "tls_resp": 6380, "tls": 3443}
+WELL_KNOWN_PORTS = {
+    "kv": 3000,
+    "testclient": 8000,
+    "resp": 6379,  # kvservice's RESP port, or operations.md's Redis
+    "tls_resp": 6380,
+    "tls": 3443,
+    "on_redis": 3001,
+}
 FENCE = re.compile(r"^```")
 PROMPTS = ("$ ", ">>> ", "... ")
 EMPTY_LINE = "~"
@@ -101,7 +114,8 @@ def test_the_examples_of_the_page_print_what_it_shows(page: Page, tmp_path: Path
     copy = work / Path(page.path).name
     copy.write_text(runnable((REPO_ROOT / page.path).read_text(), ports))
     with _services(page, ports):
-        result = subprocess.run(
+        run_id = uuid.uuid4().hex
+        byexample = subprocess.Popen(
             [
                 str(Path(sys.executable).parent / "byexample"),
                 "--language",
@@ -113,12 +127,34 @@ def test_the_examples_of_the_page_print_what_it_shows(page: Page, tmp_path: Path
                 str(copy),
             ],
             cwd=work,
-            env=_shell_environment(),
-            capture_output=True,
+            env={**_shell_environment(), RUN_ID_VARIABLE: run_id},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
-            timeout=BYEXAMPLE_TIMEOUT_S,
         )
-    assert result.returncode == 0, f"{page.path}:\n{result.stdout}\n{result.stderr}"
+        try:
+            output, _ = byexample.communicate(timeout=BYEXAMPLE_TIMEOUT_S)
+        finally:
+            _stop_what_the_page_left(run_id, page, ports)
+            byexample.wait()
+    assert byexample.returncode == 0, f"{page.path}:\n{output}"
+
+
+def _stop_what_the_page_left(run_id: str, page: Page, ports: dict[str, int]) -> None:
+    """SIGKILL every process that inherited `RUN_ID_VARIABLE=run_id`: byexample's shells, and
+    what they started in the background and left running when an example failed (in sessions
+    of their own: pexpect gives each shell one, and `&` each job a process group)."""
+    marker = f"{RUN_ID_VARIABLE}={run_id}".encode()
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError, ValueError):
+            if marker in environ.read_bytes().split(b"\0"):
+                os.kill(int(environ.parent.name), signal.SIGKILL)
+    if page.starts_redis:  # daemonized, and redis-server's environment is its own
+        subprocess.run(
+            ["redis-cli", "-p", str(ports["resp"]), "SHUTDOWN", "NOSAVE"],
+            capture_output=True,
+            timeout=10,
+        )
 
 
 def runnable(text: str, ports: dict[str, int]) -> str:
