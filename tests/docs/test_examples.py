@@ -86,9 +86,28 @@ VARYING = [
 ]
 
 
+REPORTS = ("PERFORMANCE.md", "SCALING.md", "RELIABILITY.md")
+"""Written by the benchmarks and the reliability runs: figures, not sessions to run."""
+
+
+def manual_pages() -> list[str]:
+    """The README and every hand-written page of docs/ (not the generated reference, not the
+    reports)."""
+    pages = sorted(path.name for path in (REPO_ROOT / "docs").glob("*.md"))
+    return ["README.md", *(f"docs/{name}" for name in pages if name not in REPORTS)]
+
+
+def test_every_page_with_examples_is_run() -> None:
+    run = {page.path for page in PAGES}
+    for path in manual_pages():
+        lines = (REPO_ROOT / path).read_text().splitlines()
+        has_examples = any(line.startswith(PROMPTS) for line in lines)
+        assert run >= {path} or not has_examples, f"{path} has examples: add it to PAGES"
+
+
 def test_every_block_without_prompts_says_why_it_is_not_run() -> None:
-    for page in PAGES:
-        lines = (REPO_ROOT / page.path).read_text().splitlines()
+    for path in manual_pages():
+        lines = (REPO_ROOT / path).read_text().splitlines()
         inside = False
         for number, line in enumerate(lines):
             if not FENCE.match(line):
@@ -100,7 +119,7 @@ def test_every_block_without_prompts_says_why_it_is_not_run() -> None:
             runs = any(text.startswith(PROMPTS) for text in block)
             said_why = number > 0 and NOT_EXECUTED.fullmatch(lines[number - 1].strip())
             assert runs or said_why or _is_output_only(line), (
-                f"{page.path}:{number + 1}: a block without `$ ` or `>>> ` prompts is not run; "
+                f"{path}:{number + 1}: a block without `$ ` or `>>> ` prompts is not run; "
                 "give it prompts, or say why above it in <!-- not executed: REASON -->"
             )
 
