@@ -9,8 +9,8 @@
 - metrics.md: every series of kvservice's registry (`kvservice.metrics.Metrics`, with both
   transports watched and one request observed, so that every family has a sample to show its
   labels) and of the test client's (`testclient.metrics.CheckMetrics`, after one run);
-- exit-codes.md: the test client's `run` exit codes (`testclient.__main__.EXIT_CODES`) with
-  what each verdict means (`testclient.checks.Verdict`'s member documentation).
+- exit-codes.md: the test client's `run` exit codes, declared once in
+  `testclient.exit_codes.RUN_EXIT_CODES` (code, verdict, meaning).
 
 tests/docs/test_reference_pages.py runs `--check`, so a page that no longer says what the code
 declares fails the lint environment. A script rather than a module of the packages: it reads
@@ -20,12 +20,9 @@ both programs, and kvservice must not import the test client.
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import dataclasses
-import inspect
 import io
-import itertools
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -38,9 +35,9 @@ from kvservice import config as kv_config  # noqa: E402
 from kvservice.http.server import RequestRecord  # noqa: E402
 from kvservice.metrics import Metrics  # noqa: E402
 from kvservice.store.memory import MemoryStore  # noqa: E402
-from testclient import __main__ as testclient_main  # noqa: E402
 from testclient import config as tc_config  # noqa: E402
 from testclient.checks import CheckResult, Verdict  # noqa: E402
+from testclient.exit_codes import RUN_EXIT_CODES  # noqa: E402
 from testclient.metrics import CheckMetrics  # noqa: E402
 
 REFERENCE = REPO_ROOT / "docs" / "reference"
@@ -199,40 +196,12 @@ Every series has the labels `check` and `kv_url`.
 """
 
 
-def verdict_meanings() -> dict[str, str]:
-    """Each Verdict member's documentation string (the string literal after it)."""
-    tree = ast.parse(inspect.getsource(Verdict))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    meanings = {}
-    for statement, following in itertools.pairwise(body):
-        if isinstance(statement, ast.Assign) and isinstance(following, ast.Expr):
-            name = statement.targets[0].id  # type: ignore[attr-defined]
-            meanings[name] = " ".join(following.value.value.split())  # type: ignore[attr-defined]
-    return meanings
-
-
-PLAIN_MEANINGS = {
-    "PASSED": "Every step of every check passed.",
-    "FAILED": "A check failed: the kvservice answered, and wrongly.",
-    "UNREACHABLE": "The kvservice could not be reached or timed out (and no check failed).",
-}
-"""The verdicts whose meaning their name says, and that have no documentation string."""
-USAGE_MEANING = "Usage error: an unknown check, a bad flag or environment value."
-
-
 def exit_codes_page() -> str:
-    documented = verdict_meanings()
     rows = ["| code | verdict | meaning |", "|---|---|---|"]
-    by_code = sorted(
-        [*testclient_main.EXIT_CODES.items(), (None, testclient_main.EXIT_USAGE)],
-        key=lambda item: item[1],
-    )
-    for verdict, code in by_code:
-        if verdict is None:
-            rows.append(f"| {code} | | {USAGE_MEANING} |")
-            continue
-        meaning = documented.get(verdict.name) or PLAIN_MEANINGS[verdict.name]
-        rows.append(f"| {code} | `{verdict.value}` | {meaning} |")
+    for entry in RUN_EXIT_CODES:
+        verdict = "" if entry.verdict is None else f"`{entry.verdict.value}`"
+        meaning = entry.meaning[0].upper() + entry.meaning[1:]
+        rows.append(f"| {entry.code} | {verdict} | {meaning}. |")
     table = "\n".join(rows)
     return f"""{GENERATED}# Exit codes of `testclient run`
 
