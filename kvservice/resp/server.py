@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from kvservice.auth import Tokens
+from kvservice.auth import Access, Tokens
 from kvservice.resp.codec import (
     CRLF,
     CommandParser,
@@ -301,7 +301,9 @@ class _Client(asyncio.Protocol):
     def __init__(self, server: RespServer, client_id: int) -> None:
         self.server = server
         self.session = Session(client_id, server._state)
-        self.parser = CommandParser(server.settings.limits)
+        self.parser = CommandParser(
+            server.settings.limits, authenticated=self.session.access > Access.NONE
+        )
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connection
         self.peer = "?"
@@ -334,6 +336,8 @@ class _Client(asyncio.Protocol):
             while not session.closing and (arguments := parser.next_command()) is not None:
                 if arguments:
                     replies.append(answer(arguments, session, self.peer))
+                    # AUTH lifts the bounds before AUTH for the commands after it.
+                    parser.authenticated = session.access > Access.NONE
         except ProtocolError as error:
             logger.info("closing %s: protocol error: %s", self.peer, error)
             replies.append(encode(Error("ERR", f"Protocol error: {error}")))

@@ -674,6 +674,21 @@ def test_values_are_binary_safe(conn: RespConnection, store: Store) -> None:
         (b"*2000\r\n", "invalid multibulk length 2000 (at most 1024 arguments)"),
         (b"*1\r\n$2049\r\n", "invalid bulk length 2049 (arguments are at most 2048 bytes)"),
         (b"*1\r\n$99999999999999999999\r\n", "invalid bulk length '99999999999999999999'"),
+        # Declared sizes far past a limit are refused before anything of their size exists.
+        (b"*2147483648\r\n", "invalid multibulk length 2147483648 (at most 1024 arguments)"),
+        (b"*4294967295\r\n", "invalid multibulk length 4294967295 (at most 1024 arguments)"),
+        (b"*1\r\n*4294967295\r\n", "expected '$', got '*'"),
+        (b"*1\r\n~2147483648\r\n", "expected '$', got '~'"),
+        (b"*1\r\n|4294967295\r\n", "expected '$', got '|'"),
+        (
+            b"*1\r\n$9999999999\r\n",
+            "invalid bulk length 9999999999 (arguments are at most 2048 bytes)",
+        ),
+        # Numbers as Redis reads them: no sign but `-`, no space, no leading zero.
+        (b"*+1\r\n", "invalid multibulk length '+1'"),
+        (b"* 1\r\n", "invalid multibulk length ' 1'"),
+        (b"*01\r\n", "invalid multibulk length '01'"),
+        (b"*1\r\n$04\r\n", "invalid bulk length '04'"),
     ],
 )
 def test_malformed_or_oversized_input_is_a_protocol_error_and_closes(

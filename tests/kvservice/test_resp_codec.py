@@ -8,6 +8,7 @@ input here is read by both: the real parser, and one with the fast path taken ou
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 
@@ -72,6 +73,55 @@ def test_whole_reads_are_read_by_hiredis() -> None:
 )
 def test_what_hiredis_would_read_differently_goes_to_the_python_reader(data: bytes) -> None:
     assert_same([data])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"*2147483648\r\n",
+        b"*4294967295\r\n",
+        b"*1\r\n$4\r\nPING\r\n*2147483648\r\n",
+        b"*1\r\n*4294967295\r\n",
+        b"*1\r\n%2147483648\r\n",
+        b"*1\r\n~2147483648\r\n",
+        b"*1\r\n>2147483648\r\n",
+        b"*1\r\n|4294967295\r\n",
+    ],
+)
+def test_a_count_far_past_the_limit_is_refused_before_anything_of_its_size_exists(
+    data: bytes,
+) -> None:
+    """hiredis allocates an array of the count it reads (and frees it slot by slot): such a
+    read must never reach it."""
+    started = time.thread_time()
+    _, error = assert_same([data])
+    assert error is not None
+    assert time.thread_time() - started < 0.1
+
+
+def test_before_auth_redis_bounds_hold_and_errors_say_so() -> None:
+    limits = RequestLimits(max_argument_bytes=20_000, max_request_bytes=64_000, max_arguments=64)
+
+    def read(data: bytes, authenticated: bool) -> tuple[list[list[bytes]], str | None]:
+        return read_all(CommandParser(limits, authenticated=authenticated), [data])
+
+    eleven = encode_command([b"MGET"] + [b"k"] * 10)
+    long_argument = encode_command([b"ECHO", b"x" * 16_385])
+    assert read(eleven, authenticated=False) == (
+        [],
+        "unauthenticated multibulk length 11 (at most 10 arguments before AUTH)",
+    )
+    assert read(long_argument, authenticated=False) == (
+        [],
+        "unauthenticated bulk length 16385 (arguments are at most 16384 bytes before AUTH)",
+    )
+    assert read(eleven + long_argument, authenticated=True)[0] == [
+        [b"MGET"] + [b"k"] * 10,
+        [b"ECHO", b"x" * 16_385],
+    ]
+    assert read(b"*65\r\n", authenticated=False)[1] == (
+        "invalid multibulk length 65 (at most 64 arguments)"
+    ), "past the service's own limit, its own words"
 
 
 def test_random_pipelines_mutated_and_split_read_the_same() -> None:
