@@ -6,9 +6,10 @@ few store calls and returns a `codec.Reply`. Domain errors become replies throug
 the store's message, or nil where Redis answers nil (GET of an empty key, SET NX on a taken
 key). With tokens, a connection that has not sent AUTH (or HELLO ... AUTH) may only run the
 commands that need `Access.NONE`, and one with a read token not those that need
-`Access.WRITE`: each command's `access` in the table says which. HELLO, COMMAND, CLIENT,
-SELECT, CONFIG GET and INFO answer just enough for real clients and tools (redis-cli --stat,
-redis-benchmark) to connect and report.
+`Access.WRITE`: each command's `access` in the table says which. KEYS, SCAN MATCH and CONFIG
+GET match Redis's glob patterns in bounded time (`patterns.GlobPattern`). HELLO, COMMAND,
+CLIENT, SELECT, CONFIG GET and INFO answer just enough for real clients and tools
+(redis-cli --stat, redis-benchmark) to connect and report.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from kvservice import __version__
 from kvservice.auth import Access, Grant, Tokens
 from kvservice.resp.codec import INTEGER, OK, Error, Reply, Status, printable
-from kvservice.resp.patterns import compile_pattern, literal_prefix
+from kvservice.resp.patterns import GlobPattern, literal_prefix
 from kvservice.store import (
     MATCH_ANY,
     MAX_PAGE_KEYS,
@@ -333,7 +334,7 @@ def _scan(store: Store, session: Session, args: list[bytes]) -> Reply:
         page = store.keys(prefix=prefix, after=after, limit=min(count, MAX_PAGE_KEYS))
     except InvalidKey:
         return [b"0", []]  # a prefix no key can start with
-    matches = compile_pattern(pattern).fullmatch
+    matches = GlobPattern(pattern).matches
     keys: list[Reply] = [k.encode() for k in page.keys if matches(k.encode())]
     next_cursor = 0 if page.next_after is None else session.server.cursors.issue(page.next_after)
     return [str(next_cursor).encode(), keys]
@@ -364,7 +365,7 @@ def _scan_options(options: list[bytes]) -> tuple[bytes, int, bytes | None] | Err
 def _keys(store: Store, session: Session, args: list[bytes]) -> Reply:
     """KEYS pattern: every matching key at once, in order. SCAN is the way for many keys."""
     prefix = literal_prefix(args[0]).decode("latin-1")
-    matches = compile_pattern(args[0]).fullmatch
+    matches = GlobPattern(args[0]).matches
     found: list[Reply] = []
     after = None
     try:
@@ -487,8 +488,9 @@ kvservice does, read-only; it is configured by its command line, so there is no 
 
 
 def _config_get(store: Store, session: Session, args: list[bytes]) -> Reply:
-    """CONFIG GET pattern [pattern ...]: a map of every parameter a pattern matches."""
-    matchers = [compile_pattern(pattern.lower()).fullmatch for pattern in args]
+    """CONFIG GET pattern [pattern ...]: a map of every parameter a pattern matches, with
+    case ignored as Redis ignores it."""
+    matchers = [GlobPattern(pattern, nocase=True).matches for pattern in args]
     return {
         name: value(store)
         for name, value in CONFIG_PARAMETERS.items()

@@ -1,8 +1,10 @@
 """Hostile RESP input against a kvservice process with tokens: none of it may cost more than
 a bounded time or memory, stall the other transport, or put a traceback in the log.
 
-Declared counts and lengths far past a limit, in every RESP type and number spelling, sent
-before AUTH and after it while another connection times `GET /_health`.
+Two classes, each sent before AUTH and after it while another connection times `GET
+/_health`: declared counts and lengths far past a limit (in every RESP type and number
+spelling), and glob patterns built to make a backtracking matcher explode, in every
+command that takes one, with the longest key there is.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import requests
 
+from kvservice.resp.commands import COMMANDS
 from tests.support.processes import ServiceProcess, free_port, start_service
 from tests.support.rawresp import RespConnection, command
 from tests.support.tokens import WRITE_TOKEN
@@ -180,3 +184,72 @@ def test_redis_bounds_before_auth_hold_until_auth_then_the_service_limits(
             assert connection.reply() == b"+OK\r\n"
         with authenticated(port) as connection:
             assert connection.ask("MGET", *[f"k{n}" for n in range(11)]).startswith(b"*11\r\n")
+
+
+# -- patterns --------------------------------------------------------------------------------
+
+LONGEST_KEY = "a" * 255
+MAX_ARGUMENT_BYTES = 2048
+"""kvservice's default: the value limit (1 KiB) and 1 KiB more."""
+ADVERSARIAL_PATTERNS = [
+    b"*a*a*a*a*a*a*a*b",
+    b"*" + b"a*" * 40 + b"b",
+    b"*" * 40 + b"b",
+    b"*?" * 40 + b"b",
+    b"*[a-z]" * 40 + b"b",
+    b"*[^b]*[ab]*[^c]" * 20 + b"b",
+    b"*" + b"a" * 200 + b"b*",
+    (b"*" + b"a" * 20 + b"b") * 10,
+    (b"*a" * 1024)[:MAX_ARGUMENT_BYTES],
+    (b"*[a-b]" * 400)[: MAX_ARGUMENT_BYTES - 1] + b"b",
+    (b"*\\a" * 700)[: MAX_ARGUMENT_BYTES - 1] + b"b",
+    b"[" * MAX_ARGUMENT_BYTES,
+    b"*a*a*a*a*a*a*a*a",  # one that matches
+]
+
+PATTERN_COMMANDS = {
+    b"KEYS": lambda pattern: [b"KEYS", pattern],
+    b"SCAN": lambda pattern: [b"SCAN", b"0", b"MATCH", pattern, b"COUNT", b"1000"],
+    b"CONFIG": lambda pattern: [b"CONFIG", b"GET", pattern],
+}
+"""Every command that takes a glob pattern, and how it takes one."""
+TAKE_NO_PATTERN = {b"PING", b"ECHO", b"GET", b"MGET", b"SET", b"DEL", b"EXISTS", b"HISTORY"}
+TAKE_NO_PATTERN |= {b"DBSIZE", b"QUIT", b"HELLO", b"COMMAND", b"CLIENT", b"SELECT", b"INFO"}
+TAKE_NO_PATTERN |= {b"AUTH"}
+
+
+def test_every_command_is_known_to_take_a_pattern_or_not() -> None:
+    assert set(COMMANDS) == set(PATTERN_COMMANDS) | TAKE_NO_PATTERN
+
+
+@pytest.mark.parametrize("name", sorted(PATTERN_COMMANDS))
+def test_every_pattern_command_answers_adversarial_patterns_in_bounded_time(
+    tmp_path: Path, name: bytes
+) -> None:
+    with resp_service(tmp_path) as (service, port), authenticated(port) as connection:
+        for key in (LONGEST_KEY, "b" * 255, "a", "ab", "config"):
+            assert connection.ask("SET", key, "v") == b"+OK\r\n"
+        with HealthWatch(service.url) as health:
+            slowest_s, slowest = 0.0, b""
+            for pattern in ADVERSARIAL_PATTERNS:
+                started = time.perf_counter()
+                reply = connection.ask(*PATTERN_COMMANDS[name](pattern))
+                elapsed_s = time.perf_counter() - started
+                assert not reply.startswith(b"-"), (pattern, reply)
+                if elapsed_s > slowest_s:
+                    slowest_s, slowest = elapsed_s, pattern
+            if name == b"CONFIG":  # many patterns in one command, up to the request limit
+                started = time.perf_counter()
+                reply = connection.ask("CONFIG", "GET", *ADVERSARIAL_PATTERNS * 6)
+                slowest_s = max(slowest_s, time.perf_counter() - started)
+            else:
+                reply = connection.ask(*PATTERN_COMMANDS[name](b"*a*a*a*a*a*a*a*a"))
+                assert LONGEST_KEY.encode() in reply
+
+    print(
+        f"\n{name.decode()}: {len(ADVERSARIAL_PATTERNS)} adversarial patterns, slowest "
+        f"{slowest_s * 1000:.1f} ms ({slowest[:24]!r}...), slowest /_health "
+        f"{health.worst_s * 1000:.1f} ms"
+    )
+    assert slowest_s < REPLY_WITHIN_S
+    assert health.worst_s < HEALTH_WITHIN_S
