@@ -3,12 +3,12 @@
 The language is Redis's `stringmatchlen` (util.c), quirks included: `*` any run of bytes, `?`
 any one byte, `[abc]` one of a set, `[^abc]` one not in it, `[a-z]` a range (`[z-a]` too),
 `\\x` the byte x itself; a class never closed runs to the end of the pattern, `[a-]` is the
-range from `a` to `]`, and a range compares bytes above 0x7f as C's signed char does on x86
-(so `[a-\\xff]` holds 0xff and `0x00`-`a`). With `nocase` (CONFIG GET), bytes compare after
-ASCII lower-casing, a range's ends lowered after they are put in order (so `[Z-a]` is empty),
-an escaped byte inside a class exactly. No pattern but the empty one matches the empty string,
-and one with more than 1,000 stars before its last byte matches nothing (Redis's guard
-against abusive patterns, CVE-2024-31228).
+range from `a` to `]` (not closed), and a range compares bytes above 0x7f as C's signed char
+does on x86 (so `[a-\\xff]` holds 0xff and `0x00`-`a`). With `nocase` (CONFIG GET), bytes
+compare after ASCII lower-casing, a range's ends lowered after they are put in order (so
+`[Z-a]` is empty), an escaped byte inside a class exactly. No pattern but the empty one
+matches the empty string, and one with more than 1,000 stars before its last byte matches
+nothing (Redis's guard against abusive patterns, CVE-2024-31228).
 
 Redis matches by recursion at each star, pruned since CVE-2022-36021. Here a pattern is read
 once into tokens that each match exactly one byte (a set of bytes) and runs of stars, and those
@@ -16,8 +16,8 @@ become one regular expression in which each star but the last is an atomic group
 `(?>.*?SEGMENT)`: the segment after a star is taken at its leftmost place and never tried
 further right. That loses no match (a later segment only gains room), and so matching costs
 O(len(text) x tokens) steps in C, never the exponential backtracking a plain translation of
-`*` to `.*` costs (`*a*a*a*a*a*a*a*b` against 255 `a`s held the GIL for minutes). fnmatch is
-not this language (`[!a]`, no escapes) and backtracks the same way.
+`*` to `.*` costs (`*a*a*a*a*a*a*a*b` against 255 `a`s held the GIL for minutes). fnmatch,
+which avoids that too, is not this language (`[!a]`, no escapes, no signed ranges).
 """
 
 from __future__ import annotations
