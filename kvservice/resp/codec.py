@@ -5,12 +5,18 @@
 (arrays of bulk strings, or inline lines as typed into telnet), so a server can run all the
 commands a client pipelined before it writes their replies together. It remembers where it is
 inside a command, so a request that trickles in costs no rescans. Everything a client can
-make it hold is bounded (`RequestLimits`); malformed or oversized input raises ProtocolError.
+make it hold is bounded (`RequestLimits`), tighter still until the connection authenticates
+(as Redis bounds it since CVE-2021-32675), and every declared count or length is judged
+before anything of its size is allocated or awaited; malformed or oversized input raises
+ProtocolError.
 
 A read that holds only whole, well-formed commands within the limits (what clients send,
 pipelined or not) is parsed by hiredis, redis-py's C reader, 25 times faster than Python
 reads it; the Python reader here judges everything else (inline commands, a command split
 across reads, malformed or oversized input), so what is accepted and every error are the same.
+hiredis allocates an array as soon as it reads its declared count (`*2147483648` is 16 GiB of
+list, and seconds of CPU to free), so a read that declares a count far past the limit in any
+of RESP's aggregate types never reaches it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ import hiredis
 
 CRLF = b"\r\n"
 INTEGER = re.compile(rb"-?[0-9]{1,12}")
+_LENGTH = re.compile(rb"0|-?[1-9][0-9]{0,11}")
+"""A count or length as Redis reads one (string2ll): no sign but `-`, no space, no leading
+zero; more than 12 digits is refused unread."""
 _PRINTABLE_CHARS = 64
 
 
@@ -101,13 +110,33 @@ class RequestLimits:
     max_arguments: int = 1024
 
 
+UNAUTHENTICATED_MAX_ARGUMENTS = 10
+UNAUTHENTICATED_MAX_ARGUMENT_BYTES = 16 * 1024
+"""Redis's bounds on an array and on one bulk string from a client that has not authenticated
+where that is required (CVE-2021-32675), here as there: AUTH and HELLO fit in them."""
+_SHAPES = bytes(
+    ord("*") if byte in b"*%~>|" else ord("0") if byte in b"0123456789" else ord(".")
+    for byte in range(256)
+)
+"""A translation that leaves only the shape of what hiredis could read as a declared count:
+each of RESP's aggregate types (arrays, maps, sets, pushes, attributes, whose count hiredis
+allocates for) becomes `*`, each digit `0`, any other byte `.`."""
+
+
 class CommandParser:
     """Commands out of a byte stream fed in pieces: `feed(data)`, then `next_command()` until
     it returns None (the rest has not arrived). Raises ProtocolError; after that the stream
     is beyond repair and the connection should close."""
 
-    def __init__(self, limits: RequestLimits) -> None:
+    def __init__(self, limits: RequestLimits, *, authenticated: bool = True) -> None:
         self.limits = limits
+        self.authenticated = authenticated
+        """False while the connection must, and has yet to, authenticate: arrays and bulk
+        strings are held to Redis's tighter bounds for such a client. The server sets it."""
+        self._too_many_digits = b"*" + b"0" * (len(str(limits.max_arguments)) + 1)
+        """In a read's `_SHAPES`, wherever it might declare a count with more digits than the
+        limit has (even inside a bulk string): such a read goes to the Python reader, which
+        refuses it before allocating anything, or finds it harmless."""
         self._buffer = bytearray()
         self._arguments: list[bytes] | None = None
         """The arguments of the array being read; None between commands."""
@@ -126,7 +155,11 @@ class CommandParser:
 
     def feed(self, data: bytes) -> None:
         """Append received bytes."""
-        if not self.midway and data[:1] == b"*":
+        if (
+            not self.midway
+            and data[:1] == b"*"
+            and self._too_many_digits not in data.translate(_SHAPES)
+        ):
             commands = self._whole_commands(data)
             if commands is not None:
                 self._parsed.extend(commands)
@@ -140,11 +173,8 @@ class CommandParser:
         for the Python reader to judge."""
         reader = self._reader
         reader.feed(data)
-        max_arguments, max_argument_bytes, max_request_bytes = (
-            self.limits.max_arguments,
-            self.limits.max_argument_bytes,
-            self.limits.max_request_bytes,
-        )
+        max_arguments, max_argument_bytes = self._max_arguments(), self._max_argument_bytes()
+        max_request_bytes = self.limits.max_request_bytes
         commands: list[list[bytes]] = []
         canonical: list[bytes] = []  # `data` again, as encode_command writes commands
         try:
@@ -179,11 +209,7 @@ class CommandParser:
             if not line.startswith(b"*"):
                 return self._inline(line)
             count = _length(line, "multibulk")
-            if count > self.limits.max_arguments:
-                raise ProtocolError(
-                    f"invalid multibulk length {count} "
-                    f"(at most {self.limits.max_arguments} arguments)"
-                )
+            self._check_count(count)
             if count <= 0:
                 return []  # an empty command, which Redis ignores too
             self._arguments, self._arguments_left, self._request_bytes = [], count, 0
@@ -221,11 +247,7 @@ class CommandParser:
             if not line.startswith(b"$"):
                 raise ProtocolError(f"expected '$', got '{printable(line[:1])}'")
             size = _length(line, "bulk")
-            if not 0 <= size <= self.limits.max_argument_bytes:
-                raise ProtocolError(
-                    f"invalid bulk length {size} (arguments are at most "
-                    f"{self.limits.max_argument_bytes} bytes)"
-                )
+            self._check_size(size)
             self._request_bytes += size
             if self._request_bytes > self.limits.max_request_bytes:
                 raise ProtocolError(f"request larger than {self.limits.max_request_bytes} bytes")
@@ -240,10 +262,40 @@ class CommandParser:
         self._bulk_size = None
         return data
 
+    def _max_arguments(self) -> int:
+        limit = self.limits.max_arguments
+        return limit if self.authenticated else min(limit, UNAUTHENTICATED_MAX_ARGUMENTS)
+
+    def _max_argument_bytes(self) -> int:
+        limit = self.limits.max_argument_bytes
+        return limit if self.authenticated else min(limit, UNAUTHENTICATED_MAX_ARGUMENT_BYTES)
+
+    def _check_count(self, count: int) -> None:
+        """Refuse an array's declared count past the limit, in Redis's words and ours."""
+        limit = self.limits.max_arguments
+        if count > limit:
+            raise ProtocolError(f"invalid multibulk length {count} (at most {limit} arguments)")
+        if count > self._max_arguments():
+            raise ProtocolError(
+                f"unauthenticated multibulk length {count} "
+                f"(at most {UNAUTHENTICATED_MAX_ARGUMENTS} arguments before AUTH)"
+            )
+
+    def _check_size(self, size: int) -> None:
+        """Refuse a bulk string's declared length out of bounds, in Redis's words and ours."""
+        limit = self.limits.max_argument_bytes
+        if not 0 <= size <= limit:
+            raise ProtocolError(f"invalid bulk length {size} (arguments are at most {limit} bytes)")
+        if size > self._max_argument_bytes():
+            raise ProtocolError(
+                f"unauthenticated bulk length {size} (arguments are at most "
+                f"{UNAUTHENTICATED_MAX_ARGUMENT_BYTES} bytes before AUTH)"
+            )
+
 
 def _length(line: bytes, what: str) -> int:
     """The number in a `*3` or `$5` line, which must end in CRLF."""
     digits = line[1:-2]
-    if not line.endswith(CRLF) or not INTEGER.fullmatch(digits):
+    if not line.endswith(CRLF) or not _LENGTH.fullmatch(digits):
         raise ProtocolError(f"invalid {what} length '{printable(digits)}'")
     return int(digits)

@@ -5,10 +5,11 @@ few store calls and returns a `codec.Reply`. Domain errors become replies throug
 (`STORE_ERRORS`), like the HTTP app's PROBLEMS: an error reply with a code of its own and
 the store's message, or nil where Redis answers nil (GET of an empty key, SET NX on a taken
 key). With tokens, a connection that has not sent AUTH (or HELLO ... AUTH) may only run the
-commands that need `Access.NONE`, and one with a read token not those that need
-`Access.WRITE`: each command's `access` in the table says which. HELLO, COMMAND, CLIENT,
-SELECT, CONFIG GET and INFO answer just enough for real clients and tools (redis-cli --stat,
-redis-benchmark) to connect and report.
+commands that need `Access.NONE` (HELLO itself only with AUTH in it, as in Redis 7), and one
+with a read token not those that need `Access.WRITE`: each command's `access` in the table
+says which. KEYS, SCAN MATCH and CONFIG GET match Redis's glob patterns in bounded time
+(`patterns.GlobPattern`). HELLO, COMMAND, CLIENT, SELECT, CONFIG GET and INFO answer just
+enough for real clients and tools (redis-cli --stat, redis-benchmark) to connect and report.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from kvservice import __version__
 from kvservice.auth import Access, Grant, Tokens
 from kvservice.resp.codec import INTEGER, OK, Error, Reply, Status, printable
-from kvservice.resp.patterns import compile_pattern, literal_prefix
+from kvservice.resp.patterns import GlobPattern, literal_prefix
 from kvservice.store import (
     MATCH_ANY,
     MAX_PAGE_KEYS,
@@ -342,7 +343,7 @@ def _scan(store: Store, session: Session, args: list[bytes]) -> Reply:
         page = store.keys(prefix=prefix, after=after, limit=min(count, MAX_PAGE_KEYS))
     except InvalidKey:
         return [b"0", []]  # a prefix no key can start with
-    matches = compile_pattern(pattern).fullmatch
+    matches = GlobPattern(pattern).matches
     keys: list[Reply] = [k.encode() for k in page.keys if matches(k.encode())]
     next_cursor = 0 if page.next_after is None else session.server.cursors.issue(page.next_after)
     return [str(next_cursor).encode(), keys]
@@ -373,7 +374,7 @@ def _scan_options(options: list[bytes]) -> tuple[bytes, int, bytes | None] | Err
 def _keys(store: Store, session: Session, args: list[bytes]) -> Reply:
     """KEYS pattern: every matching key at once, in order. SCAN is the way for many keys."""
     prefix = literal_prefix(args[0]).decode("latin-1")
-    matches = compile_pattern(args[0]).fullmatch
+    matches = GlobPattern(args[0]).matches
     found: list[Reply] = []
     after = None
     try:
@@ -422,30 +423,49 @@ def _auth(store: Store, session: Session, args: list[bytes]) -> Reply:
     return OK
 
 
-HELLO_OPTIONS: dict[bytes, tuple[int, Handler]] = {
-    b"AUTH": (2, _auth),
-    b"SETNAME": (1, _client_setname),
-}
-"""HELLO's options: how many arguments each takes, and the command that does it."""
+HELLO_OPTIONS: dict[bytes, int] = {b"AUTH": 2, b"SETNAME": 1}
+"""HELLO's options and how many arguments each takes."""
+
+HELLO_NOAUTH = Error(
+    "NOAUTH",
+    "HELLO must be called with the client already authenticated, otherwise the HELLO AUTH "
+    "<user> <pass> option can be used to authenticate the client and select the RESP "
+    "protocol version at the same time",
+)
+"""Redis 7's answer to a HELLO without AUTH from a client that has not authenticated: the
+server's details are not for anyone who connects."""
 
 
 def _hello(store: Store, session: Session, args: list[bytes]) -> Reply:
+    """HELLO [version [AUTH user token] [SETNAME name]], in Redis's order: the version is
+    checked, then the options are read, then AUTH runs, then a client that still has not
+    authenticated is refused, then SETNAME runs and the version is chosen."""
+    protocol = session.protocol
     if args:
         if not INTEGER.fullmatch(args[0]):
             return Error("ERR", "Protocol version is not an integer or out of range")
-        if int(args[0]) not in SUPPORTED_PROTOCOLS:
+        protocol = int(args[0])
+        if protocol not in SUPPORTED_PROTOCOLS:
             return Error("NOPROTO", "unsupported protocol version")
-        options = args[1:]
-        while options:
-            option = HELLO_OPTIONS.get(options[0].upper())
-            if option is None or len(options) <= option[0]:
-                return Error("ERR", "syntax error; HELLO takes a version, AUTH and SETNAME")
-            count, handler = option
-            done = handler(store, session, options[1 : 1 + count])
-            if done != OK:
-                return done
-            options = options[1 + count :]
-        session.protocol = int(args[0])
+    options: dict[bytes, list[bytes]] = {}
+    rest = args[1:]
+    while rest:
+        name = rest[0].upper()
+        count = HELLO_OPTIONS.get(name)
+        if count is None or len(rest) <= count:
+            return Error("ERR", "syntax error; HELLO takes a version, AUTH and SETNAME")
+        options[name], rest = rest[1 : 1 + count], rest[1 + count :]
+    if b"AUTH" in options:
+        authenticated = _auth(store, session, options[b"AUTH"])
+        if authenticated != OK:
+            return authenticated
+    if session.access is Access.NONE:
+        return HELLO_NOAUTH
+    if b"SETNAME" in options:
+        named = _client_setname(store, session, options[b"SETNAME"])
+        if named != OK:
+            return named
+    session.protocol = protocol
     return {
         b"server": b"kvservice",
         b"version": __version__.encode(),
@@ -496,8 +516,9 @@ kvservice does, read-only; it is configured by its command line, so there is no 
 
 
 def _config_get(store: Store, session: Session, args: list[bytes]) -> Reply:
-    """CONFIG GET pattern [pattern ...]: a map of every parameter a pattern matches."""
-    matchers = [compile_pattern(pattern.lower()).fullmatch for pattern in args]
+    """CONFIG GET pattern [pattern ...]: a map of every parameter a pattern matches, with
+    case ignored as Redis ignores it."""
+    matchers = [GlobPattern(pattern, nocase=True).matches for pattern in args]
     return {
         name: value(store)
         for name, value in CONFIG_PARAMETERS.items()

@@ -30,7 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from kvservice.auth import Tokens
+from kvservice.auth import Access, Tokens
 from kvservice.execution import Execution
 from kvservice.resp.codec import (
     CRLF,
@@ -318,7 +318,9 @@ class _Client(asyncio.Protocol):
     def __init__(self, server: RespServer, client_id: int) -> None:
         self.server = server
         self.session = Session(client_id, server._state)
-        self.parser = CommandParser(server.settings.limits)
+        self.parser = CommandParser(
+            server.settings.limits, authenticated=self.session.access > Access.NONE
+        )
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connection
         self.peer = "?"
@@ -352,48 +354,58 @@ class _Client(asyncio.Protocol):
             self._serve_parsed()
 
     def _serve_parsed(self) -> None:
-        """Run the commands parsed so far: here, or as one batch on a worker."""
-        commands, error = self._parsed_commands()
+        """Run the commands buffered so far: here, or on a worker from the first complete one.
+
+        Commands are parsed one at a time as they are run, because AUTH lifts the bounds
+        before AUTH for the commands after it in the same read. Under WORKERS the first one is
+        parsed here (an incomplete read costs no hand-off), the rest on the worker, which
+        alone touches the parser until it is done: reading is paused meanwhile."""
+        try:
+            first = self._next_command()
+        except ProtocolError as error:
+            self._reply([], error)
+            return
+        if first is None:
+            return
         workers = self.server.workers
-        if workers is None or not commands:
-            self._reply(self._answer_all(commands), error)
+        if workers is None:
+            self._reply(*self._run_from(first))
             return
         self.running = True
         self.transport.pause_reading()
-        batch = asyncio.get_running_loop().run_in_executor(workers, self._answer_all, commands)
-        batch.add_done_callback(lambda done: self._batch_done(done, error))
+        batch = asyncio.get_running_loop().run_in_executor(workers, self._run_from, first)
+        batch.add_done_callback(self._batch_done)
 
-    def _parsed_commands(self) -> tuple[list[list[bytes]], ProtocolError | None]:
-        """Every complete command buffered, and the protocol error that ended them, if any."""
-        commands: list[list[bytes]] = []
-        try:
-            while (arguments := self.parser.next_command()) is not None:
-                if arguments:
-                    commands.append(arguments)
-        except ProtocolError as error:
-            return commands, error
-        return commands, None
+    def _next_command(self) -> list[bytes] | None:
+        """The next complete command buffered (empty ones skipped), or None."""
+        while (arguments := self.parser.next_command()) is not None:
+            if arguments:
+                return arguments
+        return None
 
-    def _answer(self, arguments: list[bytes]) -> bytes:
-        return self.server.answer(arguments, self.session, self.peer)
-
-    def _answer_all(self, commands: list[list[bytes]]) -> list[bytes]:
-        """Run commands in order, stopping after QUIT (on a worker under WORKERS)."""
+    def _run_from(self, first: list[bytes]) -> tuple[list[bytes], ProtocolError | None]:
+        """Run `first`, then every command complete after it, stopping after QUIT or at a
+        protocol error (on a worker under WORKERS); the replies, and the error if any."""
         replies: list[bytes] = []
-        for arguments in commands:
-            if self.session.closing:
-                break
-            replies.append(self._answer(arguments))
-        return replies
+        arguments: list[bytes] | None = first
+        try:
+            while arguments is not None and not self.session.closing:
+                replies.append(self.server.answer(arguments, self.session, self.peer))
+                # AUTH lifts the bounds before AUTH for the commands after it.
+                self.parser.authenticated = self.session.access > Access.NONE
+                arguments = None if self.session.closing else self._next_command()
+        except ProtocolError as error:
+            return replies, error
+        return replies, None
 
-    def _batch_done(self, batch: asyncio.Future[list[bytes]], error: ProtocolError | None) -> None:
+    def _batch_done(self, batch: asyncio.Future[tuple[list[bytes], ProtocolError | None]]) -> None:
         self.running = False
         if self.transport.is_closing():  # aborted meanwhile (idle sweep, stop): nobody to tell
             return
         if batch.cancelled() or batch.exception() is not None:  # the pool shut down: stopping
             self.transport.abort()
             return
-        self._reply(batch.result(), error)
+        self._reply(*batch.result())
         if self.transport.is_closing():
             return
         if self.finishing:

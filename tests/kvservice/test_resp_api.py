@@ -19,6 +19,7 @@ import pytest
 
 from kvservice.__main__ import TRANSPORTS, Security, resp_settings
 from kvservice.config import Config, load_config
+from kvservice.execution import Execution
 from kvservice.resp.server import RespServer, RespSettings
 from kvservice.store import (
     NO_CONDITION,
@@ -50,9 +51,10 @@ def store(clock: FakeClock) -> Store:
     return MemoryStore(clock=clock)
 
 
-@pytest.fixture
-def server(store: Store) -> Iterator[RespServer]:
-    with running_resp(store, idle_timeout_s=5.0) as resp_server:
+@pytest.fixture(params=list(Execution), ids=lambda execution: execution.value)
+def server(store: Store, request: pytest.FixtureRequest) -> Iterator[RespServer]:
+    """The server, with commands run on its loop and, again, on workers (as for Redis)."""
+    with running_resp(store, idle_timeout_s=5.0, execution=request.param) as resp_server:
         yield resp_server
 
 
@@ -674,6 +676,21 @@ def test_values_are_binary_safe(conn: RespConnection, store: Store) -> None:
         (b"*2000\r\n", "invalid multibulk length 2000 (at most 1024 arguments)"),
         (b"*1\r\n$2049\r\n", "invalid bulk length 2049 (arguments are at most 2048 bytes)"),
         (b"*1\r\n$99999999999999999999\r\n", "invalid bulk length '99999999999999999999'"),
+        # Declared sizes far past a limit are refused before anything of their size exists.
+        (b"*2147483648\r\n", "invalid multibulk length 2147483648 (at most 1024 arguments)"),
+        (b"*4294967295\r\n", "invalid multibulk length 4294967295 (at most 1024 arguments)"),
+        (b"*1\r\n*4294967295\r\n", "expected '$', got '*'"),
+        (b"*1\r\n~2147483648\r\n", "expected '$', got '~'"),
+        (b"*1\r\n|4294967295\r\n", "expected '$', got '|'"),
+        (
+            b"*1\r\n$9999999999\r\n",
+            "invalid bulk length 9999999999 (arguments are at most 2048 bytes)",
+        ),
+        # Numbers as Redis reads them: no sign but `-`, no space, no leading zero.
+        (b"*+1\r\n", "invalid multibulk length '+1'"),
+        (b"* 1\r\n", "invalid multibulk length ' 1'"),
+        (b"*01\r\n", "invalid multibulk length '01'"),
+        (b"*1\r\n$04\r\n", "invalid bulk length '04'"),
     ],
 )
 def test_malformed_or_oversized_input_is_a_protocol_error_and_closes(

@@ -8,6 +8,8 @@ input here is read by both: the real parser, and one with the fast path taken ou
 from __future__ import annotations
 
 import random
+import re
+import time
 
 import pytest
 
@@ -74,7 +76,63 @@ def test_what_hiredis_would_read_differently_goes_to_the_python_reader(data: byt
     assert_same([data])
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"*2147483648\r\n",
+        b"*4294967295\r\n",
+        b"*1\r\n$4\r\nPING\r\n*2147483648\r\n",
+        b"*1\r\n*4294967295\r\n",
+        b"*1\r\n%2147483648\r\n",
+        b"*1\r\n~2147483648\r\n",
+        b"*1\r\n>2147483648\r\n",
+        b"*1\r\n|4294967295\r\n",
+    ],
+)
+def test_a_count_far_past_the_limit_is_refused_before_anything_of_its_size_exists(
+    data: bytes,
+) -> None:
+    """hiredis allocates an array of the count it reads (and frees it slot by slot): such a
+    read must never reach it."""
+    started = time.thread_time()
+    _, error = assert_same([data])
+    assert error is not None
+    assert time.thread_time() - started < 0.1
+
+
+def test_before_auth_redis_bounds_hold_and_errors_say_so() -> None:
+    limits = RequestLimits(max_argument_bytes=20_000, max_request_bytes=64_000, max_arguments=64)
+
+    def read(data: bytes, authenticated: bool) -> tuple[list[list[bytes]], str | None]:
+        return read_all(CommandParser(limits, authenticated=authenticated), [data])
+
+    eleven = encode_command([b"MGET"] + [b"k"] * 10)
+    long_argument = encode_command([b"ECHO", b"x" * 16_385])
+    assert read(eleven, authenticated=False) == (
+        [],
+        "unauthenticated multibulk length 11 (at most 10 arguments before AUTH)",
+    )
+    assert read(long_argument, authenticated=False) == (
+        [],
+        "unauthenticated bulk length 16385 (arguments are at most 16384 bytes before AUTH)",
+    )
+    assert read(eleven + long_argument, authenticated=True)[0] == [
+        [b"MGET"] + [b"k"] * 10,
+        [b"ECHO", b"x" * 16_385],
+    ]
+    assert read(b"*65\r\n", authenticated=False)[1] == (
+        "invalid multibulk length 65 (at most 64 arguments)"
+    ), "past the service's own limit, its own words"
+
+
+HUGE_NUMBERS = [b"2147483648", b"4294967295", b"9999999999", b"-9999999999", b"9" * 20, b"10000"]
+"""Declared counts and lengths far past any limit, for the mutations to put in a header."""
+
+
 def test_random_pipelines_mutated_and_split_read_the_same() -> None:
+    """Seeded pipelines, a byte changed, removed or added, or a header's number made huge
+    (its type changed to one of RESP3's aggregates, sometimes); each read the same by both
+    readers, and each within a bounded time."""
     rng = random.Random(20261201)
     for _ in range(3000):
         commands = [
@@ -86,7 +144,7 @@ def test_random_pipelines_mutated_and_split_read_the_same() -> None:
             for _ in range(rng.randint(1, 5))
         ]
         data = bytearray(b"".join(map(encode_command, commands)))
-        mutation = rng.randrange(4)
+        mutation = rng.randrange(5)
         position = rng.randrange(len(data))
         if mutation == 1:
             data[position] = rng.choice(b"*$+:-\r\n0123456789x")
@@ -94,6 +152,14 @@ def test_random_pipelines_mutated_and_split_read_the_same() -> None:
             del data[position]
         elif mutation == 3:
             data.insert(position, rng.choice(b"\r\n0x$*"))
+        elif mutation == 4:
+            header = rng.choice(list(re.finditer(rb"(?<=\n)[*$]([0-9]+)|^\*([0-9]+)", data)))
+            start, end = header.span(header.lastindex or 0)
+            data[start:end] = rng.choice(HUGE_NUMBERS)
+            if rng.random() < 0.3:
+                data[start - 1] = rng.choice(b"*%~>|")
         cut = rng.randrange(len(data) + 1)
         reads = [bytes(data)] if rng.random() < 0.5 else [bytes(data[:cut]), bytes(data[cut:])]
+        started = time.thread_time()
         assert_same(reads)
+        assert time.thread_time() - started < 0.1, reads

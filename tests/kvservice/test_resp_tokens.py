@@ -6,15 +6,18 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kvservice.auth import Access, Grant, Tokens, TokenTable
+from kvservice.execution import Execution
 from kvservice.resp.commands import COMMANDS
 from kvservice.resp.server import RespServer
 from kvservice.store.memory import MemoryStore
 from tests.support.rawresp import RespConnection, running_resp
+from tests.support.redis_servers import running_redis
 from tests.support.tokens import READ_TOKEN, WRITE_TOKEN, reader_and_writer
 
 NOAUTH = b"-NOAUTH Authentication required.\r\n"
@@ -30,11 +33,12 @@ def store() -> MemoryStore:
     return store
 
 
-@pytest.fixture
-def resp(store: MemoryStore) -> Iterator[RespServer]:
-    """A RESP server over `store`, with a read and a write token."""
+@pytest.fixture(params=list(Execution), ids=lambda execution: execution.value)
+def resp(store: MemoryStore, request: pytest.FixtureRequest) -> Iterator[RespServer]:
+    """A RESP server over `store`, with a read and a write token, running commands on its
+    loop and, again, on workers (as for Redis)."""
     tokens = reader_and_writer()
-    with running_resp(store, tokens=tokens) as server:
+    with running_resp(store, tokens=tokens, execution=request.param) as server:
         yield server
 
 
@@ -99,8 +103,58 @@ def test_a_write_token_runs_everything(resp: RespServer, name: bytes) -> None:
 def test_the_open_commands_answer_before_auth(resp: RespServer) -> None:
     with RespConnection(resp.port) as connection:
         assert connection.ask("PING") == b"+PONG\r\n"
-        assert connection.ask("HELLO", "2").startswith(b"*14\r\n")
+        assert connection.ask("HELLO", "2", "AUTH", "default", READ_TOKEN).startswith(b"*14\r\n")
+    with RespConnection(resp.port) as connection:
         assert connection.ask("QUIT") == b"+OK\r\n"
+
+
+HELLO_NOAUTH = (
+    b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the "
+    b"HELLO AUTH <user> <pass> option can be used to authenticate the client and select the "
+    b"RESP protocol version at the same time\r\n"
+)
+"""Redis 7.0's words, byte for byte."""
+
+
+@pytest.mark.parametrize(
+    "hello", [["HELLO"], ["HELLO", "2"], ["HELLO", "3"], ["HELLO", "3", "SETNAME", "me"]]
+)
+def test_hello_without_auth_tells_nothing_and_changes_nothing_before_auth(
+    resp: RespServer, hello: list[str]
+) -> None:
+    with RespConnection(resp.port) as connection:
+        assert connection.ask(*hello) == HELLO_NOAUTH
+        assert connection.ask("AUTH", READ_TOKEN) == b"+OK\r\n"
+        assert connection.ask("GET", "missing") == b"$-1\r\n", "still RESP2"
+        assert connection.ask("CLIENT", "GETNAME") == b"$-1\r\n", "no name was set"
+        assert connection.ask(*hello)[:1] in (b"*", b"%"), "after AUTH, HELLO answers"
+
+
+def test_hello_checks_its_version_then_authenticates_then_names(resp: RespServer) -> None:
+    with RespConnection(resp.port) as connection:
+        assert connection.ask("HELLO", "4") == b"-NOPROTO unsupported protocol version\r\n"
+        assert connection.ask("HELLO", "two").startswith(b"-ERR Protocol version")
+        assert connection.ask("HELLO", "3", "SETNAME", "me", "AUTH", "default", READ_TOKEN)[:1] == (
+            b"%"
+        )
+        assert connection.ask("CLIENT", "GETNAME") == b"$2\r\nme\r\n"
+
+
+def test_hello_before_auth_is_answered_as_a_real_redis_with_a_password_answers_it(
+    tmp_path: Path, resp: RespServer
+) -> None:
+    asked = [
+        ["HELLO"],
+        ["HELLO", "3"],
+        ["HELLO", "2", "SETNAME", "me"],
+        ["HELLO", "4"],
+        ["HELLO", "two"],
+        ["HELLO", "3", "AUTH", "default", "wrong-token-0123"],
+    ]
+    with running_redis(tmp_path, "--requirepass", WRITE_TOKEN) as redis_server:
+        for hello in asked:
+            with RespConnection(resp.port) as ours, RespConnection(redis_server.port) as theirs:
+                assert ours.ask(*hello) == theirs.ask(*hello), hello
 
 
 def test_auth_takes_the_token_name_as_the_user_and_no_other(resp: RespServer) -> None:

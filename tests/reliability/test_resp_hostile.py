@@ -1,0 +1,267 @@
+"""Hostile RESP input against a kvservice process with tokens: none of it may cost more than
+a bounded time or memory, stall the other transport, or put a traceback in the log.
+
+Two classes, each sent before AUTH and after it while another connection times `GET
+/_health`: declared counts and lengths far past a limit (in every RESP type and number
+spelling), and glob patterns built to make a backtracking matcher explode, in every
+command that takes one, with the longest key there is.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+
+from kvservice.resp.commands import COMMANDS
+from tests.support.patterns import ADVERSARIAL_PATTERNS
+from tests.support.processes import ServiceProcess, free_port, start_service
+from tests.support.rawresp import RespConnection, command
+from tests.support.tokens import WRITE_TOKEN
+
+MAX_VALUE_BYTES = 64 * 1024
+"""Set so that an argument may be far longer than Redis's 16 KiB before AUTH."""
+REPLY_WITHIN_S = 1.0
+HEALTH_WITHIN_S = 1.0
+"""Each far past what the server needs (milliseconds); before the fix, seconds."""
+ATTACK_S = 1.0
+"""How long the frames are sent for, round after round, while /_health is timed."""
+
+
+@contextmanager
+def resp_service(tmp_path: Path, *args: str) -> Iterator[tuple[ServiceProcess, int]]:
+    """kvservice with a write token and RESP on a free port; its log must hold no traceback."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"write {WRITE_TOKEN} writer\n")
+    resp_port = free_port()
+    service = start_service(
+        "kvservice",
+        "--auth-tokens",
+        str(tokens),
+        "--resp-port",
+        str(resp_port),
+        "--log-level",
+        "WARNING",
+        *args,
+        capture=True,
+    )
+    try:
+        yield service, resp_port
+    finally:
+        _, stderr = service.stop()
+    assert "Traceback" not in stderr and "MemoryError" not in stderr, stderr
+
+
+class HealthWatch:
+    """GET /_health every 20 ms on its own connection, until the `with` ends; `worst_s` is
+    the slowest answer (or how long the last one had waited, if it never came)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.worst_s = 0.0
+        self.answers = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> HealthWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                try:
+                    session.get(f"{self.url}/_health", timeout=30).raise_for_status()
+                    self.answers += 1
+                finally:
+                    self.worst_s = max(self.worst_s, time.perf_counter() - started)
+                self._stop.wait(0.02)
+
+
+def authenticated(port: int, timeout_s: float = 5.0) -> RespConnection:
+    """A connection that has sent AUTH with the write token."""
+    connection = RespConnection(port, timeout_s)
+    assert connection.ask("AUTH", WRITE_TOKEN) == b"+OK\r\n"
+    return connection
+
+
+# -- declared sizes --------------------------------------------------------------------------
+
+FAR_PAST_A_LIMIT = [
+    b"*2147483648\r\n",
+    b"*4294967295\r\n",
+    b"*4294967296\r\n",
+    b"*9223372036854775807\r\n",
+    b"*99999999999999999999\r\n",
+    b"*+2147483648\r\n",
+    b"* 2147483648\r\n",
+    b"*02147483648\r\n",
+    b"*1\r\n$9999999999\r\n",
+    b"*1\r\n$-9999999999\r\n",
+    b"*1\r\n$99999999999999999999\r\n",
+    b"*1\r\n$+9999999999\r\n",
+    b"*1\r\n$ 9999999999\r\n",
+    b"*1\r\n$%d\r\n" % (MAX_VALUE_BYTES * 1024),
+    # Nested, and RESP3's aggregate types, which hiredis reads and a client may not send.
+    b"*1\r\n*2147483648\r\n",
+    b"*1\r\n*4294967295\r\n",
+    b"*2\r\n$3\r\nGET\r\n*4294967295\r\n",
+    b"*1\r\n%2147483648\r\n",
+    b"*1\r\n~2147483648\r\n",
+    b"*1\r\n>2147483648\r\n",
+    b"*1\r\n|2147483648\r\n",
+    b"*1\r\n|4294967295\r\n",
+    # After a whole command in the same read.
+    b"*1\r\n$4\r\nPING\r\n*2147483648\r\n",
+    b"*1\r\n$4\r\nPING\r\n*1\r\n>4294967295\r\n",
+]
+"""Each refused with a protocol error whether or not the client has authenticated."""
+
+PAST_THE_BOUNDS_BEFORE_AUTH = {
+    b"*11\r\n": b"-ERR Protocol error: unauthenticated multibulk length 11 "
+    b"(at most 10 arguments before AUTH)\r\n",
+    b"*1\r\n$16385\r\n": b"-ERR Protocol error: unauthenticated bulk length 16385 "
+    b"(arguments are at most 16384 bytes before AUTH)\r\n",
+}
+"""Redis's bounds for a client that has not authenticated (CVE-2021-32675), here too."""
+
+
+def send_and_judge(
+    port: int, frame: bytes, connect: Callable[[int, float], RespConnection]
+) -> tuple[float, str | None]:
+    """Send `frame` on a new connection (`connect` may AUTH first): how long the server took
+    to answer and close, and what was wrong with its answer, if anything."""
+    started = time.perf_counter()
+    try:
+        with connect(port, 5.0) as connection:
+            started = time.perf_counter()
+            connection.send(frame)
+            reply, closed = connection.rest_and_closed()
+    except OSError as error:  # a server stalled by the frame before: its AUTH timed out
+        return time.perf_counter() - started, f"{frame!r} ({connect.__name__}): {error!r}"
+    elapsed_s = time.perf_counter() - started
+    last_line = reply.rstrip(b"\r\n").rsplit(b"\r\n", 1)[-1]
+    if closed and last_line.startswith(b"-ERR Protocol error: "):
+        return elapsed_s, None
+    return elapsed_s, f"{frame!r} ({connect.__name__}): {reply!r}, closed={closed}"
+
+
+def test_declared_sizes_far_past_a_limit_are_refused_at_once_before_auth_and_after(
+    tmp_path: Path,
+) -> None:
+    cases = list(itertools.product(FAR_PAST_A_LIMIT, (RespConnection, authenticated)))
+    with (
+        resp_service(tmp_path, "--max-value-bytes", str(MAX_VALUE_BYTES)) as (service, port),
+        HealthWatch(service.url) as health,
+    ):
+        rss_before = service.rss_bytes()
+        slowest_s, sent, problems = 0.0, 0, list[str]()
+        attack_started = time.monotonic()
+        attack_ends = attack_started + ATTACK_S
+        while time.monotonic() < attack_ends and sent < 20 * len(cases) and not problems:
+            for frame, connect in cases:
+                elapsed_s, problem = send_and_judge(port, frame, connect)
+                slowest_s, sent = max(slowest_s, elapsed_s), sent + 1
+                problems += [problem] if problem else []
+        attack_s = time.monotonic() - attack_started
+        rss_growth = service.rss_bytes() - rss_before
+
+    print(
+        f"\n{sent} frames ({len(FAR_PAST_A_LIMIT)} kinds, before and after AUTH) in "
+        f"{attack_s:.2f} s: slowest refusal {slowest_s * 1000:.1f} ms, slowest /_health "
+        f"{health.worst_s * 1000:.1f} ms ({health.answers} answers), RSS grew "
+        f"{rss_growth / 1024:.0f} KiB"
+    )
+    assert not problems, "\n".join(problems)
+    assert slowest_s < REPLY_WITHIN_S
+    assert health.worst_s < HEALTH_WITHIN_S
+    assert rss_growth < 20 * 1024 * 1024
+
+
+def test_redis_bounds_before_auth_hold_until_auth_then_the_service_limits(
+    tmp_path: Path,
+) -> None:
+    eleven_keys = command("MGET", *[f"k{n}" for n in range(11)])
+    long_value = command("SET", "k", "v" * 20_000)
+    with resp_service(tmp_path, "--max-value-bytes", str(MAX_VALUE_BYTES)) as (_, port):
+        for frame, refusal in PAST_THE_BOUNDS_BEFORE_AUTH.items():
+            with RespConnection(port) as connection:
+                connection.send(frame)
+                assert connection.rest_and_closed() == (refusal, True)
+        with RespConnection(port) as connection:
+            # AUTH and what it allows in one read: the bounds lift from the next command.
+            connection.send(command("AUTH", WRITE_TOKEN) + eleven_keys + long_value)
+            assert connection.reply() == b"+OK\r\n"
+            assert connection.reply() == b"*11\r\n" + b"$-1\r\n" * 11
+            assert connection.reply() == b"+OK\r\n"
+        with authenticated(port) as connection:
+            assert connection.ask("MGET", *[f"k{n}" for n in range(11)]).startswith(b"*11\r\n")
+
+
+# -- patterns --------------------------------------------------------------------------------
+
+LONGEST_KEY = "a" * 255
+REQUEST_LIMIT = 64 * 1024
+"""kvservice's default limit on one command's arguments together."""
+PATTERN_COMMANDS = {
+    b"KEYS": lambda pattern: [b"KEYS", pattern],
+    b"SCAN": lambda pattern: [b"SCAN", b"0", b"MATCH", pattern, b"COUNT", b"1000"],
+    b"CONFIG": lambda pattern: [b"CONFIG", b"GET", pattern],
+}
+"""Every command that takes a glob pattern, and how it takes one."""
+TAKE_NO_PATTERN = {b"PING", b"ECHO", b"GET", b"MGET", b"SET", b"DEL", b"EXISTS", b"HISTORY"}
+TAKE_NO_PATTERN |= {b"DBSIZE", b"QUIT", b"HELLO", b"COMMAND", b"CLIENT", b"SELECT", b"INFO"}
+TAKE_NO_PATTERN |= {b"AUTH"}
+
+
+def test_every_command_is_known_to_take_a_pattern_or_not() -> None:
+    assert set(COMMANDS) == set(PATTERN_COMMANDS) | TAKE_NO_PATTERN
+
+
+@pytest.mark.parametrize("name", sorted(PATTERN_COMMANDS))
+def test_every_pattern_command_answers_adversarial_patterns_in_bounded_time(
+    tmp_path: Path, name: bytes
+) -> None:
+    with resp_service(tmp_path) as (service, port), authenticated(port) as connection:
+        for key in (LONGEST_KEY, "b" * 255, "a", "ab", "config"):
+            assert connection.ask("SET", key, "v") == b"+OK\r\n"
+        with HealthWatch(service.url) as health:
+            slowest_s, slowest = 0.0, b""
+            for pattern in ADVERSARIAL_PATTERNS:
+                started = time.perf_counter()
+                reply = connection.ask(*PATTERN_COMMANDS[name](pattern))
+                elapsed_s = time.perf_counter() - started
+                assert not reply.startswith(b"-"), (pattern, reply)
+                if elapsed_s > slowest_s:
+                    slowest_s, slowest = elapsed_s, pattern
+            if name == b"CONFIG":  # many patterns in one command, up to the request limit
+                copies = (REQUEST_LIMIT - 4096) // sum(map(len, ADVERSARIAL_PATTERNS))
+                started = time.perf_counter()
+                every_one = ADVERSARIAL_PATTERNS * copies
+                reply = connection.ask("CONFIG", "GET", *every_one)
+                elapsed_s = time.perf_counter() - started
+                assert not reply.startswith(b"-"), reply
+                if elapsed_s > slowest_s:
+                    slowest_s, slowest = elapsed_s, b"%d at once" % len(every_one)
+            else:
+                reply = connection.ask(*PATTERN_COMMANDS[name](b"*a*a*a*a*a*a*a*a"))
+                assert LONGEST_KEY.encode() in reply
+
+    print(
+        f"\n{name.decode()}: {len(ADVERSARIAL_PATTERNS)} adversarial patterns, slowest "
+        f"{slowest_s * 1000:.1f} ms ({slowest[:24]!r}), slowest /_health "
+        f"{health.worst_s * 1000:.1f} ms"
+    )
+    assert slowest_s < REPLY_WITHIN_S
+    assert health.worst_s < HEALTH_WITHIN_S
