@@ -11,6 +11,7 @@ text. The subclasses here tighten exactly those points; where a request ends is 
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 from http import HTTPStatus
 from typing import Any
@@ -210,7 +211,9 @@ class StrictConnection(cheroot_server.HTTPConnection):
     wfile: ResponseBuffer
 
     def __init__(self, server: Any, sock: socket.socket, makefile: Any = None) -> None:
-        super().__init__(server, sock, gated_makefile)
+        super().__init__(
+            server, sock, functools.partial(gated_makefile, reply_budget=server.reply_budget)
+        )
         self._closed = False
 
     def refuse(self, code: int, detail: str) -> None:

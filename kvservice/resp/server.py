@@ -8,8 +8,10 @@ pipelines gets one write back, not one per command. No coroutine runs per comman
 streams API's awaits cost more than a GET. The access log has a line per connection at INFO
 and one per command at DEBUG (a line costs more than the command it describes). Everything a
 client can make it hold is bounded: connections, idle time, the size of one request, the
-number of its arguments; malformed input is answered with `-ERR Protocol error: ...` and the
-connection is closed. With TLS, asyncio does each handshake without blocking the loop, within
+number of its arguments, and the replies it has not read: what a connection's write buffer
+holds is charged to the process's `ReplyBudget`, shared with HTTP, and a connection whose
+replies do not fit is closed. Malformed input is answered with `-ERR Protocol error: ...` and
+the connection is closed. With TLS, asyncio does each handshake without blocking the loop, within
 `handshake_timeout_s`; connections still in their handshake count against the connection
 limit, and one past it is closed at once.
 """
@@ -27,6 +29,7 @@ import time
 from dataclasses import dataclass
 
 from kvservice.auth import Tokens
+from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.codec import (
     CRLF,
     CommandParser,
@@ -82,11 +85,15 @@ class RespServer:
         settings: RespSettings,
         tokens: Tokens | None = None,
         tls: ssl.SSLContext | None = None,
+        reply_budget: ReplyBudget | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.tls = tls
         """Serve TLS with this context (`kvservice.tls`); None: plain RESP."""
+        self.reply_budget = reply_budget
+        """What connections' unsent replies are charged to, shared with the other transports;
+        None: unbounded but for the idle timeout."""
         self.failed = threading.Event()
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -295,7 +302,9 @@ class _Client(asyncio.Protocol):
     calls are quick), and their replies are written together.
 
     A client that stops reading its replies stops being read (`pause_writing`): what one
-    connection can make the server hold is one read's worth of replies.
+    connection can make the server hold is one read's worth of replies. What its write buffer
+    holds is charged to the server's reply budget after each write, when it drains
+    (`resume_writing`) and at each sweep; a connection it does not fit is closed.
     """
 
     def __init__(self, server: RespServer, client_id: int) -> None:
@@ -312,6 +321,8 @@ class _Client(asyncio.Protocol):
         self.commands = 0
         self.errors = 0
         self.admitted = False
+        self.charged = 0
+        """Bytes of the reply budget its write buffer holds."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -341,6 +352,7 @@ class _Client(asyncio.Protocol):
         self.commands += len(replies) - broken
         if replies:
             self.transport.write(b"".join(replies))
+            self.hold()
         if broken or session.closing:
             self.errors += broken
             self.finish()
@@ -354,8 +366,30 @@ class _Client(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.stalled_since = None
+        self.hold()
         if not self.transport.is_closing():
             self.transport.resume_reading()
+
+    def hold(self) -> None:
+        """Charge the budget for what the write buffer holds now (giving back what was
+        sent); close the connection, dropping its replies, if that does not fit."""
+        budget = self.server.reply_budget
+        if budget is None or self.transport.is_closing():
+            return
+        holding = self.transport.get_write_buffer_size()
+        charge = budget.settle(self.charged, holding)
+        if charge is not None:
+            self.charged = charge
+            return
+        logger.warning(
+            "closing %s: its unsent replies (%d bytes) do not fit the reply budget "
+            "(--max-reply-buffer-bytes %d, %d held by every connection)",
+            self.peer,
+            holding,
+            budget.max_bytes,
+            budget.held_bytes,
+        )
+        self.transport.abort()
 
     def finish(self) -> None:
         """Read nothing more; close once every reply has been sent."""
@@ -372,8 +406,13 @@ class _Client(asyncio.Protocol):
                 "closing %s: idle for %g s", self.peer, self.server.settings.idle_timeout_s
             )
             self.transport.abort()
+        elif self.charged:
+            self.hold()  # what it read since gives its charge back
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.charged and self.server.reply_budget is not None:
+            self.server.reply_budget.release(self.charged)
+            self.charged = 0
         if self.admitted:
             self.server.leave(self)
             access_logger.info(

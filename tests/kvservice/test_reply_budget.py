@@ -1,13 +1,29 @@
-"""The reply budget on its own: reservations fit or are refused whole, and threads sharing
-it never take more than it holds."""
+"""The reply budget on its own, and each transport keeping to it over real sockets: a long
+history is streamed over HTTP, a connection whose unsent reply does not fit is closed (logged,
+counted) while the others are served, and every byte charged is given back."""
 
 from __future__ import annotations
 
+import logging
+import socket
 import threading
+import time
+from collections.abc import Iterator
 
 import pytest
+import requests
 
+from kvservice.http.app import create_app, history_json
+from kvservice.http.server import Server
 from kvservice.reply_budget import ReplyBudget
+from kvservice.store.memory import MemoryStore
+from tests.support.rawresp import RespConnection, command, running_resp
+from tests.support.servers import http_settings
+
+LONG_HISTORY = 6000
+"""Entries of 1 KiB that is not UTF-8: 8 MB of JSON, 6 MB over RESP, more than the kernel's
+socket buffers take (about 4 MB here) for a client that does not read."""
+VALUE = bytes(range(256)) * 4
 
 
 def test_a_reservation_fits_or_is_refused_whole_and_counted() -> None:
@@ -57,3 +73,93 @@ def test_threads_reserving_at_once_never_take_more_than_the_budget() -> None:
         thread.join()
     assert budget.held_bytes == 1000 == sum(granted) - 8 * 500
     assert budget.refusals == 8 * 1000 - sum(granted)
+
+
+# -- over real sockets ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def long_history() -> MemoryStore:
+    store = MemoryStore()
+    for _ in range(LONG_HISTORY):
+        store.put("h", VALUE)
+    return store
+
+
+@pytest.fixture
+def http_server(long_history: MemoryStore) -> Iterator[tuple[Server, ReplyBudget]]:
+    """The app on the memory store, served on the event loop as kvservice serves it, with a
+    reply budget of 1 KB: any reply held for a client that does not read is too much."""
+    budget = ReplyBudget(1000)
+    settings = http_settings(threads=4, socket_timeout_s=5.0, serve_inline=True)
+    server = Server(create_app(long_history), settings, reply_budget=budget)
+    server.start()
+    try:
+        yield server, budget
+    finally:
+        server.stop()
+
+
+def slow_reader(port: int, request: bytes) -> socket.socket:
+    """A connection that sends `request` and reads nothing, with a 4 KiB window."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(request)
+    return sock
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = bytearray()
+    while data := sock.recv(1 << 20):
+        received += data
+    return bytes(received)
+
+
+def wait_until_released(budget: ReplyBudget) -> None:
+    deadline = time.monotonic() + 5
+    while budget.held_bytes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert budget.held_bytes == 0
+
+
+def test_an_http_response_over_the_budget_closes_its_connection_and_others_are_served(
+    long_history: MemoryStore,
+    http_server: tuple[Server, ReplyBudget],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server, budget = http_server
+    with caplog.at_level(logging.WARNING, logger="kvservice.gate"):
+        reader = slow_reader(server.port, b"GET /h/history HTTP/1.1\r\nHost: x\r\n\r\n")
+        health = requests.get(f"http://127.0.0.1:{server.port}/_health", timeout=5)
+        received = read_to_end(reader)  # the server closed it, long before the end
+        reader.close()
+    assert health.status_code == 200
+    assert b"HTTP/1.1 200 OK" in received
+    assert len(received) < len(history_json(long_history.history("h")))
+    assert budget.refusals == 1
+    assert any("does not fit the reply budget" in r.getMessage() for r in caplog.records)
+    wait_until_released(budget)
+
+
+def test_a_resp_reply_over_the_budget_closes_its_connection_and_others_are_served(
+    long_history: MemoryStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    budget = ReplyBudget(1000)
+    with (
+        caplog.at_level(logging.WARNING, logger="kvservice.resp"),
+        running_resp(long_history, reply_budget=budget) as server,
+    ):
+        reader = slow_reader(server.port, command("HISTORY", "h"))
+        time.sleep(0.3)
+        with RespConnection(server.port) as other:
+            assert other.ask("PING") == b"+PONG\r\n"
+        received = read_to_end(reader)
+        reader.close()
+        wait_until_released(budget)
+    assert received.startswith(b"*%d\r\n" % LONG_HISTORY)
+    assert len(received) < LONG_HISTORY * len(VALUE)
+    assert budget.refusals == 1
+    assert any("do not fit the reply budget" in r.getMessage() for r in caplog.records)

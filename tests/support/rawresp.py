@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from kvservice.auth import Tokens
+from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.server import RespServer
 from kvservice.store import Store
 from kvservice.store.memory import MemoryStore
@@ -81,12 +82,18 @@ def running_resp(
     *,
     tokens: Tokens | None = None,
     tls: ssl.SSLContext | None = None,
+    reply_budget: ReplyBudget | None = None,
     **settings: Any,
 ) -> Iterator[RespServer]:
     """A RespServer over `store` (a fresh one by default) on a free 127.0.0.1 port, asking
-    clients for one of `tokens` if given, speaking TLS with `tls` if given."""
+    clients for one of `tokens` if given, speaking TLS with `tls` if given, charging unsent
+    replies to `reply_budget` if given."""
     server = RespServer(
-        store or MemoryStore(), resp_test_settings(**settings), tokens=tokens, tls=tls
+        store or MemoryStore(),
+        resp_test_settings(**settings),
+        tokens=tokens,
+        tls=tls,
+        reply_budget=reply_budget,
     )
     server.start()
     try:
