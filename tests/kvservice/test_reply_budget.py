@@ -4,6 +4,7 @@ counted) while the others are served, and every byte charged is given back."""
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -123,6 +124,41 @@ def wait_until_released(budget: ReplyBudget) -> None:
     while budget.held_bytes and time.monotonic() < deadline:
         time.sleep(0.01)
     assert budget.held_bytes == 0
+
+
+def test_a_long_history_streams_whole_to_a_client_that_reads(
+    long_history: MemoryStore,
+) -> None:
+    """Chunked, serialised as the client reads it, the same bytes as history_json, and the
+    next pipelined request is answered after it on the same connection."""
+    budget = ReplyBudget(1 << 20)
+    settings = http_settings(threads=4, socket_timeout_s=5.0, serve_inline=True)
+    server = Server(create_app(long_history), settings, reply_budget=budget)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(
+                b"GET /h/history HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"GET /_health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            time.sleep(0.5)  # the server fills the socket buffers and waits for the reader
+            answer = read_to_end(sock)
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        assert b"Transfer-Encoding: chunked" in head
+        body = bytearray()
+        while True:
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line, 16)
+            if size == 0:
+                break
+            body += rest[:size]
+            rest = rest[size + 2 :]
+        assert bytes(body) == history_json(long_history.history("h"))
+        assert rest.startswith(b"\r\nHTTP/1.1 200 OK\r\n")
+        assert json.loads(rest.partition(b"\r\n\r\n")[2])["status"] == "ok"
+        wait_until_released(budget)
+    finally:
+        server.stop()
 
 
 def test_an_http_response_over_the_budget_closes_its_connection_and_others_are_served(
