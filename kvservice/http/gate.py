@@ -68,6 +68,9 @@ _PIPELINED_PER_WAKEUP = 16
 _SEND_PER_WAKEUP = 64 * 1024
 """Bytes sent to one connection a round: a streamed body into an empty socket buffer (which
 takes megabytes) would otherwise hold the loop while it is produced."""
+_STREAMED_PER_ROUND = 256 * 1024
+"""Bytes of streamed bodies sent a round, every connection together: hundreds of them into
+empty socket buffers would otherwise make a round, and every other client's wait, long."""
 _HEAD_END = b"\r\n\r\n"
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -143,6 +146,10 @@ class GateReader(_pyio.BufferedReader):  # type: ignore[misc]
 
 STREAM_AFTER_BYTES = 64 * 1024
 """A response body the app yields in pieces past this many bytes is produced as it is sent."""
+STREAM_HEADROOM_BYTES = 32 * 1024
+"""What a body being produced is charged for its pending bytes, whatever they are at the
+moment: a piece or two (a history's are 16 KiB). A charge that grew as the client read would
+be refused whenever the budget is full, closing the connections that make progress."""
 
 
 class ResponseBuffer:
@@ -201,18 +208,26 @@ class ResponseBuffer:
                 next(following)
             except StopIteration:
                 self._later.popleft()
-                if not any(isinstance(later, Iterator) for later in self._later):
+                if not self.streaming:
                     self._producer_state = 0
             finally:
                 self._producing = False
         return bool(self.pending)
+
+    @property
+    def streaming(self) -> bool:
+        """Whether part of the body is still to be produced."""
+        return any(not isinstance(later, bytes) for later in self._later)
 
     def hold(self) -> bool:
         """Charge the budget for what is pending now (releasing what was sent); False if it
         does not fit, and then the connection must close."""
         if self.budget is None:
             return True
-        charge = self.budget.settle(self.charged, len(self.pending) + self._producer_state)
+        pending = len(self.pending)
+        if self.streaming:  # charged as much as it will hold, so that progress never grows it
+            pending = max(pending, STREAM_HEADROOM_BYTES)
+        charge = self.budget.settle(self.charged, pending + self._producer_state)
         if charge is None:
             return False
         self.charged = charge
@@ -404,6 +419,7 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
         self._accepting = True
         self._to_serve: deque[Any] = deque()
         """Connections (unregistered) holding a whole request to serve here, next round."""
+        self._streamed_this_round = 0
 
     # -- accounting: `_admit` counts every accepted connection, its close() uncounts it ----
 
@@ -470,6 +486,7 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
     def _run(self, expiration_interval: float) -> None:
         last_expiration_check = time.time()
         while not self._stop_requested:
+            self._streamed_this_round = 0
             if self._drain_deadline is not None and self._accepting:
                 self._start_draining()
             # While draining, look often: the thread stopping the server is waiting; and do
@@ -595,9 +612,12 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
         allowance = _SEND_PER_WAKEUP
         try:
             while pending or wfile.refill():
+                streaming = wfile.streaming
                 try:
-                    if allowance <= 0:  # more next round, after the other connections
-                        raise BlockingIOError
+                    if allowance <= 0 or (
+                        streaming and self._streamed_this_round > _STREAMED_PER_ROUND
+                    ):
+                        raise BlockingIOError  # more next round, after the other connections
                     sent = conn.socket.send(pending)
                 except _WOULD_BLOCK:  # before OSError: TLS's are OSErrors too
                     if wfile.hold():
@@ -608,6 +628,8 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
                     break
                 del pending[:sent]
                 allowance -= sent
+                if streaming:
+                    self._streamed_this_round += sent
             else:
                 wfile.hold()  # all sent: its charge goes back
                 return True
