@@ -24,8 +24,10 @@ import itertools
 import logging
 import socket
 import ssl
+import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from kvservice.auth import Tokens
@@ -35,6 +37,7 @@ from kvservice.resp.codec import (
     CommandParser,
     Error,
     ProtocolError,
+    Reply,
     RequestLimits,
     encode,
     printable,
@@ -275,26 +278,77 @@ class RespServer:
         self._clients.discard(client)
         self._state.connected_clients = len(self._clients)
 
-    def answer(self, arguments: list[bytes], session: Session, peer: str) -> bytes:
-        """Run one command; its reply, encoded for the session's protocol."""
+    def answer(self, arguments: list[bytes], session: Session, peer: str) -> bytes | _ReplyStream:
+        """Run one command; its reply, encoded for the session's protocol, or, for a long
+        array (a long HISTORY), to be encoded as it is sent."""
         self._state.total_commands_processed += 1
         logged = access_logger.isEnabledFor(logging.DEBUG)
         started = time.perf_counter() if logged else 0.0
+        data: bytes | _ReplyStream
         try:
-            data = encode(execute(self.store, session, arguments), session.protocol)
+            reply = execute(self.store, session, arguments)
+            if isinstance(reply, list) and len(reply) > _STREAM_AFTER_ITEMS:
+                data = _ReplyStream(reply, session.protocol)
+            else:
+                data = encode(reply, session.protocol)
         except Exception:
             logger.exception("unexpected error running %s", _summary(arguments))
             data = encode(Error("ERR", "The server failed to answer; it logged why."))
         if logged:
+            shown = data.head if isinstance(data, _ReplyStream) else data
             access_logger.debug(
-                '%s "%s" %s %d %.1fms',
+                '%s "%s" %s %s %.1fms',
                 peer,
                 _summary(arguments),
-                data.split(b" ", 1)[0].split(CRLF, 1)[0][:16].decode("ascii", "replace"),
-                len(data),
+                shown.split(b" ", 1)[0].split(CRLF, 1)[0][:16].decode("ascii", "replace"),
+                "streamed" if isinstance(data, _ReplyStream) else len(data),
                 (time.perf_counter() - started) * 1000,
             )
         return data
+
+
+_STREAM_AFTER_ITEMS = 256
+"""An array reply longer than this is encoded a piece at a time, as the client reads it."""
+_PIECE_BYTES = 16 * 1024
+"""About how much of a streamed reply is encoded at a time."""
+_STREAM_HEADROOM = 96 * 1024
+"""What a connection streaming a reply is charged for its write buffer, whatever it holds at
+the moment: up to the transport's high-water mark (64 KiB) and a piece."""
+_WRITE_PER_ROUND = 64 * 1024
+"""Bytes of streamed replies written to one connection before the loop serves the others:
+a socket buffer takes megabytes, which would otherwise be encoded in one go."""
+
+
+class _ReplyStream:
+    """An array reply encoded a piece at a time. It holds the reply's items meanwhile (their
+    values are the store's own bytes): `held_bytes` is what the reply budget is charged."""
+
+    def __init__(self, items: list[Reply], protocol: int) -> None:
+        self.items = items
+        self.protocol = protocol
+        self.head = b"*%d\r\n" % len(items)
+        self.position = -1
+        # The list and, as many times, its first item's own size (a HISTORY's are all alike):
+        # an estimate that costs nothing, where summing every item's would cost a millisecond.
+        self.held_bytes = sys.getsizeof(items) + len(items) * sys.getsizeof(items[0])
+
+    def next_piece(self) -> bytes | None:
+        """The next piece of the encoded reply; None after the last."""
+        if self.position < 0:
+            self.position = 0
+            return self.head
+        items, protocol, position = self.items, self.protocol, self.position
+        if position >= len(items):
+            return None
+        piece: list[bytes] = []
+        size = 0
+        while position < len(items) and size < _PIECE_BYTES:
+            encoded = encode(items[position], protocol)
+            piece.append(encoded)
+            size += len(encoded)
+            position += 1
+        self.position = position
+        return b"".join(piece)
 
 
 class _Client(asyncio.Protocol):
@@ -302,9 +356,12 @@ class _Client(asyncio.Protocol):
     calls are quick), and their replies are written together.
 
     A client that stops reading its replies stops being read (`pause_writing`): what one
-    connection can make the server hold is one read's worth of replies. What its write buffer
-    holds is charged to the server's reply budget after each write, when it drains
-    (`resume_writing`) and at each sweep; a connection it does not fit is closed.
+    connection can make the server hold is one read's worth of replies. A long array reply
+    (`_ReplyStream`) is encoded as the client reads it: replies queue behind it in
+    `outgoing`, nothing more is read meanwhile, and the next pieces are written as the
+    transport drains, at most `_WRITE_PER_ROUND` bytes a turn of the loop. What the write
+    buffer and the queue hold is charged to the server's reply budget after each write, when
+    it drains (`resume_writing`) and at each sweep; a connection it does not fit is closed.
     """
 
     def __init__(self, server: RespServer, client_id: int) -> None:
@@ -322,7 +379,14 @@ class _Client(asyncio.Protocol):
         self.errors = 0
         self.admitted = False
         self.charged = 0
-        """Bytes of the reply budget its write buffer holds."""
+        """Bytes of the reply budget its write buffer and `outgoing` hold."""
+        self.outgoing: deque[bytes | _ReplyStream] = deque()
+        """Replies not yet written: a stream being written, and those after it."""
+        self.outgoing_bytes = 0
+        self.writing_paused = False
+        self.pumping = False
+        """Whether a turn of the loop is to write more of `outgoing`."""
+        self.finishing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -339,7 +403,7 @@ class _Client(asyncio.Protocol):
         self.last_received = time.monotonic()
         parser, session, answer = self.parser, self.session, self.server.answer
         parser.feed(data)
-        replies: list[bytes] = []
+        replies: list[bytes | _ReplyStream] = []
         broken = False
         try:
             while not session.closing and (arguments := parser.next_command()) is not None:
@@ -350,8 +414,10 @@ class _Client(asyncio.Protocol):
             replies.append(encode(Error("ERR", f"Protocol error: {error}")))
             broken = True
         self.commands += len(replies) - broken
-        if replies:
-            self.transport.write(b"".join(replies))
+        if self.outgoing or any(isinstance(reply, _ReplyStream) for reply in replies):
+            self.queue(replies)
+        elif replies:
+            self.transport.write(b"".join(replies))  # type: ignore[arg-type]  # all bytes
             self.hold()
         if broken or session.closing:
             self.errors += broken
@@ -362,12 +428,54 @@ class _Client(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.stalled_since = time.monotonic()
+        self.writing_paused = True
         self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.stalled_since = None
+        self.writing_paused = False
+        if self.outgoing:
+            self.write_more()
+            return
         self.hold()
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() and not self.finishing:
+            self.transport.resume_reading()
+
+    def queue(self, replies: list[bytes | _ReplyStream]) -> None:
+        """Write `replies` after those queued, streams a piece at a time; read nothing more
+        until they are all written."""
+        for reply in replies:
+            self.outgoing.append(reply)
+            self.outgoing_bytes += _held_bytes(reply)
+        self.transport.pause_reading()
+        self.write_more()
+
+    def write_more(self) -> None:
+        """Write what is queued, until the transport is full or this turn's bytes are
+        written; then charge the budget, and go on next turn, when it drains, or close."""
+        self.pumping = False
+        if self.transport.is_closing():
+            return
+        outgoing = self.outgoing
+        written = 0
+        while outgoing and not self.writing_paused and written < _WRITE_PER_ROUND:
+            following = outgoing[0]
+            piece = following if isinstance(following, bytes) else following.next_piece()
+            if piece is following or piece is None:
+                outgoing.popleft()
+                self.outgoing_bytes -= _held_bytes(following)
+            if piece is None:
+                continue
+            self.transport.write(piece)  # may pause writing: the client is not keeping up
+            written += len(piece)
+        self.hold()
+        if outgoing:
+            if not self.writing_paused and not self.pumping and not self.transport.is_closing():
+                self.pumping = True
+                asyncio.get_running_loop().call_soon(self.write_more)
+        elif self.finishing:
+            self.transport.close()
+        elif not self.writing_paused and not self.transport.is_closing():
             self.transport.resume_reading()
 
     def hold(self) -> None:
@@ -376,7 +484,12 @@ class _Client(asyncio.Protocol):
         budget = self.server.reply_budget
         if budget is None or self.transport.is_closing():
             return
-        holding = self.transport.get_write_buffer_size()
+        buffered = self.transport.get_write_buffer_size()
+        if any(isinstance(reply, _ReplyStream) for reply in self.outgoing):
+            # Charged as much as it will hold, so that progress never grows the charge: one
+            # that grew as the client read would be refused whenever the budget is full.
+            buffered = max(buffered, _STREAM_HEADROOM)
+        holding = buffered + self.outgoing_bytes
         charge = budget.settle(self.charged, holding)
         if charge is not None:
             self.charged = charge
@@ -389,13 +502,17 @@ class _Client(asyncio.Protocol):
             budget.max_bytes,
             budget.held_bytes,
         )
+        self.outgoing.clear()  # now, not when the loop gets to connection_lost
+        self.outgoing_bytes = 0
         self.transport.abort()
 
     def finish(self) -> None:
         """Read nothing more; close once every reply has been sent."""
+        self.finishing = True
         if not self.transport.is_closing():
             self.transport.pause_reading()
-            self.transport.close()
+            if not self.outgoing:
+                self.transport.close()
 
     def expire(self, threshold: float) -> None:
         """Close it if it has been idle since before `threshold`, or its replies have not
@@ -410,6 +527,8 @@ class _Client(asyncio.Protocol):
             self.hold()  # what it read since gives its charge back
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.outgoing.clear()
+        self.outgoing_bytes = 0
         if self.charged and self.server.reply_budget is not None:
             self.server.reply_budget.release(self.charged)
             self.charged = 0
@@ -427,6 +546,11 @@ class _Client(asyncio.Protocol):
             )
         if not self.closed.done():
             self.closed.set_result(None)
+
+
+def _held_bytes(reply: bytes | _ReplyStream) -> int:
+    """What a queued reply holds, for the reply budget."""
+    return reply.held_bytes if isinstance(reply, _ReplyStream) else len(reply)
 
 
 _SECRET_ARGUMENTS = frozenset({"AUTH"})

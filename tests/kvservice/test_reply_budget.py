@@ -17,6 +17,7 @@ import requests
 from kvservice.http.app import create_app, history_json
 from kvservice.http.server import Server
 from kvservice.reply_budget import ReplyBudget
+from kvservice.resp.codec import encode
 from kvservice.store.memory import MemoryStore
 from tests.support.rawresp import RespConnection, command, running_resp
 from tests.support.servers import http_settings
@@ -199,3 +200,19 @@ def test_a_resp_reply_over_the_budget_closes_its_connection_and_others_are_serve
     assert len(received) < LONG_HISTORY * len(VALUE)
     assert budget.refusals == 1
     assert any("do not fit the reply budget" in r.getMessage() for r in caplog.records)
+
+
+def test_a_long_resp_reply_streams_whole_and_the_commands_after_it_are_answered_in_order(
+    long_history: MemoryStore,
+) -> None:
+    """Encoded as it is sent, the same bytes as encoded whole; the PING and QUIT pipelined
+    behind it are answered after it, and QUIT closes the connection once all is sent."""
+    budget = ReplyBudget(1 << 20)
+    expected = encode([[entry.timestamp_ms, entry.data] for entry in long_history.history("h")])
+    with running_resp(long_history, reply_budget=budget) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(command("HISTORY", "h") + command("PING") + command("QUIT"))
+            time.sleep(0.5)  # the server fills the socket buffers and waits for the reader
+            received = read_to_end(sock)
+        wait_until_released(budget)
+    assert received == expected + b"+PONG\r\n+OK\r\n"
