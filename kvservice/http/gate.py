@@ -144,7 +144,7 @@ class GateReader(_pyio.BufferedReader):  # type: ignore[misc]
         return len(self._read_buf) - int(self._read_pos)
 
 
-STREAM_AFTER_BYTES = 64 * 1024
+STREAM_AFTER_BYTES = 32 * 1024
 """A response body the app yields in pieces past this many bytes is produced as it is sent."""
 STREAM_HEADROOM_BYTES = 32 * 1024
 """What a body being produced is charged for its pending bytes, whatever they are at the
