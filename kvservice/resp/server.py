@@ -8,12 +8,13 @@ pipelines gets one write back, not one per command. No coroutine runs per comman
 streams API's awaits cost more than a GET. The access log has a line per connection at INFO
 and one per command at DEBUG (a line costs more than the command it describes). Everything a
 client can make it hold is bounded: connections, idle time, the size of one request, the
-number of its arguments, and the replies it has not read: what a connection's write buffer
-holds is charged to the process's `ReplyBudget`, shared with HTTP, and a connection whose
-replies do not fit is closed. Malformed input is answered with `-ERR Protocol error: ...` and
-the connection is closed. With TLS, asyncio does each handshake without blocking the loop, within
-`handshake_timeout_s`; connections still in their handshake count against the connection
-limit, and one past it is closed at once.
+number of its arguments, and the replies it has not read: a long array reply (a long
+HISTORY) is encoded a piece at a time as the client reads it, and what a connection's write
+buffer and queue hold is charged to the process's `ReplyBudget`, shared with HTTP; a
+connection whose replies do not fit is closed. Malformed input is answered with `-ERR
+Protocol error: ...` and the connection is closed. With TLS, asyncio does each handshake
+without blocking the loop, within `handshake_timeout_s`; connections still in their handshake
+count against the connection limit, and one past it is closed at once.
 """
 
 from __future__ import annotations
