@@ -14,8 +14,10 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from kvservice.config import load_config
 from kvservice.http.app import create_app, history_json
 from kvservice.http.server import Server
+from kvservice.metrics import Metrics
 from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.codec import encode
 from kvservice.store.memory import MemoryStore
@@ -75,6 +77,27 @@ def test_threads_reserving_at_once_never_take_more_than_the_budget() -> None:
         thread.join()
     assert budget.held_bytes == 1000 == sum(granted) - 8 * 500
     assert budget.refusals == 8 * 1000 - sum(granted)
+
+
+def test_the_budget_is_one_setting_with_a_flag_and_an_environment_variable() -> None:
+    assert load_config([], environ={}).max_reply_buffer_bytes == 64 * 2**20
+    assert load_config(["--max-reply-buffer-bytes", "1MiB"], environ={}).max_reply_buffer_bytes == (
+        2**20
+    )
+    environ = {"KV_MAX_REPLY_BUFFER_BYTES": "12000000"}
+    assert load_config([], environ=environ).max_reply_buffer_bytes == 12_000_000
+
+
+def test_what_the_budget_holds_and_refuses_is_on_the_metrics_page() -> None:
+    budget = ReplyBudget(100)
+    metrics = Metrics(MemoryStore())
+    metrics.watch_replies(budget)
+    budget.reserve(60)
+    budget.reserve(50)
+    page = metrics.render(None)[0].decode()
+    assert "kvservice_reply_buffer_bytes 60.0" in page
+    assert "kvservice_reply_buffer_max_bytes 100.0" in page
+    assert "kvservice_reply_buffer_closed_connections_total 1.0" in page
 
 
 # -- over real sockets ---------------------------------------------------------------------
