@@ -1,8 +1,9 @@
 """The composition root: config -> store backend -> every enabled transport's server -> run.
 
-A transport is one entry in `TRANSPORTS`: a function from the config, the shared store and
-the shared `Security` (tokens, TLS) and the shared metrics (None with --metrics off) to a
-server (`lifecycle.Runnable`), or None when the config leaves it off.
+A transport is one entry in `TRANSPORTS`: a function from the config, the shared store, the
+shared `Security` (tokens, TLS), the shared metrics (None with --metrics off) and the shared
+`ReplyBudget` (--max-reply-buffer-bytes, for every transport together) to a server
+(`lifecycle.Runnable`), or None when the config leaves it off.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from kvservice.http.bearer import BearerTokens
 from kvservice.http.server import RequestObserver, Server, ServerSettings, write_access_line
 from kvservice.lifecycle import Runnable, configure_logging, run_until_signalled
 from kvservice.metrics import Metrics
+from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.server import RespServer, RespSettings
 from kvservice.store import Store, StoreMisconfigured, StoreUnavailable
 from kvservice.store.memory import MemoryStore
@@ -196,7 +198,11 @@ def _is_loopback(host: str) -> bool:
 
 
 def http_transport(
-    config: Config, store: Store, security: Security, metrics: Metrics | None
+    config: Config,
+    store: Store,
+    security: Security,
+    metrics: Metrics | None,
+    replies: ReplyBudget,
 ) -> Runnable | None:
     """HTTP on --port, always on; with metrics, it counts requests and serves /_metrics."""
     app = create_app(store, metrics_page=None if metrics is None else metrics.render)
@@ -205,14 +211,19 @@ def http_transport(
     observers: list[RequestObserver] = [write_access_line]
     if metrics is not None:
         observers.append(metrics.observe_request)
-    server = Server(app, http_transport_settings(config, store, security.http_tls), observers)
+    settings = http_transport_settings(config, store, security.http_tls)
+    server = Server(app, settings, observers, reply_budget=replies)
     if metrics is not None:
         metrics.watch_http(server)
     return server
 
 
 def resp_transport(
-    config: Config, store: Store, security: Security, metrics: Metrics | None
+    config: Config,
+    store: Store,
+    security: Security,
+    metrics: Metrics | None,
+    replies: ReplyBudget,
 ) -> Runnable | None:
     """The Redis protocol on --resp-port, off unless that is set."""
     if config.resp_port is None:
@@ -223,14 +234,16 @@ def resp_transport(
         tokens=security.tokens,
         tls=security.resp_tls,
         execution=execution_for(store),
+        reply_budget=replies,
     )
     if metrics is not None:
         metrics.watch_resp(server.figures)
     return server
 
 
-Transport = Callable[[Config, Store, Security, "Metrics | None"], Runnable | None]
-"""A transport's factory: config, the shared store, security and metrics -> its server."""
+Transport = Callable[[Config, Store, Security, "Metrics | None", ReplyBudget], Runnable | None]
+"""A transport's factory: config, the shared store, security, metrics and reply budget -> its
+server."""
 
 TRANSPORTS: dict[str, Transport] = {
     "http": http_transport,
@@ -250,8 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StartupError, ValueError) as error:
         logger.error("cannot start: %s", error)
         return 2
+    replies = ReplyBudget(config.max_reply_buffer_bytes)
     metrics = Metrics(store) if config.metrics else None
-    servers = [make(config, store, security, metrics) for make in TRANSPORTS.values()]
+    if metrics is not None:
+        metrics.watch_replies(replies)
+    servers = [make(config, store, security, metrics, replies) for make in TRANSPORTS.values()]
     reloads = [] if security.tokens is None else [security.tokens.reload]
     return run_until_signalled(
         [server for server in servers if server is not None], on_reload=reloads

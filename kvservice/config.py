@@ -255,6 +255,14 @@ class Config:
         COUNT,
         "open connections at most; more get 503",
     )
+    max_reply_buffer_bytes: int = setting(
+        64 * 1024 * 1024,
+        "--max-reply-buffer-bytes",
+        "KV_MAX_REPLY_BUFFER_BYTES",
+        BYTES,
+        "replies held for clients that have not read them, every HTTP and RESP connection "
+        "together; a connection whose reply does not fit is closed (Redis: maxmemory-clients)",
+    )
     max_header_bytes: int = setting(
         16 * 1024,
         "--max-header-bytes",

@@ -5,6 +5,7 @@ request, the HTTP transport reports a `RequestRecord` to `Metrics.observe_reques
 adds it up under one lock. Everything else is read when a scrape asks for it: the
 store's figures from `Store.stats()`, each transport's connection counts and RESP's command
 counts (the RESP server keeps those itself, on its one thread, at the price of a dict update),
+the bytes held in unsent replies (`ReplyBudget`),
 so that serving a request does not pay for figures nobody has asked for yet.
 
 Labels are bounded: methods outside HTTP_METHODS count as OTHER, routes are templates
@@ -71,6 +72,19 @@ class RespFigures(Protocol):
     """Error replies by command name and error code (ERR, WRONGTYPE, OOM, ...)."""
 
 
+class ReplyFigures(Protocol):
+    """What the reply budget tells (`kvservice.reply_budget.ReplyBudget`)."""
+
+    @property
+    def max_bytes(self) -> int: ...
+
+    @property
+    def held_bytes(self) -> int: ...
+
+    @property
+    def refusals(self) -> int: ...
+
+
 class Metrics:
     """Every figure one kvservice process exports, in a registry of its own."""
 
@@ -111,6 +125,10 @@ class Metrics:
     def watch_resp(self, figures: RespFigures) -> None:
         """Export the RESP transport's connection and command figures, read at each scrape."""
         self._collectors.append(lambda: _resp_metrics(figures))
+
+    def watch_replies(self, replies: ReplyFigures) -> None:
+        """Export the bytes held in unsent replies, by every transport, read at each scrape."""
+        self._collectors.append(lambda: _reply_metrics(replies))
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition in the format the scraper's Accept header asks for (Prometheus
@@ -271,3 +289,21 @@ def _resp_metrics(figures: RespFigures) -> Iterator[Metric]:
     for (name, code), count in sorted(dict(figures.errors).items()):
         errors.add_metric([name.decode("ascii", "replace"), code], count)
     yield errors
+
+
+def _reply_metrics(replies: ReplyFigures) -> Iterator[Metric]:
+    yield _gauge(
+        "kvservice_reply_buffer_bytes",
+        "Bytes held in replies clients have not read yet, every connection together.",
+        replies.held_bytes,
+    )
+    yield _gauge(
+        "kvservice_reply_buffer_max_bytes",
+        "The budget for them (--max-reply-buffer-bytes).",
+        replies.max_bytes,
+    )
+    yield CounterMetricFamily(
+        "kvservice_reply_buffer_closed_connections",
+        "Connections closed because their unsent reply did not fit the budget.",
+        value=replies.refusals,
+    )

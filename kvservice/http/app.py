@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import base64
 import functools
+import itertools
 import json
 import logging
 import re
 import sys
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import bottle
@@ -25,7 +26,7 @@ from kvservice.http.problems import (
     current_request_id,
     problem_body,
 )
-from kvservice.http.request_info import ROUTE_ENVIRON
+from kvservice.http.request_info import ROUTE_ENVIRON, STREAM_STATE_ENVIRON
 from kvservice.store import (
     DEFAULT_PAGE_KEYS,
     MATCH_ANY,
@@ -226,10 +227,19 @@ ITEM_HANDLERS: dict[str, Callable[[Store, str], Any]] = {
 """Method -> handler for `/<key>`. For HEAD, Bottle drops the body and keeps its length."""
 
 
-def _history(store: Store, key: str) -> bytes:
+def _history(store: Store, key: str) -> bytes | Iterator[bytes]:
+    """The store is asked here (on the thread serving the request); a history longer than a
+    piece is then serialised a piece at a time, as the client reads (`gate.StreamingGateway`),
+    and sent chunked; a short one whole, with its length."""
     entries = store.history(_key_from_raw_path())
     bottle.response.content_type = "application/json"
-    return history_json(entries)
+    pieces = history_json_pieces(entries)
+    first = next(pieces)
+    second = next(pieces, None)
+    if second is None:
+        return first
+    bottle.request.environ[STREAM_STATE_ENVIRON] = sys.getsizeof(entries)
+    return itertools.chain((first, second), pieces)
 
 
 def _health(store: Store) -> bytes:
@@ -408,13 +418,36 @@ def _parse_etags(header: str | None, *, strong_only: bool) -> frozenset[str] | N
 # -- responses ------------------------------------------------------------------------------
 
 
+HISTORY_PIECE_CHARS = 16 * 1024
+"""About how much of a history's JSON is serialised at a time."""
+
+
 def history_json(entries: list[HistoryEntry]) -> bytes:
     """Compact JSON, newest first: value (text, base64 with `encoding`, or null), then timestamp.
 
     Written as text, piece by piece, rather than through dicts and json.dumps: the same
     bytes in half the time, which is most of what a long history costs to serve.
     """
-    return ("[" + ",".join(map(_history_item, entries)) + "]").encode("ascii")
+    return b"".join(history_json_pieces(entries))
+
+
+def history_json_pieces(entries: list[HistoryEntry]) -> Iterator[bytes]:
+    """`history_json` in pieces of about HISTORY_PIECE_CHARS or more (whole entries), each
+    serialised only when it is asked for."""
+    items = ["["]
+    size = 1
+    separator = ""
+    for entry in entries:
+        item = separator + _history_item(entry)
+        separator = ","
+        items.append(item)
+        size += len(item)
+        if size >= HISTORY_PIECE_CHARS:
+            yield "".join(items).encode("ascii")
+            items.clear()
+            size = 0
+    items.append("]")
+    yield "".join(items).encode("ascii")
 
 
 def _history_item(entry: HistoryEntry) -> str:

@@ -24,6 +24,11 @@ that never waits: no thread hand-off at all). Either way the response goes into 
 connection's `ResponseBuffer`, and this loop sends it: in one send when the socket takes it,
 the rest as the client reads, closing a connection that makes no progress for the socket
 timeout. Slow clients, reading or writing, cost a selector slot and a buffer, never a thread.
+The buffers are bounded as a whole: what a connection holds once its socket is full is
+charged to the process's `ReplyBudget`, and a connection whose response does not fit is
+closed. A long body the app yields in pieces (a history) is not built whole to be held:
+`StreamingGateway` writes its first pieces, and the loop produces each next one only once
+the socket has taken the last.
 
 With TLS (`server.tls_context`), each accepted socket is wrapped without a handshake, and
 this loop drives the handshake as the client's bytes arrive, as it reads requests: a client
@@ -47,11 +52,12 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import Enum
 from typing import Any
 
 from cheroot import connections as cheroot_connections
+from cheroot import wsgi as cheroot_wsgi
 
 from kvservice.http.framing import (
     CHUNKED,
@@ -60,12 +66,20 @@ from kvservice.http.framing import (
     body_framing,
     empty_lines_length,
 )
+from kvservice.http.request_info import STREAM_STATE_ENVIRON
+from kvservice.reply_budget import ReplyBudget
 
 logger = logging.getLogger("kvservice.gate")
 
 _RECEIVE_BYTES = 65536
 _ACCEPTS_PER_WAKEUP = 128
 _PIPELINED_PER_WAKEUP = 16
+_SEND_PER_WAKEUP = 64 * 1024
+"""Bytes sent to one connection a round: a streamed body into an empty socket buffer (which
+takes megabytes) would otherwise hold the loop while it is produced."""
+_STREAMED_PER_ROUND = 256 * 1024
+"""Bytes of streamed bodies sent a round, every connection together: hundreds of them into
+empty socket buffers would otherwise make a round, and every other client's wait, long."""
 _HEAD_END = b"\r\n\r\n"
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -139,36 +153,173 @@ class GateReader(_pyio.BufferedReader):  # type: ignore[misc]
         return len(self._read_buf) - int(self._read_pos)
 
 
+STREAM_AFTER_BYTES = 32 * 1024
+"""A response body the app yields in pieces past this many bytes is produced as it is sent."""
+STREAM_HEADROOM_BYTES = 32 * 1024
+"""What a body being produced is charged for its pending bytes, whatever they are at the
+moment: a piece or two (a history's are 16 KiB). A charge that grew as the client read would
+be refused whenever the budget is full, closing the connections that make progress."""
+
+
 class ResponseBuffer:
     """The connection's `wfile`: what cheroot writes is kept, not sent; the gate sends it,
     all at once when the socket takes it (one send for head and body), the rest as the
-    client reads."""
+    client reads.
 
-    def __init__(self) -> None:
+    A long body the app yields in pieces (a history) is not produced whole: past
+    `STREAM_AFTER_BYTES`, `StreamingGateway` leaves the rest to `produce_later`, and the gate
+    produces the next piece (`refill`) only once the socket has taken the last one. What a
+    connection holds once the socket has taken what it would (the bytes pending, and what
+    the app says its producer holds: a history's snapshot) is charged to the process's
+    `ReplyBudget` (`hold`), and released as the client reads or the connection closes.
+    """
+
+    def __init__(self, budget: ReplyBudget | None = None) -> None:
         self.pending = bytearray()
+        """Bytes to send now; never empty while more is to come."""
         self.bytes_written = 0
         self.closed = False
+        self.budget = budget
+        self.charged = 0
+        """Bytes of the budget this connection holds."""
+        self._later: deque[bytes | Iterator[None]] = deque()
+        """After `pending`, in order: bytes written, and producers of the rest of a body."""
+        self._producing = False
+        self._producer_state = 0
+        """Bytes the producers in `_later` hold to produce the rest (the app says how many)."""
 
     def write(self, data: bytes) -> int:
-        """Keep `data` to send."""
-        self.pending += data
+        """Keep `data` to send, after anything still to be produced."""
+        if self._later and not self._producing:
+            self._later.append(bytes(data))
+        else:
+            self.pending += data
         self.bytes_written += len(data)
         return len(data)
+
+    def produce_later(self, producer: Iterator[None], state_bytes: int = 0) -> None:
+        """Produce the rest of the body as it is sent: each step of `producer` writes its
+        next piece here; `state_bytes` is what it holds meanwhile, charged with the rest."""
+        self._later.append(producer)
+        self._producer_state += state_bytes
+
+    def refill(self) -> bool:
+        """Put what comes next into `pending` once it is empty; whether there is any. A
+        producer's error propagates (the gate logs it and closes the connection)."""
+        while not self.pending and self._later:
+            following = self._later[0]
+            if isinstance(following, bytes):
+                self.pending += following
+                self._later.popleft()
+                continue
+            self._producing = True
+            try:
+                next(following)
+            except StopIteration:
+                self._later.popleft()
+                if not self.streaming:
+                    self._producer_state = 0
+            finally:
+                self._producing = False
+        return bool(self.pending)
+
+    @property
+    def streaming(self) -> bool:
+        """Whether part of the body is still to be produced."""
+        return any(not isinstance(later, bytes) for later in self._later)
+
+    def hold(self) -> bool:
+        """Charge the budget for what is pending now (releasing what was sent); False if it
+        does not fit, and then the connection must close."""
+        if self.budget is None:
+            return True
+        pending = len(self.pending)
+        if self.streaming:  # charged as much as it will hold, so that progress never grows it
+            pending = max(pending, STREAM_HEADROOM_BYTES)
+        charge = self.budget.settle(self.charged, pending + self._producer_state)
+        if charge is None:
+            return False
+        self.charged = charge
+        return True
 
     def flush(self) -> None:
         """Nothing to do: the gate sends."""
 
+    def discard(self) -> None:
+        """Forget what was not sent, produced or not, and give back its charge."""
+        self.pending.clear()
+        self._producer_state = 0
+        while self._later:
+            following = self._later.popleft()
+            if not isinstance(following, bytes):
+                with contextlib.suppress(Exception):  # it is being dropped; nothing to tell
+                    following.close()  # type: ignore[attr-defined]  # a generator
+        if self.budget is not None and self.charged:
+            self.budget.release(self.charged)
+        self.charged = 0
+
     def close(self) -> None:
         """Forget what was not sent."""
-        self.pending.clear()
+        self.discard()
         self.closed = True
 
 
-def gated_makefile(sock: socket.socket, mode: str = "r", bufsize: int = 8192) -> Any:
-    """The gate's reader and writer in place of cheroot's MakeFile."""
+class StreamingGateway(cheroot_wsgi.Gateway_10):
+    """cheroot's WSGI gateway, except that a body the app yields in pieces is written into
+    the `ResponseBuffer` only up to `STREAM_AFTER_BYTES` here; the rest is left to it to
+    produce as the client reads. So a long history to a client that does not read costs one
+    piece, not a serialised copy of all of it. Bodies of one piece (every other route's)
+    are written whole, as cheroot does."""
+
+    req: Any
+
+    def respond(self) -> None:
+        response = self.req.server.wsgi_app(self.env, self.start_response)
+        chunks = iter(response)
+        wfile: ResponseBuffer = self.req.conn.wfile
+        streaming = False
+        try:
+            for chunk in chunks:
+                self._write_chunk(chunk)
+                if len(wfile.pending) >= STREAM_AFTER_BYTES:
+                    state_bytes = self.env.get(STREAM_STATE_ENVIRON, 0)
+                    wfile.produce_later(self._produce(chunks, response), state_bytes)
+                    streaming = True
+                    return
+        finally:
+            self.req.ensure_headers_sent()
+            if not streaming and hasattr(response, "close"):
+                response.close()
+
+    def _produce(self, chunks: Iterator[bytes], response: Any) -> Iterator[None]:
+        """Write one chunk a step (on the gate's thread); close the app's response at the
+        end, or when the connection is dropped."""
+        try:
+            for chunk in chunks:
+                self._write_chunk(chunk)
+                yield
+        finally:
+            if hasattr(response, "close"):
+                response.close()
+
+    def _write_chunk(self, chunk: bytes) -> None:
+        if chunk:
+            if not isinstance(chunk, bytes):
+                raise ValueError("WSGI Applications must yield bytes")
+            self.write(chunk)
+
+
+def gated_makefile(
+    sock: socket.socket,
+    mode: str = "r",
+    bufsize: int = 8192,
+    reply_budget: ReplyBudget | None = None,
+) -> Any:
+    """The gate's reader and writer in place of cheroot's MakeFile; the writer charges what
+    it holds to `reply_budget`."""
     if "r" in mode:
         return GateReader(sock, bufsize)
-    return ResponseBuffer()
+    return ResponseBuffer(reply_budget)
 
 
 class Readiness(Enum):
@@ -329,6 +480,7 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
         self._accepting = True
         self._to_serve: deque[Any] = deque()
         """Connections (unregistered) holding a whole request to serve here, next round."""
+        self._streamed_this_round = 0
 
     # -- accounting: `_admit` counts every accepted connection, its close() uncounts it ----
 
@@ -395,6 +547,7 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
     def _run(self, expiration_interval: float) -> None:
         last_expiration_check = time.time()
         while not self._stop_requested:
+            self._streamed_this_round = 0
             if self._drain_deadline is not None and self._accepting:
                 self._start_draining()
             # While draining, look often: the thread stopping the server is waiting; and do
@@ -512,20 +665,51 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
             conn.send_deadline = time.time() + self.server.timeout  # it is reading: more time
 
     def _send(self, conn: Any) -> bool:
-        """Send what the socket takes now; True once nothing is left (sent, or undeliverable:
-        the client is gone, and the connection will close)."""
-        pending = conn.wfile.pending
-        while pending:
-            try:
-                sent = conn.socket.send(pending)
-            except _WOULD_BLOCK:  # before OSError: TLS's are OSErrors too
-                return False
-            except OSError:
-                pending.clear()
-                conn.keep_open = False
+        """Send what the socket takes now, producing the rest of a streamed body as it goes;
+        True once nothing is left (sent, or undeliverable: the client is gone, the reply
+        budget is full or the body failed, and the connection will close)."""
+        wfile: ResponseBuffer = conn.wfile
+        pending = wfile.pending
+        allowance = _SEND_PER_WAKEUP
+        try:
+            while pending or wfile.refill():
+                streaming = wfile.streaming
+                try:
+                    if allowance <= 0 or (
+                        streaming and self._streamed_this_round > _STREAMED_PER_ROUND
+                    ):
+                        raise BlockingIOError  # more next round, after the other connections
+                    sent = conn.socket.send(pending)
+                except _WOULD_BLOCK:  # before OSError: TLS's are OSErrors too
+                    if wfile.hold():
+                        return False
+                    self._over_reply_budget(conn)
+                    break
+                except OSError:
+                    break
+                del pending[:sent]
+                allowance -= sent
+                if streaming:
+                    self._streamed_this_round += sent
+            else:
+                wfile.hold()  # all sent: its charge goes back
                 return True
-            del pending[:sent]
+        except Exception:
+            logger.exception("producing a response failed")
+        wfile.discard()
+        conn.keep_open = False
         return True
+
+    def _over_reply_budget(self, conn: Any) -> None:
+        budget = conn.wfile.budget
+        logger.warning(
+            "closing %s: its unsent response (%d bytes) does not fit the reply budget "
+            "(--max-reply-buffer-bytes %d, %d held by every connection)",
+            conn.remote_addr,
+            len(conn.wfile.pending),
+            budget.max_bytes,
+            budget.held_bytes,
+        )
 
     def _sent(self, conn: Any) -> None:
         if not conn.keep_open:

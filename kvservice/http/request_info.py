@@ -1,5 +1,5 @@
 """What the transport and the app tell each other about a request, through its WSGI environ:
-its ID, and the template of the route that served it.
+its ID, the template of the route that served it, and what a streamed body holds.
 
 The ID is the one the client sent in X-Request-ID, if it is fit to log, or a new one. It goes
 back in the response's X-Request-ID, into the access line and into problem bodies, so that a
@@ -18,6 +18,9 @@ REQUEST_ID_ENVIRON = "kvservice.request_id"
 ROUTE_ENVIRON = "kvservice.route"
 """Where the app puts the template of the route it matched; absent: no route matched."""
 UNMATCHED_ROUTE = "unmatched"
+STREAM_STATE_ENVIRON = "kvservice.stream_state_bytes"
+"""Where the app puts the bytes its body holds to produce the rest of itself (a history's
+snapshot), which the transport charges to the reply budget while it streams the body."""
 _CLIENT_HEADER_ENVIRON = "HTTP_X_REQUEST_ID"
 MAX_REQUEST_ID_CHARS = 128
 _FIT_TO_LOG = re.compile(rf"[!-~]{{1,{MAX_REQUEST_ID_CHARS}}}", re.ASCII)

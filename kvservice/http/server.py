@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from cheroot import wsgi as cheroot_wsgi
 
-from kvservice.http.gate import GatedConnectionManager
+from kvservice.http.gate import GatedConnectionManager, StreamingGateway
 from kvservice.http.request_info import (
     REQUEST_ID_ENVIRON,
     REQUEST_ID_HEADER,
@@ -25,6 +25,7 @@ from kvservice.http.request_info import (
     request_id,
 )
 from kvservice.http.strict import StrictConnection
+from kvservice.reply_budget import ReplyBudget
 
 WSGIApp = Callable[..., Iterable[bytes]]
 
@@ -75,6 +76,7 @@ class _CherootServer(cheroot_wsgi.Server):
     request_timeout: float
     drain_timeout: float
     tls_context: ssl.SSLContext | None
+    reply_budget: ReplyBudget | None
     _connections: GatedConnectionManager
 
     def prepare(self) -> None:
@@ -186,13 +188,16 @@ class RequestLog:
 
 class Server:
     """A cheroot server for one WSGI app, serving on a background thread until `stop()`; each
-    request answered is told to `observers` (by default, the access log)."""
+    request answered is told to `observers` (by default, the access log); the responses it
+    holds for clients that do not read them are charged to `reply_budget` (None: unbounded
+    but for the socket timeout), which other transports may share."""
 
     def __init__(
         self,
         app: WSGIApp,
         settings: ServerSettings,
         observers: Sequence[RequestObserver] = (write_access_line,),
+        reply_budget: ReplyBudget | None = None,
     ) -> None:
         self.settings = settings
         self._server = _CherootServer(
@@ -216,6 +221,8 @@ class Server:
         self._server.drain_timeout = settings.drain_timeout_s
         self._server.serve_inline = settings.serve_inline
         self._server.tls_context = settings.tls
+        self._server.reply_budget = reply_budget
+        self._server.gateway = StreamingGateway
         # Idle kept-alive connections wait in the selector at no cost; only the total counts.
         self._server.keep_alive_conn_limit = settings.max_connections
         self._thread: threading.Thread | None = None

@@ -13,6 +13,7 @@ may hold, is decided by `framing.py`, which the gate reads with too.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import socket
 import urllib.parse
@@ -248,7 +249,9 @@ class StrictConnection(cheroot_server.HTTPConnection):
     wfile: ResponseBuffer
 
     def __init__(self, server: Any, sock: socket.socket, makefile: Any = None) -> None:
-        super().__init__(server, sock, gated_makefile)
+        super().__init__(
+            server, sock, functools.partial(gated_makefile, reply_budget=server.reply_budget)
+        )
         self._closed = False
 
     def refuse(self, code: int, detail: str) -> None:

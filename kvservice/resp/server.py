@@ -11,10 +11,13 @@ waits behind another client's store call. No coroutine runs per command: the
 streams API's awaits cost more than a GET. The access log has a line per connection at INFO
 and one per command at DEBUG (a line costs more than the command it describes). Everything a
 client can make it hold is bounded: connections, idle time, the size of one request, the
-number of its arguments; malformed input is answered with `-ERR Protocol error: ...` and the
-connection is closed. With TLS, asyncio does each handshake without blocking the loop, within
-`handshake_timeout_s`; connections still in their handshake count against the connection
-limit, and one past it is closed at once.
+number of its arguments, and the replies it has not read: a long array reply (a long
+HISTORY) is encoded a piece at a time as the client reads it, and what a connection's write
+buffer and queue hold is charged to the process's `ReplyBudget`, shared with HTTP; a
+connection whose replies do not fit is closed. Malformed input is answered with `-ERR
+Protocol error: ...` and the connection is closed. With TLS, asyncio does each handshake
+without blocking the loop, within `handshake_timeout_s`; connections still in their handshake
+count against the connection limit, and one past it is closed at once.
 """
 
 from __future__ import annotations
@@ -25,18 +28,22 @@ import itertools
 import logging
 import socket
 import ssl
+import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from kvservice.auth import Access, Tokens
 from kvservice.execution import Execution
+from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.codec import (
     CRLF,
     CommandParser,
     Error,
     ProtocolError,
+    Reply,
     RequestLimits,
     encode,
     printable,
@@ -90,11 +97,15 @@ class RespServer:
         tokens: Tokens | None = None,
         tls: ssl.SSLContext | None = None,
         execution: Execution = Execution.INLINE,
+        reply_budget: ReplyBudget | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.tls = tls
         """Serve TLS with this context (`kvservice.tls`); None: plain RESP."""
+        self.reply_budget = reply_budget
+        """What connections' unsent replies are charged to, shared with the other transports;
+        None: unbounded but for the idle timeout."""
         self.workers: ThreadPoolExecutor | None = None
         """Where commands run under Execution.WORKERS; None: on the loop's thread."""
         if execution is Execution.WORKERS:
@@ -282,28 +293,84 @@ class RespServer:
         self._clients.discard(client)
         self._state.connected_clients = len(self._clients)
 
-    def answer(self, arguments: list[bytes], session: Session, peer: str) -> bytes:
-        """Run one command; its reply, encoded for the session's protocol."""
+    def answer(self, arguments: list[bytes], session: Session, peer: str) -> bytes | _ReplyStream:
+        """Run one command; its reply, encoded for the session's protocol, or, for a long
+        array (a long HISTORY), to be encoded as it is sent."""
         state = self._state
         with state.lock:  # counted before it runs, so an INFO counts itself, as before
             state.total_commands_processed += 1
         logged = access_logger.isEnabledFor(logging.DEBUG)
         started = time.perf_counter() if logged else 0.0
+        data: bytes | _ReplyStream
         try:
-            data = encode(execute(self.store, session, arguments), session.protocol)
+            reply = execute(self.store, session, arguments)
+            if isinstance(reply, list) and len(reply) > _STREAM_AFTER_ITEMS:
+                data = _ReplyStream(reply, session.protocol)
+            else:
+                data = encode(reply, session.protocol)
         except Exception:
             logger.exception("unexpected error running %s", _summary(arguments))
             data = encode(Error("ERR", "The server failed to answer; it logged why."))
         if logged:
+            shown = data.head if isinstance(data, _ReplyStream) else data
             access_logger.debug(
-                '%s "%s" %s %d %.1fms',
+                '%s "%s" %s %s %.1fms',
                 peer,
                 _summary(arguments),
-                data.split(b" ", 1)[0].split(CRLF, 1)[0][:16].decode("ascii", "replace"),
-                len(data),
+                shown.split(b" ", 1)[0].split(CRLF, 1)[0][:16].decode("ascii", "replace"),
+                "streamed" if isinstance(data, _ReplyStream) else len(data),
                 (time.perf_counter() - started) * 1000,
             )
         return data
+
+
+_STREAM_AFTER_ITEMS = 256
+"""An array reply longer than this is encoded a piece at a time, as the client reads it."""
+_PIECE_BYTES = 16 * 1024
+"""About how much of a streamed reply is encoded at a time."""
+_STREAM_HEADROOM = 96 * 1024
+"""What a connection streaming a reply is charged for its write buffer, whatever it holds at
+the moment: up to the transport's high-water mark (64 KiB) and a piece."""
+_WRITE_PER_ROUND = 64 * 1024
+"""Bytes of streamed replies written to one connection before the loop serves the others:
+a socket buffer takes megabytes, which would otherwise be encoded in one go."""
+
+
+class _ReplyStream:
+    """An array reply encoded a piece at a time. It holds the reply's items meanwhile (their
+    values are the store's own bytes): `held_bytes` is what the reply budget is charged."""
+
+    def __init__(self, items: list[Reply], protocol: int) -> None:
+        self.items = items
+        self.protocol = protocol
+        self.head = b"*%d\r\n" % len(items)
+        self.position = -1
+        # The list and, as many times, its first item's own size (a HISTORY's are all alike):
+        # an estimate that costs nothing, where summing every item's would cost a millisecond.
+        self.held_bytes = sys.getsizeof(items) + len(items) * sys.getsizeof(items[0])
+
+    def next_piece(self) -> bytes | None:
+        """The next piece of the encoded reply; None after the last."""
+        if self.position < 0:
+            self.position = 0
+            return self.head
+        items, protocol, position = self.items, self.protocol, self.position
+        if position >= len(items):
+            return None
+        piece: list[bytes] = []
+        size = 0
+        while position < len(items) and size < _PIECE_BYTES:
+            encoded = encode(items[position], protocol)
+            piece.append(encoded)
+            size += len(encoded)
+            position += 1
+        self.position = position
+        return b"".join(piece)
+
+
+_Batch = tuple[list[bytes | _ReplyStream], ProtocolError | None]
+"""What running a connection's buffered commands gives: the replies, and the protocol error
+that ended them, if any."""
 
 
 class _Client(asyncio.Protocol):
@@ -312,7 +379,12 @@ class _Client(asyncio.Protocol):
     has run them, reading paused until then.
 
     A client that stops reading its replies stops being read (`pause_writing`): what one
-    connection can make the server hold is one read's worth of replies.
+    connection can make the server hold is one read's worth of replies. A long array reply
+    (`_ReplyStream`) is encoded as the client reads it: replies queue behind it in
+    `outgoing`, nothing more is read meanwhile, and the next pieces are written as the
+    transport drains, at most `_WRITE_PER_ROUND` bytes a turn of the loop. What the write
+    buffer and the queue hold is charged to the server's reply budget after each write, when
+    it drains (`resume_writing`) and at each sweep; a connection it does not fit is closed.
     """
 
     def __init__(self, server: RespServer, client_id: int) -> None:
@@ -334,7 +406,15 @@ class _Client(asyncio.Protocol):
         self.running = False
         """A batch of its commands is on a worker: nothing else of it runs until it is done."""
         self.finishing = False
-        """Close once the running batch's replies are written."""
+        """Close once every reply (the running batch's too) is written."""
+        self.charged = 0
+        """Bytes of the reply budget its write buffer and `outgoing` hold."""
+        self.outgoing: deque[bytes | _ReplyStream] = deque()
+        """Replies not yet written: a stream being written, and those after it."""
+        self.outgoing_bytes = 0
+        self.writing_paused = False
+        self.pumping = False
+        """Whether a turn of the loop is to write more of `outgoing`."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -383,10 +463,10 @@ class _Client(asyncio.Protocol):
                 return arguments
         return None
 
-    def _run_from(self, first: list[bytes]) -> tuple[list[bytes], ProtocolError | None]:
+    def _run_from(self, first: list[bytes]) -> _Batch:
         """Run `first`, then every command complete after it, stopping after QUIT or at a
         protocol error (on a worker under WORKERS); the replies, and the error if any."""
-        replies: list[bytes] = []
+        replies: list[bytes | _ReplyStream] = []
         arguments: list[bytes] | None = first
         try:
             while arguments is not None and not self.session.closing:
@@ -398,7 +478,7 @@ class _Client(asyncio.Protocol):
             return replies, error
         return replies, None
 
-    def _batch_done(self, batch: asyncio.Future[tuple[list[bytes], ProtocolError | None]]) -> None:
+    def _batch_done(self, batch: asyncio.Future[_Batch]) -> None:
         self.running = False
         if self.transport.is_closing():  # aborted meanwhile (idle sweep, stop): nobody to tell
             return
@@ -411,11 +491,11 @@ class _Client(asyncio.Protocol):
         if self.finishing:
             self.finish()
             return
-        if self.stalled_since is None:
-            self.transport.resume_reading()
-        self._serve_parsed()  # what arrived while the batch ran
+        self._resume_reading()
+        if not self.outgoing:
+            self._serve_parsed()  # what arrived while the batch ran
 
-    def _reply(self, replies: list[bytes], error: ProtocolError | None) -> None:
+    def _reply(self, replies: list[bytes | _ReplyStream], error: ProtocolError | None) -> None:
         """Write a batch's replies (and the protocol error after them); close after QUIT or
         a protocol error."""
         answered = len(replies)
@@ -424,33 +504,115 @@ class _Client(asyncio.Protocol):
             replies.append(encode(Error("ERR", f"Protocol error: {error}")))
             self.errors += 1
         self.commands += answered
-        if replies:
-            self.transport.write(b"".join(replies))
+        if self.outgoing or any(isinstance(reply, _ReplyStream) for reply in replies):
+            self.queue(replies)
+        elif replies:
+            self.transport.write(b"".join(replies))  # type: ignore[arg-type]  # all bytes
+            self.hold()
         if error is not None or self.session.closing:
             self.finish()
+
+    def _resume_reading(self) -> None:
+        """Read again, unless a batch runs, replies wait to be written, or it is closing."""
+        if not (
+            self.running
+            or self.finishing
+            or self.writing_paused
+            or self.outgoing
+            or self.transport.is_closing()
+        ):
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool:
         return False  # the client is done sending: close once the replies are out
 
     def pause_writing(self) -> None:
         self.stalled_since = time.monotonic()
+        self.writing_paused = True
         self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.stalled_since = None
-        if not self.transport.is_closing() and not self.running:
-            self.transport.resume_reading()
+        self.writing_paused = False
+        if self.outgoing:
+            self.write_more()
+            return
+        self.hold()
+        self._resume_reading()
+
+    def queue(self, replies: list[bytes | _ReplyStream]) -> None:
+        """Write `replies` after those queued, streams a piece at a time; read nothing more
+        until they are all written."""
+        for reply in replies:
+            self.outgoing.append(reply)
+            self.outgoing_bytes += _held_bytes(reply)
+        self.transport.pause_reading()
+        self.write_more()
+
+    def write_more(self) -> None:
+        """Write what is queued, until the transport is full or this turn's bytes are
+        written; then charge the budget, and go on next turn, when it drains, or close."""
+        self.pumping = False
+        if self.transport.is_closing():
+            return
+        outgoing = self.outgoing
+        written = 0
+        while outgoing and not self.writing_paused and written < _WRITE_PER_ROUND:
+            following = outgoing[0]
+            piece = following if isinstance(following, bytes) else following.next_piece()
+            if piece is following or piece is None:
+                outgoing.popleft()
+                self.outgoing_bytes -= _held_bytes(following)
+            if piece is None:
+                continue
+            self.transport.write(piece)  # may pause writing: the client is not keeping up
+            written += len(piece)
+        self.hold()
+        if outgoing:
+            if not self.writing_paused and not self.pumping and not self.transport.is_closing():
+                self.pumping = True
+                asyncio.get_running_loop().call_soon(self.write_more)
+        elif self.finishing and not self.running:
+            self.transport.close()
+        else:
+            self._resume_reading()
+
+    def hold(self) -> None:
+        """Charge the budget for what the write buffer holds now (giving back what was
+        sent); close the connection, dropping its replies, if that does not fit."""
+        budget = self.server.reply_budget
+        if budget is None or self.transport.is_closing():
+            return
+        buffered = self.transport.get_write_buffer_size()
+        if any(isinstance(reply, _ReplyStream) for reply in self.outgoing):
+            # Charged as much as it will hold, so that progress never grows the charge: one
+            # that grew as the client read would be refused whenever the budget is full.
+            buffered = max(buffered, _STREAM_HEADROOM)
+        holding = buffered + self.outgoing_bytes
+        charge = budget.settle(self.charged, holding)
+        if charge is not None:
+            self.charged = charge
+            return
+        logger.warning(
+            "closing %s: its unsent replies (%d bytes) do not fit the reply budget "
+            "(--max-reply-buffer-bytes %d, %d held by every connection)",
+            self.peer,
+            holding,
+            budget.max_bytes,
+            budget.held_bytes,
+        )
+        self.outgoing.clear()  # now, not when the loop gets to connection_lost
+        self.outgoing_bytes = 0
+        self.transport.abort()
 
     def finish(self) -> None:
         """Read nothing more; close once every reply has been sent (and, with a batch on a
         worker, once its replies are written)."""
-        if self.running:
-            self.finishing = True
-            self.transport.pause_reading()
-            return
+        self.finishing = True
         if not self.transport.is_closing():
             self.transport.pause_reading()
-            self.transport.close()
+            if not self.outgoing and not self.running:
+                self.transport.close()
 
     def expire(self, threshold: float) -> None:
         """Close it if it has been idle since before `threshold`, or its replies have not
@@ -461,8 +623,15 @@ class _Client(asyncio.Protocol):
                 "closing %s: idle for %g s", self.peer, self.server.settings.idle_timeout_s
             )
             self.transport.abort()
+        elif self.charged:
+            self.hold()  # what it read since gives its charge back
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.outgoing.clear()
+        self.outgoing_bytes = 0
+        if self.charged and self.server.reply_budget is not None:
+            self.server.reply_budget.release(self.charged)
+            self.charged = 0
         if self.admitted:
             self.server.leave(self)
             access_logger.info(
@@ -477,6 +646,11 @@ class _Client(asyncio.Protocol):
             )
         if not self.closed.done():
             self.closed.set_result(None)
+
+
+def _held_bytes(reply: bytes | _ReplyStream) -> int:
+    """What a queued reply holds, for the reply budget."""
+    return reply.held_bytes if isinstance(reply, _ReplyStream) else len(reply)
 
 
 _SECRET_ARGUMENTS = frozenset({"AUTH"})

@@ -7,7 +7,7 @@ import json
 import random
 from typing import Any
 
-from kvservice.http.app import history_json
+from kvservice.http.app import HISTORY_PIECE_CHARS, history_json, history_json_pieces
 from kvservice.store import HistoryEntry
 
 
@@ -57,3 +57,15 @@ def test_history_json_matches_json_dumps_on_random_values() -> None:
     for entry in entries:
         assert history_json([entry]) == reference_history_json([entry]), entry
     assert history_json(entries) == reference_history_json(entries)
+
+
+def test_a_long_history_comes_in_pieces_of_whole_entries() -> None:
+    """So that it can be sent as it is serialised; each piece ends after an entry."""
+    entries = [HistoryEntry(b"v" * 1000, n) for n in range(100)]
+    pieces = list(history_json_pieces(entries))
+    assert len(pieces) > 3
+    assert all(
+        HISTORY_PIECE_CHARS <= len(piece) < HISTORY_PIECE_CHARS + 1100 for piece in pieces[:-1]
+    )
+    assert all(piece.endswith(b"}") for piece in pieces[:-1])
+    assert list(history_json_pieces([])) == [b"[]"]

@@ -22,6 +22,7 @@ from kvservice.__main__ import TRANSPORTS, Security
 from kvservice.config import Config
 from kvservice.http.server import Server
 from kvservice.metrics import Metrics
+from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.server import RespServer
 from kvservice.store import Store
 from kvservice.store.memory import MemoryStore
@@ -68,8 +69,11 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def start(store: Store, metrics: bool) -> Service:
     config = Config(port=0, resp_port=0, threads=4, socket_timeout_s=2.0)
     shared = Metrics(store) if metrics else None
-    http = TRANSPORTS["http"](config, store, Security(), shared)
-    resp = TRANSPORTS["resp"](config, store, Security(), shared)
+    replies = ReplyBudget(config.max_reply_buffer_bytes)
+    if shared is not None:
+        shared.watch_replies(replies)
+    http = TRANSPORTS["http"](config, store, Security(), shared, replies)
+    resp = TRANSPORTS["resp"](config, store, Security(), shared, replies)
     assert isinstance(http, Server) and isinstance(resp, RespServer)
     http.start()
     resp.start()

@@ -14,6 +14,7 @@ from typing import Any
 
 from kvservice.auth import Tokens
 from kvservice.execution import Execution
+from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.server import RespServer
 from kvservice.store import Store
 from kvservice.store.memory import MemoryStore
@@ -83,17 +84,20 @@ def running_resp(
     tokens: Tokens | None = None,
     tls: ssl.SSLContext | None = None,
     execution: Execution = Execution.INLINE,
+    reply_budget: ReplyBudget | None = None,
     **settings: Any,
 ) -> Iterator[RespServer]:
     """A RespServer over `store` (a fresh one by default) on a free 127.0.0.1 port, asking
     clients for one of `tokens` if given, speaking TLS with `tls` if given, running commands
-    where `execution` says (WORKERS: as for a store that may block)."""
+    where `execution` says (WORKERS: as for a store that may block), charging unsent replies
+    to `reply_budget` if given."""
     server = RespServer(
         store or MemoryStore(),
         resp_test_settings(**settings),
         tokens=tokens,
         tls=tls,
         execution=execution,
+        reply_budget=reply_budget,
     )
     server.start()
     try:

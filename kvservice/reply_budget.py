@@ -1,0 +1,67 @@
+"""The process-wide budget for bytes held in unsent replies, shared by every transport.
+
+A reply a client does not read stays in the process until it does: in the HTTP gate's
+`ResponseBuffer`, in the RESP transport's write buffer. One slow reader is bounded by its
+socket timeout, but many together are not, unless the bytes they hold are counted as a whole
+(Redis 7's `maxmemory-clients`). Each transport reserves here what a connection holds after
+the socket took what it would, and releases it as the client reads or the connection closes.
+
+When a reservation would take the total past the budget it is refused, and the transport
+closes the connection that asked (its reply is dropped; the request it answers was served):
+the replies already held go on being sent, new requests are never held back, and the
+connections that cost the process memory are the ones that lose it. Refusals are counted
+here, once for every transport, for the metrics.
+
+Thread-safe: the HTTP gate's thread, HTTP workers and the RESP loop share one budget.
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+class ReplyBudget:
+    """At most `max_bytes` held in unsent replies, every connection of every transport
+    together."""
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        self.max_bytes = max_bytes
+        self._held = 0
+        self._refusals = 0
+        self._lock = threading.Lock()
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes reserved now."""
+        return self._held
+
+    @property
+    def refusals(self) -> int:
+        """Reservations refused since the start: connections closed for the budget."""
+        return self._refusals
+
+    def reserve(self, count: int) -> bool:
+        """Take `count` more bytes if they fit; False, taking nothing, if they do not."""
+        with self._lock:
+            if self._held + count > self.max_bytes:
+                self._refusals += 1
+                return False
+            self._held += count
+            return True
+
+    def release(self, count: int) -> None:
+        """Give back `count` bytes reserved earlier."""
+        with self._lock:
+            self._held -= count
+
+    def settle(self, charged: int, holding: int) -> int | None:
+        """Move a connection's charge from `charged` to `holding` bytes (reserving the
+        difference, or releasing it); the new charge, or None if the budget refused it (the
+        old charge stands; the caller closes the connection and releases it)."""
+        if holding > charged:
+            return holding if self.reserve(holding - charged) else None
+        if holding < charged:
+            self.release(charged - holding)
+        return holding
