@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from kvservice import config as kv_config  # noqa: E402
 from kvservice.http.server import RequestRecord  # noqa: E402
 from kvservice.metrics import Metrics  # noqa: E402
+from kvservice.reply_budget import ReplyBudget  # noqa: E402
 from kvservice.store.memory import MemoryStore  # noqa: E402
 from testclient import config as tc_config  # noqa: E402
 from testclient.checks import CheckResult, Verdict  # noqa: E402
@@ -171,6 +172,7 @@ def metrics_page() -> str:
     metrics = Metrics(MemoryStore())
     metrics.watch_http(_Connections())
     metrics.watch_resp(_RespFigures())
+    metrics.watch_replies(ReplyBudget(64 * 1024 * 1024))
     metrics.observe_request(RequestRecord("c", "GET", "/k", "/{key}", 200, 0, 1, 0.001, "i", None))
     check_metrics = CheckMetrics("http://localhost:3000", ["test_deletion"])
     check_metrics.record(CheckResult("test_deletion", Verdict.PASSED, (), 1.0), 0.0)
