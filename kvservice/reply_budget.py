@@ -65,3 +65,45 @@ class ReplyBudget:
         if holding < charged:
             self.release(charged - holding)
         return holding
+
+
+class ConnectionCharge:
+    """One connection's share of a budget, settled each time what it holds changes.
+
+    While a reply is still being produced (streamed), what it has pending is charged at least
+    `stream_headroom` bytes, as much as the transport lets it hold, so that progress never
+    grows the charge: a charge that grew as the client read would be refused whenever the
+    budget is full, closing the very connections that make progress."""
+
+    def __init__(self, budget: ReplyBudget, stream_headroom: int) -> None:
+        self.budget = budget
+        self.stream_headroom = stream_headroom
+        self.bytes = 0
+        """What this connection holds of the budget now."""
+
+    def settle(self, pending: int, *, streaming: bool, produced_from: int = 0) -> bool:
+        """Charge `pending` bytes waiting to be sent (with the headroom while `streaming`)
+        and `produced_from` bytes a streamed reply is produced from; False, keeping the old
+        charge, if that does not fit: the transport then closes the connection, dropping its
+        replies, and calls `release`."""
+        if streaming:
+            pending = max(pending, self.stream_headroom)
+        charge = self.budget.settle(self.bytes, pending + produced_from)
+        if charge is None:
+            return False
+        self.bytes = charge
+        return True
+
+    def release(self) -> None:
+        """Give the whole charge back: the connection holds nothing any more."""
+        if self.bytes:
+            self.budget.release(self.bytes)
+            self.bytes = 0
+
+    def refusal(self, peer: str, holding: int) -> str:
+        """The log line for a connection closed because `holding` bytes did not fit."""
+        return (
+            f"closing {peer}: its unsent replies ({holding} bytes) do not fit the reply "
+            f"budget (--max-reply-buffer-bytes {self.budget.max_bytes}, "
+            f"{self.budget.held_bytes} held by every connection)"
+        )

@@ -230,7 +230,8 @@ ITEM_HANDLERS: dict[str, Callable[[Store, str], Any]] = {
 def _history(store: Store, key: str) -> bytes | Iterator[bytes]:
     """The store is asked here (on the thread serving the request); a history longer than a
     piece is then serialised a piece at a time, as the client reads (`gate.StreamingGateway`),
-    and sent chunked; a short one whole, with its length."""
+    and sent chunked; a short one whole, with its length. A HEAD of a long one gets the length
+    a GET's body would have, counted a piece at a time, never held whole."""
     entries = store.history(_key_from_raw_path())
     bottle.response.content_type = "application/json"
     pieces = history_json_pieces(entries)
@@ -238,8 +239,21 @@ def _history(store: Store, key: str) -> bytes | Iterator[bytes]:
     second = next(pieces, None)
     if second is None:
         return first
-    bottle.request.environ[STREAM_STATE_ENVIRON] = sys.getsizeof(entries)
+    if bottle.request.method == "HEAD":
+        length = len(first) + len(second) + sum(len(piece) for piece in pieces)
+        bottle.response.content_length = length
+        return b""
+    bottle.request.environ[STREAM_STATE_ENVIRON] = _size_in_memory(entries)
     return itertools.chain((first, second), pieces)
+
+
+def _size_in_memory(entries: list[HistoryEntry]) -> int:
+    """What a history's snapshot holds while it is streamed: the list, the entries and their
+    bytes (a copy from Redis, or the memory store's, kept alive past an overwrite)."""
+    return sys.getsizeof(entries) + sum(
+        sys.getsizeof(entry) + (0 if entry.data is None else sys.getsizeof(entry.data))
+        for entry in entries
+    )
 
 
 def _health(store: Store) -> bytes:

@@ -67,7 +67,7 @@ from kvservice.http.framing import (
     empty_lines_length,
 )
 from kvservice.http.request_info import STREAM_STATE_ENVIRON
-from kvservice.reply_budget import ReplyBudget
+from kvservice.reply_budget import ConnectionCharge, ReplyBudget
 
 logger = logging.getLogger("kvservice.gate")
 
@@ -75,8 +75,9 @@ _RECEIVE_BYTES = 65536
 _ACCEPTS_PER_WAKEUP = 128
 _PIPELINED_PER_WAKEUP = 16
 _SEND_PER_WAKEUP = 64 * 1024
-"""Bytes sent to one connection a round: a streamed body into an empty socket buffer (which
-takes megabytes) would otherwise hold the loop while it is produced."""
+"""Bytes of a streamed body sent to one connection a round: into an empty socket buffer
+(which takes megabytes) it would otherwise hold the loop while it is produced. A body made
+whole is sent as fast as the socket takes it."""
 _STREAMED_PER_ROUND = 256 * 1024
 """Bytes of streamed bodies sent a round, every connection together: hundreds of them into
 empty socket buffers would otherwise make a round, and every other client's wait, long."""
@@ -179,9 +180,8 @@ class ResponseBuffer:
         """Bytes to send now; never empty while more is to come."""
         self.bytes_written = 0
         self.closed = False
-        self.budget = budget
-        self.charged = 0
-        """Bytes of the budget this connection holds."""
+        self.charge = None if budget is None else ConnectionCharge(budget, STREAM_HEADROOM_BYTES)
+        """This connection's share of the reply budget; None: unbounded."""
         self._later: deque[bytes | Iterator[None]] = deque()
         """After `pending`, in order: bytes written, and producers of the rest of a body."""
         self._producing = False
@@ -231,16 +231,11 @@ class ResponseBuffer:
     def hold(self) -> bool:
         """Charge the budget for what is pending now (releasing what was sent); False if it
         does not fit, and then the connection must close."""
-        if self.budget is None:
+        if self.charge is None:
             return True
-        pending = len(self.pending)
-        if self.streaming:  # charged as much as it will hold, so that progress never grows it
-            pending = max(pending, STREAM_HEADROOM_BYTES)
-        charge = self.budget.settle(self.charged, pending + self._producer_state)
-        if charge is None:
-            return False
-        self.charged = charge
-        return True
+        return self.charge.settle(
+            len(self.pending), streaming=self.streaming, produced_from=self._producer_state
+        )
 
     def flush(self) -> None:
         """Nothing to do: the gate sends."""
@@ -254,9 +249,8 @@ class ResponseBuffer:
             if not isinstance(following, bytes):
                 with contextlib.suppress(Exception):  # it is being dropped; nothing to tell
                     following.close()  # type: ignore[attr-defined]  # a generator
-        if self.budget is not None and self.charged:
-            self.budget.release(self.charged)
-        self.charged = 0
+        if self.charge is not None:
+            self.charge.release()
 
     def close(self) -> None:
         """Forget what was not sent."""
@@ -675,8 +669,8 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
             while pending or wfile.refill():
                 streaming = wfile.streaming
                 try:
-                    if allowance <= 0 or (
-                        streaming and self._streamed_this_round > _STREAMED_PER_ROUND
+                    if streaming and (
+                        allowance <= 0 or self._streamed_this_round > _STREAMED_PER_ROUND
                     ):
                         raise BlockingIOError  # more next round, after the other connections
                     sent = conn.socket.send(pending)
@@ -701,15 +695,9 @@ class GatedConnectionManager(cheroot_connections.ConnectionManager):
         return True
 
     def _over_reply_budget(self, conn: Any) -> None:
-        budget = conn.wfile.budget
-        logger.warning(
-            "closing %s: its unsent response (%d bytes) does not fit the reply budget "
-            "(--max-reply-buffer-bytes %d, %d held by every connection)",
-            conn.remote_addr,
-            len(conn.wfile.pending),
-            budget.max_bytes,
-            budget.held_bytes,
-        )
+        wfile: ResponseBuffer = conn.wfile
+        assert wfile.charge is not None  # only a charged response is refused
+        logger.warning("%s", wfile.charge.refusal(conn.remote_addr, len(wfile.pending)))
 
     def _sent(self, conn: Any) -> None:
         if not conn.keep_open:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from kvservice.auth import Access, Tokens
 from kvservice.execution import Execution
-from kvservice.reply_budget import ReplyBudget
+from kvservice.reply_budget import ConnectionCharge, ReplyBudget
 from kvservice.resp.codec import (
     CRLF,
     CommandParser,
@@ -127,6 +127,11 @@ class RespServer:
     def port(self) -> int:
         """The bound port (useful when the settings asked for port 0)."""
         return self._bound_port
+
+    @property
+    def stopping(self) -> bool:
+        """Whether it is draining: batches stop between commands, nothing new is read."""
+        return self._stopping
 
     @property
     def figures(self) -> ServerState:
@@ -330,24 +335,33 @@ _PIECE_BYTES = 16 * 1024
 """About how much of a streamed reply is encoded at a time."""
 _STREAM_HEADROOM = 96 * 1024
 """What a connection streaming a reply is charged for its write buffer, whatever it holds at
-the moment: up to the transport's high-water mark (64 KiB) and a piece."""
+the moment: up to the transport's high-water mark (64 KiB) and a piece
+(`ConnectionCharge`)."""
 _WRITE_PER_ROUND = 64 * 1024
 """Bytes of streamed replies written to one connection before the loop serves the others:
 a socket buffer takes megabytes, which would otherwise be encoded in one go."""
 
 
+_BATCH_COMMANDS = 1024
+"""The most commands one batch runs before the loop has the connection back: a stop, the
+reply budget and the other connections get their turn between batches."""
+_BATCH_REPLY_BYTES = 256 * 1024
+"""A batch stops once its replies hold this much; the commands after them wait in the parser
+(reading paused) until those replies are written, so one read of many large-reply commands
+cannot pin more than about this, whatever the reply budget says afterwards."""
+
+
 class _ReplyStream:
-    """An array reply encoded a piece at a time. It holds the reply's items meanwhile (their
-    values are the store's own bytes): `held_bytes` is what the reply budget is charged."""
+    """An array reply encoded a piece at a time. It holds the reply's items meanwhile (a copy
+    from Redis, or a snapshot that keeps the memory store's bytes alive past an overwrite):
+    `held_bytes`, what the reply budget is charged, is what they take in memory."""
 
     def __init__(self, items: list[Reply], protocol: int) -> None:
         self.items = items
         self.protocol = protocol
         self.head = b"*%d\r\n" % len(items)
         self.position = -1
-        # The list and, as many times, its first item's own size (a HISTORY's are all alike):
-        # an estimate that costs nothing, where summing every item's would cost a millisecond.
-        self.held_bytes = sys.getsizeof(items) + len(items) * sys.getsizeof(items[0])
+        self.held_bytes = _size_in_memory(items)
 
     def next_piece(self) -> bytes | None:
         """The next piece of the encoded reply; None after the last."""
@@ -368,9 +382,16 @@ class _ReplyStream:
         return b"".join(piece)
 
 
-_Batch = tuple[list[bytes | _ReplyStream], ProtocolError | None]
-"""What running a connection's buffered commands gives: the replies, and the protocol error
-that ended them, if any."""
+def _size_in_memory(reply: Reply) -> int:
+    """What a reply's objects take, nested arrays included: O(items), as encoding it is."""
+    if isinstance(reply, list):
+        return sys.getsizeof(reply) + sum(_size_in_memory(item) for item in reply)
+    return sys.getsizeof(reply)
+
+
+_Batch = tuple[list[bytes | _ReplyStream], ProtocolError | None, bool]
+"""What running a connection's buffered commands gives: the replies, the protocol error that
+ended them if any, and whether the batch was cut short with commands maybe still buffered."""
 
 
 class _Client(asyncio.Protocol):
@@ -382,7 +403,9 @@ class _Client(asyncio.Protocol):
     connection can make the server hold is one read's worth of replies. A long array reply
     (`_ReplyStream`) is encoded as the client reads it: replies queue behind it in
     `outgoing`, nothing more is read meanwhile, and the next pieces are written as the
-    transport drains, at most `_WRITE_PER_ROUND` bytes a turn of the loop. What the write
+    transport drains, at most `_WRITE_PER_ROUND` bytes a turn of the loop. A batch stops at
+    `_BATCH_COMMANDS` commands or `_BATCH_REPLY_BYTES` of replies (or when the server stops);
+    the commands left in the parser run once its replies are written. What the write
     buffer and the queue hold is charged to the server's reply budget after each write, when
     it drains (`resume_writing`) and at each sweep; a connection it does not fit is closed.
     """
@@ -407,14 +430,18 @@ class _Client(asyncio.Protocol):
         """A batch of its commands is on a worker: nothing else of it runs until it is done."""
         self.finishing = False
         """Close once every reply (the running batch's too) is written."""
-        self.charged = 0
-        """Bytes of the reply budget its write buffer and `outgoing` hold."""
+        budget = server.reply_budget
+        self.charge = None if budget is None else ConnectionCharge(budget, _STREAM_HEADROOM)
+        """Its write buffer's and `outgoing`'s share of the reply budget; None: unbounded."""
         self.outgoing: deque[bytes | _ReplyStream] = deque()
         """Replies not yet written: a stream being written, and those after it."""
         self.outgoing_bytes = 0
         self.writing_paused = False
         self.pumping = False
         """Whether a turn of the loop is to write more of `outgoing`."""
+        self.backlog = False
+        """A batch was cut short: commands may wait in the parser, run once its replies are
+        written (`_run_backlog`); nothing more is read meanwhile."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -423,7 +450,7 @@ class _Client(asyncio.Protocol):
         self.peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
         self.admitted = self.server.admit(self)
         if not self.admitted:
-            if not self.server._stopping:
+            if not self.server.stopping:
                 transport.write(encode(Error("ERR", "max number of clients reached")))
             transport.close()
 
@@ -449,7 +476,7 @@ class _Client(asyncio.Protocol):
             return
         workers = self.server.workers
         if workers is None:
-            self._reply(*self._run_from(first))
+            self._finish_batch(self._run_from(first))
             return
         self.running = True
         self.transport.pause_reading()
@@ -464,36 +491,71 @@ class _Client(asyncio.Protocol):
         return None
 
     def _run_from(self, first: list[bytes]) -> _Batch:
-        """Run `first`, then every command complete after it, stopping after QUIT or at a
-        protocol error (on a worker under WORKERS); the replies, and the error if any."""
+        """Run `first`, then the commands complete after it, in order (on a worker under
+        WORKERS), until none is left, QUIT, a protocol error, the server stopping, or the
+        batch's bounds (_BATCH_COMMANDS, _BATCH_REPLY_BYTES)."""
         replies: list[bytes | _ReplyStream] = []
+        held = 0
         arguments: list[bytes] | None = first
         try:
-            while arguments is not None and not self.session.closing:
-                replies.append(self.server.answer(arguments, self.session, self.peer))
+            while arguments is not None:
+                reply = self.server.answer(arguments, self.session, self.peer)
+                replies.append(reply)
+                held += _held_bytes(reply)
                 # AUTH lifts the bounds before AUTH for the commands after it.
                 self.parser.authenticated = self.session.access > Access.NONE
-                arguments = None if self.session.closing else self._next_command()
+                if self.session.closing:
+                    break
+                if (
+                    self.server.stopping
+                    or len(replies) >= _BATCH_COMMANDS
+                    or held >= _BATCH_REPLY_BYTES
+                ):
+                    return replies, None, True
+                arguments = self._next_command()
         except ProtocolError as error:
-            return replies, error
-        return replies, None
+            return replies, error, False
+        return replies, None, False
 
     def _batch_done(self, batch: asyncio.Future[_Batch]) -> None:
         self.running = False
         if self.transport.is_closing():  # aborted meanwhile (idle sweep, stop): nobody to tell
             return
-        if batch.cancelled() or batch.exception() is not None:  # the pool shut down: stopping
+        error = None if batch.cancelled() else batch.exception()
+        if batch.cancelled() or error is not None:
+            # Answering never raises (`answer` turns every error into a reply): a bug.
+            logger.error("closing %s: its commands failed", self.peer, exc_info=error)
             self.transport.abort()
             return
-        self._reply(*batch.result())
+        self._finish_batch(batch.result())
         if self.transport.is_closing():
             return
         if self.finishing:
             self.finish()
             return
         self._resume_reading()
-        if not self.outgoing:
+        if not self.outgoing and not self.backlog:
             self._serve_parsed()  # what arrived while the batch ran
+
+    def _finish_batch(self, batch: _Batch) -> None:
+        """Write a batch's replies; if it was cut short, run what is left once they are
+        written (at once, on the loop's next turn, if they went out)."""
+        replies, error, cut = batch
+        self._reply(replies, error)
+        if not cut or self.finishing or self.transport.is_closing():
+            return
+        self.backlog = True
+        self.transport.pause_reading()
+        if not self.outgoing:
+            asyncio.get_running_loop().call_soon(self._run_backlog)
+
+    def _run_backlog(self) -> None:
+        """Run the commands a cut-short batch left in the parser, then read again."""
+        self.backlog = False
+        if self.running or self.finishing or self.transport.is_closing():
+            return
+        self._serve_parsed()
+        self._resume_reading()
 
     def _reply(self, replies: list[bytes | _ReplyStream], error: ProtocolError | None) -> None:
         """Write a batch's replies (and the protocol error after them); close after QUIT or
@@ -516,6 +578,7 @@ class _Client(asyncio.Protocol):
         """Read again, unless a batch runs, replies wait to be written, or it is closing."""
         if not (
             self.running
+            or self.backlog
             or self.finishing
             or self.writing_paused
             or self.outgoing
@@ -574,33 +637,22 @@ class _Client(asyncio.Protocol):
                 asyncio.get_running_loop().call_soon(self.write_more)
         elif self.finishing and not self.running:
             self.transport.close()
+        elif self.backlog:
+            self._run_backlog()
         else:
             self._resume_reading()
 
     def hold(self) -> None:
-        """Charge the budget for what the write buffer holds now (giving back what was
-        sent); close the connection, dropping its replies, if that does not fit."""
-        budget = self.server.reply_budget
-        if budget is None or self.transport.is_closing():
+        """Charge the budget for what the write buffer and the queue hold now (giving back
+        what was sent); close the connection, dropping its replies, if that does not fit."""
+        charge = self.charge
+        if charge is None or self.transport.is_closing():
             return
         buffered = self.transport.get_write_buffer_size()
-        if any(isinstance(reply, _ReplyStream) for reply in self.outgoing):
-            # Charged as much as it will hold, so that progress never grows the charge: one
-            # that grew as the client read would be refused whenever the budget is full.
-            buffered = max(buffered, _STREAM_HEADROOM)
-        holding = buffered + self.outgoing_bytes
-        charge = budget.settle(self.charged, holding)
-        if charge is not None:
-            self.charged = charge
+        streaming = any(isinstance(reply, _ReplyStream) for reply in self.outgoing)
+        if charge.settle(buffered, streaming=streaming, produced_from=self.outgoing_bytes):
             return
-        logger.warning(
-            "closing %s: its unsent replies (%d bytes) do not fit the reply budget "
-            "(--max-reply-buffer-bytes %d, %d held by every connection)",
-            self.peer,
-            holding,
-            budget.max_bytes,
-            budget.held_bytes,
-        )
+        logger.warning("%s", charge.refusal(self.peer, buffered + self.outgoing_bytes))
         self.outgoing.clear()  # now, not when the loop gets to connection_lost
         self.outgoing_bytes = 0
         self.transport.abort()
@@ -616,22 +668,24 @@ class _Client(asyncio.Protocol):
 
     def expire(self, threshold: float) -> None:
         """Close it if it has been idle since before `threshold`, or its replies have not
-        drained since then; what it has not read is dropped."""
+        drained since then; what it has not read is dropped. A connection whose commands run,
+        or whose replies are still being written, is busy, not idle: reading is paused then."""
         stalled = self.stalled_since is not None and self.stalled_since < threshold
-        if stalled or (self.stalled_since is None and self.last_received < threshold):
+        busy = self.running or self.backlog or bool(self.outgoing)
+        idle = not busy and self.stalled_since is None and self.last_received < threshold
+        if stalled or idle:
             logger.debug(
                 "closing %s: idle for %g s", self.peer, self.server.settings.idle_timeout_s
             )
             self.transport.abort()
-        elif self.charged:
+        elif self.charge is not None and self.charge.bytes:
             self.hold()  # what it read since gives its charge back
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.outgoing.clear()
         self.outgoing_bytes = 0
-        if self.charged and self.server.reply_budget is not None:
-            self.server.reply_budget.release(self.charged)
-            self.charged = 0
+        if self.charge is not None:
+            self.charge.release()
         if self.admitted:
             self.server.leave(self)
             access_logger.info(

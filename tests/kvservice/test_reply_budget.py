@@ -21,6 +21,7 @@ from kvservice.http.server import Server
 from kvservice.metrics import Metrics
 from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.codec import encode
+from kvservice.store import HistoryEntry, Value
 from kvservice.store.memory import MemoryStore
 from tests.support.rawresp import RespConnection, command, running_resp
 from tests.support.servers import http_settings
@@ -156,7 +157,7 @@ def test_a_long_history_streams_whole_to_a_client_that_reads(
 ) -> None:
     """Chunked, serialised as the client reads it, the same bytes as history_json, and the
     next pipelined request is answered after it on the same connection."""
-    budget = ReplyBudget(1 << 20)
+    budget = ReplyBudget(64 << 20)  # the default: the 7 MB snapshot, charged whole, fits
     settings = http_settings(threads=4, socket_timeout_s=5.0, serve_inline=True)
     server = Server(create_app(long_history), settings, reply_budget=budget)
     server.start()
@@ -201,7 +202,7 @@ def test_an_http_response_over_the_budget_closes_its_connection_and_others_are_s
     assert b"HTTP/1.1 200 OK" in received
     assert len(received) < len(history_json(long_history.history("h")))
     assert budget.refusals == 1
-    assert any("does not fit the reply budget" in r.getMessage() for r in caplog.records)
+    assert any("do not fit the reply budget" in r.getMessage() for r in caplog.records)
     wait_until_released(budget)
 
 
@@ -234,7 +235,7 @@ def test_a_long_resp_reply_streams_whole_and_the_commands_after_it_are_answered_
     """Encoded as it is sent, the same bytes as encoded whole; the PING and QUIT pipelined
     behind it are answered after it, and QUIT closes the connection once all is sent (with
     the commands run on the loop, and on workers as for Redis)."""
-    budget = ReplyBudget(1 << 20)
+    budget = ReplyBudget(64 << 20)  # the default: the 7 MB snapshot, charged whole, fits
     expected = encode([[entry.timestamp_ms, entry.data] for entry in long_history.history("h")])
     with running_resp(long_history, reply_budget=budget, execution=execution) as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
@@ -243,3 +244,138 @@ def test_a_long_resp_reply_streams_whole_and_the_commands_after_it_are_answered_
             received = read_to_end(sock)
         wait_until_released(budget)
     assert received == expected + b"+PONG\r\n+OK\r\n"
+
+
+def test_a_head_of_a_long_history_has_its_length_and_keeps_the_connection(
+    long_history: MemoryStore,
+) -> None:
+    """HEAD gets the Content-Length a GET's body would have, counted without building the
+    body, and the request pipelined after it is answered on the same connection."""
+    settings = http_settings(threads=4, socket_timeout_s=5.0, serve_inline=True)
+    server = Server(create_app(long_history), settings, reply_budget=ReplyBudget(1 << 20))
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(
+                b"HEAD /h/history HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"GET /_health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            answer = read_to_end(sock)
+    finally:
+        server.stop()
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    length = len(history_json(long_history.history("h")))
+    assert b"Content-Length: %d\r\n" % length in head + b"\r\n"
+    assert b"Transfer-Encoding" not in head
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n"), "the pipelined request was answered"
+
+
+class FreshCopies(MemoryStore):
+    """A memory store whose histories are fresh copies of the bytes, as Redis's are: a
+    snapshot being sent holds all of them."""
+
+    def history(self, key: str) -> list[HistoryEntry]:
+        return [
+            HistoryEntry(
+                None if entry.data is None else bytes(bytearray(entry.data)), entry.timestamp_ms
+            )
+            for entry in super().history(key)
+        ]
+
+
+@pytest.fixture
+def fresh_history() -> FreshCopies:
+    store = FreshCopies()
+    for _ in range(2000):
+        store.put("h", VALUE)
+    return store
+
+
+def test_a_streamed_http_history_is_charged_the_bytes_it_holds(
+    fresh_history: FreshCopies,
+) -> None:
+    """2 MB of history held for one slow reader does not fit a 1 MiB budget: the snapshot
+    is charged what its entries take, not the size of the list that points at them."""
+    budget = ReplyBudget(1 << 20)
+    settings = http_settings(threads=4, socket_timeout_s=5.0, serve_inline=True)
+    server = Server(create_app(fresh_history), settings, reply_budget=budget)
+    server.start()
+    try:
+        reader = slow_reader(server.port, b"GET /h/history HTTP/1.1\r\nHost: x\r\n\r\n")
+        read_to_end(reader)
+        reader.close()
+        wait_until_released(budget)
+    finally:
+        server.stop()
+    assert budget.refusals == 1
+
+
+@pytest.mark.parametrize("execution", list(Execution), ids=lambda execution: execution.value)
+def test_a_streamed_resp_reply_is_charged_the_bytes_it_holds(
+    fresh_history: FreshCopies, execution: Execution
+) -> None:
+    """The same over RESP: HISTORY's items are charged with their bytes."""
+    budget = ReplyBudget(1 << 20)
+    with running_resp(fresh_history, reply_budget=budget, execution=execution) as server:
+        reader = slow_reader(server.port, command("HISTORY", "h"))
+        read_to_end(reader)
+        reader.close()
+        wait_until_released(budget)
+    assert budget.refusals == 1
+
+
+@pytest.mark.parametrize("execution", list(Execution), ids=lambda execution: execution.value)
+def test_one_read_of_many_large_replies_is_answered_a_batch_at_a_time(
+    execution: Execution,
+) -> None:
+    """200 HISTORY commands of 300 KB each in one send: run all at once, their replies would
+    hold 60 MB before the first is written, far past a 4 MiB budget, and the connection would
+    be closed; run a batch at a time, each written before the next runs, all are answered."""
+    store = MemoryStore()
+    for _ in range(300):
+        store.put("h", VALUE)
+    budget = ReplyBudget(4 << 20)
+    expected = encode([[entry.timestamp_ms, entry.data] for entry in store.history("h")])
+    with running_resp(store, reply_budget=budget, execution=execution) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(command("HISTORY", "h") * 200 + command("QUIT"))
+            received = read_to_end(sock)
+        wait_until_released(budget)
+    assert budget.refusals == 0
+    assert received == expected * 200 + b"+OK\r\n"
+
+
+class SlowStore(MemoryStore):
+    """A store whose reads take 0.25 s, as a distant Redis's do; it counts them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def get(self, key: str) -> Value:
+        time.sleep(0.25)
+        self.reads += 1
+        return super().get(key)
+
+
+def test_a_stop_ends_a_batch_on_a_worker_between_commands() -> None:
+    """Twenty pipelined GETs on a slow store, and the server told to stop after the first
+    has started: the batch stops at the next command, so the store is not called for the
+    rest after the server has stopped, and no worker outlives the stop."""
+    store = SlowStore()
+    store.put("k", b"v")
+    with (
+        running_resp(store, execution=Execution.WORKERS, shutdown_timeout_s=2.0) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock,
+    ):
+        sock.sendall(command("GET", "k") * 20)
+        time.sleep(0.1)
+        started = time.monotonic()
+        server.stop()
+        stopped_after_s = time.monotonic() - started
+        reads_at_stop = store.reads
+        time.sleep(0.6)
+    assert stopped_after_s < 2.0
+    assert store.reads == reads_at_stop <= 2, "the store was called after the stop"
+    workers = [t for t in threading.enumerate() if t.name.startswith("resp-worker")]
+    assert not [t for t in workers if t.is_alive()], "a worker outlived the stop"
