@@ -57,6 +57,7 @@ class Page:
 PAGES = [
     Page("README.md"),
     Page("docs/getting-started.md", resp=True, testclient=True),
+    Page("docs/http-api.md"),
     Page("docs/redis-protocol.md", resp=True),
     Page("docs/operations.md", starts_redis=True),
     Page("docs/testclient.md", resp=True, testclient=True),
