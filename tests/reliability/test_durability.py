@@ -270,7 +270,7 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
 
 def put_until_refused(url: str, keys: Iterator[str], value: bytes) -> tuple[list[str], int]:
     """PUT value under each key until a refusal; the keys acknowledged and the status."""
-    acknowledged = []
+    acknowledged: list[str] = []
     for key in keys:
         status = requests.put(f"{url}/{key}", data=value, timeout=10).status_code
         if status not in (200, 201, 204):
