@@ -354,9 +354,10 @@ class DurableStore:
                 if time.monotonic() >= next_housekeeping:
                     self._housekeeping()
                     next_housekeeping = time.monotonic() + self._housekeeping_interval_s
-            except Exception:  # a bug; the writers waiting must still get an answer
+            except Exception:  # a bug; writers waiting on an uncommitted batch must be answered
                 logger.exception("the journal writer failed")
-                self._fail(batch, (StoreUnavailable, DISK_FAILED), reopen=True)
+                if not batch.done:
+                    self._fail(batch, (StoreUnavailable, DISK_FAILED), reopen=True)
 
     def _commit(self, batch: _Batch) -> None:
         started = time.perf_counter()
