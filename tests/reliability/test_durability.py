@@ -180,14 +180,7 @@ def test_a_second_kvservice_on_the_same_data_dir_is_refused(tmp_path: Path) -> N
     data_dir = tmp_path / "data"
     first = durable_service(data_dir)
     try:
-        second = subprocess.run(
-            [sys.executable, "-m", "kvservice", "--data-dir", str(data_dir), "--port", "0"],
-            cwd=REPO_ROOT,
-            env=environment_without("KV_"),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        second = run_kvservice("--data-dir", str(data_dir), "--port", "0")
         assert second.returncode == 2
         assert "is in use by another kvservice" in second.stderr
         assert f"pid {first.pid}" in second.stderr
@@ -209,21 +202,8 @@ def test_a_backup_while_serving_restores_on_a_new_directory(tmp_path: Path) -> N
             key: (requests.get(f"{kv.url}/{key}", timeout=5), history_of(kv.url, key))
             for key in KEYS
         }
-        backup = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "kvservice",
-                "backup",
-                "--data-dir",
-                str(tmp_path / "data"),
-                str(tmp_path / "copy.sqlite3"),
-            ],
-            cwd=REPO_ROOT,
-            env=environment_without("KV_"),
-            capture_output=True,
-            text=True,
-            timeout=30,
+        backup = run_kvservice(
+            "backup", "--data-dir", str(tmp_path / "data"), str(tmp_path / "copy.sqlite3")
         )
         assert backup.returncode == 0, backup.stderr
         requests.put(f"{kv.url}/{KEYS[1]}", data=b"after the backup", timeout=5)
@@ -322,3 +302,41 @@ def test_a_full_disk_gets_507_keeps_reads_and_recovers_when_space_returns(
         assert not lost, f"acknowledged writes lost: {lost[:5]}"
     finally:
         restarted.stop()
+
+
+def run_kvservice(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kvservice", *args],
+        cwd=REPO_ROOT,
+        env=environment_without("KV_"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_a_start_that_cannot_be_served_exits_2_saying_why_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "kvservice.sqlite3").write_bytes(b"SQLite format 3\x00" + bytes(4080))
+    not_sqlite = tmp_path / "not-sqlite"
+    not_sqlite.mkdir()
+    (not_sqlite / "kvservice.sqlite3").write_bytes(b"hello, world\n" * 100)
+    cases = {
+        "damaged": (["--data-dir", str(damaged), "--port", "0"], "--data-dir: "),
+        "not sqlite": (["--data-dir", str(not_sqlite), "--port", "0"], "not a SQLite database"),
+        "with redis": (
+            ["--data-dir", str(tmp_path / "d"), "--store", "redis://127.0.0.1:1", "--port", "0"],
+            "give one or the other",
+        ),
+        "backup of nothing": (["backup", "--data-dir", str(tmp_path / "none"), "x"], "nothing to"),
+        "backup without a directory": (["backup", "x"], "give --data-dir"),
+    }
+    for name, (args, says) in cases.items():
+        completed = run_kvservice(*args)
+        assert completed.returncode == 2, name
+        assert says in completed.stderr, (name, completed.stderr)
+        assert "Traceback" not in completed.stderr, name
+    assert not (tmp_path / "d").exists()  # refused before anything was written
