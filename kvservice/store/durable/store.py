@@ -157,6 +157,7 @@ class DurableStore:
             try:
                 memory, last_seq = self._read_back()
             except DiskError as error:
+                self._journal.close()
                 raise damaged(self._journal.path, error) from error
         except BaseException:
             self._directory_lock.release()
