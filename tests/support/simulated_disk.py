@@ -11,7 +11,8 @@ a restart would find after a power cut now, in one of `CRASH_MODES`:
 - `zero_tail`: the pending writes' sizes reached the disk, their bytes did not (zeros);
 - `delete_undone`: files deleted without syncing their directory come back.
 
-`hold_syncs` makes syncs wait until `release_syncs`: a slow disk, to see what waits on it.
+`hold_syncs` makes syncs wait until `release_syncs`: a slow disk, to see what waits on it;
+`fail_syncs` makes the next syncs fail with an I/O error, the disk working on after them.
 
 A file created but never synced does not survive a crash (SQLite's unix VFS syncs the
 directory at a new journal's first sync, so that is when its name becomes durable). SQLite
@@ -79,6 +80,7 @@ class SimulatedDisk:
         """Set when a sync waits because `hold_syncs` was called."""
         self._syncs_allowed = threading.Event()
         self._syncs_allowed.set()
+        self._failing_syncs = 0
         self.vfs_name = f"simulated{next(_names)}"
         self._vfs = _VFS(self.vfs_name, self)
 
@@ -103,6 +105,10 @@ class SimulatedDisk:
         if self.cut:
             raise apsw.IOError("the power is off")
 
+    def fail_syncs(self, count: int) -> None:
+        """Make the next `count` syncs fail with an I/O error (the disk goes on working)."""
+        self._failing_syncs = count
+
     def hold_syncs(self) -> None:
         """Make every sync wait (up to 10 s) until `release_syncs`: a slow disk."""
         self.sync_waiting.clear()
@@ -111,10 +117,14 @@ class SimulatedDisk:
     def release_syncs(self) -> None:
         self._syncs_allowed.set()
 
-    def wait_if_syncs_held(self) -> None:
+    def before_sync(self) -> None:
+        """Wait while syncs are held; fail a sync that `fail_syncs` asked to."""
         if not self._syncs_allowed.is_set():
             self.sync_waiting.set()
             self._syncs_allowed.wait(10)
+        if self._failing_syncs:
+            self._failing_syncs -= 1
+            raise apsw.IOError("the simulated disk failed a sync")
 
     def connect(self) -> Connect:
         """The `Connect` that opens databases on this disk."""
@@ -207,7 +217,7 @@ class _OpenFile:
         self.file.pending.append(newsize)
 
     def xSync(self, flags: int) -> None:
-        self.disk.wait_if_syncs_held()
+        self.disk.before_sync()
         self.disk.mutate()
         self.file.durable = bytes(self.file.data)
         self.file.pending.clear()

@@ -21,6 +21,7 @@ from kvservice.store import (
     PreconditionFailed,
     Store,
     StoreFull,
+    StoreUnavailable,
     Value,
 )
 from kvservice.store.durable import DataDirError, DurableStore, backup
@@ -29,7 +30,7 @@ from tests.support.clock import FakeClock
 from tests.support.simulated_disk import SimulatedDisk
 
 WINDOW_MS = 60_000
-KEYS = [f"key{number}" for number in range(20)]
+KEYS = [f"key{number}" for number in range(20)] + ["kept", "unsure", "resumed"]
 
 
 @pytest.fixture
@@ -274,5 +275,38 @@ def test_a_full_disk_refuses_writes_keeps_reads_and_recovers(
     try:
         assert {key: reopened.get(key).data for key in acknowledged} == acknowledged
         assert reopened.stats().keys == len(acknowledged)
+    finally:
+        reopened.close()
+
+
+def test_a_failed_sync_refuses_the_write_and_memory_shows_only_what_the_file_holds(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    disk = SimulatedDisk()
+    data_dir = tmp_path / "data"
+    store = open_store(data_dir, clock, connect=disk.connect(), housekeeping_interval_s=0.05)
+    try:
+        kept = store.put("kept", b"1")
+        disk.fail_syncs(1)
+        with pytest.raises(StoreUnavailable, match="may or may not have been kept"):
+            store.put("unsure", b"2")
+        shown = snapshot(store)  # memory as rebuilt from the file, not as it was before
+        deadline = time.monotonic() + 5
+        while True:  # full service comes back by itself once a probe commits
+            try:
+                store.put("resumed", b"3")
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline, "writes did not resume"
+                time.sleep(0.02)
+        assert store.get("kept") == kept
+    finally:
+        store.close()
+    reopened = open_store(data_dir, clock, connect=disk.connect())
+    try:
+        on_disk = snapshot(reopened)
+        assert on_disk["unsure"] == shown["unsure"]  # memory was never ahead of the file
+        assert on_disk["kept"][0] == kept
+        assert reopened.get("resumed").data == b"3"
     finally:
         reopened.close()
