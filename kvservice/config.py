@@ -238,7 +238,8 @@ class Config:
         "--max-bytes",
         "KV_MAX_BYTES",
         BYTES,
-        "memory budget of the memory store; writes past it get 507 (Redis: its maxmemory)",
+        "memory budget of the memory store (with or without --data-dir); writes past it get "
+        "507 (Redis: its maxmemory)",
     )
     max_value_bytes: int = setting(
         1024,
@@ -252,8 +253,9 @@ class Config:
         "--threads",
         "KV_THREADS",
         COUNT,
-        "worker threads per transport for a store that waits on a network (Redis): requests "
-        "served at once; the memory store is served on the event loops and uses none",
+        "worker threads per transport for a store that waits on a network (Redis) or a disk "
+        "(--data-dir): requests served at once; the memory store alone is served on the "
+        "event loops and uses none",
     )
     listen_backlog: int = setting(
         1024,
