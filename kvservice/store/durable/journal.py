@@ -256,12 +256,22 @@ class Journal:
         (deleted,) = self._db.execute("SELECT changes()")[0]
         return int(deleted)
 
-    def shrink(self) -> None:
-        """Give free pages back to the file system once they are half the file."""
+    def shrink(self, max_pages: int = 100_000) -> None:
+        """Give free pages back to the file system once they are half the file, up to
+        `max_pages` of them, in one transaction (one sync)."""
         (free,) = self._db.execute("PRAGMA freelist_count")[0]
         (pages,) = self._db.execute("PRAGMA page_count")[0]
-        if free and 2 * free >= pages:
-            self._db.execute("PRAGMA incremental_vacuum")
+        if not free or 2 * free < pages:
+            return
+
+        def vacuum() -> Iterator[None]:
+            # Python's sqlite3 steps this pragma once, which frees one page; apsw steps it to
+            # the end. Either way, at most `free` pages go.
+            for _ in range(min(free, max_pages)):
+                self._db.execute("PRAGMA incremental_vacuum(1)")
+            yield None
+
+        self._transaction(vacuum())
 
     def sync(self) -> None:
         """Sync the WAL and copy it into the data file (a checkpoint that waits on nobody)."""

@@ -310,3 +310,28 @@ def test_a_failed_sync_refuses_the_write_and_memory_shows_only_what_the_file_hol
         assert reopened.get("resumed").data == b"3"
     finally:
         reopened.close()
+
+
+def test_a_file_grown_by_a_burst_shrinks_once_its_history_leaves_the_window(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    store = open_store(data_dir, clock, housekeeping_interval_s=0.01)
+    try:
+        for number in range(3000):  # about 3 MB of history, all inside the window
+            store.put(KEYS[number % len(KEYS)], bytes(1000))
+        time.sleep(0.1)
+        peak = (data_dir / DATA_FILE).stat().st_size + wal_size(data_dir)
+        clock.advance(WINDOW_MS + 1)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and history_rows(data_dir) > 0:
+            time.sleep(0.02)
+        time.sleep(0.2)  # a housekeeping pass after the last delete gives the pages back
+    finally:
+        store.close()  # checkpoints: what is left is the data file alone
+    assert peak > 2_000_000
+    assert (data_dir / DATA_FILE).stat().st_size < peak // 10
+
+
+def wal_size(data_dir: Path) -> int:
+    wal = data_dir / (DATA_FILE + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
