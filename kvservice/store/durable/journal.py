@@ -163,6 +163,7 @@ class Journal:
             for statement in SCHEMA:
                 self._db.execute(statement)
             self._db.execute("COMMIT")
+            sync_directory(self.path.parent)  # the new file's name survives a power cut too
             return
         if application_id != APPLICATION_ID:
             raise DataDirError(f"{self.path} is a SQLite file, but not kvservice's data file")
@@ -338,6 +339,15 @@ def _check_not_cut(path: Path) -> None:
         )
 
 
+def sync_directory(directory: Path) -> None:
+    """fsync a directory, so that the names just made or renamed in it are durable."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def _read_head(path: Path, count: int) -> bytes:
     try:
         with open(path, "rb") as file:
@@ -399,11 +409,7 @@ def backup(data_dir: Path, target: Path) -> BackupReport:
         with open(partial, "rb") as file:
             os.fsync(file.fileno())
         os.replace(partial, target)
-        directory = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself survives a power cut
-        finally:
-            os.close(directory)
+        sync_directory(target.parent)  # the rename itself survives a power cut
     except sqlite3.Error as error:
         partial.unlink(missing_ok=True)
         raise DataDirError(f"backup of {source_path} failed: {error}") from error
