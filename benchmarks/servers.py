@@ -136,10 +136,44 @@ STARLETTE = ServerSpec(
 )
 
 
+def _durable_kvservice(fsync: str) -> Command:
+    """kvservice with --data-dir in the run's scratch directory (a fresh one per start)."""
+    return lambda port, scratch: [
+        *_python_module("kvservice")(port, scratch),
+        "--data-dir",
+        str(scratch / f"data-{fsync}-{port}"),
+        "--fsync",
+        fsync,
+    ]
+
+
+DURABLE_ALWAYS = ServerSpec(
+    "durable-always",
+    "kvservice keeping its data on local disk: `--data-dir DIR --fsync always` (a write is "
+    "acknowledged once synced; group commit)",
+    _durable_kvservice("always"),
+)
+DURABLE_EVERYSEC = ServerSpec(
+    "durable-everysec",
+    "kvservice keeping its data on local disk: `--data-dir DIR --fsync everysec` (synced about "
+    "once a second)",
+    _durable_kvservice("everysec"),
+)
+
+
 def builtin_servers() -> list[ServerSpec]:
-    """The comparison the issue asks for; nginx only where it is installed."""
+    """The comparison the issues ask for; nginx only where it is installed."""
     optional = [NGINX] if shutil.which("nginx") else []
-    return [*optional, STOCK, BARE_BOTTLE, KVSERVICE, WAITRESS, STARLETTE]
+    return [
+        *optional,
+        STOCK,
+        BARE_BOTTLE,
+        KVSERVICE,
+        WAITRESS,
+        STARLETTE,
+        DURABLE_ALWAYS,
+        DURABLE_EVERYSEC,
+    ]
 
 
 def variant(label: str, command_template: str) -> ServerSpec:

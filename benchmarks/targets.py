@@ -13,6 +13,8 @@ SUBJECT = "kvservice"
 CEILING = "bare"
 PEER = "waitress"
 STOCK = "stock"
+DURABLE = {"always": "durable-always", "everysec": "durable-everysec"}
+"""The durable store's servers by --fsync policy (benchmarks/servers.py)."""
 SINGLE_KEY_WORKLOADS = ("get", "put", "post", "delete", "mix")
 """The workloads the latency target covers; history answers grow with the history."""
 
@@ -195,6 +197,62 @@ def check_resp_against_redis(measured: Measurements) -> TargetCheck:
     )
 
 
+def _durable_ratios(
+    results: Results, fsync: str, workloads: Sequence[str]
+) -> list[tuple[str, int, float]]:
+    """The durable server's throughput over the memory store's (kvservice), at 16 and 64."""
+    return [
+        (workload, connections, ratio)
+        for workload in workloads
+        for connections in (16, 64)
+        if (ratio := results.ratio(DURABLE[fsync], SUBJECT, workload, connections)) is not None
+    ]
+
+
+def check_durable_always(measured: Measurements) -> TargetCheck:
+    """--fsync always: PUT and POST at 16 and 64 conn. >= 0.5x the memory-only store."""
+    return _ratio_check(
+        "--data-dir --fsync always: PUT and POST at 16 and 64 conn. >= 0.5x memory only",
+        _durable_ratios(measured.http, "always", ("put", "post")),
+        0.5,
+        list_all=True,
+    )
+
+
+def check_durable_everysec(measured: Measurements) -> TargetCheck:
+    """--fsync everysec: PUT and POST at 16 and 64 conn. >= 0.85x the memory-only store."""
+    return _ratio_check(
+        "--data-dir --fsync everysec: PUT and POST at 16 and 64 conn. >= 0.85x memory only",
+        _durable_ratios(measured.http, "everysec", ("put", "post")),
+        0.85,
+        list_all=True,
+    )
+
+
+def check_durable_get(measured: Measurements) -> TargetCheck:
+    """GET on the durable store >= 0.95x the memory-only store, p99 at 64 conn. < 25 ms."""
+    target = "--data-dir: GET at 16 and 64 conn. >= 0.95x memory only; GET p99 at 64 < 25 ms"
+    ratios = [
+        (f"{fsync} get", c, ratio)
+        for fsync in DURABLE
+        for _, c, ratio in _durable_ratios(measured.http, fsync, ("get",))
+    ]
+    check = _ratio_check(target, ratios, 0.95, list_all=True)
+    p99s = {
+        fsync: cell.p99_ms
+        for fsync, server in DURABLE.items()
+        if (cell := measured.http.cell(server, "get", 64)) is not None
+    }
+    if check.met is None or not p99s:
+        return check
+    figure = (
+        check.figure
+        + "; GET p99 at 64: "
+        + ", ".join(f"{fsync} {p99:.1f} ms" for fsync, p99 in p99s.items())
+    )
+    return TargetCheck(target, check.met and max(p99s.values()) < 25, figure)
+
+
 TARGETS: tuple[Callable[[Measurements], TargetCheck], ...] = (
     check_stock,
     check_latency,
@@ -204,6 +262,9 @@ TARGETS: tuple[Callable[[Measurements], TargetCheck], ...] = (
     check_peer,
     check_history,
     check_memory,
+    check_durable_always,
+    check_durable_everysec,
+    check_durable_get,
 )
 
 

@@ -1,5 +1,8 @@
 """The composition root: config -> store backend -> every enabled transport's server -> run.
 
+`kvservice backup --data-dir DIR FILE` is the one subcommand: an online backup of the
+durable store's directory (`kvservice.store.durable.backup`).
+
 A transport is one entry in `TRANSPORTS`: a function from the config, the shared store, the
 shared `Security` (tokens, TLS), the shared metrics (None with --metrics off) and the shared
 `ReplyBudget` (--max-reply-buffer-bytes, for every transport together) to a server
@@ -16,10 +19,11 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from kvservice.auth import TokenFileError, Tokens
-from kvservice.config import Config, load_config
+from kvservice.config import Config, load_backup_arguments, load_config
 from kvservice.execution import Execution, execution_for
 from kvservice.http.app import create_app
 from kvservice.http.bearer import BearerTokens
@@ -46,6 +50,23 @@ def memory_store(config: Config) -> Store:
         max_bytes=config.max_bytes,
         max_value_bytes=config.max_value_bytes,
     )
+
+
+def durable_store(config: Config) -> Store:
+    """The memory store kept on disk in --data-dir, synced as --fsync says."""
+    from kvservice.store.durable import DataDirError, DurableStore
+
+    assert config.data_dir is not None
+    try:
+        return DurableStore(
+            Path(config.data_dir),
+            fsync=config.fsync,
+            history_window_ms=round(config.history_window_s * 1000),
+            max_bytes=config.max_bytes,
+            max_value_bytes=config.max_value_bytes,
+        )
+    except DataDirError as error:
+        raise StartupError(f"--data-dir: {error}") from error
 
 
 def redis_store(config: Config) -> Store:
@@ -75,12 +96,21 @@ STORES: dict[str, Callable[[Config], Store]] = {
     "redis+cluster": redis_store,
     "rediss+cluster": redis_store,
 }
-"""Each store backend by the scheme of --store (`memory` has none)."""
+"""Each store backend by the scheme of --store (`memory` has none); with --data-dir, memory is
+`durable_store`."""
 
 
 def build_store(config: Config) -> Store:
-    """The backend --store names; raises StartupError for one that is not known."""
+    """The backend --store (and --data-dir) names; raises StartupError for one that is not
+    known, or --data-dir beside a store that keeps its data elsewhere."""
     scheme = "memory" if config.store == "memory" else urlsplit(config.store).scheme
+    if config.data_dir is not None:
+        if scheme != "memory":
+            raise StartupError(
+                f"--data-dir keeps the memory store's data on disk; --store {scheme}:// keeps "
+                "it in Redis: give one or the other"
+            )
+        return durable_store(config)
     make = STORES.get(scheme)
     if make is None:
         raise StartupError(
@@ -252,9 +282,46 @@ TRANSPORTS: dict[str, Transport] = {
 """Every transport by name; each serves the same store."""
 
 
+@runtime_checkable
+class Closable(Protocol):
+    """A store with something to finish before the process exits (a journal, connections)."""
+
+    def close(self) -> None: ...
+
+
+def backup(argv: Sequence[str]) -> int:
+    """`kvservice backup --data-dir DIR FILE`: 0 once FILE holds the copy, 2 if it cannot."""
+    from kvservice.store.durable import DataDirError
+    from kvservice.store.durable import backup as copy_data
+
+    data_dir, target = load_backup_arguments(argv)
+    configure_logging("INFO", "text")
+    try:
+        report = copy_data(Path(data_dir), Path(target))
+    except (DataDirError, OSError) as error:
+        logger.error("cannot back up: %s", error)
+        return 2
+    logger.info(
+        "backed up %s to %s: %d keys, %d history entries, %d bytes",
+        data_dir,
+        target,
+        report.keys,
+        report.history_entries,
+        report.bytes,
+    )
+    return 0
+
+
+SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"backup": backup}
+"""What `kvservice NAME ...` runs instead of the service."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run kvservice until SIGTERM or SIGINT."""
-    config = load_config(argv)
+    """Run kvservice until SIGTERM or SIGINT (or a subcommand)."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments and arguments[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[arguments[0]](arguments[1:])
+    config = load_config(arguments)
     configure_logging(config.log_level, config.log_format)
     try:
         security = build_security(config)
@@ -269,9 +336,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics.watch_replies(replies)
     servers = [make(config, store, security, metrics, replies) for make in TRANSPORTS.values()]
     reloads = [] if security.tokens is None else [security.tokens.reload]
-    return run_until_signalled(
-        [server for server in servers if server is not None], on_reload=reloads
-    )
+    try:
+        return run_until_signalled(
+            [server for server in servers if server is not None], on_reload=reloads
+        )
+    finally:
+        if isinstance(store, Closable):
+            store.close()
 
 
 if __name__ == "__main__":

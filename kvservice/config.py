@@ -22,6 +22,7 @@ from typing import Any
 from kvservice import __version__
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+FSYNC_POLICIES = ("always", "everysec", "off")
 LOG_FORMATS = ("text", "json")
 
 
@@ -158,6 +159,13 @@ def log_format(text: str) -> str:
     return text.lower()
 
 
+def fsync_policy(text: str) -> str:
+    """One of FSYNC_POLICIES, any case."""
+    if text.lower() not in FSYNC_POLICIES:
+        raise ValueError(f"give one of {', '.join(FSYNC_POLICIES)}")
+    return text.lower()
+
+
 def on_off(text: str) -> bool:
     """on or off (also true/false, yes/no, 1/0), any case."""
     value = {"on": True, "true": True, "yes": True, "1": True}.get(text.strip().lower())
@@ -175,6 +183,8 @@ LEVEL = named(log_level, "level")
 LOG_FORMAT = named(log_format, "format")
 SWITCH = named(on_off, "switch")
 FILE = named(optional_path, "file")
+DIRECTORY = named(optional_path, "directory")
+FSYNC = named(fsync_policy, "policy")
 
 
 @dataclass(frozen=True)
@@ -197,6 +207,24 @@ class Config:
         SECONDS,
         "seconds to wait for Redis to connect or answer; past it the request gets 503",
     )
+    data_dir: str | None = setting(
+        None,
+        "--data-dir",
+        "KV_DATA_DIR",
+        DIRECTORY,
+        "keep the data on disk in this directory (made if missing; one kvservice at a time): "
+        "values, ETags and the history window survive restarts and crashes; unset: memory "
+        "only, nothing written anywhere; not with --store redis://",
+    )
+    fsync: str = setting(
+        "always",
+        "--fsync",
+        "KV_FSYNC",
+        FSYNC,
+        "with --data-dir, when writes reach the disk: always (synced before the write is "
+        "acknowledged), everysec (synced about once a second: a power cut loses up to about "
+        "1 s of writes), off (when the OS decides)",
+    )
     port: int = setting(3000, "--port", "KV_PORT", PORT, "TCP port (0 picks a free one)")
     history_window_s: float = setting(
         120.0,
@@ -210,7 +238,8 @@ class Config:
         "--max-bytes",
         "KV_MAX_BYTES",
         BYTES,
-        "memory budget of the memory store; writes past it get 507 (Redis: its maxmemory)",
+        "memory budget of the memory store (with or without --data-dir); writes past it get "
+        "507 (Redis: its maxmemory)",
     )
     max_value_bytes: int = setting(
         1024,
@@ -224,8 +253,9 @@ class Config:
         "--threads",
         "KV_THREADS",
         COUNT,
-        "worker threads per transport for a store that waits on a network (Redis): requests "
-        "served at once; the memory store is served on the event loops and uses none",
+        "worker threads per transport for a store that waits on a network (Redis) or a disk "
+        "(--data-dir): requests served at once; the memory store alone is served on the "
+        "event loops and uses none",
     )
     listen_backlog: int = setting(
         1024,
@@ -416,6 +446,27 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     add_version(parser)
     add_settings(parser, settings_of(Config), environ)
     return parser
+
+
+def load_backup_arguments(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[str, str]:
+    """`kvservice backup --data-dir DIR FILE`: the data directory (flag or KV_DATA_DIR, as
+    the service takes it) and the file to write; exits with a usage error without both."""
+    parser = argparse.ArgumentParser(
+        prog="kvservice backup",
+        description="Copy the data of a kvservice's --data-dir to FILE, consistent as of one "
+        "commit, while it serves. Restore: put FILE in an empty directory as "
+        "kvservice.sqlite3 and start kvservice with --data-dir on that directory.",
+    )
+    add_settings(
+        parser, settings_of(Config, {"data_dir"}), os.environ if environ is None else environ
+    )
+    parser.add_argument("file", metavar="FILE", help="where to write the copy (replaced whole)")
+    settings = parse_settings(parser, argv)
+    if not settings["data_dir"]:
+        parser.error("give --data-dir (or KV_DATA_DIR): the directory kvservice keeps its data in")
+    return settings["data_dir"], settings["file"]
 
 
 def load_config(

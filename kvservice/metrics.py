@@ -3,10 +3,10 @@
 prometheus_client writes the exposition formats and negotiates which one a scraper gets. Per
 request, the HTTP transport reports a `RequestRecord` to `Metrics.observe_request`, which
 adds it up under one lock. Everything else is read when a scrape asks for it: the
-store's figures from `Store.stats()`, each transport's connection counts and RESP's command
-counts (the RESP server keeps those itself, on its one thread, at the price of a dict update),
-the bytes held in unsent replies (`ReplyBudget`),
-so that serving a request does not pay for figures nobody has asked for yet.
+store's figures from `Store.stats()` (with its journal's, for a store with --data-dir), each
+transport's connection counts and RESP's command counts (the RESP server keeps those itself,
+under a lock, since commands may run on worker threads), and the bytes held in unsent replies
+(`ReplyBudget`), so that serving a request does not pay for figures nobody has asked for yet.
 
 Labels are bounded: methods outside HTTP_METHODS count as OTHER, routes are templates
 ("/{key}", never a key), RESP commands outside its table count as "unknown".
@@ -33,7 +33,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
 from kvservice.http.server import RequestRecord
-from kvservice.store import Store, StoreError
+from kvservice.store import Persistence, Store, StoreError
 
 logger = logging.getLogger("kvservice.metrics")
 
@@ -236,6 +236,54 @@ def _store_metrics(store: Store) -> Iterator[Metric]:
         "Writes refused because the memory budget was reached (HTTP 507, RESP OOM).",
         value=stats.full_refusals,
     )
+    if stats.persistence is not None:
+        yield from _persistence_metrics(stats.persistence)
+
+
+def _persistence_metrics(persistence: Persistence) -> Iterator[Metric]:
+    """The journal of a store with --data-dir: commits and their batch size, syncs and
+    their time, refusals, and the files' sizes."""
+    yield CounterMetricFamily(
+        "kvservice_store_commits",
+        "Transactions the journal committed (group commit: each holds every write queued).",
+        value=persistence.commits,
+    )
+    yield CounterMetricFamily(
+        "kvservice_store_committed_writes",
+        "Writes those transactions held; per commit, the batch size.",
+        value=persistence.committed_writes,
+    )
+    yield CounterMetricFamily(
+        "kvservice_store_failed_commits",
+        "Commits that failed (disk full, I/O error); their writes were refused (507, 503).",
+        value=persistence.failed_commits,
+    )
+    yield CounterMetricFamily(
+        "kvservice_store_syncs",
+        "Syncs to disk: each commit with --fsync always, the periodic sync with everysec.",
+        value=persistence.syncs,
+    )
+    yield CounterMetricFamily(
+        "kvservice_store_sync_seconds",
+        "Time spent in those syncs (with always, the whole commit); per sync, the latency.",
+        value=persistence.sync_seconds_total,
+    )
+    yield _gauge(
+        "kvservice_store_pending_writes",
+        "Writes applied in memory and waiting for their commit.",
+        persistence.pending_writes,
+    )
+    yield _gauge(
+        "kvservice_store_last_commit_ok",
+        "1 when the last commit succeeded, 0 while the disk refuses writes.",
+        int(persistence.last_commit_ok),
+    )
+    files = GaugeMetricFamily(
+        "kvservice_store_file_bytes", "Size of each file under --data-dir.", labels=["file"]
+    )
+    for name, size in sorted(persistence.file_bytes.items()):
+        files.add_metric([name], size)
+    yield files
 
 
 def _http_connection_metrics(connections: HttpConnections) -> Iterator[Metric]:

@@ -3,7 +3,8 @@
 Transports depend on this module alone, never on a backend's class: a backend is any object
 with these methods and attributes (`mypy --strict` checks the adapters against the Protocol,
 and a test passes them a backend that inherits from nothing). The backends live beside it:
-`memory.py` (the default) and `redis/` (Redis or Redis Cluster: scripts, connections, the store).
+`memory.py` (the default), `durable/` (the memory store kept on local disk: its journal and
+file layer) and `redis/` (Redis or Redis Cluster: scripts, connections, the store).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from kvservice.store.model import (
     KeyExists,
     KeyNotFound,
     KeyPage,
+    Persistence,
     Precondition,
     PreconditionFailed,
     StoreError,
@@ -49,6 +51,7 @@ __all__ = [
     "KeyExists",
     "KeyNotFound",
     "KeyPage",
+    "Persistence",
     "Precondition",
     "PreconditionFailed",
     "Store",

@@ -247,6 +247,42 @@ class MemoryStore:
             self._append_history(record, HistoryEntry(data, now_ms))
             return value
 
+    # -- for a backend that keeps this store's state elsewhere (kvservice.store.durable) -----
+
+    def newest_entry(self, key: str) -> HistoryEntry | None:
+        """The key's newest history entry (its last write and the timestamp it got), or None;
+        O(1), unlike `history`, and without pruning."""
+        with self._lock:
+            record = self._records.get(key)
+            return record.history[-1] if record and len(record.history) > record.first else None
+
+    def restore_value(self, key: str, value: Value) -> None:
+        """Set the key's value as it was recorded (its ETag included), with no history entry
+        and no budget check: rebuilding the state a store had, not a client's write."""
+        with self._lock:
+            record = self._records.get(key)
+            if record is None:
+                record = self._records[key] = _Record(key)
+                self._used_bytes += KEY_OVERHEAD_BYTES + len(key)
+            if record.value is not None:
+                self._used_bytes -= _value_cost(record.value)
+            else:
+                self._keys_with_values.add(key)
+            record.value = value
+            self._used_bytes += _value_cost(value)
+
+    def restore_history(self, key: str, entry: HistoryEntry) -> None:
+        """Append a recorded history entry to the key, charging it as a write would. Entries
+        must come in write order, every key's together; later writes never get an earlier
+        timestamp."""
+        with self._lock:
+            record = self._records.get(key)
+            if record is None:
+                record = self._records[key] = _Record(key)
+                self._used_bytes += KEY_OVERHEAD_BYTES + len(key)
+            self._append_history(record, entry)
+            self._last_timestamp_ms = max(self._last_timestamp_ms, entry.timestamp_ms)
+
     # -- internals (lock held) --------------------------------------------------------------
 
     def _now_ms(self) -> int:

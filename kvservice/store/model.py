@@ -99,6 +99,33 @@ class KeyPage:
 
 
 @dataclass(frozen=True, slots=True)
+class Persistence:
+    """How a store that keeps its data on disk is doing (None in `StoreStats` for one that
+    keeps nothing): what `INFO persistence` and /_metrics report."""
+
+    fsync: str
+    """When a commit is synced: always, everysec or off (--fsync)."""
+    pending_writes: int
+    """Writes applied in memory and waiting for their commit."""
+    commits: int
+    """Transactions committed since start (group commit: each holds every write queued)."""
+    committed_writes: int
+    """Writes those transactions held; divided by `commits`, the mean batch size."""
+    sync_seconds_total: float
+    """Time spent committing with a sync (--fsync always) or in the periodic sync (everysec)."""
+    syncs: int
+    """Commits or periodic checkpoints that synced."""
+    last_commit_ok: bool
+    """Whether the last commit succeeded; False while the disk refuses writes."""
+    last_commit_time_s: int
+    """Unix time of the last successful commit (or of the start)."""
+    failed_commits: int
+    """Commits that failed (disk full, I/O error) since start; their writes were refused."""
+    file_bytes: dict[str, int]
+    """The size of each file of the data directory, by kind (data, wal)."""
+
+
+@dataclass(frozen=True, slots=True)
 class StoreStats:
     """Figures for health checks and metrics."""
 
@@ -113,6 +140,8 @@ class StoreStats:
     would mean reading every key (Redis)."""
     full_refusals: int = 0
     """Writes this process's store refused with StoreFull since it started."""
+    persistence: Persistence | None = None
+    """What a store that keeps its data on disk reports of it; None for one that keeps none."""
 
 
 @dataclass(frozen=True)

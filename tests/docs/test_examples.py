@@ -60,6 +60,7 @@ PAGES = [
     Page("docs/http-api.md"),
     Page("docs/redis-protocol.md", resp=True),
     Page("docs/operations.md", starts_redis=True),
+    Page("docs/durability.md"),
     Page("docs/testclient.md", resp=True, testclient=True),
 ]
 

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import requests
@@ -25,6 +26,7 @@ from kvservice.metrics import Metrics
 from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.server import RespServer
 from kvservice.store import Store
+from kvservice.store.durable import DurableStore
 from kvservice.store.memory import MemoryStore
 from tests.support.processes import start_service
 from tests.support.rawhttp import single_response
@@ -284,3 +286,42 @@ def test_the_access_line_names_the_request_id_in_either_log_format(log_format: s
     assert record["request_id"] == "grep-me"
     for other in stderr.splitlines():  # the service's own records are JSON objects too
         assert json.loads(other)["logger"].startswith("kvservice")
+
+
+def test_a_durable_store_reports_its_journal_in_metrics_and_info_persistence(
+    background_stops: list[threading.Thread], tmp_path: Path
+) -> None:
+    store = DurableStore(tmp_path / "data")
+    try:
+        with running(store, background_stops) as service:
+            for number in range(3):
+                requests.put(f"{service.url}/k{number}", data=b"v", timeout=5)
+            samples = service.scrape()
+            with RespConnection(service.resp.port) as connection:
+                info = connection.ask("INFO", "persistence").decode()
+    finally:
+        store.close()
+    assert value(samples, "kvservice_store_commits_total") >= 1
+    assert value(samples, "kvservice_store_committed_writes_total") == 3
+    assert value(samples, "kvservice_store_syncs_total") == value(
+        samples, "kvservice_store_commits_total"
+    )
+    assert value(samples, "kvservice_store_sync_seconds_total") > 0
+    assert value(samples, "kvservice_store_last_commit_ok") == 1
+    assert value(samples, "kvservice_store_file_bytes", file="wal") > 0
+    assert ("kvservice_store_file_bytes", (("file", "data"),)) in samples
+    for field in (
+        "aof_enabled:1",
+        "aof_last_write_status:ok",
+        "rdb_changes_since_last_save:0",
+        "kvservice_fsync:always",
+        "kvservice_committed_writes:3",
+    ):
+        assert f"\r\n{field}\r\n" in info
+
+
+def test_a_memory_store_reports_no_journal(service: Service) -> None:
+    samples = service.scrape()
+    assert not [name for name, _ in samples if name.startswith("kvservice_store_commits")]
+    with RespConnection(service.resp.port) as connection:
+        assert b"aof_enabled:0" in connection.ask("INFO", "persistence")

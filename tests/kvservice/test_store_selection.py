@@ -1,6 +1,7 @@
 """--store picks the backend at start: memory by default, Redis by URL; a Redis that would
 evict stops the process with exit 2, saying why; an unreachable one is served as 503 until it
-answers; an unknown kind is a usage error. Real processes, real redis-server."""
+answers; an unknown kind is a usage error; --data-dir makes the memory store durable and goes
+with no other. Real processes, real redis-server."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 
+from kvservice.__main__ import StartupError, build_store
 from kvservice.config import load_config
 from tests.support.processes import REPO_ROOT, environment_without, free_port, running_service
 from tests.support.redis_servers import RedisProcess, running_redis
@@ -75,3 +78,20 @@ def test_the_service_runs_on_redis(redis_server: RedisProcess) -> None:
         assert requests.put(f"{kv.url}/k", data=b"on redis", timeout=5).status_code == 204
     with running_service("kvservice", "--store", redis_server.url) as restarted:
         assert requests.get(f"{restarted.url}/k", timeout=5).content == b"on redis"
+
+
+def test_without_data_dir_the_memory_store_writes_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = build_store(load_config([], environ={}))
+    store.put("k", b"v")
+    assert not store.may_block
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_data_dir_beside_redis_is_refused_before_any_file_is_made(tmp_path: Path) -> None:
+    config = load_config(["--data-dir", str(tmp_path / "d"), "--store", "redis://h:1"], {})
+    with pytest.raises(StartupError, match="give one or the other"):
+        build_store(config)
+    assert not (tmp_path / "d").exists()

@@ -3,7 +3,8 @@
 A backend is a `StoreFactory`: keyword settings in, a fresh, empty store out. `budget_bytes`
 asks for a store that refuses writes (StoreFull) once it holds about that much more; each
 backend maps it onto its own budget (the memory backend's max_bytes, Redis's maxmemory, on
-each node of a cluster). The Redis backends run on real servers, started once per session.
+each node of a cluster). The Redis backends run on real servers, started once per session;
+the durable backend on a directory of the test's own.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Protocol
 import pytest
 
 from kvservice.store import Clock, Store
+from kvservice.store.durable import DurableStore
 from kvservice.store.memory import MemoryStore
 from kvservice.store.redis import RedisStore
 from tests.support.clock import FakeClock
 from tests.support.redis_servers import RedisClusterProcesses, RedisProcess
 
+DEFAULT_MAX_BYTES = MemoryStore().max_bytes
 WINDOW_MS = 120_000
 """The history window the contract tests assume unless they ask for another."""
 
@@ -56,6 +59,33 @@ def memory_store(
     )
 
 
+def durable_store(request: pytest.FixtureRequest) -> StoreFactory:
+    """The durable backend on a fresh directory (--fsync always), closed after the test; the
+    budget is its memory store's `max_bytes`."""
+
+    def make(
+        *,
+        clock: Clock,
+        history_window_ms: int = WINDOW_MS,
+        max_value_bytes: int = 1024,
+        budget_bytes: int | None = None,
+    ) -> Store:
+        data_dir = request.getfixturevalue("tmp_path") / f"data{len(made)}"
+        store = DurableStore(
+            data_dir,
+            history_window_ms=history_window_ms,
+            max_value_bytes=max_value_bytes,
+            clock=clock,
+            max_bytes=DEFAULT_MAX_BYTES if budget_bytes is None else budget_bytes,
+        )
+        made.append(store)
+        request.addfinalizer(store.close)
+        return store
+
+    made: list[DurableStore] = []
+    return make
+
+
 def redis_store(
     servers: RedisProcess | RedisClusterProcesses, request: pytest.FixtureRequest
 ) -> StoreFactory:
@@ -87,6 +117,7 @@ def redis_store(
 
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], StoreFactory]] = {
     "memory": lambda request: memory_store,
+    "durable": durable_store,
     "redis": lambda request: redis_store(request.getfixturevalue("redis_server"), request),
     "redis-cluster": lambda request: redis_store(request.getfixturevalue("redis_cluster"), request),
 }

@@ -1,0 +1,421 @@
+"""The data directory and the journal in it: one SQLite file in WAL mode holding every write
+inside the history window and every key's current value.
+
+Layout of DIR: `kvservice.sqlite3` (with SQLite's `-wal` and `-shm` beside it while it is
+open) and `LOCK`, which the serving process holds with flock(2) so that a second kvservice on
+the same directory is refused at start instead of overwriting the first one's writes.
+
+Schema (format 1, in `PRAGMA user_version`; `PRAGMA application_id` marks the file as ours):
+- `history(seq, key, data, timestamp_ms)`: one row per write, in write order (seq), data NULL
+  for a delete. Rows outside the history window are deleted in the background (`compact`),
+  so the file holds the window's history plus current values, however many writes it saw.
+- `current(key, data, content_type, etag, seq)`: each key's value, as a client last wrote it.
+
+A batch of writes is one transaction (`append`): group commit. With `--fsync always`
+(`synchronous=FULL`) the commit returns only once the WAL is synced; `everysec`
+(`synchronous=NORMAL`) leaves the WAL to the OS and `sync` checkpoints, which syncs it, about
+once a second; `off` never syncs.
+
+Recovery is SQLite's: the WAL's frames are checksummed and salted, and a torn or garbled tail
+is ignored from the first frame that does not verify, so the file reads back as of the last
+complete commit. `open_journal` says how many bytes of the WAL that dropped; damage SQLite
+reports anywhere else (a malformed page, a file shorter than its header says, a file that is
+no database) refuses the start with DataDirError, as does a file of a newer format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvservice.store.durable.database import Connect, Database, DataDamaged, DiskError
+from kvservice.store.memory import MemoryStore
+from kvservice.store.model import HistoryEntry, Value
+
+logger = logging.getLogger("kvservice.store.durable")
+
+DATA_FILE = "kvservice.sqlite3"
+WAL_SUFFIX = "-wal"
+LOCK_FILE = "LOCK"
+APPLICATION_ID = 0x6B765376  # "kvSv"
+FORMAT_VERSION = 1
+WAL_HEADER_BYTES = 32
+WAL_FRAME_HEADER_BYTES = 24
+WAL_MAGICS = (0x377F0682, 0x377F0683)
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+SYNCHRONOUS = {"always": "FULL", "everysec": "NORMAL", "off": "OFF"}
+"""The SQLite `synchronous` level of each --fsync policy."""
+
+SCHEMA = (
+    "CREATE TABLE history (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, data BLOB,"
+    " timestamp_ms INTEGER NOT NULL)",
+    "CREATE TABLE current (key TEXT PRIMARY KEY, data BLOB NOT NULL, content_type TEXT,"
+    " etag TEXT NOT NULL, seq INTEGER NOT NULL) WITHOUT ROWID",
+    f"PRAGMA application_id = {APPLICATION_ID}",
+    f"PRAGMA user_version = {FORMAT_VERSION}",
+)
+
+INSERT_HISTORY = "INSERT INTO history (seq, key, data, timestamp_ms) VALUES (?, ?, ?, ?)"
+UPSERT_CURRENT = (
+    "INSERT INTO current (key, data, content_type, etag, seq) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET data = excluded.data,"
+    " content_type = excluded.content_type, etag = excluded.etag, seq = excluded.seq"
+)
+DELETE_CURRENT = "DELETE FROM current WHERE key = ?"
+
+
+class DataDirError(Exception):
+    """The data directory cannot be served: the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One write as it goes to disk: the value after it (data None for a delete)."""
+
+    seq: int
+    key: str
+    data: bytes | None
+    content_type: str | None
+    etag: str
+    timestamp_ms: int
+
+
+class DirectoryLock:
+    """An exclusive flock(2) on DIR/LOCK, held until `release` (or the process ends)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        path = data_dir / LOCK_FILE
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise DataDirError(f"cannot create {path}: {error.strerror}") from error
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(self._fd)
+            raise DataDirError(
+                f"{data_dir} is in use by another kvservice (pid {holder}); two processes "
+                "on one data directory would overwrite each other's writes"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        """Let another process take the directory."""
+        os.close(self._fd)
+
+
+def prepare_directory(data_dir: Path) -> None:
+    """Create DIR if it is missing; DataDirError if it cannot hold our files."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataDirError(f"cannot create {data_dir}: {error.strerror}") from error
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise DataDirError(f"{data_dir} is not writable by this user (uid {os.getuid()})")
+
+
+class Journal:
+    """The open data file: appends batches, compacts, syncs, and reads itself back."""
+
+    def __init__(self, path: Path, connect: Connect, fsync: str) -> None:
+        self.path = path
+        self.dropped_wal_bytes = 0
+        """Bytes at the end of the WAL that recovery left out (a torn or garbled tail)."""
+        wal_bytes = _size(path.with_name(path.name + WAL_SUFFIX))
+        if wal_bytes == 0:
+            _check_not_cut(path)
+        self._db: Database = connect(path)
+        try:
+            self._check_format()
+            for pragma in (
+                "PRAGMA busy_timeout = 10000",  # a backup may hold a read lock a moment
+                "PRAGMA journal_mode = WAL",
+                f"PRAGMA synchronous = {SYNCHRONOUS[fsync]}",
+                # A WAL that a checkpoint has emptied is cut to nothing: a tail left from an
+                # earlier cycle can never be mistaken for damage, and the file stays small.
+                "PRAGMA journal_size_limit = 0",
+            ):
+                self._db.execute(pragma)
+            if wal_bytes:
+                self.dropped_wal_bytes = self._unrecovered_bytes(path, wal_bytes)
+        except DiskError:
+            self._db.close()
+            raise
+
+    def _check_format(self) -> None:
+        (application_id,) = self._db.execute("PRAGMA application_id")[0]
+        (version,) = self._db.execute("PRAGMA user_version")[0]
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_schema")}
+        if application_id == 0 and version == 0 and not tables:
+            self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table
+            self._db.execute("BEGIN IMMEDIATE")
+            for statement in SCHEMA:
+                self._db.execute(statement)
+            self._db.execute("COMMIT")
+            sync_directory(self.path.parent)  # the new file's name survives a power cut too
+            return
+        if application_id != APPLICATION_ID:
+            raise DataDirError(f"{self.path} is a SQLite file, but not kvservice's data file")
+        if version > FORMAT_VERSION:
+            raise DataDirError(
+                f"{self.path} is in format {version}, written by a newer kvservice; this one "
+                f"reads format {FORMAT_VERSION}: run the newer version, or restore a backup"
+            )
+        if not {"history", "current"} <= tables:
+            raise DataDirError(f"{self.path} lacks the history or current table: damaged")
+
+    def _unrecovered_bytes(self, path: Path, wal_bytes: int) -> int:
+        """How much of the WAL SQLite's recovery left out: its size less the header and the
+        frames up to the last complete commit (what a checkpoint reports as the log)."""
+        header = _read_head(path.with_name(path.name + WAL_SUFFIX), WAL_HEADER_BYTES)
+        if len(header) < WAL_HEADER_BYTES or struct.unpack(">I", header[:4])[0] not in WAL_MAGICS:
+            return wal_bytes
+        page_bytes = struct.unpack(">I", header[8:12])[0]
+        try:
+            _, frames, _ = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")[0]
+        except DiskError as error:  # a full disk refuses the copy; the count is then unknown
+            logger.warning("%s: cannot count the log's frames: %s", path, error)
+            return 0
+        kept = WAL_HEADER_BYTES + max(frames, 0) * (WAL_FRAME_HEADER_BYTES + page_bytes)
+        return max(0, wal_bytes - kept)  # type: ignore[no-any-return]  # frames: from SQLite
+
+    # -- reading back -------------------------------------------------------------------------
+
+    def load(self, memory: MemoryStore, cutoff_ms: int) -> int:
+        """Restore every current value and the history after `cutoff_ms` into `memory`; the
+        last write's seq (0 for none). Raises DataDamaged if a page is malformed."""
+        for key, data, content_type, etag in self._db.rows(
+            "SELECT key, data, content_type, etag FROM current"
+        ):
+            memory.restore_value(key, Value(bytes(data), content_type, etag))
+        for key, data, timestamp_ms in self._db.rows(
+            "SELECT key, data, timestamp_ms FROM history WHERE timestamp_ms > ? ORDER BY seq",
+            (cutoff_ms,),
+        ):
+            memory.restore_history(key, HistoryEntry(_bytes_or_none(data), timestamp_ms))
+        (last_seq,) = self._db.execute(
+            "SELECT max(coalesce((SELECT max(seq) FROM history), 0),"
+            " coalesce((SELECT max(seq) FROM current), 0))"
+        )[0]
+        return int(last_seq)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def append(self, writes: list[Write]) -> None:
+        """Commit the writes in one transaction (synced as --fsync says); DiskError if not."""
+        self._transaction(self._write_rows(writes))
+
+    def _write_rows(self, writes: list[Write]) -> Iterator[None]:
+        for write in writes:
+            self._db.execute(INSERT_HISTORY, (write.seq, write.key, write.data, write.timestamp_ms))
+            if write.data is None:
+                self._db.execute(DELETE_CURRENT, (write.key,))
+            else:
+                self._db.execute(
+                    UPSERT_CURRENT,
+                    (write.key, write.data, write.content_type, write.etag, write.seq),
+                )
+            yield None
+
+    def _transaction(self, steps: Iterator[None]) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for _ in steps:
+                pass
+            self._db.execute("COMMIT")
+        except DiskError:
+            # SQLite may have rolled it back already, or the disk is gone: reading back tells.
+            with contextlib.suppress(DiskError):
+                self._db.execute("ROLLBACK")
+            raise
+
+    def compact(self, cutoff_ms: int, max_rows: int = 10_000) -> int:
+        """Delete up to `max_rows` of the oldest history rows at or before `cutoff_ms` (one
+        short transaction, so that commits wait little); the number deleted. Rows are in
+        timestamp order, so the scan stops at the first row it keeps."""
+
+        def delete() -> Iterator[None]:
+            self._db.execute(
+                "DELETE FROM history WHERE seq IN (SELECT seq FROM history"
+                " WHERE timestamp_ms <= ? ORDER BY seq LIMIT ?)",
+                (cutoff_ms, max_rows),
+            )
+            yield None
+
+        self._transaction(delete())
+        (deleted,) = self._db.execute("SELECT changes()")[0]
+        return int(deleted)
+
+    def shrink(self, max_pages: int = 100_000) -> None:
+        """Give free pages back to the file system once they are half the file, up to
+        `max_pages` of them, in one transaction (one sync)."""
+        (free,) = self._db.execute("PRAGMA freelist_count")[0]
+        (pages,) = self._db.execute("PRAGMA page_count")[0]
+        if not free or 2 * free < pages:
+            return
+
+        def vacuum() -> Iterator[None]:
+            # Python's sqlite3 steps this pragma once, which frees one page; apsw steps it to
+            # the end. Either way, at most `free` pages go.
+            for _ in range(min(free, max_pages)):
+                self._db.execute("PRAGMA incremental_vacuum(1)")
+            yield None
+
+        self._transaction(vacuum())
+
+    def sync(self) -> None:
+        """Sync the WAL and copy it into the data file (a checkpoint that waits on nobody)."""
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def probe(self) -> None:
+        """Commit a small write and take it back: DiskError while the disk still refuses."""
+        room = 64 * 1024  # a batch's worth of room, not just a page's
+
+        def write_and_erase() -> Iterator[None]:
+            self._db.execute(
+                "INSERT INTO history (seq, key, data, timestamp_ms) VALUES (-1, '', ?, 0)",
+                (bytes(room),),
+            )
+            self._db.execute("DELETE FROM history WHERE seq = -1")
+            yield None
+
+        self._transaction(write_and_erase())
+
+    def file_bytes(self) -> dict[str, int]:
+        """The size of the data file and of its WAL."""
+        return {
+            "data": _size(self.path),
+            "wal": _size(self.path.with_name(self.path.name + WAL_SUFFIX)),
+        }
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def open_journal(path: Path, connect: Connect, fsync: str) -> Journal:
+    """The journal at `path`, checked; DataDirError when it cannot be served as it is."""
+    try:
+        return Journal(path, connect, fsync)
+    except DataDamaged as error:
+        raise damaged(path, error) from error
+    except DiskError as error:
+        raise DataDirError(f"cannot open {path}: {error}") from error
+
+
+def damaged(path: Path, error: Exception) -> DataDirError:
+    """The refusal for a data file SQLite reports as damaged."""
+    return DataDirError(
+        f"{path} is damaged ({error}); refusing to start on part of the data: restore it "
+        "from a backup (see docs/durability.md)"
+    )
+
+
+def _check_not_cut(path: Path) -> None:
+    """With no WAL to complete it, the data file must be as long as its header says."""
+    head = _read_head(path, 100)
+    if not head:
+        return  # a new file
+    if len(head) < 100 or not head.startswith(SQLITE_HEADER):
+        raise DataDirError(f"{path} is not a SQLite database (its first bytes are wrong)")
+    (page_bytes,) = struct.unpack_from(">H", head, 16)
+    page_bytes = 65536 if page_bytes == 1 else page_bytes
+    change_counter, pages = struct.unpack_from(">II", head, 24)
+    (valid_for,) = struct.unpack_from(">I", head, 92)
+    if change_counter == valid_for and _size(path) < pages * page_bytes:
+        raise DataDirError(
+            f"{path} is {_size(path)} bytes, shorter than the {pages * page_bytes} its header "
+            "declares: the file was cut; restore it from a backup (see docs/durability.md)"
+        )
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync a directory, so that the names just made or renamed in it are durable."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _read_head(path: Path, count: int) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read(count)
+    except FileNotFoundError:
+        return b""
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _bytes_or_none(data: bytes | None) -> bytes | None:
+    return None if data is None else bytes(data)
+
+
+@dataclass(frozen=True, slots=True)
+class BackupReport:
+    """What a backup holds."""
+
+    keys: int
+    history_entries: int
+    bytes: int
+
+
+def backup(data_dir: Path, target: Path) -> BackupReport:
+    """Copy DIR's data file to `target` with SQLite's online backup API: a consistent copy as
+    of one commit, taken while a kvservice serves DIR (it reads; it takes no lock but
+    SQLite's own). The copy is a self-contained file (no WAL); it appears under its name only
+    once complete and synced. Start a kvservice on a directory holding it as DATA_FILE to
+    restore."""
+    source_path = (data_dir / DATA_FILE).resolve()
+    if not source_path.exists():
+        raise DataDirError(f"{data_dir} holds no {DATA_FILE}: nothing to back up")
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    try:
+        # mode=rw: never create a file that is not there; read-only would fail on a WAL
+        # file whose -shm the serving process has not made yet.
+        source = sqlite3.connect(f"{source_path.as_uri()}?mode=rw", uri=True)
+        try:
+            source.execute("PRAGMA busy_timeout = 10000")
+            copy = sqlite3.connect(partial, isolation_level=None)
+            try:
+                source.backup(copy)
+                copy.execute("PRAGMA journal_mode = DELETE")  # one file, no WAL beside it
+                (application_id,) = copy.execute("PRAGMA application_id").fetchone()
+                if application_id != APPLICATION_ID:
+                    raise DataDirError(f"{source_path} is not kvservice's data file")
+                (keys,) = copy.execute("SELECT count(*) FROM current").fetchone()
+                (entries,) = copy.execute("SELECT count(*) FROM history").fetchone()
+            finally:
+                copy.close()
+        finally:
+            source.close()
+        with open(partial, "rb") as file:
+            os.fsync(file.fileno())
+        os.replace(partial, target)
+        sync_directory(target.parent)  # the rename itself survives a power cut
+    except sqlite3.Error as error:
+        partial.unlink(missing_ok=True)
+        raise DataDirError(f"backup of {source_path} failed: {error}") from error
+    return BackupReport(keys, entries, _size(target))
+
+
+def now_s() -> int:
+    """Unix time in whole seconds (for `last save` figures)."""
+    return int(time.time())

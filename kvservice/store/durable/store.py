@@ -1,0 +1,478 @@
+"""DurableStore: the memory store, kept on local disk.
+
+Reads are the memory store's (`MemoryStore` holds the state; nothing is read from disk after
+the start). Writes are applied to memory first, under one lock that also gives each its
+place in the journal (`seq`), so memory and disk see writes in the same order and the memory
+store alone judges preconditions, ETags, timestamps and the budget. Each write then waits for
+its commit: one writer thread takes every write queued since its last commit and commits
+them in one transaction (group commit), so a burst of N writes costs one sync, not N.
+
+What a client may see (`--fsync always`): a write is acknowledged only once its transaction
+is synced, and a read that could see writes not yet synced (any write applied after the last
+synced one) holds its reply until they are, so no client observes a write that a power cut
+could take back. With `everysec` and `off` reads do not wait; writes still wait for their
+commit (into the OS's cache), so `kill -9` loses nothing acknowledged, and a power cut loses
+up to about a second (`everysec`) or what the OS had not written (`off`).
+
+Faults: a commit that fails refuses every write of its batch and every write queued behind it
+(they were judged against state that will not exist): StoreFull (507) when the disk is full,
+StoreUnavailable (503) for an I/O error or a failed sync. Memory is then rebuilt from the
+file, as a start does, so that no read shows a refused write; after a failed sync the file
+is reopened first, so what is rebuilt is what SQLite's recovery makes of the file, never
+SQLite's cached idea of a write that may not be on disk (PostgreSQL's fsync lesson). While
+the disk refuses, new puts are refused at once (deletes are still tried: they are how a
+client gives room back) and the writer probes the disk each second with a small commit;
+the first that succeeds restores full service.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from kvservice.store.durable.database import Connect, DiskError, DiskFull, open_sqlite
+from kvservice.store.durable.journal import (
+    DATA_FILE,
+    SYNCHRONOUS,
+    DataDirError,
+    DirectoryLock,
+    Write,
+    damaged,
+    now_s,
+    open_journal,
+    prepare_directory,
+)
+from kvservice.store.memory import MemoryStore
+from kvservice.store.model import (
+    DEFAULT_PAGE_KEYS,
+    NO_CONDITION,
+    Clock,
+    HistoryEntry,
+    KeyPage,
+    Persistence,
+    Precondition,
+    StoreError,
+    StoreFull,
+    StoreStats,
+    StoreUnavailable,
+    Value,
+    system_clock_ms,
+)
+
+logger = logging.getLogger("kvservice.store.durable")
+
+T = TypeVar("T")
+
+HOUSEKEEPING_INTERVAL_S = 1.0
+"""How often the writer syncs (everysec), compacts, and probes a disk that refused."""
+COMPACTION_STEPS = 100
+"""The most compaction transactions of one housekeeping pass (of 10,000 rows each)."""
+READ_WAIT_S = 10.0
+"""How long a read waits for the writes it could see to be synced before it answers 503."""
+
+DISK_FULL = (
+    "The disk under --data-dir is full: the write was not stored. Free disk space; writes "
+    "resume by themselves once there is room."
+)
+DISK_FAILED = (
+    "The disk under --data-dir failed to store the write (I/O error or failed sync): it was "
+    "not acknowledged, and may or may not have been kept; what the disk kept is read back. "
+    "Try again."
+)
+DISK_UNREADABLE = (
+    "The data under --data-dir cannot be read back after a disk error; retrying each second."
+)
+
+
+@dataclass(eq=False)
+class _Batch:
+    """The writes one commit takes, and how it went (read by the writers waiting on it)."""
+
+    writes: list[Write] = field(default_factory=list)
+    done: bool = False
+    refusal: tuple[type[StoreError], str] | None = None
+
+
+class DurableStore:
+    """A MemoryStore whose writes are acknowledged once committed to DIR (see the module)."""
+
+    may_block = True
+    """A write waits on its commit, a read (--fsync always) on the sync of what it saw."""
+    may_be_unavailable = False
+    """The disk is local: a failing disk refuses writes, it is never away."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        fsync: str = "always",
+        history_window_ms: int = 120_000,
+        max_bytes: int = 256 * 1024 * 1024,
+        max_value_bytes: int = 1024,
+        clock: Clock = system_clock_ms,
+        connect: Connect = open_sqlite,
+        housekeeping_interval_s: float = HOUSEKEEPING_INTERVAL_S,
+    ) -> None:
+        if fsync not in SYNCHRONOUS:
+            raise ValueError(f"fsync must be one of {', '.join(SYNCHRONOUS)}, not {fsync!r}")
+        self.data_dir = data_dir
+        self.fsync = fsync
+        self.history_window_ms = history_window_ms
+        self.max_bytes = max_bytes
+        self.max_value_bytes = max_value_bytes
+        self._clock = clock
+        self._connect = connect
+        self._housekeeping_interval_s = housekeeping_interval_s
+        self._hold_reads = fsync == "always"
+
+        self._apply_lock = threading.Lock()  # memory changes and seq order; taken first
+        self._lock = threading.Lock()  # the fields below
+        self._queued = threading.Condition(self._lock)  # the writer waits for writes
+        self._committed = threading.Condition(self._lock)  # clients wait for commits
+        self._open_batch = _Batch()
+        self._generation = 0  # changes when memory is rebuilt after a failed commit
+        self._refusal: tuple[type[StoreError], str] | None = None
+        self._closing = False
+        self._commits = self._committed_writes = self._failed_commits = self._syncs = 0
+        self._sync_seconds = 0.0
+        self._last_commit_time_s = now_s()
+
+        prepare_directory(data_dir)
+        self._directory_lock = DirectoryLock(data_dir)
+        try:
+            self._journal = open_journal(data_dir / DATA_FILE, connect, fsync)
+            if self._journal.dropped_wal_bytes:
+                logger.warning(
+                    "%s: recovered up to the last complete write; dropped the %d bytes after "
+                    "it at the end of the log (a write cut short by a crash or power cut)",
+                    data_dir,
+                    self._journal.dropped_wal_bytes,
+                )
+            try:
+                memory, last_seq = self._read_back()
+            except DiskError as error:
+                self._journal.close()
+                raise damaged(self._journal.path, error) from error
+        except BaseException:
+            self._directory_lock.release()
+            raise
+        self._memory: MemoryStore | None = memory
+        self._applied_seq = self._durable_seq = last_seq
+        self._writer = threading.Thread(target=self._run_writer, name="kv-journal", daemon=True)
+        self._writer.start()
+
+    def check_ready(self) -> None:
+        """Ready unless the data could not be read back after a disk error."""
+        if self._memory is None:
+            raise StoreUnavailable(DISK_UNREADABLE)
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer, close the file, release the directory."""
+        with self._lock:
+            self._closing = True
+            self._queued.notify()
+        self._writer.join(timeout=30)
+        self._journal.close()
+        self._directory_lock.release()
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def get(self, key: str) -> Value:
+        """The key's current value; raises KeyNotFound."""
+        return self._read(lambda memory: memory.get(key))
+
+    def history(self, key: str) -> list[HistoryEntry]:
+        """Every write to the key inside the history window, newest first; [] if none."""
+        return self._read(lambda memory: memory.history(key))
+
+    def keys(
+        self, prefix: str = "", after: str | None = None, limit: int = DEFAULT_PAGE_KEYS
+    ) -> KeyPage:
+        """As `MemoryStore.keys`."""
+        return self._read(lambda memory: memory.keys(prefix, after, limit))
+
+    def stats(self) -> StoreStats:
+        """The memory store's figures, and the journal's as `persistence`."""
+        stats = self._read(lambda memory: memory.stats())
+        return dataclasses.replace(stats, persistence=self.persistence())
+
+    def persistence(self) -> Persistence:
+        """The journal's figures."""
+        with self._lock:
+            return Persistence(
+                fsync=self.fsync,
+                pending_writes=self._applied_seq - self._durable_seq,
+                commits=self._commits,
+                committed_writes=self._committed_writes,
+                sync_seconds_total=self._sync_seconds,
+                syncs=self._syncs,
+                last_commit_ok=self._refusal is None and self._memory is not None,
+                last_commit_time_s=self._last_commit_time_s,
+                failed_commits=self._failed_commits,
+                file_bytes=self._journal.file_bytes(),
+            )
+
+    def _read(self, read: Callable[[MemoryStore], T]) -> T:
+        """`read` of memory; with --fsync always, answered only once every write it could
+        have seen is synced, and read again if memory was rebuilt meanwhile."""
+        for _ in range(3):
+            generation = self._generation
+            memory = self._memory
+            if memory is None:
+                raise StoreUnavailable(DISK_UNREADABLE)
+            if not self._hold_reads:
+                return read(memory)
+            try:
+                result: T | StoreError = read(memory)
+            except StoreError as error:  # KeyNotFound is an observation too
+                result = error
+            if self._wait_until_synced(self._applied_seq, generation):
+                if isinstance(result, StoreError):
+                    raise result
+                return result
+        raise StoreUnavailable(DISK_FAILED)
+
+    def _wait_until_synced(self, seq: int, generation: int) -> bool:
+        """Whether every write up to `seq` is synced in the memory of `generation` (False:
+        memory was rebuilt, read again). A seq given back by a write that was refused before
+        it was queued is not waited for."""
+        if self._durable_seq >= seq and self._generation == generation:
+            return True
+        deadline = time.monotonic() + READ_WAIT_S
+        with self._lock:
+            while self._durable_seq < seq <= self._applied_seq and self._generation == generation:
+                if not self._committed.wait(deadline - time.monotonic()):
+                    raise StoreUnavailable(
+                        "The disk under --data-dir did not sync the writes this read could "
+                        f"see within {READ_WAIT_S:.0f} s; try again."
+                    )
+            return self._generation == generation
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str | None = None,
+        precondition: Precondition = NO_CONDITION,
+    ) -> Value:
+        """Set the key's value once committed; raises as MemoryStore.put does, StoreFull for
+        a full disk and StoreUnavailable for a failed one."""
+        self._refuse_while_the_disk_does()
+        value = self._write(key, lambda memory: memory.put(key, data, content_type, precondition))
+        assert value is not None
+        return value
+
+    def create(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str | None = None,
+        precondition: Precondition = NO_CONDITION,
+    ) -> Value:
+        """Set the key's value only if it has none, once committed; raises as `put` does."""
+        self._refuse_while_the_disk_does()
+        value = self._write(
+            key, lambda memory: memory.create(key, data, content_type, precondition)
+        )
+        assert value is not None
+        return value
+
+    def delete(self, key: str, precondition: Precondition = NO_CONDITION) -> None:
+        """Remove the key's value once committed; tried even while the disk refuses puts."""
+        self._write(key, lambda memory: memory.delete(key, precondition))
+
+    def _refuse_while_the_disk_does(self) -> None:
+        refusal = self._refusal
+        if refusal is not None:
+            error_type, message = refusal
+            raise error_type(message)
+
+    def _write(self, key: str, apply: Callable[[MemoryStore], Value | None]) -> Value | None:
+        with self._apply_lock:
+            memory = self._memory
+            if memory is None:
+                raise StoreUnavailable(DISK_UNREADABLE)
+            # The seq is taken before memory changes, so that a read that sees the change
+            # also sees that a write is pending; a refused write gives it back.
+            seq = self._applied_seq = self._applied_seq + 1
+            try:
+                value = apply(memory)
+            except BaseException:
+                with self._lock:
+                    self._applied_seq = seq - 1
+                    self._committed.notify_all()
+                raise
+            entry = memory.newest_entry(key)
+            assert entry is not None  # the write just made it
+            write = Write(
+                seq,
+                key,
+                entry.data,
+                value.content_type if value else None,
+                value.etag if value else "",
+                entry.timestamp_ms,
+            )
+            with self._lock:
+                batch = self._open_batch
+                batch.writes.append(write)
+                self._queued.notify()
+        with self._lock:
+            while not batch.done:
+                self._committed.wait()
+        if batch.refusal is not None:
+            error_type, message = batch.refusal
+            raise error_type(message)
+        return value
+
+    # -- the writer thread --------------------------------------------------------------------
+
+    def _run_writer(self) -> None:
+        next_housekeeping = time.monotonic() + self._housekeeping_interval_s
+        while True:
+            with self._lock:
+                while (
+                    not self._open_batch.writes
+                    and not self._closing
+                    and time.monotonic() < next_housekeeping
+                ):
+                    self._queued.wait(next_housekeeping - time.monotonic())
+                batch, self._open_batch = self._open_batch, _Batch()
+                closing = self._closing
+            try:
+                if batch.writes:
+                    self._commit(batch)
+                elif closing:
+                    self._final_sync()
+                    return
+                if time.monotonic() >= next_housekeeping:
+                    self._housekeeping()
+                    next_housekeeping = time.monotonic() + self._housekeeping_interval_s
+            except Exception:  # a bug; writers waiting on an uncommitted batch must be answered
+                logger.exception("the journal writer failed")
+                if not batch.done:
+                    self._fail(batch, (StoreUnavailable, DISK_FAILED), reopen=True)
+
+    def _commit(self, batch: _Batch) -> None:
+        started = time.perf_counter()
+        try:
+            self._journal.append(batch.writes)
+        except DiskError as error:
+            logger.error("a commit of %d writes failed: %s", len(batch.writes), error)
+            full = isinstance(error, DiskFull)
+            self._fail(
+                batch, (StoreFull, DISK_FULL) if full else (StoreUnavailable, DISK_FAILED), not full
+            )
+            return
+        elapsed_s = time.perf_counter() - started
+        with self._lock:
+            self._durable_seq = batch.writes[-1].seq
+            batch.done = True
+            self._commits += 1
+            self._committed_writes += len(batch.writes)
+            if self.fsync == "always":
+                self._syncs += 1
+                self._sync_seconds += elapsed_s
+            self._last_commit_time_s = now_s()
+            if self._refusal is not None:
+                logger.warning("%s takes writes again", self.data_dir)
+                self._refusal = None
+            self._committed.notify_all()
+
+    def _fail(self, batch: _Batch, refusal: tuple[type[StoreError], str], reopen: bool) -> None:
+        """Refuse `batch` and every write queued behind it; rebuild memory from the file."""
+        with self._apply_lock:
+            with self._lock:
+                later, self._open_batch = self._open_batch, _Batch()
+            memory, last_seq = self._rebuild(reopen)
+            with self._lock:
+                self._memory = memory
+                if memory is not None:
+                    self._durable_seq = last_seq
+                self._applied_seq = self._durable_seq
+                self._generation += 1
+                self._refusal = refusal
+                self._failed_commits += 1
+                for refused in (batch, later):
+                    refused.refusal = refusal
+                    refused.done = True
+                self._committed.notify_all()
+
+    def _rebuild(self, reopen: bool) -> tuple[MemoryStore | None, int]:
+        """Memory as the file holds it (reopened first after an I/O error), or None."""
+        try:
+            if reopen:
+                self._journal.close()
+                self._journal = open_journal(self.data_dir / DATA_FILE, self._connect, self.fsync)
+            return self._read_back()
+        except (DiskError, DataDirError) as error:
+            logger.error("%s: %s", DISK_UNREADABLE, error)
+            return None, 0
+
+    def _read_back(self) -> tuple[MemoryStore, int]:
+        memory = MemoryStore(
+            history_window_ms=self.history_window_ms,
+            max_bytes=self.max_bytes,
+            max_value_bytes=self.max_value_bytes,
+            clock=self._clock,
+        )
+        last_seq = self._journal.load(memory, self._clock() - self.history_window_ms)
+        return memory, last_seq
+
+    def _housekeeping(self) -> None:
+        """Once a second: read back after a failure, probe a refusing disk, or sync
+        (everysec) and compact."""
+        if self._memory is None:
+            with self._apply_lock:
+                memory, last_seq = self._rebuild(reopen=True)
+                with self._lock:
+                    if memory is not None:
+                        self._memory, self._applied_seq, self._durable_seq = (
+                            memory,
+                            last_seq,
+                            last_seq,
+                        )
+                        self._generation += 1
+            return
+        try:
+            if self._refusal is not None:
+                self._journal.probe()
+                with self._lock:
+                    self._refusal = None
+                logger.warning("%s takes writes again", self.data_dir)
+                return
+            if self.fsync == "everysec":
+                started = time.perf_counter()
+                self._journal.sync()
+                with self._lock:
+                    self._syncs += 1
+                    self._sync_seconds += time.perf_counter() - started
+            self._compact()
+        except DiskError as error:
+            logger.warning("%s: housekeeping failed: %s", self.data_dir, error)
+
+    def _compact(self) -> None:
+        """Delete history outside the window, a short transaction at a time, committing the
+        writes that queue meanwhile between them."""
+        cutoff_ms = self._clock() - self.history_window_ms
+        for _ in range(COMPACTION_STEPS):
+            if self._journal.compact(cutoff_ms) == 0:
+                break
+            with self._lock:
+                batch, self._open_batch = self._open_batch, _Batch()
+            if batch.writes:
+                self._commit(batch)
+        self._journal.shrink()
+
+    def _final_sync(self) -> None:
+        try:
+            self._journal.sync()
+        except DiskError as error:
+            logger.warning("%s: the last sync failed: %s", self.data_dir, error)

@@ -1,0 +1,337 @@
+"""What only the durable backend promises (the contract suite covers the rest): a restart
+gives back values, ETags, the history window and the budget; the directory is one process's;
+a file it cannot trust stops the start; backups restore exactly; the file stays bounded; a
+read never shows a write before it is synced; a full disk refuses writes and recovers.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvservice.store import (
+    HistoryEntry,
+    KeyNotFound,
+    Precondition,
+    PreconditionFailed,
+    Store,
+    StoreFull,
+    StoreUnavailable,
+    Value,
+)
+from kvservice.store.durable import DataDirError, DurableStore, backup
+from kvservice.store.durable.journal import DATA_FILE, FORMAT_VERSION
+from tests.support.clock import FakeClock
+from tests.support.simulated_disk import SimulatedDisk
+
+WINDOW_MS = 60_000
+KEYS = [f"key{number}" for number in range(20)] + ["kept", "unsure", "resumed"]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+def open_store(data_dir: Path, clock: FakeClock, **options: object) -> DurableStore:
+    return DurableStore(data_dir, history_window_ms=WINDOW_MS, clock=clock, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(data_dir: Path, clock: FakeClock) -> Iterator[DurableStore]:
+    opened = open_store(data_dir, clock)
+    yield opened
+    opened.close()
+
+
+Snapshot = dict[str, tuple[Value | None, list[HistoryEntry]]]
+
+
+def snapshot(store: Store) -> Snapshot:
+    """Every key's value (None: none) and history, as a client can read them."""
+    state: Snapshot = {}
+    for key in KEYS:
+        try:
+            value: Value | None = store.get(key)
+        except KeyNotFound:
+            value = None
+        state[key] = (value, store.history(key))
+    return state
+
+
+def write_some(store: Store, clock: FakeClock) -> None:
+    """Puts, overwrites and deletes, some of whose history expires."""
+    for round_number in range(3):
+        for number, key in enumerate(KEYS):
+            store.put(key, b"%d-%d" % (round_number, number) * number, "text/plain")
+            if number % 7 == 0:
+                store.delete(key)
+        clock.advance(WINDOW_MS // 2)
+
+
+def test_a_restart_gives_back_values_etags_history_and_the_budget(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    store = open_store(data_dir, clock)
+    write_some(store, clock)
+    before, stats_before = snapshot(store), store.stats()
+    etag = store.get("key3").etag
+    store.close()
+
+    reopened = open_store(data_dir, clock)
+    try:
+        assert snapshot(reopened) == before
+        after = reopened.stats()
+        assert (after.keys, after.used_bytes, after.history_entries) == (
+            stats_before.keys,
+            stats_before.used_bytes,
+            stats_before.history_entries,
+        )
+        # An ETag from before the restart still matches; a stale one still does not.
+        reopened.put("key3", b"new", precondition=Precondition(if_match=frozenset({etag})))
+        with pytest.raises(PreconditionFailed):
+            reopened.put("key3", b"newer", precondition=Precondition(if_match=frozenset({etag})))
+    finally:
+        reopened.close()
+
+
+def test_history_that_expired_while_down_is_gone(data_dir: Path, clock: FakeClock) -> None:
+    store = open_store(data_dir, clock)
+    store.put("old", b"1")
+    clock.advance(WINDOW_MS - 1000)
+    store.put("young", b"2")
+    store.delete("old")
+    store.close()
+    clock.advance(2000)  # the first writes leave the window while nothing runs
+
+    reopened = open_store(data_dir, clock)
+    try:
+        assert reopened.history("old") == [HistoryEntry(None, clock.now_ms - 2000)]
+        assert [entry.data for entry in reopened.history("young")] == [b"2"]
+        assert reopened.stats().history_entries == 2
+    finally:
+        reopened.close()
+
+
+def test_a_second_store_on_the_same_directory_is_refused(
+    store: DurableStore, data_dir: Path, clock: FakeClock
+) -> None:
+    with pytest.raises(DataDirError, match="in use by another kvservice"):
+        open_store(data_dir, clock)
+
+
+def test_a_file_of_a_newer_format_is_refused(data_dir: Path, clock: FakeClock) -> None:
+    open_store(data_dir, clock).close()
+    with sqlite3.connect(data_dir / DATA_FILE) as connection:
+        connection.execute(f"PRAGMA user_version = {FORMAT_VERSION + 1}")
+    with pytest.raises(DataDirError, match="written by a newer kvservice"):
+        open_store(data_dir, clock)
+
+
+def test_a_foreign_sqlite_file_is_refused(data_dir: Path, clock: FakeClock) -> None:
+    data_dir.mkdir()
+    with sqlite3.connect(data_dir / DATA_FILE) as connection:
+        connection.execute("CREATE TABLE notes (text)")
+    with pytest.raises(DataDirError, match="not kvservice's data file"):
+        open_store(data_dir, clock)
+
+
+def test_a_damaged_page_stops_the_start(data_dir: Path, clock: FakeClock) -> None:
+    store = open_store(data_dir, clock)
+    for number in range(300):
+        store.put(f"key{number}", bytes(500))
+    store.close()  # checkpointed: everything is in the data file, no WAL
+    path = data_dir / DATA_FILE
+    data = bytearray(path.read_bytes())
+    data[3 * 4096 : 4 * 4096] = b"\xa5" * 4096  # a page in the middle
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataDirError, match="is damaged"):
+        open_store(data_dir, clock)
+
+
+def test_a_backup_taken_while_serving_restores_every_key_etag_and_entry(
+    store: DurableStore, tmp_path: Path, data_dir: Path, clock: FakeClock
+) -> None:
+    write_some(store, clock)
+    started = threading.Event()
+
+    def keep_writing() -> None:
+        for number in range(300):
+            store.put("busy", b"%d" % number)
+            started.set()
+
+    writing = threading.Thread(target=keep_writing)
+    writing.start()
+    assert started.wait(5)
+    report = backup(data_dir, tmp_path / "copy.sqlite3")
+    writing.join()
+    assert report.bytes > 0
+    store.put("after", b"not in the backup")
+    expected = snapshot(store)
+
+    restored_dir = tmp_path / "restored"
+    restored_dir.mkdir()
+    (tmp_path / "copy.sqlite3").rename(restored_dir / DATA_FILE)
+    restored = open_store(restored_dir, clock)
+    try:
+        assert snapshot(restored) == expected  # KEYS: neither "busy" nor "after"
+        # Of the writes that went on during the backup, a prefix: the copy is of one commit.
+        busy = restored.history("busy")
+        assert [entry.data for entry in busy] == [b"%d" % n for n in reversed(range(len(busy)))]
+        assert restored.get("busy").data == busy[0].data
+    finally:
+        restored.close()
+
+
+def test_compaction_keeps_the_file_to_the_window_and_current_values(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    store = open_store(data_dir, clock, housekeeping_interval_s=0.01)
+    try:
+        for number in range(4000):
+            store.put(KEYS[number % len(KEYS)], b"%d" % number)
+            clock.advance(WINDOW_MS // 500)  # the window holds the last 500 writes
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and history_rows(data_dir) > 501:
+            time.sleep(0.02)
+        assert history_rows(data_dir) <= 501
+    finally:
+        store.close()
+
+
+def history_rows(data_dir: Path) -> int:
+    with sqlite3.connect(data_dir / DATA_FILE) as connection:
+        (count,) = connection.execute("SELECT count(*) FROM history").fetchone()
+    return int(count)
+
+
+def test_a_read_never_shows_a_write_before_it_is_synced(tmp_path: Path, clock: FakeClock) -> None:
+    disk = SimulatedDisk()
+    store = open_store(tmp_path / "data", clock, connect=disk.connect())
+    try:
+        store.put("key", b"old")
+        disk.hold_syncs()
+        writer = threading.Thread(target=store.put, args=("key", b"new"))
+        writer.start()
+        assert disk.sync_waiting.wait(5)
+        read: list[bytes] = []
+        reader = threading.Thread(target=lambda: read.append(store.get("key").data))
+        reader.start()
+        reader.join(0.3)
+        assert read == []  # the reply waits for the sync of what it saw
+        disk.release_syncs()
+        writer.join(5)
+        reader.join(5)
+        assert read == [b"new"]
+    finally:
+        disk.release_syncs()
+        store.close()
+
+
+def test_a_full_disk_refuses_writes_keeps_reads_and_recovers(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    disk = SimulatedDisk()
+    store = open_store(
+        tmp_path / "data", clock, connect=disk.connect(), housekeeping_interval_s=0.05
+    )
+    acknowledged: dict[str, bytes] = {}
+    try:
+        disk.capacity_bytes = disk.used_bytes + 200_000
+        with pytest.raises(StoreFull, match="disk under --data-dir is full"):
+            for number in range(10_000):
+                key = f"k{number}"
+                store.put(key, b"x" * 900)
+                acknowledged[key] = b"x" * 900
+        assert len(acknowledged) > 10
+        with pytest.raises(StoreFull):  # refused at once while the disk is full
+            store.put("more", b"y")
+        assert all(store.get(key).data == data for key, data in acknowledged.items())
+        assert store.stats().keys == len(acknowledged)  # nothing refused is shown
+
+        disk.capacity_bytes = None  # space returns
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                store.put("more", b"y")
+                break
+            except StoreFull:
+                assert time.monotonic() < deadline, "writes did not resume"
+                time.sleep(0.02)
+        acknowledged["more"] = b"y"
+    finally:
+        store.close()
+    reopened = open_store(tmp_path / "data", clock, connect=disk.connect())
+    try:
+        assert {key: reopened.get(key).data for key in acknowledged} == acknowledged
+        assert reopened.stats().keys == len(acknowledged)
+    finally:
+        reopened.close()
+
+
+def test_a_failed_sync_refuses_the_write_and_memory_shows_only_what_the_file_holds(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    disk = SimulatedDisk()
+    data_dir = tmp_path / "data"
+    store = open_store(data_dir, clock, connect=disk.connect(), housekeeping_interval_s=0.05)
+    try:
+        kept = store.put("kept", b"1")
+        disk.fail_syncs(1)
+        with pytest.raises(StoreUnavailable, match="may or may not have been kept"):
+            store.put("unsure", b"2")
+        shown = snapshot(store)  # memory as rebuilt from the file, not as it was before
+        deadline = time.monotonic() + 5
+        while True:  # full service comes back by itself once a probe commits
+            try:
+                store.put("resumed", b"3")
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline, "writes did not resume"
+                time.sleep(0.02)
+        assert store.get("kept") == kept
+    finally:
+        store.close()
+    reopened = open_store(data_dir, clock, connect=disk.connect())
+    try:
+        on_disk = snapshot(reopened)
+        assert on_disk["unsure"] == shown["unsure"]  # memory was never ahead of the file
+        assert on_disk["kept"][0] == kept
+        assert reopened.get("resumed").data == b"3"
+    finally:
+        reopened.close()
+
+
+def test_a_file_grown_by_a_burst_shrinks_once_its_history_leaves_the_window(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    store = open_store(data_dir, clock, housekeeping_interval_s=0.01)
+    try:
+        for number in range(3000):  # about 3 MB of history, all inside the window
+            store.put(KEYS[number % len(KEYS)], bytes(1000))
+        time.sleep(0.1)
+        peak = (data_dir / DATA_FILE).stat().st_size + wal_size(data_dir)
+        clock.advance(WINDOW_MS + 1)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and history_rows(data_dir) > 0:
+            time.sleep(0.02)
+        time.sleep(0.2)  # a housekeeping pass after the last delete gives the pages back
+    finally:
+        store.close()  # checkpoints: what is left is the data file alone
+    assert peak > 2_000_000
+    assert (data_dir / DATA_FILE).stat().st_size < peak // 10
+
+
+def wal_size(data_dir: Path) -> int:
+    wal = data_dir / (DATA_FILE + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
