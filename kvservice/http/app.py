@@ -27,6 +27,7 @@ from kvservice.http.problems import (
     problem_body,
 )
 from kvservice.http.request_info import ROUTE_ENVIRON, STREAM_STATE_ENVIRON
+from kvservice.reply_budget import estimated_size
 from kvservice.store import (
     DEFAULT_PAGE_KEYS,
     MATCH_ANY,
@@ -243,17 +244,14 @@ def _history(store: Store, key: str) -> bytes | Iterator[bytes]:
         length = len(first) + len(second) + sum(len(piece) for piece in pieces)
         bottle.response.content_length = length
         return b""
-    bottle.request.environ[STREAM_STATE_ENVIRON] = _size_in_memory(entries)
+    # What the snapshot holds while it is streamed: the entries and their bytes (a copy from
+    # Redis, or the memory store's, kept alive past an overwrite).
+    bottle.request.environ[STREAM_STATE_ENVIRON] = estimated_size(entries, _entry_size)
     return itertools.chain((first, second), pieces)
 
 
-def _size_in_memory(entries: list[HistoryEntry]) -> int:
-    """What a history's snapshot holds while it is streamed: the list, the entries and their
-    bytes (a copy from Redis, or the memory store's, kept alive past an overwrite)."""
-    return sys.getsizeof(entries) + sum(
-        sys.getsizeof(entry) + (0 if entry.data is None else sys.getsizeof(entry.data))
-        for entry in entries
-    )
+def _entry_size(entry: HistoryEntry) -> int:
+    return sys.getsizeof(entry) + (0 if entry.data is None else sys.getsizeof(entry.data))
 
 
 def _health(store: Store) -> bytes:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from kvservice.auth import Access, Tokens
 from kvservice.execution import Execution
-from kvservice.reply_budget import ConnectionCharge, ReplyBudget
+from kvservice.reply_budget import ConnectionCharge, ReplyBudget, estimated_size
 from kvservice.resp.codec import (
     CRLF,
     CommandParser,
@@ -361,7 +361,7 @@ class _ReplyStream:
         self.protocol = protocol
         self.head = b"*%d\r\n" % len(items)
         self.position = -1
-        self.held_bytes = _size_in_memory(items)
+        self.held_bytes = estimated_size(items, _size_in_memory)
 
     def next_piece(self) -> bytes | None:
         """The next piece of the encoded reply; None after the last."""
@@ -383,7 +383,7 @@ class _ReplyStream:
 
 
 def _size_in_memory(reply: Reply) -> int:
-    """What a reply's objects take, nested arrays included: O(items), as encoding it is."""
+    """What a reply's objects take, nested arrays included."""
     if isinstance(reply, list):
         return sys.getsizeof(reply) + sum(_size_in_memory(item) for item in reply)
     return sys.getsizeof(reply)

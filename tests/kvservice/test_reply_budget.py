@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from kvservice.execution import Execution
 from kvservice.http.app import create_app, history_json
 from kvservice.http.server import Server
 from kvservice.metrics import Metrics
-from kvservice.reply_budget import ReplyBudget
+from kvservice.reply_budget import ReplyBudget, estimated_size
 from kvservice.resp.codec import encode
 from kvservice.store import HistoryEntry, Value
 from kvservice.store.memory import MemoryStore
@@ -379,3 +380,20 @@ def test_a_stop_ends_a_batch_on_a_worker_between_commands() -> None:
     assert store.reads == reads_at_stop <= 2, "the store was called after the stop"
     workers = [t for t in threading.enumerate() if t.name.startswith("resp-worker")]
     assert not [t for t in workers if t.is_alive()], "a worker outlived the stop"
+
+
+def test_a_long_sequence_is_sized_from_a_sample_a_short_one_whole() -> None:
+    """A short list is measured item by item; a long one from a random sample, within a few
+    per cent when its items are alike, and a value that stands out still moves the estimate
+    on average (no fixed positions a client could write around)."""
+    short = [b"x" * 10, b"y" * 1000]
+    assert estimated_size(short, sys.getsizeof) == sys.getsizeof(short) + sum(
+        map(sys.getsizeof, short)
+    )
+    alike = [b"v" * 1000] * 10_000
+    exact = sys.getsizeof(alike) + 10_000 * sys.getsizeof(alike[0])
+    assert estimated_size(alike, sys.getsizeof) == exact
+    mixed = [b"v" * (1000 if index % 2 else 10) for index in range(10_000)]
+    exact = sys.getsizeof(mixed) + sum(map(sys.getsizeof, mixed))
+    estimates = [estimated_size(mixed, sys.getsizeof) for _ in range(200)]
+    assert abs(sum(estimates) / len(estimates) - exact) < 0.05 * exact
