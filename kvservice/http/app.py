@@ -84,9 +84,10 @@ RETRY_AFTER_S = 1
 _ETAG_ITEM = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|\Z)')
 _DIGITS = re.compile(r"[0-9]{1,9}")
 _JSON_MEDIA_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json", re.ASCII)
-_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
-"""What a field value may hold (RFC 9110 5.5): no CTL but HTAB, nothing beyond latin-1. A
-content type is stored and sent back in a response's header, so it must be one."""
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
+"""What a stored content type may hold: a field value (RFC 9110 5.5) without CTLs but HTAB,
+and without obs-text (bytes 0x80-0xFF), which is obsolete there and which Bottle would send
+back UTF-8 encoded, two bytes for each. It is stored and sent back in a response's header."""
 
 
 class BadRequest(Exception):
@@ -351,8 +352,8 @@ def _read_value(max_bytes: int) -> tuple[bytes, str | None]:
     content_type = sys.intern(environ.get("CONTENT_TYPE") or "") or None
     if content_type and not _FIELD_VALUE.fullmatch(content_type):
         raise BadRequest(
-            "The Content-Type holds a control character, which a field value must not "
-            "(RFC 9110 5.5)."
+            "The Content-Type holds a control character or a byte beyond ASCII, which a "
+            "field value must not (RFC 9110 5.5)."
         )
     if content_type and _is_json(content_type):
         _require_json(data)
@@ -376,6 +377,8 @@ def _is_json(content_type: str) -> bool:
 def _require_json(data: bytes) -> None:
     try:
         json.loads(data.decode("utf-8"))
+    except RecursionError as error:  # `[` a thousand times: deeper than the parser recurses
+        raise BadRequest("The value is declared as JSON but is nested too deeply.") from error
     except (UnicodeDecodeError, ValueError) as error:
         raise BadRequest(
             f"The value is declared as JSON but is not valid UTF-8 JSON: {error}"
