@@ -651,6 +651,22 @@ def test_pipelined_commands_are_answered_in_order(conn: RespConnection) -> None:
     assert replies == [OK] * 50 + [bulk(f"v{n}".encode()) for n in range(50)]
 
 
+def test_a_pipeline_of_many_batches_is_answered_whole_and_in_order(conn: RespConnection) -> None:
+    """Replies of a 1 KiB value fill a batch after 64 commands: the rest of each read runs in
+    later turns (`_BATCH_REPLY_BYTES`), and what arrives meanwhile after them, in order."""
+    first, second = b"a" * 1024, b"b" * 1024
+    assert conn.ask("SET", "k", first) == OK
+    conn.send(
+        command("GET", "k") * 1000 + command("SET", "k", second) + b"GET k\r\n" * 1000 + b"ECH"
+    )
+    conn.send(b"O end\r\n")
+
+    replies = [conn.reply() for _ in range(2002)]
+
+    assert replies == [bulk(first)] * 1000 + [OK] + [bulk(second)] * 1000 + [bulk(b"end")]
+    assert conn.ask("PING") == b"+PONG\r\n"
+
+
 def test_values_are_binary_safe(conn: RespConnection, store: Store) -> None:
     every_byte = bytes(range(256))
     framing = b"\r\n*1\r\n$4\r\nPING\r\n-ERR\r\n$-1\r\n"

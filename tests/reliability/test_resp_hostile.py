@@ -309,9 +309,9 @@ def test_pipelined_commands_that_never_read_cost_one_read_s_worth_not_the_whole_
 ) -> None:
     """Ten clients each send 40,000 `GET k` of a 1 KiB value at once and never read. The
     server read 256 KiB at a time and ran all of it in one turn of its loop: 14.5 MB of
-    replies built per read before the budget could judge them, RSS +126 MiB with a 64 MiB
-    budget, and another connection's PING waited 0.8 s. Reads of 16 KiB (as Redis's) bound
-    both."""
+    replies built per read before the budget could judge them, RSS +57 MiB with a 16 MB
+    budget, and another connection's PING waited 0.7 s. Reads of 16 KiB (as Redis's), and
+    batches that stop at 64 KiB of replies until the client reads them, bound both."""
     with resp_service(tmp_path, "--max-reply-buffer-bytes", str(PIPELINE_BUDGET_BYTES)) as (
         service,
         port,
@@ -342,6 +342,6 @@ def test_pipelined_commands_that_never_read_cost_one_read_s_worth_not_the_whole_
         f"RSS +{grown / 2**20:.1f} MiB, slowest PING {ping.worst_s * 1000:.1f} ms, slowest "
         f"/_health {health.worst_s * 1000:.1f} ms"
     )
-    assert grown < PIPELINE_BUDGET_BYTES + 16 * 2**20
-    assert ping.worst_s < 0.4
+    assert grown < 16 * 2**20
+    assert ping.worst_s < 0.1
     assert health.worst_s < HEALTH_WITHIN_S
