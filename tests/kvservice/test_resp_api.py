@@ -281,6 +281,25 @@ def test_keys_lists_the_matching_keys_in_order(conn: RespConnection) -> None:
     assert conn.ask("KEYS", "bad-*") == b"*0\r\n", "a prefix no key can have matches nothing"
 
 
+def test_keys_over_more_keys_than_it_reads_is_refused_pointing_to_scan() -> None:
+    """KEYS built its whole answer in one go: 200,000 keys held every other client for 80 ms,
+    twenty such commands for 1.6 s. Past 100,000 keys (MAX_KEYS_READ) under its prefix it is
+    an error; a narrower prefix, and SCAN, still reach every key."""
+    store = MemoryStore(max_bytes=100_000_000)
+    for number in range(100_001):  # MAX_KEYS_READ, and one more
+        store.put(f"k{number:06d}", b"v")
+    store.put("other", b"v")
+    with running_resp(store) as server, RespConnection(server.port) as conn:
+        for pattern in ("*", "k*", "*1", "k*1"):
+            reply = conn.ask("KEYS", pattern)
+            assert reply.startswith(b"-ERR KEYS reads at most 100000 keys"), (pattern, reply)
+            assert b"use SCAN" in reply
+        assert conn.ask("KEYS", "k09999?").startswith(b"*10\r\n")
+        assert conn.ask("KEYS", "k0*1").startswith(b"*10000\r\n"), "exactly 100,000 read"
+        assert conn.ask("KEYS", "o*") == b"*1\r\n" + bulk(b"other")
+        assert conn.ask("SCAN", "0", "MATCH", "k1*", "COUNT", "10").startswith(b"*2\r\n")
+
+
 def test_scan_walks_every_key_once_with_the_cursors_it_hands_out(conn: RespConnection) -> None:
     written = sorted(f"k{number:03d}".encode() for number in range(95))
     for key in written:
