@@ -234,12 +234,18 @@ def _history(store: Store, key: str) -> bytes | Iterator[bytes]:
     and sent chunked; a short one whole, with its length."""
     entries = store.history(_key_from_raw_path())
     bottle.response.content_type = "application/json"
-    pieces = history_json_pieces(entries)
+    return _whole_or_streamed(history_json_pieces(entries), entries)
+
+
+def _whole_or_streamed(pieces: Iterator[bytes], snapshot: list[Any]) -> bytes | Iterator[bytes]:
+    """A body of one piece whole, with its length; a longer one as the rest of `pieces`,
+    which the gate serialises as the client reads, charging the reply budget for the list
+    they are made from (`snapshot`) meanwhile."""
     first = next(pieces)
     second = next(pieces, None)
     if second is None:
         return first
-    bottle.request.environ[STREAM_STATE_ENVIRON] = sys.getsizeof(entries)
+    bottle.request.environ[STREAM_STATE_ENVIRON] = sys.getsizeof(snapshot)
     return itertools.chain((first, second), pieces)
 
 
@@ -278,10 +284,12 @@ def _json(document: dict[str, Any]) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
 
 
-def _keys(store: Store) -> bytes:
+def _keys(store: Store) -> bytes | Iterator[bytes]:
+    """A page of keys; a long one (up to MAX_PAGE_KEYS keys of 255 characters: 2.6 MB) is
+    serialised as the client reads it, as a long history is."""
     page = store.keys(**_listing_parameters())
     bottle.response.content_type = "application/json"
-    return json.dumps({"keys": page.keys, "next": page.next_after}, separators=(",", ":")).encode()
+    return _whole_or_streamed(keys_json_pieces(page.keys, page.next_after), page.keys)
 
 
 # -- request parsing ------------------------------------------------------------------------
@@ -422,7 +430,7 @@ def _parse_etags(header: str | None, *, strong_only: bool) -> frozenset[str] | N
 
 
 HISTORY_PIECE_CHARS = 16 * 1024
-"""About how much of a history's JSON is serialised at a time."""
+"""About how much of a long JSON body (a history, a page of keys) is serialised at a time."""
 
 
 def history_json(entries: list[HistoryEntry]) -> bytes:
@@ -450,6 +458,25 @@ def history_json_pieces(entries: list[HistoryEntry]) -> Iterator[bytes]:
             items.clear()
             size = 0
     items.append("]")
+    yield "".join(items).encode("ascii")
+
+
+def keys_json_pieces(keys: list[str], next_after: str | None) -> Iterator[bytes]:
+    """`{"keys":[...],"next":...}` as compact json.dumps writes it, in pieces of about
+    HISTORY_PIECE_CHARS or more (whole keys), each serialised only when it is asked for."""
+    items = ['{"keys":[']
+    size = len(items[0])
+    separator = ""
+    for key in keys:
+        item = separator + _json_string(key)
+        separator = ","
+        items.append(item)
+        size += len(item)
+        if size >= HISTORY_PIECE_CHARS:
+            yield "".join(items).encode("ascii")
+            items.clear()
+            size = 0
+    items.append(f'],"next":{"null" if next_after is None else _json_string(next_after)}}}')
     yield "".join(items).encode("ascii")
 
 
