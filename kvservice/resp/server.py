@@ -342,11 +342,9 @@ _STREAM_HEADROOM = 96 * 1024
 the moment: up to the transport's high-water mark (64 KiB) and a piece."""
 _WRITE_PER_ROUND = 64 * 1024
 _BATCH_REPLY_BYTES = 64 * 1024
-_BATCH_COMMANDS = 128
-"""Replies, and commands, one batch may run before the rest of the commands read wait for the
-next turn of the loop (and, if the client is not reading, for it to read): 16 KiB of
-pipelined `GET k` is 2,300 commands and 2.3 MB of replies, and every connection with a read
-ready runs a batch before the loop gets back to any of them."""
+"""Replies one batch may build before the rest of the commands read wait for the next turn of
+the loop (and, if the client is not reading, for it to read): 16 KiB of pipelined `GET k` is
+2,300 commands and 2.3 MB of replies, for one client, in one go."""
 """Bytes of streamed replies written to one connection before the loop serves the others:
 a socket buffer takes megabytes, which would otherwise be encoded in one go."""
 
@@ -432,7 +430,7 @@ class _Client(asyncio.BufferedProtocol):
         self.pumping = False
         """Whether a turn of the loop is to write more of `outgoing`."""
         self.backlog = False
-        """A batch stopped at its bounds with commands left in the parser: they run
+        """A batch stopped at `_BATCH_REPLY_BYTES` with commands left in the parser: they run
         in a later turn, reading paused until they have."""
         self.continuing = False
         """Whether a turn of the loop is to run the backlog."""
@@ -497,9 +495,8 @@ class _Client(asyncio.BufferedProtocol):
 
     def _run_from(self, first: list[bytes]) -> _Batch:
         """Run `first`, then every command complete after it, stopping after QUIT, at a
-        protocol error, or once the replies fill `_BATCH_REPLY_BYTES` or number
-        `_BATCH_COMMANDS` (`backlog`: the rest waits); on a worker under WORKERS. The
-        replies, and the error if any."""
+        protocol error or once the replies fill `_BATCH_REPLY_BYTES` (`backlog`: the rest
+        waits) (on a worker under WORKERS); the replies, and the error if any."""
         replies: list[bytes | _ReplyStream] = []
         replies_bytes = 0
         arguments: list[bytes] | None = first
@@ -510,9 +507,7 @@ class _Client(asyncio.BufferedProtocol):
                 replies_bytes += _held_bytes(reply)
                 # AUTH lifts the bounds before AUTH for the commands after it.
                 self.parser.authenticated = self.session.access > Access.NONE
-                self.backlog = not self.session.closing and (
-                    replies_bytes >= _BATCH_REPLY_BYTES or len(replies) >= _BATCH_COMMANDS
-                )
+                self.backlog = replies_bytes >= _BATCH_REPLY_BYTES and not self.session.closing
                 if self.backlog:
                     break
                 arguments = None if self.session.closing else self._next_command()
