@@ -4,10 +4,10 @@
 a thread. Each connection is an asyncio Protocol (`_Client`): each read, of at most
 `_READ_BYTES` (16 KiB, as Redis reads), is fed to its `codec.CommandParser` as it arrives,
 and the complete commands in it are run in batches whose replies are written together, so a
-client that pipelines gets one write back, not one per command. A batch stops at
-`_BATCH_COMMANDS` commands or `_BATCH_REPLY_BYTES` of replies; the rest wait for a later turn
-of the loop, once those replies have drained, reading paused meanwhile, so connections take
-turns and a client that does not read holds one batch's replies. Where the commands run is
+client that pipelines gets one write back, not one per command. A batch stops once its
+replies reach `_BATCH_REPLY_BYTES`; the rest wait for a later turn of the loop, once those
+replies have drained, reading paused meanwhile, so a client that does not read holds one
+batch's replies. Where the commands run is
 the execution policy's (`kvservice.execution`): on this thread for a store that never blocks;
 for one that may (Redis), on a pool of `workers` threads, one batch per connection at a time
 and in order, the connection's reading paused meanwhile, so no client waits behind another
