@@ -120,7 +120,7 @@ def test_large_values_and_pipelined_requests_go_through_tls(servers: TLSServers)
 def test_a_resp_pipeline_of_many_batches_goes_through_tls_whole_and_in_order(
     servers: TLSServers,
 ) -> None:
-    """Reads land in a 16 KiB buffer and batches stop at 128 commands (`resp.server`): over
+    """Reads land in a 16 KiB buffer and batches stop at 64 KiB of replies (`resp.server`): over
     TLS too, 3,000 pipelined GETs of 1 KiB, sent in one write, are answered whole, in order."""
     value = b"v" * 1024
     servers.store.put("k", value)
