@@ -134,6 +134,11 @@ PAST_THE_BOUNDS_BEFORE_AUTH = {
     b"(at most 10 arguments before AUTH)\r\n",
     b"*1\r\n$16385\r\n": b"-ERR Protocol error: unauthenticated bulk length 16385 "
     b"(arguments are at most 16384 bytes before AUTH)\r\n",
+    # Inline, as typed into telnet: the same bounds (they were 1,024 arguments and 64 KiB).
+    b"PING" + b" a" * 10 + b"\r\n": b"-ERR Protocol error: unauthenticated multibulk length 11 "
+    b"(at most 10 arguments before AUTH)\r\n",
+    b"PING " + b"a" * 16385 + b"\r\n": b"-ERR Protocol error: unauthenticated bulk length 16385 "
+    b"(arguments are at most 16384 bytes before AUTH)\r\n",
 }
 """Redis's bounds for a client that has not authenticated (CVE-2021-32675), here too."""
 
