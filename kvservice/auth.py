@@ -11,7 +11,9 @@ the transport's table. Presented tokens are compared in constant time: each is h
 its digest compared with every known one by `hmac.compare_digest`, so neither the position
 of the first differing byte nor the length of a known token shows in the time taken.
 `Tokens.reload()` (on SIGHUP) swaps the whole table at once; a file that no longer parses
-leaves the old table in place.
+leaves the old table in place. The file is read only if it is a regular file of at most
+MAX_TOKEN_FILE_BYTES: a path pointing at a FIFO would block the reload (and so SIGTERM)
+forever, and one pointing at `/dev/zero` or a log would be read into memory without end.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import enum
 import hashlib
 import hmac
 import logging
+import os
 import re
+import stat
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,6 +37,8 @@ MIN_TOKEN_CHARS = 16
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 """Printable ASCII without spaces: sendable unchanged in an HTTP header and a RESP argument."""
 _NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+MAX_TOKEN_FILE_BYTES = 1024 * 1024
+"""Thousands of tokens; a larger file is not a token file (and every lookup compares them all)."""
 
 
 class Access(enum.IntEnum):
@@ -126,7 +132,17 @@ def parse_token_file(text: str, source: str) -> TokenTable:
 def read_token_file(path: Path) -> TokenTable:
     """Read and parse a token file; raises TokenFileError if it cannot be read or parsed."""
     try:
-        text = path.read_text(encoding="utf-8")
+        # Not blocking: opening a FIFO would otherwise wait for a writer, forever.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(descriptor, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise TokenFileError(f"{path}: cannot read it: it is not a regular file")
+            data = file.read(MAX_TOKEN_FILE_BYTES + 1)
+        if len(data) > MAX_TOKEN_FILE_BYTES:
+            raise TokenFileError(
+                f"{path}: cannot read it: it is larger than {MAX_TOKEN_FILE_BYTES} bytes"
+            )
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise TokenFileError(f"{path}: cannot read it: {error}") from error
     return parse_token_file(text, str(path))

@@ -16,7 +16,7 @@ import re
 import sys
 import urllib.parse
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import bottle
 
@@ -78,6 +78,8 @@ PROBLEMS: dict[type[StoreError], Problem] = {
     StoreMisconfigured: Problem(503, "store-misconfigured", "Store misconfigured", retry=True),
 }
 """Each domain error's answer."""
+T = TypeVar("T")
+
 RETRY_AFTER_S = 1
 """What Retry-After says when the store's service could not be reached."""
 
@@ -85,9 +87,10 @@ RETRY_AFTER_S = 1
 _ETAG_ITEM = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|\Z)')
 _DIGITS = re.compile(r"[0-9]{1,9}")
 _JSON_MEDIA_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json", re.ASCII)
-_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
-"""What a field value may hold (RFC 9110 5.5): no CTL but HTAB, nothing beyond latin-1. A
-content type is stored and sent back in a response's header, so it must be one."""
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
+"""What a stored content type may hold: a field value (RFC 9110 5.5) without CTLs but HTAB,
+and without obs-text (bytes 0x80-0xFF), which is obsolete there and which Bottle would send
+back UTF-8 encoded, two bytes for each. It is stored and sent back in a response's header."""
 
 
 class BadRequest(Exception):
@@ -231,11 +234,21 @@ ITEM_HANDLERS: dict[str, Callable[[Store, str], Any]] = {
 def _history(store: Store, key: str) -> bytes | Iterator[bytes]:
     """The store is asked here (on the thread serving the request); a history longer than a
     piece is then serialised a piece at a time, as the client reads (`gate.StreamingGateway`),
-    and sent chunked; a short one whole, with its length. A HEAD of a long one gets the length
-    a GET's body would have, counted a piece at a time, never held whole."""
+    and sent chunked; a short one whole, with its length."""
     entries = store.history(_key_from_raw_path())
     bottle.response.content_type = "application/json"
-    pieces = history_json_pieces(entries)
+    return _whole_or_streamed(
+        history_json_pieces(entries), lambda: _snapshot_size(store, entries, _entry_size)
+    )
+
+
+def _whole_or_streamed(
+    pieces: Iterator[bytes], snapshot_size: Callable[[], int]
+) -> bytes | Iterator[bytes]:
+    """A body of one piece whole, with its length; a longer one as the rest of `pieces`,
+    which the gate serialises as the client reads, charging the reply budget meanwhile for
+    what they are made from (`snapshot_size`, asked only then). A HEAD of a long one gets the
+    length a GET's body would have, counted a piece at a time, never held whole."""
     first = next(pieces)
     second = next(pieces, None)
     if second is None:
@@ -244,10 +257,15 @@ def _history(store: Store, key: str) -> bytes | Iterator[bytes]:
         length = len(first) + len(second) + sum(len(piece) for piece in pieces)
         bottle.response.content_length = length
         return b""
-    # What the snapshot holds while it is streamed: the entries and their bytes (a copy from
-    # Redis, or the memory store's, kept alive past an overwrite).
-    bottle.request.environ[STREAM_STATE_ENVIRON] = estimated_size(entries, _entry_size)
+    bottle.request.environ[STREAM_STATE_ENVIRON] = snapshot_size()
     return itertools.chain((first, second), pieces)
+
+
+def _snapshot_size(store: Store, items: list[T], size_of: Callable[[T], int]) -> int:
+    """What a snapshot streamed from holds: its items and what they hold when the store made
+    them for this reply (copies), else only the list (the items are the store's own, which
+    it holds anyway; one overwritten meanwhile stays alive until the reply is sent)."""
+    return estimated_size(items, size_of) if store.copies_on_read else sys.getsizeof(items)
 
 
 def _entry_size(entry: HistoryEntry) -> int:
@@ -289,10 +307,16 @@ def _json(document: dict[str, Any]) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
 
 
-def _keys(store: Store) -> bytes:
+def _keys(store: Store) -> bytes | Iterator[bytes]:
+    """A page of keys; a long one (up to MAX_PAGE_KEYS keys of 255 characters: 2.6 MB) is
+    serialised as the client reads it, as a long history is."""
     page = store.keys(**_listing_parameters())
     bottle.response.content_type = "application/json"
-    return json.dumps({"keys": page.keys, "next": page.next_after}, separators=(",", ":")).encode()
+    keys = page.keys
+    return _whole_or_streamed(
+        keys_json_pieces(keys, page.next_after),
+        lambda: _snapshot_size(store, keys, sys.getsizeof),
+    )
 
 
 # -- request parsing ------------------------------------------------------------------------
@@ -363,8 +387,8 @@ def _read_value(max_bytes: int) -> tuple[bytes, str | None]:
     content_type = sys.intern(environ.get("CONTENT_TYPE") or "") or None
     if content_type and not _FIELD_VALUE.fullmatch(content_type):
         raise BadRequest(
-            "The Content-Type holds a control character, which a field value must not "
-            "(RFC 9110 5.5)."
+            "The Content-Type holds a control character or a byte beyond ASCII, which a "
+            "field value must not (RFC 9110 5.5)."
         )
     if content_type and _is_json(content_type):
         _require_json(data)
@@ -388,6 +412,8 @@ def _is_json(content_type: str) -> bool:
 def _require_json(data: bytes) -> None:
     try:
         json.loads(data.decode("utf-8"))
+    except RecursionError as error:  # `[` a thousand times: deeper than the parser recurses
+        raise BadRequest("The value is declared as JSON but is nested too deeply.") from error
     except (UnicodeDecodeError, ValueError) as error:
         raise BadRequest(
             f"The value is declared as JSON but is not valid UTF-8 JSON: {error}"
@@ -431,7 +457,7 @@ def _parse_etags(header: str | None, *, strong_only: bool) -> frozenset[str] | N
 
 
 HISTORY_PIECE_CHARS = 16 * 1024
-"""About how much of a history's JSON is serialised at a time."""
+"""About how much of a long JSON body (a history, a page of keys) is serialised at a time."""
 
 
 def history_json(entries: list[HistoryEntry]) -> bytes:
@@ -459,6 +485,25 @@ def history_json_pieces(entries: list[HistoryEntry]) -> Iterator[bytes]:
             items.clear()
             size = 0
     items.append("]")
+    yield "".join(items).encode("ascii")
+
+
+def keys_json_pieces(keys: list[str], next_after: str | None) -> Iterator[bytes]:
+    """`{"keys":[...],"next":...}` as compact json.dumps writes it, in pieces of about
+    HISTORY_PIECE_CHARS or more (whole keys), each serialised only when it is asked for."""
+    items = ['{"keys":[']
+    size = len(items[0])
+    separator = ""
+    for key in keys:
+        item = separator + _json_string(key)
+        separator = ","
+        items.append(item)
+        size += len(item)
+        if size >= HISTORY_PIECE_CHARS:
+            yield "".join(items).encode("ascii")
+            items.clear()
+            size = 0
+    items.append(f'],"next":{"null" if next_after is None else _json_string(next_after)}}}')
     yield "".join(items).encode("ascii")
 
 

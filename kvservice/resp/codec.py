@@ -234,9 +234,12 @@ class CommandParser:
         return line
 
     def _inline(self, line: bytes) -> list[bytes]:
+        """An inline command's arguments, held to the same bounds as an array's (before AUTH
+        too: the line alone is bounded by the request limit, 64 KiB)."""
         arguments = line.split()  # as typed into telnet; no quoting
-        if len(arguments) > self.limits.max_arguments:
-            raise ProtocolError(f"too many arguments (at most {self.limits.max_arguments})")
+        self._check_count(len(arguments))
+        for argument in arguments:
+            self._check_size(len(argument))
         return arguments
 
     def _bulk(self) -> bytes | None:
@@ -271,7 +274,8 @@ class CommandParser:
         return limit if self.authenticated else min(limit, UNAUTHENTICATED_MAX_ARGUMENT_BYTES)
 
     def _check_count(self, count: int) -> None:
-        """Refuse an array's declared count past the limit, in Redis's words and ours."""
+        """Refuse an array's declared count (or an inline command's count) past the limit, in
+        Redis's words and ours."""
         limit = self.limits.max_arguments
         if count > limit:
             raise ProtocolError(f"invalid multibulk length {count} (at most {limit} arguments)")
@@ -282,7 +286,8 @@ class CommandParser:
             )
 
     def _check_size(self, size: int) -> None:
-        """Refuse a bulk string's declared length out of bounds, in Redis's words and ours."""
+        """Refuse a bulk string's declared length (or an inline argument's) out of bounds, in
+        Redis's words and ours."""
         limit = self.limits.max_argument_bytes
         if not 0 <= size <= limit:
             raise ProtocolError(f"invalid bulk length {size} (arguments are at most {limit} bytes)")

@@ -1,13 +1,16 @@
 """The RESP transport's server: asyncio on one dedicated thread, over any `Store`.
 
 `RespServer` is a `lifecycle.Runnable`. Idle connections cost a socket and a small buffer, not
-a thread. Each connection is an asyncio Protocol (`_Client`): each read is fed to its
-`codec.CommandParser` as it arrives, every complete command in it is run and their replies are
-written together, so a client that pipelines gets one write back, not one per command. Where
-the commands run is the execution policy's (`kvservice.execution`): on this thread for a store
-that never blocks; for one that may (Redis), on a pool of `workers` threads, one batch per
-connection at a time and in order, the connection's reading paused meanwhile, so no client
-waits behind another client's store call. No coroutine runs per command: the
+a thread. Each connection is an asyncio Protocol (`_Client`): each read, of at most
+`_READ_BYTES` (16 KiB, as Redis reads), is fed to its `codec.CommandParser` as it arrives,
+and the complete commands in it are run in batches whose replies are written together, so a
+client that pipelines gets one write back, not one per command. A batch stops at
+`_BATCH_COMMANDS` commands, once its replies reach `_BATCH_REPLY_BYTES`, or when the server
+stops; the rest wait until those replies are written, reading paused meanwhile, so a client
+that does not read holds one batch's replies. Where the commands run is the execution
+policy's (`kvservice.execution`): on this thread for a store that never blocks; for one that
+may (Redis), on a pool of `workers` threads, one batch per connection at a time and in order,
+so no client waits behind another client's store call. No coroutine runs per command: the
 streams API's awaits cost more than a GET. The access log has a line per connection at INFO
 and one per command at DEBUG (a line costs more than the command it describes). Everything a
 client can make it hold is bounded: connections, idle time, the size of one request, the
@@ -55,6 +58,11 @@ logger = logging.getLogger("kvservice.resp")
 access_logger = logging.getLogger("kvservice.access")
 
 _ACCEPTS_PER_WAKEUP = 64
+_READ_BYTES = 16 * 1024
+"""The most one read takes from a connection, so the most one turn of the loop runs for it:
+asyncio's own reads take up to 256 KiB, which is 37,000 pipelined `GET k` run in one go
+(half a second, and 38 MB of replies built before any budget could refuse them). Redis reads
+16 KiB too (PROTO_IOBUF_LEN)."""
 
 
 @dataclass(frozen=True)
@@ -310,7 +318,7 @@ class RespServer:
         try:
             reply = execute(self.store, session, arguments)
             if isinstance(reply, list) and len(reply) > _STREAM_AFTER_ITEMS:
-                data = _ReplyStream(reply, session.protocol)
+                data = _ReplyStream(reply, session.protocol, self.store.copies_on_read)
             else:
                 data = encode(reply, session.protocol)
         except Exception:
@@ -345,23 +353,28 @@ a socket buffer takes megabytes, which would otherwise be encoded in one go."""
 _BATCH_COMMANDS = 1024
 """The most commands one batch runs before the loop has the connection back: a stop, the
 reply budget and the other connections get their turn between batches."""
-_BATCH_REPLY_BYTES = 256 * 1024
+_BATCH_REPLY_BYTES = 64 * 1024
 """A batch stops once its replies hold this much; the commands after them wait in the parser
 (reading paused) until those replies are written, so one read of many large-reply commands
-cannot pin more than about this, whatever the reply budget says afterwards."""
+cannot pin more than about this, whatever the reply budget says afterwards: 16 KiB of
+pipelined `GET k` is 2,300 commands and 2.3 MB of replies."""
 
 
 class _ReplyStream:
     """An array reply encoded a piece at a time. It holds the reply's items meanwhile (a copy
     from Redis, or a snapshot that keeps the memory store's bytes alive past an overwrite):
-    `held_bytes`, what the reply budget is charged, is what they take in memory."""
+    `held_bytes`, what the reply budget is charged, is what they take in memory besides what
+    the store holds anyway."""
 
-    def __init__(self, items: list[Reply], protocol: int) -> None:
+    def __init__(self, items: list[Reply], protocol: int, copies: bool) -> None:
+        """`copies`: the values in `items` were made for this reply (`Store.copies_on_read`),
+        so they are charged too; else they are the store's own, which it holds anyway."""
         self.items = items
         self.protocol = protocol
         self.head = b"*%d\r\n" % len(items)
         self.position = -1
-        self.held_bytes = estimated_size(items, _size_in_memory)
+        size_of = _size_in_memory if copies else _size_without_values
+        self.held_bytes = estimated_size(items, size_of)
 
     def next_piece(self) -> bytes | None:
         """The next piece of the encoded reply; None after the last."""
@@ -389,18 +402,27 @@ def _size_in_memory(reply: Reply) -> int:
     return sys.getsizeof(reply)
 
 
+def _size_without_values(reply: Reply) -> int:
+    """What a reply made for the client takes besides the store's own values: its arrays and
+    numbers (the commands layer builds `[timestamp, value]` for each HISTORY entry)."""
+    if isinstance(reply, list):
+        return sys.getsizeof(reply) + sum(_size_without_values(item) for item in reply)
+    return 0 if isinstance(reply, bytes | str) else sys.getsizeof(reply)
+
+
 _Batch = tuple[list[bytes | _ReplyStream], ProtocolError | None, bool]
 """What running a connection's buffered commands gives: the replies, the protocol error that
 ended them if any, and whether the batch was cut short with commands maybe still buffered."""
 
 
-class _Client(asyncio.Protocol):
+class _Client(asyncio.BufferedProtocol):
     """One connection: every command complete in what arrives is run, in order, and their
     replies are written together: at once on this thread, or (`server.workers`) when a worker
     has run them, reading paused until then.
 
     A client that stops reading its replies stops being read (`pause_writing`): what one
-    connection can make the server hold is one read's worth of replies. A long array reply
+    connection can make the server hold is one batch's replies (a read is at most
+    `_READ_BYTES`). A long array reply
     (`_ReplyStream`) is encoded as the client reads it: replies queue behind it in
     `outgoing`, nothing more is read meanwhile, and the next pieces are written as the
     transport drains, at most `_WRITE_PER_ROUND` bytes a turn of the loop. A batch stops at
@@ -442,6 +464,8 @@ class _Client(asyncio.Protocol):
         self.backlog = False
         """A batch was cut short: commands may wait in the parser, run once its replies are
         written (`_run_backlog`); nothing more is read meanwhile."""
+        self.read_buffer = memoryview(bytearray(_READ_BYTES))
+        """Where each read lands (`get_buffer`), at most `_READ_BYTES` at a time."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -453,6 +477,12 @@ class _Client(asyncio.Protocol):
             if not self.server.stopping:
                 transport.write(encode(Error("ERR", "max number of clients reached")))
             transport.close()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self.read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         self.last_received = time.monotonic()

@@ -89,6 +89,13 @@ class Store(Protocol):
         ...
 
     @property
+    def copies_on_read(self) -> bool:
+        """Whether what a read returns is a copy made for the caller (a reply from another
+        service) rather than the store's own objects: a reply streamed from a copy holds its
+        bytes until it is sent, so the reply budget charges them."""
+        ...
+
+    @property
     def may_be_unavailable(self) -> bool:
         """Whether a call can raise StoreUnavailable because a service the data lives in is
         away (taking up to its timeout); a liveness check must then not call the store."""

@@ -107,6 +107,8 @@ class MemoryStore:
     """Everything is in this process: no call waits on a network or a disk."""
     may_be_unavailable = False
     """There is nothing to reach."""
+    copies_on_read = False
+    """Reads return the store's own values and entries."""
 
     def check_ready(self) -> None:
         """Always ready: there is nothing to reach."""

@@ -112,3 +112,12 @@ def test_reload_swaps_the_tokens_and_keeps_them_when_the_file_breaks(tmp_path: P
 def test_a_missing_file_is_an_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(TokenFileError, match="missing: cannot read it"):
         Tokens.from_file(tmp_path / "missing")
+
+
+def test_a_file_larger_than_any_token_file_is_refused_unread(tmp_path: Path) -> None:
+    # A path pointing at a log or a device would otherwise be read into memory whole.
+    path = tmp_path / "tokens"
+    path.write_text(f"read {READ}\n" + "#\n" * 1024 * 1024)  # valid, and 2 MiB
+
+    with pytest.raises(TokenFileError, match="larger than 1048576 bytes"):
+        Tokens.from_file(path)

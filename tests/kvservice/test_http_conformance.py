@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 import requests
 
 from kvservice.auth import Tokens
@@ -343,6 +344,8 @@ def test_targets_of_rfc_3986_characters_still_route(serve: ServeKV) -> None:
         (b"text/plain\x1b[31m", "control character"),
         (b"text/plain\x7f", "control character"),
         (b"text/plain\x0b", "control character"),
+        (b"text/pl\xe4in", "beyond ASCII"),  # was stored, and sent back as two bytes
+        (b"text/plain; title=\xff", "beyond ASCII"),
     ],
 )
 def test_a_content_type_with_a_control_character_is_400_and_not_stored(
@@ -363,6 +366,21 @@ def test_a_content_type_with_a_tab_is_stored_and_served(serve: ServeKV) -> None:
     assert read.headers["content-type"] == "text/plain;\tq=1"
 
 
+def test_json_nested_deeper_than_the_parser_recurses_is_400_not_500(serve: ServeKV) -> None:
+    """1,000 `[` in a 1 KiB value made json.loads raise RecursionError: a 500 and a
+    traceback in the log for one request."""
+    served = serve()
+    body = b"[" * 1000
+    request_ = (
+        b"PUT /deep HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    response, _ = single_response(served.url, request_)  # the body was read: it may stay open
+    assert response.status == 400, response.body
+    assert "nested too deeply" in response.json()["detail"]
+    assert served.store.keys().keys == []
+
+
 @pytest.mark.parametrize("value", [b"a\x00b", b"a\rb", b"\r", b"a\x00"])
 def test_cr_or_nul_in_any_header_value_is_400(serve: ServeKV, value: bytes) -> None:
     served = serve()
@@ -370,7 +388,9 @@ def test_cr_or_nul_in_any_header_value_is_400(serve: ServeKV, value: bytes) -> N
     assert_refused(served.url, request_, 400, "CR, LF or NUL")
 
 
-@pytest.mark.parametrize("stored", ["text/plain\r", "a\r\nSet-Cookie: x=1", "a\x00", "t\x01", "€"])
+@pytest.mark.parametrize(
+    "stored", ["text/plain\r", "a\r\nSet-Cookie: x=1", "a\x00", "t\x01", "€", "text/pl\xe4in"]
+)
 def test_a_stored_content_type_that_is_no_field_value_never_makes_a_read_fail(
     serve: ServeKV, stored: str
 ) -> None:
@@ -403,6 +423,10 @@ def test_on_redis_the_type_is_checked_alike_and_a_poisoned_one_is_served_safely(
         assert response.status == 204
         assert store.get("r").content_type == "text/plain;\tq=1", "stored as validated"
         store.put("r", b"v", "text/plain\r\nSet-Cookie: x=1")  # as another writer could
+        read, _ = single_response(served.url, b"GET /r HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (read.status, read.headers["content-type"]) == (200, "application/octet-stream")
+        # Bytes that are no UTF-8 at all, written by another client of the same Redis.
+        redis.Redis.from_url(redis_server.url).hset("kv:{r}", "t", b"text/\xff")
         read, _ = single_response(served.url, b"GET /r HTTP/1.1\r\nHost: x\r\n\r\n")
         assert (read.status, read.headers["content-type"]) == (200, "application/octet-stream")
     finally:

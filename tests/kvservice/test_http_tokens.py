@@ -196,6 +196,30 @@ def test_sighup_rotates_tokens_without_a_restart(tmp_path: Path) -> None:
     assert old not in stdout + stderr and new not in stdout + stderr, "a token was logged"
 
 
+def test_sighup_with_the_token_file_replaced_by_a_fifo_keeps_the_tokens_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    # Opening a FIFO for reading waits for a writer: the reload, run by the main thread,
+    # held it, so SIGTERM was never acted on. The tokens in force stay, as for any bad file.
+    tokens = tmp_path / "tokens"
+    _write_tokens(tokens, f"write {WRITE_TOKEN} deployer")
+    service = start_service("kvservice", "--auth-tokens", str(tokens), capture=True)
+    try:
+        tokens.unlink()
+        os.mkfifo(tokens)
+        os.kill(service.pid, signal.SIGHUP)
+        time.sleep(0.5)
+        assert requests.get(f"{service.url}/k", headers=_bearer(WRITE_TOKEN)).status_code == 404
+        started = time.monotonic()
+        service.process.send_signal(signal.SIGTERM)
+        service.process.wait(timeout=5)
+        stopped_s = time.monotonic() - started
+    finally:
+        _, stderr = service.stop()
+    assert f"{tokens}: cannot read it: it is not a regular file" in stderr
+    assert stopped_s < 3, f"SIGTERM after the reload took {stopped_s:.1f} s"
+
+
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 

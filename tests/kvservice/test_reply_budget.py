@@ -188,6 +188,47 @@ def test_a_long_history_streams_whole_to_a_client_that_reads(
         server.stop()
 
 
+def test_a_long_page_of_keys_streams_so_many_slow_readers_of_it_fit_the_budget() -> None:
+    """`/_keys?limit=10000` over keys of 255 characters is 2.6 MB of JSON. It was built whole
+    and held for a client that did not read: 200 such readers made /_health wait 1.4 s and
+    grew the process by 140 MiB under a 64 MiB budget, 170 of them closed for it. Streamed
+    as a history is, each holds a piece and its list of keys, and twenty fit in 4 MB."""
+    store = MemoryStore(max_bytes=100_000_000)
+    for number in range(10_000):
+        store.put(f"{number:05d}" + "k" * 250, b"v")
+    budget = ReplyBudget(4_000_000)
+    settings = http_settings(threads=4, socket_timeout_s=5.0, serve_inline=True)
+    server = Server(create_app(store), settings, reply_budget=budget)
+    server.start()
+    try:
+        request = b"GET /_keys?limit=10000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        readers = [slow_reader(server.port, request) for _ in range(20)]
+        time.sleep(0.5)  # each fills its socket buffers, and the server holds the rest
+        assert budget.refusals == 0
+        for reader in readers:
+            answer = read_to_end(reader)
+            reader.close()
+            head, _, rest = answer.partition(b"\r\n\r\n")
+            assert b"Transfer-Encoding: chunked" in head
+            page = json.loads(dechunked(rest))
+            assert page == {"keys": store.keys(limit=10_000).keys, "next": None}
+        wait_until_released(budget)
+    finally:
+        server.stop()
+
+
+def dechunked(body: bytes) -> bytes:
+    """A chunked body's data, up to its last chunk."""
+    data = bytearray()
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return bytes(data)
+        data += body[:size]
+        body = body[size + 2 :]
+
+
 def test_an_http_response_over_the_budget_closes_its_connection_and_others_are_served(
     long_history: MemoryStore,
     http_server: tuple[Server, ReplyBudget],
@@ -274,6 +315,8 @@ def test_a_head_of_a_long_history_has_its_length_and_keeps_the_connection(
 class FreshCopies(MemoryStore):
     """A memory store whose histories are fresh copies of the bytes, as Redis's are: a
     snapshot being sent holds all of them."""
+
+    copies_on_read = True
 
     def history(self, key: str) -> list[HistoryEntry]:
         return [

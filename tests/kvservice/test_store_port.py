@@ -50,6 +50,10 @@ class DelegatingStore:
         return False
 
     @property
+    def copies_on_read(self) -> bool:
+        return False
+
+    @property
     def may_be_unavailable(self) -> bool:
         return False
 

@@ -117,6 +117,20 @@ def test_large_values_and_pipelined_requests_go_through_tls(servers: TLSServers)
     assert received.count(value) == 3
 
 
+def test_a_resp_pipeline_of_many_batches_goes_through_tls_whole_and_in_order(
+    servers: TLSServers,
+) -> None:
+    """Reads land in a 16 KiB buffer and batches stop at 64 KiB of replies (`resp.server`): over
+    TLS too, 3,000 pipelined GETs of 1 KiB, sent in one write, are answered whole, in order."""
+    value = b"v" * 1024
+    servers.store.put("k", value)
+    reply = b"$1024\r\n" + value + b"\r\n"
+    with _tls_connection(servers, servers.resp.port) as tls:
+        tls.sendall(command("GET", "k") * 3000 + command("ECHO", "end"))
+        received = _read_until(tls, lambda data: data.endswith(b"$3\r\nend\r\n"))
+    assert received == reply * 3000 + b"$3\r\nend\r\n"
+
+
 def test_tls_older_than_1_2_and_renegotiation_are_not_offered(certificates: Certificates) -> None:
     context = server_context(str(certificates.cert), str(certificates.key))
     assert context.minimum_version is ssl.TLSVersion.TLSv1_2

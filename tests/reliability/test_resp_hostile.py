@@ -9,6 +9,7 @@ command that takes one, with the longest key there is.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -132,6 +133,11 @@ PAST_THE_BOUNDS_BEFORE_AUTH = {
     b"*11\r\n": b"-ERR Protocol error: unauthenticated multibulk length 11 "
     b"(at most 10 arguments before AUTH)\r\n",
     b"*1\r\n$16385\r\n": b"-ERR Protocol error: unauthenticated bulk length 16385 "
+    b"(arguments are at most 16384 bytes before AUTH)\r\n",
+    # Inline, as typed into telnet: the same bounds (they were 1,024 arguments and 64 KiB).
+    b"PING" + b" a" * 10 + b"\r\n": b"-ERR Protocol error: unauthenticated multibulk length 11 "
+    b"(at most 10 arguments before AUTH)\r\n",
+    b"PING " + b"a" * 16385 + b"\r\n": b"-ERR Protocol error: unauthenticated bulk length 16385 "
     b"(arguments are at most 16384 bytes before AUTH)\r\n",
 }
 """Redis's bounds for a client that has not authenticated (CVE-2021-32675), here too."""
@@ -264,4 +270,83 @@ def test_every_pattern_command_answers_adversarial_patterns_in_bounded_time(
         f"{health.worst_s * 1000:.1f} ms"
     )
     assert slowest_s < REPLY_WITHIN_S
+    assert health.worst_s < HEALTH_WITHIN_S
+
+
+# -- pipelines: a few bytes a command, a kilobyte a reply --------------------------------------
+
+PIPELINED_GETS = 40_000
+"""`GET k\r\n` this many times: 280 KB sent at once, more than asyncio reads in one go."""
+PIPELINERS = 10
+PIPELINE_BUDGET_BYTES = 16_000_000
+"""The reply budget for the test: what the pipeliners may make the process hold."""
+
+
+class PingWatch:
+    """PING every 20 ms on its own authenticated connection, until the `with` ends;
+    `worst_s` is the slowest answer."""
+
+    def __init__(self, port: int) -> None:
+        self.connection = authenticated(port)
+        self.worst_s = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PingWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self.connection.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            assert self.connection.ask("PING") == b"+PONG\r\n"
+            self.worst_s = max(self.worst_s, time.perf_counter() - started)
+            self._stop.wait(0.02)
+
+
+def test_pipelined_commands_that_never_read_cost_one_read_s_worth_not_the_whole_pipeline(
+    tmp_path: Path,
+) -> None:
+    """Ten clients each send 40,000 `GET k` of a 1 KiB value at once and never read. The
+    server read 256 KiB at a time and ran all of it in one turn of its loop: 14.5 MB of
+    replies built per read before the budget could judge them, RSS +57 MiB with a 16 MB
+    budget, and another connection's PING waited 0.7 s. Reads of 16 KiB (as Redis's), and
+    batches that stop at 64 KiB of replies until the client reads them, bound both."""
+    with resp_service(tmp_path, "--max-reply-buffer-bytes", str(PIPELINE_BUDGET_BYTES)) as (
+        service,
+        port,
+    ):
+        with authenticated(port) as connection:
+            assert connection.ask("SET", "k", "v" * 1000) == b"+OK\r\n"
+        baseline = service.rss_bytes()
+        pipeline = b"GET k\r\n" * PIPELINED_GETS
+        with PingWatch(port) as ping, HealthWatch(service.url) as health:
+            pipeliners = [authenticated(port) for _ in range(PIPELINERS)]
+            peak = baseline
+            try:
+                for pipeliner in pipeliners:
+                    with contextlib.suppress(OSError):  # it stops reading, or is closed
+                        pipeliner.sock.settimeout(2.0)
+                        pipeliner.send(pipeline)
+                    peak = max(peak, service.rss_bytes())
+                deadline = time.monotonic() + 1.0
+                while time.monotonic() < deadline:
+                    peak = max(peak, service.rss_bytes())
+                    time.sleep(0.05)
+            finally:
+                for pipeliner in pipeliners:
+                    pipeliner.close()
+    grown = peak - baseline
+    print(
+        f"\n{PIPELINERS} clients pipelining {PIPELINED_GETS} GETs of 1 KiB, never reading: "
+        f"RSS +{grown / 2**20:.1f} MiB, slowest PING {ping.worst_s * 1000:.1f} ms, slowest "
+        f"/_health {health.worst_s * 1000:.1f} ms"
+    )
+    assert grown < 16 * 2**20
+    assert ping.worst_s < 0.1
     assert health.worst_s < HEALTH_WITHIN_S

@@ -106,6 +106,8 @@ class DurableStore:
     """A write waits on its commit, a read (--fsync always) on the sync of what it saw."""
     may_be_unavailable = False
     """The disk is local: a failing disk refuses writes, it is never away."""
+    copies_on_read = False
+    """Reads are served by its memory store, which returns its own objects."""
 
     def __init__(
         self,

@@ -75,6 +75,8 @@ class RedisStore:
 
     may_block = True
     """Every call is a round trip to Redis."""
+    copies_on_read = True
+    """Every value and key read is a copy of Redis's reply."""
     may_be_unavailable = True
     """Redis may be down, unreachable or silent; calls then raise StoreUnavailable."""
 
@@ -185,7 +187,12 @@ class RedisStore:
         )
         if etag is None:
             raise KeyNotFound(f"The key {key!r} has no value.")
-        return Value(data, None if content_type is None else content_type.decode(), etag.decode())
+        # A type written to Redis by other means may be any bytes: the transports judge the
+        # text (HTTP serves one that is no field value as application/octet-stream).
+        content_type_text = (
+            None if content_type is None else content_type.decode("utf-8", "replace")
+        )
+        return Value(data, content_type_text, etag.decode())
 
     def history(self, key: str) -> list[HistoryEntry]:
         """Every write to the key inside the history window, newest first; [] if none."""
