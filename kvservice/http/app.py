@@ -194,7 +194,7 @@ def _get(store: Store, key: str) -> bytes:
     precondition = _precondition()
     _set_etag(value)
     if precondition.if_match is not None and not precondition.holds_for(value.etag):
-        raise PreconditionFailed(f"The precondition on {key!r} does not hold.")
+        raise PreconditionFailed.of(key)
     if precondition.if_none_match is not None and not precondition.holds_for(value.etag):
         bottle.response.status = 304
         return b""

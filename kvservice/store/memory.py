@@ -121,7 +121,7 @@ class MemoryStore:
         with self._lock:
             record = self._records.get(key)
             if record is None or record.value is None:
-                raise KeyNotFound(f"The key {key!r} has no value.")
+                raise KeyNotFound.of(key)
             return record.value
 
     def history(self, key: str) -> list[HistoryEntry]:
@@ -197,9 +197,9 @@ class MemoryStore:
             self._prune(now_ms)
             record = self._records.get(key)
             if record is None or record.value is None:
-                raise KeyNotFound(f"The key {key!r} has no value.")
+                raise KeyNotFound.of(key)
             if not precondition.holds_for(record.value.etag):
-                raise PreconditionFailed(f"The precondition on {key!r} does not hold.")
+                raise PreconditionFailed.of(key)
             self._used_bytes -= _value_cost(record.value)
             record.value = None
             self._keys_with_values.discard(key)
@@ -223,9 +223,9 @@ class MemoryStore:
             record = self._records.get(key)
             current = record.value if record else None
             if create_only and current is not None:
-                raise KeyExists(f"The key {key!r} already has a value.")
+                raise KeyExists.of(key)
             if not precondition.holds_for(current.etag if current else None):
-                raise PreconditionFailed(f"The precondition on {key!r} does not hold.")
+                raise PreconditionFailed.of(key)
 
             self._writes += 1
             value = Value(data, content_type, f"{self._etag_prefix}-{self._writes:x}")

@@ -44,13 +44,28 @@ class ValueTooLarge(StoreError):
 class KeyNotFound(StoreError):
     """The key has no current value."""
 
+    @classmethod
+    def of(cls, key: str) -> KeyNotFound:
+        """The error for `key`, worded once for every backend and transport."""
+        return cls(f"The key {key!r} has no value.")
+
 
 class KeyExists(StoreError):
     """A create-only write found the key already holding a value."""
 
+    @classmethod
+    def of(cls, key: str) -> KeyExists:
+        """The error for `key`, worded once for every backend and transport."""
+        return cls(f"The key {key!r} already has a value.")
+
 
 class PreconditionFailed(StoreError):
     """The caller's condition on the key's current version does not hold."""
+
+    @classmethod
+    def of(cls, key: str) -> PreconditionFailed:
+        """The error for `key`, worded once for every backend and transport."""
+        return cls(f"The precondition on {key!r} does not hold.")
 
 
 class StoreFull(StoreError):

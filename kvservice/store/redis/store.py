@@ -186,7 +186,7 @@ class RedisStore:
             self._topology.server_for(redis_key), ("HMGET", redis_key, "d", "t", "e"), writes=False
         )
         if etag is None:
-            raise KeyNotFound(f"The key {key!r} has no value.")
+            raise KeyNotFound.of(key)
         # A type written to Redis by other means may be any bytes: the transports judge the
         # text (HTTP serves one that is no field value as application/octet-stream).
         content_type_text = (
@@ -273,9 +273,9 @@ class RedisStore:
         ]
         outcome = self._script(DELETE, key, self._keys_of(key), arguments, True)
         if outcome[0] == b"missing":
-            raise KeyNotFound(f"The key {key!r} has no value.")
+            raise KeyNotFound.of(key)
         if outcome[0] == b"precondition":
-            raise PreconditionFailed(f"The precondition on {key!r} does not hold.")
+            raise PreconditionFailed.of(key)
 
     def _write(
         self,
@@ -305,9 +305,9 @@ class RedisStore:
         ]
         outcome = self._script(WRITE, key, self._keys_of(key), arguments, True)
         if outcome[0] == b"exists":
-            raise KeyExists(f"The key {key!r} already has a value.")
+            raise KeyExists.of(key)
         if outcome[0] == b"precondition":
-            raise PreconditionFailed(f"The precondition on {key!r} does not hold.")
+            raise PreconditionFailed.of(key)
         return Value(data, content_type, etag)
 
     # -- talking to Redis -------------------------------------------------------------------
