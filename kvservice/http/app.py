@@ -472,39 +472,32 @@ def history_json(entries: list[HistoryEntry]) -> bytes:
 def history_json_pieces(entries: list[HistoryEntry]) -> Iterator[bytes]:
     """`history_json` in pieces of about HISTORY_PIECE_CHARS or more (whole entries), each
     serialised only when it is asked for."""
-    items = ["["]
-    size = 1
-    separator = ""
-    for entry in entries:
-        item = separator + _history_item(entry)
-        separator = ","
-        items.append(item)
-        size += len(item)
-        if size >= HISTORY_PIECE_CHARS:
-            yield "".join(items).encode("ascii")
-            items.clear()
-            size = 0
-    items.append("]")
-    yield "".join(items).encode("ascii")
+    return _json_array_pieces("[", map(_history_item, entries), "]")
 
 
 def keys_json_pieces(keys: list[str], next_after: str | None) -> Iterator[bytes]:
     """`{"keys":[...],"next":...}` as compact json.dumps writes it, in pieces of about
     HISTORY_PIECE_CHARS or more (whole keys), each serialised only when it is asked for."""
-    items = ['{"keys":[']
-    size = len(items[0])
+    following = f'],"next":{"null" if next_after is None else _json_string(next_after)}}}'
+    return _json_array_pieces('{"keys":[', map(_json_string, keys), following)
+
+
+def _json_array_pieces(opening: str, items: Iterator[str], closing: str) -> Iterator[bytes]:
+    """`opening`, the items separated by commas, then `closing`, as ASCII in pieces of about
+    HISTORY_PIECE_CHARS or more (whole items); each item is made only when its piece is."""
+    pieces = [opening]
+    size = len(opening)
     separator = ""
-    for key in keys:
-        item = separator + _json_string(key)
+    for item in items:
+        pieces.append(separator + item)
         separator = ","
-        items.append(item)
-        size += len(item)
+        size += len(pieces[-1])
         if size >= HISTORY_PIECE_CHARS:
-            yield "".join(items).encode("ascii")
-            items.clear()
+            yield "".join(pieces).encode("ascii")
+            pieces.clear()
             size = 0
-    items.append(f'],"next":{"null" if next_after is None else _json_string(next_after)}}}')
-    yield "".join(items).encode("ascii")
+    pieces.append(closing)
+    yield "".join(pieces).encode("ascii")
 
 
 def _history_item(entry: HistoryEntry) -> str:
