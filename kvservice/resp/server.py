@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import socket
@@ -373,8 +374,9 @@ class _ReplyStream:
         self.protocol = protocol
         self.head = b"*%d\r\n" % len(items)
         self.position = -1
-        size_of = _size_in_memory if copies else _size_without_values
-        self.held_bytes = estimated_size(items, size_of)
+        self.held_bytes = estimated_size(
+            items, functools.partial(_size_in_memory, with_values=copies)
+        )
 
     def next_piece(self) -> bytes | None:
         """The next piece of the encoded reply; None after the last."""
@@ -395,19 +397,17 @@ class _ReplyStream:
         return b"".join(piece)
 
 
-def _size_in_memory(reply: Reply) -> int:
-    """What a reply's objects take, nested arrays included."""
+def _size_in_memory(reply: Reply, *, with_values: bool = True) -> int:
+    """What a reply's objects take, nested arrays included; without `with_values`, only
+    what was made for the client besides the store's own values (bytes and strings): its
+    arrays and numbers (the commands layer builds `[timestamp, value]` per HISTORY entry)."""
     if isinstance(reply, list):
-        return sys.getsizeof(reply) + sum(_size_in_memory(item) for item in reply)
+        return sys.getsizeof(reply) + sum(
+            _size_in_memory(item, with_values=with_values) for item in reply
+        )
+    if not with_values and isinstance(reply, bytes | str):
+        return 0
     return sys.getsizeof(reply)
-
-
-def _size_without_values(reply: Reply) -> int:
-    """What a reply made for the client takes besides the store's own values: its arrays and
-    numbers (the commands layer builds `[timestamp, value]` for each HISTORY entry)."""
-    if isinstance(reply, list):
-        return sys.getsizeof(reply) + sum(_size_without_values(item) for item in reply)
-    return 0 if isinstance(reply, bytes | str) else sys.getsizeof(reply)
 
 
 _Batch = tuple[list[bytes | _ReplyStream], ProtocolError | None, bool]
