@@ -1,0 +1,103 @@
+"""How a command runs: its table entry (`Command`: handler, argument counts, the access it
+needs), the refusal of a command the connection may not run, the argument count check, and the
+one table (`STORE_ERRORS`) that turns the store's errors into replies, like the HTTP app's
+PROBLEMS: an error reply with a code of its own and the store's message, or nil where Redis
+answers nil (GET of an empty key, SET NX on a taken key)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kvservice.auth import Access
+from kvservice.resp.codec import Error, Reply, printable
+from kvservice.resp.commands.state import Session
+from kvservice.store import (
+    InvalidKey,
+    KeyExists,
+    KeyNotFound,
+    PreconditionFailed,
+    Store,
+    StoreError,
+    StoreFull,
+    StoreMisconfigured,
+    StoreUnavailable,
+    ValueTooLarge,
+    validate_key,
+)
+
+STORE_ERRORS: dict[type[StoreError], str | None] = {
+    InvalidKey: "INVALIDKEY",
+    ValueTooLarge: "TOOLARGE",
+    StoreFull: "OOM",  # Redis's own code for writes refused at its memory limit
+    StoreUnavailable: "UNAVAILABLE",  # the store's Redis could not be reached or answer
+    StoreMisconfigured: "MISCONF",  # Redis's code for a setup that refuses writes
+    KeyNotFound: None,  # GET of a key without a value
+    KeyExists: None,  # SET NX on a key holding a value
+    PreconditionFailed: None,  # SET XX on a key holding none
+}
+"""Each domain error's reply: an error with this code (the first word, as Redis's `-OOM` and
+`-WRONGTYPE` are, so clients tell errors apart without reading the text) and the store's
+message, or nil (None)."""
+
+
+Handler = Callable[[Store, Session, list[bytes]], Reply]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command's handler, how many arguments it takes (max None: any number) and the
+    access it needs when tokens are in use."""
+
+    handler: Handler
+    min_args: int
+    max_args: int | None
+    access: Access = Access.READ
+
+
+def refusal(session: Session, access: Access, label: str) -> Error:
+    """The answer to a command the connection's token (or its lack) does not allow."""
+    if access is Access.NONE:
+        return Error("NOAUTH", "Authentication required.")
+    return Error("NOPERM", f"the token {session.user} may read, not run the '{label}' command")
+
+
+def call(
+    command: Command, label: Callable[[], str], store: Store, session: Session, args: list[bytes]
+) -> Reply:
+    if len(args) < command.min_args or (
+        command.max_args is not None and len(args) > command.max_args
+    ):
+        return Error("ERR", f"wrong number of arguments for '{label()}' command")
+    try:
+        return command.handler(store, session, args)
+    except StoreError as error:
+        code = STORE_ERRORS[type(error)]
+        return None if code is None else Error(code, str(error))
+
+
+def subcommands(command: str, table: dict[bytes, Command]) -> Handler:
+    """A handler that dispatches on its first argument through `table`."""
+
+    def dispatch(store: Store, session: Session, args: list[bytes]) -> Reply:
+        name = args[0].upper() if args else b""
+        subcommand = table.get(name)
+        if subcommand is None:
+            return Error("ERR", f"unknown subcommand '{printable(name)}'. Try {command} HELP.")
+        label = f"{command}|{printable(name)}".lower()
+        return call(subcommand, lambda: label, store, session, args[1:])
+
+    return dispatch
+
+
+def key_argument(argument: bytes) -> str:
+    """A key as the store takes it: one character per byte, so errors name byte positions
+    the way HTTP does for a percent-encoded path."""
+    key = argument.decode("latin-1")
+    validate_key(key)
+    return key
+
+
+UNKNOWN_COMMAND = b"UNKNOWN"
+"""The name a command not in COMMANDS is counted under (clients choose names; counts must
+not grow with them)."""

@@ -1,0 +1,210 @@
+"""CONFIG GET and INFO: what tools (redis-cli --stat, redis-benchmark) ask before they start,
+answered as Redis words it, from the store's figures and the server's."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+
+from kvservice import __version__
+from kvservice.resp.codec import Reply
+from kvservice.resp.commands.dispatch import Command, subcommands
+from kvservice.resp.commands.state import ServerState, Session
+from kvservice.resp.patterns import GlobPattern
+from kvservice.store import (
+    Store,
+)
+
+CONFIG_PARAMETERS: dict[bytes, Callable[[Store], bytes]] = {
+    b"maxmemory": lambda store: b"%d" % store.stats().max_bytes,
+    b"maxmemory-policy": lambda store: b"noeviction",  # at the budget, writes are refused
+    b"databases": lambda store: b"1",
+    b"save": lambda store: b"",  # no snapshots: with --data-dir, every write is journaled
+    b"appendonly": lambda store: b"no" if store.stats().persistence is None else b"yes",
+}
+"""The parameters CONFIG GET answers (redis-benchmark asks for save and appendonly): what
+kvservice does, read-only; it is configured by its command line, so there is no CONFIG SET."""
+
+
+def _config_get(store: Store, session: Session, args: list[bytes]) -> Reply:
+    """CONFIG GET pattern [pattern ...]: a map of every parameter a pattern matches, with
+    case ignored as Redis ignores it."""
+    matchers = [GlobPattern(pattern, nocase=True).matches for pattern in args]
+    return {
+        name: value(store)
+        for name, value in CONFIG_PARAMETERS.items()
+        if any(matches(name) for matches in matchers)
+    }
+
+
+CONFIG_SUBCOMMANDS: dict[bytes, Command] = {
+    b"GET": Command(_config_get, 1, None),
+}
+
+
+def _human_bytes(count: int) -> str:
+    """Bytes as Redis's INFO writes them for people: 1.50K, 2.00M."""
+    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if count >= size:
+            return f"{count / size:.2f}{unit}"
+    return f"{count}B"
+
+
+InfoSection = Callable[[Store, ServerState], dict[str, object]]
+
+_OS = f"{platform.system()} {platform.release()} {platform.machine()}"
+_ARCH_BITS = 64 if sys.maxsize > 2**32 else 32
+"""The width of a pointer, as Redis reports it. Not platform.architecture(), which runs
+`file` on the interpreter in a subprocess at every call: a millisecond and a fork for each
+INFO, on the loop every client waits on."""
+
+
+def _info_server(store: Store, server: ServerState) -> dict[str, object]:
+    uptime = int(time.monotonic() - server.started)
+    return {
+        # Valkey's precedent: the Redis version whose replies it gives, for tools that read it;
+        # server_name and kvservice_version say what it is.
+        "redis_version": REDIS_COMPATIBLE_VERSION,
+        "server_name": "kvservice",
+        "kvservice_version": __version__,
+        "redis_mode": "standalone",
+        "os": _OS,
+        "arch_bits": _ARCH_BITS,
+        "multiplexing_api": "asyncio",
+        "process_id": os.getpid(),
+        "run_id": server.run_id,
+        "tcp_port": server.port,
+        "uptime_in_seconds": uptime,
+        "uptime_in_days": uptime // 86400,
+    }
+
+
+def _info_clients(store: Store, server: ServerState) -> dict[str, object]:
+    return {
+        "connected_clients": server.connected_clients,
+        "maxclients": server.max_clients,
+        "blocked_clients": 0,
+    }
+
+
+def _info_memory(store: Store, server: ServerState) -> dict[str, object]:
+    stats = store.stats()
+    memory: dict[str, object] = {
+        "used_memory": stats.used_bytes,  # as the store's budget counts it
+        "used_memory_human": _human_bytes(stats.used_bytes),
+        "maxmemory": stats.max_bytes,
+        "maxmemory_human": _human_bytes(stats.max_bytes),
+        "maxmemory_policy": "noeviction",
+    }
+    if stats.history_entries is not None:
+        memory["kvservice_history_entries"] = stats.history_entries
+    return memory
+
+
+def _info_persistence(store: Store, server: ServerState) -> dict[str, object]:
+    """Redis's fields, read as its AOF's: with --data-dir every write is journaled (the
+    journal is kvservice's append-only file), and a "save" is a commit."""
+    persistence = store.stats().persistence
+    if persistence is None:
+        return {
+            "loading": 0,
+            "rdb_bgsave_in_progress": 0,
+            "aof_enabled": 0,
+            "aof_rewrite_in_progress": 0,
+        }
+    status = "ok" if persistence.last_commit_ok else "err"
+    return {
+        "loading": 0,
+        "rdb_changes_since_last_save": persistence.pending_writes,
+        "rdb_bgsave_in_progress": 0,
+        "rdb_last_save_time": persistence.last_commit_time_s,
+        "rdb_last_bgsave_status": status,
+        "aof_enabled": 1,
+        "aof_rewrite_in_progress": 0,
+        "aof_last_write_status": status,
+        "aof_current_size": sum(persistence.file_bytes.values()),
+        "aof_pending_writes": persistence.pending_writes,
+        "kvservice_fsync": persistence.fsync,
+        "kvservice_commits": persistence.commits,
+        "kvservice_committed_writes": persistence.committed_writes,
+        "kvservice_failed_commits": persistence.failed_commits,
+    }
+
+
+def _info_stats(store: Store, server: ServerState) -> dict[str, object]:
+    return {
+        "total_connections_received": server.total_connections_received,
+        "total_commands_processed": server.total_commands_processed,
+        "rejected_connections": server.rejected_connections,
+        "total_error_replies": sum(server.errors.values()),
+        # Writes refused at the memory budget over either transport (HTTP 507, RESP OOM).
+        "kvservice_store_full_refusals": store.stats().full_refusals,
+    }
+
+
+def _info_commandstats(store: Store, server: ServerState) -> dict[str, object]:
+    """Redis's fields for each command's calls and error replies; no timings (not kept)."""
+    failed: dict[bytes, int] = {}
+    for (name, _), count in dict(server.errors).items():
+        failed[name] = failed.get(name, 0) + count
+    return {
+        f"cmdstat_{name.decode('ascii', 'replace').lower()}": (
+            f"calls={calls},failed_calls={failed.get(name, 0)}"
+        )
+        for name, calls in sorted(dict(server.commands).items())
+    }
+
+
+def _info_errorstats(store: Store, server: ServerState) -> dict[str, object]:
+    by_code: dict[str, int] = {}
+    for (_, code), count in dict(server.errors).items():
+        by_code[code] = by_code.get(code, 0) + count
+    return {f"errorstat_{code}": f"count={count}" for code, count in sorted(by_code.items())}
+
+
+def _info_keyspace(store: Store, server: ServerState) -> dict[str, object]:
+    keys = store.stats().keys
+    return {"db0": f"keys={keys},expires=0,avg_ttl=0"} if keys else {}  # as Redis, if any
+
+
+INFO_SECTIONS: dict[bytes, InfoSection] = {
+    b"server": _info_server,
+    b"clients": _info_clients,
+    b"memory": _info_memory,
+    b"persistence": _info_persistence,
+    b"stats": _info_stats,
+    b"commandstats": _info_commandstats,
+    b"errorstats": _info_errorstats,
+    b"keyspace": _info_keyspace,
+}
+"""INFO's sections, in order; `INFO all` and `INFO everything` give every one, `INFO` and
+`INFO default` all but commandstats and errorstats, as Redis does."""
+_EVERY_SECTION = {b"all", b"everything"}
+_DEFAULT_SECTIONS = {b"default"}
+_NOT_DEFAULT = {b"commandstats", b"errorstats"}
+REDIS_COMPATIBLE_VERSION = "7.0.0"
+
+
+def _info(store: Store, session: Session, args: list[bytes]) -> Reply:
+    """INFO [section ...]: `# Section` headings and `field:value` lines, as Redis writes them;
+    a section it does not have is left out, as Redis leaves out one it does not know."""
+    asked = {arg.lower() for arg in args} or _DEFAULT_SECTIONS
+    everything = bool(asked & _EVERY_SECTION)
+    default = bool(asked & _DEFAULT_SECTIONS)
+    sections = [
+        f"# {name.decode().capitalize()}\r\n"
+        + "".join(f"{field}:{value}\r\n" for field, value in section(store, session.server).items())
+        for name, section in INFO_SECTIONS.items()
+        if everything or name in asked or (default and name not in _NOT_DEFAULT)
+    ]
+    return "\r\n".join(sections).encode()
+
+
+SERVER_COMMANDS: dict[bytes, Command] = {
+    b"CONFIG": Command(subcommands("CONFIG", CONFIG_SUBCOMMANDS), 1, None),
+    b"INFO": Command(_info, 0, None),
+}
+"""The commands about the server, by upper-case name."""
