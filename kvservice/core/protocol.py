@@ -156,6 +156,12 @@ class Transport(Protocol):
         stops, a connection past the cap is closed without a word."""
         ...
 
+    @property
+    def in_the_clear(self) -> bytes:
+        """What a client that speaks plain text to a TLS port is told, in plain text, before
+        it is closed (HTTP's 400 "this port speaks HTTPS only"); empty: closed without a word."""
+        ...
+
     def protocol_for(self, connection: ConnectionInfo) -> WireProtocol:
         """The protocol code of a connection just admitted."""
         ...

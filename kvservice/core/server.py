@@ -37,6 +37,10 @@ from kvservice.reply_budget import ReplyBudget
 _ACCEPTS_PER_WAKEUP = 64
 _ACCEPT_RETRY_S = 0.1
 """How long accepting pauses after the system refused an accept (out of file descriptors)."""
+_TLS_HANDSHAKE_RECORD = b"\x16"
+"""The first byte of every TLS ClientHello (a handshake record)."""
+_LEAST_TIMEOUT_S = 0.001
+_READ_IN_THE_CLEAR = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,11 @@ class ConnectionSettings:
     read_bytes: int = 16 * 1024
     """The most one read takes from a connection, so the most one turn of the loop runs for
     it (asyncio's own reads take up to 256 KiB). Redis reads 16 KiB too (PROTO_IOBUF_LEN)."""
+
+
+def _settle_once(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class ConnectionFigures(Protocol):
@@ -200,7 +209,11 @@ class ConnectionServer:
             for connection in list(self._connections):
                 connection.transport.abort()  # replies it does not read: given up
             if unfinished:
-                await asyncio.wait(unfinished, timeout=1.0)
+                _, unfinished = await asyncio.wait(unfinished, timeout=1.0)
+            for task in unfinished:
+                task.cancel()  # a TLS handshake still under way: its socket is closed
+            if unfinished:
+                await asyncio.wait(unfinished, timeout=0.1)
 
     def _accept(self, listener: socket.socket) -> None:
         """Accept what is waiting; each connection gets a task, tracked from its first moment.
@@ -244,18 +257,51 @@ class ConnectionServer:
             if self.tls is None:
                 await loop.connect_accepted_socket(lambda: connection, sock=sock)
             else:
+                deadline = loop.time() + self.settings.handshake_timeout_s
+                if not await self._speaks_tls(sock, deadline):
+                    sock.close()
+                    return
                 await loop.connect_accepted_socket(
                     lambda: connection,
                     sock=sock,
                     ssl=self.tls,
-                    ssl_handshake_timeout=self.settings.handshake_timeout_s,
+                    ssl_handshake_timeout=max(deadline - loop.time(), _LEAST_TIMEOUT_S),
                 )
         except OSError as error:  # ssl.SSLError and a handshake timeout included
             if self.tls is not None:
                 self.transport.logger.info("TLS handshake failed: %s", error)
             sock.close()
             return
+        except asyncio.CancelledError:  # the drain gave up on it
+            sock.close()
+            raise
         await connection.closed
+
+    async def _speaks_tls(self, sock: socket.socket, deadline: float) -> bool:
+        """Whether the client's first byte, awaited until `deadline`, opens a TLS handshake.
+        One that speaks in the clear is told the transport's `in_the_clear`, in the clear
+        (asyncio's failed handshake closes the socket before anything could be said)."""
+        loop = asyncio.get_running_loop()
+        readable: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(sock.fileno(), _settle_once, readable)
+        try:
+            await asyncio.wait_for(readable, max(deadline - loop.time(), _LEAST_TIMEOUT_S))
+            first = sock.recv(1, socket.MSG_PEEK)
+        except (TimeoutError, OSError) as error:
+            self.transport.logger.info("TLS handshake failed: %s", error or "timed out")
+            return False
+        finally:
+            loop.remove_reader(sock.fileno())
+        if first == _TLS_HANDSHAKE_RECORD:
+            return True
+        if first:  # not b"": the client did not just leave
+            self.transport.logger.info("TLS handshake failed: the client spoke in the clear")
+            with contextlib.suppress(OSError):
+                # Read what it sent first: closing on unread bytes resets the connection,
+                # and a reset can lose the words before they are read.
+                sock.recv(_READ_IN_THE_CLEAR)
+                sock.send(self.transport.in_the_clear)  # a few bytes, into an empty buffer
+        return False
 
     async def _sweep(self) -> None:
         """Expire connections: idle, not reading their replies, or slow to send a request."""

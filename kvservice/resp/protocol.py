@@ -62,6 +62,7 @@ class RespTransport:
     name = "RESP"
     logger = logger
     refusal = _MAX_CLIENTS
+    in_the_clear = b""  # RESP in the clear is closed without a word, as Redis does
 
     def __init__(self, store: Store, state: ServerState, limits: RequestLimits) -> None:
         self.store = store

@@ -16,6 +16,7 @@ import threading
 from kvservice.core import After, ConnectionInfo, Outcome, Reply, Step, Work
 
 REFUSAL = b"busy\n"
+IN_THE_CLEAR = b"tls only\n"
 
 
 class CountedPieces:
@@ -42,6 +43,7 @@ class LinesTransport:
     name = "LINES"
     logger = logging.getLogger("tests.core.lines")
     refusal = REFUSAL
+    in_the_clear = IN_THE_CLEAR
 
     def __init__(self, batch_lines: int = 2, piece_bytes: int = 16 * 1024) -> None:
         self.batch_lines = batch_lines

@@ -1,8 +1,10 @@
 """The core's server over real sockets, with the tests' own transport (`lines.py`):
-accepting, the cap and its refusal, TLS handshakes counted and bounded, and the drain."""
+accepting, the cap and its refusal, TLS handshakes counted and bounded, a client in the clear
+on a TLS port, and the drain."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import threading
@@ -11,10 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+
 from kvservice.core import ConnectionServer, ConnectionSettings
 from kvservice.execution import Execution
 from kvservice.tls import server_context
-from tests.kvservice.core.lines import REFUSAL, LinesTransport
+from tests.kvservice.core.lines import IN_THE_CLEAR, REFUSAL, LinesTransport
 from tests.support.certificates import Certificates
 
 
@@ -120,3 +124,34 @@ def test_stop_lets_work_in_flight_finish_and_accepts_nothing_more() -> None:
         stopper.join(5)
         assert not stopper.is_alive()
         client.close()
+
+
+def test_a_client_speaking_in_the_clear_to_a_tls_port_is_told_so_in_the_clear(
+    certificates: Certificates, caplog: pytest.LogCaptureFixture
+) -> None:
+    context = server_context(str(certificates.cert), str(certificates.key))
+    transport = LinesTransport()
+    with (
+        caplog.at_level(logging.INFO, logger="tests.core.lines"),
+        serving(transport, tls=context) as server,
+        connect(server.port) as plain,
+    ):
+        plain.sendall(b"hello\n")
+        assert read_until_closed(plain) == IN_THE_CLEAR
+    assert "spoke in the clear" in caplog.text
+    assert transport.protocols == [] and transport.ran_on == []
+
+
+def test_stop_closes_connections_still_in_their_tls_handshake(
+    certificates: Certificates,
+) -> None:
+    context = server_context(str(certificates.cert), str(certificates.key))
+    transport = LinesTransport()
+    with serving(transport, tls=context, shutdown_timeout_s=0.2) as server:
+        silent = connect(server.port)
+        time.sleep(0.1)
+        started = time.monotonic()
+        server.stop()
+        assert time.monotonic() - started < 2.0
+        assert read_until_closed(silent) == b""
+        silent.close()
