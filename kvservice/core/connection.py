@@ -265,10 +265,11 @@ class Connection(asyncio.BufferedProtocol):
         nothing waits, else through the queue."""
         if not replies:
             return
-        if self.outgoing or not all(isinstance(reply, bytes) for reply in replies):
+        whole = [reply for reply in replies if isinstance(reply, bytes)]
+        if self.outgoing or len(whole) < len(replies):
             self.queue(replies)
             return
-        self.transport.write(b"".join(replies))  # type: ignore[arg-type]  # all bytes
+        self.transport.write(b"".join(whole))
         self.hold()
 
     def queue(self, replies: list[Reply]) -> None:
@@ -367,7 +368,7 @@ class Connection(asyncio.BufferedProtocol):
                 self.server.transport.logger.debug(
                     "closing %s: no complete request within %g s", self.peer, request_timeout
                 )
-                self.transport.write(protocol.timed_out())
+                self.send([protocol.timed_out()])
                 self.finish()
             return
         if stalled or (not busy and self.last_received < threshold):
