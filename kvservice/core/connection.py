@@ -1,0 +1,380 @@
+"""One connection of the core: an asyncio BufferedProtocol that feeds a transport's
+`WireProtocol`, runs the steps it asks for per the execution policy, and writes the replies
+in order with flow control toward a client that reads slowly or not at all.
+
+Reads land in one buffer of `read_bytes` (16 KiB, as Redis reads: asyncio's own reads take
+up to 256 KiB, 37,000 pipelined `GET k` run in one go), so one turn of the loop does a
+bounded amount for one connection. `Work` runs inline or on the server's worker pool, one
+at a time per connection and in order, reading paused meanwhile.
+
+A client that stops reading its replies stops being read (`pause_writing`). Replies that
+cannot be written at once wait in `outgoing`, in order, with reading paused until they are
+written; `Pieces` are produced as the transport drains, at most `_WRITE_PER_ROUND` bytes a
+turn of the loop. What the write buffer and the queue hold is charged to the reply budget
+after each write, when it drains (`resume_writing`) and at each sweep; a connection it does
+not fit is closed, its replies dropped. The sweep (`expire`) closes a connection idle for
+the idle timeout, one whose replies have not drained for as long, and one whose request has
+not arrived within the request timeout of its first byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from kvservice.core.protocol import After, Outcome, Reply, WireProtocol, Work
+from kvservice.reply_budget import ConnectionCharge
+
+if TYPE_CHECKING:
+    from kvservice.core.server import ConnectionServer
+
+_STREAM_HEADROOM = 96 * 1024
+"""What a connection streaming a reply is charged for its write buffer, whatever it holds at
+the moment: up to the transport's high-water mark (64 KiB) and a piece
+(`ConnectionCharge`)."""
+_WRITE_PER_ROUND = 64 * 1024
+"""Bytes of streamed replies written to one connection before the loop serves the others:
+a socket buffer takes megabytes, which would otherwise be produced in one go."""
+
+
+def held_bytes(reply: Reply) -> int:
+    """What a queued reply holds, for the reply budget."""
+    return len(reply) if isinstance(reply, bytes) else reply.held_bytes
+
+
+class Connection(asyncio.BufferedProtocol):
+    """One connection, from its acceptance to its close (see the module docstring)."""
+
+    def __init__(self, server: ConnectionServer, connection_id: int) -> None:
+        self.server = server
+        self._id = connection_id
+        self.protocol: WireProtocol | None = None
+        """The transport's protocol code, once admitted; None for a refused connection."""
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connection
+        self._peer = "?"
+        self._opened = self.last_received = server.clock()
+        self.request_began = self._opened
+        """When the request now arriving began: the read that brought its first byte."""
+        self.stalled_since: float | None = None
+        """When its replies stopped draining (the client stopped reading); None if they drain."""
+        self.running = False
+        """Its `Work` runs on a worker: nothing else of it runs until that is done."""
+        self.finishing = False
+        """Close once every reply (the running work's too) is written."""
+        budget = server.reply_budget
+        self.charge = None if budget is None else ConnectionCharge(budget, _STREAM_HEADROOM)
+        """Its write buffer's and `outgoing`'s share of the reply budget; None: unbounded."""
+        self.outgoing: deque[Reply] = deque()
+        """Replies not yet written: a reply being produced, and those after it."""
+        self.outgoing_bytes = 0
+        self.writing_paused = False
+        self.pumping = False
+        """Whether a turn of the loop is to write more of `outgoing`."""
+        self.backlog = False
+        """The protocol may have more to serve without reading (`After.CONTINUE`): asked
+        again once the replies are written; nothing more is read meanwhile."""
+        self.unfed: list[bytes] = []
+        """Bytes that arrived while its work ran, fed to the protocol once it is done."""
+        self.read_buffer = memoryview(bytearray(server.settings.read_bytes))
+        """Where each read lands (`get_buffer`)."""
+
+    # -- what a transport may know (`ConnectionInfo`) ---------------------------------------
+
+    @property
+    def id(self) -> int:
+        return self._id
+
+    @property
+    def peer(self) -> str:
+        return self._peer
+
+    @property
+    def opened(self) -> float:
+        return self._opened
+
+    @property
+    def stopping(self) -> bool:
+        return self.server.stopping
+
+    # -- asyncio's calls ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        address = transport.get_extra_info("peername")
+        self._peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        if not self.server.admit(self):
+            if not self.server.stopping:
+                transport.write(self.server.transport.refusal)
+            transport.close()
+            return
+        self.protocol = self.server.transport.protocol_for(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self.read_buffer[:nbytes]))
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self.protocol
+        if protocol is None:  # refused: closing
+            return
+        self.last_received = self.server.clock()
+        if self.running:  # reading is paused, but a TLS transport may hand over what it has
+            self.unfed.append(data)
+            return
+        if not protocol.mid_request:
+            self.request_began = self.last_received
+        protocol.received(data)
+        self._serve()
+
+    def eof_received(self) -> bool:
+        return False  # the client is done sending: close once the replies are out
+
+    def pause_writing(self) -> None:
+        self.stalled_since = self.server.clock()
+        self.writing_paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.stalled_since = None
+        self.writing_paused = False
+        if self.outgoing:
+            self.write_more()
+            return
+        self.hold()
+        self._resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._drop_outgoing()
+        if self.charge is not None:
+            self.charge.release()
+        if self.protocol is not None:
+            self.server.leave(self)
+            self.protocol.closed()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # -- running the protocol's steps -----------------------------------------------------------
+
+    def _serve(self) -> None:
+        """Take the protocol's next step: write an `Outcome`, or run `Work` here or on a
+        worker (the execution policy)."""
+        protocol = self.protocol
+        assert protocol is not None
+        step = protocol.next_step()
+        if step is None:
+            return
+        self.request_began = self.last_received  # what follows it arrived with the last read
+        if isinstance(step, Outcome):
+            self._settle(step)
+            return
+        workers = self.server.workers
+        if workers is None:
+            self._settle_inline(step)
+            return
+        self.running = True
+        self.transport.pause_reading()
+        work = asyncio.get_running_loop().run_in_executor(workers, step.run)
+        work.add_done_callback(self._work_done)
+
+    def _settle_inline(self, work: Work) -> None:
+        try:
+            outcome = work.run()
+        except Exception:
+            # A transport turns every error it expects into a reply: this is a bug.
+            self.server.transport.logger.exception("closing %s: its work failed", self.peer)
+            self.transport.abort()
+            return
+        self._settle(outcome)
+
+    def _work_done(self, work: asyncio.Future[Outcome]) -> None:
+        self.running = False
+        if self.transport.is_closing():  # aborted meanwhile (idle sweep, stop): nobody to tell
+            return
+        error = None if work.cancelled() else work.exception()
+        if work.cancelled() or error is not None:
+            self.server.transport.logger.error(
+                "closing %s: its work failed", self.peer, exc_info=error
+            )
+            self.transport.abort()
+            return
+        self._settle(work.result())
+        if self.transport.is_closing():
+            return
+        if self.finishing:
+            self.finish()
+            return
+        if self.unfed:
+            protocol = self.protocol
+            assert protocol is not None
+            for data in self.unfed:
+                protocol.received(data)
+            self.unfed.clear()
+            self.backlog = True  # what completed in them is served after these replies
+            if not self.outgoing:
+                asyncio.get_running_loop().call_soon(self._run_backlog)
+            return
+        self._resume_reading()
+        if not self.outgoing and not self.backlog:
+            self._serve()  # what arrived while the work ran
+
+    def _settle(self, outcome: Outcome) -> None:
+        """Write an outcome's replies; then read on, close once they are written, or serve
+        what is left once they are written (at once, on the loop's next turn, if they went
+        out)."""
+        self.send(outcome.replies)
+        after = outcome.after
+        if after is After.CLOSE:
+            self.finish()
+            return
+        if after is After.READ or self.finishing or self.transport.is_closing():
+            return
+        self.backlog = True
+        self.transport.pause_reading()
+        if not self.outgoing:
+            asyncio.get_running_loop().call_soon(self._run_backlog)
+
+    def _run_backlog(self) -> None:
+        """Serve what an `After.CONTINUE` left in the protocol, then read again."""
+        self.backlog = False
+        if self.running or self.finishing or self.transport.is_closing():
+            return
+        self._serve()
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        """Read again, unless work runs, replies wait to be written, or it is closing."""
+        if not (
+            self.running
+            or self.backlog
+            or self.finishing
+            or self.writing_paused
+            or self.outgoing
+            or self.transport.is_closing()
+        ):
+            self.transport.resume_reading()
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def send(self, replies: list[Reply]) -> None:
+        """Write `replies` after those before them: at once if they are all bytes and
+        nothing waits, else through the queue."""
+        if not replies:
+            return
+        whole = [reply for reply in replies if isinstance(reply, bytes)]
+        if self.outgoing or len(whole) < len(replies):
+            self.queue(replies)
+            return
+        self.transport.write(b"".join(whole))
+        self.hold()
+
+    def queue(self, replies: list[Reply]) -> None:
+        """Write `replies` after those queued, `Pieces` as the client reads; read nothing
+        more until they are all written."""
+        for reply in replies:
+            self.outgoing.append(reply)
+            self.outgoing_bytes += held_bytes(reply)
+        self.transport.pause_reading()
+        self.write_more()
+
+    def write_more(self) -> None:
+        """Write what is queued, until the transport is full or this turn's bytes are
+        written; then charge the budget, and go on next turn, when it drains, or close."""
+        self.pumping = False
+        if self.transport.is_closing():
+            return
+        outgoing = self.outgoing
+        written = 0
+        while outgoing and not self.writing_paused and written < _WRITE_PER_ROUND:
+            following = outgoing[0]
+            piece = following if isinstance(following, bytes) else following.next_piece()
+            if piece is following or piece is None:
+                outgoing.popleft()
+                self.outgoing_bytes -= held_bytes(following)
+                if not isinstance(following, bytes):
+                    following.close()
+            if piece is None:
+                continue
+            self.transport.write(piece)  # may pause writing: the client is not keeping up
+            written += len(piece)
+        self.hold()
+        if outgoing:
+            if not self.writing_paused and not self.pumping and not self.transport.is_closing():
+                self.pumping = True
+                asyncio.get_running_loop().call_soon(self.write_more)
+        elif self.finishing and not self.running:
+            self.transport.close()
+        elif self.backlog:
+            self._run_backlog()
+        else:
+            self._resume_reading()
+
+    def hold(self) -> None:
+        """Charge the budget for what the write buffer and the queue hold now (giving back
+        what was sent); close the connection, dropping its replies, if that does not fit."""
+        charge = self.charge
+        if charge is None or self.transport.is_closing():
+            return
+        buffered = self.transport.get_write_buffer_size()
+        streaming = any(not isinstance(reply, bytes) for reply in self.outgoing)
+        if charge.settle(buffered, streaming=streaming, produced_from=self.outgoing_bytes):
+            return
+        self.server.transport.logger.warning(
+            "%s", charge.refusal(self.peer, buffered + self.outgoing_bytes)
+        )
+        self._drop_outgoing()  # now, not when the loop gets to connection_lost
+        self.transport.abort()
+
+    def _drop_outgoing(self) -> None:
+        while self.outgoing:
+            reply = self.outgoing.popleft()
+            if not isinstance(reply, bytes):
+                reply.close()
+        self.outgoing_bytes = 0
+
+    # -- closing --------------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Read nothing more; close once every reply has been sent (and, with work on a
+        worker, once its replies are written)."""
+        self.finishing = True
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
+            if not self.outgoing and not self.running:
+                self.transport.close()
+
+    def expire(self, now: float) -> None:
+        """Close it if it has been idle for the idle timeout, or its replies have not
+        drained for as long, or a request has been arriving for the request timeout; what it
+        has not read is dropped. A connection whose work runs, or whose replies are still
+        being written, is busy, not idle: reading is paused then."""
+        settings = self.server.settings
+        threshold = now - settings.idle_timeout_s
+        stalled = self.stalled_since is not None and self.stalled_since < threshold
+        busy = self.running or self.backlog or bool(self.outgoing) or self.stalled_since is not None
+        protocol = self.protocol
+        request_timeout = settings.request_timeout_s
+        if (
+            not busy
+            and protocol is not None
+            and request_timeout is not None
+            and protocol.mid_request
+        ):
+            if self.request_began < now - request_timeout and not self.transport.is_closing():
+                self.server.transport.logger.debug(
+                    "closing %s: no complete request within %g s", self.peer, request_timeout
+                )
+                self.send([protocol.timed_out()])
+                self.finish()
+            return
+        if stalled or (not busy and self.last_received < threshold):
+            self.server.transport.logger.debug(
+                "closing %s: idle for %g s", self.peer, settings.idle_timeout_s
+            )
+            self.transport.abort()
+        elif self.charge is not None and self.charge.bytes:
+            self.hold()  # what it read since gives its charge back

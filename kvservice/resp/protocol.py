@@ -1,0 +1,265 @@
+"""The RESP transport's protocol code on the connection core (`kvservice.core`): what a RESP
+connection does with the bytes it receives, and nothing about sockets, threads or timeouts.
+
+Each read is fed to the connection's `codec.CommandParser`; the complete commands in it are
+run in batches (`Work`, inline or on a worker as the core's execution policy says) whose
+replies are written together, so a client that pipelines gets one write back, not one per
+command. A batch stops at `_BATCH_COMMANDS` commands, once its replies reach
+`_BATCH_REPLY_BYTES`, or when the server stops; the rest wait until those replies are
+written (`After.CONTINUE`), so a client that does not read holds one batch's replies. No
+coroutine runs per command: the streams API's awaits cost more than a GET. A long array
+reply (a long HISTORY) is encoded a piece at a time as the client reads it (`_ReplyStream`).
+The access log has a line per connection at INFO and one per command at DEBUG (a line costs
+more than the command it describes). Malformed input is answered with `-ERR Protocol error:
+...` and the connection is closed (`After.CLOSE`), as after QUIT.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+
+from kvservice.auth import Access
+from kvservice.core import After, ConnectionInfo, Outcome, Reply, Step, Work
+from kvservice.reply_budget import estimated_size
+from kvservice.resp.codec import (
+    CRLF,
+    CommandParser,
+    Error,
+    ProtocolError,
+    RequestLimits,
+    encode,
+    printable,
+)
+from kvservice.resp.codec import Reply as RespReply
+from kvservice.resp.commands import ServerState, Session, execute
+from kvservice.store import Store
+
+logger = logging.getLogger("kvservice.resp")
+access_logger = logging.getLogger("kvservice.access")
+
+_STREAM_AFTER_ITEMS = 256
+"""An array reply longer than this is encoded a piece at a time, as the client reads it."""
+_PIECE_BYTES = 16 * 1024
+"""About how much of a streamed reply is encoded at a time."""
+_BATCH_COMMANDS = 1024
+"""The most commands one batch runs before the loop has the connection back: a stop, the
+reply budget and the other connections get their turn between batches."""
+_BATCH_REPLY_BYTES = 64 * 1024
+"""A batch stops once its replies hold this much; the commands after them wait in the parser
+(reading paused) until those replies are written, so one read of many large-reply commands
+cannot pin more than about this, whatever the reply budget says afterwards: 16 KiB of
+pipelined `GET k` is 2,300 commands and 2.3 MB of replies."""
+_MAX_CLIENTS = encode(Error("ERR", "max number of clients reached"))
+
+
+class RespTransport:
+    """The RESP transport as the core sees it (`core.Transport`): the store, the figures
+    every connection shares, and what each command needs to know."""
+
+    name = "RESP"
+    logger = logger
+    refusal = _MAX_CLIENTS
+    in_the_clear = b""  # RESP in the clear is closed without a word, as Redis does
+
+    def __init__(self, store: Store, state: ServerState, limits: RequestLimits) -> None:
+        self.store = store
+        self.state = state
+        self.limits = limits
+
+    def protocol_for(self, connection: ConnectionInfo) -> RespProtocol:
+        return RespProtocol(self, connection)
+
+    def answer(self, arguments: list[bytes], session: Session, peer: str) -> bytes | _ReplyStream:
+        """Run one command; its reply, encoded for the session's protocol, or, for a long
+        array (a long HISTORY), to be encoded as it is sent."""
+        state = self.state
+        with state.lock:  # counted before it runs, so an INFO counts itself, as before
+            state.total_commands_processed += 1
+        logged = access_logger.isEnabledFor(logging.DEBUG)
+        started = time.perf_counter() if logged else 0.0
+        data: bytes | _ReplyStream
+        try:
+            reply = execute(self.store, session, arguments)
+            if isinstance(reply, list) and len(reply) > _STREAM_AFTER_ITEMS:
+                data = _ReplyStream(reply, session.protocol, self.store.copies_on_read)
+            else:
+                data = encode(reply, session.protocol)
+        except Exception:
+            logger.exception("unexpected error running %s", _summary(arguments))
+            data = encode(Error("ERR", "The server failed to answer; it logged why."))
+        if logged:
+            shown = data.head if isinstance(data, _ReplyStream) else data
+            access_logger.debug(
+                '%s "%s" %s %s %.1fms',
+                peer,
+                _summary(arguments),
+                shown.split(b" ", 1)[0].split(CRLF, 1)[0][:16].decode("ascii", "replace"),
+                "streamed" if isinstance(data, _ReplyStream) else len(data),
+                (time.perf_counter() - started) * 1000,
+            )
+        return data
+
+
+class RespProtocol:
+    """One RESP connection's protocol code (`core.WireProtocol`): its parser, its session
+    (AUTH, HELLO, SELECT-like state), and its counts for the access log."""
+
+    def __init__(self, transport: RespTransport, connection: ConnectionInfo) -> None:
+        self.transport = transport
+        self.connection = connection
+        self.session = Session(connection.id, transport.state)
+        self.parser = CommandParser(
+            transport.limits, authenticated=self.session.access > Access.NONE
+        )
+        self.commands = 0
+        self.errors = 0
+
+    mid_request = False
+    """RESP has no request timeout: a command trickled in is idle between its bytes."""
+
+    def received(self, data: bytes) -> None:
+        self.parser.feed(data)
+
+    def next_step(self) -> Step | None:
+        """The first complete command as a batch to run, or a protocol error to answer.
+
+        Commands are parsed one at a time as they are run, because AUTH lifts the bounds
+        before AUTH for the commands after it in the same read. The first one is parsed
+        here, on the loop (an incomplete read costs no hand-off to a worker), the rest where
+        the batch runs."""
+        try:
+            first = self._next_command()
+        except ProtocolError as error:
+            return self._outcome([], error, cut=False)
+        if first is None:
+            return None
+        return Work(functools.partial(self._run_from, first))
+
+    def timed_out(self) -> bytes:
+        return b""
+
+    def closed(self) -> None:
+        access_logger.info(
+            "%s closed: %d command%s in %.1f s%s%s",
+            self.connection.peer,
+            self.commands,
+            "" if self.commands == 1 else "s",
+            time.monotonic() - self.connection.opened,
+            ", after a protocol error" if self.errors else "",
+            # The name of the token AUTH accepted, never the token.
+            f" token={self.session.user}" if self.session.grant is not None else "",
+        )
+
+    def _next_command(self) -> list[bytes] | None:
+        """The next complete command buffered (empty ones skipped), or None."""
+        while (arguments := self.parser.next_command()) is not None:
+            if arguments:
+                return arguments
+        return None
+
+    def _run_from(self, first: list[bytes]) -> Outcome:
+        """Run `first`, then the commands complete after it, in order, until none is left,
+        QUIT, a protocol error, the server stopping, or the batch's bounds
+        (_BATCH_COMMANDS, _BATCH_REPLY_BYTES)."""
+        replies: list[Reply] = []
+        held = 0
+        arguments: list[bytes] | None = first
+        try:
+            while arguments is not None:
+                reply = self.transport.answer(arguments, self.session, self.connection.peer)
+                replies.append(reply)
+                held += len(reply) if isinstance(reply, bytes) else reply.held_bytes
+                # AUTH lifts the bounds before AUTH for the commands after it.
+                self.parser.authenticated = self.session.access > Access.NONE
+                if self.session.closing:
+                    break
+                if (
+                    self.connection.stopping
+                    or len(replies) >= _BATCH_COMMANDS
+                    or held >= _BATCH_REPLY_BYTES
+                ):
+                    return self._outcome(replies, None, cut=True)
+                arguments = self._next_command()
+        except ProtocolError as error:
+            return self._outcome(replies, error, cut=False)
+        return self._outcome(replies, None, cut=False)
+
+    def _outcome(self, replies: list[Reply], error: ProtocolError | None, cut: bool) -> Outcome:
+        """A batch's replies (and the protocol error after them); closing after QUIT or a
+        protocol error, serving what is left once they are written if the batch was cut."""
+        self.commands += len(replies)
+        if error is not None and not self.session.closing:
+            logger.info("closing %s: protocol error: %s", self.connection.peer, error)
+            replies.append(encode(Error("ERR", f"Protocol error: {error}")))
+            self.errors += 1
+        if error is not None or self.session.closing:
+            return Outcome(replies, After.CLOSE)
+        return Outcome(replies, After.CONTINUE if cut else After.READ)
+
+
+class _ReplyStream:
+    """An array reply encoded a piece at a time (`core.Pieces`). It holds the reply's items
+    meanwhile (a copy from Redis, or a snapshot that keeps the memory store's bytes alive
+    past an overwrite): `held_bytes`, what the reply budget is charged, is what they take in
+    memory besides what the store holds anyway."""
+
+    def __init__(self, items: list[RespReply], protocol: int, copies: bool) -> None:
+        """`copies`: the values in `items` were made for this reply (`Store.copies_on_read`),
+        so they are charged too; else they are the store's own, which it holds anyway."""
+        self.items = items
+        self.protocol = protocol
+        self.head = b"*%d\r\n" % len(items)
+        self.position = -1
+        self.held_bytes = estimated_size(
+            items, functools.partial(_size_in_memory, with_values=copies)
+        )
+
+    def next_piece(self) -> bytes | None:
+        """The next piece of the encoded reply; None after the last."""
+        if self.position < 0:
+            self.position = 0
+            return self.head
+        items, protocol, position = self.items, self.protocol, self.position
+        if position >= len(items):
+            return None
+        piece: list[bytes] = []
+        size = 0
+        while position < len(items) and size < _PIECE_BYTES:
+            encoded = encode(items[position], protocol)
+            piece.append(encoded)
+            size += len(encoded)
+            position += 1
+        self.position = position
+        return b"".join(piece)
+
+    def close(self) -> None:
+        self.items = []  # the snapshot goes as soon as it is sent or dropped
+
+
+def _size_in_memory(reply: RespReply, *, with_values: bool = True) -> int:
+    """What a reply's objects take, nested arrays included; without `with_values`, only
+    what was made for the client besides the store's own values (bytes and strings): its
+    arrays and numbers (the commands layer builds `[timestamp, value]` per HISTORY entry)."""
+    if isinstance(reply, list):
+        return sys.getsizeof(reply) + sum(
+            _size_in_memory(item, with_values=with_values) for item in reply
+        )
+    if not with_values and isinstance(reply, bytes | str):
+        return 0
+    return sys.getsizeof(reply)
+
+
+_SECRET_ARGUMENTS = frozenset({"AUTH"})
+"""Commands whose arguments the log leaves out: AUTH's first one may be the token."""
+
+
+def _summary(arguments: list[bytes]) -> str:
+    """The command and its first argument (the key, usually) for the log; never a value or
+    a token."""
+    name = printable(arguments[0]).upper()
+    if len(arguments) < 2 or name in _SECRET_ARGUMENTS:
+        return name
+    return f"{name} {printable(arguments[1])}"
