@@ -2,8 +2,9 @@
 asked, and passes on unchanged what a backend says of itself.
 
 The contract suite (test_contract.py) runs every backend behind the service; here its
-invalid-input cases run against a `DelegatingStore`, which writes down every call it is
-given, to show that none of them reaches a backend: a backend implements primitives only.
+invalid-input cases run against a `DelegatingStore` (test_store_port.py), which writes down
+every call it is given, to show that none of them reaches a backend: a backend implements
+primitives only.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from kvservice.store.memory import MemoryStore
 from kvservice.store.redis import RedisStore
 from kvservice.store.service import StoreService
 from tests.kvservice.store.conftest import WINDOW_MS
+from tests.kvservice.test_store_port import DelegatingStore
 from tests.support.clock import FakeClock
 from tests.support.processes import free_port
-from tests.support.stores import DelegatingStore
 
 
 def test_the_contracts_invalid_keys_and_listings_never_reach_the_backend() -> None:
