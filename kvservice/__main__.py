@@ -1,4 +1,5 @@
-"""The composition root: config -> store backend -> every enabled transport's server -> run.
+"""The composition root: config -> store backend, wrapped in the store service -> every
+enabled transport's server -> run.
 
 `kvservice backup --data-dir DIR FILE` is the one subcommand: an online backup of the
 durable store's directory (`kvservice.store.durable.backup`).
@@ -19,7 +20,6 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from kvservice.auth import TokenFileError, Tokens
@@ -32,8 +32,9 @@ from kvservice.lifecycle import Runnable, configure_logging, run_until_signalled
 from kvservice.metrics import Metrics
 from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.server import RespServer, RespSettings
-from kvservice.store import Store, StoreMisconfigured, StoreUnavailable
+from kvservice.store import Closable, Store, StoreMisconfigured, StoreUnavailable
 from kvservice.store.memory import MemoryStore
+from kvservice.store.service import StoreService
 from kvservice.tls import TLSSetupError, server_context
 
 logger = logging.getLogger("kvservice")
@@ -101,6 +102,12 @@ STORES: dict[str, Callable[[Config], Store]] = {
 
 
 def build_store(config: Config) -> Store:
+    """The store every transport serves: the backend --store (and --data-dir) names, behind
+    the service that validates what clients ask (`StoreService`)."""
+    return StoreService(build_backend(config))
+
+
+def build_backend(config: Config) -> Store:
     """The backend --store (and --data-dir) names; raises StartupError for one that is not
     known, or --data-dir beside a store that keeps its data elsewhere."""
     scheme = "memory" if config.store == "memory" else urlsplit(config.store).scheme
@@ -280,13 +287,6 @@ TRANSPORTS: dict[str, Transport] = {
     "resp": resp_transport,
 }
 """Every transport by name; each serves the same store."""
-
-
-@runtime_checkable
-class Closable(Protocol):
-    """A store with something to finish before the process exits (a journal, connections)."""
-
-    def close(self) -> None: ...
 
 
 def backup(argv: Sequence[str]) -> int:

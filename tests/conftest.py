@@ -14,6 +14,7 @@ from kvservice.http.app import create_app
 from kvservice.http.server import Server, ServerSettings
 from kvservice.store import Store
 from kvservice.store.memory import MemoryStore
+from kvservice.store.service import StoreService
 from tests.support.certificates import Certificates, make_certificates
 from tests.support.redis_servers import (
     RedisClusterProcesses,
@@ -38,14 +39,15 @@ def background_stops() -> Iterator[list[threading.Thread]]:
 
 @pytest.fixture
 def start_kv(background_stops: list[threading.Thread]) -> Iterator[StartKV]:
-    """Start kvservice servers on a given store, or a MemoryStore with these options, and
-    custom ServerSettings; returns the base URL."""
+    """Start kvservice servers on a given store, or a MemoryStore with these options, behind
+    the store service as kvservice serves it, and custom ServerSettings; returns the base
+    URL."""
     servers: list[Server] = []
 
     def start(
         *, store: Store | None = None, settings: ServerSettings | None = None, **store_options: Any
     ) -> str:
-        store = store or MemoryStore(**store_options)
+        store = StoreService(store or MemoryStore(**store_options))
         # As kvservice runs it: where requests are served is the execution policy's.
         inline = execution_for(store) is Execution.INLINE
         default = http_settings(threads=8, socket_timeout_s=2.0, serve_inline=inline)

@@ -2,14 +2,16 @@
 
 Transports depend on this module alone, never on a backend's class: a backend is any object
 with these methods and attributes (`mypy --strict` checks the adapters against the Protocol,
-and a test passes them a backend that inherits from nothing). The backends live beside it:
-`memory.py` (the default), `durable/` (the memory store kept on local disk: its journal and
-file layer) and `redis/` (Redis or Redis Cluster: scripts, connections, the store).
+and a test passes them a backend that inherits from nothing). Transports are given the
+service (`service.py`: `StoreService`, the Store that validates every argument and words the
+client's errors once) wrapped around one backend. The backends live beside it: `memory.py`
+(the default), `durable/` (the memory store kept on local disk: its journal and file layer)
+and `redis/` (Redis or Redis Cluster: scripts, connections, the store).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from kvservice.store.model import (
     DEFAULT_PAGE_KEYS,
@@ -46,6 +48,7 @@ __all__ = [
     "MAX_PAGE_KEYS",
     "NO_CONDITION",
     "Clock",
+    "Closable",
     "HistoryEntry",
     "InvalidKey",
     "KeyExists",
@@ -72,9 +75,14 @@ __all__ = [
 class Store(Protocol):
     """A key-value store with a write history per key; every method is atomic.
 
-    Methods validate their key first (InvalidKey). Errors are StoreError subclasses whose
-    message is safe to show a client; anything else is a bug. A store that `may_be_unavailable`
-    raises StoreUnavailable from any method when its service cannot be reached.
+    What a client chose is validated once, by `StoreService` (`service.py`), which is what
+    transports are given: it raises InvalidKey for a key, prefix or `after` no key can be and
+    ValueTooLarge for a value over `max_value_bytes`, before the backend is called. A backend
+    may assume valid input: keys of 1-255 [A-Za-z0-9], prefixes that could begin one, values
+    within its `max_value_bytes`, 1 <= `limit` <= MAX_PAGE_KEYS. Errors are StoreError
+    subclasses whose message is safe to show a client; anything else is a bug. A store that
+    `may_be_unavailable` raises StoreUnavailable from any method when its service cannot be
+    reached.
     """
 
     @property
@@ -154,3 +162,10 @@ class Store(Protocol):
         Deletes are never refused for lack of memory: they are how a full store gets room back.
         """
         ...
+
+
+@runtime_checkable
+class Closable(Protocol):
+    """A store with something to finish before the process exits (a journal, connections)."""
+
+    def close(self) -> None: ...

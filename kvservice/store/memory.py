@@ -34,9 +34,6 @@ from kvservice.store.model import (
     StoreStats,
     Value,
     system_clock_ms,
-    too_large,
-    validate_key,
-    validate_prefix,
 )
 from kvservice.store.sorted_keys import SortedKeys
 
@@ -117,7 +114,6 @@ class MemoryStore:
 
     def get(self, key: str) -> Value:
         """The key's current value; raises KeyNotFound."""
-        validate_key(key)
         with self._lock:
             record = self._records.get(key)
             if record is None or record.value is None:
@@ -126,7 +122,6 @@ class MemoryStore:
 
     def history(self, key: str) -> list[HistoryEntry]:
         """Every write to the key inside the history window, newest first; [] if none."""
-        validate_key(key)
         with self._lock:
             self._prune(self._now_ms())
             record = self._records.get(key)
@@ -136,12 +131,7 @@ class MemoryStore:
         self, prefix: str = "", after: str | None = None, limit: int = DEFAULT_PAGE_KEYS
     ) -> KeyPage:
         """Up to `limit` keys holding a value that start with `prefix`, in lexicographic
-        order, strictly after `after`; raises InvalidKey for a prefix or `after` no key has."""
-        validate_prefix(prefix)
-        if after is not None:
-            validate_key(after)
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, not {limit}")
+        order, strictly after `after`."""
         with self._lock:
             # One more than asked for tells whether another page follows.
             found = list(
@@ -173,7 +163,7 @@ class MemoryStore:
         content_type: str | None = None,
         precondition: Precondition = NO_CONDITION,
     ) -> Value:
-        """Set the key's value; raises PreconditionFailed, ValueTooLarge, StoreFull."""
+        """Set the key's value; raises PreconditionFailed, StoreFull."""
         return self._write(key, data, content_type, precondition, create_only=False)
 
     def create(
@@ -191,7 +181,6 @@ class MemoryStore:
 
         Deletes are never refused for lack of memory: they are how a full store gets room back.
         """
-        validate_key(key)
         with self._lock:
             now_ms = self._now_ms()
             self._prune(now_ms)
@@ -214,9 +203,6 @@ class MemoryStore:
         *,
         create_only: bool,
     ) -> Value:
-        validate_key(key)
-        if len(data) > self.max_value_bytes:
-            raise too_large(len(data), self.max_value_bytes)
         with self._lock:
             now_ms = self._now_ms()
             self._prune(now_ms)

@@ -33,6 +33,7 @@ from kvservice.store import (
     validate_key,
 )
 from kvservice.store.memory import MemoryStore
+from kvservice.store.service import StoreService
 from tests.support.clock import FakeClock
 from tests.support.processes import free_port, start_service
 from tests.support.rawresp import RespConnection, command, running_resp
@@ -661,7 +662,9 @@ def test_invalid_keys_get_the_stores_message(
 def test_a_value_over_the_limit_gets_the_stores_message_and_the_connection_stays(
     conn: RespConnection,
 ) -> None:
-    expected = store_message(ValueTooLarge, lambda: MemoryStore().put("k", b"x" * 1025))
+    expected = store_message(
+        ValueTooLarge, lambda: StoreService(MemoryStore()).put("k", b"x" * 1025)
+    )
 
     assert conn.ask("SET", "big", "x" * 1024) == OK
     assert conn.ask("SET", "big", "x" * 1025) == error_line(expected, "TOOLARGE")

@@ -22,6 +22,7 @@ from kvservice.http.server import Server
 from kvservice.resp.server import RespServer
 from kvservice.store import Store
 from kvservice.store.memory import MemoryStore
+from kvservice.store.service import StoreService
 from tests.support.rawresp import RespConnection, running_resp
 from tests.support.servers import http_settings
 
@@ -37,7 +38,7 @@ class BothTransports:
 
 @pytest.fixture
 def both(background_stops: list[threading.Thread]) -> Iterator[BothTransports]:
-    store = MemoryStore(max_bytes=64 * 1024)
+    store = StoreService(MemoryStore(max_bytes=64 * 1024))
     http = Server(create_app(store), http_settings(threads=4, socket_timeout_s=2.0))
     http.start()
     try:

@@ -35,10 +35,10 @@ BACKEND_MODULES = ("kvservice.store.memory", "kvservice.store.sorted_keys", "kvs
 
 class DelegatingStore:
     """A backend of its own class, not a MemoryStore subclass: it counts calls and passes
-    them on to a MemoryStore it holds."""
+    them on to a MemoryStore it holds (a fresh one unless given)."""
 
-    def __init__(self) -> None:
-        self._inner = MemoryStore()
+    def __init__(self, inner: MemoryStore | None = None) -> None:
+        self._inner = MemoryStore() if inner is None else inner
         self.calls: list[str] = []
 
     @property

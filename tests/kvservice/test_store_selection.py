@@ -1,7 +1,8 @@
 """--store picks the backend at start: memory by default, Redis by URL; a Redis that would
 evict stops the process with exit 2, saying why; an unreachable one is served as 503 until it
 answers; an unknown kind is a usage error; --data-dir makes the memory store durable and goes
-with no other. Real processes, real redis-server."""
+with no other; whichever it is, transports get it behind the service, which judges input.
+Real processes, real redis-server."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import requests
 
 from kvservice.__main__ import StartupError, build_store
 from kvservice.config import load_config
+from kvservice.store import Closable, InvalidKey, ValueTooLarge
 from tests.support.processes import REPO_ROOT, environment_without, free_port, running_service
 from tests.support.redis_servers import RedisProcess, running_redis
 
@@ -95,3 +97,21 @@ def test_data_dir_beside_redis_is_refused_before_any_file_is_made(tmp_path: Path
     with pytest.raises(StartupError, match="give one or the other"):
         build_store(config)
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("arguments", [[], ["--data-dir", "data"]], ids=["memory", "durable"])
+def test_the_store_transports_get_judges_input_before_the_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arguments: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = build_store(load_config([*arguments, "--max-value-bytes", "4"], environ={}))
+    try:
+        with pytest.raises(InvalidKey, match="prefix has the character '-' at position 1"):
+            store.keys(prefix="a-b")
+        with pytest.raises(ValueTooLarge, match="5 bytes; the limit is 4"):
+            store.put("k", b"12345")
+        assert store.keys().keys == [], "nothing reached the backend"
+        assert (store.stats().persistence is not None) is bool(arguments)
+    finally:
+        if isinstance(store, Closable):  # the durable backend's journal
+            store.close()

@@ -18,6 +18,7 @@ from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.server import RespServer
 from kvservice.store import Store
 from kvservice.store.memory import MemoryStore
+from kvservice.store.service import StoreService
 from tests.support.servers import resp_test_settings
 
 
@@ -87,12 +88,13 @@ def running_resp(
     reply_budget: ReplyBudget | None = None,
     **settings: Any,
 ) -> Iterator[RespServer]:
-    """A RespServer over `store` (a fresh one by default) on a free 127.0.0.1 port, asking
+    """A RespServer over `store` (a fresh one by default), behind the store service as
+    kvservice serves it, on a free 127.0.0.1 port, asking
     clients for one of `tokens` if given, speaking TLS with `tls` if given, running commands
     where `execution` says (WORKERS: as for a store that may block), charging unsent replies
     to `reply_budget` if given."""
     server = RespServer(
-        store or MemoryStore(),
+        StoreService(store or MemoryStore()),
         resp_test_settings(**settings),
         tokens=tokens,
         tls=tls,

@@ -13,6 +13,7 @@ from kvservice.http.server import ServerSettings
 from kvservice.metrics import Metrics
 from kvservice.resp.server import RespSettings
 from kvservice.store import Store
+from kvservice.store.service import StoreService
 
 
 def http_settings(*, serve_inline: bool = False, **config: Any) -> ServerSettings:
@@ -28,5 +29,7 @@ def resp_test_settings(**overrides: Any) -> RespSettings:
 
 
 def kv_app_with_metrics(store: Store) -> Any:
-    """kvservice's app over `store` as the service serves it by default: with /_metrics."""
-    return create_app(store, metrics_page=Metrics(store).render)
+    """kvservice's app over `store` as the service serves it by default: behind the store
+    service, with /_metrics."""
+    served = StoreService(store)
+    return create_app(served, metrics_page=Metrics(served).render)

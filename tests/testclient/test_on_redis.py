@@ -11,6 +11,7 @@ import pytest
 from kvservice.http.app import create_app
 from kvservice.http.server import Server
 from kvservice.store.redis import RedisStore
+from kvservice.store.service import StoreService
 from testclient.checks import CHECKS, Verdict
 from testclient.clients import HTTPKVClient, RespKVClient
 from tests.support.rawresp import running_resp
@@ -29,7 +30,7 @@ class OnRedis:
 @pytest.fixture(scope="module")
 def on_redis(redis_server: RedisProcess) -> Iterator[OnRedis]:
     redis_server.flush()
-    store = RedisStore.from_url(redis_server.url, connections=32, timeout_s=5.0)
+    store = StoreService(RedisStore.from_url(redis_server.url, connections=32, timeout_s=5.0))
     http = Server(create_app(store), http_settings(threads=16, socket_timeout_s=2.0))
     http.start()
     with running_resp(store) as resp:

@@ -30,9 +30,6 @@ from kvservice.store.model import (
     StoreStats,
     StoreUnavailable,
     Value,
-    too_large,
-    validate_key,
-    validate_prefix,
 )
 from kvservice.store.redis.connection import LOOKUP, BoundedLookup, Server, Topology, topology
 from kvservice.store.redis.scripts import (
@@ -179,7 +176,6 @@ class RedisStore:
 
     def get(self, key: str) -> Value:
         """The key's current value; raises KeyNotFound."""
-        validate_key(key)
         self._ensure_checked()
         redis_key = value_key(key)
         data, content_type, etag = self._execute(
@@ -196,7 +192,6 @@ class RedisStore:
 
     def history(self, key: str) -> list[HistoryEntry]:
         """Every write to the key inside the history window, newest first; [] if none."""
-        validate_key(key)
         self._ensure_checked()
         entries = self._script(
             HISTORY, key, [history_key(key)], [self.history_window_ms, self._clock_arg()], False
@@ -208,11 +203,6 @@ class RedisStore:
     ) -> KeyPage:
         """Up to `limit` keys holding a value that start with `prefix`, in lexicographic
         order, strictly after `after`. A single Redis reads its index; a cluster is scanned."""
-        validate_prefix(prefix)
-        if after is not None:
-            validate_key(after)
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, not {limit}")
         self._ensure_checked()
         if self._topology.cluster:
             found = sorted(
@@ -243,7 +233,7 @@ class RedisStore:
         content_type: str | None = None,
         precondition: Precondition = NO_CONDITION,
     ) -> Value:
-        """Set the key's value; raises PreconditionFailed, ValueTooLarge, StoreFull."""
+        """Set the key's value; raises PreconditionFailed, StoreFull."""
         return self._write(key, data, content_type, precondition, create_only=False)
 
     def create(
@@ -261,7 +251,6 @@ class RedisStore:
 
         Deletes are allowed when Redis is at maxmemory: they are how a full store gets room back.
         """
-        validate_key(key)
         self._ensure_checked()
         arguments = [
             key,
@@ -286,9 +275,6 @@ class RedisStore:
         *,
         create_only: bool,
     ) -> Value:
-        validate_key(key)
-        if len(data) > self.max_value_bytes:
-            raise too_large(len(data), self.max_value_bytes)
         self._ensure_checked()
         etag = secrets.token_hex(8)
         arguments = [

@@ -3,8 +3,10 @@
 A backend is a `StoreFactory`: keyword settings in, a fresh, empty store out. `budget_bytes`
 asks for a store that refuses writes (StoreFull) once it holds about that much more; each
 backend maps it onto its own budget (the memory backend's max_bytes, Redis's maxmemory, on
-each node of a cluster). The Redis backends run on real servers, started once per session;
-the durable backend on a directory of the test's own.
+each node of a cluster). The contract suite gets every backend as transports do: behind the
+service (`StoreService`), which judges the client's input before a backend sees it
+(test_service.py shows that invalid input never reaches one). The Redis backends run on
+real servers, started once per session; the durable backend on a directory of the test's own.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from kvservice.store import Clock, Store
 from kvservice.store.durable import DurableStore
 from kvservice.store.memory import MemoryStore
 from kvservice.store.redis import RedisStore
+from kvservice.store.service import StoreService
 from tests.support.clock import FakeClock
 from tests.support.redis_servers import RedisClusterProcesses, RedisProcess
 
@@ -126,8 +129,31 @@ BACKENDS: dict[str, Callable[[pytest.FixtureRequest], StoreFactory]] = {
 
 @pytest.fixture(params=list(BACKENDS))
 def make_store(request: pytest.FixtureRequest) -> StoreFactory:
-    """Each backend's factory in turn: every test that uses it runs once per backend."""
-    return BACKENDS[request.param](request)
+    """Each backend's factory in turn, behind the service: every test that uses it runs once
+    per backend."""
+    return served(BACKENDS[request.param](request))
+
+
+def served(make_backend: StoreFactory) -> StoreFactory:
+    """`make_backend`'s stores behind the service, as the composition root serves them."""
+
+    def make(
+        *,
+        clock: Clock,
+        history_window_ms: int = WINDOW_MS,
+        max_value_bytes: int = 1024,
+        budget_bytes: int | None = None,
+    ) -> Store:
+        return StoreService(
+            make_backend(
+                clock=clock,
+                history_window_ms=history_window_ms,
+                max_value_bytes=max_value_bytes,
+                budget_bytes=budget_bytes,
+            )
+        )
+
+    return make
 
 
 @pytest.fixture

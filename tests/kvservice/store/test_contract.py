@@ -401,15 +401,16 @@ def test_prefix_and_after_together(store: Store) -> None:
     assert store.keys(prefix="b", after="c") == KeyPage([], None), "after past the prefix"
 
 
-@pytest.mark.parametrize(
-    ("prefix", "after", "reason"),
-    [
-        ("a-b", None, "prefix has the character '-' at position 1"),
-        ("x" * 256, None, "prefix is 256 characters long"),
-        ("", "", "key is empty"),
-        ("", "a b", "' ' at position 1"),
-    ],
-)
+UNLISTABLE = [
+    ("a-b", None, "prefix has the character '-' at position 1"),
+    ("x" * 256, None, "prefix is 256 characters long"),
+    ("", "", "key is empty"),
+    ("", "a b", "' ' at position 1"),
+]
+"""A prefix or an `after` no key can have, and what the refusal says."""
+
+
+@pytest.mark.parametrize(("prefix", "after", "reason"), UNLISTABLE)
 def test_a_prefix_or_after_no_key_can_have_is_refused(
     store: Store, prefix: str, after: str | None, reason: str
 ) -> None:
