@@ -13,10 +13,10 @@ from typing import Protocol
 
 from kvservice.store.model import (
     DEFAULT_PAGE_KEYS,
+    KEEP_EXPIRY,
     MATCH_ANY,
     MAX_KEY_LENGTH,
     MAX_PAGE_KEYS,
-    KEEP_EXPIRY,
     NO_CONDITION,
     NO_EXPIRY,
     Clock,
@@ -46,10 +46,10 @@ from kvservice.store.model import (
 
 __all__ = [
     "DEFAULT_PAGE_KEYS",
+    "KEEP_EXPIRY",
     "MATCH_ANY",
     "MAX_KEY_LENGTH",
     "MAX_PAGE_KEYS",
-    "KEEP_EXPIRY",
     "NO_CONDITION",
     "NO_EXPIRY",
     "Clock",
