@@ -31,6 +31,7 @@ import itertools
 import secrets
 import threading
 from collections import deque
+from collections.abc import Callable
 
 from kvservice.store.model import (
     DEFAULT_PAGE_KEYS,
@@ -62,6 +63,12 @@ from kvservice.store.sorted_keys import SortedItems, SortedKeys
 # close to real memory even when values are tiny.
 KEY_OVERHEAD_BYTES = 250
 ENTRY_OVERHEAD_BYTES = 100
+
+ChangeListener = Callable[[str, HistoryEntry | None, Value | None], None]
+"""Told of each change to a key, under the store's lock and in the order they happen: the
+history entry it recorded (None for a new deadline, which records none) and the key's value
+after it (None: it has none). A client's writes, deletes and deadlines, and every expiry,
+whoever noticed it; never what `restore_value` and `restore_history` rebuild."""
 
 
 class _Record:
@@ -100,6 +107,7 @@ class MemoryStore:
         max_bytes: int = 256 * 1024 * 1024,
         max_value_bytes: int = 1024,
         clock: Clock = system_clock_ms,
+        on_change: ChangeListener | None = None,
     ) -> None:
         if history_window_ms <= 0 or max_bytes <= 0 or max_value_bytes < 0:
             raise ValueError("history_window_ms and max_bytes must be positive")
@@ -107,6 +115,7 @@ class MemoryStore:
         self.max_bytes = max_bytes
         self.max_value_bytes = max_value_bytes
         self._clock = clock
+        self._on_change = on_change
         self._lock = threading.Lock()
         self._records: dict[str, _Record] = {}
         self._keys_with_values = SortedKeys()
@@ -255,6 +264,7 @@ class MemoryStore:
                 return ExpiryChange(True, None)
             value = dataclasses.replace(current, expires_at_ms=deadline_ms)
             self._set_value(record, value)
+            self._changed(record, None, value)
             return ExpiryChange(True, value)
 
     def sweep_expired(self, limit: int) -> int:
@@ -291,7 +301,7 @@ class MemoryStore:
             if not precondition.holds_for(current.etag):
                 raise PreconditionFailed.of(key)
             self._set_value(record, None)
-            self._append_history(record, HistoryEntry(None, now_ms))
+            self._record(record, HistoryEntry(None, now_ms))
 
     def _write(
         self,
@@ -333,19 +343,13 @@ class MemoryStore:
                 record = self._records[key] = _Record(key)
                 self._used_bytes += KEY_OVERHEAD_BYTES + len(key)
             self._set_value(record, value)
-            self._append_history(record, HistoryEntry(data, now_ms))
+            self._record(record, HistoryEntry(data, now_ms))
             if deadline_ms is not None and deadline_ms <= now_ms:
                 self._expire(record, now_ms)
             return value
 
     # -- for a backend that keeps this store's state elsewhere (kvservice.store.durable) -----
-
-    def newest_entry(self, key: str) -> HistoryEntry | None:
-        """The key's newest history entry (its last write and the timestamp it got), or None;
-        O(1), unlike `history`, and without pruning."""
-        with self._lock:
-            record = self._records.get(key)
-            return record.history[-1] if record and len(record.history) > record.first else None
+    # It learns of changes through `on_change`, and rebuilds the state with these two.
 
     def restore_value(self, key: str, value: Value) -> None:
         """Set the key's value as it was recorded (its ETag included), with no history entry
@@ -396,7 +400,7 @@ class MemoryStore:
     def _expire(self, record: _Record, at_ms: int) -> None:
         """Remove the record's value as an expiry stamped `at_ms`, returning its bytes."""
         self._set_value(record, None)
-        self._append_history(record, HistoryEntry(None, at_ms, expired=True))
+        self._record(record, HistoryEntry(None, at_ms, expired=True))
 
     def _set_value(self, record: _Record, value: Value | None) -> None:
         """Replace the record's value, keeping the budget, the listing and the deadlines in
@@ -415,6 +419,15 @@ class MemoryStore:
         elif old is not None and value is None:
             self._keys_with_values.discard(record.key)
         record.value = value
+
+    def _record(self, record: _Record, entry: HistoryEntry) -> None:
+        """Append a change's entry to the key's history, and tell the listener."""
+        self._append_history(record, entry)
+        self._changed(record, entry, record.value)
+
+    def _changed(self, record: _Record, entry: HistoryEntry | None, value: Value | None) -> None:
+        if self._on_change is not None:
+            self._on_change(record.key, entry, value)
 
     def _append_history(self, record: _Record, entry: HistoryEntry) -> None:
         record.history.append(entry)
