@@ -135,3 +135,18 @@ def test_expiring_never_looks_at_a_key_without_a_deadline(clock: FakeClock) -> N
     assert WatchedValue.reads == 0, "expiring touched keys that have no deadline"
     assert store.get("k0000001") is untouchable
     assert WatchedValue.reads > 0, "a read of the key itself does count"
+
+
+def test_an_expiry_returns_the_value_bytes_and_is_charged_as_a_delete(clock: FakeClock) -> None:
+    expiring, deleted = MemoryStore(clock=clock), MemoryStore(clock=clock)
+    for store in (expiring, deleted):
+        store.put("k", b"x" * 500, "text/plain", expiry=Expiry(after_ms=1_000))
+    charged = expiring.stats().used_bytes
+    clock.advance(999)
+    deleted.delete("k")
+    clock.advance(1)
+    assert expiring.sweep_expired(10) == 1
+    assert expiring.stats().used_bytes == deleted.stats().used_bytes
+    assert charged - expiring.stats().used_bytes == 500 + len("text/plain") - ENTRY_OVERHEAD_BYTES
+    clock.advance(120_000)  # and once the history has left the window, nothing is charged
+    assert expiring.stats().used_bytes == 0
