@@ -19,8 +19,10 @@ at or after the deadline finds nothing and records the expiry), listings skip du
 and `sweep_expired` takes them from the front of `_deadlines` a bounded batch at a time.
 An expiry is stamped with the deadline itself, which may be earlier than entries already in
 the queue: such a late entry goes to a heap of its own (`_late_entries`), and pruning drains
-both in timestamp order. Within one key entries stay in order (the key is checked before any
-write to it), so the record at the front of either structure holds its oldest entry there.
+both in timestamp order. Each slot of either structure stands for one entry of its record,
+and within one key entries stay in timestamp order (the key is checked before any write to
+it): dropping the record's oldest entry for each slot at or before the cutoff therefore drops
+exactly the entries outside the window, however late an expiry was noticed.
 """
 
 from __future__ import annotations
@@ -443,9 +445,9 @@ class MemoryStore:
     def _prune(self, now_ms: int) -> None:
         """Drop history entries outside the window and forget keys left with nothing.
 
-        The late entries go first: once those outside the window are gone, the window
-        queue's front record holds its oldest entry at the front (the queue is in timestamp
-        order), so its front tells whether anything more is to go.
+        The late entries outside the window go first. The window queue is in timestamp
+        order, so then its front record has an entry outside the window exactly when the
+        front slot stands for one: its front tells whether anything more is to go.
         """
         cutoff_ms = now_ms - self.history_window_ms
         late = self._late_entries
