@@ -2,23 +2,28 @@
 sequences go to it and to kvservice, and the replies are compared one for one, as the bytes on
 the wire (RESP2, and again RESP3), error texts included.
 
-A reply that is a time left (TTL, PTTL, not negative) depends on when it was asked, so those
-are compared within a tolerance; absolute deadlines (EXPIRETIME, PEXPIRETIME) are exact. Keys
-are kvservice's ([A-Za-z0-9]); where kvservice differs from Redis on purpose (invalid keys,
-values over the limit) it is tested elsewhere, not here.
+kvservice runs over each backend with the production clock: the memory store, and the Redis
+store on a redis-server of its own (its deadlines in Redis, its relative times from Redis's
+TIME). A reply that is a time left (TTL, PTTL, not negative) depends on when it was asked, so
+those are compared within a tolerance; absolute deadlines (EXPIRETIME, PEXPIRETIME) are exact.
+Keys are kvservice's ([A-Za-z0-9]); where kvservice differs from Redis on purpose (invalid
+keys, values over the limit) it is tested elsewhere, not here.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from kvservice.execution import Execution
+from kvservice.store import Store
 from kvservice.store.memory import MemoryStore
+from kvservice.store.redis import RedisStore
 from tests.support.rawresp import RespConnection, running_resp
-from tests.support.redis_servers import RedisProcess
+from tests.support.redis_servers import RedisProcess, running_redis
 
 SLEEP = "SLEEP"
 """Not a command: `SLEEP ms` waits that long before the next one is sent to either server."""
@@ -139,6 +144,8 @@ SEQUENCES: dict[str, str] = {
         SET k v EX 0 GET
         SET k v NX EX abc
         GET k
+    """,
+    "deadlines_past_2_to_the_53_ms": """
         SET k v EXAT 9223372036854775
         EXPIRETIME k
         PEXPIRETIME k
@@ -147,6 +154,17 @@ SEQUENCES: dict[str, str] = {
         EXPIRETIME k
         SET k v PX 9223370000000000000
         TTL k
+        SET k v
+        EXPIREAT k 9223372036854775
+        EXPIRETIME k
+        PEXPIRETIME k
+        PEXPIREAT k 9223372036854775807
+        PEXPIRETIME k
+        EXPIRETIME k
+        GETEX k PXAT 9007199254740993
+        PEXPIRETIME k
+        PEXPIRE k 9007199254740993 GT
+        PTTL k
     """,
     "set_with_a_deadline_passed": """
         SET k v PXAT 1
@@ -368,11 +386,6 @@ SEQUENCES: dict[str, str] = {
         PEXPIRE k 9223372036854775807
         EXPIREAT k 9223372036854776
         TTL k
-        EXPIREAT k 9223372036854775
-        EXPIRETIME k
-        PEXPIREAT k 9223372036854775807
-        PEXPIRETIME k
-        EXPIRETIME k
         EXPIRE k
         EXPIRE
         PEXPIRE k
@@ -475,17 +488,56 @@ def same(command: str, ours: bytes, redis: bytes) -> bool:
 
 @pytest.fixture
 def real_redis(redis_server: RedisProcess) -> Iterator[RedisProcess]:
+    """The Redis whose replies are the reference, emptied."""
     redis_server.flush()
     yield redis_server
 
 
+@pytest.fixture(scope="module")
+def backend_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """Another redis-server, for kvservice's Redis store to keep its data in."""
+    with running_redis(tmp_path_factory.mktemp("backend")) as server:
+        yield server
+
+
+def redis_backend(request: pytest.FixtureRequest) -> tuple[Store, Execution]:
+    server: RedisProcess = request.getfixturevalue("backend_redis")
+    server.flush()
+    store = RedisStore.from_url(server.url, connections=4, timeout_s=5.0)
+    request.addfinalizer(store.close)
+    return store, Execution.WORKERS
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest], tuple[Store, Execution]]] = {
+    "memory": lambda request: (MemoryStore(), Execution.INLINE),
+    "redis": redis_backend,
+}
+"""Each store kvservice is compared on, and where its commands run (a store that waits on the
+network runs them on workers, as the service does)."""
+KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
+    ("redis", "deadlines_past_2_to_the_53_ms"): (
+        "the Redis store's Lua scripts hold a deadline as a double: past 2**53 ms (year "
+        "287,396) it is rounded, and 2**63-1 is refused; to be fixed in the store"
+    ),
+}
+"""Where a backend is known to answer otherwise, and why (strict: a fix shows up as a pass)."""
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
 @pytest.mark.parametrize("protocol", [2, 3])
 @pytest.mark.parametrize("name", sorted(SEQUENCES))
 def test_replies_are_redis_7s_byte_for_byte(
-    real_redis: RedisProcess, name: str, protocol: int
+    real_redis: RedisProcess,
+    name: str,
+    protocol: int,
+    backend: str,
+    request: pytest.FixtureRequest,
 ) -> None:
+    if (backend, name) in KNOWN_DIFFERENCES:
+        request.applymarker(pytest.mark.xfail(reason=KNOWN_DIFFERENCES[backend, name], strict=True))
     sequence = steps(SEQUENCES[name])
-    with running_resp(MemoryStore()) as kvservice:
+    store, execution = BACKENDS[backend](request)
+    with running_resp(store, execution=execution) as kvservice:
         ours = replies(kvservice.port, protocol, sequence)
     theirs = replies(real_redis.port, protocol, sequence)
 
