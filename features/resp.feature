@@ -41,6 +41,7 @@ Feature: The same store over the Redis protocol
       | test_validation    | 1       |
       | test_binary_values | 1       |
       | test_listing       | 0       |
+      | test_expiry        | 1       |
 
   Scenario Outline: Checks that need what RESP cannot carry are skipped, saying why
     When the test client runs <check> over RESP

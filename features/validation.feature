@@ -34,9 +34,9 @@ Feature: Clear errors for requests that cannot be served
     And the header Allow is "<allowed>"
 
     Examples:
-      | method | path          | allowed                  |
-      | PATCH  | /foo          | DELETE,GET,HEAD,POST,PUT |
-      | DELETE | /foo/history  | GET,HEAD                 |
+      | method | path          | allowed                        |
+      | TRACE  | /foo          | DELETE,GET,HEAD,PATCH,POST,PUT |
+      | DELETE | /foo/history  | GET,HEAD                       |
 
   Scenario: Paths that are not keys
     When I GET /foo/bar/baz

@@ -3,6 +3,10 @@
 This is the only module that imports bottle. Domain errors become RFC 9457 problem documents
 through one table (`PROBLEMS`); Bottle's own errors (404, 405, 500) go through the same
 error handler, so a client never sees an HTML page or a traceback.
+
+A key's deadline travels as query parameters (`?ttl=` in config.py's duration syntax, or
+`?expires_at=` in epoch ms) on PUT, POST and PATCH, and comes back in `KV-Expires-At`; the
+routes that take query parameters name them in `QUERY_PARAMETERS`, and refuse any other.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import bottle
 
+from kvservice.config import duration_s
 from kvservice.http.problems import (
     PROBLEM_CONTENT_TYPE,
     answer_errors_with_problems,
@@ -32,6 +37,8 @@ from kvservice.store import (
     DEFAULT_PAGE_KEYS,
     MATCH_ANY,
     MAX_PAGE_KEYS,
+    NO_EXPIRY,
+    Expiry,
     HistoryEntry,
     InvalidKey,
     KeyExists,
@@ -119,9 +126,12 @@ class _App(bottle.Bottle):  # type: ignore[misc]
         return super().wsgi(environ, respond)
 
 
-_HEADER_SPELLING = {"Etag": "ETag"}
+EXPIRES_AT_HEADER = "KV-Expires-At"
+"""When the key's value expires, in Unix epoch milliseconds; absent when it does not. Not
+`Expires`, which caches would act on."""
+_HEADER_SPELLING = {"Etag": "ETag", "Kv-Expires-At": EXPIRES_AT_HEADER}
 """Bottle title-cases header names; RFC 9110 spells this one ETag (any case is valid, but
-clients and people grep for ETag)."""
+clients and people grep for ETag), and KV is an abbreviation."""
 
 
 MetricsPage = Callable[[str | None], tuple[bytes, str]]
@@ -192,7 +202,7 @@ def _get(store: Store, key: str) -> bytes:
     then an If-None-Match that matches is 304 (the client's copy is current)."""
     value = store.get(key)
     precondition = _precondition()
-    _set_etag(value)
+    _set_version_headers(value)
     if precondition.if_match is not None and not precondition.holds_for(value.etag):
         raise PreconditionFailed.of(key)
     if precondition.if_none_match is not None and not precondition.holds_for(value.etag):
@@ -203,17 +213,30 @@ def _get(store: Store, key: str) -> bytes:
 
 
 def _put(store: Store, key: str) -> None:
+    expiry = _write_expiry("PUT /<key>")
     data, content_type = _read_value(store.max_value_bytes)
-    _set_etag(store.put(key, data, content_type, _precondition()))
+    _set_version_headers(store.put(key, data, content_type, _precondition(), expiry))
     bottle.response.status = 204
 
 
 def _post(store: Store, key: str) -> bytes:
+    expiry = _write_expiry("POST /<key>")
     data, content_type = _read_value(store.max_value_bytes)
-    _set_etag(store.create(key, data, content_type, _precondition()))
+    _set_version_headers(store.create(key, data, content_type, _precondition(), expiry))
     bottle.response.status = 201
     bottle.response.set_header("Location", f"/{key}")
     return b""
+
+
+def _patch(store: Store, key: str) -> None:
+    """Set or remove the key's deadline, keeping its value and ETag; a deadline not after
+    now deletes the key (204 without an ETag: there is no value left)."""
+    expiry = _patch_expiry()
+    _refuse_body("PATCH changes only the deadline, given in the query; it takes no body.")
+    change = store.expire(key, expiry, precondition=_precondition())
+    if change.value is not None:
+        _set_version_headers(change.value)
+    bottle.response.status = 204
 
 
 def _delete(store: Store, key: str) -> None:
@@ -227,6 +250,7 @@ ITEM_HANDLERS: dict[str, Callable[[Store, str], Any]] = {
     "PUT": _put,
     "POST": _post,
     "DELETE": _delete,
+    "PATCH": _patch,
 }
 """Method -> handler for `/<key>`. For HEAD, Bottle drops the body and keeps its length."""
 
@@ -322,24 +346,45 @@ def _keys(store: Store) -> bytes | Iterator[bytes]:
 # -- request parsing ------------------------------------------------------------------------
 
 
-LISTING_PARAMETERS = ("prefix", "after", "limit")
+QUERY_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "/_keys": ("prefix", "after", "limit"),
+    "PUT /<key>": ("ttl", "expires_at"),
+    "POST /<key>": ("ttl", "expires_at"),
+    "PATCH /<key>": ("ttl", "expires_at"),
+}
+"""The query parameters each route takes; any other is refused, so that a typo (`?tll=30s`,
+`?limt=5`) is not silently ignored. Routes not listed ignore the query."""
+
+_EXPIRES_AT_DIGITS = re.compile(r"[0-9]{1,15}")
+"""A deadline: Unix epoch milliseconds of at most 15 digits (until about the year 33658)."""
+MAX_TTL_MS = 9 * 10**14
+"""The longest ttl (about 28,500 years), so that every deadline has at most 15 digits."""
+NO_TTL = "none"
+"""`PATCH /<key>?ttl=none` removes the key's deadline."""
 
 
-def _listing_parameters() -> dict[str, Any]:
-    """prefix, after and limit from the query string, each at most once; keys and prefixes
-    are percent-decoded to one character per byte, as the path is, so the store can name a
-    bad byte."""
+def _query_parameters(route: str) -> dict[str, str]:
+    """The route's query parameters (`QUERY_PARAMETERS`), each at most once; values are
+    percent-decoded to one character per byte, as the path is, so an error can name a bad
+    byte."""
+    accepted = QUERY_PARAMETERS[route]
     query = bottle.request.environ.get("QUERY_STRING", "")
     fields = urllib.parse.parse_qsl(query, keep_blank_values=True, encoding="latin-1")
     given: dict[str, str] = {}
     for name, value in fields:
-        if name not in LISTING_PARAMETERS:
+        if name not in accepted:
             raise BadRequest(
-                f"Unknown query parameter {name!r}; /_keys takes {', '.join(LISTING_PARAMETERS)}."
+                f"Unknown query parameter {name!r}; {route} takes {', '.join(accepted)}."
             )
         if name in given:
             raise BadRequest(f"The query parameter {name!r} is given more than once.")
         given[name] = value
+    return given
+
+
+def _listing_parameters() -> dict[str, Any]:
+    """prefix, after and limit from the query string."""
+    given = _query_parameters("/_keys")
     limit_text = given.get("limit", str(DEFAULT_PAGE_KEYS))
     if not _DIGITS.fullmatch(limit_text) or not 1 <= int(limit_text) <= MAX_PAGE_KEYS:
         raise BadRequest(
@@ -350,6 +395,53 @@ def _listing_parameters() -> dict[str, Any]:
         "after": given.get("after") or None,  # an empty `after` is the first page
         "limit": int(limit_text),
     }
+
+
+def _write_expiry(route: str) -> Expiry:
+    """What a PUT or POST does to the key's deadline: `ttl` or `expires_at` set one; neither
+    removes it, as any plain write does."""
+    given = _query_parameters(route)
+    return NO_EXPIRY if not given else _expiry_of(given, allow_none=False)
+
+
+def _patch_expiry() -> Expiry:
+    """The deadline a PATCH gives the key: exactly one of `ttl` (or `ttl=none`, to remove
+    it) and `expires_at`."""
+    given = _query_parameters("PATCH /<key>")
+    if not given:
+        raise BadRequest(
+            "PATCH /<key> changes the key's deadline: give ttl=<duration> (120, 2.5s, 500ms, "
+            "2m, 1h), ttl=none or expires_at=<Unix epoch ms>."
+        )
+    return _expiry_of(given, allow_none=True)
+
+
+def _expiry_of(given: dict[str, str], *, allow_none: bool) -> Expiry:
+    """The Expiry that `ttl` or `expires_at` (not both) says; `ttl=none` (NO_EXPIRY) only
+    where `allow_none`. A ttl is rounded to whole milliseconds, at least 1."""
+    if len(given) > 1:
+        raise BadRequest("Give ttl or expires_at, not both.")
+    if "expires_at" in given:
+        text = given["expires_at"]
+        if not _EXPIRES_AT_DIGITS.fullmatch(text):
+            raise BadRequest(
+                "expires_at must be a deadline in Unix epoch milliseconds, a whole number of "
+                f"at most 15 digits, not {text!a}."
+            )
+        return Expiry(at_ms=int(text))
+    text = given["ttl"]
+    if allow_none and text == NO_TTL:
+        return NO_EXPIRY
+    try:
+        ttl_ms = duration_s(text) * 1000
+    except ValueError as error:
+        also = f", or {NO_TTL} to remove the deadline" if allow_none else ""
+        raise BadRequest(f"ttl must be a duration{also}, not {text!a}: {error}.") from None
+    if ttl_ms > MAX_TTL_MS:
+        raise BadRequest(
+            f"ttl must be at most {MAX_TTL_MS // 3_600_000}h (about 28,500 years), not {text!a}."
+        )
+    return Expiry(after_ms=max(1, round(ttl_ms)))
 
 
 def _key_from_raw_path() -> str:
@@ -393,6 +485,15 @@ def _read_value(max_bytes: int) -> tuple[bytes, str | None]:
     if content_type and _is_json(content_type):
         _require_json(data)
     return data, content_type
+
+
+def _refuse_body(detail: str) -> None:
+    """A request that must not carry a body is refused (400) if it declares one; the
+    connection is closed, since the body is not read."""
+    environ = bottle.request.environ
+    if environ.get("CONTENT_LENGTH", "0") not in ("", "0") or "HTTP_TRANSFER_ENCODING" in environ:
+        bottle.response.set_header("Connection", "close")
+        raise BadRequest(detail)
 
 
 def _servable_content_type(stored: str | None) -> str:
@@ -461,7 +562,8 @@ HISTORY_PIECE_CHARS = 16 * 1024
 
 
 def history_json(entries: list[HistoryEntry]) -> bytes:
-    """Compact JSON, newest first: value (text, base64 with `encoding`, or null), then timestamp.
+    """Compact JSON, newest first: value (text, base64 with `encoding`, or null), then timestamp,
+    then `"expired":true` on the entry that records an expiry (a delete's shape otherwise).
 
     Written as text, piece by piece, rather than through dicts and json.dumps: the same
     bytes in half the time, which is most of what a long history costs to serve.
@@ -502,6 +604,8 @@ def _json_array_pieces(opening: str, items: Iterator[str], closing: str) -> Iter
 
 def _history_item(entry: HistoryEntry) -> str:
     if entry.data is None:
+        if entry.expired:
+            return f'{{"value":null,"timestamp":{entry.timestamp_ms},"expired":true}}'
         return f'{{"value":null,"timestamp":{entry.timestamp_ms}}}'
     try:
         text = entry.data.decode("utf-8")
@@ -515,8 +619,11 @@ _json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
 """A str as a JSON string literal, non-ASCII escaped: exactly what json.dumps writes."""
 
 
-def _set_etag(value: Value) -> None:
+def _set_version_headers(value: Value) -> None:
+    """The value's ETag, and its deadline when it has one."""
     bottle.response.set_header("ETag", f'"{value.etag}"')
+    if value.expires_at_ms is not None:
+        bottle.response.set_header(EXPIRES_AT_HEADER, str(value.expires_at_ms))
 
 
 def _problem_response(status: int, detail: str, problem_type: str, title: str) -> bytes:

@@ -15,11 +15,16 @@ from typing import Protocol, runtime_checkable
 
 from kvservice.store.model import (
     DEFAULT_PAGE_KEYS,
+    KEEP_EXPIRY,
     MATCH_ANY,
     MAX_KEY_LENGTH,
     MAX_PAGE_KEYS,
     NO_CONDITION,
+    NO_EXPIRY,
     Clock,
+    ExpireIf,
+    Expiry,
+    ExpiryChange,
     HistoryEntry,
     InvalidKey,
     KeyExists,
@@ -43,12 +48,17 @@ from kvservice.store.model import (
 
 __all__ = [
     "DEFAULT_PAGE_KEYS",
+    "KEEP_EXPIRY",
     "MATCH_ANY",
     "MAX_KEY_LENGTH",
     "MAX_PAGE_KEYS",
     "NO_CONDITION",
+    "NO_EXPIRY",
     "Clock",
     "Closable",
+    "ExpireIf",
+    "Expiry",
+    "ExpiryChange",
     "HistoryEntry",
     "InvalidKey",
     "KeyExists",
@@ -74,6 +84,11 @@ __all__ = [
 
 class Store(Protocol):
     """A key-value store with a write history per key; every method is atomic.
+
+    A key may carry a deadline (`Value.expires_at_ms`): from it on, every read finds no value,
+    and the key's history holds an expiry entry stamped with the deadline itself, whether or
+    not anyone read the key; the store removes expired keys without scanning those that
+    have no deadline, and returns their memory.
 
     What a client chose is validated once, by `StoreService` (`service.py`), which is what
     transports are given: it raises InvalidKey for a key, prefix or `after` no key can be and
@@ -142,8 +157,10 @@ class Store(Protocol):
         data: bytes,
         content_type: str | None = None,
         precondition: Precondition = NO_CONDITION,
+        expiry: Expiry = NO_EXPIRY,
     ) -> Value:
-        """Set the key's value; raises PreconditionFailed, ValueTooLarge, StoreFull."""
+        """Set the key's value, and its deadline as `expiry` says (by default: none); raises
+        PreconditionFailed, ValueTooLarge, StoreFull."""
         ...
 
     def create(
@@ -152,8 +169,27 @@ class Store(Protocol):
         data: bytes,
         content_type: str | None = None,
         precondition: Precondition = NO_CONDITION,
+        expiry: Expiry = NO_EXPIRY,
     ) -> Value:
         """Set the key's value only if it has none; raises KeyExists, and as `put` does."""
+        ...
+
+    def expire(
+        self,
+        key: str,
+        expiry: Expiry,
+        when: ExpireIf = ExpireIf.ALWAYS,
+        precondition: Precondition = NO_CONDITION,
+    ) -> ExpiryChange:
+        """Set the deadline of the key's value (`NO_EXPIRY`: remove it) if `when` allows, keeping
+        the value and its ETag and recording no history entry; a deadline not after now deletes
+        the key at once, recorded as an expiry. Raises KeyNotFound, PreconditionFailed."""
+        ...
+
+    def sweep_expired(self, limit: int) -> int:
+        """Remove up to `limit` keys whose deadline has passed, recording each expiry at its
+        deadline, and return how many it removed; touches no key without a deadline. Run
+        periodically (`kvservice.store.sweeper`) so that memory comes back unread."""
         ...
 
     def delete(self, key: str, precondition: Precondition = NO_CONDITION) -> None:

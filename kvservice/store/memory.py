@@ -5,25 +5,44 @@ Every public method takes one lock, so the store is safe under a server's thread
 are applied in one total order, history records them in that order, and a read never sees a
 value that its key's newest history entry disagrees with.
 
-Expiry is exact and cheap: all writes get non-decreasing timestamps from one clock, so a
-single store-wide queue of records, in write order, tells which key holds the oldest entry.
+The history window is exact and cheap: writes get non-decreasing timestamps from one clock,
+so a store-wide queue of records, in write order, tells which key holds the oldest entry.
 Pruning pops from its front until the oldest entry is inside the window. A key's history is
 a list whose pruned front is skipped by an index and cut off only once it is half the list,
 so pruning costs O(1) per entry, amortised, however long the key's history (a deque would
 too, but an empty one costs 624 bytes against a list's 56, on every key).
+
+Keys that expire: a key's deadline is its value's `expires_at_ms`, and the keys that have one
+are also in `_deadlines`, sorted by (deadline, key), so the keys due are found at its front
+without looking at a key that has none. Every access checks the key it touches first (a read
+at or after the deadline finds nothing and records the expiry), listings skip due keys,
+and `sweep_expired` takes them from the front of `_deadlines` a bounded batch at a time.
+An expiry is stamped with the deadline itself, which may be earlier than entries already in
+the queue: such a late entry goes to a heap of its own (`_late_entries`), and pruning drains
+both in timestamp order. Each slot of either structure stands for one entry of its record,
+and within one key entries stay in timestamp order (the key is checked before any write to
+it): dropping the record's oldest entry for each slot at or before the cutoff therefore drops
+exactly the entries outside the window, however late an expiry was noticed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import heapq
 import itertools
 import secrets
 import threading
 from collections import deque
+from collections.abc import Callable
 
 from kvservice.store.model import (
     DEFAULT_PAGE_KEYS,
     NO_CONDITION,
+    NO_EXPIRY,
     Clock,
+    ExpireIf,
+    Expiry,
+    ExpiryChange,
     HistoryEntry,
     KeyExists,
     KeyNotFound,
@@ -35,7 +54,7 @@ from kvservice.store.model import (
     Value,
     system_clock_ms,
 )
-from kvservice.store.sorted_keys import SortedKeys
+from kvservice.store.sorted_keys import SortedItems, SortedKeys
 
 # CPython's cost of the structures behind a key (dict slot, record, Value, ETag, key header,
 # its slot in the sorted key list) and behind a history entry (entry object, timestamp, list
@@ -43,6 +62,12 @@ from kvservice.store.sorted_keys import SortedKeys
 # close to real memory even when values are tiny.
 KEY_OVERHEAD_BYTES = 250
 ENTRY_OVERHEAD_BYTES = 100
+
+ChangeListener = Callable[[str, HistoryEntry | None, Value | None], None]
+"""Told of each change to a key, under the store's lock and in the order they happen: the
+history entry it recorded (None for a new deadline, which records none) and the key's value
+after it (None: it has none). A client's writes, deletes and deadlines, and every expiry,
+whoever noticed it; never what `restore_value` and `restore_history` rebuild."""
 
 
 class _Record:
@@ -81,6 +106,7 @@ class MemoryStore:
         max_bytes: int = 256 * 1024 * 1024,
         max_value_bytes: int = 1024,
         clock: Clock = system_clock_ms,
+        on_change: ChangeListener | None = None,
     ) -> None:
         if history_window_ms <= 0 or max_bytes <= 0 or max_value_bytes < 0:
             raise ValueError("history_window_ms and max_bytes must be positive")
@@ -88,12 +114,21 @@ class MemoryStore:
         self.max_bytes = max_bytes
         self.max_value_bytes = max_value_bytes
         self._clock = clock
+        self._on_change = on_change
         self._lock = threading.Lock()
         self._records: dict[str, _Record] = {}
         self._keys_with_values = SortedKeys()
         # The record of each history entry, in write order. Records, not keys: a request's
         # key is a new string each time, and the queue would keep one alive per entry.
-        self._expiry_queue: deque[_Record] = deque()
+        self._window_queue: deque[_Record] = deque()
+        self._window_queue_newest_ms = 0
+        # History entries stamped before the newest in the window queue (expiries noticed
+        # after their deadline), as (timestamp, arrival, record): a heap pruned with it.
+        self._late_entries: list[tuple[int, int, _Record]] = []
+        self._late_arrivals = itertools.count()
+        # (deadline, key) of every key whose value has a deadline; the key is the record's own
+        # string, for the same reason as above.
+        self._deadlines: SortedItems[tuple[int, str]] = SortedItems()
         self._used_bytes = 0
         self._last_timestamp_ms = 0
         self._etag_prefix = secrets.token_hex(4)
@@ -115,15 +150,19 @@ class MemoryStore:
     def get(self, key: str) -> Value:
         """The key's current value; raises KeyNotFound."""
         with self._lock:
-            record = self._records.get(key)
-            if record is None or record.value is None:
+            value = self._current_value(self._records.get(key), self._now_ms())
+            if value is None:
                 raise KeyNotFound.of(key)
-            return record.value
+            return value
 
     def history(self, key: str) -> list[HistoryEntry]:
         """Every write to the key inside the history window, newest first; [] if none."""
         with self._lock:
-            self._prune(self._now_ms())
+            now_ms = self._now_ms()
+            # The expiry is recorded before pruning, which drops it if its deadline is
+            # already outside the window.
+            self._current_value(self._records.get(key), now_ms)
+            self._prune(now_ms)
             record = self._records.get(key)
             return record.entries() if record else []
 
@@ -133,10 +172,14 @@ class MemoryStore:
         """Up to `limit` keys holding a value that start with `prefix`, in lexicographic
         order, strictly after `after`."""
         with self._lock:
-            # One more than asked for tells whether another page follows.
-            found = list(
-                itertools.islice(self._keys_with_values.starting(prefix, after), limit + 1)
-            )
+            now_ms = self._now_ms()
+            # Due keys are skipped, not removed: the listing must not change the set it walks
+            # (the sweeper removes them). One more than asked for tells whether another page
+            # follows.
+            listed = self._keys_with_values.starting(prefix, after)
+            if self._deadlines:
+                listed = (key for key in listed if not self._is_due(self._records[key], now_ms))
+            found = list(itertools.islice(listed, limit + 1))
         if len(found) > limit:
             return KeyPage(found[:limit], found[limit - 1])
         return KeyPage(found, None)
@@ -145,12 +188,15 @@ class MemoryStore:
         """Keys holding a value, bytes charged against the budget, the budget, history entries
         in the window and writes refused for the budget."""
         with self._lock:
-            self._prune(self._now_ms())
+            now_ms = self._now_ms()
+            self._prune(now_ms)
+            # Keys due but not yet removed hold no value: counted at the front of _deadlines.
+            due = self._deadlines.count_below((now_ms + 1, ""))
             return StoreStats(
-                len(self._keys_with_values),
+                len(self._keys_with_values) - due,
                 self._used_bytes,
                 self.max_bytes,
-                history_entries=len(self._expiry_queue),
+                history_entries=len(self._window_queue) + len(self._late_entries),
                 full_refusals=self._full_refusals,
             )
 
@@ -162,9 +208,11 @@ class MemoryStore:
         data: bytes,
         content_type: str | None = None,
         precondition: Precondition = NO_CONDITION,
+        expiry: Expiry = NO_EXPIRY,
     ) -> Value:
-        """Set the key's value; raises PreconditionFailed, StoreFull."""
-        return self._write(key, data, content_type, precondition, create_only=False)
+        """Set the key's value, and its deadline as `expiry` says (by default: none); raises
+        PreconditionFailed, StoreFull."""
+        return self._write(key, data, content_type, precondition, expiry, create_only=False)
 
     def create(
         self,
@@ -172,9 +220,57 @@ class MemoryStore:
         data: bytes,
         content_type: str | None = None,
         precondition: Precondition = NO_CONDITION,
+        expiry: Expiry = NO_EXPIRY,
     ) -> Value:
         """Set the key's value only if it has none; raises KeyExists, and as `put` does."""
-        return self._write(key, data, content_type, precondition, create_only=True)
+        return self._write(key, data, content_type, precondition, expiry, create_only=True)
+
+    def expire(
+        self,
+        key: str,
+        expiry: Expiry,
+        when: ExpireIf = ExpireIf.ALWAYS,
+        precondition: Precondition = NO_CONDITION,
+    ) -> ExpiryChange:
+        """Set the deadline of the key's value (`NO_EXPIRY`: remove it) if `when` allows,
+        keeping the value and its ETag and recording no history entry; a deadline not after
+        now deletes the key at once, recorded as an expiry. Raises KeyNotFound,
+        PreconditionFailed."""
+        with self._lock:
+            now_ms = self._now_ms()
+            self._prune(now_ms)
+            record = self._records.get(key)
+            current = self._current_value(record, now_ms)
+            if record is None or current is None:
+                raise KeyNotFound.of(key)
+            if not precondition.holds_for(current.etag):
+                raise PreconditionFailed.of(key)
+            deadline_ms = expiry.deadline_ms(now_ms, current.expires_at_ms)
+            if not when.allows(current.expires_at_ms, deadline_ms):
+                return ExpiryChange(False, current)
+            if deadline_ms is not None and deadline_ms <= now_ms:
+                self._expire(record, now_ms)
+                return ExpiryChange(True, None)
+            value = dataclasses.replace(current, expires_at_ms=deadline_ms)
+            self._set_value(record, value)
+            self._changed(record, None, value)
+            return ExpiryChange(True, value)
+
+    def sweep_expired(self, limit: int) -> int:
+        """Remove up to `limit` keys whose deadline has passed, recording each expiry at its
+        deadline, and return how many it removed. The due keys are the front of the sorted
+        deadlines: a key without a deadline is never looked at."""
+        removed = 0
+        with self._lock:
+            now_ms = self._now_ms()
+            while removed < limit:
+                first = self._deadlines.first()
+                if first is None or first[0] > now_ms:
+                    break
+                self._expire(self._records[first[1]], first[0])
+                removed += 1
+            self._prune(now_ms)
+        return removed
 
     def delete(self, key: str, precondition: Precondition = NO_CONDITION) -> None:
         """Remove the key's value and record the delete; raises KeyNotFound, PreconditionFailed.
@@ -185,14 +281,13 @@ class MemoryStore:
             now_ms = self._now_ms()
             self._prune(now_ms)
             record = self._records.get(key)
-            if record is None or record.value is None:
+            current = self._current_value(record, now_ms)
+            if record is None or current is None:
                 raise KeyNotFound.of(key)
-            if not precondition.holds_for(record.value.etag):
+            if not precondition.holds_for(current.etag):
                 raise PreconditionFailed.of(key)
-            self._used_bytes -= _value_cost(record.value)
-            record.value = None
-            self._keys_with_values.discard(key)
-            self._append_history(record, HistoryEntry(None, now_ms))
+            self._set_value(record, None)
+            self._record(record, HistoryEntry(None, now_ms))
 
     def _write(
         self,
@@ -200,6 +295,7 @@ class MemoryStore:
         data: bytes,
         content_type: str | None,
         precondition: Precondition,
+        expiry: Expiry,
         *,
         create_only: bool,
     ) -> Value:
@@ -207,14 +303,15 @@ class MemoryStore:
             now_ms = self._now_ms()
             self._prune(now_ms)
             record = self._records.get(key)
-            current = record.value if record else None
+            current = self._current_value(record, now_ms)
             if create_only and current is not None:
                 raise KeyExists.of(key)
             if not precondition.holds_for(current.etag if current else None):
                 raise PreconditionFailed.of(key)
 
+            deadline_ms = expiry.deadline_ms(now_ms, current.expires_at_ms if current else None)
             self._writes += 1
-            value = Value(data, content_type, f"{self._etag_prefix}-{self._writes:x}")
+            value = Value(data, content_type, f"{self._etag_prefix}-{self._writes:x}", deadline_ms)
             added = _value_cost(value) + ENTRY_OVERHEAD_BYTES + len(data)
             freed = _value_cost(current) if current else 0
             if record is None:
@@ -228,21 +325,14 @@ class MemoryStore:
             if record is None:
                 record = self._records[key] = _Record(key)
                 self._used_bytes += KEY_OVERHEAD_BYTES + len(key)
-            self._used_bytes += _value_cost(value) - freed
-            record.value = value
-            if current is None:
-                self._keys_with_values.add(record.key)
-            self._append_history(record, HistoryEntry(data, now_ms))
+            self._set_value(record, value)
+            self._record(record, HistoryEntry(data, now_ms))
+            if deadline_ms is not None and deadline_ms <= now_ms:
+                self._expire(record, now_ms)
             return value
 
     # -- for a backend that keeps this store's state elsewhere (kvservice.store.durable) -----
-
-    def newest_entry(self, key: str) -> HistoryEntry | None:
-        """The key's newest history entry (its last write and the timestamp it got), or None;
-        O(1), unlike `history`, and without pruning."""
-        with self._lock:
-            record = self._records.get(key)
-            return record.history[-1] if record and len(record.history) > record.first else None
+    # It learns of changes through `on_change`, and rebuilds the state with these two.
 
     def restore_value(self, key: str, value: Value) -> None:
         """Set the key's value as it was recorded (its ETag included), with no history entry
@@ -252,12 +342,7 @@ class MemoryStore:
             if record is None:
                 record = self._records[key] = _Record(key)
                 self._used_bytes += KEY_OVERHEAD_BYTES + len(key)
-            if record.value is not None:
-                self._used_bytes -= _value_cost(record.value)
-            else:
-                self._keys_with_values.add(key)
-            record.value = value
-            self._used_bytes += _value_cost(value)
+            self._set_value(record, value)
 
     def restore_history(self, key: str, entry: HistoryEntry) -> None:
         """Append a recorded history entry to the key, charging it as a write would. Entries
@@ -278,24 +363,90 @@ class MemoryStore:
         self._last_timestamp_ms = max(self._clock(), self._last_timestamp_ms)
         return self._last_timestamp_ms
 
+    @staticmethod
+    def _is_due(record: _Record, now_ms: int) -> bool:
+        value = record.value
+        return (
+            value is not None and value.expires_at_ms is not None and value.expires_at_ms <= now_ms
+        )
+
+    def _current_value(self, record: _Record | None, now_ms: int) -> Value | None:
+        """The record's value at `now_ms`: None if it has none, or if its deadline has come,
+        in which case the expiry is recorded (at the deadline) first."""
+        if record is None:
+            return None
+        if self._is_due(record, now_ms):
+            assert record.value is not None and record.value.expires_at_ms is not None
+            self._expire(record, record.value.expires_at_ms)
+        return record.value
+
+    def _expire(self, record: _Record, at_ms: int) -> None:
+        """Remove the record's value as an expiry stamped `at_ms`, returning its bytes."""
+        self._set_value(record, None)
+        self._record(record, HistoryEntry(None, at_ms, expired=True))
+
+    def _set_value(self, record: _Record, value: Value | None) -> None:
+        """Replace the record's value, keeping the budget, the listing and the deadlines in
+        step with it."""
+        old = record.value
+        if old is not None:
+            self._used_bytes -= _value_cost(old)
+            if old.expires_at_ms is not None:
+                self._deadlines.discard((old.expires_at_ms, record.key))
+        if value is not None:
+            self._used_bytes += _value_cost(value)
+            if value.expires_at_ms is not None:
+                self._deadlines.add((value.expires_at_ms, record.key))
+        if old is None and value is not None:
+            self._keys_with_values.add(record.key)
+        elif old is not None and value is None:
+            self._keys_with_values.discard(record.key)
+        record.value = value
+
+    def _record(self, record: _Record, entry: HistoryEntry) -> None:
+        """Append a change's entry to the key's history, and tell the listener."""
+        self._append_history(record, entry)
+        self._changed(record, entry, record.value)
+
+    def _changed(self, record: _Record, entry: HistoryEntry | None, value: Value | None) -> None:
+        if self._on_change is not None:
+            self._on_change(record.key, entry, value)
+
     def _append_history(self, record: _Record, entry: HistoryEntry) -> None:
         record.history.append(entry)
-        self._expiry_queue.append(record)
+        if entry.timestamp_ms >= self._window_queue_newest_ms:
+            self._window_queue.append(record)
+            self._window_queue_newest_ms = entry.timestamp_ms
+        else:
+            heapq.heappush(
+                self._late_entries, (entry.timestamp_ms, next(self._late_arrivals), record)
+            )
         self._used_bytes += _entry_cost(entry)
 
     def _prune(self, now_ms: int) -> None:
-        """Drop history entries outside the window and forget keys left with nothing."""
+        """Drop history entries outside the window and forget keys left with nothing.
+
+        The late entries outside the window go first. The window queue is in timestamp
+        order, so then its front record has an entry outside the window exactly when the
+        front slot stands for one: its front tells whether anything more is to go.
+        """
         cutoff_ms = now_ms - self.history_window_ms
-        queue = self._expiry_queue
+        late = self._late_entries
+        while late and late[0][0] <= cutoff_ms:
+            self._drop_oldest(heapq.heappop(late)[2])
+        queue = self._window_queue
         while queue:
             record = queue[0]
             if record.history[record.first].timestamp_ms > cutoff_ms:
                 return
             queue.popleft()
-            self._used_bytes -= _entry_cost(record.drop_oldest())
-            if record.value is None and not record.history:
-                del self._records[record.key]
-                self._used_bytes -= KEY_OVERHEAD_BYTES + len(record.key)
+            self._drop_oldest(record)
+
+    def _drop_oldest(self, record: _Record) -> None:
+        self._used_bytes -= _entry_cost(record.drop_oldest())
+        if record.value is None and not record.history:
+            del self._records[record.key]
+            self._used_bytes -= KEY_OVERHEAD_BYTES + len(record.key)
 
 
 def _value_cost(value: Value) -> int:

@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 Clock = Callable[[], int]
 """Returns the current time in Unix epoch milliseconds."""
@@ -92,14 +93,92 @@ class Value:
     data: bytes
     content_type: str | None
     etag: str
+    expires_at_ms: int | None = None
+    """When the key expires, in Unix epoch milliseconds; None: it does not. Reads at or after
+    it find no value. Setting or removing it (`Store.expire`) keeps the ETag: the bytes did
+    not change."""
 
 
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
-    """One write: the bytes written, or None for a delete, and when it was applied."""
+    """One write: the bytes written, or None for a delete or an expiry, and when it was
+    applied (for an expiry: the deadline itself, whenever the store noticed it)."""
 
     data: bytes | None
     timestamp_ms: int
+    expired: bool = False
+    """True for the entry that records the key expiring (`data` is then None)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Expiry:
+    """What a write (`Store.put`, `Store.create`) or `Store.expire` does to the key's deadline.
+
+    At most one field is set. None of them (`NO_EXPIRY`) removes the deadline, as Redis's SET
+    and PERSIST do; `at_ms` sets an absolute deadline; `after_ms` one that many milliseconds
+    after the store's now (its clock, the one its history timestamps come from); `keep`
+    (Redis's KEEPTTL; not for `expire`) leaves the deadline the key has. A deadline not after
+    the store's now deletes the key at once, recorded as an expiry.
+    """
+
+    at_ms: int | None = None
+    after_ms: int | None = None
+    keep: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.at_ms is not None) + (self.after_ms is not None) + self.keep > 1:
+            raise ValueError("an Expiry sets at most one of at_ms, after_ms and keep")
+
+    def deadline_ms(self, now_ms: int, current_ms: int | None) -> int | None:
+        """The deadline this gives a key whose deadline is `current_ms` (None: none), now."""
+        if self.keep:
+            return current_ms
+        if self.after_ms is not None:
+            return now_ms + self.after_ms
+        return self.at_ms
+
+
+NO_EXPIRY = Expiry()
+"""Remove the deadline (what a plain write does)."""
+KEEP_EXPIRY = Expiry(keep=True)
+"""Keep the key's deadline (Redis's KEEPTTL)."""
+
+
+class ExpireIf(Enum):
+    """When `Store.expire` applies its change, given the key's current deadline (Redis's
+    EXPIRE options NX, XX, GT and LT; no deadline counts as an infinite one)."""
+
+    ALWAYS = "always"
+    NO_DEADLINE = "nx"
+    """Only if the key has no deadline (NX)."""
+    HAS_DEADLINE = "xx"
+    """Only if the key has one (XX)."""
+    LATER = "gt"
+    """Only if the new deadline is later than the current one (GT); never for a key without."""
+    EARLIER = "lt"
+    """Only if the new deadline is earlier than the current one (LT); always for one without."""
+
+    def allows(self, current_ms: int | None, new_ms: int | None) -> bool:
+        """Whether the change from `current_ms` to `new_ms` (None: no deadline) applies."""
+        infinite = float("inf")
+        current = infinite if current_ms is None else current_ms
+        new = infinite if new_ms is None else new_ms
+        return {
+            ExpireIf.ALWAYS: True,
+            ExpireIf.NO_DEADLINE: current_ms is None,
+            ExpireIf.HAS_DEADLINE: current_ms is not None,
+            ExpireIf.LATER: current_ms is not None and new > current,
+            ExpireIf.EARLIER: new < current,
+        }[self]
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiryChange:
+    """What `Store.expire` did: whether the change applied, and the key's value after it (None
+    when the new deadline had passed and the key was deleted)."""
+
+    applied: bool
+    value: Value | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,10 @@ from kvservice.store.model import (
     DEFAULT_PAGE_KEYS,
     MAX_PAGE_KEYS,
     NO_CONDITION,
+    NO_EXPIRY,
+    ExpireIf,
+    Expiry,
+    ExpiryChange,
     HistoryEntry,
     KeyPage,
     Precondition,
@@ -107,10 +111,11 @@ class StoreService:
         data: bytes,
         content_type: str | None = None,
         precondition: Precondition = NO_CONDITION,
+        expiry: Expiry = NO_EXPIRY,
     ) -> Value:
         """Set the key's value; raises InvalidKey, ValueTooLarge, and what the backend raises."""
         self._check_write(key, data)
-        return self.backend.put(key, data, content_type, precondition)
+        return self.backend.put(key, data, content_type, precondition, expiry)
 
     def create(
         self,
@@ -118,15 +123,36 @@ class StoreService:
         data: bytes,
         content_type: str | None = None,
         precondition: Precondition = NO_CONDITION,
+        expiry: Expiry = NO_EXPIRY,
     ) -> Value:
         """Set the key's value only if it has none; raises as `put` does, and KeyExists."""
         self._check_write(key, data)
-        return self.backend.create(key, data, content_type, precondition)
+        return self.backend.create(key, data, content_type, precondition, expiry)
 
     def delete(self, key: str, precondition: Precondition = NO_CONDITION) -> None:
         """Remove the key's value; raises InvalidKey, and what the backend raises."""
         validate_key(key)
         self.backend.delete(key, precondition)
+
+    def expire(
+        self,
+        key: str,
+        expiry: Expiry,
+        when: ExpireIf = ExpireIf.ALWAYS,
+        precondition: Precondition = NO_CONDITION,
+    ) -> ExpiryChange:
+        """Set or remove the key's deadline, as `Store.expire`; raises InvalidKey, and what the
+        backend raises. KEEP_EXPIRY is the caller's bug (ValueError): it is for writes."""
+        validate_key(key)
+        if expiry.keep:
+            raise ValueError("expire() sets or removes a deadline; KEEP_EXPIRY is for writes")
+        return self.backend.expire(key, expiry, when, precondition)
+
+    def sweep_expired(self, limit: int) -> int:
+        """Remove up to `limit` (>= 1, else ValueError) keys whose deadline has passed."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        return self.backend.sweep_expired(limit)
 
     def _check_write(self, key: str, data: bytes) -> None:
         validate_key(key)

@@ -25,6 +25,9 @@ from testclient.checks import listing
 from testclient.checks import tokens
 
 # isort: split
+from testclient.checks import expiry
+
+# isort: split
 from testclient.checks.framework import (
     ALL_CHECKS,
     CHECKS,
@@ -50,6 +53,7 @@ __all__ = [
     "Verdict",
     "check",
     "conditions",
+    "expiry",
     "history",
     "listing",
     "overall_verdict",

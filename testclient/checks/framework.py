@@ -248,7 +248,7 @@ class CheckRun:
 
 def outcome_is(reply: Reply, outcome: Outcome) -> Expectation:
     """The reply has exactly this outcome."""
-    return Expectation(outcome.value, str(reply), reply.outcome is outcome, _ids(reply))
+    return Expectation(outcome.value, str(reply), reply.outcome is outcome, request_ids_of(reply))
 
 
 def all_outcomes_are(replies: Sequence[Reply], outcome: Outcome) -> Expectation:
@@ -258,7 +258,9 @@ def all_outcomes_are(replies: Sequence[Reply], outcome: Outcome) -> Expectation:
     odd = [reply for reply in replies if reply.outcome is not outcome]
     if odd:
         actual += f"; first other: {odd[0]}"
-    return Expectation(f"{len(replies)} x {outcome.value}", actual, not odd, _ids(*replies))
+    return Expectation(
+        f"{len(replies)} x {outcome.value}", actual, not odd, request_ids_of(*replies)
+    )
 
 
 def value_is(reply: Reply, value: bytes, content_type: str | None = None) -> Expectation:
@@ -271,13 +273,13 @@ def value_is(reply: Reply, value: bytes, content_type: str | None = None) -> Exp
         and reply.value == value
         and (content_type is None or reply.content_type == content_type)
     )
-    return Expectation(expected, str(reply), passed, _ids(reply))
+    return Expectation(expected, str(reply), passed, request_ids_of(reply))
 
 
 def history_is(history: HistoryReply, values: Sequence[bytes | None]) -> Expectation:
     """The history lists exactly these values, newest first; a failure names the difference."""
     expected = "[" + ", ".join(describe_value(value) for value in values) + "] newest first"
-    ids = _ids(history)
+    ids = request_ids_of(history)
     if history.outcome is not Outcome.FOUND:
         return Expectation(expected, str(history), False, ids)
     if history.values == list(values):
@@ -286,7 +288,8 @@ def history_is(history: HistoryReply, values: Sequence[bytes | None]) -> Expecta
     return Expectation(expected, f"{history}; {difference}", False, ids)
 
 
-def _ids(*replies: Reply | HistoryReply) -> tuple[str, ...]:
+def request_ids_of(*replies: Reply | HistoryReply) -> tuple[str, ...]:
+    """The request IDs of these replies, for an Expectation built by hand."""
     return tuple(reply.request_id for reply in replies if reply.request_id is not None)
 
 

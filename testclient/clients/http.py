@@ -18,6 +18,7 @@ import binascii
 import dataclasses
 import functools
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -61,7 +62,9 @@ _DELETE_OUTCOMES = {
 _HISTORY_OUTCOMES = {200: Outcome.FOUND, 400: Outcome.INVALID}
 _KEYS_OUTCOMES = {200: Outcome.FOUND, 400: Outcome.INVALID}
 
-_HISTORY_FIELDS = {"value", "timestamp", "encoding"}
+_HISTORY_FIELDS = {"value", "timestamp", "encoding", "expired"}
+EXPIRES_AT_HEADER = "KV-Expires-At"
+_EPOCH_MS = re.compile(r"[0-9]{1,15}")
 _HEALTH_OUTCOMES = {200: Outcome.FOUND}
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -118,13 +121,15 @@ class HTTPKVClient:
         content_type: str | None = None,
         only_if_version: str | None = None,
         only_if_absent: bool = False,
+        ttl_ms: int | None = None,
     ) -> Reply:
-        """PUT /<key>: 204 when stored."""
+        """PUT /<key> (?ttl=<n>ms with a ttl): 204 when stored."""
         headers = _conditions(only_if_version, only_if_absent)
         if content_type is not None:
             headers["Content-Type"] = content_type
+        query = None if ttl_ms is None else {"ttl": f"{ttl_ms}ms"}
         response, outcome, evidence, request_id = self._exchange(
-            "PUT", key, _PUT_OUTCOMES, headers, value
+            "PUT", key, _PUT_OUTCOMES, headers, value, query=query
         )
         return Reply(
             outcome, version=_etag(response, outcome), evidence=evidence, request_id=request_id
@@ -164,6 +169,19 @@ class HTTPKVClient:
         headers = _conditions(only_if_version, only_if_absent=False)
         _, outcome, evidence, request_id = self._exchange("DELETE", key, _DELETE_OUTCOMES, headers)
         return Reply(outcome, evidence=evidence, request_id=request_id)
+
+    def expiry(self, key: str) -> Reply:
+        """HEAD /<key>: the deadline is its KV-Expires-At header, absent when there is none."""
+        response, outcome, evidence, request_id = self._exchange("HEAD", key, _GET_OUTCOMES)
+        if response is None or outcome is not Outcome.FOUND:
+            return Reply(outcome, evidence=evidence, request_id=request_id)
+        header = response.headers.get(EXPIRES_AT_HEADER)
+        if header is None:
+            return Reply(outcome, evidence=evidence, request_id=request_id)
+        if not _EPOCH_MS.fullmatch(header):
+            evidence = f"{evidence}, but {EXPIRES_AT_HEADER} is {header!r}, not epoch ms"
+            return Reply(Outcome.UNEXPECTED, evidence=evidence, request_id=request_id)
+        return Reply(outcome, expires_at_ms=int(header), evidence=evidence, request_id=request_id)
 
     def history(self, key: str) -> HistoryReply:
         """GET /<key>/history: a JSON list, newest first; base64 entries are decoded."""
@@ -258,10 +276,11 @@ class HTTPKVClient:
         headers: dict[str, str] | None = None,
         body: bytes | None = None,
         path_suffix: str = "",
+        query: dict[str, str] | None = None,
     ) -> tuple[requests.Response | None, Outcome, str, str]:
         """One request about `key`: see `_request`."""
         path = self._path(key) + path_suffix
-        return self._request(method, path, outcomes, headers=headers, body=body)
+        return self._request(method, path, outcomes, headers=headers, body=body, query=query)
 
     def _request(
         self,
@@ -372,6 +391,10 @@ def _history_entry(position: int, item: object) -> HistoryEntry:
     value, timestamp, encoding = item["value"], item["timestamp"], item.get("encoding")
     if not isinstance(timestamp, int) or isinstance(timestamp, bool):
         raise ValueError(f"{where} has a timestamp that is not an integer: {timestamp!r}")
+    if "expired" in item:
+        if item["expired"] is not True or value is not None or encoding is not None:
+            raise ValueError(f"{where} is an expiry but not {{value: null, expired: true}}")
+        return HistoryEntry(None, timestamp, expired=True)
     if value is None:
         if encoding is not None:
             raise ValueError(f"{where} is a delete with an encoding: {item!r}")

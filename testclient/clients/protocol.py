@@ -11,6 +11,10 @@ answer"; a refused token (or a missing one) raises its subclass `KVRefused`, so 
 reported as what it is. A client presents `credentials.token`; `with_token` makes one like it
 that presents another (the token checks use it).
 
+Keys may be written with a time to live (`put(..., ttl_ms=)`), and `expiry` reads the deadline
+a key has; a transport whose history cannot tell an expiry from a delete says so
+(`Capability.EXPIRY_ENTRIES`).
+
 Over HTTP each request carries a fresh `X-Request-ID`, and the reply keeps it (`request_id`),
 so a failing step names the line to look for in kvservice's access log.
 
@@ -78,6 +82,8 @@ class Capability(StrEnum):
 
     VERSIONS = "versions to condition writes on"
     CONTENT_TYPES = "content types"
+    EXPIRY = "keys that expire"
+    EXPIRY_ENTRIES = "history entries that tell an expiry from a delete"
 
 
 def describe_value(value: bytes | None) -> str:
@@ -92,12 +98,14 @@ def describe_value(value: bytes | None) -> str:
 
 @dataclass(frozen=True)
 class Reply:
-    """The answer to put, create, get or delete."""
+    """The answer to put, create, get, delete or expiry."""
 
     outcome: Outcome
     value: bytes | None = None
     content_type: str | None = None
     version: str | None = None
+    expires_at_ms: int | None = None
+    """The key's deadline in Unix epoch ms, as `expiry` reads it (None: none, or not asked)."""
     evidence: str = ""
     request_id: str | None = None
     """The X-Request-ID the request was sent with (None: the transport has none)."""
@@ -110,6 +118,8 @@ class Reply:
             parts.append(f"as {self.content_type}")
         if self.version is not None:
             parts.append(f"version {self.version}")
+        if self.expires_at_ms is not None:
+            parts.append(f"expiring at {self.expires_at_ms}")
         return _with_evidence(" ".join(parts), self.evidence, self.request_id)
 
 
@@ -123,10 +133,13 @@ def _with_evidence(text: str, evidence: str, request_id: str | None) -> str:
 
 @dataclass(frozen=True)
 class HistoryEntry:
-    """One write of a key: its value (None for a delete) and when it was applied."""
+    """One write of a key: its value (None for a delete or an expiry) and when it was
+    applied (for an expiry: the key's deadline)."""
 
     value: bytes | None
     timestamp_ms: int
+    expired: bool = False
+    """The entry records the key expiring (only where `Capability.EXPIRY_ENTRIES`)."""
 
 
 @dataclass(frozen=True)
@@ -187,8 +200,11 @@ class KVClient(Protocol):
         content_type: str | None = None,
         only_if_version: str | None = None,
         only_if_absent: bool = False,
+        ttl_ms: int | None = None,
     ) -> Reply:
-        """Write `value`; the conditions make a failed precondition change nothing."""
+        """Write `value`; the conditions make a failed precondition change nothing. With
+        `ttl_ms`, the key expires that many milliseconds after the write; without, it has
+        no deadline (a plain write removes one)."""
         ...
 
     def create(self, key: str, value: bytes, *, content_type: str | None = None) -> Reply:
@@ -201,6 +217,11 @@ class KVClient(Protocol):
 
     def delete(self, key: str, *, only_if_version: str | None = None) -> Reply:
         """Delete the current value."""
+        ...
+
+    def expiry(self, key: str) -> Reply:
+        """The key's deadline: FOUND with `expires_at_ms` (None: it has none), NOT_FOUND when
+        the key has no value."""
         ...
 
     def history(self, key: str) -> HistoryReply:

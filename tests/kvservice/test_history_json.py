@@ -17,6 +17,8 @@ def reference_history_json(entries: list[HistoryEntry]) -> bytes:
     for entry in entries:
         if entry.data is None:
             items.append({"value": None, "timestamp": entry.timestamp_ms})
+            if entry.expired:
+                items[-1]["expired"] = True
             continue
         try:
             items.append({"value": entry.data.decode("utf-8"), "timestamp": entry.timestamp_ms})
@@ -42,6 +44,20 @@ def test_history_json_matches_json_dumps_on_special_values() -> None:
     entries = [HistoryEntry(data, 1_605_097_943_904 + i) for i, data in enumerate(SPECIAL_VALUES)]
     assert history_json(entries) == reference_history_json(entries)
     assert history_json([]) == b"[]"
+
+
+def test_an_expiry_says_so_and_other_entries_are_unchanged() -> None:
+    entries = [
+        HistoryEntry(None, 1_605_097_944_904, expired=True),
+        HistoryEntry(None, 1_605_097_943_905),
+        HistoryEntry(b"v", 1_605_097_943_904),
+    ]
+    assert history_json(entries) == (
+        b'[{"value":null,"timestamp":1605097944904,"expired":true},'
+        b'{"value":null,"timestamp":1605097943905},'
+        b'{"value":"v","timestamp":1605097943904}]'
+    )
+    assert history_json(entries) == reference_history_json(entries)
 
 
 def test_history_json_matches_json_dumps_on_random_values() -> None:

@@ -13,6 +13,7 @@ import requests
 from kvservice.store import Value
 from kvservice.store.memory import MemoryStore
 from tests.conftest import StartKV
+from tests.support.clock import START_MS, FakeClock
 from tests.support.rawhttp import single_response
 
 PROBLEM = "application/problem+json"
@@ -228,7 +229,7 @@ def test_underscore_paths_never_reach_keys(kv_url: str) -> None:
 @pytest.mark.parametrize(
     ("path", "method", "allowed"),
     [
-        ("/foo", "PATCH", "DELETE,GET,HEAD,POST,PUT"),
+        ("/foo", "TRACE", "DELETE,GET,HEAD,PATCH,POST,PUT"),
         ("/foo/history", "DELETE", "GET,HEAD"),
         ("/foo/history", "PUT", "GET,HEAD"),
         ("/_health", "POST", "GET,HEAD"),
@@ -241,6 +242,217 @@ def test_other_methods_are_405_with_allow(
     assert_problem(response, 405, "not allowed")
     assert response.headers["Allow"] == allowed
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+# -- keys that expire ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def clocked_url(start_kv: StartKV, clock: FakeClock) -> str:
+    """A kvservice whose store reads `clock`, so deadlines are reached by advancing it."""
+    return start_kv(clock=clock)
+
+
+EXPIRES_AT = "KV-Expires-At"
+
+
+def test_put_with_a_ttl_is_served_until_its_deadline_and_then_gone(
+    clocked_url: str, clock: FakeClock
+) -> None:
+    put = requests.put(f"{clocked_url}/k", data=b"v", params={"ttl": "2.5s"})
+    assert put.status_code == 204
+    deadline = START_MS + 2500
+    assert put.headers[EXPIRES_AT] == str(deadline)
+    assert "Expires" not in put.headers
+
+    clock.advance(2499)
+    got = requests.get(f"{clocked_url}/k")
+    assert (got.status_code, got.content, got.headers[EXPIRES_AT]) == (200, b"v", str(deadline))
+    assert requests.head(f"{clocked_url}/k").headers[EXPIRES_AT] == str(deadline)
+
+    clock.advance(1)
+    assert_problem(requests.get(f"{clocked_url}/k"), 404, "'k' has no value")
+    assert requests.head(f"{clocked_url}/k").status_code == 404
+    history = requests.get(f"{clocked_url}/k/history")
+    assert history.content == (
+        b'[{"value":null,"timestamp":%d,"expired":true},{"value":"v","timestamp":%d}]'
+        % (deadline, START_MS)
+    )
+
+
+@pytest.mark.parametrize(
+    ("ttl", "ms"),
+    [
+        ("30", 30_000),
+        ("500ms", 500),
+        ("2m", 120_000),
+        ("1h", 3_600_000),
+        ("0.25ms", 1),
+        ("1.0001s", 1000),
+        ("1.1s", 1100),
+        ("250000000h", 9 * 10**14),
+    ],
+)
+def test_ttl_takes_the_configuration_duration_syntax(clocked_url: str, ttl: str, ms: int) -> None:
+    put = requests.put(f"{clocked_url}/k", data=b"v", params={"ttl": ttl})
+    assert put.headers[EXPIRES_AT] == str(START_MS + ms)
+
+
+def test_post_with_expires_at_creates_with_that_deadline(
+    clocked_url: str, clock: FakeClock
+) -> None:
+    deadline = START_MS + 1000
+    created = requests.post(f"{clocked_url}/k", data=b"v", params={"expires_at": str(deadline)})
+    assert created.status_code == 201
+    assert created.headers[EXPIRES_AT] == str(deadline)
+    assert_problem(requests.post(f"{clocked_url}/k", data=b"w"), 409, "already has a value")
+    clock.advance(1000)
+    assert requests.post(f"{clocked_url}/k", data=b"w").status_code == 201, "it expired"
+    assert EXPIRES_AT not in requests.get(f"{clocked_url}/k").headers
+
+
+def test_a_plain_write_removes_the_deadline(clocked_url: str, clock: FakeClock) -> None:
+    requests.put(f"{clocked_url}/k", data=b"v1", params={"ttl": "1s"})
+    plain = requests.put(f"{clocked_url}/k", data=b"v2")
+    assert EXPIRES_AT not in plain.headers
+    clock.advance(5000)
+    got = requests.get(f"{clocked_url}/k")
+    assert (got.status_code, got.content) == (200, b"v2")
+    assert EXPIRES_AT not in got.headers
+
+
+def test_a_write_with_a_deadline_not_in_the_future_deletes_at_once(
+    clocked_url: str, clock: FakeClock
+) -> None:
+    put = requests.put(f"{clocked_url}/k", data=b"v", params={"expires_at": str(START_MS)})
+    assert put.status_code == 204
+    assert_problem(requests.get(f"{clocked_url}/k"), 404, "no value")
+    assert requests.get(f"{clocked_url}/k/history").json() == [
+        {"value": None, "timestamp": START_MS, "expired": True},
+        {"value": "v", "timestamp": START_MS},
+    ]
+
+
+def test_patch_sets_changes_and_removes_the_deadline_keeping_value_and_etag(
+    clocked_url: str, clock: FakeClock
+) -> None:
+    etag = requests.put(f"{clocked_url}/k", data=b"v").headers["ETag"]
+
+    patched = requests.patch(f"{clocked_url}/k", params={"ttl": "10s"})
+    assert (patched.status_code, patched.content) == (204, b"")
+    assert patched.headers["ETag"] == etag
+    assert patched.headers[EXPIRES_AT] == str(START_MS + 10_000)
+
+    later = START_MS + 60_000
+    patched = requests.patch(f"{clocked_url}/k", params={"expires_at": str(later)})
+    assert patched.headers[EXPIRES_AT] == str(later)
+    assert requests.get(f"{clocked_url}/k").headers[EXPIRES_AT] == str(later)
+
+    removed = requests.patch(f"{clocked_url}/k", params={"ttl": "none"})
+    assert removed.status_code == 204
+    assert removed.headers["ETag"] == etag
+    assert EXPIRES_AT not in removed.headers
+    clock.advance(61_000)  # past the deadline it had, within the history window
+    got = requests.get(f"{clocked_url}/k")
+    assert (got.status_code, got.content, got.headers["ETag"]) == (200, b"v", etag)
+    assert [entry["value"] for entry in requests.get(f"{clocked_url}/k/history").json()] == ["v"], (
+        "changing a deadline records no history"
+    )
+
+
+def test_patch_honours_if_match_and_if_none_match(clocked_url: str) -> None:
+    etag = requests.put(f"{clocked_url}/k", data=b"v").headers["ETag"]
+    stale = {"If-Match": '"stale"'}
+    response = requests.patch(f"{clocked_url}/k", params={"ttl": "1s"}, headers=stale)
+    assert_problem(response, 412, "precondition")
+    absent = {"If-None-Match": "*"}
+    response = requests.patch(f"{clocked_url}/k", params={"ttl": "1s"}, headers=absent)
+    assert_problem(response, 412, "precondition")
+    assert EXPIRES_AT not in requests.get(f"{clocked_url}/k").headers, "refused: no change"
+    current = {"If-Match": etag}
+    response = requests.patch(f"{clocked_url}/k", params={"ttl": "1s"}, headers=current)
+    assert response.status_code == 204
+    assert response.headers[EXPIRES_AT] == str(START_MS + 1000)
+
+
+def test_patch_of_a_key_without_a_value_is_404(clocked_url: str) -> None:
+    assert_problem(requests.patch(f"{clocked_url}/absent", params={"ttl": "1s"}), 404, "no value")
+    assert requests.get(f"{clocked_url}/absent/history").json() == []
+
+
+def test_patch_to_a_deadline_not_in_the_future_deletes_the_key(
+    clocked_url: str, clock: FakeClock
+) -> None:
+    requests.put(f"{clocked_url}/k", data=b"v")
+    clock.advance(10)
+    deleted = requests.patch(f"{clocked_url}/k", params={"expires_at": str(START_MS)})
+    assert (deleted.status_code, deleted.content) == (204, b"")
+    assert "ETag" not in deleted.headers
+    assert_problem(requests.get(f"{clocked_url}/k"), 404, "no value")
+    assert requests.get(f"{clocked_url}/k/history").json()[0] == {
+        "value": None,
+        "timestamp": START_MS + 10,
+        "expired": True,
+    }, "stamped now: history timestamps never decrease"
+
+
+@pytest.mark.parametrize(
+    ("method", "query", "detail_part"),
+    [
+        ("PUT", "ttl=soon", "ttl must be a duration, not 'soon': give a duration above 0"),
+        ("PUT", "ttl=0", "not '0': give a duration above 0: 120, 2.5s, 500ms, 2m, 1h."),
+        ("PUT", "ttl=-5s", "not '-5s'"),
+        ("PUT", "ttl=", "not ''"),
+        ("PUT", "ttl=none", "ttl must be a duration, not 'none'"),
+        ("PUT", "ttl=250000001h", "ttl must be at most 250000000h (about 28,500 years), not"),
+        ("PUT", "ttl=" + "9" * 400, "(about 28,500 years)"),
+        ("POST", "ttl=%B2", r"not '\xb2'"),
+        ("PUT", "expires_at=soon", "expires_at must be a deadline in Unix epoch milliseconds"),
+        ("PUT", "expires_at=-1", "a whole number of at most 15 digits, not '-1'"),
+        ("PUT", "expires_at=1000000000000000", "not '1000000000000000'"),
+        ("POST", "expires_at=1e12", "not '1e12'"),
+        ("PUT", "ttl=1s&expires_at=1", "Give ttl or expires_at, not both."),
+        ("PUT", "ttl=1s&ttl=2s", "'ttl' is given more than once"),
+        ("PUT", "tll=1s", "Unknown query parameter 'tll'; PUT /<key> takes ttl, expires_at."),
+        ("POST", "ex=1", "Unknown query parameter 'ex'; POST /<key> takes ttl, expires_at."),
+        ("PATCH", "", "give ttl=<duration> (120, 2.5s, 500ms, 2m, 1h), ttl=none or expires_at"),
+        ("PATCH", "ttl=1s&expires_at=1", "Give ttl or expires_at, not both."),
+        ("PATCH", "ttl=never", "ttl must be a duration, or none to remove the deadline, not"),
+        ("PATCH", "keep=1", "Unknown query parameter 'keep'; PATCH /<key> takes ttl, expires_at."),
+    ],
+)
+def test_a_bad_deadline_is_a_400_problem_and_changes_nothing(
+    clocked_url: str, method: str, query: str, detail_part: str
+) -> None:
+    requests.put(f"{clocked_url}/k", data=b"before")
+    response = requests.request(method, f"{clocked_url}/k?{query}", data=b"after")
+    problem = assert_problem(response, 400, detail_part)
+    assert problem["type"] == "urn:kvservice:problem:bad-request"
+    got = requests.get(f"{clocked_url}/k")
+    assert (got.content, EXPIRES_AT in got.headers) == (b"before", False)
+
+
+def test_patch_with_a_body_is_refused_and_changes_nothing(clocked_url: str) -> None:
+    requests.put(f"{clocked_url}/k", data=b"v")
+    response = requests.patch(
+        f"{clocked_url}/k",
+        params={"ttl": "1s"},
+        data=b'{"ttl":"1s"}',
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert_problem(response, 400, "PATCH changes only the deadline")
+    assert EXPIRES_AT not in requests.get(f"{clocked_url}/k").headers
+
+
+def test_other_routes_still_ignore_the_query(clocked_url: str) -> None:
+    requests.put(f"{clocked_url}/k", data=b"v")
+    assert requests.get(f"{clocked_url}/k?ttl=1s").status_code == 200
+    assert requests.delete(f"{clocked_url}/k?anything=1").status_code == 204
 
 
 # -- listing keys ----------------------------------------------------------------------------

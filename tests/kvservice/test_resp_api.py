@@ -24,6 +24,8 @@ from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.server import RespServer, RespSettings
 from kvservice.store import (
     NO_CONDITION,
+    NO_EXPIRY,
+    Expiry,
     InvalidKey,
     Precondition,
     Store,
@@ -113,11 +115,15 @@ def test_set_nx_creates_only_and_xx_overwrites_only(conn: RespConnection, store:
     assert store.history("other") == []
 
 
-@pytest.mark.parametrize("options", [["NX", "XX"], ["EX", "10"], ["GET"], ["KEEPTTL"]])
-def test_set_refuses_other_options(conn: RespConnection, options: list[str]) -> None:
+@pytest.mark.parametrize(
+    "options", [["NX", "XX"], ["EX"], ["EX", "10", "PX", "10"], ["KEEPTTL", "EX", "1"], ["FOO"]]
+)
+def test_set_refuses_options_redis_refuses_with_its_syntax_error(
+    conn: RespConnection, options: list[str]
+) -> None:
     reply = conn.ask("SET", "k", "v", *options)
 
-    assert reply == error_line("syntax error; SET takes NX or XX, and no expiry")
+    assert reply == error_line("syntax error")
     assert conn.ask("GET", "k") == NIL
 
 
@@ -435,9 +441,9 @@ def test_command_tells_just_enough(conn: RespConnection) -> None:
     assert conn.ask("COMMAND") == b"*0\r\n"
     assert conn.ask("COMMAND", "DOCS") == b"*0\r\n"
     assert conn.ask("COMMAND", "DOCS", "get") == b"*0\r\n"
-    assert conn.ask("COMMAND", "COUNT") == b":19\r\n"
+    assert conn.ask("COMMAND", "COUNT") == b":31\r\n"
     assert conn.ask("COMMAND", "INFO", "get", "set") == b"*2\r\n$-1\r\n$-1\r\n"
-    assert conn.ask("COMMAND", "LIST").startswith(b"*19\r\n$4\r\nping\r\n$4\r\necho\r\n")
+    assert conn.ask("COMMAND", "LIST").startswith(b"*31\r\n$4\r\nping\r\n$4\r\necho\r\n")
 
 
 def test_config_get_answers_what_tools_ask_as_a_map(conn: RespConnection) -> None:
@@ -912,10 +918,11 @@ def test_stop_lets_the_command_in_flight_finish_and_closes_every_connection() ->
             data: bytes,
             content_type: str | None = None,
             precondition: Precondition = NO_CONDITION,
+            expiry: Expiry = NO_EXPIRY,
         ) -> Value:
             entered.set()
             release.wait(5)
-            return super().put(key, data, content_type, precondition)
+            return super().put(key, data, content_type, precondition, expiry)
 
     store = SlowStore()
     server = RespServer(store, resp_test_settings())

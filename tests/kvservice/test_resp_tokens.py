@@ -48,6 +48,18 @@ EXAMPLES: dict[bytes, tuple[str, ...]] = {
     b"GET": ("k",),
     b"MGET": ("k",),
     b"SET": ("k", "new"),
+    b"SETEX": ("k", "100", "new"),
+    b"PSETEX": ("k", "100000", "new"),
+    b"GETEX": ("k",),
+    b"EXPIRE": ("k", "100"),
+    b"PEXPIRE": ("k", "100000"),
+    b"EXPIREAT": ("k", "4102444800"),
+    b"PEXPIREAT": ("k", "4102444800000"),
+    b"PERSIST": ("k",),
+    b"TTL": ("k",),
+    b"PTTL": ("k",),
+    b"EXPIRETIME": ("k",),
+    b"PEXPIRETIME": ("k",),
     b"DEL": ("k",),
     b"EXISTS": ("k",),
     b"HISTORY": ("k",),
@@ -60,7 +72,8 @@ EXAMPLES: dict[bytes, tuple[str, ...]] = {
     b"CONFIG": ("GET", "maxmemory"),
     b"INFO": (),
 }
-WRITES = {b"SET", b"DEL"}
+WRITES = {b"SET", b"SETEX", b"PSETEX", b"DEL", b"PERSIST", b"GETEX"}
+WRITES |= {b"EXPIRE", b"PEXPIRE", b"EXPIREAT", b"PEXPIREAT"}
 
 
 def test_every_command_is_in_the_examples() -> None:
@@ -83,12 +96,13 @@ def test_before_auth_every_command_but_the_open_ones_is_refused(
 def test_a_read_token_runs_reads_and_gets_noperm_on_writes(
     resp: RespServer, store: MemoryStore, name: bytes
 ) -> None:
+    before = store.get("k")
     with RespConnection(resp.port) as connection:
         assert connection.ask("AUTH", READ_TOKEN) == b"+OK\r\n"
         reply = connection.ask(name, *EXAMPLES[name])
     if name in WRITES:
         assert reply.startswith(b"-NOPERM the token reader may read")
-        assert store.get("k").data == b"v"
+        assert store.get("k") == before, "neither the value nor its deadline changed"
     else:
         assert not reply.startswith((b"-NOAUTH", b"-NOPERM"))
 

@@ -228,7 +228,9 @@ PATTERN_COMMANDS = {
 """Every command that takes a glob pattern, and how it takes one."""
 TAKE_NO_PATTERN = {b"PING", b"ECHO", b"GET", b"MGET", b"SET", b"DEL", b"EXISTS", b"HISTORY"}
 TAKE_NO_PATTERN |= {b"DBSIZE", b"QUIT", b"HELLO", b"COMMAND", b"CLIENT", b"SELECT", b"INFO"}
-TAKE_NO_PATTERN |= {b"AUTH"}
+TAKE_NO_PATTERN |= {b"AUTH", b"SETEX", b"PSETEX", b"GETEX", b"PERSIST"}
+TAKE_NO_PATTERN |= {b"EXPIRE", b"PEXPIRE", b"EXPIREAT", b"PEXPIREAT"}
+TAKE_NO_PATTERN |= {b"TTL", b"PTTL", b"EXPIRETIME", b"PEXPIRETIME"}
 
 
 def test_every_command_is_known_to_take_a_pattern_or_not() -> None:

@@ -1,6 +1,7 @@
 """Hand-written `KVClient` fakes: one correct kvservice in memory, and broken ones.
 
-`InMemoryKV` keeps every promise of the kvservice contract. Each broken fake breaks exactly
+`InMemoryKV` keeps every promise of the kvservice contract, keys that expire by the wall
+clock included. Each broken fake breaks exactly
 one, named in its docstring, so a check that passes the correct fake and fails the broken
 one is shown to test that promise. At the end, loopback endpoints for transport tests: any
 WSGI app served on a free port, a port nobody listens on, and one that never answers.
@@ -62,6 +63,7 @@ class InMemoryKV:
         self._history: dict[str, list[HistoryEntry]] = {}  # oldest first
         self._writes = 0
         self._last_ms = 0
+        self._deadlines: dict[str, int] = {}
 
     # -- the protocol ------------------------------------------------------------------------
 
@@ -73,28 +75,35 @@ class InMemoryKV:
         content_type: str | None = None,
         only_if_version: str | None = None,
         only_if_absent: bool = False,
+        ttl_ms: int | None = None,
     ) -> Reply:
         refusal = self._refusal(key, value, content_type)
         if refusal is not None:
             return refusal
         with self._lock:
+            self._expire_due()
             if not self._holds(self._values.get(key), only_if_version, only_if_absent):
                 return Reply(Outcome.PRECONDITION_FAILED)
-            return Reply(Outcome.STORED, version=self._write(key, value, content_type))
+            version = self._write(key, value, content_type)
+            self._set_deadline(key, None if ttl_ms is None else self._last_ms + ttl_ms)
+            return Reply(Outcome.STORED, version=version)
 
     def create(self, key: str, value: bytes, *, content_type: str | None = None) -> Reply:
         refusal = self._refusal(key, value, content_type)
         if refusal is not None:
             return refusal
         with self._lock:
+            self._expire_due()
             if key in self._values:
                 return Reply(Outcome.ALREADY_EXISTS)
+            self._set_deadline(key, None)
             return Reply(Outcome.CREATED, version=self._write(key, value, content_type))
 
     def get(self, key: str) -> Reply:
         if not self.key_pattern.fullmatch(key):
             return Reply(Outcome.INVALID)
         with self._lock:
+            self._expire_due()
             current = self._values.get(key)
         if current is None:
             return Reply(Outcome.NOT_FOUND)
@@ -109,18 +118,30 @@ class InMemoryKV:
         if not self.key_pattern.fullmatch(key):
             return Reply(Outcome.INVALID)
         with self._lock:
+            self._expire_due()
             current = self._values.get(key)
             if current is None:
                 return Reply(Outcome.NOT_FOUND)
             if not self._holds(current, only_if_version, only_if_absent=False):
                 return Reply(Outcome.PRECONDITION_FAILED)
             self._erase(key)
+            self._deadlines.pop(key, None)
         return Reply(Outcome.DELETED)
+
+    def expiry(self, key: str) -> Reply:
+        if not self.key_pattern.fullmatch(key):
+            return Reply(Outcome.INVALID)
+        with self._lock:
+            self._expire_due()
+            if key not in self._values:
+                return Reply(Outcome.NOT_FOUND)
+            return Reply(Outcome.FOUND, expires_at_ms=self._deadlines.get(key))
 
     def history(self, key: str) -> HistoryReply:
         if not self.key_pattern.fullmatch(key):
             return HistoryReply(Outcome.INVALID)
         with self._lock:
+            self._expire_due()
             oldest_first = list(self._history.get(key, ()))
         return HistoryReply(Outcome.FOUND, tuple(reversed(oldest_first)))
 
@@ -128,6 +149,7 @@ class InMemoryKV:
         if not re.fullmatch(r"[A-Za-z0-9]{0,255}", prefix):
             return KeysReply(Outcome.INVALID)
         with self._lock:
+            self._expire_due()
             matching = sorted(key for key in self._listed() if key.startswith(prefix))
         after = [key for key in matching if page is None or key > page]
         return self._page(after, limit)
@@ -198,6 +220,29 @@ class InMemoryKV:
     def _timestamp_ms(self) -> int:
         return self._last_ms
 
+    def _set_deadline(self, key: str, deadline_ms: int | None) -> None:
+        """What a write does to the key's deadline: sets it, or (a plain write) removes it."""
+        if deadline_ms is None:
+            self._deadlines.pop(key, None)
+        else:
+            self._deadlines[key] = deadline_ms
+
+    def _expire_due(self) -> None:
+        """Remove every key whose deadline has passed, recording each expiry at its
+        deadline. (A fake: it looks at every key with a deadline, on every call.)"""
+        now_ms = time.time_ns() // 1_000_000
+        for key, deadline_ms in list(self._deadlines.items()):
+            if now_ms >= self._removed_at_ms(deadline_ms):
+                del self._deadlines[key]
+                del self._values[key]
+                self._record_expiry(key, deadline_ms)
+
+    def _removed_at_ms(self, deadline_ms: int) -> int:
+        return deadline_ms
+
+    def _record_expiry(self, key: str, deadline_ms: int) -> None:
+        self._history[key].append(HistoryEntry(None, deadline_ms, expired=True))
+
 
 def _is_json(content_type: str) -> bool:
     media_type = content_type.split(";", 1)[0].strip().lower()
@@ -225,9 +270,15 @@ class DeleteStillServedKV(InMemoryKV):
         reply = super().get(key)
         if reply.outcome is Outcome.FOUND:
             self._read_cache[key] = reply
-        elif reply.outcome is Outcome.NOT_FOUND and key in self._read_cache:
+        elif reply.outcome is Outcome.NOT_FOUND and key in self._read_cache and self._deleted(key):
             return self._read_cache[key]
         return reply
+
+    def _deleted(self, key: str) -> bool:
+        """Whether the key's newest entry is a delete (expiries do reach the cache)."""
+        with self._lock:
+            newest = self._history[key][-1]
+        return newest.value is None and not newest.expired
 
 
 class GetAfterDeleteFailsKV(InMemoryKV):
@@ -377,6 +428,42 @@ class ContentTypeDroppedKV(InMemoryKV):
         return Reply(Outcome.FOUND, reply.value, DEFAULT_CONTENT_TYPE, reply.version)
 
 
+class ExpiresLateKV(InMemoryKV):
+    """Reports the right deadline, but serves the key for a second after it."""
+
+    def _removed_at_ms(self, deadline_ms: int) -> int:
+        return deadline_ms + 1000
+
+
+class NeverExpiresKV(InMemoryKV):
+    """Reports the deadline a write asked for, and never removes the key."""
+
+    def _removed_at_ms(self, deadline_ms: int) -> int:
+        return 2**62
+
+
+class ExpiryUnrecordedKV(InMemoryKV):
+    """Removes a key at its deadline, but writes no history entry for it."""
+
+    def _record_expiry(self, key: str, deadline_ms: int) -> None:
+        pass
+
+
+class ExpiryAsDeleteKV(InMemoryKV):
+    """Records an expiry in the history as if the key had been deleted."""
+
+    def _record_expiry(self, key: str, deadline_ms: int) -> None:
+        self._history[key].append(HistoryEntry(None, deadline_ms))
+
+
+class OverwriteKeepsTTLKV(InMemoryKV):
+    """A plain write keeps the deadline the key had (as if every write were KEEPTTL)."""
+
+    def _set_deadline(self, key: str, deadline_ms: int | None) -> None:
+        if deadline_ms is not None:
+            super()._set_deadline(key, deadline_ms)
+
+
 HTML_PAYLOAD = b"<script>pwned=1</script><img src=x onerror=pwned=2>"
 """Markup a page that shows a value as HTML would run: the <img>'s onerror sets `pwned`."""
 
@@ -453,6 +540,9 @@ class UnreachableKV(InMemoryKV):
     def delete(self, key: str, **options: Any) -> Reply:
         raise KVUnreachable(f"DELETE /{key}: {self.reason}")
 
+    def expiry(self, key: str) -> Reply:
+        raise KVUnreachable(f"HEAD /{key}: {self.reason}")
+
     def history(self, key: str) -> HistoryReply:
         raise KVUnreachable(f"GET /{key}/history: {self.reason}")
 
@@ -504,6 +594,9 @@ class TokensKV:
 
     def delete(self, key: str, **options: Any) -> Reply:
         return self._allow(2).delete(key, **options)
+
+    def expiry(self, key: str) -> Reply:
+        return self._allow(1).expiry(key)
 
     def history(self, key: str) -> HistoryReply:
         return self._allow(1).history(key)

@@ -29,6 +29,9 @@ from tests.support.fakes import (
     CreateOverwritesKV,
     DeleteIgnoredKV,
     DeleteStillServedKV,
+    ExpiresLateKV,
+    ExpiryAsDeleteKV,
+    ExpiryUnrecordedKV,
     GetAfterDeleteFailsKV,
     HistoryMissingDeleteKV,
     HistoryOutOfOrderKV,
@@ -38,8 +41,10 @@ from tests.support.fakes import (
     KeyUnvalidatedKV,
     ListingNeverEndsKV,
     ListsDeletedKeysKV,
+    NeverExpiresKV,
     OversizeAcceptedKV,
     OverwriteIgnoredKV,
+    OverwriteKeepsTTLKV,
     PageRepeatsItsStartKV,
     PageSkipsAKeyKV,
     PerThreadCacheKV,
@@ -308,6 +313,40 @@ BROKEN_PROMISES = [
         ListingNeverEndsKV,
         "test_listing",
         (("to the last page", "9 pages and still more to come"),),
+    ),
+    BrokenPromise(
+        ExpiresLateKV,
+        "test_expiry",
+        (
+            ("after its deadline", "found b'expiring-"),
+            ("an entry without a value at the deadline", "[b'expiring-"),
+        ),
+    ),
+    BrokenPromise(
+        NeverExpiresKV,
+        "test_expiry",
+        (
+            ("after its deadline", "found b'expiring-"),
+            ("an entry without a value at the deadline", "[b'expiring-"),
+        ),
+    ),
+    BrokenPromise(
+        ExpiryUnrecordedKV,
+        "test_expiry",
+        (("an entry without a value at the deadline", "[b'expiring-"),),
+    ),
+    BrokenPromise(
+        ExpiryAsDeleteKV,
+        "test_expiry",
+        (("the newest entry says it is an expiry", "<deleted> at"),),
+    ),
+    BrokenPromise(
+        OverwriteKeepsTTLKV,
+        "test_expiry",
+        (
+            ("the plain overwrite removed it", "found expiring at"),
+            ("the plain overwrite stays", "not found"),
+        ),
     ),
 ]
 

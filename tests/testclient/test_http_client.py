@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -139,6 +140,39 @@ def test_history_decodes_text_base64_and_deletes(client_for: Any) -> None:
     assert [entry.timestamp_ms for entry in history.entries] == [3, 2, 1]
 
 
+def test_history_tells_an_expiry_from_a_delete(client_for: Any) -> None:
+    body = b'[{"value":null,"timestamp":5,"expired":true},{"value":null,"timestamp":4}]'
+    client = client_for(history_app(body))
+
+    history = client.history("key")
+
+    assert [(entry.value, entry.expired) for entry in history.entries] == [
+        (None, True),
+        (None, False),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("headers", "outcome", "deadline"),
+    [
+        ([("KV-Expires-At", "1605097943904")], Outcome.FOUND, 1605097943904),
+        ([], Outcome.FOUND, None),
+        ([("KV-Expires-At", "soon")], Outcome.UNEXPECTED, None),
+        ([("KV-Expires-At", "-1")], Outcome.UNEXPECTED, None),
+    ],
+)
+def test_expiry_reads_the_deadline_header(
+    client_for: Any, headers: list[tuple[str, str]], outcome: Outcome, deadline: int | None
+) -> None:
+    seen: list[Environ] = []
+    client = client_for(canned("200 OK", headers, seen=seen))
+
+    reply = client.expiry("key")
+
+    assert (reply.outcome, reply.expires_at_ms) == (outcome, deadline)
+    assert seen[0]["REQUEST_METHOD"] == "HEAD"
+
+
 @pytest.mark.parametrize(
     ("body", "complaint"),
     [
@@ -152,6 +186,8 @@ def test_history_decodes_text_base64_and_deletes(client_for: Any) -> None:
         (b'[{"value":"x","encoding":"hex","timestamp":1}]', "unknown encoding"),
         (b'[{"value":"***","encoding":"base64","timestamp":1}]', "not valid base64"),
         (b'[{"value":null,"encoding":"base64","timestamp":1}]', "a delete with an encoding"),
+        (b'[{"value":null,"timestamp":1,"expired":false}]', "an expiry but not"),
+        (b'[{"value":"x","timestamp":1,"expired":true}]', "an expiry but not"),
     ],
 )
 def test_history_off_the_contract_is_unexpected(
@@ -240,3 +276,10 @@ def test_outcomes_of_the_real_kvservice(kv_url: str) -> None:
         assert client.get("outcomes").outcome is Outcome.NOT_FOUND
         assert client.history("outcomes").values == [None, b"v1"]
         assert client.history("bad-key").outcome is Outcome.INVALID
+        assert client.expiry("outcomes").outcome is Outcome.NOT_FOUND
+        assert client.put("outcomes", b"v", ttl_ms=60_000).outcome is Outcome.STORED
+        deadline = client.expiry("outcomes").expires_at_ms
+        assert deadline is not None and abs(deadline - time.time() * 1000 - 60_000) < 5_000
+        assert client.put("outcomes", b"v").outcome is Outcome.STORED
+        plain = client.expiry("outcomes")
+        assert (plain.outcome, plain.expires_at_ms) == (Outcome.FOUND, None)

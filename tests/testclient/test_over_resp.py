@@ -23,6 +23,7 @@ from kvservice.store.memory import MemoryStore
 from testclient.__main__ import main
 from testclient.checks import CHECKS, CheckResult, Verdict, overall_verdict, run_checks
 from testclient.clients import (
+    Capability,
     HTTPKVClient,
     KVClient,
     KVUnreachable,
@@ -32,7 +33,13 @@ from testclient.clients import (
 )
 from testclient.config import load_config
 from testclient.http_api import create_app as create_testclient_app
-from tests.support.fakes import InMemoryKV, JSONUnvalidatedKV, closed_port_url, serve_wsgi
+from tests.support.fakes import (
+    ExpiryAsDeleteKV,
+    InMemoryKV,
+    JSONUnvalidatedKV,
+    closed_port_url,
+    serve_wsgi,
+)
 from tests.support.rawresp import running_resp
 from tests.support.servers import http_settings
 from tests.testclient.test_checks import BROKEN_PROMISES, BrokenPromise, failure_report
@@ -45,6 +52,7 @@ CAPABLE_EVERYWHERE = [
     "test_validation",
     "test_binary_values",
     "test_listing",
+    "test_expiry",
 ]
 NEEDS_WHAT_RESP_LACKS = {
     "test_conditional_writes": "this transport has no versions to condition writes on",
@@ -144,7 +152,28 @@ def test_what_resp_cannot_express_is_unsupported_and_sends_nothing(
     assert replies[0].evidence == "RESP has no content types; nothing was sent"
     assert replies[1].evidence == "RESP has no versions to condition writes on; nothing was sent"
     assert kv_service.store.history("rkun") == []
-    assert resp_client.capabilities == frozenset()
+    assert resp_client.capabilities == frozenset({Capability.EXPIRY})
+
+
+def test_keys_expire_with_set_px_and_report_it_with_pexpiretime(
+    resp_client: RespKVClient,
+) -> None:
+    assert resp_client.expiry("rkttl").outcome is Outcome.NOT_FOUND
+    assert resp_client.put("rkttl", b"v", ttl_ms=60_000).outcome is Outcome.STORED
+    timed = resp_client.expiry("rkttl")
+    assert timed.outcome is Outcome.FOUND and timed.expires_at_ms is not None
+    assert abs(timed.expires_at_ms - time.time() * 1000 - 60_000) < 5_000
+    assert timed.evidence == f"RESP :{timed.expires_at_ms}"
+    created = resp_client.put("rkttl", b"w", only_if_absent=True, ttl_ms=1000)
+    assert created.outcome is Outcome.PRECONDITION_FAILED, "NX and PX together"
+    assert resp_client.put("rkttl", b"v").outcome is Outcome.STORED
+    plain = resp_client.expiry("rkttl")
+    assert (plain.outcome, plain.expires_at_ms, plain.evidence) == (
+        Outcome.FOUND,
+        None,
+        "RESP :-1",
+    )
+    assert resp_client.expiry("bad-key").outcome is Outcome.INVALID
 
 
 def test_one_client_serves_many_threads(resp_client: RespKVClient) -> None:
@@ -351,9 +380,10 @@ def test_all_checks_over_both_transports_at_once(clients: dict[str, KVClient]) -
 
 
 class TransportWithoutExtras(InMemoryKV):
-    """A correct kvservice seen through a transport like RESP: no versions, no content types."""
+    """A correct kvservice seen through a transport like RESP: no versions, no content types,
+    no history entry that tells an expiry from a delete."""
 
-    capabilities = frozenset()
+    capabilities = RespKVClient.capabilities
 
 
 @pytest.mark.parametrize(
@@ -362,7 +392,11 @@ class TransportWithoutExtras(InMemoryKV):
 def test_a_broken_fake_still_fails_without_versions_or_content_types(
     broken: BrokenPromise,
 ) -> None:
-    fake = type(f"Plain{broken.fake.__name__}", (broken.fake,), {"capabilities": frozenset()})
+    fake = type(
+        f"Plain{broken.fake.__name__}",
+        (broken.fake,),
+        {"capabilities": RespKVClient.capabilities},
+    )
 
     result = CHECKS[broken.check].function(fake())
 
@@ -373,6 +407,10 @@ def test_a_broken_fake_still_fails_without_versions_or_content_types(
         assert [step.step for step in result.steps if step.skipped] == [
             "write malformed JSON declared as application/json: refused, nothing stored"
         ]
+    elif broken.fake is ExpiryAsDeleteKV:  # nor this one where history shows expiries as deletes
+        assert result.verdict is Verdict.PASSED
+        skipped = [step.step for step in result.steps if step.skipped]
+        assert len(skipped) == 1 and "the newest entry says it is an expiry" in skipped[0]
     else:
         assert result.verdict is Verdict.FAILED, failure_report(result)
         failed = result.failed_steps
@@ -427,7 +465,7 @@ def test_run_over_resp_exits_4_and_says_what_it_skipped(
     assert "PASSED      test_validation  (" in report
     assert "FAIL" not in report
     assert report.rstrip().endswith(
-        "10 checks: 8 passed, 0 failed, 0 unreachable, 2 skipped; overall skipped (6 steps skipped)"
+        "11 checks: 9 passed, 0 failed, 0 unreachable, 2 skipped; overall skipped (7 steps skipped)"
     )
 
 
@@ -439,7 +477,7 @@ def test_run_over_resp_of_the_checks_it_can_run_exits_0(
     report = capsys.readouterr().out
     assert code == 0, report
     assert ", 1 step skipped)" in report
-    assert report.rstrip().endswith("overall passed (2 steps skipped)")
+    assert report.rstrip().endswith("overall passed (3 steps skipped)")
 
 
 def test_run_over_an_unreachable_resp_port_exits_3(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,8 +5,9 @@ Each handler takes the store, the connection's `Session` and the arguments, make
 few store calls and returns a `codec.Reply`; `execute` runs one, checks the connection may,
 and counts it. The layers, as redis-py separates its own: `state` (what connections
 remember), `dispatch` (how a command runs, and the one table from store errors to replies),
-then the commands: `data` (keys), `connection` (PING, AUTH, HELLO...), `server_info`
-(CONFIG GET, INFO). HELLO, COMMAND, CLIENT, SELECT, CONFIG GET and INFO answer just enough for
+then the commands: `data` (reading and deleting keys), `expiry` (SET, and the commands on
+deadlines: EXPIRE, TTL...), `connection` (PING, AUTH, HELLO...), `server_info` (CONFIG GET,
+INFO). HELLO, COMMAND, CLIENT, SELECT, CONFIG GET and INFO answer just enough for
 real clients and tools to connect and report. Transports import only `COMMANDS`, `execute`,
 `ServerState` and `Session`.
 """
@@ -20,6 +21,7 @@ from kvservice.resp.codec import Error, Reply, printable
 from kvservice.resp.commands.connection import CONNECTION_COMMANDS
 from kvservice.resp.commands.data import DATA_COMMANDS
 from kvservice.resp.commands.dispatch import UNKNOWN_COMMAND, Command, call, refusal, subcommands
+from kvservice.resp.commands.expiry import EXPIRY_COMMANDS
 from kvservice.resp.commands.server_info import SERVER_COMMANDS
 from kvservice.resp.commands.state import ServerState, Session
 from kvservice.store import Store
@@ -58,6 +60,7 @@ COMMAND_SUBCOMMANDS: dict[bytes, Command] = {
 COMMANDS: dict[bytes, Command] = {
     **CONNECTION_COMMANDS,
     **DATA_COMMANDS,
+    **EXPIRY_COMMANDS,
     **SERVER_COMMANDS,
     b"COMMAND": Command(subcommands("COMMAND", COMMAND_SUBCOMMANDS), 0, None),
 }

@@ -7,7 +7,7 @@ from __future__ import annotations
 from kvservice import __version__
 from kvservice.auth import Access
 from kvservice.resp.codec import INTEGER, OK, Error, Reply, Status
-from kvservice.resp.commands.dispatch import Command, subcommands
+from kvservice.resp.commands.dispatch import NOT_AN_INTEGER, Command, subcommands
 from kvservice.resp.commands.state import Session
 from kvservice.store import (
     Store,
@@ -120,7 +120,7 @@ CLIENT_SUBCOMMANDS: dict[bytes, Command] = {
 
 def _select(store: Store, session: Session, args: list[bytes]) -> Reply:
     if not INTEGER.fullmatch(args[0]):
-        return Error("ERR", "value is not an integer or out of range")
+        return NOT_AN_INTEGER
     if int(args[0]) != 0:
         return Error("ERR", "DB index is out of range; kvservice has only database 0")
     return OK

@@ -1,24 +1,22 @@
-"""The commands that read and write keys: GET, MGET, SET, DEL, EXISTS, HISTORY, SCAN, KEYS,
-DBSIZE. KEYS and SCAN MATCH match Redis's glob patterns in bounded time
-(`patterns.GlobPattern`) and read a bounded number of keys."""
+"""The commands that read and delete keys: GET, MGET, DEL, EXISTS, HISTORY, SCAN, KEYS,
+DBSIZE (SET, whose options are mostly about deadlines, is in `expiry`). KEYS and SCAN MATCH
+match Redis's glob patterns in bounded time (`patterns.GlobPattern`) and read a bounded number
+of keys."""
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable
 
 from kvservice.auth import Access
-from kvservice.resp.codec import INTEGER, OK, Error, Reply, printable
-from kvservice.resp.commands.dispatch import Command, key_argument
+from kvservice.resp.codec import INTEGER, Error, Reply, printable
+from kvservice.resp.commands.dispatch import NOT_AN_INTEGER, SYNTAX_ERROR, Command, key_argument
 from kvservice.resp.commands.state import Session
 from kvservice.resp.patterns import GlobPattern, literal_prefix
 from kvservice.store import (
-    MATCH_ANY,
     MAX_PAGE_KEYS,
     InvalidKey,
     KeyNotFound,
-    Precondition,
     Store,
 )
 
@@ -36,25 +34,6 @@ def _mget(store: Store, session: Session, args: list[bytes]) -> Reply:
         except KeyNotFound:
             values.append(None)
     return values
-
-
-_ONLY_IF_SET = Precondition(if_match=frozenset({MATCH_ANY}))
-
-SET_MODES: dict[frozenset[bytes], Callable[[Store, str, bytes], object]] = {
-    frozenset(): lambda store, key, value: store.put(key, value),
-    frozenset({b"NX"}): lambda store, key, value: store.create(key, value),
-    frozenset({b"XX"}): lambda store, key, value: store.put(key, value, None, _ONLY_IF_SET),
-}
-"""SET's options -> the store call: plain, create-only (NX) or only-if-set (XX)."""
-
-
-def _set(store: Store, session: Session, args: list[bytes]) -> Reply:
-    key, value, *options = args
-    write = SET_MODES.get(frozenset(option.upper() for option in options))
-    if write is None:
-        return Error("ERR", "syntax error; SET takes NX or XX, and no expiry")
-    write(store, key_argument(key), value)
-    return OK
 
 
 def _delete(store: Store, session: Session, args: list[bytes]) -> Reply:
@@ -121,21 +100,21 @@ def _scan_options(options: list[bytes]) -> tuple[bytes, int, bytes | None] | Err
     """MATCH, COUNT and TYPE, each followed by its value; defaults `*`, 10 and any type."""
     pattern, count, type_name = b"*", SCAN_DEFAULT_COUNT, None
     if len(options) % 2:
-        return Error("ERR", "syntax error")
+        return SYNTAX_ERROR
     for name, value in zip(options[::2], options[1::2], strict=True):
         option = name.upper()
         if option == b"MATCH":
             pattern = value
         elif option == b"COUNT":
             if not INTEGER.fullmatch(value):
-                return Error("ERR", "value is not an integer or out of range")
+                return NOT_AN_INTEGER
             if int(value) < 1:
-                return Error("ERR", "syntax error")
+                return SYNTAX_ERROR
             count = int(value)
         elif option == b"TYPE":
             type_name = value.upper()
         else:
-            return Error("ERR", "syntax error")
+            return SYNTAX_ERROR
     return pattern, count, type_name
 
 
@@ -180,7 +159,6 @@ def _dbsize(store: Store, session: Session, args: list[bytes]) -> Reply:
 DATA_COMMANDS: dict[bytes, Command] = {
     b"GET": Command(_get, 1, 1),
     b"MGET": Command(_mget, 1, None),
-    b"SET": Command(_set, 2, None, Access.WRITE),
     b"DEL": Command(_delete, 1, None, Access.WRITE),
     b"EXISTS": Command(_exists, 1, None),
     b"HISTORY": Command(_history, 1, 1),

@@ -1,11 +1,13 @@
 """How a command runs: its table entry (`Command`: handler, argument counts, the access it
-needs), the refusal of a command the connection may not run, the argument count check, and the
+needs), the refusal of a command the connection may not run, the argument count check, how
+keys and integers are read from arguments (and Redis's words when they are not), and the
 one table (`STORE_ERRORS`) that turns the store's errors into replies, like the HTTP app's
 PROBLEMS: an error reply with a code of its own and the store's message, or nil where Redis
 answers nil (GET of an empty key, SET NX on a taken key)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -96,6 +98,22 @@ def key_argument(argument: bytes) -> str:
     key = argument.decode("latin-1")
     validate_key(key)
     return key
+
+
+SYNTAX_ERROR = Error("ERR", "syntax error")
+NOT_AN_INTEGER = Error("ERR", "value is not an integer or out of range")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_REDIS_INTEGER = re.compile(rb"0|-?[1-9][0-9]{0,18}")
+
+
+def integer_argument(argument: bytes) -> int | None:
+    """A signed 64-bit integer as Redis reads one (string2ll: no `+`, no space, no leading
+    zero, no `-0`), or None, answered with NOT_AN_INTEGER. The regular expression bounds the
+    digits before Python converts them."""
+    if not _REDIS_INTEGER.fullmatch(argument):
+        return None
+    number = int(argument)
+    return number if INT64_MIN <= number <= INT64_MAX else None
 
 
 UNKNOWN_COMMAND = b"UNKNOWN"

@@ -1,5 +1,6 @@
 """What RESP connections remember: each connection's `Session`, and the `ServerState` every
-connection of one server shares (SCAN cursors, the figures INFO reports, the tokens)."""
+connection of one server shares (SCAN cursors, the figures INFO reports, the tokens, the clock
+TTL reads)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 
 from kvservice.auth import Access, Grant, Tokens
 from kvservice.resp.codec import Error, Reply
+from kvservice.store import Clock, system_clock_ms
 
 
 class ScanCursors:
@@ -47,8 +49,8 @@ class ScanCursors:
 
 @dataclass
 class ServerState:
-    """What every connection of one server shares: its SCAN cursors, and the figures INFO
-    reports, which the server keeps up to date."""
+    """What every connection of one server shares: its SCAN cursors, the figures INFO
+    reports, which the server keeps up to date, and the clock deadlines are read against."""
 
     port: int = 0
     max_clients: int = 0
@@ -77,6 +79,10 @@ class ServerState:
 
     tokens: Tokens | None = None
     """The tokens clients must AUTH with; None: every connection may read and write."""
+    clock: Clock = system_clock_ms
+    """The wall clock TTL and PTTL measure a key's deadline against, and the now Redis's
+    bound on a relative expiry (the deadline must fit 64 bits) is checked at; the store
+    keeps its own for the deadlines themselves. Tests set the store's fake clock here."""
 
 
 @dataclass

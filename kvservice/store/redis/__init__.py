@@ -2,21 +2,25 @@
 
 Layout: for a kvservice key K, a hash `kv:{K}` holds the value (`d`), its content type (`t`)
 and its ETag (`e`), and a list `kv:{K}:h` holds its history, oldest first, each entry
-`<epoch ms>:=<bytes>` for a write or `<epoch ms>:-` for a delete. The hash tag `{K}` puts
-both in one cluster slot. On a single Redis a sorted set `kv:keys` also holds every key with a
-value, for listing in order; a cluster cannot keep one set in step with keys on every node,
-so there listing scans every primary instead.
+`<epoch ms>:=<bytes>` for a write, `<epoch ms>:-` for a delete or `<epoch ms>:~` for an
+expiry. The hash tag `{K}` puts both in one cluster slot. On a single Redis a sorted set
+`kv:keys` also holds every key with a value, for listing in order; a cluster cannot keep one
+set in step with keys on every node, so there listing scans every primary instead. Deadlines
+are a sorted set, `kv:deadlines` on a single Redis and one per slot on a cluster, plus
+Redis's own PEXPIREAT on the hash; `scripts.py` says why, and how an expiry is recorded once.
 
-Every operation is atomic on the server: writes, create-only, preconditions and deletes are
-one Lua script each (EVALSHA, loaded again on NOSCRIPT), so replicas racing on one key behave
-as threads of one process do. A script takes the time from Redis `TIME` (or the injected
-clock), never lets a key's timestamps go backwards, trims the key's history to the window,
-and sets a TTL on it so a deleted key's history goes away by itself. ETags are random and
-kept in Redis, so any replica honours the ETag another one handed out.
+Every operation is atomic on the server: reads, writes, create-only, preconditions, deletes
+and deadlines are one Lua script each (EVALSHA, loaded again on NOSCRIPT), so replicas racing
+on one key behave as threads of one process do. A script takes the time from Redis `TIME` (or
+the injected clock), first settles a passed deadline, never lets a key's timestamps go
+backwards, trims the key's history to the window, and sets a TTL on it so a deleted key's
+history goes away by itself. ETags are random and kept in Redis, so any replica honours the
+ETag another one handed out.
 
 The budget is Redis's `maxmemory`; kvservice refuses a server whose `maxmemory-policy` would
 evict (evicted keys are acknowledged writes lost). Write scripts are refused whole at the
-limit (OOM, our 507); the delete script is marked `allow-oom`, so deletes still work.
+limit (OOM, our 507); reads, deletes, deadline changes and the sweep are marked `allow-oom`,
+so they still work, and settling an expired key gives its memory back.
 
 Faults: commands are sent on connections taken from redis-py's pools directly rather than
 through its client, to know what happened. A connection that cannot be made, or a command
@@ -26,7 +30,7 @@ a cluster's MOVED/ASK (which mean the command did not run) are retried, once.
 """
 
 from kvservice.store.redis.connection import LOOKUP, SCHEMES, BoundedLookup
-from kvservice.store.redis.scripts import history_key, value_key
+from kvservice.store.redis.scripts import deadlines_key, history_key, slot_deadlines_key, value_key
 from kvservice.store.redis.store import POLICY_RECHECK_S, RedisStore
 
 __all__ = [
@@ -35,6 +39,8 @@ __all__ = [
     "SCHEMES",
     "BoundedLookup",
     "RedisStore",
+    "deadlines_key",
     "history_key",
+    "slot_deadlines_key",
     "value_key",
 ]

@@ -1,6 +1,7 @@
 """Where the Redis backend's commands go: connections whose every step has a deadline (the
 host lookup included), one server's pool, and the topology that says which server holds a
-Redis key (a single server, or a cluster through redis-py's slot map)."""
+Redis key and which slots each primary holds (a single server, or a cluster through
+redis-py's slot map)."""
 
 from __future__ import annotations
 
@@ -123,6 +124,10 @@ class Topology:
         """Every server that holds keys."""
         raise NotImplementedError
 
+    def slots_by_primary(self) -> list[list[int]]:
+        """A cluster's slots, grouped by the primary that holds them ([] on a single server)."""
+        return []
+
     def refresh(self) -> None:
         """Relearn the topology (after MOVED, or a node that went away)."""
 
@@ -199,6 +204,13 @@ class Cluster(Topology):
     def primaries(self) -> list[Server]:
         nodes = self._connected().get_primaries()  # type: ignore[no-untyped-call]
         return [self._server_of(node) for node in nodes]
+
+    def slots_by_primary(self) -> list[list[int]]:
+        slots_cache = self._connected().nodes_manager.slots_cache
+        groups: dict[str, list[int]] = {}
+        for slot, nodes in sorted(dict(slots_cache).items()):  # a copy: redis-py refills it
+            groups.setdefault(nodes[0].name, []).append(slot)
+        return list(groups.values())
 
     def refresh(self) -> None:
         with self._lock:

@@ -1,21 +1,58 @@
-"""The Redis backend's data layout and its Lua scripts: for a kvservice key K, a hash `kv:{K}`
-holds the value (`d`), its content type (`t`) and its ETag (`e`), and a list `kv:{K}:h` its
-history, oldest first, each entry `<epoch ms>:=<bytes>` for a write or `<epoch ms>:-` for a
-delete; on a single Redis the sorted set `kv:keys` holds every key with a value.
+"""The Redis backend's data layout and its Lua scripts.
 
-A script takes the time from Redis `TIME` (or the injected clock), never lets a key's
-timestamps go backwards, trims the key's history to the window, and sets a TTL on it so a
-deleted key's history goes away by itself.
+Layout, for a kvservice key K: a hash `kv:{K}` holds the value (`d`), its content type (`t`)
+and its ETag (`e`), and a list `kv:{K}:h` its history, oldest first, each entry
+`<epoch ms>:=<bytes>` for a write, `<epoch ms>:-` for a delete or `<epoch ms>:~` for an
+expiry. On a single Redis the sorted set `kv:keys` holds every key with a value, and the
+sorted set `kv:deadlines` every key with a deadline, scored by it. A cluster cannot keep one
+set in step with keys on every node, so there each of the 16,384 slots has its own deadlines
+set, `kv:{<tag>}:deadlines`, where the tag is a short string chosen to hash to that slot
+(`slot_tag`): a key's hash, history and deadline live in one slot, as one script needs them.
+
+Every operation is one script, and every script that reads or writes a key first settles a
+passed deadline (`settle`): the value is removed, from the index and the deadlines too, and
+the expiry is recorded in the history at the deadline itself. Replicas therefore read a key
+the same way whichever of them comes first, and exactly one expiry entry is written, by the
+first script (a read, a write, or the sweep) to run at or after the deadline.
+
+Where the deadline lives, and why: the deadlines set is the one record of it. It survives
+the value hash (which may be gone before anyone reads it, below), and it is what
+`sweep_expired` reads, `ZRANGEBYSCORE -inf <now> LIMIT`, so expiring never looks at keys
+that have no deadline; on a cluster the sweep visits the slot sets of each primary in
+batches (one script per SWEEP_SLOTS_PER_CALL slots), never the keys. When the store takes
+its time from Redis (production), the value hash also carries Redis's own expiry,
+`PEXPIREAT <deadline>`, set in the same script as the write: Redis then frees its memory
+once the deadline is past even if nothing reads or sweeps it. Redis keeps the hash through
+the deadline's own millisecond, and judges it by the time its command started, never later
+than the script's TIME: the hash is therefore never gone while the deadlines set says the
+value is there, and at the deadline `settle` removes it. With an injected clock (tests),
+Redis's time is not the store's, so the scripts alone expire the hash. Either way the
+history entry comes from the deadlines set, so it is written whether or not Redis deleted
+the hash first.
+
+Time: a script takes it from Redis `TIME` (or the injected clock) once; a key's deadline is
+compared with it (at the deadline exactly the value is gone), and `Expiry(after_ms=...)` is
+relative to it. A key's timestamps never go backwards: an entry is stamped no earlier than
+the key's newest one. A script trims the key's history to the window and sets a TTL on it so
+a deleted or expired key's history goes away by itself.
 """
 
 from __future__ import annotations
 
+import binascii
+import functools
 import hashlib
 from dataclasses import dataclass
 
 INDEX_KEY = "kv:keys"
+DEADLINES_KEY = "kv:deadlines"
+"""The deadlines of a single Redis (a cluster has one set per slot: `deadlines_key`)."""
 HISTORY_TTL_MARGIN_MS = 1_000
 """How much longer than the window a key's history list lives after its last write."""
+CLUSTER_SLOTS = 16_384
+SWEEP_SLOTS_PER_CALL = 1_024
+"""How many slots' deadline sets one sweep script visits on a cluster: enough that a sweep is
+a few calls per primary, few enough that one call holds its node for about a millisecond."""
 
 
 _LUA_COMMON = r"""
@@ -25,16 +62,12 @@ local function now_ms(clock)
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function stamp(entry)
-  return tonumber(string.match(entry, '^(%d+):'))
+local function ms(number)
+  return string.format('%.0f', number)
 end
 
-local function latest_ms(history, clock)
-  -- A key's timestamps never go backwards, whatever the clock does.
-  local now = now_ms(clock)
-  local newest = redis.call('LINDEX', history, -1)
-  if newest and stamp(newest) > now then return stamp(newest) end
-  return now
+local function stamp(entry)
+  return tonumber(string.match(entry, '^(%d+):'))
 end
 
 local function matches(spec, etag)
@@ -51,70 +84,246 @@ local function holds(if_match, if_none_match, etag)
   return if_none_match == '' or not matches(if_none_match, etag)
 end
 
-local function record(history, entry, window_ms, clock, ttl_ms)
-  local now = latest_ms(history, clock)
-  redis.call('RPUSH', history, string.format('%.0f', now) .. ':' .. entry)
-  local cutoff = now - window_ms
+-- Append an entry stamped `at`, or the key's newest stamp if that is later (a key's
+-- timestamps never go backwards, whatever the clock does), and trim to the window.
+local function record(history, at, entry, now, window_ms, ttl_ms)
+  local newest = redis.call('LINDEX', history, -1)
+  if newest and stamp(newest) > at then at = stamp(newest) end
+  redis.call('RPUSH', history, ms(at) .. ':' .. entry)
+  local cutoff = math.max(at, now) - window_ms
   while true do
     local oldest = redis.call('LINDEX', history, 0)
     if not oldest or stamp(oldest) > cutoff then break end
     redis.call('LPOP', history)
   end
   redis.call('PEXPIRE', history, ttl_ms)
-  return now
+  return at
+end
+
+-- The key's value goes: its hash, its place in the index and its deadline.
+local function forget(value, deadlines, index, key)
+  redis.call('DEL', value)
+  redis.call('ZREM', deadlines, key)
+  if index then redis.call('ZREM', index, key) end
+end
+
+-- If the key's deadline has passed, remove its value and record the expiry at the deadline;
+-- true if it did. The deadline is read from the deadlines set, which outlives the hash.
+local function settle(value, history, deadlines, index, key, now, window_ms, ttl_ms)
+  local deadline = redis.call('ZSCORE', deadlines, key)
+  if not deadline or tonumber(deadline) > now then return false end
+  forget(value, deadlines, index, key)
+  record(history, tonumber(deadline), '~', now, window_ms, ttl_ms)
+  return true
+end
+
+local function deadline_of(deadlines, key)
+  local deadline = redis.call('ZSCORE', deadlines, key)
+  return deadline and tonumber(deadline)
+end
+
+-- The deadline an expiry argument gives: '' none, 'k' the current one (false: none),
+-- '@<ms>' that time, '+<ms>' that long after now. As model.Expiry.deadline_ms.
+local function new_deadline(spec, current, now)
+  local mode, number = string.sub(spec, 1, 1), tonumber(string.sub(spec, 2))
+  if mode == 'k' then return current end
+  if mode == '@' then return number end
+  if mode == '+' then return now + number end
+  return false
+end
+
+-- Give the key's value `deadline` (false: none); Redis's own expiry only on Redis's clock.
+local function keep_deadline(value, deadlines, key, deadline, clock)
+  if deadline then
+    redis.call('ZADD', deadlines, ms(deadline), key)
+    if clock == '' then redis.call('PEXPIREAT', value, ms(deadline)) end
+  else
+    redis.call('ZREM', deadlines, key)
+    redis.call('PERSIST', value)
+  end
 end
 """
 
-# KEYS: value hash, history list, [index]. ARGV: key, data, content type ('' or '=type'),
-# new etag, create only ('1'/'0'), If-Match spec, If-None-Match spec, window, clock, ttl.
+# Every script on one key takes KEYS: value hash, history list, deadlines set, [index], and
+# starts its ARGV with: key, window, clock ('' : Redis's TIME), history TTL.
+_ON_KEY = r"""
+local key, window_ms, clock, ttl_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local value, history, deadlines, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now = now_ms(clock)
+settle(value, history, deadlines, index, key, now, window_ms, ttl_ms)
+"""
+
+# ARGV 5..: data, content type ('' or '=type'), new etag, create only ('1'/'0'), If-Match
+# spec, If-None-Match spec, expiry spec. A deadline not after now deletes the key at once:
+# the history holds the write, then the expiry, both at now.
 _WRITE = (
     "#!lua\n"
     + _LUA_COMMON
+    + _ON_KEY
     + r"""
-local etag = redis.call('HGET', KEYS[1], 'e')
-if ARGV[5] == '1' and etag then return {'exists'} end
-if not holds(ARGV[6], ARGV[7], etag) then return {'precondition'} end
-if ARGV[3] == '' then
-  redis.call('HDEL', KEYS[1], 't')
-  redis.call('HSET', KEYS[1], 'd', ARGV[2], 'e', ARGV[4])
+local data, content_type, new_etag = ARGV[5], ARGV[6], ARGV[7]
+local etag = redis.call('HGET', value, 'e')
+if ARGV[8] == '1' and etag then return {'exists'} end
+if not holds(ARGV[9], ARGV[10], etag) then return {'precondition'} end
+local deadline = new_deadline(ARGV[11], deadline_of(deadlines, key), now)
+if content_type == '' then
+  redis.call('HDEL', value, 't')
+  redis.call('HSET', value, 'd', data, 'e', new_etag)
 else
-  redis.call('HSET', KEYS[1], 'd', ARGV[2], 'e', ARGV[4], 't', string.sub(ARGV[3], 2))
+  redis.call('HSET', value, 'd', data, 'e', new_etag, 't', string.sub(content_type, 2))
 end
-if KEYS[3] then redis.call('ZADD', KEYS[3], 0, ARGV[1]) end
-local now = record(KEYS[2], '=' .. ARGV[2], tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10]))
-return {'ok', now}
+if index then redis.call('ZADD', index, 0, key) end
+local at = record(history, now, '=' .. data, now, window_ms, ttl_ms)
+if deadline and deadline <= now then
+  forget(value, deadlines, index, key)
+  record(history, at, '~', now, window_ms, ttl_ms)
+else
+  keep_deadline(value, deadlines, key, deadline, clock)
+end
+return {'ok', deadline and ms(deadline)}
 """
 )
 
-# KEYS: value hash, history list, [index]. ARGV: key, If-Match spec, If-None-Match spec,
-# window, clock, ttl. allow-oom: deletes are how a full store gets room back.
+# ARGV 5..: expiry spec, when ('always', 'nx', 'xx', 'gt', 'lt': model.ExpireIf's values, and
+# its `allows` rule), If-Match spec, If-None-Match spec. Replies the value after: hash fields,
+# deadline. allow-oom: a deadline is how a full store gets room back too.
+_EXPIRE = (
+    "#!lua flags=allow-oom\n"
+    + _LUA_COMMON
+    + _ON_KEY
+    + r"""
+local fields = redis.call('HMGET', value, 'd', 't', 'e')
+if not fields[3] then return {'missing'} end
+if not holds(ARGV[7], ARGV[8], fields[3]) then return {'precondition'} end
+local current = deadline_of(deadlines, key)
+local deadline = new_deadline(ARGV[5], current, now)
+local when, infinite = ARGV[6], math.huge
+local allowed = when == 'always'
+  or (when == 'nx' and not current)
+  or (when == 'xx' and current ~= false)
+  or (when == 'gt' and current ~= false and (deadline or infinite) > current)
+  or (when == 'lt' and (deadline or infinite) < (current or infinite))
+if not allowed then
+  return {'skipped', fields[1], fields[2], fields[3], current and ms(current)}
+end
+if deadline and deadline <= now then
+  forget(value, deadlines, index, key)
+  record(history, now, '~', now, window_ms, ttl_ms)
+  return {'expired'}
+end
+keep_deadline(value, deadlines, key, deadline, clock)
+return {'applied', fields[1], fields[2], fields[3], deadline and ms(deadline)}
+"""
+)
+
+# ARGV 5..: If-Match spec, If-None-Match spec. allow-oom: deletes are how a full store gets
+# room back.
 _DELETE = (
     "#!lua flags=allow-oom\n"
     + _LUA_COMMON
+    + _ON_KEY
     + r"""
-local etag = redis.call('HGET', KEYS[1], 'e')
+local etag = redis.call('HGET', value, 'e')
 if not etag then return {'missing'} end
-if not holds(ARGV[2], ARGV[3], etag) then return {'precondition'} end
-redis.call('DEL', KEYS[1])
-if KEYS[3] then redis.call('ZREM', KEYS[3], ARGV[1]) end
-record(KEYS[2], '-', tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]))
+if not holds(ARGV[5], ARGV[6], etag) then return {'precondition'} end
+forget(value, deadlines, index, key)
+record(history, now, '-', now, window_ms, ttl_ms)
 return {'ok'}
 """
 )
 
-# KEYS: history list. ARGV: window, clock. The entries inside the window, newest first.
-_HISTORY = (
-    "#!lua flags=no-writes\n"
+# The value: hash fields and deadline. allow-oom: a read must work at the limit, and settling
+# frees more than the entry it writes.
+_GET = (
+    "#!lua flags=allow-oom\n"
     + _LUA_COMMON
+    + _ON_KEY
     + r"""
-local cutoff = latest_ms(KEYS[1], ARGV[2]) - tonumber(ARGV[1])
-local entries = redis.call('LRANGE', KEYS[1], 0, -1)
+local fields = redis.call('HMGET', value, 'd', 't', 'e')
+local deadline = deadline_of(deadlines, key)
+return {fields[1], fields[2], fields[3], deadline and ms(deadline)}
+"""
+)
+
+# The entries inside the window, newest first.
+_HISTORY = (
+    "#!lua flags=allow-oom\n"
+    + _LUA_COMMON
+    + _ON_KEY
+    + r"""
+local newest = redis.call('LINDEX', history, -1)
+local cutoff = math.max(now, newest and stamp(newest) or now) - window_ms
+local entries = redis.call('LRANGE', history, 0, -1)
 local kept = {}
 for i = #entries, 1, -1 do
   if stamp(entries[i]) <= cutoff then break end
   kept[#kept + 1] = entries[i]
 end
 return kept
+"""
+)
+
+# KEYS: a deadlines set (on a cluster, of one slot of the primary it runs on). ARGV: limit,
+# window, clock, history TTL, the index ('' on a cluster), then more deadline sets of slots of
+# the same primary (allow-cross-slot-keys: a script may touch keys of another slot on its
+# node only if it does not declare them). Settles up to `limit` keys whose deadline has
+# passed, and replies how many; the keys' hash and history names are `value_key`'s and
+# `history_key`'s.
+_SWEEP = (
+    "#!lua flags=allow-oom,allow-cross-slot-keys\n"
+    + _LUA_COMMON
+    + r"""
+local limit, window_ms, clock = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local ttl_ms = tonumber(ARGV[4])
+local index = ARGV[5] ~= '' and ARGV[5]
+local now = now_ms(clock)
+local sets = {KEYS[1]}
+for i = 6, #ARGV do sets[#sets + 1] = ARGV[i] end
+local removed = 0
+for _, deadlines in ipairs(sets) do
+  if removed >= limit then break end
+  local due = redis.call('ZRANGEBYSCORE', deadlines, '-inf', ms(now), 'LIMIT', 0, limit - removed)
+  for _, key in ipairs(due) do
+    local value = 'kv:{' .. key .. '}'
+    settle(value, value .. ':h', deadlines, index, key, now, window_ms, ttl_ms)
+    removed = removed + 1
+  end
+end
+return removed
+"""
+)
+
+# KEYS: index, deadlines set (a single Redis only). ARGV: low and high ends (ZRANGE BYLEX),
+# how many, clock. Keys holding a value in that range, leaving out those whose deadline has
+# passed (the sweep settles them; a listing writes nothing).
+_LIST = (
+    "#!lua flags=no-writes\n"
+    + _LUA_COMMON
+    + r"""
+local low, high, wanted = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local now = now_ms(ARGV[4])
+local found = {}
+while #found < wanted do
+  local members = redis.call('ZRANGE', KEYS[1], low, high, 'BYLEX', 'LIMIT', 0, wanted - #found)
+  if #members == 0 then break end
+  for _, key in ipairs(members) do
+    local deadline = deadline_of(KEYS[2], key)
+    if not deadline or deadline > now then found[#found + 1] = key end
+  end
+  low = '(' .. members[#members]
+end
+return found
+"""
+)
+
+# KEYS: index, deadlines set (a single Redis only). ARGV: clock. How many keys hold a value:
+# every key with a deadline is in the index, so those past theirs are counted out.
+_COUNT = (
+    "#!lua flags=no-writes\n"
+    + _LUA_COMMON
+    + r"""
+local now = now_ms(ARGV[1])
+return redis.call('ZCARD', KEYS[1]) - redis.call('ZCOUNT', KEYS[2], '-inf', ms(now))
 """
 )
 
@@ -129,7 +338,9 @@ class Script:
         return hashlib.sha1(self.source.encode()).hexdigest()
 
 
-WRITE, DELETE, HISTORY = Script(_WRITE), Script(_DELETE), Script(_HISTORY)
+WRITE, EXPIRE, DELETE = Script(_WRITE), Script(_EXPIRE), Script(_DELETE)
+GET, HISTORY, SWEEP = Script(_GET), Script(_HISTORY), Script(_SWEEP)
+LIST, COUNT = Script(_LIST), Script(_COUNT)
 
 
 def value_key(key: str) -> str:
@@ -140,3 +351,31 @@ def value_key(key: str) -> str:
 def history_key(key: str) -> str:
     """The Redis list holding a key's history."""
     return f"kv:{{{key}}}:h"
+
+
+def key_slot(key: str) -> int:
+    """The cluster slot of a key's hash, history and deadline (keys are [A-Za-z0-9]: the key
+    is its own hash tag, and Redis's slot is CRC16/XMODEM of the tag, modulo the slots)."""
+    return binascii.crc_hqx(key.encode(), 0) % CLUSTER_SLOTS
+
+
+@functools.cache
+def _slot_tags() -> tuple[str, ...]:
+    """For each slot, the shortest decimal number that hashes to it (about 170,000 CRCs, once
+    per process: a few tens of milliseconds)."""
+    tags: dict[int, str] = {}
+    number = 0
+    while len(tags) < CLUSTER_SLOTS:
+        tags.setdefault(key_slot(str(number)), str(number))
+        number += 1
+    return tuple(tags[slot] for slot in range(CLUSTER_SLOTS))
+
+
+def slot_deadlines_key(slot: int) -> str:
+    """The sorted set of the deadlines of the keys in one cluster slot."""
+    return f"kv:{{{_slot_tags()[slot]}}}:deadlines"
+
+
+def deadlines_key(key: str, cluster: bool) -> str:
+    """The sorted set holding a key's deadline: one per slot on a cluster, one on a server."""
+    return slot_deadlines_key(key_slot(key)) if cluster else DEADLINES_KEY

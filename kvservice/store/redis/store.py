@@ -1,6 +1,7 @@
 """`RedisStore`: the Store contract on Redis or Redis Cluster. Each operation is one command or
-one script (`scripts.py`) on the server that holds the key (`connection.py`); this module says
-what every reply and every failure means to a client."""
+one script (`scripts.py`, which also says where deadlines live) on the server that holds the
+key (`connection.py`); this module says what every reply and every failure means to a
+client."""
 
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ from kvservice.store.model import (
     DEFAULT_PAGE_KEYS,
     MATCH_ANY,
     NO_CONDITION,
+    NO_EXPIRY,
     Clock,
+    ExpireIf,
+    Expiry,
+    ExpiryChange,
     HistoryEntry,
     KeyExists,
     KeyNotFound,
@@ -33,19 +38,30 @@ from kvservice.store.model import (
 )
 from kvservice.store.redis.connection import LOOKUP, BoundedLookup, Server, Topology, topology
 from kvservice.store.redis.scripts import (
+    COUNT,
+    DEADLINES_KEY,
     DELETE,
+    EXPIRE,
+    GET,
     HISTORY,
     HISTORY_TTL_MARGIN_MS,
     INDEX_KEY,
+    LIST,
+    SWEEP,
+    SWEEP_SLOTS_PER_CALL,
     WRITE,
     Script,
+    deadlines_key,
     history_key,
+    slot_deadlines_key,
     value_key,
 )
 
 logger = logging.getLogger("kvservice.store.redis")
 
 _SCAN_COUNT = 1000
+_SETTLE_BATCH = 1000
+"""How many passed deadlines one sweep script settles before a cluster's listing or count."""
 _SAFE_POLICIES = ("noeviction",)
 
 POLICY_RECHECK_S = 1.0
@@ -159,7 +175,8 @@ class RedisStore:
 
     def stats(self) -> StoreStats:
         """Keys holding a value, Redis's used memory and its maxmemory (0: no limit), summed
-        over a cluster's primaries. On a cluster the count scans every key."""
+        over a cluster's primaries. On a cluster the count settles every passed deadline,
+        then scans every key."""
         self._ensure_checked()
         used = limit = 0
         for server in self._topology.primaries():
@@ -167,9 +184,12 @@ class RedisStore:
             used += int(info.get("used_memory", 0))
             limit += int(info.get("maxmemory", 0))
         if self._topology.cluster:
+            self._settle_passed_deadlines()
             count = sum(len(self._scan_keys(server, "")) for server in self._topology.primaries())
         else:
-            count = int(self._execute(self._index_server(), ("ZCARD", INDEX_KEY), writes=False))
+            count = int(
+                self._script(COUNT, "", [INDEX_KEY, DEADLINES_KEY], [self._clock_arg()], False)
+            )
         return StoreStats(count, used, limit, full_refusals=self._full_refusals)
 
     # -- reads ------------------------------------------------------------------------------
@@ -177,34 +197,28 @@ class RedisStore:
     def get(self, key: str) -> Value:
         """The key's current value; raises KeyNotFound."""
         self._ensure_checked()
-        redis_key = value_key(key)
-        data, content_type, etag = self._execute(
-            self._topology.server_for(redis_key), ("HMGET", redis_key, "d", "t", "e"), writes=False
-        )
-        if etag is None:
+        fields = self._script(GET, key, self._keys_of(key), self._key_arguments(key), False)
+        value = _value(fields)
+        if value is None:
             raise KeyNotFound.of(key)
-        # A type written to Redis by other means may be any bytes: the transports judge the
-        # text (HTTP serves one that is no field value as application/octet-stream).
-        content_type_text = (
-            None if content_type is None else content_type.decode("utf-8", "replace")
-        )
-        return Value(data, content_type_text, etag.decode())
+        return value
 
     def history(self, key: str) -> list[HistoryEntry]:
         """Every write to the key inside the history window, newest first; [] if none."""
         self._ensure_checked()
-        entries = self._script(
-            HISTORY, key, [history_key(key)], [self.history_window_ms, self._clock_arg()], False
-        )
+        entries = self._script(HISTORY, key, self._keys_of(key), self._key_arguments(key), False)
         return [_history_entry(entry) for entry in entries]
 
     def keys(
         self, prefix: str = "", after: str | None = None, limit: int = DEFAULT_PAGE_KEYS
     ) -> KeyPage:
         """Up to `limit` keys holding a value that start with `prefix`, in lexicographic
-        order, strictly after `after`. A single Redis reads its index; a cluster is scanned."""
+        order, strictly after `after`, none of them past its deadline. A single Redis reads
+        its index, leaving those out; on a cluster passed deadlines are settled first, then
+        every primary is scanned."""
         self._ensure_checked()
         if self._topology.cluster:
+            self._settle_passed_deadlines()
             found = sorted(
                 key
                 for server in self._topology.primaries()
@@ -214,10 +228,12 @@ class RedisStore:
         else:
             low = f"({after}" if after is not None and after >= prefix else f"[{prefix}"
             high = f"[{prefix}\xff" if prefix else "+"
-            members = self._execute(
-                self._index_server(),
-                ("ZRANGE", INDEX_KEY, low, high.encode("latin-1"), "BYLEX", "LIMIT", 0, limit + 1),
-                writes=False,
+            members = self._script(
+                LIST,
+                "",
+                [INDEX_KEY, DEADLINES_KEY],
+                [low, high.encode("latin-1"), limit + 1, self._clock_arg()],
+                False,
             )
             found = [member.decode() for member in members]
         if len(found) > limit:
@@ -232,9 +248,11 @@ class RedisStore:
         data: bytes,
         content_type: str | None = None,
         precondition: Precondition = NO_CONDITION,
+        expiry: Expiry = NO_EXPIRY,
     ) -> Value:
-        """Set the key's value; raises PreconditionFailed, StoreFull."""
-        return self._write(key, data, content_type, precondition, create_only=False)
+        """Set the key's value, and its deadline as `expiry` says (by default: none); raises
+        PreconditionFailed, StoreFull."""
+        return self._write(key, data, content_type, precondition, expiry, create_only=False)
 
     def create(
         self,
@@ -242,9 +260,56 @@ class RedisStore:
         data: bytes,
         content_type: str | None = None,
         precondition: Precondition = NO_CONDITION,
+        expiry: Expiry = NO_EXPIRY,
     ) -> Value:
         """Set the key's value only if it has none; raises KeyExists, and as `put` does."""
-        return self._write(key, data, content_type, precondition, create_only=True)
+        return self._write(key, data, content_type, precondition, expiry, create_only=True)
+
+    def expire(
+        self,
+        key: str,
+        expiry: Expiry,
+        when: ExpireIf = ExpireIf.ALWAYS,
+        precondition: Precondition = NO_CONDITION,
+    ) -> ExpiryChange:
+        """Set the deadline of the key's value (`NO_EXPIRY`: remove it) if `when` allows, keeping
+        the value and its ETag and recording no history entry; a deadline not after now deletes
+        the key at once, recorded as an expiry. Raises KeyNotFound, PreconditionFailed."""
+        self._ensure_checked()
+        arguments = [
+            *self._key_arguments(key),
+            _expiry_spec(expiry),
+            when.value,
+            _condition(precondition.if_match),
+            _condition(precondition.if_none_match),
+        ]
+        outcome, *fields = self._script(EXPIRE, key, self._keys_of(key), arguments, True)
+        if outcome == b"missing":
+            raise KeyNotFound.of(key)
+        if outcome == b"precondition":
+            raise PreconditionFailed.of(key)
+        return ExpiryChange(outcome != b"skipped", _value(fields))
+
+    def sweep_expired(self, limit: int) -> int:
+        """Remove up to `limit` keys whose deadline has passed, recording each expiry at its
+        deadline, and return how many it removed. It reads the deadline sets only, never a
+        key without a deadline: one script on a single Redis, and on a cluster one script per
+        SWEEP_SLOTS_PER_CALL slots of each primary, until `limit` keys are removed."""
+        self._ensure_checked()
+        removed = 0
+        for sets in self._deadline_sets():
+            if removed >= limit:
+                break
+            arguments = [
+                limit - removed,
+                self.history_window_ms,
+                self._clock_arg(),
+                self.history_window_ms + HISTORY_TTL_MARGIN_MS,
+                "" if self._topology.cluster else INDEX_KEY,
+                *sets[1:],
+            ]
+            removed += int(self._script(SWEEP, "", sets[:1], arguments, True))
+        return removed
 
     def delete(self, key: str, precondition: Precondition = NO_CONDITION) -> None:
         """Remove the key's value and record the delete; raises KeyNotFound, PreconditionFailed.
@@ -253,12 +318,9 @@ class RedisStore:
         """
         self._ensure_checked()
         arguments = [
-            key,
+            *self._key_arguments(key),
             _condition(precondition.if_match),
             _condition(precondition.if_none_match),
-            self.history_window_ms,
-            self._clock_arg(),
-            self.history_window_ms + HISTORY_TTL_MARGIN_MS,
         ]
         outcome = self._script(DELETE, key, self._keys_of(key), arguments, True)
         if outcome[0] == b"missing":
@@ -272,38 +334,59 @@ class RedisStore:
         data: bytes,
         content_type: str | None,
         precondition: Precondition,
+        expiry: Expiry,
         *,
         create_only: bool,
     ) -> Value:
         self._ensure_checked()
         etag = secrets.token_hex(8)
         arguments = [
-            key,
+            *self._key_arguments(key),
             data,
             "" if content_type is None else "=" + content_type,
             etag,
             "1" if create_only else "0",
             _condition(precondition.if_match),
             _condition(precondition.if_none_match),
-            self.history_window_ms,
-            self._clock_arg(),
-            self.history_window_ms + HISTORY_TTL_MARGIN_MS,
+            _expiry_spec(expiry),
         ]
         outcome = self._script(WRITE, key, self._keys_of(key), arguments, True)
         if outcome[0] == b"exists":
             raise KeyExists.of(key)
         if outcome[0] == b"precondition":
             raise PreconditionFailed.of(key)
-        return Value(data, content_type, etag)
+        return Value(data, content_type, etag, _deadline(outcome[1]))
 
     # -- talking to Redis -------------------------------------------------------------------
 
     def _keys_of(self, key: str) -> list[str]:
-        keys = [value_key(key), history_key(key)]
-        return keys if self._topology.cluster else [*keys, INDEX_KEY]
+        """The KEYS of a script on one key: its hash, history, deadlines set, [the index]."""
+        cluster = self._topology.cluster
+        keys = [value_key(key), history_key(key), deadlines_key(key, cluster)]
+        return keys if cluster else [*keys, INDEX_KEY]
 
-    def _index_server(self) -> Server:
-        return self._topology.server_for(INDEX_KEY)
+    def _key_arguments(self, key: str) -> list[Any]:
+        """The ARGV every script on one key starts with."""
+        window = self.history_window_ms
+        return [key, window, self._clock_arg(), window + HISTORY_TTL_MARGIN_MS]
+
+    def _deadline_sets(self) -> list[list[str]]:
+        """The deadline sets each sweep script visits: a single Redis's one, or a cluster's
+        per-slot sets, in batches of one primary's slots."""
+        if not self._topology.cluster:
+            return [[DEADLINES_KEY]]
+        return [
+            [slot_deadlines_key(slot) for slot in slots[start : start + SWEEP_SLOTS_PER_CALL]]
+            for slots in self._topology.slots_by_primary()
+            for start in range(0, len(slots), SWEEP_SLOTS_PER_CALL)
+        ]
+
+    def _settle_passed_deadlines(self) -> None:
+        """Settle every passed deadline, in batches: a cluster's listing and count scan the
+        hashes, and a hash may outlive its deadline (briefly on Redis's clock, until settled on
+        an injected one)."""
+        while self.sweep_expired(_SETTLE_BATCH) == _SETTLE_BATCH:
+            pass
 
     def _clock_arg(self) -> str:
         return "" if self._clock is None else str(self._clock())
@@ -479,7 +562,33 @@ def _condition(tags: frozenset[str] | None) -> str:
 
 def _history_entry(entry: bytes) -> HistoryEntry:
     stamp, _, rest = entry.partition(b":")
-    return HistoryEntry(rest[1:] if rest[:1] == b"=" else None, int(stamp))
+    return HistoryEntry(rest[1:] if rest[:1] == b"=" else None, int(stamp), rest == b"~")
+
+
+def _expiry_spec(expiry: Expiry) -> str:
+    """An expiry as the scripts read it: '' none, 'k' keep, '@' and a time, '+' and a delay."""
+    if expiry.keep:
+        return "k"
+    if expiry.at_ms is not None:
+        return f"@{expiry.at_ms}"
+    if expiry.after_ms is not None:
+        return f"+{expiry.after_ms}"
+    return ""
+
+
+def _deadline(reply: bytes | None) -> int | None:
+    return None if reply is None else int(reply)
+
+
+def _value(fields: list[Any]) -> Value | None:
+    """A value from a script's reply (data, content type, ETag, deadline); None if no ETag."""
+    if not fields or fields[2] is None:
+        return None
+    data, content_type, etag, deadline = fields
+    # A type written to Redis by other means may be any bytes: the transports judge the
+    # text (HTTP serves one that is no field value as application/octet-stream).
+    content_type_text = None if content_type is None else content_type.decode("utf-8", "replace")
+    return Value(data, content_type_text, etag.decode(), _deadline(deadline))
 
 
 def _info(reply: bytes) -> dict[str, str]:

@@ -10,8 +10,10 @@ detail text; `_ERROR_KINDS` tells them apart by the code alone.
 `server_name:kvservice` (Redis has no such line; Valkey says `server_name:valkey`), so a real
 Redis or anything else on the port is told apart from kvservice before any check writes to it.
 
-RESP carries neither versions nor content types: `capabilities` is empty, and a request
-that needs one answers `Outcome.UNSUPPORTED` without sending anything. A refused
+RESP carries neither versions nor content types: `capabilities` lacks them, and a request
+that needs one answers `Outcome.UNSUPPORTED` without sending anything. Keys expire as in
+Redis (`SET ... PX`, `PEXPIRETIME`), but HISTORY shows an expiry as a delete (`[timestamp,
+nil]`), so `Capability.EXPIRY_ENTRIES` is lacking too. A refused
 connection, a timeout or a connection closed before the reply raises `KVUnreachable`. With a
 token, each new connection sends `AUTH token` first; a refused AUTH, and -NOAUTH, -WRONGPASS
 or -NOPERM to a command, raise `KVRefused`. A `rediss://` URL speaks TLS, verified against
@@ -82,6 +84,8 @@ _CREATE_OUTCOMES = {"+OK": Outcome.CREATED, "nil": Outcome.ALREADY_EXISTS, **_WR
 _GET_OUTCOMES = {"bulk": Outcome.FOUND, "nil": Outcome.NOT_FOUND, "-invalid": Outcome.INVALID}
 _DELETE_OUTCOMES = {":1": Outcome.DELETED, ":0": Outcome.NOT_FOUND, "-invalid": Outcome.INVALID}
 _HISTORY_OUTCOMES = {"array": Outcome.FOUND, "-invalid": Outcome.INVALID}
+_PEXPIRETIME_NO_KEY = -2
+_PEXPIRETIME_NO_DEADLINE = -1
 
 
 class RespKVClient:
@@ -92,7 +96,7 @@ class RespKVClient:
     returns it; a pooled connection the server has closed meanwhile is dropped, not used.
     """
 
-    capabilities: frozenset[Capability] = frozenset()
+    capabilities: frozenset[Capability] = frozenset({Capability.EXPIRY})
 
     def __init__(
         self,
@@ -139,15 +143,18 @@ class RespKVClient:
         content_type: str | None = None,
         only_if_version: str | None = None,
         only_if_absent: bool = False,
+        ttl_ms: int | None = None,
     ) -> Reply:
-        """SET key value (NX when only_if_absent): +OK when stored, nil when NX found a value."""
+        """SET key value [NX] [PX ttl]: +OK when stored, nil when NX found a value."""
         if content_type is not None:
             return _unsupported(Capability.CONTENT_TYPES)
         if only_if_version is not None:
             return _unsupported(Capability.VERSIONS)
-        if only_if_absent:
-            return self._write(_SET_IF_ABSENT_OUTCOMES, b"SET", key, value, b"NX")
-        return self._write(_SET_OUTCOMES, b"SET", key, value)
+        options = [b"NX"] if only_if_absent else []
+        if ttl_ms is not None:
+            options += [b"PX", str(ttl_ms).encode()]
+        outcomes = _SET_IF_ABSENT_OUTCOMES if only_if_absent else _SET_OUTCOMES
+        return self._write(outcomes, b"SET", key, value, *options)
 
     def create(self, key: str, value: bytes, *, content_type: str | None = None) -> Reply:
         """SET key value NX: +OK when created, nil when the key has a value."""
@@ -168,6 +175,19 @@ class RespKVClient:
         if only_if_version is not None:
             return _unsupported(Capability.VERSIONS)
         return self._write(_DELETE_OUTCOMES, b"DEL", key)
+
+    def expiry(self, key: str) -> Reply:
+        """PEXPIRETIME key: the deadline in epoch ms, :-1 when there is none, :-2 when the key
+        has no value."""
+        reply, evidence = self._exchange(b"PEXPIRETIME", key)
+        if _kind(reply) == "-invalid":
+            return Reply(Outcome.INVALID, evidence=evidence)
+        if not isinstance(reply, int) or reply < _PEXPIRETIME_NO_KEY:
+            return Reply(Outcome.UNEXPECTED, evidence=evidence)
+        if reply == _PEXPIRETIME_NO_KEY:
+            return Reply(Outcome.NOT_FOUND, evidence=evidence)
+        deadline = None if reply == _PEXPIRETIME_NO_DEADLINE else reply
+        return Reply(Outcome.FOUND, expires_at_ms=deadline, evidence=evidence)
 
     def history(self, key: str) -> HistoryReply:
         """HISTORY key: an array of [timestamp, value or nil], newest first."""

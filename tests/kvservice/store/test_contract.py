@@ -14,7 +14,12 @@ import threading
 import pytest
 
 from kvservice.store import (
+    KEEP_EXPIRY,
     MATCH_ANY,
+    NO_EXPIRY,
+    ExpireIf,
+    Expiry,
+    ExpiryChange,
     HistoryEntry,
     InvalidKey,
     KeyExists,
@@ -24,6 +29,7 @@ from kvservice.store import (
     PreconditionFailed,
     Store,
     StoreFull,
+    Value,
     ValueTooLarge,
     system_clock_ms,
     validate_key,
@@ -469,3 +475,312 @@ def test_listing_while_keys_come_and_go_never_breaks_and_keeps_order(
     finally:
         stop.set()
         writer.join()
+
+
+# -- keys that expire -------------------------------------------------------------------------
+
+DEADLINE_MS = START_MS + 1_000
+"""The deadline most expiry tests give a key: one second after the clock's start."""
+
+
+def expired_at(deadline_ms: int) -> HistoryEntry:
+    """The history entry that records a key expiring at `deadline_ms`."""
+    return HistoryEntry(None, deadline_ms, expired=True)
+
+
+def test_a_key_is_served_until_its_deadline_and_gone_at_it(store: Store, clock: FakeClock) -> None:
+    written = store.put("k", b"v", expiry=Expiry(at_ms=DEADLINE_MS))
+    assert written.expires_at_ms == DEADLINE_MS
+    clock.advance(999)  # one millisecond before the deadline
+    assert store.get("k").data == b"v"
+    assert store.get("k").expires_at_ms == DEADLINE_MS
+    assert store.keys().keys == ["k"]
+    assert store.stats().keys == 1
+    assert values(store.history("k")) == [b"v"]
+    clock.advance(1)  # at the deadline
+    with pytest.raises(KeyNotFound):
+        store.get("k")
+    assert store.keys().keys == []
+    assert store.stats().keys == 0
+    assert store.history("k") == [expired_at(DEADLINE_MS), HistoryEntry(b"v", START_MS)]
+
+
+def test_after_ms_counts_from_the_stores_own_clock(store: Store, clock: FakeClock) -> None:
+    clock.advance(5_000)
+    written = store.put("k", b"v", expiry=Expiry(after_ms=250))
+    assert written.expires_at_ms == START_MS + 5_250
+    assert store.get("k").expires_at_ms == START_MS + 5_250
+    clock.advance(249)
+    assert store.get("k").data == b"v"
+    clock.advance(1)
+    with pytest.raises(KeyNotFound):
+        store.get("k")
+
+
+def test_a_plain_write_removes_the_deadline(store: Store, clock: FakeClock) -> None:
+    store.put("k", b"v1", expiry=Expiry(at_ms=DEADLINE_MS))
+    overwritten = store.put("k", b"v2")
+    assert overwritten.expires_at_ms is None
+    clock.advance(10_000)
+    assert store.get("k").data == b"v2"
+    assert store.get("k").expires_at_ms is None
+    assert values(store.history("k")) == [b"v2", b"v1"]
+
+
+def test_keep_expiry_keeps_the_deadline_and_a_key_without_one_gets_none(
+    store: Store, clock: FakeClock
+) -> None:
+    store.put("k", b"v1", expiry=Expiry(at_ms=DEADLINE_MS))
+    kept = store.put("k", b"v2", expiry=KEEP_EXPIRY)
+    assert kept.expires_at_ms == DEADLINE_MS
+    assert store.put("plain", b"v", expiry=KEEP_EXPIRY).expires_at_ms is None
+    clock.advance(1_000)
+    with pytest.raises(KeyNotFound):
+        store.get("k")
+    assert store.history("k") == [
+        expired_at(DEADLINE_MS),
+        HistoryEntry(b"v2", START_MS),
+        HistoryEntry(b"v1", START_MS),
+    ]
+    assert store.get("plain").data == b"v"
+
+
+@pytest.mark.parametrize("before_now_ms", [60_000, 1, 0])
+def test_a_write_with_a_deadline_not_after_now_deletes_the_key_at_once(
+    store: Store, clock: FakeClock, before_now_ms: int
+) -> None:
+    store.put("k", b"old")
+    clock.advance(10)
+    store.put("k", b"v", expiry=Expiry(at_ms=clock.now_ms - before_now_ms))
+    with pytest.raises(KeyNotFound):
+        store.get("k")
+    assert store.keys().keys == []
+    assert store.stats().keys == 0
+    # The expiry is recorded now: history timestamps never go back to the past deadline.
+    assert store.history("k") == [
+        expired_at(clock.now_ms),
+        HistoryEntry(b"v", clock.now_ms),
+        HistoryEntry(b"old", START_MS),
+    ]
+
+
+def test_expire_with_a_deadline_not_after_now_deletes_the_key(
+    store: Store, clock: FakeClock
+) -> None:
+    store.put("k", b"v")
+    clock.advance(10)
+    assert store.expire("k", Expiry(at_ms=START_MS)) == ExpiryChange(True, None)
+    with pytest.raises(KeyNotFound):
+        store.get("k")
+    assert store.history("k") == [expired_at(START_MS + 10), HistoryEntry(b"v", START_MS)]
+    store.put("k2", b"v")
+    assert store.expire("k2", Expiry(after_ms=0)) == ExpiryChange(True, None)
+    assert store.keys().keys == []
+
+
+def test_expire_sets_and_removes_a_deadline_keeping_the_etag_and_the_history(
+    store: Store, clock: FakeClock
+) -> None:
+    written = store.put("k", b"v", "text/plain")
+    change = store.expire("k", Expiry(at_ms=DEADLINE_MS))
+    assert change.applied
+    assert change.value == Value(b"v", "text/plain", written.etag, DEADLINE_MS)
+    assert store.get("k") == change.value
+    assert store.expire("k", NO_EXPIRY) == ExpiryChange(
+        True, Value(b"v", "text/plain", written.etag, None)
+    )
+    clock.advance(5_000)
+    assert store.get("k").data == b"v", "the deadline was removed"
+    store.expire("k", Expiry(after_ms=100))
+    assert store.get("k").expires_at_ms == START_MS + 5_100
+    assert store.get("k").etag == written.etag
+    assert values(store.history("k")) == [b"v"], "changing a deadline records nothing"
+
+
+@pytest.mark.parametrize(
+    ("current_ms", "new_ms", "when", "applies"),
+    [
+        (None, DEADLINE_MS, ExpireIf.NO_DEADLINE, True),
+        (DEADLINE_MS, DEADLINE_MS + 1, ExpireIf.NO_DEADLINE, False),
+        (None, DEADLINE_MS, ExpireIf.HAS_DEADLINE, False),
+        (DEADLINE_MS, DEADLINE_MS + 1, ExpireIf.HAS_DEADLINE, True),
+        (DEADLINE_MS, DEADLINE_MS + 1, ExpireIf.LATER, True),
+        (DEADLINE_MS, DEADLINE_MS, ExpireIf.LATER, False),
+        (DEADLINE_MS, DEADLINE_MS - 1, ExpireIf.LATER, False),
+        (None, DEADLINE_MS, ExpireIf.LATER, False),  # no deadline counts as an infinite one
+        (DEADLINE_MS, DEADLINE_MS - 1, ExpireIf.EARLIER, True),
+        (DEADLINE_MS, DEADLINE_MS, ExpireIf.EARLIER, False),
+        (DEADLINE_MS, DEADLINE_MS + 1, ExpireIf.EARLIER, False),
+        (None, DEADLINE_MS, ExpireIf.EARLIER, True),
+        (DEADLINE_MS, None, ExpireIf.ALWAYS, True),
+    ],
+)
+def test_expire_applies_only_as_its_condition_allows(
+    store: Store, current_ms: int | None, new_ms: int | None, when: ExpireIf, applies: bool
+) -> None:
+    written = store.put("k", b"v", expiry=Expiry(at_ms=current_ms))
+    change = store.expire("k", Expiry(at_ms=new_ms), when)
+    expected_ms = new_ms if applies else current_ms
+    assert change == ExpiryChange(applies, Value(b"v", None, written.etag, expected_ms))
+    assert store.get("k").expires_at_ms == expected_ms
+
+
+def test_expire_of_a_key_without_a_value_raises(store: Store, clock: FakeClock) -> None:
+    with pytest.raises(KeyNotFound):
+        store.expire("nothing", Expiry(after_ms=100))
+    store.put("k", b"v", expiry=Expiry(at_ms=DEADLINE_MS))
+    clock.advance(1_000)
+    with pytest.raises(KeyNotFound):
+        store.expire("k", Expiry(after_ms=100))
+    assert store.history("k") == [expired_at(DEADLINE_MS), HistoryEntry(b"v", START_MS)]
+
+
+def test_expire_honours_its_precondition(store: Store) -> None:
+    written = store.put("k", b"v")
+    with pytest.raises(PreconditionFailed):
+        store.expire("k", Expiry(at_ms=DEADLINE_MS), precondition=if_match("stale"))
+    assert store.get("k").expires_at_ms is None
+    change = store.expire("k", Expiry(at_ms=DEADLINE_MS), precondition=if_match(written.etag))
+    assert change.applied
+    assert store.get("k").expires_at_ms == DEADLINE_MS
+
+
+def test_an_expired_key_has_no_value_for_writes_and_preconditions(
+    store: Store, clock: FakeClock
+) -> None:
+    written = store.put("k", b"v", expiry=Expiry(at_ms=DEADLINE_MS))
+    clock.advance(1_000)
+    with pytest.raises(PreconditionFailed):
+        store.put("k", b"w", precondition=if_match(written.etag))
+    with pytest.raises(PreconditionFailed):
+        store.put("k", b"w", precondition=if_match(MATCH_ANY))
+    with pytest.raises(KeyNotFound):
+        store.delete("k")
+    created = store.create("k", b"again")
+    assert created.expires_at_ms is None
+    with pytest.raises(KeyExists):
+        store.create("k", b"twice")
+    assert store.history("k") == [
+        HistoryEntry(b"again", DEADLINE_MS),
+        expired_at(DEADLINE_MS),
+        HistoryEntry(b"v", START_MS),
+    ]
+
+
+def test_create_with_if_none_match_any_on_an_expired_key(store: Store, clock: FakeClock) -> None:
+    store.put("k", b"v", expiry=Expiry(after_ms=10))
+    clock.advance(10)
+    store.put("k", b"new", precondition=Precondition(if_none_match=frozenset({MATCH_ANY})))
+    assert store.get("k").data == b"new"
+
+
+def test_many_keys_expiring_in_the_same_millisecond(store: Store, clock: FakeClock) -> None:
+    due = [f"due{number:03d}" for number in range(200)]
+    for key in due:
+        store.put(key, b"v", expiry=Expiry(at_ms=DEADLINE_MS))
+    store.put("later", b"v", expiry=Expiry(at_ms=DEADLINE_MS + 1))
+    store.put("plain", b"v")
+    clock.advance(999)
+    assert len(store.keys(limit=1_000).keys) == 202
+    clock.advance(1)
+    assert store.keys(limit=1_000).keys == ["later", "plain"]
+    assert store.stats().keys == 2
+    for key in due[::50]:
+        assert store.history(key) == [expired_at(DEADLINE_MS), HistoryEntry(b"v", START_MS)]
+    assert store.sweep_expired(1_000) == len(due) - len(due[::50])
+    assert store.get("later").data == b"v"
+
+
+def test_the_listing_never_shows_an_expired_key_and_pages_past_them(
+    store: Store, clock: FakeClock
+) -> None:
+    for number in range(30):
+        expiry = Expiry(at_ms=DEADLINE_MS) if number % 3 else NO_EXPIRY
+        store.put(f"k{number:02d}", b"v", expiry=expiry)
+    clock.advance(1_000)
+    kept = [f"k{number:02d}" for number in range(0, 30, 3)]
+    listed: list[str] = []
+    after = None
+    while True:
+        page = store.keys(after=after, limit=3)
+        listed += page.keys
+        if page.next_after is None:
+            break
+        after = page.next_after
+    assert listed == kept
+    assert store.keys(prefix="k1", limit=100).keys == ["k12", "k15", "k18"]
+
+
+def test_history_shows_the_expiry_at_the_deadline_though_nobody_read_the_key(
+    store: Store, clock: FakeClock
+) -> None:
+    store.put("k", b"v", expiry=Expiry(at_ms=DEADLINE_MS))
+    clock.advance(60_000)  # long past the deadline, and nobody looked at "k"
+    store.put("other", b"v")
+    store.put("k", b"new")
+    assert store.history("k") == [
+        HistoryEntry(b"new", START_MS + 60_000),
+        expired_at(DEADLINE_MS),
+        HistoryEntry(b"v", START_MS),
+    ]
+
+
+def test_an_expiry_recorded_late_leaves_the_window_with_its_deadline(
+    store: Store, clock: FakeClock
+) -> None:
+    store.put("k", b"v", expiry=Expiry(at_ms=DEADLINE_MS))
+    clock.advance(60_000)
+    store.put("other", b"v")  # written before anyone noticed "k" expire
+    assert store.history("k")[0] == expired_at(DEADLINE_MS)
+    clock.advance(DEADLINE_MS + WINDOW_MS - 1 - clock.now_ms)
+    assert store.history("k") == [expired_at(DEADLINE_MS)]
+    assert store.stats().history_entries in (2, None)
+    clock.advance(1)
+    assert store.history("k") == [], "the expiry is inside the window exactly as long as a write"
+    assert values(store.history("other")) == [b"v"]
+    assert store.stats().history_entries in (1, None)
+
+
+def test_sweep_expired_removes_at_most_its_limit_and_counts_what_it_removed(
+    store: Store, clock: FakeClock
+) -> None:
+    for number in range(5):
+        store.put(f"due{number}", b"v", expiry=Expiry(at_ms=DEADLINE_MS + number))
+    store.put("notyet", b"v", expiry=Expiry(at_ms=DEADLINE_MS + 10_000))
+    store.put("plain", b"v")
+    assert store.sweep_expired(10) == 0
+    clock.advance(1_004)
+    assert store.sweep_expired(2) == 2
+    assert store.sweep_expired(10) == 3
+    assert store.sweep_expired(10) == 0
+    assert store.keys().keys == ["notyet", "plain"]
+    for number in range(5):
+        assert store.history(f"due{number}") == [
+            expired_at(DEADLINE_MS + number),
+            HistoryEntry(b"v", START_MS),
+        ]
+
+
+def test_an_expired_key_gives_its_value_bytes_back(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    store = make_store(clock=clock, budget_bytes=64 * 1024)
+    big = b"x" * 1000
+    written = 0
+    with pytest.raises(StoreFull):
+        for number in range(1_000):
+            store.put(f"ttl{number}", big, expiry=Expiry(at_ms=DEADLINE_MS))
+            written += 1
+    assert written, "the store was full before the first write"
+    with pytest.raises(StoreFull):
+        store.put("more", big)
+    clock.advance(1_000)  # the expired writes' history stays: only the values come back
+    while store.sweep_expired(100):
+        pass
+    assert store.stats().keys == 0
+    store.put("more", big)
+    assert store.get("more").data == big
+
+
+def if_match(etag: str) -> Precondition:
+    return Precondition(if_match=frozenset({etag}))

@@ -1,6 +1,8 @@
 """What only the Redis backend promises, against real redis-server processes: its layout,
 history trimmed and expiring by itself, Redis's clock, ETags shared between replicas, the
-eviction policy it refuses, and every fault it turns into a clear StoreUnavailable.
+eviction policy it refuses, every fault it turns into a clear StoreUnavailable, and where
+deadlines live (an expiry recorded once by replicas racing to notice it, Redis's own expiry
+of the hash, a sweep that reads no key without a deadline, on a cluster too).
 
 Faults are real: a closed port, a server stopped and started again on its port, a server told
 to hold writes (CLIENT PAUSE) so that a write is sent and its reply never comes in time.
@@ -8,6 +10,7 @@ to hold writes (CLIENT PAUSE) so that a write is sent and its reply never comes 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
@@ -16,9 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis.exceptions as redis_errors
 
 import kvservice.store.redis.connection as redis_connection
 from kvservice.store import (
+    NO_EXPIRY,
+    ExpireIf,
+    Expiry,
+    HistoryEntry,
     KeyExists,
     KeyNotFound,
     Precondition,
@@ -31,10 +39,12 @@ from kvservice.store.redis import (
     POLICY_RECHECK_S,
     BoundedLookup,
     RedisStore,
+    deadlines_key,
     history_key,
+    slot_deadlines_key,
     value_key,
 )
-from tests.support.clock import FakeClock
+from tests.support.clock import START_MS, FakeClock
 from tests.support.processes import free_port
 from tests.support.redis_servers import RedisClusterProcesses, RedisProcess, running_redis
 
@@ -384,4 +394,191 @@ def test_a_clusters_keys_are_spread_over_every_primary_and_listed_from_all(
     assert store.stats().keys == len(keys)
     pool = store._topology.primaries()[0].pool  # the nodes' connections bound their lookups too
     assert issubclass(pool.connection_class, redis_connection.Connection)
+    store.close()
+
+
+# -- expiry: deadlines, replicas noticing them, the sweep ---------------------------------------
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def servers(request: pytest.FixtureRequest) -> RedisProcess | RedisClusterProcesses:
+    """A flushed single Redis, then a flushed cluster."""
+    name = "redis_server" if request.param == "redis" else "redis_cluster"
+    servers: RedisProcess | RedisClusterProcesses = request.getfixturevalue(name)
+    servers.flush()
+    return servers
+
+
+def nodes_of(servers: RedisProcess | RedisClusterProcesses) -> list[RedisProcess]:
+    return servers.nodes if isinstance(servers, RedisClusterProcesses) else [servers]
+
+
+def on_its_node(
+    servers: RedisProcess | RedisClusterProcesses, command: tuple[object, ...]
+) -> object:
+    """Run a command about one Redis key on the node that holds it, behind the store's back."""
+    for node in nodes_of(servers):
+        try:
+            return node.client().execute_command(*command)  # type: ignore[no-untyped-call]
+        except redis_errors.MovedError:
+            continue
+    raise AssertionError(f"no node holds {command[1]!r}")
+
+
+def test_replicas_noticing_an_expiry_together_record_it_once_at_the_deadline(
+    servers: RedisProcess | RedisClusterProcesses,
+) -> None:
+    """Two stores on one Redis are two replicas: at the deadline, 24 threads on both read,
+    list, sweep and write the key at once; the expiry is recorded exactly once, at the
+    deadline, before the new write."""
+    clock = FakeClock()
+    replicas = [make_store(servers.url, clock=clock, connections=12) for _ in range(2)]
+    deadline = START_MS + 1_000
+    replicas[0].put("k", b"v", expiry=Expiry(at_ms=deadline))
+    assert replicas[1].get("k").expires_at_ms == deadline
+    clock.advance(999)
+    assert replicas[1].get("k").data == b"v", "one millisecond before, it is there"
+    clock.advance(1)
+    actions = [
+        lambda store: store.history("k"),
+        lambda store: store.keys(),
+        lambda store: store.sweep_expired(10),
+        lambda store: store.create("k", b"new"),
+        lambda store: store.get("k"),
+        lambda store: store.delete("k"),
+    ]
+    start = threading.Barrier(24)
+
+    def act(number: int) -> None:
+        start.wait(5)
+        with contextlib.suppress(KeyNotFound, KeyExists):
+            actions[number % len(actions)](replicas[number % 2])
+
+    threads = [threading.Thread(target=act, args=(number,)) for number in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for replica in replicas:
+        history = replica.history("k")
+        assert history[-2:] == [
+            HistoryEntry(None, deadline, expired=True),
+            HistoryEntry(b"v", START_MS),
+        ], history
+        assert [entry.expired for entry in history].count(True) == 1
+    raw = on_its_node(servers, ("LRANGE", history_key("k"), 0, -1))
+    assert isinstance(raw, list) and raw[1] == f"{deadline}:~".encode()
+    for replica in replicas:
+        replica.close()
+
+
+def test_on_redis_clock_redis_removes_the_hash_itself_and_the_expiry_is_still_recorded(
+    servers: RedisProcess | RedisClusterProcesses,
+) -> None:
+    """Nobody reads the key: Redis's own PEXPIREAT frees the hash after the deadline, and the
+    deadlines set, which outlives it, gives the history its entry at the deadline."""
+    store = make_store(servers.url)
+    deadline = store.put("k", b"v", expiry=Expiry(after_ms=300)).expires_at_ms
+    assert deadline is not None
+    assert on_its_node(servers, ("PEXPIRETIME", value_key("k"))) == deadline
+    wait_until = time.monotonic() + 5
+    while on_its_node(servers, ("EXISTS", value_key("k"))) and time.monotonic() < wait_until:
+        time.sleep(0.05)
+    assert on_its_node(servers, ("EXISTS", value_key("k"))) == 0, "Redis removed it"
+    assert on_its_node(servers, ("ZSCORE", deadlines_key("k", "cluster" in servers.url), "k"))
+    [expiry, write] = store.history("k")
+    assert expiry == HistoryEntry(None, deadline, expired=True)
+    assert write.data == b"v" and write.timestamp_ms < deadline
+    assert store.keys().keys == []
+    store.close()
+
+
+def test_on_redis_clock_a_plain_write_and_no_expiry_take_redis_own_deadline_away(
+    servers: RedisProcess | RedisClusterProcesses,
+) -> None:
+    first, second = make_store(servers.url), make_store(servers.url)
+    value = first.put("k", b"v", expiry=Expiry(after_ms=60_000))
+    change = second.expire("k", Expiry(after_ms=120_000), ExpireIf.LATER)
+    assert change.applied and change.value is not None
+    assert change.value.etag == value.etag, "a deadline is not a new value"
+    assert change.value.expires_at_ms == first.get("k").expires_at_ms
+    assert on_its_node(servers, ("PEXPIRETIME", value_key("k"))) == change.value.expires_at_ms
+    second.expire("k", NO_EXPIRY)
+    assert on_its_node(servers, ("PEXPIRETIME", value_key("k"))) == -1
+    assert first.get("k").expires_at_ms is None
+    first.put("k", b"v2", expiry=Expiry(after_ms=60_000))
+    second.put("k", b"v3")
+    assert on_its_node(servers, ("PEXPIRETIME", value_key("k"))) == -1
+    assert first.get("k").expires_at_ms is None
+    first.close()
+    second.close()
+
+
+def test_the_listing_leaves_out_a_passed_deadline_before_any_sweep(
+    servers: RedisProcess | RedisClusterProcesses,
+) -> None:
+    clock = FakeClock()
+    store = make_store(servers.url, clock=clock)
+    store.put("a", b"1")
+    store.put("b", b"2", expiry=Expiry(after_ms=10))
+    store.put("c", b"3")
+    clock.advance(9)
+    assert store.keys().keys == ["a", "b", "c"]
+    assert store.stats().keys == 3
+    clock.advance(1)
+    assert store.keys().keys == ["a", "c"]
+    assert store.keys(limit=1).keys == ["a"]
+    assert store.keys(after="a", limit=1).keys == ["c"]
+    assert store.stats().keys == 2
+    store.close()
+
+
+def test_the_sweep_reads_no_key_without_a_deadline(
+    servers: RedisProcess | RedisClusterProcesses,
+) -> None:
+    """1,000 keys without a deadline and 10 with: Redis's own count of keys it looked up and
+    found (keyspace_hits) while sweeping stays far below 1,000. A sweep that walked the keys
+    would find each of them."""
+    clock = FakeClock()
+    store = make_store(servers.url, clock=clock, connections=8)
+    for number in range(1_000):
+        store.put(f"plain{number}", b"v")
+    for number in range(10):
+        store.put(f"brief{number}", b"v", expiry=Expiry(after_ms=5))
+    clock.advance(5)
+    for node in nodes_of(servers):
+        node.client().config_resetstat()
+    assert store.sweep_expired(100) == 10
+    hits = sum(int(node.client().info("stats")["keyspace_hits"]) for node in nodes_of(servers))
+    assert hits <= 10 * 10, hits
+    assert store.sweep_expired(100) == 0
+    assert len(store.keys(limit=2_000).keys) == 1_000
+    store.close()
+
+
+def test_a_clusters_deadlines_live_in_their_keys_slot_and_the_sweep_reaches_every_primary(
+    redis_cluster: RedisClusterProcesses,
+) -> None:
+    redis_cluster.flush()
+    client = redis_cluster.nodes[0].client()
+    keyslot = "CLUSTER", "KEYSLOT"
+    for key in ("a", "k", "Z9", "spread17", "x" * 255):
+        slot = client.execute_command(*keyslot, value_key(key))  # type: ignore[no-untyped-call]
+        assert client.execute_command(*keyslot, deadlines_key(key, True)) == slot  # type: ignore[no-untyped-call]
+    for slot in (0, 1, 5460, 5461, 10922, 16383):
+        assert client.execute_command(*keyslot, slot_deadlines_key(slot)) == slot  # type: ignore[no-untyped-call]
+    clock = FakeClock()
+    store = make_store(redis_cluster.url, clock=clock)
+    keys = [f"spread{number}" for number in range(60)]
+    for key in keys:
+        store.put(key, b"v", expiry=Expiry(after_ms=1))  # all in the same millisecond
+    clock.advance(1)
+    assert store.sweep_expired(25) == 25, "the limit holds across primaries"
+    assert store.sweep_expired(1_000) == 35
+    assert store.sweep_expired(1_000) == 0
+    for node in redis_cluster.nodes:
+        assert node.client().keys("kv:*:deadlines") == [], "every deadline was settled"
+        assert node.client().keys("kv:{*}") == [], "every value was removed"
+    for key in keys:
+        assert store.history(key)[0] == HistoryEntry(None, START_MS + 1, expired=True)
     store.close()

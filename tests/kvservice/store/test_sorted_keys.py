@@ -1,12 +1,13 @@
-"""SortedKeys against a plain sorted set: random adds and discards across block splits and
-merges, membership, and every page `starting` hands out."""
+"""SortedKeys and SortedItems against a plain sorted set: random adds and discards across
+block splits and merges, membership, every page `starting` hands out, and the front and the
+counts below a bound that the memory store's deadlines use."""
 
 from __future__ import annotations
 
 import itertools
 import random
 
-from kvservice.store.sorted_keys import BLOCK_KEYS, SortedKeys
+from kvservice.store.sorted_keys import BLOCK_KEYS, SortedItems, SortedKeys
 
 
 def reference_page(keys: set[str], prefix: str, after: str | None) -> list[str]:
@@ -67,3 +68,29 @@ def test_every_key_is_found_and_removable_right_after_blocks_split() -> None:
         sorted_keys.discard(key)
         assert key not in sorted_keys
     assert len(sorted_keys) == 0
+
+
+def test_deadlines_agree_with_a_sorted_list_at_the_front_and_below_any_bound() -> None:
+    rng = random.Random(20261206)
+    deadlines: SortedItems[tuple[int, str]] = SortedItems()
+    reference: set[tuple[int, str]] = set()
+    for step in range(6 * BLOCK_KEYS * 4):
+        item = (rng.randint(0, 3_000), f"k{rng.randint(0, 3_000)}")
+        if rng.random() < 0.7:
+            deadlines.add(item)
+            reference.add(item)
+        else:
+            deadlines.discard(item)
+            reference.discard(item)
+        if step % 97 == 0:
+            assert deadlines.first() == min(reference, default=None)
+            bound = (rng.randint(0, 3_000), "")
+            assert deadlines.count_below(bound) == sum(1 for i in reference if i < bound)
+    assert len(deadlines) > 2 * BLOCK_KEYS, "enough items for several blocks"
+    while reference:
+        smallest = min(reference)
+        assert deadlines.first() == smallest
+        deadlines.discard(smallest)
+        reference.discard(smallest)
+    assert deadlines.first() is None
+    assert deadlines.count_below((10**9, "")) == 0
