@@ -15,7 +15,7 @@ import redis
 from kvservice.execution import Execution
 from kvservice.resp.commands.expiry import RACE_ATTEMPTS
 from kvservice.resp.server import RespServer
-from kvservice.store import InvalidKey, Value
+from kvservice.store import InvalidKey, Value, validate_key
 from kvservice.store.memory import MemoryStore
 from tests.support.clock import FakeClock
 from tests.support.rawresp import RespConnection, running_resp
@@ -281,7 +281,7 @@ def test_invalid_keys_get_the_stores_message_after_the_options_are_judged(
     conn: RespConnection,
 ) -> None:
     with pytest.raises(InvalidKey) as raised:
-        MemoryStore().get("bad-key")
+        validate_key("bad-key")
     invalid = f"-INVALIDKEY {raised.value}\r\n".encode()
     for command in (
         ["SET", "bad-key", "v", "EX", "10"],
