@@ -15,6 +15,11 @@ the expiry is recorded in the history at the deadline itself. Replicas therefore
 the same way whichever of them comes first, and exactly one expiry entry is written, by the
 first script (a read, a write, or the sweep) to run at or after the deadline.
 
+Reads never settle in bulk: the listing and the count leave out keys past their deadline
+(on a single Redis by their score in the deadlines set, beside the index; on a cluster the
+scanned hashes are checked the same way, a page at a time) and leave the removal to the
+sweep, so a listing costs what its page costs.
+
 Where the deadline lives, and why: the deadlines set is the one record of it. It survives
 the value hash (which may be gone before anyone reads it, below), and it is what
 `sweep_expired` reads, `ZRANGEBYSCORE -inf <now> LIMIT`, so expiring never looks at keys
@@ -316,6 +321,23 @@ return found
 """
 )
 
+# KEYS: the deadlines set of the first key (a cluster only: it routes the script). ARGV: clock,
+# then pairs of a key and its deadlines set, all on this primary. The keys whose deadline has
+# not passed, in their order: what a cluster's listing and count keep of the hashes they scan.
+_UNEXPIRED = (
+    "#!lua flags=no-writes,allow-cross-slot-keys\n"
+    + _LUA_COMMON
+    + r"""
+local now = now_ms(ARGV[1])
+local kept = {}
+for i = 2, #ARGV, 2 do
+  local deadline = deadline_of(ARGV[i + 1], ARGV[i])
+  if not deadline or deadline > now then kept[#kept + 1] = ARGV[i] end
+end
+return kept
+"""
+)
+
 # KEYS: index, deadlines set (a single Redis only). ARGV: clock. How many keys hold a value:
 # every key with a deadline is in the index, so those past theirs are counted out.
 _COUNT = (
@@ -340,7 +362,7 @@ class Script:
 
 WRITE, EXPIRE, DELETE = Script(_WRITE), Script(_EXPIRE), Script(_DELETE)
 GET, HISTORY, SWEEP = Script(_GET), Script(_HISTORY), Script(_SWEEP)
-LIST, COUNT = Script(_LIST), Script(_COUNT)
+LIST, COUNT, UNEXPIRED = Script(_LIST), Script(_COUNT), Script(_UNEXPIRED)
 
 
 def value_key(key: str) -> str:

@@ -52,6 +52,7 @@ from kvservice.store.redis.scripts import (
     LIST,
     SWEEP,
     SWEEP_SLOTS_PER_CALL,
+    UNEXPIRED,
     WRITE,
     Script,
     deadlines_key,
@@ -63,8 +64,8 @@ from kvservice.store.redis.scripts import (
 logger = logging.getLogger("kvservice.store.redis")
 
 _SCAN_COUNT = 1000
-_SETTLE_BATCH = 1000
-"""How many passed deadlines one sweep script settles before a cluster's listing or count."""
+_FILTER_BATCH = 1000
+"""How many scanned keys of a cluster one script checks for a passed deadline."""
 _SAFE_POLICIES = ("noeviction",)
 
 POLICY_RECHECK_S = 1.0
@@ -178,8 +179,8 @@ class RedisStore:
 
     def stats(self) -> StoreStats:
         """Keys holding a value, Redis's used memory and its maxmemory (0: no limit), summed
-        over a cluster's primaries. On a cluster the count settles every passed deadline,
-        then scans every key."""
+        over a cluster's primaries. On a cluster the count scans every key (and checks the
+        deadline of each)."""
         self._ensure_checked()
         used = limit = 0
         for server in self._topology.primaries():
@@ -187,8 +188,13 @@ class RedisStore:
             used += int(info.get("used_memory", 0))
             limit += int(info.get("maxmemory", 0))
         if self._topology.cluster:
-            self._settle_passed_deadlines()
-            count = sum(len(self._scan_keys(server, "")) for server in self._topology.primaries())
+            scanned = [
+                key for server in self._topology.primaries() for key in self._scan_keys(server, "")
+            ]
+            count = sum(
+                len(self._unexpired(scanned[start : start + _FILTER_BATCH]))
+                for start in range(0, len(scanned), _FILTER_BATCH)
+            )
         else:
             count = int(
                 self._script(COUNT, "", [INDEX_KEY, DEADLINES_KEY], [self._clock_arg()], False)
@@ -219,8 +225,7 @@ class RedisStore:
     ) -> KeyPage:
         """Up to `limit` keys holding a value that start with `prefix`, in lexicographic
         order, strictly after `after`, none of them past its deadline. A single Redis reads
-        its index, leaving those out; on a cluster passed deadlines are settled first, then
-        every primary is scanned."""
+        its index; a cluster is scanned, and the deadlines of the page's candidates checked."""
         validate_prefix(prefix)
         if after is not None:
             validate_key(after)
@@ -228,13 +233,18 @@ class RedisStore:
             raise ValueError(f"limit must be at least 1, not {limit}")
         self._ensure_checked()
         if self._topology.cluster:
-            self._settle_passed_deadlines()
-            found = sorted(
+            candidates = sorted(
                 key
                 for server in self._topology.primaries()
                 for key in self._scan_keys(server, prefix)
                 if after is None or key > after
-            )[: limit + 1]
+            )
+            found: list[str] = []
+            checked = 0
+            while len(found) <= limit and checked < len(candidates):
+                batch = candidates[checked : checked + limit + 1 - len(found)]
+                checked += len(batch)
+                found += self._unexpired(batch)
         else:
             low = f"({after}" if after is not None and after >= prefix else f"[{prefix}"
             high = f"[{prefix}\xff" if prefix else "+"
@@ -400,12 +410,19 @@ class RedisStore:
             for start in range(0, len(slots), SWEEP_SLOTS_PER_CALL)
         ]
 
-    def _settle_passed_deadlines(self) -> None:
-        """Settle every passed deadline, in batches: a cluster's listing and count scan the
-        hashes, and a hash may outlive its deadline (briefly on Redis's clock, until settled on
-        an injected one)."""
-        while self.sweep_expired(_SETTLE_BATCH) == _SETTLE_BATCH:
-            pass
+    def _unexpired(self, keys: list[str]) -> list[str]:
+        """Those of a cluster's scanned keys whose deadline has not passed, in their order: a
+        hash may outlive its deadline (briefly on Redis's clock, until settled on an injected
+        one). One script per primary holding some of them."""
+        by_primary: dict[str, list[str]] = {}
+        for key in keys:
+            by_primary.setdefault(self._topology.server_for(value_key(key)).address, []).append(key)
+        kept: set[bytes] = set()
+        for group in by_primary.values():
+            sets = [deadlines_key(key, True) for key in group]
+            pairs = [part for key, name in zip(group, sets, strict=True) for part in (key, name)]
+            kept.update(self._script(UNEXPIRED, "", sets[:1], [self._clock_arg(), *pairs], False))
+        return [key for key in keys if key.encode() in kept]
 
     def _clock_arg(self) -> str:
         return "" if self._clock is None else str(self._clock())
