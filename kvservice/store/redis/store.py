@@ -57,6 +57,7 @@ from kvservice.store.redis.scripts import (
     Script,
     deadlines_key,
     history_key,
+    key_slot,
     slot_deadlines_key,
     value_key,
 )
@@ -67,6 +68,11 @@ _SCAN_COUNT = 1000
 _FILTER_BATCH = 1000
 """How many scanned keys of a cluster one script checks for a passed deadline."""
 _SAFE_POLICIES = ("noeviction",)
+
+FULL_SWEEP_INTERVAL_S = 10.0
+"""How often a cluster's sweep visits every slot's deadlines set, rather than only those of
+the slots this store knows hold deadlines: the longest a deadline another replica set waits
+for this replica's sweep (a read of the key settles it at once, whoever set it)."""
 
 POLICY_RECHECK_S = 1.0
 """How often Redis's maxmemory-policy is checked again while serving: the longest an operator's
@@ -121,6 +127,10 @@ class RedisStore:
         self._checking = False
         self._full_refusals = 0
         self._full_refusals_lock = threading.Lock()
+        self._deadline_slots: set[int] = set()
+        """Cluster slots this store knows hold deadlines: a hint for the sweep, never the truth."""
+        self._full_sweep_due = 0.0
+        """time.monotonic() at which the cluster's sweep next visits every slot."""
 
     @classmethod
     def from_url(
@@ -311,29 +321,37 @@ class RedisStore:
             raise KeyNotFound.of(key)
         if outcome == b"precondition":
             raise PreconditionFailed.of(key)
-        return ExpiryChange(outcome != b"skipped", _value(fields))
+        value = _value(fields)
+        self._note_deadline(key, None if value is None else value.expires_at_ms)
+        return ExpiryChange(outcome != b"skipped", value)
 
     def sweep_expired(self, limit: int) -> int:
         """Remove up to `limit` keys whose deadline has passed, recording each expiry at its
         deadline, and return how many it removed. It reads the deadline sets only, never a
-        key without a deadline: one script on a single Redis, and on a cluster one script per
-        SWEEP_SLOTS_PER_CALL slots of each primary, until `limit` keys are removed."""
+        key without a deadline: one script on a single Redis; on a cluster one script per
+        SWEEP_SLOTS_PER_CALL slots of each primary, until `limit` keys are removed, visiting
+        every slot every FULL_SWEEP_INTERVAL_S and otherwise those known to hold deadlines."""
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
         self._ensure_checked()
+        if not self._topology.cluster:
+            return int(self._sweep([DEADLINES_KEY], limit, INDEX_KEY)[0])
+        every_slot = time.monotonic() >= self._full_sweep_due
+        if every_slot:
+            self._full_sweep_due = time.monotonic() + FULL_SWEEP_INTERVAL_S
         removed = 0
-        for sets in self._deadline_sets():
+        for slots in self._sweep_batches(every_slot):
             if removed >= limit:
                 break
-            arguments = [
-                limit - removed,
-                self.history_window_ms,
-                self._clock_arg(),
-                self.history_window_ms + HISTORY_TTL_MARGIN_MS,
-                "" if self._topology.cluster else INDEX_KEY,
-                *sets[1:],
-            ]
-            removed += int(self._script(SWEEP, "", sets[:1], arguments, True))
+            reply = self._sweep([slot_deadlines_key(slot) for slot in slots], limit - removed, "")
+            removed += int(reply[0])
+            holding = {slots[int(position) - 1] for position in reply[2:]}
+            for slot in slots[: int(reply[1])]:
+                # A deadline given to an emptied slot meanwhile waits for the next full sweep.
+                if slot in holding:
+                    self._deadline_slots.add(slot)
+                else:
+                    self._deadline_slots.discard(slot)
         return removed
 
     def delete(self, key: str, precondition: Precondition = NO_CONDITION) -> None:
@@ -384,7 +402,9 @@ class RedisStore:
             raise KeyExists.of(key)
         if outcome[0] == b"precondition":
             raise PreconditionFailed.of(key)
-        return Value(data, content_type, etag, _deadline(outcome[1]))
+        value = Value(data, content_type, etag, _deadline(outcome[1]))
+        self._note_deadline(key, value.expires_at_ms)
+        return value
 
     # -- talking to Redis -------------------------------------------------------------------
 
@@ -399,16 +419,27 @@ class RedisStore:
         window = self.history_window_ms
         return [key, window, self._clock_arg(), window + HISTORY_TTL_MARGIN_MS]
 
-    def _deadline_sets(self) -> list[list[str]]:
-        """The deadline sets each sweep script visits: a single Redis's one, or a cluster's
-        per-slot sets, in batches of one primary's slots."""
-        if not self._topology.cluster:
-            return [[DEADLINES_KEY]]
+    def _sweep(self, sets: list[str], limit: int, index: str) -> list[Any]:
+        """Run the sweep script over deadline sets of one server (see SWEEP for its reply)."""
+        window = self.history_window_ms
+        arguments = [limit, window, self._clock_arg(), window + HISTORY_TTL_MARGIN_MS, index]
+        reply: list[Any] = self._script(SWEEP, "", sets[:1], [*arguments, *sets[1:]], True)
+        return reply
+
+    def _sweep_batches(self, every_slot: bool) -> list[list[int]]:
+        """The slots each sweep script on a cluster visits, in batches of one primary's: every
+        slot, or those known to hold deadlines."""
+        slots = None if every_slot else self._deadline_slots.copy()
         return [
-            [slot_deadlines_key(slot) for slot in slots[start : start + SWEEP_SLOTS_PER_CALL]]
-            for slots in self._topology.slots_by_primary()
-            for start in range(0, len(slots), SWEEP_SLOTS_PER_CALL)
+            group[start : start + SWEEP_SLOTS_PER_CALL]
+            for group in self._topology.slots_by_primary(slots)
+            for start in range(0, len(group), SWEEP_SLOTS_PER_CALL)
         ]
+
+    def _note_deadline(self, key: str, deadline_ms: int | None) -> None:
+        """Remember that the key's slot holds a deadline, for the cluster's sweep."""
+        if deadline_ms is not None and self._topology.cluster:
+            self._deadline_slots.add(key_slot(key))
 
     def _unexpired(self, keys: list[str]) -> list[str]:
         """Those of a cluster's scanned keys whose deadline has not passed, in their order: a

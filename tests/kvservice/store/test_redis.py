@@ -22,6 +22,7 @@ import pytest
 import redis.exceptions as redis_errors
 
 import kvservice.store.redis.connection as redis_connection
+import kvservice.store.redis.store as redis_store_module
 from kvservice.store import (
     NO_EXPIRY,
     ExpireIf,
@@ -582,3 +583,44 @@ def test_a_clusters_deadlines_live_in_their_keys_slot_and_the_sweep_reaches_ever
     for key in keys:
         assert store.history(key)[0] == HistoryEntry(None, START_MS + 1, expired=True)
     store.close()
+
+
+def test_a_deadline_past_redis_own_range_is_kept_by_the_store_alone(store: RedisStore) -> None:
+    """PEXPIREAT refuses times past a 64-bit count of milliseconds, and would do so after the
+    script wrote the value: such a deadline is kept in the deadlines set only."""
+    far = 10**19
+    assert store.put("k", b"v", expiry=Expiry(at_ms=far)).expires_at_ms == far
+    assert store.get("k").expires_at_ms == far
+    assert store.expire("k", Expiry(at_ms=far * 10)).applied
+    assert store.get("k").expires_at_ms == far * 10
+
+
+def test_a_cluster_sweep_visits_every_slot_only_now_and_then(
+    redis_cluster: RedisClusterProcesses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between full sweeps a replica visits only the slots it knows hold deadlines: with none,
+    it sends no script at all; one it set itself it sweeps at once; one another replica set
+    waits for its next full sweep (a read would settle it at once)."""
+    monkeypatch.setattr(redis_store_module, "FULL_SWEEP_INTERVAL_S", 1.0)
+    redis_cluster.flush()
+    clock = FakeClock()
+    writer, sweeper = (make_store(redis_cluster.url, clock=clock) for _ in range(2))
+    assert writer.sweep_expired(1_000) == 0  # its full sweep: the next is a second away
+    for number in range(30):
+        writer.put(f"other{number}", b"v", expiry=Expiry(after_ms=1))
+    clock.advance(1)
+    assert sweeper.sweep_expired(1_000) == 30, "the first sweep visits every slot"
+    for node in redis_cluster.nodes:
+        node.client().config_resetstat()
+    assert sweeper.sweep_expired(1_000) == 0
+    for node in redis_cluster.nodes:
+        assert "cmdstat_evalsha" not in node.client().info("commandstats"), "nothing known"
+    writer.put("mine", b"v", expiry=Expiry(after_ms=1))
+    writer.put("late", b"v", expiry=Expiry(after_ms=1))
+    clock.advance(1)
+    assert sweeper.sweep_expired(1_000) == 0, "their slots are not known to this replica yet"
+    assert writer.sweep_expired(1) == 1, "the replica that set a deadline knows its slot"
+    time.sleep(1.1)
+    assert sweeper.sweep_expired(1_000) == 1, "found by its next full sweep"
+    writer.close()
+    sweeper.close()
