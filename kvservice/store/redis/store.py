@@ -64,6 +64,11 @@ from kvservice.store.redis.scripts import (
 
 logger = logging.getLogger("kvservice.store.redis")
 
+_SCRIPT_COMMANDS = (
+    "DEL, EXISTS, HDEL, HGET, HMGET, HSET, LINDEX, LPOP, LRANGE, PERSIST, PEXPIRE, PEXPIREAT, "
+    "RPUSH, TIME, ZADD, ZCARD, ZCOUNT, ZRANGE, ZRANGEBYSCORE, ZREM and ZSCORE"
+)
+"""What the scripts of `scripts.py` call: Redis's ACLs check those too."""
 _SCAN_COUNT = 1000
 _FILTER_BATCH = 1000
 """How many scanned keys of a cluster one script checks for a passed deadline."""
@@ -608,7 +613,8 @@ def _refusal(error: redis_errors.ResponseError, address: str) -> Exception:
     if isinstance(error, redis_errors.NoPermissionError | redis_errors.AuthenticationError):
         return StoreMisconfigured(
             f"Redis at {address} does not let kvservice's user run its commands ({error}); "
-            "it needs EVALSHA, SCRIPT, HMGET, ZRANGE, ZCARD, SCAN and INFO on the keys kv:*"
+            "it needs EVALSHA, SCRIPT, SCAN and INFO, and the commands its scripts run: "
+            f"{_SCRIPT_COMMANDS}, on the keys kv:*"
         )
     logger.error("Redis at %s answered an error kvservice does not expect: %s", address, error)
     return StoreUnavailable(f"Redis at {address} answered with an error: {error}.")

@@ -22,6 +22,7 @@ import pytest
 import redis.exceptions as redis_errors
 
 import kvservice.store.redis.connection as redis_connection
+import kvservice.store.redis.scripts as redis_scripts
 import kvservice.store.redis.store as redis_store_module
 from kvservice.store import (
     NO_EXPIRY,
@@ -45,6 +46,7 @@ from kvservice.store.redis import (
     slot_deadlines_key,
     value_key,
 )
+from kvservice.store.redis.scripts import Script
 from tests.support.clock import START_MS, FakeClock
 from tests.support.processes import free_port
 from tests.support.redis_servers import RedisClusterProcesses, RedisProcess, running_redis
@@ -624,3 +626,12 @@ def test_a_cluster_sweep_visits_every_slot_only_now_and_then(
     assert sweeper.sweep_expired(1_000) == 1, "found by its next full sweep"
     writer.close()
     sweeper.close()
+
+
+def test_the_permission_advice_names_every_command_the_scripts_run() -> None:
+    """Redis's ACLs check the commands a script runs: a StoreMisconfigured that lists fewer
+    sends an operator round again."""
+    sources = [value.source for value in vars(redis_scripts).values() if isinstance(value, Script)]
+    called = set(re.findall(r"redis\.call\('([A-Z]+)'", "".join(sources)))
+    advised = set(re.findall(r"[A-Z]{3,}", redis_store_module._SCRIPT_COMMANDS))
+    assert called == advised
