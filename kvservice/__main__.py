@@ -1,4 +1,5 @@
-"""The composition root: config -> store backend -> every enabled transport's server -> run.
+"""The composition root: config -> store backend (and its sweeper of expired keys) -> every
+enabled transport's server -> run.
 
 `kvservice backup --data-dir DIR FILE` is the one subcommand: an online backup of the
 durable store's directory (`kvservice.store.durable.backup`).
@@ -34,6 +35,7 @@ from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.server import RespServer, RespSettings
 from kvservice.store import Store, StoreMisconfigured, StoreUnavailable
 from kvservice.store.memory import MemoryStore
+from kvservice.store.sweeper import Sweeper
 from kvservice.tls import TLSSetupError, server_context
 
 logger = logging.getLogger("kvservice")
@@ -336,11 +338,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics.watch_replies(replies)
     servers = [make(config, store, security, metrics, replies) for make in TRANSPORTS.values()]
     reloads = [] if security.tokens is None else [security.tokens.reload]
+    sweeper = Sweeper(store)  # expired keys give their memory back though nobody reads them
+    sweeper.start()
     try:
         return run_until_signalled(
             [server for server in servers if server is not None], on_reload=reloads
         )
     finally:
+        sweeper.stop()
         if isinstance(store, Closable):
             store.close()
 

@@ -19,8 +19,10 @@ at or after the deadline finds nothing and records the expiry), listings skip du
 and `sweep_expired` takes them from the front of `_deadlines` a bounded batch at a time.
 An expiry is stamped with the deadline itself, which may be earlier than entries already in
 the queue: such a late entry goes to a heap of its own (`_late_entries`), and pruning drains
-both in timestamp order. Within one key entries stay in order (the key is checked before any
-write to it), so the record at the front of either structure holds its oldest entry there.
+both in timestamp order. Each slot of either structure stands for one entry of its record,
+and within one key entries stay in timestamp order (the key is checked before any write to
+it): dropping the record's oldest entry for each slot at or before the cutoff therefore drops
+exactly the entries outside the window, however late an expiry was noticed.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import itertools
 import secrets
 import threading
 from collections import deque
+from collections.abc import Callable
 
 from kvservice.store.model import (
     DEFAULT_PAGE_KEYS,
@@ -62,6 +65,12 @@ from kvservice.store.sorted_keys import SortedItems, SortedKeys
 # close to real memory even when values are tiny.
 KEY_OVERHEAD_BYTES = 250
 ENTRY_OVERHEAD_BYTES = 100
+
+ChangeListener = Callable[[str, HistoryEntry | None, Value | None], None]
+"""Told of each change to a key, under the store's lock and in the order they happen: the
+history entry it recorded (None for a new deadline, which records none) and the key's value
+after it (None: it has none). A client's writes, deletes and deadlines, and every expiry,
+whoever noticed it; never what `restore_value` and `restore_history` rebuild."""
 
 
 class _Record:
@@ -100,6 +109,7 @@ class MemoryStore:
         max_bytes: int = 256 * 1024 * 1024,
         max_value_bytes: int = 1024,
         clock: Clock = system_clock_ms,
+        on_change: ChangeListener | None = None,
     ) -> None:
         if history_window_ms <= 0 or max_bytes <= 0 or max_value_bytes < 0:
             raise ValueError("history_window_ms and max_bytes must be positive")
@@ -107,6 +117,7 @@ class MemoryStore:
         self.max_bytes = max_bytes
         self.max_value_bytes = max_value_bytes
         self._clock = clock
+        self._on_change = on_change
         self._lock = threading.Lock()
         self._records: dict[str, _Record] = {}
         self._keys_with_values = SortedKeys()
@@ -255,6 +266,7 @@ class MemoryStore:
                 return ExpiryChange(True, None)
             value = dataclasses.replace(current, expires_at_ms=deadline_ms)
             self._set_value(record, value)
+            self._changed(record, None, value)
             return ExpiryChange(True, value)
 
     def sweep_expired(self, limit: int) -> int:
@@ -291,7 +303,7 @@ class MemoryStore:
             if not precondition.holds_for(current.etag):
                 raise PreconditionFailed.of(key)
             self._set_value(record, None)
-            self._append_history(record, HistoryEntry(None, now_ms))
+            self._record(record, HistoryEntry(None, now_ms))
 
     def _write(
         self,
@@ -333,19 +345,13 @@ class MemoryStore:
                 record = self._records[key] = _Record(key)
                 self._used_bytes += KEY_OVERHEAD_BYTES + len(key)
             self._set_value(record, value)
-            self._append_history(record, HistoryEntry(data, now_ms))
+            self._record(record, HistoryEntry(data, now_ms))
             if deadline_ms is not None and deadline_ms <= now_ms:
                 self._expire(record, now_ms)
             return value
 
     # -- for a backend that keeps this store's state elsewhere (kvservice.store.durable) -----
-
-    def newest_entry(self, key: str) -> HistoryEntry | None:
-        """The key's newest history entry (its last write and the timestamp it got), or None;
-        O(1), unlike `history`, and without pruning."""
-        with self._lock:
-            record = self._records.get(key)
-            return record.history[-1] if record and len(record.history) > record.first else None
+    # It learns of changes through `on_change`, and rebuilds the state with these two.
 
     def restore_value(self, key: str, value: Value) -> None:
         """Set the key's value as it was recorded (its ETag included), with no history entry
@@ -396,7 +402,7 @@ class MemoryStore:
     def _expire(self, record: _Record, at_ms: int) -> None:
         """Remove the record's value as an expiry stamped `at_ms`, returning its bytes."""
         self._set_value(record, None)
-        self._append_history(record, HistoryEntry(None, at_ms, expired=True))
+        self._record(record, HistoryEntry(None, at_ms, expired=True))
 
     def _set_value(self, record: _Record, value: Value | None) -> None:
         """Replace the record's value, keeping the budget, the listing and the deadlines in
@@ -416,6 +422,15 @@ class MemoryStore:
             self._keys_with_values.discard(record.key)
         record.value = value
 
+    def _record(self, record: _Record, entry: HistoryEntry) -> None:
+        """Append a change's entry to the key's history, and tell the listener."""
+        self._append_history(record, entry)
+        self._changed(record, entry, record.value)
+
+    def _changed(self, record: _Record, entry: HistoryEntry | None, value: Value | None) -> None:
+        if self._on_change is not None:
+            self._on_change(record.key, entry, value)
+
     def _append_history(self, record: _Record, entry: HistoryEntry) -> None:
         record.history.append(entry)
         if entry.timestamp_ms >= self._window_queue_newest_ms:
@@ -430,9 +445,9 @@ class MemoryStore:
     def _prune(self, now_ms: int) -> None:
         """Drop history entries outside the window and forget keys left with nothing.
 
-        The late entries go first: once those outside the window are gone, the window
-        queue's front record holds its oldest entry at the front (the queue is in timestamp
-        order), so its front tells whether anything more is to go.
+        The late entries outside the window go first. The window queue is in timestamp
+        order, so then its front record has an entry outside the window exactly when the
+        front slot stands for one: its front tells whether anything more is to go.
         """
         cutoff_ms = now_ms - self.history_window_ms
         late = self._late_entries

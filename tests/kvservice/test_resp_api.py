@@ -24,6 +24,8 @@ from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.server import RespServer, RespSettings
 from kvservice.store import (
     NO_CONDITION,
+    NO_EXPIRY,
+    Expiry,
     InvalidKey,
     Precondition,
     Store,
@@ -909,10 +911,11 @@ def test_stop_lets_the_command_in_flight_finish_and_closes_every_connection() ->
             data: bytes,
             content_type: str | None = None,
             precondition: Precondition = NO_CONDITION,
+            expiry: Expiry = NO_EXPIRY,
         ) -> Value:
             entered.set()
             release.wait(5)
-            return super().put(key, data, content_type, precondition)
+            return super().put(key, data, content_type, precondition, expiry)
 
     store = SlowStore()
     server = RespServer(store, resp_test_settings())

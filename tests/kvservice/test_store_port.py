@@ -17,6 +17,10 @@ from kvservice.resp.server import RespServer
 from kvservice.store import (
     DEFAULT_PAGE_KEYS,
     NO_CONDITION,
+    NO_EXPIRY,
+    ExpireIf,
+    Expiry,
+    ExpiryChange,
     HistoryEntry,
     KeyPage,
     Precondition,
@@ -84,9 +88,10 @@ class DelegatingStore:
         data: bytes,
         content_type: str | None = None,
         precondition: Precondition = NO_CONDITION,
+        expiry: Expiry = NO_EXPIRY,
     ) -> Value:
         self.calls.append("put")
-        return self._inner.put(key, data, content_type, precondition)
+        return self._inner.put(key, data, content_type, precondition, expiry)
 
     def create(
         self,
@@ -94,9 +99,24 @@ class DelegatingStore:
         data: bytes,
         content_type: str | None = None,
         precondition: Precondition = NO_CONDITION,
+        expiry: Expiry = NO_EXPIRY,
     ) -> Value:
         self.calls.append("create")
-        return self._inner.create(key, data, content_type, precondition)
+        return self._inner.create(key, data, content_type, precondition, expiry)
+
+    def expire(
+        self,
+        key: str,
+        expiry: Expiry,
+        when: ExpireIf = ExpireIf.ALWAYS,
+        precondition: Precondition = NO_CONDITION,
+    ) -> ExpiryChange:
+        self.calls.append("expire")
+        return self._inner.expire(key, expiry, when, precondition)
+
+    def sweep_expired(self, limit: int) -> int:
+        self.calls.append("sweep_expired")
+        return self._inner.sweep_expired(limit)
 
     def delete(self, key: str, precondition: Precondition = NO_CONDITION) -> None:
         self.calls.append("delete")

@@ -5,11 +5,17 @@ Layout of DIR: `kvservice.sqlite3` (with SQLite's `-wal` and `-shm` beside it wh
 open) and `LOCK`, which the serving process holds with flock(2) so that a second kvservice on
 the same directory is refused at start instead of overwriting the first one's writes.
 
-Schema (format 1, in `PRAGMA user_version`; `PRAGMA application_id` marks the file as ours):
-- `history(seq, key, data, timestamp_ms)`: one row per write, in write order (seq), data NULL
-  for a delete. Rows outside the history window are deleted in the background (`compact`),
-  so the file holds the window's history plus current values, however many writes it saw.
-- `current(key, data, content_type, etag, seq)`: each key's value, as a client last wrote it.
+Schema (format 2, in `PRAGMA user_version`; `PRAGMA application_id` marks the file as ours):
+- `history(seq, key, data, timestamp_ms, expired)`: one row per write, in write order (seq),
+  data NULL for a delete or an expiry (expired 1, timestamp_ms its deadline: such a row may
+  come after rows stamped later). Rows outside the history window are deleted in the
+  background (`compact`), so the file holds the window's history plus current values,
+  however many writes it saw.
+- `current(key, data, content_type, etag, seq, expires_at_ms)`: each key's value, as a client
+  last wrote it, and its deadline (absolute, epoch ms; NULL: none). A key whose deadline
+  passed stays here until its expiry is journaled; reading back restores it with its
+  deadline, and the store expires it at start, at that deadline.
+A format 1 file (before deadlines) is brought to format 2 when it is opened.
 
 A batch of writes is one transaction (`append`): group commit. With `--fsync always`
 (`synchronous=FULL`) the commit returns only once the WAL is synced; `everysec`
@@ -46,7 +52,7 @@ DATA_FILE = "kvservice.sqlite3"
 WAL_SUFFIX = "-wal"
 LOCK_FILE = "LOCK"
 APPLICATION_ID = 0x6B765376  # "kvSv"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WAL_HEADER_BYTES = 32
 WAL_FRAME_HEADER_BYTES = 24
 WAL_MAGICS = (0x377F0682, 0x377F0683)
@@ -57,18 +63,30 @@ SYNCHRONOUS = {"always": "FULL", "everysec": "NORMAL", "off": "OFF"}
 
 SCHEMA = (
     "CREATE TABLE history (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, data BLOB,"
-    " timestamp_ms INTEGER NOT NULL)",
+    " timestamp_ms INTEGER NOT NULL, expired INTEGER NOT NULL DEFAULT 0)",
     "CREATE TABLE current (key TEXT PRIMARY KEY, data BLOB NOT NULL, content_type TEXT,"
-    " etag TEXT NOT NULL, seq INTEGER NOT NULL) WITHOUT ROWID",
+    " etag TEXT NOT NULL, seq INTEGER NOT NULL, expires_at_ms INTEGER) WITHOUT ROWID",
     f"PRAGMA application_id = {APPLICATION_ID}",
     f"PRAGMA user_version = {FORMAT_VERSION}",
 )
+UPGRADES = {
+    1: (
+        "ALTER TABLE history ADD COLUMN expired INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE current ADD COLUMN expires_at_ms INTEGER",
+        "PRAGMA user_version = 2",
+    ),
+}
+"""Format N -> the statements that bring a file of that format to format N + 1."""
 
-INSERT_HISTORY = "INSERT INTO history (seq, key, data, timestamp_ms) VALUES (?, ?, ?, ?)"
+INSERT_HISTORY = (
+    "INSERT INTO history (seq, key, data, timestamp_ms, expired) VALUES (?, ?, ?, ?, ?)"
+)
 UPSERT_CURRENT = (
-    "INSERT INTO current (key, data, content_type, etag, seq) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO current (key, data, content_type, etag, seq, expires_at_ms)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (key) DO UPDATE SET data = excluded.data,"
-    " content_type = excluded.content_type, etag = excluded.etag, seq = excluded.seq"
+    " content_type = excluded.content_type, etag = excluded.etag, seq = excluded.seq,"
+    " expires_at_ms = excluded.expires_at_ms"
 )
 DELETE_CURRENT = "DELETE FROM current WHERE key = ?"
 
@@ -79,7 +97,8 @@ class DataDirError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """One write as it goes to disk: the value after it (data None for a delete)."""
+    """One change as it goes to disk: its history entry (when `recorded`) and the key's value
+    after it (data None for a delete or an expiry)."""
 
     seq: int
     key: str
@@ -87,6 +106,12 @@ class Write:
     content_type: str | None
     etag: str
     timestamp_ms: int
+    expires_at_ms: int | None = None
+    """The value's deadline after the change (epoch ms), or None."""
+    expired: bool = False
+    """Whether the entry records an expiry (timestamp_ms is then the deadline)."""
+    recorded: bool = True
+    """False for a new deadline: the value is rewritten, the history gets no row."""
 
 
 class DirectoryLock:
@@ -174,6 +199,20 @@ class Journal:
             )
         if not {"history", "current"} <= tables:
             raise DataDirError(f"{self.path} lacks the history or current table: damaged")
+        if version < FORMAT_VERSION:
+            self._upgrade(version)
+
+    def _upgrade(self, version: int) -> None:
+        """Bring a file of an older format to this one, in one transaction."""
+
+        def statements() -> Iterator[None]:
+            for older in range(version, FORMAT_VERSION):
+                for statement in UPGRADES[older]:
+                    self._db.execute(statement)
+                    yield None
+
+        self._transaction(statements())
+        logger.warning("%s: upgraded from format %d to %d", self.path, version, FORMAT_VERSION)
 
     def _unrecovered_bytes(self, path: Path, wal_bytes: int) -> int:
         """How much of the WAL SQLite's recovery left out: its size less the header and the
@@ -195,15 +234,18 @@ class Journal:
     def load(self, memory: MemoryStore, cutoff_ms: int) -> int:
         """Restore every current value and the history after `cutoff_ms` into `memory`; the
         last write's seq (0 for none). Raises DataDamaged if a page is malformed."""
-        for key, data, content_type, etag in self._db.rows(
-            "SELECT key, data, content_type, etag FROM current"
+        for key, data, content_type, etag, expires_at_ms in self._db.rows(
+            "SELECT key, data, content_type, etag, expires_at_ms FROM current"
         ):
-            memory.restore_value(key, Value(bytes(data), content_type, etag))
-        for key, data, timestamp_ms in self._db.rows(
-            "SELECT key, data, timestamp_ms FROM history WHERE timestamp_ms > ? ORDER BY seq",
+            memory.restore_value(key, Value(bytes(data), content_type, etag, expires_at_ms))
+        for key, data, timestamp_ms, expired in self._db.rows(
+            "SELECT key, data, timestamp_ms, expired FROM history WHERE timestamp_ms > ?"
+            " ORDER BY seq",
             (cutoff_ms,),
         ):
-            memory.restore_history(key, HistoryEntry(_bytes_or_none(data), timestamp_ms))
+            memory.restore_history(
+                key, HistoryEntry(_bytes_or_none(data), timestamp_ms, bool(expired))
+            )
         (last_seq,) = self._db.execute(
             "SELECT max(coalesce((SELECT max(seq) FROM history), 0),"
             " coalesce((SELECT max(seq) FROM current), 0))"
@@ -218,13 +260,24 @@ class Journal:
 
     def _write_rows(self, writes: list[Write]) -> Iterator[None]:
         for write in writes:
-            self._db.execute(INSERT_HISTORY, (write.seq, write.key, write.data, write.timestamp_ms))
+            if write.recorded:
+                self._db.execute(
+                    INSERT_HISTORY,
+                    (write.seq, write.key, write.data, write.timestamp_ms, int(write.expired)),
+                )
             if write.data is None:
                 self._db.execute(DELETE_CURRENT, (write.key,))
             else:
                 self._db.execute(
                     UPSERT_CURRENT,
-                    (write.key, write.data, write.content_type, write.etag, write.seq),
+                    (
+                        write.key,
+                        write.data,
+                        write.content_type,
+                        write.etag,
+                        write.seq,
+                        write.expires_at_ms,
+                    ),
                 )
             yield None
 
@@ -243,7 +296,8 @@ class Journal:
     def compact(self, cutoff_ms: int, max_rows: int = 10_000) -> int:
         """Delete up to `max_rows` of the oldest history rows at or before `cutoff_ms` (one
         short transaction, so that commits wait little); the number deleted. Rows are in
-        timestamp order, so the scan stops at the first row it keeps."""
+        timestamp order but for expiries journaled after their deadline, which the condition
+        catches wherever they are; current values, and their deadlines, are never touched."""
 
         def delete() -> Iterator[None]:
             self._db.execute(

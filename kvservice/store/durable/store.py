@@ -1,11 +1,19 @@
 """DurableStore: the memory store, kept on local disk.
 
 Reads are the memory store's (`MemoryStore` holds the state; nothing is read from disk after
-the start). Writes are applied to memory first, under one lock that also gives each its
-place in the journal (`seq`), so memory and disk see writes in the same order and the memory
-store alone judges preconditions, ETags, timestamps and the budget. Each write then waits for
-its commit: one writer thread takes every write queued since its last commit and commits
+the start). Writes are applied to memory first; memory tells of each change it makes
+(`on_change`, under its lock), which gives the change its place in the journal (`seq`) and
+queues it, so memory and disk see changes in the same order and the memory store alone
+judges preconditions, ETags, timestamps, deadlines and the budget. Each write then waits for
+its commit: one writer thread takes every change queued since its last commit and commits
 them in one transaction (group commit), so a burst of N writes costs one sync, not N.
+
+Keys that expire: a deadline is journaled with the value (absolute, epoch ms), and an
+expiry, whoever notices it (a read, a write, the sweeper), is journaled as a history row at
+the deadline like any change; nobody waits for an expiry's commit but a read that could see
+it (--fsync always). After a restart, a key whose deadline passed while the service was down
+(or whose expiry had not been committed) is read back with its deadline and expired at start,
+its entry stamped with the deadline, as if it had been noticed in time.
 
 What a client may see (`--fsync always`): a write is acknowledged only once its transaction
 is synced, and a read that could see writes not yet synced (any write applied after the last
@@ -52,7 +60,11 @@ from kvservice.store.memory import MemoryStore
 from kvservice.store.model import (
     DEFAULT_PAGE_KEYS,
     NO_CONDITION,
+    NO_EXPIRY,
     Clock,
+    ExpireIf,
+    Expiry,
+    ExpiryChange,
     HistoryEntry,
     KeyPage,
     Persistence,
@@ -73,6 +85,8 @@ HOUSEKEEPING_INTERVAL_S = 1.0
 """How often the writer syncs (everysec), compacts, and probes a disk that refused."""
 COMPACTION_STEPS = 100
 """The most compaction transactions of one housekeeping pass (of 10,000 rows each)."""
+EXPIRED_AT_START_BATCH = 10_000
+"""Keys expired per call while the start expires what passed while the service was down."""
 READ_WAIT_S = 10.0
 """How long a read waits for the writes it could see to be synced before it answers 503."""
 
@@ -139,6 +153,11 @@ class DurableStore:
         self._committed = threading.Condition(self._lock)  # clients wait for commits
         self._open_batch = _Batch()
         self._generation = 0  # changes when memory is rebuilt after a failed commit
+        # Changes when a failed commit refuses the queue: a memory store told of changes
+        # before that is being replaced, and what it says is no longer journaled.
+        self._journal_epoch = 0
+        self._applied_seq = 0
+        self._last_change = threading.local()  # .batch: the batch of this thread's last change
         self._refusal: tuple[type[StoreError], str] | None = None
         self._closing = False
         self._commits = self._committed_writes = self._failed_commits = self._syncs = 0
@@ -168,6 +187,9 @@ class DurableStore:
         self._applied_seq = self._durable_seq = last_seq
         self._writer = threading.Thread(target=self._run_writer, name="kv-journal", daemon=True)
         self._writer.start()
+        # What passed its deadline while the service was down goes now, journaled as it goes.
+        while memory.sweep_expired(EXPIRED_AT_START_BATCH):
+            pass
 
     def check_ready(self) -> None:
         """Ready unless the data could not be read back after a disk error."""
@@ -264,13 +286,12 @@ class DurableStore:
         data: bytes,
         content_type: str | None = None,
         precondition: Precondition = NO_CONDITION,
+        expiry: Expiry = NO_EXPIRY,
     ) -> Value:
-        """Set the key's value once committed; raises as MemoryStore.put does, StoreFull for
-        a full disk and StoreUnavailable for a failed one."""
+        """Set the key's value (and deadline) once committed; raises as MemoryStore.put does,
+        StoreFull for a full disk and StoreUnavailable for a failed one."""
         self._refuse_while_the_disk_does()
-        value = self._write(key, lambda memory: memory.put(key, data, content_type, precondition))
-        assert value is not None
-        return value
+        return self._write(lambda memory: memory.put(key, data, content_type, precondition, expiry))
 
     def create(
         self,
@@ -278,18 +299,34 @@ class DurableStore:
         data: bytes,
         content_type: str | None = None,
         precondition: Precondition = NO_CONDITION,
+        expiry: Expiry = NO_EXPIRY,
     ) -> Value:
         """Set the key's value only if it has none, once committed; raises as `put` does."""
         self._refuse_while_the_disk_does()
-        value = self._write(
-            key, lambda memory: memory.create(key, data, content_type, precondition)
+        return self._write(
+            lambda memory: memory.create(key, data, content_type, precondition, expiry)
         )
-        assert value is not None
-        return value
+
+    def expire(
+        self,
+        key: str,
+        expiry: Expiry,
+        when: ExpireIf = ExpireIf.ALWAYS,
+        precondition: Precondition = NO_CONDITION,
+    ) -> ExpiryChange:
+        """As `MemoryStore.expire`, once committed; refused while the disk refuses puts."""
+        self._refuse_while_the_disk_does()
+        return self._write(lambda memory: memory.expire(key, expiry, when, precondition))
+
+    def sweep_expired(self, limit: int) -> int:
+        """As `MemoryStore.sweep_expired`; the expiries are queued for the journal, and
+        nobody waits for their commit (a restart would expire those keys again anyway)."""
+        memory = self._memory
+        return 0 if memory is None else memory.sweep_expired(limit)
 
     def delete(self, key: str, precondition: Precondition = NO_CONDITION) -> None:
         """Remove the key's value once committed; tried even while the disk refuses puts."""
-        self._write(key, lambda memory: memory.delete(key, precondition))
+        self._write(lambda memory: memory.delete(key, precondition))
 
     def _refuse_while_the_disk_does(self) -> None:
         refusal = self._refusal
@@ -297,42 +334,57 @@ class DurableStore:
             error_type, message = refusal
             raise error_type(message)
 
-    def _write(self, key: str, apply: Callable[[MemoryStore], Value | None]) -> Value | None:
+    def _write(self, apply: Callable[[MemoryStore], T]) -> T:
+        """`apply` to memory, answered once the changes it made are committed (one that
+        made none, an expire whose condition did not hold, is answered as a read)."""
+        self._last_change.batch = None
         with self._apply_lock:
             memory = self._memory
             if memory is None:
                 raise StoreUnavailable(DISK_UNREADABLE)
-            # The seq is taken before memory changes, so that a read that sees the change
-            # also sees that a write is pending; a refused write gives it back.
-            seq = self._applied_seq = self._applied_seq + 1
-            try:
-                value = apply(memory)
-            except BaseException:
-                with self._lock:
-                    self._applied_seq = seq - 1
-                    self._committed.notify_all()
-                raise
-            entry = memory.newest_entry(key)
-            assert entry is not None  # the write just made it
-            write = Write(
-                seq,
-                key,
-                entry.data,
-                value.content_type if value else None,
-                value.etag if value else "",
-                entry.timestamp_ms,
-            )
-            with self._lock:
-                batch = self._open_batch
-                batch.writes.append(write)
-                self._queued.notify()
+            generation = self._generation
+            result = apply(memory)
+        batch: _Batch | None = self._last_change.batch
+        if batch is None:
+            if self._hold_reads and not self._wait_until_synced(self._applied_seq, generation):
+                raise StoreUnavailable(DISK_FAILED)
+            return result
+        # Batches commit in order, and a failed one refuses every batch behind it: waiting
+        # for the batch of the last change waits for all of this call's changes.
         with self._lock:
             while not batch.done:
                 self._committed.wait()
         if batch.refusal is not None:
             error_type, message = batch.refusal
             raise error_type(message)
-        return value
+        return result
+
+    def _journal_change(
+        self, epoch: int, key: str, entry: HistoryEntry | None, value: Value | None
+    ) -> None:
+        """Queue a change memory made (its `on_change`, called under its lock, in order).
+        The seq is taken as memory changes, so a read that sees the change also sees that a
+        write is pending."""
+        deadline_ms = value.expires_at_ms if value else None
+        with self._lock:
+            if epoch != self._journal_epoch:
+                return  # told by a memory being replaced after a failed commit
+            seq = self._applied_seq = self._applied_seq + 1
+            write = Write(
+                seq,
+                key,
+                value.data if value else None,
+                value.content_type if value else None,
+                value.etag if value else "",
+                entry.timestamp_ms if entry else 0,
+                deadline_ms,
+                expired=entry is not None and entry.expired,
+                recorded=entry is not None,
+            )
+            batch = self._open_batch
+            batch.writes.append(write)
+            self._queued.notify()
+        self._last_change.batch = batch
 
     # -- the writer thread --------------------------------------------------------------------
 
@@ -393,6 +445,7 @@ class DurableStore:
         with self._apply_lock:
             with self._lock:
                 later, self._open_batch = self._open_batch, _Batch()
+                self._journal_epoch += 1
             memory, last_seq = self._rebuild(reopen)
             with self._lock:
                 self._memory = memory
@@ -419,11 +472,13 @@ class DurableStore:
             return None, 0
 
     def _read_back(self) -> tuple[MemoryStore, int]:
+        epoch = self._journal_epoch
         memory = MemoryStore(
             history_window_ms=self.history_window_ms,
             max_bytes=self.max_bytes,
             max_value_bytes=self.max_value_bytes,
             clock=self._clock,
+            on_change=lambda key, entry, value: self._journal_change(epoch, key, entry, value),
         )
         last_seq = self._journal.load(memory, self._clock() - self.history_window_ms)
         return memory, last_seq

@@ -1,5 +1,6 @@
-"""What only the memory backend promises: its byte accounting and per-process ETags, and
-pruning whose cost does not grow with a key's history."""
+"""What only the memory backend promises: its byte accounting and per-process ETags,
+pruning whose cost does not grow with a key's history, and expiry that never looks at a key
+without a deadline."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 
 import pytest
 
-from kvservice.store import KeyNotFound, StoreFull, StoreStats
+from kvservice.store import Expiry, KeyNotFound, StoreFull, StoreStats, Value
 from kvservice.store.memory import ENTRY_OVERHEAD_BYTES, KEY_OVERHEAD_BYTES, MemoryStore
 from tests.support.clock import FakeClock
 
@@ -100,3 +101,52 @@ def test_pruning_cost_does_not_grow_with_a_keys_history_length() -> None:
     assert long < 5 * short, (
         f"pruning 1000 entries: {short * 1e3:.2f} ms at 2,000, {long * 1e3:.2f} ms at 200,000"
     )
+
+
+class WatchedValue(Value):
+    """A value that counts every read of its fields: whoever decides whether a key is due, or
+    frees its bytes, reads them."""
+
+    __slots__ = ()
+    reads = 0
+
+    def __getattribute__(self, name: str) -> object:
+        type(self).reads += 1
+        return super().__getattribute__(name)
+
+
+def test_expiring_never_looks_at_a_key_without_a_deadline(clock: FakeClock) -> None:
+    # The issue's figure: 1,000,000 keys, 1,000 of them with a deadline. The keys without
+    # one hold a value the test made (restore_value keeps the object it is given), which
+    # counts the reads of its fields; a sweep that scanned the keys, or checked each for a
+    # deadline, would read it at least once per key.
+    store = MemoryStore(clock=clock, max_bytes=10**10)
+    untouchable = WatchedValue(b"v", None, "plain")
+    for number in range(1_000_000):
+        if number % 1_000:
+            store.restore_value(f"k{number:07d}", untouchable)
+        else:  # interleaved in key order with the others
+            store.put(f"k{number:07d}", b"v", expiry=Expiry(after_ms=1_000 + number % 7))
+    WatchedValue.reads = 0
+    clock.advance(1_006)
+    assert store.stats().keys == 999_000
+    removed = [store.sweep_expired(200) for _ in range(6)]
+    assert removed == [200, 200, 200, 200, 200, 0]
+    assert WatchedValue.reads == 0, "expiring touched keys that have no deadline"
+    assert store.get("k0000001") is untouchable
+    assert WatchedValue.reads > 0, "a read of the key itself does count"
+
+
+def test_an_expiry_returns_the_value_bytes_and_is_charged_as_a_delete(clock: FakeClock) -> None:
+    expiring, deleted = MemoryStore(clock=clock), MemoryStore(clock=clock)
+    for store in (expiring, deleted):
+        store.put("k", b"x" * 500, "text/plain", expiry=Expiry(after_ms=1_000))
+    charged = expiring.stats().used_bytes
+    clock.advance(999)
+    deleted.delete("k")
+    clock.advance(1)
+    assert expiring.sweep_expired(10) == 1
+    assert expiring.stats().used_bytes == deleted.stats().used_bytes
+    assert charged - expiring.stats().used_bytes == 500 + len("text/plain") - ENTRY_OVERHEAD_BYTES
+    clock.advance(120_000)  # and once the history has left the window, nothing is charged
+    assert expiring.stats().used_bytes == 0
