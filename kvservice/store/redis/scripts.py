@@ -394,7 +394,7 @@ def key_slot(key: str) -> int:
 @functools.cache
 def _slot_tags() -> tuple[str, ...]:
     """For each slot, the shortest decimal number that hashes to it (about 170,000 CRCs, once
-    per process: a few tens of milliseconds)."""
+    per process: about 100 ms, which a cluster's store spends when it is made)."""
     tags: dict[int, str] = {}
     number = 0
     while len(tags) < CLUSTER_SLOTS:

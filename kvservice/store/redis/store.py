@@ -136,6 +136,8 @@ class RedisStore:
         """Cluster slots this store knows hold deadlines: a hint for the sweep, never the truth."""
         self._full_sweep_due = 0.0
         """time.monotonic() at which the cluster's sweep next visits every slot."""
+        if topology.cluster:
+            slot_deadlines_key(0)  # names every slot's set now, not in the first request
 
     @classmethod
     def from_url(
