@@ -47,6 +47,7 @@ from kvservice.store.redis import (
     value_key,
 )
 from kvservice.store.redis.scripts import Script
+from kvservice.store.sweeper import Sweeper
 from tests.support.clock import START_MS, FakeClock
 from tests.support.processes import free_port
 from tests.support.redis_servers import RedisClusterProcesses, RedisProcess, running_redis
@@ -635,3 +636,31 @@ def test_the_permission_advice_names_every_command_the_scripts_run() -> None:
     called = set(re.findall(r"redis\.call\('([A-Z]+)'", "".join(sources)))
     advised = set(re.findall(r"[A-Z]{3,}", redis_store_module._SCRIPT_COMMANDS))
     assert called == advised
+
+
+def test_the_sweeper_settles_expired_keys_on_redis_though_nobody_reads_them(
+    servers: RedisProcess | RedisClusterProcesses,
+) -> None:
+    """On Redis's clock, with the composition root's sweeper: 500 keys expire together and
+    their deadlines are gone within a second, leaving each history its expiry entry."""
+    store = make_store(servers.url)
+    keys = [f"wave{number}" for number in range(500)]
+    deadlines = {
+        key: store.put(key, b"v", expiry=Expiry(after_ms=200)).expires_at_ms for key in keys
+    }
+    sweeper = Sweeper(store)
+    sweeper.start()
+    try:
+        wait_until = time.monotonic() + 5
+        while sweeper.removed < len(keys) and time.monotonic() < wait_until:
+            time.sleep(0.05)
+    finally:
+        sweeper.stop()
+    assert sweeper.removed == len(keys)
+    for node in nodes_of(servers):
+        assert node.client().keys("kv:*deadlines") == []
+        assert node.client().keys("kv:{*}") == []
+    for key in keys[::50]:
+        expiry = store.history(key)[0]
+        assert (expiry.data, expiry.timestamp_ms, expiry.expired) == (None, deadlines[key], True)
+    store.close()
