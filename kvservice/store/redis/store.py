@@ -314,7 +314,7 @@ class RedisStore:
         the key at once, recorded as an expiry. Raises KeyNotFound, PreconditionFailed."""
         validate_key(key)
         if expiry.keep:
-            raise ValueError("expire takes a deadline or NO_EXPIRY, not KEEP_EXPIRY")
+            raise ValueError("expire() sets or removes a deadline; KEEP_EXPIRY is for writes")
         self._ensure_checked()
         arguments = [
             *self._key_arguments(key),
