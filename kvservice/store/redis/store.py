@@ -579,6 +579,8 @@ class RedisStore:
             if isinstance(refusal, StoreFull):
                 with self._full_refusals_lock:
                     self._full_refusals += 1
+            if isinstance(refusal, StoreUnavailable):
+                self._topology_lost()  # a failover (READONLY) or a slot that moved away
             raise refusal from error
         finally:
             server.pool.release(connection)
@@ -600,6 +602,13 @@ def _refusal(error: redis_errors.ResponseError, address: str) -> Exception:
         return StoreFull(
             f"Redis at {address} is at its memory limit (maxmemory); delete keys or wait for "
             "history to expire."
+        )
+    if "non local key" in str(error):
+        # A script touched a key it could not declare (the sweep's other slots) in a slot
+        # this node no longer holds: the slot moved, and the store's map is out of date.
+        return StoreUnavailable(
+            f"Redis at {address} no longer holds a slot the store sent it ({error}); "
+            "the cluster's slot map is relearnt: try again."
         )
     unavailable = (
         redis_errors.BusyLoadingError,  # LOADING: restarting, reading its append-only file

@@ -46,11 +46,16 @@ from kvservice.store.redis import (
     slot_deadlines_key,
     value_key,
 )
-from kvservice.store.redis.scripts import Script
+from kvservice.store.redis.scripts import Script, key_slot
 from kvservice.store.sweeper import Sweeper
 from tests.support.clock import START_MS, FakeClock
 from tests.support.processes import free_port
-from tests.support.redis_servers import RedisClusterProcesses, RedisProcess, running_redis
+from tests.support.redis_servers import (
+    RedisClusterProcesses,
+    RedisProcess,
+    running_cluster,
+    running_redis,
+)
 
 WINDOW_MS = 120_000
 
@@ -664,3 +669,37 @@ def test_the_sweeper_settles_expired_keys_on_redis_though_nobody_reads_them(
         expiry = store.history(key)[0]
         assert (expiry.data, expiry.timestamp_ms, expiry.expired) == (None, deadlines[key], True)
     store.close()
+
+
+def test_a_sweep_after_a_slot_moved_relearns_the_cluster_and_then_sweeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep names the deadline sets of many slots in one script, sent to the primary the
+    store's slot map says holds them; once one of those slots moved, that primary refuses
+    the script (a non-local key). The sweep then says the store is unavailable and relearns
+    the map, and the next one sweeps every primary again."""
+    monkeypatch.setattr(redis_store_module, "FULL_SWEEP_INTERVAL_S", 0.0)  # every slot, always
+    with running_cluster(tmp_path) as cluster:
+        clock = FakeClock()
+        store = make_store(cluster.url, clock=clock)
+        keys = [f"moving{number}" for number in range(60)]
+        for key in keys:
+            store.put(key, b"v", expiry=Expiry(after_ms=1))
+        clock.advance(1)
+        # The last slot of the first primary, holding no key, moves to the second.
+        source, target = cluster.nodes[0], cluster.nodes[1]
+        [first_range] = [
+            (low, high)
+            for low, high, (_, port, *_), *_ in source.client().execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+            if port == source.port
+        ]
+        moved = first_range[1]
+        assert moved not in {key_slot(key) for key in keys}
+        target_id = target.client().execute_command("CLUSTER", "MYID").decode()  # type: ignore[no-untyped-call]
+        for node in (target, source, cluster.nodes[2]):
+            node.client().execute_command("CLUSTER", "SETSLOT", moved, "NODE", target_id)  # type: ignore[no-untyped-call]
+        with pytest.raises(StoreUnavailable, match="non local key"):
+            store.sweep_expired(1_000)
+        removed = store.sweep_expired(1_000)
+        assert removed > 0 and store.keys().keys == []
+        store.close()
