@@ -9,7 +9,7 @@ import ipaddress
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -124,8 +124,9 @@ class Topology:
         """Every server that holds keys."""
         raise NotImplementedError
 
-    def slots_by_primary(self) -> list[list[int]]:
-        """A cluster's slots, grouped by the primary that holds them ([] on a single server)."""
+    def slots_by_primary(self, slots: Iterable[int] | None = None) -> list[list[int]]:
+        """A cluster's slots (all, or those given), in order, grouped by the primary that
+        holds them ([] on a single server)."""
         return []
 
     def refresh(self) -> None:
@@ -205,11 +206,14 @@ class Cluster(Topology):
         nodes = self._connected().get_primaries()  # type: ignore[no-untyped-call]
         return [self._server_of(node) for node in nodes]
 
-    def slots_by_primary(self) -> list[list[int]]:
+    def slots_by_primary(self, slots: Iterable[int] | None = None) -> list[list[int]]:
+        # redis-py replaces its slot map whole, and changes a slot's entry in place on MOVED.
         slots_cache = self._connected().nodes_manager.slots_cache
         groups: dict[str, list[int]] = {}
-        for slot, nodes in sorted(dict(slots_cache).items()):  # a copy: redis-py refills it
-            groups.setdefault(nodes[0].name, []).append(slot)
+        for slot in sorted(slots_cache if slots is None else slots):
+            nodes = slots_cache.get(slot)
+            if nodes:
+                groups.setdefault(nodes[0].name, []).append(slot)
         return list(groups.values())
 
     def refresh(self) -> None:

@@ -49,20 +49,32 @@ from kvservice.store.redis.scripts import (
     LIST,
     SWEEP,
     SWEEP_SLOTS_PER_CALL,
+    UNEXPIRED,
     WRITE,
     Script,
     deadlines_key,
     history_key,
+    key_slot,
     slot_deadlines_key,
     value_key,
 )
 
 logger = logging.getLogger("kvservice.store.redis")
 
+_SCRIPT_COMMANDS = (
+    "DEL, EXISTS, HDEL, HGET, HMGET, HSET, LINDEX, LPOP, LRANGE, PERSIST, PEXPIRE, PEXPIREAT, "
+    "RPUSH, TIME, ZADD, ZCARD, ZCOUNT, ZRANGE, ZRANGEBYSCORE, ZREM and ZSCORE"
+)
+"""What the scripts of `scripts.py` call: Redis's ACLs check those too."""
 _SCAN_COUNT = 1000
-_SETTLE_BATCH = 1000
-"""How many passed deadlines one sweep script settles before a cluster's listing or count."""
+_FILTER_BATCH = 1000
+"""How many scanned keys of a cluster one script checks for a passed deadline."""
 _SAFE_POLICIES = ("noeviction",)
+
+FULL_SWEEP_INTERVAL_S = 10.0
+"""How often a cluster's sweep visits every slot's deadlines set, rather than only those of
+the slots this store knows hold deadlines: the longest a deadline another replica set waits
+for this replica's sweep (a read of the key settles it at once, whoever set it)."""
 
 POLICY_RECHECK_S = 1.0
 """How often Redis's maxmemory-policy is checked again while serving: the longest an operator's
@@ -117,6 +129,12 @@ class RedisStore:
         self._checking = False
         self._full_refusals = 0
         self._full_refusals_lock = threading.Lock()
+        self._deadline_slots: set[int] = set()
+        """Cluster slots this store knows hold deadlines: a hint for the sweep, never the truth."""
+        self._full_sweep_due = 0.0
+        """time.monotonic() at which the cluster's sweep next visits every slot."""
+        if topology.cluster:
+            slot_deadlines_key(0)  # names every slot's set now, not in the first request
 
     @classmethod
     def from_url(
@@ -175,8 +193,8 @@ class RedisStore:
 
     def stats(self) -> StoreStats:
         """Keys holding a value, Redis's used memory and its maxmemory (0: no limit), summed
-        over a cluster's primaries. On a cluster the count settles every passed deadline,
-        then scans every key."""
+        over a cluster's primaries. On a cluster the count scans every key (and checks the
+        deadline of each)."""
         self._ensure_checked()
         used = limit = 0
         for server in self._topology.primaries():
@@ -184,8 +202,13 @@ class RedisStore:
             used += int(info.get("used_memory", 0))
             limit += int(info.get("maxmemory", 0))
         if self._topology.cluster:
-            self._settle_passed_deadlines()
-            count = sum(len(self._scan_keys(server, "")) for server in self._topology.primaries())
+            scanned = [
+                key for server in self._topology.primaries() for key in self._scan_keys(server, "")
+            ]
+            count = sum(
+                len(self._unexpired(scanned[start : start + _FILTER_BATCH]))
+                for start in range(0, len(scanned), _FILTER_BATCH)
+            )
         else:
             count = int(
                 self._script(COUNT, "", [INDEX_KEY, DEADLINES_KEY], [self._clock_arg()], False)
@@ -214,17 +237,21 @@ class RedisStore:
     ) -> KeyPage:
         """Up to `limit` keys holding a value that start with `prefix`, in lexicographic
         order, strictly after `after`, none of them past its deadline. A single Redis reads
-        its index, leaving those out; on a cluster passed deadlines are settled first, then
-        every primary is scanned."""
+        its index; a cluster is scanned, and the deadlines of the page's candidates checked."""
         self._ensure_checked()
         if self._topology.cluster:
-            self._settle_passed_deadlines()
-            found = sorted(
+            candidates = sorted(
                 key
                 for server in self._topology.primaries()
                 for key in self._scan_keys(server, prefix)
                 if after is None or key > after
-            )[: limit + 1]
+            )
+            found: list[str] = []
+            checked = 0
+            while len(found) <= limit and checked < len(candidates):
+                batch = candidates[checked : checked + limit + 1 - len(found)]
+                checked += len(batch)
+                found += self._unexpired(batch)
         else:
             low = f"({after}" if after is not None and after >= prefix else f"[{prefix}"
             high = f"[{prefix}\xff" if prefix else "+"
@@ -288,27 +315,35 @@ class RedisStore:
             raise KeyNotFound.of(key)
         if outcome == b"precondition":
             raise PreconditionFailed.of(key)
-        return ExpiryChange(outcome != b"skipped", _value(fields))
+        value = _value(fields)
+        self._note_deadline(key, None if value is None else value.expires_at_ms)
+        return ExpiryChange(outcome != b"skipped", value)
 
     def sweep_expired(self, limit: int) -> int:
         """Remove up to `limit` keys whose deadline has passed, recording each expiry at its
         deadline, and return how many it removed. It reads the deadline sets only, never a
-        key without a deadline: one script on a single Redis, and on a cluster one script per
-        SWEEP_SLOTS_PER_CALL slots of each primary, until `limit` keys are removed."""
+        key without a deadline: one script on a single Redis; on a cluster one script per
+        SWEEP_SLOTS_PER_CALL slots of each primary, until `limit` keys are removed, visiting
+        every slot every FULL_SWEEP_INTERVAL_S and otherwise those known to hold deadlines."""
         self._ensure_checked()
+        if not self._topology.cluster:
+            return int(self._sweep([DEADLINES_KEY], limit, INDEX_KEY)[0])
+        every_slot = time.monotonic() >= self._full_sweep_due
+        if every_slot:
+            self._full_sweep_due = time.monotonic() + FULL_SWEEP_INTERVAL_S
         removed = 0
-        for sets in self._deadline_sets():
+        for slots in self._sweep_batches(every_slot):
             if removed >= limit:
                 break
-            arguments = [
-                limit - removed,
-                self.history_window_ms,
-                self._clock_arg(),
-                self.history_window_ms + HISTORY_TTL_MARGIN_MS,
-                "" if self._topology.cluster else INDEX_KEY,
-                *sets[1:],
-            ]
-            removed += int(self._script(SWEEP, "", sets[:1], arguments, True))
+            reply = self._sweep([slot_deadlines_key(slot) for slot in slots], limit - removed, "")
+            removed += int(reply[0])
+            holding = {slots[int(position) - 1] for position in reply[2:]}
+            for slot in slots[: int(reply[1])]:
+                # A deadline given to an emptied slot meanwhile waits for the next full sweep.
+                if slot in holding:
+                    self._deadline_slots.add(slot)
+                else:
+                    self._deadline_slots.discard(slot)
         return removed
 
     def delete(self, key: str, precondition: Precondition = NO_CONDITION) -> None:
@@ -355,7 +390,9 @@ class RedisStore:
             raise KeyExists.of(key)
         if outcome[0] == b"precondition":
             raise PreconditionFailed.of(key)
-        return Value(data, content_type, etag, _deadline(outcome[1]))
+        value = Value(data, content_type, etag, _deadline(outcome[1]))
+        self._note_deadline(key, value.expires_at_ms)
+        return value
 
     # -- talking to Redis -------------------------------------------------------------------
 
@@ -370,23 +407,41 @@ class RedisStore:
         window = self.history_window_ms
         return [key, window, self._clock_arg(), window + HISTORY_TTL_MARGIN_MS]
 
-    def _deadline_sets(self) -> list[list[str]]:
-        """The deadline sets each sweep script visits: a single Redis's one, or a cluster's
-        per-slot sets, in batches of one primary's slots."""
-        if not self._topology.cluster:
-            return [[DEADLINES_KEY]]
+    def _sweep(self, sets: list[str], limit: int, index: str) -> list[Any]:
+        """Run the sweep script over deadline sets of one server (see SWEEP for its reply)."""
+        window = self.history_window_ms
+        arguments = [limit, window, self._clock_arg(), window + HISTORY_TTL_MARGIN_MS, index]
+        reply: list[Any] = self._script(SWEEP, "", sets[:1], [*arguments, *sets[1:]], True)
+        return reply
+
+    def _sweep_batches(self, every_slot: bool) -> list[list[int]]:
+        """The slots each sweep script on a cluster visits, in batches of one primary's: every
+        slot, or those known to hold deadlines."""
+        slots = None if every_slot else self._deadline_slots.copy()
         return [
-            [slot_deadlines_key(slot) for slot in slots[start : start + SWEEP_SLOTS_PER_CALL]]
-            for slots in self._topology.slots_by_primary()
-            for start in range(0, len(slots), SWEEP_SLOTS_PER_CALL)
+            group[start : start + SWEEP_SLOTS_PER_CALL]
+            for group in self._topology.slots_by_primary(slots)
+            for start in range(0, len(group), SWEEP_SLOTS_PER_CALL)
         ]
 
-    def _settle_passed_deadlines(self) -> None:
-        """Settle every passed deadline, in batches: a cluster's listing and count scan the
-        hashes, and a hash may outlive its deadline (briefly on Redis's clock, until settled on
-        an injected one)."""
-        while self.sweep_expired(_SETTLE_BATCH) == _SETTLE_BATCH:
-            pass
+    def _note_deadline(self, key: str, deadline_ms: int | None) -> None:
+        """Remember that the key's slot holds a deadline, for the cluster's sweep."""
+        if deadline_ms is not None and self._topology.cluster:
+            self._deadline_slots.add(key_slot(key))
+
+    def _unexpired(self, keys: list[str]) -> list[str]:
+        """Those of a cluster's scanned keys whose deadline has not passed, in their order: a
+        hash may outlive its deadline (briefly on Redis's clock, until settled on an injected
+        one). One script per primary holding some of them."""
+        by_primary: dict[str, list[str]] = {}
+        for key in keys:
+            by_primary.setdefault(self._topology.server_for(value_key(key)).address, []).append(key)
+        kept: set[bytes] = set()
+        for group in by_primary.values():
+            sets = [deadlines_key(key, True) for key in group]
+            pairs = [part for key, name in zip(group, sets, strict=True) for part in (key, name)]
+            kept.update(self._script(UNEXPIRED, "", sets[:1], [self._clock_arg(), *pairs], False))
+        return [key for key in keys if key.encode() in kept]
 
     def _clock_arg(self) -> str:
         return "" if self._clock is None else str(self._clock())
@@ -505,6 +560,8 @@ class RedisStore:
             if isinstance(refusal, StoreFull):
                 with self._full_refusals_lock:
                     self._full_refusals += 1
+            if isinstance(refusal, StoreUnavailable):
+                self._topology_lost()  # a failover (READONLY) or a slot that moved away
             raise refusal from error
         finally:
             server.pool.release(connection)
@@ -527,6 +584,13 @@ def _refusal(error: redis_errors.ResponseError, address: str) -> Exception:
             f"Redis at {address} is at its memory limit (maxmemory); delete keys or wait for "
             "history to expire."
         )
+    if "non local key" in str(error):
+        # A script touched a key it could not declare (the sweep's other slots) in a slot
+        # this node no longer holds: the slot moved, and the store's map is out of date.
+        return StoreUnavailable(
+            f"Redis at {address} no longer holds a slot the store sent it ({error}); "
+            "the cluster's slot map is relearnt: try again."
+        )
     unavailable = (
         redis_errors.BusyLoadingError,  # LOADING: restarting, reading its append-only file
         redis_errors.ReadOnlyError,  # READONLY: a replica, after a failover
@@ -541,7 +605,8 @@ def _refusal(error: redis_errors.ResponseError, address: str) -> Exception:
     if isinstance(error, redis_errors.NoPermissionError | redis_errors.AuthenticationError):
         return StoreMisconfigured(
             f"Redis at {address} does not let kvservice's user run its commands ({error}); "
-            "it needs EVALSHA, SCRIPT, HMGET, ZRANGE, ZCARD, SCAN and INFO on the keys kv:*"
+            "it needs EVALSHA, SCRIPT, SCAN and INFO, and the commands its scripts run: "
+            f"{_SCRIPT_COMMANDS}, on the keys kv:*"
         )
     logger.error("Redis at %s answered an error kvservice does not expect: %s", address, error)
     return StoreUnavailable(f"Redis at {address} answered with an error: {error}.")

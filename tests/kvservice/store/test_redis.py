@@ -22,6 +22,8 @@ import pytest
 import redis.exceptions as redis_errors
 
 import kvservice.store.redis.connection as redis_connection
+import kvservice.store.redis.scripts as redis_scripts
+import kvservice.store.redis.store as redis_store_module
 from kvservice.store import (
     NO_EXPIRY,
     ExpireIf,
@@ -44,9 +46,16 @@ from kvservice.store.redis import (
     slot_deadlines_key,
     value_key,
 )
+from kvservice.store.redis.scripts import Script, key_slot
+from kvservice.store.sweeper import Sweeper
 from tests.support.clock import START_MS, FakeClock
 from tests.support.processes import free_port
-from tests.support.redis_servers import RedisClusterProcesses, RedisProcess, running_redis
+from tests.support.redis_servers import (
+    RedisClusterProcesses,
+    RedisProcess,
+    running_cluster,
+    running_redis,
+)
 
 WINDOW_MS = 120_000
 
@@ -582,3 +591,115 @@ def test_a_clusters_deadlines_live_in_their_keys_slot_and_the_sweep_reaches_ever
     for key in keys:
         assert store.history(key)[0] == HistoryEntry(None, START_MS + 1, expired=True)
     store.close()
+
+
+def test_a_deadline_past_redis_own_range_is_kept_by_the_store_alone(store: RedisStore) -> None:
+    """PEXPIREAT refuses times past a 64-bit count of milliseconds, and would do so after the
+    script wrote the value: such a deadline is kept in the deadlines set only."""
+    far = 10**19
+    assert store.put("k", b"v", expiry=Expiry(at_ms=far)).expires_at_ms == far
+    assert store.get("k").expires_at_ms == far
+    assert store.expire("k", Expiry(at_ms=far * 10)).applied
+    assert store.get("k").expires_at_ms == far * 10
+
+
+def test_a_cluster_sweep_visits_every_slot_only_now_and_then(
+    redis_cluster: RedisClusterProcesses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between full sweeps a replica visits only the slots it knows hold deadlines: with none,
+    it sends no script at all; one it set itself it sweeps at once; one another replica set
+    waits for its next full sweep (a read would settle it at once)."""
+    monkeypatch.setattr(redis_store_module, "FULL_SWEEP_INTERVAL_S", 1.0)
+    redis_cluster.flush()
+    clock = FakeClock()
+    writer, sweeper = (make_store(redis_cluster.url, clock=clock) for _ in range(2))
+    assert writer.sweep_expired(1_000) == 0  # its full sweep: the next is a second away
+    for number in range(30):
+        writer.put(f"other{number}", b"v", expiry=Expiry(after_ms=1))
+    clock.advance(1)
+    assert sweeper.sweep_expired(1_000) == 30, "the first sweep visits every slot"
+    for node in redis_cluster.nodes:
+        node.client().config_resetstat()
+    assert sweeper.sweep_expired(1_000) == 0
+    for node in redis_cluster.nodes:
+        assert "cmdstat_evalsha" not in node.client().info("commandstats"), "nothing known"
+    writer.put("mine", b"v", expiry=Expiry(after_ms=1))
+    writer.put("late", b"v", expiry=Expiry(after_ms=1))
+    clock.advance(1)
+    assert sweeper.sweep_expired(1_000) == 0, "their slots are not known to this replica yet"
+    assert writer.sweep_expired(1) == 1, "the replica that set a deadline knows its slot"
+    time.sleep(1.1)
+    assert sweeper.sweep_expired(1_000) == 1, "found by its next full sweep"
+    writer.close()
+    sweeper.close()
+
+
+def test_the_permission_advice_names_every_command_the_scripts_run() -> None:
+    """Redis's ACLs check the commands a script runs: a StoreMisconfigured that lists fewer
+    sends an operator round again."""
+    sources = [value.source for value in vars(redis_scripts).values() if isinstance(value, Script)]
+    called = set(re.findall(r"redis\.call\('([A-Z]+)'", "".join(sources)))
+    advised = set(re.findall(r"[A-Z]{3,}", redis_store_module._SCRIPT_COMMANDS))
+    assert called == advised
+
+
+def test_the_sweeper_settles_expired_keys_on_redis_though_nobody_reads_them(
+    servers: RedisProcess | RedisClusterProcesses,
+) -> None:
+    """On Redis's clock, with the composition root's sweeper: 500 keys expire together and
+    their deadlines are gone within a second, leaving each history its expiry entry."""
+    store = make_store(servers.url)
+    keys = [f"wave{number}" for number in range(500)]
+    deadlines = {
+        key: store.put(key, b"v", expiry=Expiry(after_ms=200)).expires_at_ms for key in keys
+    }
+    sweeper = Sweeper(store)
+    sweeper.start()
+    try:
+        wait_until = time.monotonic() + 5
+        while sweeper.removed < len(keys) and time.monotonic() < wait_until:
+            time.sleep(0.05)
+    finally:
+        sweeper.stop()
+    assert sweeper.removed == len(keys)
+    for node in nodes_of(servers):
+        assert node.client().keys("kv:*deadlines") == []
+        assert node.client().keys("kv:{*}") == []
+    for key in keys[::50]:
+        expiry = store.history(key)[0]
+        assert (expiry.data, expiry.timestamp_ms, expiry.expired) == (None, deadlines[key], True)
+    store.close()
+
+
+def test_a_sweep_after_a_slot_moved_relearns_the_cluster_and_then_sweeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep names the deadline sets of many slots in one script, sent to the primary the
+    store's slot map says holds them; once one of those slots moved, that primary refuses
+    the script (a non-local key). The sweep then says the store is unavailable and relearns
+    the map, and the next one sweeps every primary again."""
+    monkeypatch.setattr(redis_store_module, "FULL_SWEEP_INTERVAL_S", 0.0)  # every slot, always
+    with running_cluster(tmp_path) as cluster:
+        clock = FakeClock()
+        store = make_store(cluster.url, clock=clock)
+        keys = [f"moving{number}" for number in range(60)]
+        for key in keys:
+            store.put(key, b"v", expiry=Expiry(after_ms=1))
+        clock.advance(1)
+        # The last slot of the first primary, holding no key, moves to the second.
+        source, target = cluster.nodes[0], cluster.nodes[1]
+        [first_range] = [
+            (low, high)
+            for low, high, (_, port, *_), *_ in source.client().execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+            if port == source.port
+        ]
+        moved = first_range[1]
+        assert moved not in {key_slot(key) for key in keys}
+        target_id = target.client().execute_command("CLUSTER", "MYID").decode()  # type: ignore[no-untyped-call]
+        for node in (target, source, cluster.nodes[2]):
+            node.client().execute_command("CLUSTER", "SETSLOT", moved, "NODE", target_id)  # type: ignore[no-untyped-call]
+        with pytest.raises(StoreUnavailable, match="non local key"):
+            store.sweep_expired(1_000)
+        removed = store.sweep_expired(1_000)
+        assert removed > 0 and store.keys().keys == []
+        store.close()
