@@ -157,6 +157,8 @@ class ExpireIf(Enum):
     """Only if the new deadline is later than the current one (GT); never for a key without."""
     EARLIER = "lt"
     """Only if the new deadline is earlier than the current one (LT); always for one without."""
+    EARLIER_THAN_ITS_OWN = "xxlt"
+    """Only if the key has a deadline and the new one is earlier (XX and LT together)."""
 
     def allows(self, current_ms: int | None, new_ms: int | None) -> bool:
         """Whether the change from `current_ms` to `new_ms` (None: no deadline) applies."""
@@ -169,6 +171,7 @@ class ExpireIf(Enum):
             ExpireIf.HAS_DEADLINE: current_ms is not None,
             ExpireIf.LATER: current_ms is not None and new > current,
             ExpireIf.EARLIER: new < current,
+            ExpireIf.EARLIER_THAN_ITS_OWN: current_ms is not None and new < current,
         }[self]
 
 

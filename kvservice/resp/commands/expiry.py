@@ -289,10 +289,9 @@ EXPIRE_CONDITIONS: dict[frozenset[bytes], ExpireIf] = {
     frozenset({b"GT"}): ExpireIf.LATER,
     frozenset({b"LT"}): ExpireIf.EARLIER,
     frozenset({b"XX", b"GT"}): ExpireIf.LATER,  # GT never applies without a deadline
-    frozenset({b"XX", b"LT"}): ExpireIf.EARLIER,  # and only with one: see _expire_with
+    frozenset({b"XX", b"LT"}): ExpireIf.EARLIER_THAN_ITS_OWN,
 }
 """EXPIRE's flags -> when the store applies the change (every combination Redis accepts)."""
-_EARLIER_IF_ANY = frozenset({b"XX", b"LT"})
 
 
 def _expire_flags(options: list[bytes]) -> frozenset[bytes] | Error:
@@ -329,10 +328,6 @@ def _expire_with(unit: TimeUnit, command: str) -> Handler:
             return invalid_expire_time(command)
         name = key_argument(key)
         try:
-            # XX LT, unlike every other combination, is no single ExpireIf: read, then LT. A
-            # PERSIST landing between the two lets this one set a deadline where Redis would not.
-            if flags == _EARLIER_IF_ANY and store.get(name).expires_at_ms is None:
-                return 0
             return int(store.expire(name, expiry, EXPIRE_CONDITIONS[flags]).applied)
         except KeyNotFound:
             return 0

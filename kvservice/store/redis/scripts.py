@@ -197,9 +197,9 @@ return {'ok', deadline and ms(deadline)}
 """
 )
 
-# ARGV 5..: expiry spec, when ('always', 'nx', 'xx', 'gt', 'lt': model.ExpireIf's values, and
-# its `allows` rule), If-Match spec, If-None-Match spec. Replies the value after: hash fields,
-# deadline. allow-oom: a deadline is how a full store gets room back too.
+# ARGV 5..: expiry spec, when (model.ExpireIf's values: 'always', 'nx', 'xx', 'gt', 'lt',
+# 'xxlt', and its `allows` rule), If-Match spec, If-None-Match spec. Replies the value after:
+# hash fields, deadline. allow-oom: a deadline is how a full store gets room back too.
 _EXPIRE = (
     "#!lua flags=allow-oom\n"
     + _LUA_COMMON
@@ -216,6 +216,7 @@ local allowed = when == 'always'
   or (when == 'xx' and current ~= false)
   or (when == 'gt' and current ~= false and (deadline or infinite) > current)
   or (when == 'lt' and (deadline or infinite) < (current or infinite))
+  or (when == 'xxlt' and current ~= false and (deadline or infinite) < current)
 if not allowed then
   return {'skipped', fields[1], fields[2], fields[3], current and ms(current)}
 end

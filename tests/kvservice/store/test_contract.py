@@ -612,6 +612,9 @@ def test_expire_sets_and_removes_a_deadline_keeping_the_etag_and_the_history(
         (DEADLINE_MS, DEADLINE_MS, ExpireIf.EARLIER, False),
         (DEADLINE_MS, DEADLINE_MS + 1, ExpireIf.EARLIER, False),
         (None, DEADLINE_MS, ExpireIf.EARLIER, True),
+        (DEADLINE_MS, DEADLINE_MS - 1, ExpireIf.EARLIER_THAN_ITS_OWN, True),
+        (DEADLINE_MS, DEADLINE_MS, ExpireIf.EARLIER_THAN_ITS_OWN, False),
+        (None, DEADLINE_MS, ExpireIf.EARLIER_THAN_ITS_OWN, False),
         (DEADLINE_MS, None, ExpireIf.ALWAYS, True),
     ],
 )
