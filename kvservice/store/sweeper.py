@@ -15,7 +15,7 @@ import logging
 import threading
 from typing import Protocol
 
-from kvservice.store import StoreUnavailable
+from kvservice.store import StoreError
 
 logger = logging.getLogger("kvservice.store.sweeper")
 
@@ -70,8 +70,8 @@ class Sweeper:
         while not self._stopping.wait(self._interval_s):
             try:
                 self._sweep_what_is_due()
-            except StoreUnavailable as error:
-                if not unavailable:  # once per outage, not ten times a second
+            except StoreError as error:  # Redis away, or set to evict: logged once per outage
+                if not unavailable:  # not ten times a second
                     logger.warning("cannot sweep expired keys: %s", error)
                 unavailable = True
                 continue

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from kvservice.store import Expiry, StoreUnavailable
+from kvservice.store import Expiry, StoreError, StoreMisconfigured, StoreUnavailable
 from kvservice.store.memory import MemoryStore
 from kvservice.store.sweeper import Sweeper
 from tests.support.clock import START_MS, FakeClock
@@ -86,10 +86,11 @@ class FlakyStore:
         return removed
 
 
+@pytest.mark.parametrize("refusal", [StoreUnavailable("away"), StoreMisconfigured("away")])
 def test_the_sweeper_outlives_an_unavailable_store_and_a_bug_and_says_so_once(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, refusal: StoreError
 ) -> None:
-    store = FlakyStore([StoreUnavailable("away")] * 3 + [RuntimeError("a bug")], due=5)
+    store = FlakyStore([refusal] * 3 + [RuntimeError("a bug")], due=5)
     sweeper = Sweeper(store, interval_s=0.01, batch=2)
     with caplog.at_level(logging.INFO, logger="kvservice.store.sweeper"):
         sweeper.start()
