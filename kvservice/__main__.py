@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from kvservice.auth import TokenFileError, Tokens
 from kvservice.config import Config, load_backup_arguments, load_config
-from kvservice.execution import Execution, execution_for
+from kvservice.execution import execution_for
 from kvservice.http.app import create_app
 from kvservice.http.bearer import BearerTokens
 from kvservice.http.server import RequestObserver, Server, ServerSettings, write_access_line
@@ -178,7 +178,7 @@ def http_transport_settings(
 ) -> ServerSettings:
     """The HTTP transport's settings for `store`: served on the event loop's thread or by
     --threads workers, as the execution policy says."""
-    serve_inline = execution_for(store) is Execution.INLINE
+    serve_inline = not execution_for(store).needs_workers
     return dataclasses.replace(server_settings(config), serve_inline=serve_inline, tls=tls)
 
 

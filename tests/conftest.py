@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kvservice.execution import Execution, execution_for
+from kvservice.execution import execution_for
 from kvservice.http.app import create_app
 from kvservice.http.server import Server, ServerSettings
 from kvservice.store import Store
@@ -49,7 +49,7 @@ def start_kv(background_stops: list[threading.Thread]) -> Iterator[StartKV]:
     ) -> str:
         store = StoreService(store or MemoryStore(**store_options))
         # As kvservice runs it: where requests are served is the execution policy's.
-        inline = execution_for(store) is Execution.INLINE
+        inline = not execution_for(store).needs_workers
         default = http_settings(threads=8, socket_timeout_s=2.0, serve_inline=inline)
         server = Server(create_app(store), settings or default)
         server.start()

@@ -24,6 +24,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from kvservice.core.protocol import After, Outcome, Reply, WireProtocol, Work
+from kvservice.execution import StoreCalls
 from kvservice.reply_budget import ConnectionCharge
 
 if TYPE_CHECKING:
@@ -97,6 +98,9 @@ class Connection(asyncio.BufferedProtocol):
     @property
     def stopping(self) -> bool:
         return self.server.stopping
+
+    def runs_inline(self, calls: StoreCalls) -> bool:
+        return self.server.runs_inline(calls)
 
     # -- asyncio's calls ------------------------------------------------------------------------
 
@@ -172,10 +176,11 @@ class Connection(asyncio.BufferedProtocol):
         if isinstance(step, Outcome):
             self._settle(step)
             return
-        workers = self.server.workers
-        if workers is None:
+        if self.server.runs_inline(step.calls):
             self._settle_inline(step)
             return
+        workers = self.server.workers
+        assert workers is not None  # runs_inline says so otherwise
         self.running = True
         self.transport.pause_reading()
         work = asyncio.get_running_loop().run_in_executor(workers, step.run)

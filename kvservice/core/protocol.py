@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
+from kvservice.execution import StoreCalls
+
 
 class Pieces(Protocol):
     """A reply produced a piece at a time as the client reads it (a long RESP array, an HTTP
@@ -72,9 +74,12 @@ class Work:
     policy says (inline on the loop, or on a worker), one at a time per connection and in
     order, with reading paused; `run` may touch the connection's protocol state (the core
     calls nothing else of it meanwhile). If `run` raises, the connection is closed and the
-    error logged: a transport turns the errors it expects into replies."""
+    error logged: a transport turns the errors it expects into replies. `calls` says what it
+    asks of the store, for the policy: work that may write is the one kind that cannot run
+    inline when writes may block, so it is the default."""
 
     run: Callable[[], Outcome]
+    calls: StoreCalls = StoreCalls.WRITES
 
 
 Step = Outcome | Work
@@ -102,6 +107,12 @@ class ConnectionInfo(Protocol):
     @property
     def stopping(self) -> bool:
         """Whether the server is draining: work should stop between requests."""
+        ...
+
+    def runs_inline(self, calls: StoreCalls) -> bool:
+        """Whether work of kind `calls` runs on the loop (the execution policy): work that
+        runs inline must stop before a request of a kind that does not, and leave it for a
+        `Work` of its own."""
         ...
 
 

@@ -31,7 +31,7 @@ from typing import Protocol
 
 from kvservice.core.connection import Connection
 from kvservice.core.protocol import Transport
-from kvservice.execution import Execution
+from kvservice.execution import INLINE_POLICY, Execution, ExecutionPolicy, StoreCalls
 from kvservice.reply_budget import ReplyBudget
 
 _ACCEPTS_PER_WAKEUP = 64
@@ -97,7 +97,7 @@ class ConnectionServer:
         settings: ConnectionSettings,
         *,
         tls: ssl.SSLContext | None = None,
-        execution: Execution = Execution.INLINE,
+        execution: ExecutionPolicy = INLINE_POLICY,
         reply_budget: ReplyBudget | None = None,
         figures: ConnectionFigures | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -112,8 +112,9 @@ class ConnectionServer:
         self.figures: ConnectionFigures = Counts() if figures is None else figures
         self.clock = clock
         self.workers: ThreadPoolExecutor | None = None
-        """Where work runs under Execution.WORKERS; None: on the loop's thread."""
-        if execution is Execution.WORKERS:
+        """Where work the policy sends to workers runs; None: everything on the loop's thread."""
+        self.execution = execution
+        if execution.needs_workers:
             self.workers = ThreadPoolExecutor(
                 settings.workers, thread_name_prefix=f"{transport.name.lower()}-worker"
             )
@@ -316,6 +317,10 @@ class ConnectionServer:
                 connection.expire(now)
 
     # -- what the connections call ----------------------------------------------------------
+
+    def runs_inline(self, calls: StoreCalls) -> bool:
+        """Whether work of kind `calls` runs on the loop's thread (the execution policy)."""
+        return self.workers is None or self.execution.where(calls) is Execution.INLINE
 
     def admit(self, connection: Connection) -> bool:
         """Count a new connection in, or refuse it (False) past `max_connections`."""

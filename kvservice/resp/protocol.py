@@ -34,7 +34,7 @@ from kvservice.resp.codec import (
     printable,
 )
 from kvservice.resp.codec import Reply as RespReply
-from kvservice.resp.commands import ServerState, Session, execute
+from kvservice.resp.commands import ServerState, Session, calls_of, execute
 from kvservice.store import Store
 
 logger = logging.getLogger("kvservice.resp")
@@ -116,6 +116,9 @@ class RespProtocol:
         )
         self.commands = 0
         self.errors = 0
+        self._held: list[bytes] | None = None
+        """A command parsed by a batch that ran inline and left for a batch of its own: it
+        must run off the loop (the execution policy)."""
 
     mid_request = False
     """RESP has no request timeout: a command trickled in is idle between its bytes."""
@@ -136,7 +139,9 @@ class RespProtocol:
             return self._outcome([], error, cut=False)
         if first is None:
             return None
-        return Work(functools.partial(self._run_from, first))
+        calls = calls_of(first)
+        inline = self.connection.runs_inline(calls)
+        return Work(functools.partial(self._run_from, first, inline), calls)
 
     def timed_out(self) -> bytes:
         return b""
@@ -155,15 +160,19 @@ class RespProtocol:
 
     def _next_command(self) -> list[bytes] | None:
         """The next complete command buffered (empty ones skipped), or None."""
+        if self._held is not None:
+            held, self._held = self._held, None
+            return held
         while (arguments := self.parser.next_command()) is not None:
             if arguments:
                 return arguments
         return None
 
-    def _run_from(self, first: list[bytes]) -> Outcome:
+    def _run_from(self, first: list[bytes], inline: bool) -> Outcome:
         """Run `first`, then the commands complete after it, in order, until none is left,
-        QUIT, a protocol error, the server stopping, or the batch's bounds
-        (_BATCH_COMMANDS, _BATCH_REPLY_BYTES)."""
+        QUIT, a protocol error, the server stopping, the batch's bounds (_BATCH_COMMANDS,
+        _BATCH_REPLY_BYTES), or, for a batch on the loop (`inline`), a command that the
+        execution policy runs off it."""
         replies: list[Reply] = []
         held = 0
         arguments: list[bytes] | None = first
@@ -183,6 +192,14 @@ class RespProtocol:
                 ):
                     return self._outcome(replies, None, cut=True)
                 arguments = self._next_command()
+                leaves_the_loop = (
+                    inline
+                    and arguments is not None
+                    and not self.connection.runs_inline(calls_of(arguments))
+                )
+                if leaves_the_loop:
+                    self._held = arguments
+                    return self._outcome(replies, None, cut=True)
         except ProtocolError as error:
             return self._outcome(replies, error, cut=False)
         return self._outcome(replies, None, cut=False)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from kvservice.auth import Tokens
 from kvservice.core import ConnectionServer, ConnectionSettings
-from kvservice.execution import Execution
+from kvservice.execution import INLINE_POLICY, ExecutionPolicy
 from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.codec import RequestLimits
 from kvservice.resp.commands import ServerState
@@ -72,7 +72,7 @@ class RespServer:
         settings: RespSettings,
         tokens: Tokens | None = None,
         tls: ssl.SSLContext | None = None,
-        execution: Execution = Execution.INLINE,
+        execution: ExecutionPolicy = INLINE_POLICY,
         reply_budget: ReplyBudget | None = None,
     ) -> None:
         self.store = store

@@ -112,6 +112,12 @@ class Store(Protocol):
         ...
 
     @property
+    def reads_may_block(self) -> bool:
+        """Whether a read (get, history, keys, stats) can wait on I/O; False lets the execution
+        policy run reads inline even where writes go to workers (`may_block`)."""
+        ...
+
+    @property
     def copies_on_read(self) -> bool:
         """Whether what a read returns is a copy made for the caller (a reply from another
         service) rather than the store's own objects: a reply streamed from a copy holds its

@@ -136,6 +136,7 @@ class MemoryStore:
         self._full_refusals = 0
 
     may_block = False
+    reads_may_block = False
     """Everything is in this process: no call waits on a network or a disk."""
     may_be_unavailable = False
     """There is nothing to reach."""

@@ -8,9 +8,10 @@ backend. A backend implements primitives and may assume valid input, as cosmicpy
 `service_layer/handlers.py` validates before its repositories (`adapters/repository.py`) are
 asked anything.
 
-What the backend says of itself (`max_value_bytes`, `may_block`, `may_be_unavailable`,
-`copies_on_read`), `check_ready`, `stats` and `close` pass through unchanged: the execution
-policy, the readiness probe and the metrics read them from the service as from the backend.
+What the backend says of itself (`max_value_bytes`, `may_block`, `reads_may_block`,
+`may_be_unavailable`, `copies_on_read`), `check_ready`, `stats` and `close` pass through
+unchanged: the execution policy, the readiness probe and the metrics read them from the
+service as from the backend.
 
 A new capability is one method here: validate what the client chose, then delegate.
 """
@@ -54,6 +55,11 @@ class StoreService:
     def may_block(self) -> bool:
         """The backend's: the execution policy reads it here."""
         return self.backend.may_block
+
+    @property
+    def reads_may_block(self) -> bool:
+        """The backend's: the execution policy reads it here."""
+        return self.backend.reads_may_block
 
     @property
     def copies_on_read(self) -> bool:

@@ -15,10 +15,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from kvservice.execution import Execution, ExecutionPolicy, execution_for
+from kvservice.store import Value
+from kvservice.store.durable import DurableStore
+from kvservice.store.memory import MemoryStore
 from tests.support.processes import free_port, kvservice_process
+from tests.support.rawresp import RespConnection, command, running_resp
 from tests.support.redis_servers import require_redis_server, running_redis
 from tests.support.slow_tcp import delaying_proxy, silent_server
 
@@ -137,3 +143,66 @@ def test_a_distant_redis_serves_concurrent_requests_side_by_side(
     print(f"\n{transport}, Redis 200 ms away: {[f'{kind} {s:.2f}s' for kind, s in answers]}")
     assert {kind for kind, _ in answers} == {"200" if transport == "HTTP" else "$1"}
     assert max(seconds for _, seconds in answers) < 0.5
+
+
+# -- per kind of call: reads inline where only writes may block ---------------------------------
+
+
+class ThreadRecordingStore(MemoryStore):
+    """A memory store that says its writes may block (as the durable store's do) and its reads
+    do not (as its reads with --fsync everysec), and records the thread of each call."""
+
+    may_block = True
+    reads_may_block = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[tuple[str, str]] = []
+
+    def get(self, key: str) -> Value:
+        self.threads.append(("get", threading.current_thread().name))
+        return super().get(key)
+
+    def put(self, key: str, data: bytes, *args: Any, **kwargs: Any) -> Value:
+        self.threads.append(("put", threading.current_thread().name))
+        return super().put(key, data, *args, **kwargs)
+
+
+def test_reads_run_on_the_loop_and_writes_on_workers_when_only_writes_may_block() -> None:
+    store = ThreadRecordingStore()
+    policy = execution_for(store)
+    assert policy == ExecutionPolicy(reads=Execution.INLINE, writes=Execution.WORKERS)
+    with running_resp(store, execution=policy) as server, RespConnection(server.port) as conn:
+        # Pipelined: a read, then writes and reads, answered in order. The read runs on the
+        # loop's thread and its batch stops before the write, which goes to a worker with
+        # the rest of the pipeline (no hand-off back for a read behind a write).
+        pipelined = [["GET", "k"], ["SET", "k", "1"], ["GET", "k"], ["GET", "k"], ["SET", "k", "2"]]
+        conn.send(b"".join(command(*arguments) for arguments in pipelined))
+        replies = [conn.reply() for _ in pipelined]
+        assert replies == [b"$-1\r\n", b"+OK\r\n", b"$1\r\n1\r\n", b"$1\r\n1\r\n", b"+OK\r\n"]
+        # One at a time: each where its kind runs.
+        assert conn.ask("GET", "k") == b"$1\r\n2\r\n"
+        assert conn.ask("SET", "k", "3") == b"+OK\r\n"
+        assert conn.ask("GET", "k") == b"$1\r\n3\r\n"
+    kinds = [(call, thread.split("_")[0]) for call, thread in store.threads]  # resp-worker_3
+    assert kinds == [
+        ("get", "resp-serve"),
+        ("put", "resp-worker"),
+        ("get", "resp-worker"),
+        ("get", "resp-worker"),
+        ("put", "resp-worker"),
+        ("get", "resp-serve"),
+        ("put", "resp-worker"),
+        ("get", "resp-serve"),
+    ]
+
+
+def test_the_durable_store_reads_inline_unless_every_read_waits_for_a_sync(
+    tmp_path: Path,
+) -> None:
+    for fsync, reads in (("always", Execution.WORKERS), ("everysec", Execution.INLINE)):
+        store = DurableStore(tmp_path / fsync, fsync=fsync)
+        try:
+            assert execution_for(store) == ExecutionPolicy(reads=reads, writes=Execution.WORKERS)
+        finally:
+            store.close()

@@ -54,6 +54,10 @@ class DelegatingStore:
         return False
 
     @property
+    def reads_may_block(self) -> bool:
+        return False
+
+    @property
     def copies_on_read(self) -> bool:
         return False
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from kvservice.auth import Tokens
-from kvservice.execution import Execution
+from kvservice.execution import Execution, ExecutionPolicy
 from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.server import RespServer
 from kvservice.store import Store
@@ -84,21 +84,26 @@ def running_resp(
     *,
     tokens: Tokens | None = None,
     tls: ssl.SSLContext | None = None,
-    execution: Execution = Execution.INLINE,
+    execution: Execution | ExecutionPolicy = Execution.INLINE,
     reply_budget: ReplyBudget | None = None,
     **settings: Any,
 ) -> Iterator[RespServer]:
     """A RespServer over `store` (a fresh one by default), behind the store service as
     kvservice serves it, on a free 127.0.0.1 port, asking
     clients for one of `tokens` if given, speaking TLS with `tls` if given, running commands
-    where `execution` says (WORKERS: as for a store that may block), charging unsent replies
+    where `execution` says (WORKERS: as for a store that may block; a policy: each kind of
+    command where it says), charging unsent replies
     to `reply_budget` if given."""
     server = RespServer(
         StoreService(store or MemoryStore()),
         resp_test_settings(**settings),
         tokens=tokens,
         tls=tls,
-        execution=execution,
+        execution=(
+            execution
+            if isinstance(execution, ExecutionPolicy)
+            else ExecutionPolicy.everything(execution)
+        ),
         reply_budget=reply_budget,
     )
     server.start()

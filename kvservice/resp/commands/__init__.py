@@ -9,7 +9,8 @@ then the commands: `data` (reading and deleting keys), `expiry` (SET, and the co
 deadlines: EXPIRE, TTL...), `connection` (PING, AUTH, HELLO...), `server_info` (CONFIG GET,
 INFO). HELLO, COMMAND, CLIENT, SELECT, CONFIG GET and INFO answer just enough for
 real clients and tools to connect and report. Transports import only `COMMANDS`, `execute`,
-`ServerState` and `Session`.
+`calls_of` (what a command asks of the store, for the execution policy), `ServerState` and
+`Session`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kvservice.auth import Access
+from kvservice.execution import StoreCalls
 from kvservice.resp.codec import Error, Reply, printable
 from kvservice.resp.commands.connection import CONNECTION_COMMANDS
 from kvservice.resp.commands.data import DATA_COMMANDS
@@ -26,7 +28,7 @@ from kvservice.resp.commands.server_info import SERVER_COMMANDS
 from kvservice.resp.commands.state import ServerState, Session
 from kvservice.store import Store
 
-__all__ = ["COMMANDS", "ServerState", "Session", "execute"]
+__all__ = ["COMMANDS", "ServerState", "Session", "calls_of", "execute"]
 
 
 def execute(store: Store, session: Session, arguments: Sequence[bytes]) -> Reply:
@@ -45,6 +47,13 @@ def execute(store: Store, session: Session, arguments: Sequence[bytes]) -> Reply
         reply = call(command, lambda: printable(name).lower(), store, session, args)
     session.server.count(upper, reply)
     return reply
+
+
+def calls_of(arguments: Sequence[bytes]) -> StoreCalls:
+    """What a command asks of the store, for the execution policy: the commands that need
+    write access may write; every other one (unknown ones too) at most reads."""
+    command = COMMANDS.get(arguments[0].upper())
+    return StoreCalls.WRITES if command and command.access is Access.WRITE else StoreCalls.READS
 
 
 COMMAND_SUBCOMMANDS: dict[bytes, Command] = {

@@ -118,6 +118,14 @@ class DurableStore:
 
     may_block = True
     """A write waits on its commit, a read (--fsync always) on the sync of what it saw."""
+
+    @property
+    def reads_may_block(self) -> bool:
+        """Only with --fsync always, where a read waits for the sync of what it saw; otherwise
+        reads are its memory store's, answered at once (a disk that fails makes them refuse,
+        never wait)."""
+        return self._hold_reads
+
     may_be_unavailable = False
     """The disk is local: a failing disk refuses writes, it is never away."""
     copies_on_read = False

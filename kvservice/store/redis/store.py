@@ -99,6 +99,7 @@ class RedisStore:
     """The Store contract on Redis or Redis Cluster; safe to share between threads."""
 
     may_block = True
+    reads_may_block = True
     """Every call is a round trip to Redis."""
     copies_on_read = True
     """Every value and key read is a copy of Redis's reply."""

@@ -15,7 +15,7 @@ import pytest
 
 from kvservice.core import ConnectionServer, ConnectionSettings
 from kvservice.core.connection import Connection
-from kvservice.execution import Execution
+from kvservice.execution import Execution, ExecutionPolicy
 from kvservice.reply_budget import ReplyBudget
 from tests.kvservice.core.lines import REFUSAL, LinesTransport
 
@@ -125,7 +125,7 @@ def scenario(
     server = ConnectionServer(
         transport,
         dataclasses.replace(SETTINGS, **settings),
-        execution=execution,
+        execution=ExecutionPolicy.everything(execution),
         reply_budget=reply_budget,
         clock=clock,
     )

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from kvservice.core import ConnectionServer, ConnectionSettings
-from kvservice.execution import Execution
+from kvservice.execution import Execution, ExecutionPolicy
 from kvservice.tls import server_context
 from tests.kvservice.core.lines import IN_THE_CLEAR, REFUSAL, LinesTransport
 from tests.support.certificates import Certificates
@@ -43,7 +43,7 @@ def serving(
             }
         ),
         tls=tls,
-        execution=execution,
+        execution=ExecutionPolicy.everything(execution),
     )
     server.start()
     try:

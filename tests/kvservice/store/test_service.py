@@ -101,14 +101,20 @@ def test_what_a_backend_says_of_itself_passes_through(tmp_path: Path) -> None:
     ]
     for backend in backends:
         service = StoreService(backend)
-        traits = ("max_value_bytes", "may_block", "may_be_unavailable", "copies_on_read")
+        traits = (
+            "max_value_bytes",
+            "may_block",
+            "reads_may_block",
+            "may_be_unavailable",
+            "copies_on_read",
+        )
         assert [getattr(service, trait) for trait in traits] == [
             getattr(backend, trait) for trait in traits
         ], type(backend).__name__
-        assert execution_for(service) is execution_for(backend)
+        assert execution_for(service) == execution_for(backend)
         assert isinstance(service, Closable)
         service.close()
-    assert [execution_for(backend).value for backend in backends] == [
+    assert [execution_for(backend).writes.value for backend in backends] == [
         "inline",
         "workers",
         "workers",
