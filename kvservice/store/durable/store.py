@@ -13,7 +13,14 @@ expiry, whoever notices it (a read, a write, the sweeper), is journaled as a his
 the deadline like any change; nobody waits for an expiry's commit but a read that could see
 it (--fsync always). After a restart, a key whose deadline passed while the service was down
 (or whose expiry had not been committed) is read back with its deadline and expired at start,
-its entry stamped with the deadline, as if it had been noticed in time.
+its entry stamped with the deadline, as if it had been noticed in time. An expiry noticed by
+a read or the sweeper is therefore already implied by the file: a batch made of such
+expiries alone that the disk refuses refuses nobody and rebuilds nothing (rebuilt memory
+would hold the key again, due, and the next read would notice it again: a loop); its writes
+are carried to the front of the next batch (so that a later write to the same key cannot
+commit without the expiry before it) and count as durable for reads meanwhile. A client's
+`expire` to a deadline already past is a client's write like any other (its entry is at the
+time of the call, which no file implies).
 
 What a client may see (`--fsync always`): a write is acknowledged only once its transaction
 is synced, and a read that could see writes not yet synced (any write applied after the last
@@ -25,12 +32,16 @@ up to about a second (`everysec`) or what the OS had not written (`off`).
 Faults: a commit that fails refuses every write of its batch and every write queued behind it
 (they were judged against state that will not exist): StoreFull (507) when the disk is full,
 StoreUnavailable (503) for an I/O error or a failed sync. Memory is then rebuilt from the
-file, as a start does, so that no read shows a refused write; after a failed sync the file
-is reopened first, so what is rebuilt is what SQLite's recovery makes of the file, never
-SQLite's cached idea of a write that may not be on disk (PostgreSQL's fsync lesson). While
-the disk refuses, new puts are refused at once (deletes are still tried: they are how a
-client gives room back) and the writer probes the disk each second with a small commit;
-the first that succeeds restores full service.
+file, as a start does, so that no read shows a refused write (the expiries of those batches,
+carried ones too, go with them: the rebuilt memory notices them again, each once); after a
+failed sync the file is reopened first, so what is rebuilt is what SQLite's recovery makes
+of the file, never SQLite's cached idea of a write that may not be on disk (PostgreSQL's
+fsync lesson), and a batch of expiries alone is treated the same way, since its rows may be
+in the file. While the disk refuses, new puts are refused at once (deletes are still tried:
+they are how a client gives room back), the sweeper's calls remove nothing, a batch of
+expiries alone is carried without being tried, and the writer probes the disk each second
+with a small commit; the first that succeeds restores full service and commits what was
+carried.
 """
 
 from __future__ import annotations
@@ -111,6 +122,9 @@ class _Batch:
     writes: list[Write] = field(default_factory=list)
     done: bool = False
     refusal: tuple[type[StoreError], str] | None = None
+    holds_client_writes: bool = False
+    """Whether a client's write call made any of the writes. If not, they are expiries
+    noticed by a read or the sweeper, which the file already implies (see the module)."""
 
 
 class DurableStore:
@@ -165,7 +179,12 @@ class DurableStore:
         # before that is being replaced, and what it says is no longer journaled.
         self._journal_epoch = 0
         self._applied_seq = 0
-        self._last_change = threading.local()  # .batch: the batch of this thread's last change
+        # .batch: the batch of this thread's last change; .in_client_write: whether the thread
+        # is applying a client's write (its changes are that client's, not noticed expiries).
+        self._this_thread = threading.local()
+        # Expiries whose commit the disk refused (or would have), oldest first: they go at the
+        # front of the next batch tried, and count as durable for reads meanwhile.
+        self._carried: list[Write] = []
         self._refusal: tuple[type[StoreError], str] | None = None
         self._closing = False
         self._commits = self._committed_writes = self._failed_commits = self._syncs = 0
@@ -239,7 +258,7 @@ class DurableStore:
         with self._lock:
             return Persistence(
                 fsync=self.fsync,
-                pending_writes=self._applied_seq - self._durable_seq,
+                pending_writes=self._applied_seq - self._durable_seq + len(self._carried),
                 commits=self._commits,
                 committed_writes=self._committed_writes,
                 sync_seconds_total=self._sync_seconds,
@@ -271,14 +290,15 @@ class DurableStore:
         raise StoreUnavailable(DISK_FAILED)
 
     def _wait_until_synced(self, seq: int, generation: int) -> bool:
-        """Whether every write up to `seq` is synced in the memory of `generation` (False:
-        memory was rebuilt, read again). A seq given back by a write that was refused before
-        it was queued is not waited for."""
+        """Whether every write up to `seq` is synced (or is a carried expiry, which the file
+        implies) in the memory of `generation` (False: memory was rebuilt, read again). A
+        rebuild takes seqs back to the file's last one, and changes the generation in the
+        same step: that is what ends the wait for a seq that will never be synced."""
         if self._durable_seq >= seq and self._generation == generation:
             return True
         deadline = time.monotonic() + READ_WAIT_S
         with self._lock:
-            while self._durable_seq < seq <= self._applied_seq and self._generation == generation:
+            while self._durable_seq < seq and self._generation == generation:
                 if not self._committed.wait(deadline - time.monotonic()):
                     raise StoreUnavailable(
                         "The disk under --data-dir did not sync the writes this read could "
@@ -328,9 +348,13 @@ class DurableStore:
 
     def sweep_expired(self, limit: int) -> int:
         """As `MemoryStore.sweep_expired`; the expiries are queued for the journal, and
-        nobody waits for their commit (a restart would expire those keys again anyway)."""
+        nobody waits for their commit (a restart would expire those keys again anyway).
+        Removes nothing while the disk refuses writes: the keys found due would only be
+        carried, and a read notices a due key by itself."""
         memory = self._memory
-        return 0 if memory is None else memory.sweep_expired(limit)
+        if memory is None or self._refusal is not None:
+            return 0
+        return memory.sweep_expired(limit)
 
     def delete(self, key: str, precondition: Precondition = NO_CONDITION) -> None:
         """Remove the key's value once committed; tried even while the disk refuses puts."""
@@ -345,14 +369,18 @@ class DurableStore:
     def _write(self, apply: Callable[[MemoryStore], T]) -> T:
         """`apply` to memory, answered once the changes it made are committed (one that
         made none, an expire whose condition did not hold, is answered as a read)."""
-        self._last_change.batch = None
+        self._this_thread.batch = None
         with self._apply_lock:
             memory = self._memory
             if memory is None:
                 raise StoreUnavailable(DISK_UNREADABLE)
             generation = self._generation
-            result = apply(memory)
-        batch: _Batch | None = self._last_change.batch
+            self._this_thread.in_client_write = True
+            try:
+                result = apply(memory)
+            finally:
+                self._this_thread.in_client_write = False
+        batch: _Batch | None = self._this_thread.batch
         if batch is None:
             if self._hold_reads and not self._wait_until_synced(self._applied_seq, generation):
                 raise StoreUnavailable(DISK_FAILED)
@@ -391,8 +419,12 @@ class DurableStore:
             )
             batch = self._open_batch
             batch.writes.append(write)
+            # Even an expiry a client's write noticed counts as the client's: that call may
+            # be an expire() to a past deadline, whose entry no file implies.
+            if getattr(self._this_thread, "in_client_write", False):
+                batch.holds_client_writes = True
             self._queued.notify()
-        self._last_change.batch = batch
+        self._this_thread.batch = batch
 
     # -- the writer thread --------------------------------------------------------------------
 
@@ -402,11 +434,12 @@ class DurableStore:
             with self._lock:
                 while (
                     not self._open_batch.writes
+                    and not (self._carried and self._refusal is None)
                     and not self._closing
                     and time.monotonic() < next_housekeeping
                 ):
                     self._queued.wait(next_housekeeping - time.monotonic())
-                batch, self._open_batch = self._open_batch, _Batch()
+                batch = self._take_batch()
                 closing = self._closing
             try:
                 if batch.writes:
@@ -422,12 +455,41 @@ class DurableStore:
                 if not batch.done:
                     self._fail(batch, (StoreUnavailable, DISK_FAILED), reopen=True)
 
+    def _take_batch(self) -> _Batch:
+        """The writes to try now (under `_lock`): the carried expiries, then the open batch.
+        While the disk refuses, a batch of expiries alone is carried instead, untried, and
+        what is returned is empty."""
+        batch, self._open_batch = self._open_batch, _Batch()
+        if self._refusal is not None and not batch.holds_client_writes:
+            self._carry(batch)
+            return _Batch()
+        batch.writes[:0] = self._carried
+        self._carried = []
+        return batch
+
+    def _carry(self, batch: _Batch) -> None:
+        """Keep `batch`, expiries alone, for the front of the next batch tried, and count
+        them as durable for reads (under `_lock`)."""
+        if batch.writes:
+            self._carried.extend(batch.writes)
+            self._durable_seq = batch.writes[-1].seq
+        batch.done = True
+        self._committed.notify_all()
+
     def _commit(self, batch: _Batch) -> None:
         started = time.perf_counter()
         try:
             self._journal.append(batch.writes)
         except DiskError as error:
             logger.error("a commit of %d writes failed: %s", len(batch.writes), error)
+            if isinstance(error, DiskFull) and not batch.holds_client_writes:
+                # Nothing of it was stored, and the file implies all of it: nobody to refuse,
+                # nothing to rebuild.
+                with self._lock:
+                    self._refusal = (StoreFull, DISK_FULL)
+                    self._failed_commits += 1
+                    self._carry(batch)
+                return
             full = isinstance(error, DiskFull)
             self._fail(
                 batch, (StoreFull, DISK_FULL) if full else (StoreUnavailable, DISK_FAILED), not full
@@ -449,7 +511,9 @@ class DurableStore:
             self._committed.notify_all()
 
     def _fail(self, batch: _Batch, refusal: tuple[type[StoreError], str], reopen: bool) -> None:
-        """Refuse `batch` and every write queued behind it; rebuild memory from the file."""
+        """Refuse `batch` and every write queued behind it; rebuild memory from the file.
+        The expiries among them, carried ones included (`_take_batch` put those in `batch`),
+        go too: the rebuilt memory holds those keys due, and notices each again once."""
         with self._apply_lock:
             with self._lock:
                 later, self._open_batch = self._open_batch, _Batch()
@@ -531,7 +595,7 @@ class DurableStore:
             if self._journal.compact(cutoff_ms) == 0:
                 break
             with self._lock:
-                batch, self._open_batch = self._open_batch, _Batch()
+                batch = self._take_batch()
             if batch.writes:
                 self._commit(batch)
         self._journal.shrink()

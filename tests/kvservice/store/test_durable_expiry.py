@@ -2,21 +2,36 @@
 running store): deadlines are kept as absolute times, with writes and with `expire`; a key
 whose deadline passed while the service was down is expired at start, its entry at the
 deadline; expiries are journaled, so the entry outlives compaction of the write before it;
-a file of the format before deadlines is upgraded in place. Real files, a hand-driven clock.
+a file of the format before deadlines is upgraded in place; on a full disk, expiries
+(noticed by reads, or by the sweeper) refuse nobody and rebuild nothing, alone or beside a
+client's refused write, and a restart derives them again once. Real files (the full-disk
+cases on tests/support's simulated disk), a hand-driven clock.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from kvservice.store import NO_EXPIRY, Expiry, HistoryEntry, KeyNotFound
+from kvservice.store import (
+    NO_EXPIRY,
+    Expiry,
+    HistoryEntry,
+    KeyNotFound,
+    StoreError,
+    StoreFull,
+    Value,
+)
 from kvservice.store.durable import DurableStore
 from kvservice.store.durable.journal import DATA_FILE, FORMAT_VERSION
 from tests.support.clock import START_MS, FakeClock
+from tests.support.simulated_disk import SimulatedDisk
 
 WINDOW_MS = 60_000
 DEADLINE_MS = START_MS + 5_000
@@ -182,3 +197,238 @@ def test_a_file_of_the_format_before_deadlines_is_upgraded(
         (version,) = connection.execute("PRAGMA user_version").fetchone()
     assert version == FORMAT_VERSION == 2
     assert current_rows(data_dir) == {"k": DEADLINE_MS}
+
+
+@pytest.fixture
+def full_disk_store(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> Iterator[tuple[DurableStore, FakeClock]]:
+    """--fsync always (the default) on a disk that has just filled up, 100 keys whose
+    deadline has passed."""
+    caplog.set_level(logging.CRITICAL)  # the failed commits are logged as errors
+    clock = FakeClock()
+    disk = SimulatedDisk()
+    store = DurableStore(
+        tmp_path / "data", clock=clock, connect=disk.connect(), housekeeping_interval_s=10
+    )
+    for number in range(100):
+        store.put(f"t{number}", b"x" * 100, expiry=Expiry(after_ms=1_000))
+    store.put("kept", b"k")
+    disk.capacity_bytes = disk.used_bytes + 20_000
+    with pytest.raises(StoreFull):
+        for number in range(10_000):
+            store.put(f"filler{number}", b"y" * 900)
+    clock.advance(2_000)
+    try:
+        yield store, clock
+    finally:
+        disk.capacity_bytes = None
+        store.close()
+
+
+def test_a_read_of_an_expired_key_on_a_full_disk_is_404_not_503(
+    full_disk_store: tuple[DurableStore, FakeClock],
+) -> None:
+    store, _ = full_disk_store
+    failed_before = store.persistence().failed_commits
+    for number in range(10):  # before the fix: the 3rd on were 503, after 3 rebuilds each
+        with pytest.raises(KeyNotFound):
+            store.get(f"t{number}")
+    assert store.persistence().failed_commits == failed_before
+
+
+def test_sweeping_on_a_full_disk_does_not_rebuild_memory_again_and_again(
+    full_disk_store: tuple[DurableStore, FakeClock],
+) -> None:
+    store, _ = full_disk_store
+    failed_before = store.persistence().failed_commits
+    for _ in range(10):  # a second of the sweeper's work, at its batch size
+        store.sweep_expired(200)
+        time.sleep(0.02)
+    assert store.persistence().failed_commits - failed_before <= 1
+    assert store.get("kept").data == b"k"
+
+
+def open_on(disk: SimulatedDisk, data_dir: Path, clock: FakeClock) -> DurableStore:
+    """A store on the simulated disk, probing a disk that refused every 50 ms."""
+    return DurableStore(
+        data_dir,
+        history_window_ms=WINDOW_MS,
+        clock=clock,
+        connect=disk.connect(),
+        housekeeping_interval_s=0.05,
+    )
+
+
+def write_once_writes_resume(store: DurableStore, key: str, data: bytes) -> None:
+    """Put, retrying while the disk is still refused (until the writer's probe succeeds)."""
+    give_up = time.monotonic() + 5
+    while True:
+        try:
+            store.put(key, data)
+            return
+        except StoreFull:
+            assert time.monotonic() < give_up, "writes did not resume"
+            time.sleep(0.02)
+
+
+def test_a_first_failed_commit_of_expiries_alone_refuses_puts_but_keeps_reads(
+    data_dir: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.CRITICAL)
+    disk = SimulatedDisk()
+    store = open_on(disk, data_dir, clock)
+    try:
+        store.put("t", b"v", expiry=Expiry(at_ms=DEADLINE_MS))
+        disk.capacity_bytes = disk.used_bytes  # full, and nothing has been refused yet
+        clock.advance(6_000)
+        for _ in range(5):
+            with pytest.raises(KeyNotFound):
+                store.get("t")
+        assert store.history("t") == [expired_at(DEADLINE_MS), HistoryEntry(b"v", START_MS)]
+        persistence = store.persistence()
+        assert (persistence.failed_commits, persistence.pending_writes) == (1, 1)
+        with pytest.raises(StoreFull):  # the disk said it is full: puts refused at once
+            store.put("other", b"v")
+
+        disk.capacity_bytes = None
+        write_once_writes_resume(store, "other", b"v")
+        assert store.persistence().pending_writes == 0  # the carried expiry is committed
+    finally:
+        store.close()
+    reopened = open_on(disk, data_dir, clock)
+    try:
+        assert reopened.history("t") == [expired_at(DEADLINE_MS), HistoryEntry(b"v", START_MS)]
+    finally:
+        reopened.close()
+
+
+def test_an_expiry_in_the_batch_of_a_refused_write_is_noticed_again_once(
+    data_dir: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.CRITICAL)
+    disk = SimulatedDisk()
+    store = open_on(disk, data_dir, clock)
+    answers: dict[str, object] = {}
+
+    def answer(name: str, call: Callable[[], object]) -> threading.Thread:
+        def run() -> None:
+            try:
+                answers[name] = call()
+            except StoreError as error:
+                answers[name] = error
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    def wait_for_pending(count: int) -> None:
+        give_up = time.monotonic() + 5
+        while store.persistence().pending_writes < count:
+            assert time.monotonic() < give_up, "the write was not queued"
+            time.sleep(0.005)
+
+    try:
+        store.put("t", b"v", expiry=Expiry(at_ms=DEADLINE_MS))
+        clock.advance(6_000)
+        disk.hold_syncs()  # the writer holds in the commit of "first"; the next batch fills
+        threads = [answer("first", lambda: store.put("first", b"1"))]
+        assert disk.sync_waiting.wait(5)
+        threads.append(answer("read", lambda: store.get("t")))  # queues the expiry
+        wait_for_pending(2)
+        threads.append(answer("refused", lambda: store.put("refused", b"2")))
+        wait_for_pending(3)
+        disk.capacity_bytes = disk.used_bytes  # the batch of the expiry and "refused" fails
+        disk.release_syncs()
+        for thread in threads:
+            thread.join(5)
+
+        assert isinstance(answers["first"], Value)
+        assert isinstance(answers["refused"], StoreFull)
+        assert isinstance(answers["read"], KeyNotFound), answers["read"]
+        with pytest.raises(KeyNotFound):
+            store.get("refused")
+        assert store.history("t") == [expired_at(DEADLINE_MS), HistoryEntry(b"v", START_MS)]
+        assert store.persistence().failed_commits == 1
+
+        disk.capacity_bytes = None
+        write_once_writes_resume(store, "t", b"again")  # a later write to the same key
+    finally:
+        disk.release_syncs()
+        store.close()
+    reopened = open_on(disk, data_dir, clock)
+    try:
+        assert reopened.history("t") == [
+            HistoryEntry(b"again", clock.now_ms),
+            expired_at(DEADLINE_MS),
+            HistoryEntry(b"v", START_MS),
+        ]
+    finally:
+        reopened.close()
+
+
+def test_a_restart_derives_the_expiries_a_full_disk_kept_from_the_file_once(
+    data_dir: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.CRITICAL)
+    disk = SimulatedDisk()
+    store = open_on(disk, data_dir, clock)
+    try:
+        store.put("t", b"v", expiry=Expiry(at_ms=DEADLINE_MS))
+        store.put("kept", b"k")
+        disk.capacity_bytes = disk.used_bytes
+        clock.advance(6_000)
+        with pytest.raises(KeyNotFound):
+            store.get("t")
+        assert store.persistence().pending_writes == 1  # carried, not on disk
+    finally:
+        store.close()  # on the full disk: the expiry never reaches the file
+    disk.capacity_bytes = None
+    clock.advance(1_000)
+
+    reopened = open_on(disk, data_dir, clock)
+    try:  # the start expires it again, at the deadline, not at the time of the restart
+        assert reopened.history("t") == [expired_at(DEADLINE_MS), HistoryEntry(b"v", START_MS)]
+        assert reopened.get("kept").data == b"k"
+    finally:
+        reopened.close()
+    again = open_on(disk, data_dir, clock)
+    try:  # and journaled that once: a third start finds nothing more to expire
+        assert again.history("t") == [expired_at(DEADLINE_MS), HistoryEntry(b"v", START_MS)]
+        assert again.persistence().commits == 0
+    finally:
+        again.close()
+
+
+def test_a_delete_tried_while_the_disk_refuses_commits_the_carried_expiries_with_it(
+    data_dir: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.CRITICAL)
+    disk = SimulatedDisk()
+    store = DurableStore(  # no probe during the test: the delete is what is tried
+        data_dir,
+        history_window_ms=WINDOW_MS,
+        clock=clock,
+        connect=disk.connect(),
+        housekeeping_interval_s=10,
+    )
+    try:
+        store.put("t", b"v", expiry=Expiry(at_ms=DEADLINE_MS))
+        store.put("gone", b"g")
+        disk.capacity_bytes = disk.used_bytes
+        clock.advance(6_000)
+        with pytest.raises(KeyNotFound):
+            store.get("t")
+        disk.capacity_bytes = None
+        store.delete("gone")
+        assert store.persistence().pending_writes == 0
+        store.put("after", b"a")  # the delete's commit took writes again
+    finally:
+        store.close()
+    reopened = open_on(disk, data_dir, clock)
+    try:
+        assert reopened.history("t") == [expired_at(DEADLINE_MS), HistoryEntry(b"v", START_MS)]
+        assert reopened.keys().keys == ["after"]
+        assert reopened.persistence().commits == 0, "nothing was left to expire at start"
+    finally:
+        reopened.close()
