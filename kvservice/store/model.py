@@ -217,7 +217,8 @@ class Persistence:
     last_commit_time_s: int
     """Unix time of the last successful commit (or of the start)."""
     failed_commits: int
-    """Commits that failed (disk full, I/O error) since start; their writes were refused."""
+    """Commits that failed (disk full, I/O error) since start; their writes were refused
+    (but for expiries alone, which a durable store keeps for its next commit)."""
     file_bytes: dict[str, int]
     """The size of each file of the data directory, by kind (data, wal)."""
 
