@@ -29,6 +29,7 @@ from kvservice.store import (
     Value,
 )
 from kvservice.store.durable import DurableStore
+from kvservice.store.durable.database import Connect, open_sqlite
 from kvservice.store.durable.journal import DATA_FILE, FORMAT_VERSION
 from tests.support.clock import START_MS, FakeClock
 from tests.support.simulated_disk import SimulatedDisk
@@ -48,14 +49,26 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 def open_store(
-    data_dir: Path, clock: FakeClock, housekeeping_interval_s: float = 1.0
+    data_dir: Path,
+    clock: FakeClock,
+    housekeeping_interval_s: float = 1.0,
+    connect: Connect = open_sqlite,
 ) -> DurableStore:
     return DurableStore(
         data_dir,
         history_window_ms=WINDOW_MS,
         clock=clock,
+        connect=connect,
         housekeeping_interval_s=housekeeping_interval_s,
     )
+
+
+@pytest.fixture
+def disk(caplog: pytest.LogCaptureFixture) -> SimulatedDisk:
+    """A disk of tests/support that a test can fill; the commits it refuses are logged as
+    errors, not shown."""
+    caplog.set_level(logging.CRITICAL)
+    return SimulatedDisk()
 
 
 def expired_at(deadline_ms: int) -> HistoryEntry:
@@ -199,18 +212,17 @@ def test_a_file_of_the_format_before_deadlines_is_upgraded(
     assert current_rows(data_dir) == {"k": DEADLINE_MS}
 
 
+PROBE_INTERVAL_S = 0.05
+"""How often the store probes a disk that refused, in tests where space comes back."""
+
+
 @pytest.fixture
 def full_disk_store(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> Iterator[tuple[DurableStore, FakeClock]]:
+    data_dir: Path, clock: FakeClock, disk: SimulatedDisk
+) -> Iterator[DurableStore]:
     """--fsync always (the default) on a disk that has just filled up, 100 keys whose
-    deadline has passed."""
-    caplog.set_level(logging.CRITICAL)  # the failed commits are logged as errors
-    clock = FakeClock()
-    disk = SimulatedDisk()
-    store = DurableStore(
-        tmp_path / "data", clock=clock, connect=disk.connect(), housekeeping_interval_s=10
-    )
+    deadline has passed, no probe of the disk meanwhile."""
+    store = open_store(data_dir, clock, housekeeping_interval_s=10, connect=disk.connect())
     for number in range(100):
         store.put(f"t{number}", b"x" * 100, expiry=Expiry(after_ms=1_000))
     store.put("kept", b"k")
@@ -220,44 +232,35 @@ def full_disk_store(
             store.put(f"filler{number}", b"y" * 900)
     clock.advance(2_000)
     try:
-        yield store, clock
+        yield store
     finally:
         disk.capacity_bytes = None
         store.close()
 
 
 def test_a_read_of_an_expired_key_on_a_full_disk_is_404_not_503(
-    full_disk_store: tuple[DurableStore, FakeClock],
+    full_disk_store: DurableStore,
 ) -> None:
-    store, _ = full_disk_store
-    failed_before = store.persistence().failed_commits
+    failed_before = full_disk_store.persistence().failed_commits
     for number in range(10):  # before the fix: the 3rd on were 503, after 3 rebuilds each
         with pytest.raises(KeyNotFound):
-            store.get(f"t{number}")
-    assert store.persistence().failed_commits == failed_before
+            full_disk_store.get(f"t{number}")
+    assert full_disk_store.persistence().failed_commits == failed_before
 
 
 def test_sweeping_on_a_full_disk_does_not_rebuild_memory_again_and_again(
-    full_disk_store: tuple[DurableStore, FakeClock],
+    full_disk_store: DurableStore,
 ) -> None:
-    store, _ = full_disk_store
-    failed_before = store.persistence().failed_commits
+    failed_before = full_disk_store.persistence().failed_commits
+    removed = []
     for _ in range(10):  # a second of the sweeper's work, at its batch size
-        store.sweep_expired(200)
+        removed.append(full_disk_store.sweep_expired(200))
         time.sleep(0.02)
-    assert store.persistence().failed_commits - failed_before <= 1
-    assert store.get("kept").data == b"k"
-
-
-def open_on(disk: SimulatedDisk, data_dir: Path, clock: FakeClock) -> DurableStore:
-    """A store on the simulated disk, probing a disk that refused every 50 ms."""
-    return DurableStore(
-        data_dir,
-        history_window_ms=WINDOW_MS,
-        clock=clock,
-        connect=disk.connect(),
-        housekeeping_interval_s=0.05,
-    )
+    assert full_disk_store.persistence().failed_commits - failed_before <= 1
+    assert removed == [0] * 10, "while the disk refuses, a sweep leaves due keys to reads"
+    assert full_disk_store.get("kept").data == b"k"
+    with pytest.raises(KeyNotFound):
+        full_disk_store.get("t0")
 
 
 def write_once_writes_resume(store: DurableStore, key: str, data: bytes) -> None:
@@ -272,12 +275,25 @@ def write_once_writes_resume(store: DurableStore, key: str, data: bytes) -> None
             time.sleep(0.02)
 
 
+def history_after_a_restart(
+    data_dir: Path, clock: FakeClock, disk: SimulatedDisk, key: str
+) -> list[HistoryEntry]:
+    """The key's history as a start on the same files tells it."""
+    reopened = open_store(data_dir, clock, connect=disk.connect())
+    try:
+        return reopened.history(key)
+    finally:
+        reopened.close()
+
+
+EXPIRED_ONCE = [expired_at(DEADLINE_MS), HistoryEntry(b"v", START_MS)]
+"""The history of "t", written at the start with DEADLINE_MS, once it has expired."""
+
+
 def test_a_first_failed_commit_of_expiries_alone_refuses_puts_but_keeps_reads(
-    data_dir: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    data_dir: Path, clock: FakeClock, disk: SimulatedDisk
 ) -> None:
-    caplog.set_level(logging.CRITICAL)
-    disk = SimulatedDisk()
-    store = open_on(disk, data_dir, clock)
+    store = open_store(data_dir, clock, PROBE_INTERVAL_S, disk.connect())
     try:
         store.put("t", b"v", expiry=Expiry(at_ms=DEADLINE_MS))
         disk.capacity_bytes = disk.used_bytes  # full, and nothing has been refused yet
@@ -285,7 +301,7 @@ def test_a_first_failed_commit_of_expiries_alone_refuses_puts_but_keeps_reads(
         for _ in range(5):
             with pytest.raises(KeyNotFound):
                 store.get("t")
-        assert store.history("t") == [expired_at(DEADLINE_MS), HistoryEntry(b"v", START_MS)]
+        assert store.history("t") == EXPIRED_ONCE
         persistence = store.persistence()
         assert (persistence.failed_commits, persistence.pending_writes) == (1, 1)
         with pytest.raises(StoreFull):  # the disk said it is full: puts refused at once
@@ -296,19 +312,13 @@ def test_a_first_failed_commit_of_expiries_alone_refuses_puts_but_keeps_reads(
         assert store.persistence().pending_writes == 0  # the carried expiry is committed
     finally:
         store.close()
-    reopened = open_on(disk, data_dir, clock)
-    try:
-        assert reopened.history("t") == [expired_at(DEADLINE_MS), HistoryEntry(b"v", START_MS)]
-    finally:
-        reopened.close()
+    assert history_after_a_restart(data_dir, clock, disk, "t") == EXPIRED_ONCE
 
 
 def test_an_expiry_in_the_batch_of_a_refused_write_is_noticed_again_once(
-    data_dir: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    data_dir: Path, clock: FakeClock, disk: SimulatedDisk
 ) -> None:
-    caplog.set_level(logging.CRITICAL)
-    disk = SimulatedDisk()
-    store = open_on(disk, data_dir, clock)
+    store = open_store(data_dir, clock, PROBE_INTERVAL_S, disk.connect())
     answers: dict[str, object] = {}
 
     def answer(name: str, call: Callable[[], object]) -> threading.Thread:
@@ -348,7 +358,7 @@ def test_an_expiry_in_the_batch_of_a_refused_write_is_noticed_again_once(
         assert isinstance(answers["read"], KeyNotFound), answers["read"]
         with pytest.raises(KeyNotFound):
             store.get("refused")
-        assert store.history("t") == [expired_at(DEADLINE_MS), HistoryEntry(b"v", START_MS)]
+        assert store.history("t") == EXPIRED_ONCE
         assert store.persistence().failed_commits == 1
 
         disk.capacity_bytes = None
@@ -356,23 +366,16 @@ def test_an_expiry_in_the_batch_of_a_refused_write_is_noticed_again_once(
     finally:
         disk.release_syncs()
         store.close()
-    reopened = open_on(disk, data_dir, clock)
-    try:
-        assert reopened.history("t") == [
-            HistoryEntry(b"again", clock.now_ms),
-            expired_at(DEADLINE_MS),
-            HistoryEntry(b"v", START_MS),
-        ]
-    finally:
-        reopened.close()
+    assert history_after_a_restart(data_dir, clock, disk, "t") == [
+        HistoryEntry(b"again", clock.now_ms),
+        *EXPIRED_ONCE,
+    ]
 
 
 def test_a_restart_derives_the_expiries_a_full_disk_kept_from_the_file_once(
-    data_dir: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    data_dir: Path, clock: FakeClock, disk: SimulatedDisk
 ) -> None:
-    caplog.set_level(logging.CRITICAL)
-    disk = SimulatedDisk()
-    store = open_on(disk, data_dir, clock)
+    store = open_store(data_dir, clock, PROBE_INTERVAL_S, disk.connect())
     try:
         store.put("t", b"v", expiry=Expiry(at_ms=DEADLINE_MS))
         store.put("kept", b"k")
@@ -386,32 +389,25 @@ def test_a_restart_derives_the_expiries_a_full_disk_kept_from_the_file_once(
     disk.capacity_bytes = None
     clock.advance(1_000)
 
-    reopened = open_on(disk, data_dir, clock)
+    reopened = open_store(data_dir, clock, connect=disk.connect())
     try:  # the start expires it again, at the deadline, not at the time of the restart
-        assert reopened.history("t") == [expired_at(DEADLINE_MS), HistoryEntry(b"v", START_MS)]
+        assert reopened.history("t") == EXPIRED_ONCE
         assert reopened.get("kept").data == b"k"
     finally:
         reopened.close()
-    again = open_on(disk, data_dir, clock)
+    again = open_store(data_dir, clock, connect=disk.connect())
     try:  # and journaled that once: a third start finds nothing more to expire
-        assert again.history("t") == [expired_at(DEADLINE_MS), HistoryEntry(b"v", START_MS)]
+        assert again.history("t") == EXPIRED_ONCE
         assert again.persistence().commits == 0
     finally:
         again.close()
 
 
 def test_a_delete_tried_while_the_disk_refuses_commits_the_carried_expiries_with_it(
-    data_dir: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    data_dir: Path, clock: FakeClock, disk: SimulatedDisk
 ) -> None:
-    caplog.set_level(logging.CRITICAL)
-    disk = SimulatedDisk()
-    store = DurableStore(  # no probe during the test: the delete is what is tried
-        data_dir,
-        history_window_ms=WINDOW_MS,
-        clock=clock,
-        connect=disk.connect(),
-        housekeeping_interval_s=10,
-    )
+    # No probe during the test: the delete is what is tried.
+    store = open_store(data_dir, clock, housekeeping_interval_s=10, connect=disk.connect())
     try:
         store.put("t", b"v", expiry=Expiry(at_ms=DEADLINE_MS))
         store.put("gone", b"g")
@@ -425,9 +421,9 @@ def test_a_delete_tried_while_the_disk_refuses_commits_the_carried_expiries_with
         store.put("after", b"a")  # the delete's commit took writes again
     finally:
         store.close()
-    reopened = open_on(disk, data_dir, clock)
+    reopened = open_store(data_dir, clock, connect=disk.connect())
     try:
-        assert reopened.history("t") == [expired_at(DEADLINE_MS), HistoryEntry(b"v", START_MS)]
+        assert reopened.history("t") == EXPIRED_ONCE
         assert reopened.keys().keys == ["after"]
         assert reopened.persistence().commits == 0, "nothing was left to expire at start"
     finally:
