@@ -255,7 +255,8 @@ def _persistence_metrics(persistence: Persistence) -> Iterator[Metric]:
     )
     yield CounterMetricFamily(
         "kvservice_store_failed_commits",
-        "Commits that failed (disk full, I/O error); their writes were refused (507, 503).",
+        "Commits that failed (disk full, I/O error); their writes were refused (507, 503), "
+        "but for expiries alone, which wait for the next commit.",
         value=persistence.failed_commits,
     )
     yield CounterMetricFamily(
