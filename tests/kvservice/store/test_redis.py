@@ -307,6 +307,28 @@ def test_a_write_sent_without_a_reply_says_its_outcome_is_unknown(tmp_path: Path
         store.close()
 
 
+def test_a_read_not_answered_in_time_says_it_may_have_recorded_an_expiry(tmp_path: Path) -> None:
+    """A read settles a passed deadline: when its reply is late, the key may have been
+    changed after all (its value removed, its expiry recorded), and the detail says so."""
+    with running_redis(tmp_path, "--enable-debug-command", "yes") as server:
+        clock = FakeClock()
+        store = make_store(server.url, timeout_s=0.5, clock=clock)
+        store.put("k", b"v", expiry=Expiry(after_ms=10))
+        clock.advance(10)
+        busy = threading.Thread(
+            target=server.client().execute_command, args=("DEBUG", "SLEEP", "1.5")
+        )
+        busy.start()
+        time.sleep(0.1)
+        with pytest.raises(StoreUnavailable) as late:
+            store.get("k")
+        busy.join()
+        assert "nothing was changed" not in str(late.value)
+        assert "expiry recorded" in str(late.value), str(late.value)
+        assert store.history("k")[0] == HistoryEntry(None, START_MS + 10, expired=True)
+        store.close()
+
+
 def test_the_store_recovers_by_itself_when_redis_returns(tmp_path: Path) -> None:
     with running_redis(tmp_path, "--appendonly", "yes", "--appendfsync", "always") as server:
         store = make_store(server.url, timeout_s=1.0)
