@@ -2,7 +2,8 @@
 history trimmed and expiring by itself, Redis's clock, ETags shared between replicas, the
 eviction policy it refuses, every fault it turns into a clear StoreUnavailable, and where
 deadlines live (an expiry recorded once by replicas racing to notice it, Redis's own expiry
-of the hash, a sweep that reads no key without a deadline, on a cluster too).
+of the hash, a sweep that reads no key without a deadline, on a cluster too, deadlines exact
+to the millisecond past 2^53).
 
 Faults are real: a closed port, a server stopped and started again on its port, a server told
 to hold writes (CLIENT PAUSE) so that a write is sent and its reply never comes in time.
@@ -25,6 +26,7 @@ import kvservice.store.redis.connection as redis_connection
 import kvservice.store.redis.scripts as redis_scripts
 import kvservice.store.redis.store as redis_store_module
 from kvservice.store import (
+    KEEP_EXPIRY,
     NO_EXPIRY,
     ExpireIf,
     Expiry,
@@ -725,3 +727,44 @@ def test_a_sweep_after_a_slot_moved_relearns_the_cluster_and_then_sweeps_it(
         removed = store.sweep_expired(1_000)
         assert removed > 0 and store.keys().keys == []
         store.close()
+
+
+# -- expiry: exact deadlines -------------------------------------------------------------------
+
+
+def test_a_deadline_read_back_fits_a_signed_64_bit_integer(
+    servers: RedisProcess | RedisClusterProcesses,
+) -> None:
+    """Lua's numbers are doubles, exact to 2^53 only: deadlines past that are carried as
+    digits, written, read, compared and added to exactly."""
+    clock = FakeClock()
+    store = make_store(servers.url, clock=clock)
+    written = store.put("k", b"v", expiry=Expiry(at_ms=2**63 - 1))
+    assert written.expires_at_ms == 2**63 - 1
+    assert store.get("k").expires_at_ms == 2**63 - 1
+    later = store.expire("k", Expiry(at_ms=2**63 - 1 + 1), ExpireIf.LATER)
+    assert later.applied, "one millisecond later, though both are the same double"
+    assert store.get("k").expires_at_ms == 2**63
+    assert not store.expire("k", Expiry(at_ms=2**63 - 1), ExpireIf.LATER).applied
+    assert store.expire("k", Expiry(at_ms=2**63 - 1), ExpireIf.EARLIER).applied
+    assert store.put("k", b"w", expiry=KEEP_EXPIRY).expires_at_ms == 2**63 - 1
+    far = 2**62 + 1
+    assert store.put("k", b"v", expiry=Expiry(after_ms=far)).expires_at_ms == START_MS + far
+    assert store.get("k").expires_at_ms == START_MS + far
+    assert store.keys().keys == ["k"]
+    store.close()
+
+
+def test_a_deadline_whose_digits_are_missing_or_stale_is_read_from_its_score(
+    store: RedisStore, server: RedisProcess
+) -> None:
+    """The deadlines set says whether and about when; the hash's digits only say exactly,
+    when they agree with it: a hash written by an older kvservice has none, and one whose
+    deadline an older kvservice changed has stale ones."""
+    deadline = 4_102_444_800_123
+    store.put("k", b"v", expiry=Expiry(at_ms=deadline))
+    server.client().hdel(value_key("k"), "x")
+    assert store.get("k").expires_at_ms == deadline
+    server.client().hset(value_key("k"), "x", str(deadline + 1_000))
+    assert store.get("k").expires_at_ms == deadline
+    assert store.put("k", b"w", expiry=KEEP_EXPIRY).expires_at_ms == deadline
