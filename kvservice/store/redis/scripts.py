@@ -18,8 +18,10 @@ first script (a read, a write, or the sweep) to run at or after the deadline.
 
 Reads never settle in bulk: the listing and the count leave out keys past their deadline
 (on a single Redis by their score in the deadlines set, beside the index; on a cluster the
-scanned hashes are checked the same way, a page at a time) and leave the removal to the
-sweep: a listing writes nothing, and costs its page plus the expired keys it passes over.
+scanned hashes are checked the same way, in batches) and leave the removal to the sweep: a
+listing writes nothing, and costs its page plus the expired keys it passes over, but examines
+no more than LISTING_EXAMINES keys in all (or its page and one more): past that it comes back
+short, and the next listing goes on where it stopped.
 
 Where the deadline lives, and why: the deadlines set says which keys have one, and orders
 them. It survives the value hash (which may be gone before anyone reads it, below), and it is
@@ -72,6 +74,12 @@ SWEEP_SLOTS_PER_CALL = 1_024
 """How many slots' deadline sets one sweep script visits on a cluster: enough that a full sweep
 is six calls per primary of three, few enough that one holds its node under two milliseconds
 (1.6 ms measured, with nothing due)."""
+LISTING_EXAMINES = 1_000
+"""How many keys one listing examines at most (or its page and one more, if more): a listing
+that meets a wave of keys past their deadline, not yet swept, comes back short, saying where
+the next one goes on, instead of holding its Redis (for every replica) through the wave."""
+LISTING_CHUNK = 100
+"""How many keys of the index a listing reads at least per ZRANGE, whatever its page."""
 
 
 _LUA_COMMON = r"""
@@ -364,24 +372,34 @@ return {removed, visited, unpack(holding)}
 )
 
 # KEYS: index, deadlines set (a single Redis only). ARGV: low and high ends (ZRANGE BYLEX),
-# how many, clock. Keys holding a value in that range, leaving out those whose deadline has
-# passed (the sweep settles them; a listing writes nothing).
+# how many, clock, how many keys to examine at most. Keys holding a value in that range,
+# leaving out those whose deadline has passed (the sweep settles them; a listing writes
+# nothing), read from the index LISTING_CHUNK at a time or more. Replies the keys found and,
+# when it stopped at the most before finding as many as wanted, with more of the range
+# unread, the last key it examined (else nil): where the next listing goes on.
 _LIST = (
     "#!lua flags=no-writes\n"
     + _LUA_COMMON
+    + f"local chunk_least = {LISTING_CHUNK}\n"
     + r"""
 local low, high, wanted = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local now = now_ms(ARGV[4])
-local found = {}
-while #found < wanted do
-  local members = redis.call('ZRANGE', KEYS[1], low, high, 'BYLEX', 'LIMIT', 0, wanted - #found)
+local now, most = now_ms(ARGV[4]), tonumber(ARGV[5])
+local found, examined, last, more = {}, 0, false, true
+while more and #found < wanted and examined < most do
+  local chunk = math.min(math.max(wanted - #found, chunk_least), most - examined)
+  local members = redis.call('ZRANGE', KEYS[1], low, high, 'BYLEX', 'LIMIT', 0, chunk)
+  more = #members == chunk
   if #members == 0 then break end
   for _, key in ipairs(members) do
-    if unexpired(KEYS[2], key, now) then found[#found + 1] = key end
+    examined, last = examined + 1, key
+    if unexpired(KEYS[2], key, now) then
+      found[#found + 1] = key
+      if #found == wanted then break end
+    end
   end
-  low = '(' .. members[#members]
+  low = '(' .. last
 end
-return found
+return {found, #found < wanted and more and last}
 """
 )
 

@@ -48,6 +48,8 @@ from kvservice.store.redis.scripts import (
     HISTORY_TTL_MARGIN_MS,
     INDEX_KEY,
     LIST,
+    LISTING_CHUNK,
+    LISTING_EXAMINES,
     SWEEP,
     SWEEP_SLOTS_PER_CALL,
     UNEXPIRED,
@@ -260,35 +262,30 @@ class RedisStore:
     ) -> KeyPage:
         """Up to `limit` keys holding a value that start with `prefix`, in lexicographic
         order, strictly after `after`, none of them past its deadline. A single Redis reads
-        its index; a cluster is scanned, and the deadlines of the page's candidates checked."""
+        its index; a cluster is scanned, and the deadlines of the page's candidates checked.
+
+        Either way a listing examines at most LISTING_EXAMINES keys (or `limit` + 1): one that
+        meets more keys past their deadline (not yet swept) comes back short, even empty, with
+        `next_after` the last key it examined."""
         self._ensure_checked()
+        most = max(limit + 1, LISTING_EXAMINES)
         if self._topology.cluster:
-            candidates = sorted(
-                key
-                for server in self._topology.primaries()
-                for key in self._scan_keys(server, prefix)
-                if after is None or key > after
-            )
-            found: list[str] = []
-            checked = 0
-            while len(found) <= limit and checked < len(candidates):
-                batch = candidates[checked : checked + limit + 1 - len(found)]
-                checked += len(batch)
-                found += self._unexpired(batch)
+            found, stopped_at = self._unexpired_page(prefix, after, limit, most)
         else:
             low = f"({after}" if after is not None and after >= prefix else f"[{prefix}"
             high = f"[{prefix}\xff" if prefix else "+"
-            members = self._script(
+            members, last_examined = self._script(
                 LIST,
                 "",
                 [INDEX_KEY, DEADLINES_KEY],
-                [low, high.encode("latin-1"), limit + 1, self._clock_arg()],
+                [low, high.encode("latin-1"), limit + 1, self._clock_arg(), most],
                 _Effect.NONE,
             )
             found = [member.decode() for member in members]
+            stopped_at = None if last_examined is None else last_examined.decode()
         if len(found) > limit:
             return KeyPage(found[:limit], found[limit - 1])
-        return KeyPage(found, None)
+        return KeyPage(found, stopped_at)
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -453,6 +450,28 @@ class RedisStore:
         """Remember that the key's slot holds a deadline, for the cluster's sweep."""
         if deadline_ms is not None and self._topology.cluster:
             self._deadline_slots.add(key_slot(key))
+
+    def _unexpired_page(
+        self, prefix: str, after: str | None, limit: int, most: int
+    ) -> tuple[list[str], str | None]:
+        """A cluster's listing: up to `limit` + 1 scanned keys whose deadline has not passed,
+        their deadlines checked in batches of LISTING_CHUNK or more, and at most `most` of
+        them; and the last key checked if it stopped there with more to check (else None)."""
+        candidates = sorted(
+            key
+            for server in self._topology.primaries()
+            for key in self._scan_keys(server, prefix)
+            if after is None or key > after
+        )
+        found: list[str] = []
+        checked = 0
+        while len(found) <= limit and checked < min(most, len(candidates)):
+            size = min(max(limit + 1 - len(found), LISTING_CHUNK), _FILTER_BATCH, most - checked)
+            batch = candidates[checked : checked + size]
+            checked += len(batch)
+            found += self._unexpired(batch)
+        stopped = len(found) <= limit and checked < len(candidates)
+        return found, candidates[checked - 1] if stopped else None
 
     def _unexpired(self, keys: list[str]) -> list[str]:
         """Those of a cluster's scanned keys whose deadline has not passed, in their order: a

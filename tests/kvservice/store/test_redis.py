@@ -3,7 +3,7 @@ history trimmed and expiring by itself, Redis's clock, ETags shared between repl
 eviction policy it refuses, every fault it turns into a clear StoreUnavailable, and where
 deadlines live (an expiry recorded once by replicas racing to notice it, Redis's own expiry
 of the hash, a sweep that reads no key without a deadline, on a cluster too, deadlines exact
-to the millisecond past 2^53).
+to the millisecond past 2^53, and listings that examine a bounded number of keys past theirs).
 
 Faults are real: a closed port, a server stopped and started again on its port, a server told
 to hold writes (CLIENT PAUSE) so that a write is sent and its reply never comes in time.
@@ -33,6 +33,7 @@ from kvservice.store import (
     HistoryEntry,
     KeyExists,
     KeyNotFound,
+    KeyPage,
     Precondition,
     StoreFull,
     StoreMisconfigured,
@@ -729,7 +730,7 @@ def test_a_sweep_after_a_slot_moved_relearns_the_cluster_and_then_sweeps_it(
         store.close()
 
 
-# -- expiry: exact deadlines -------------------------------------------------------------------
+# -- expiry: exact deadlines, bounded listings -------------------------------------------------
 
 
 def test_a_deadline_read_back_fits_a_signed_64_bit_integer(
@@ -768,3 +769,62 @@ def test_a_deadline_whose_digits_are_missing_or_stale_is_read_from_its_score(
     server.client().hset(value_key("k"), "x", str(deadline + 1_000))
     assert store.get("k").expires_at_ms == deadline
     assert store.put("k", b"w", expiry=KEEP_EXPIRY).expires_at_ms == deadline
+
+
+def test_a_listing_examines_a_bounded_number_of_keys_past_their_deadline(
+    server: RedisProcess,
+) -> None:
+    """5,000 keys past their deadline, not yet swept, before the one live key: a one-key page
+    examines at most LISTING_EXAMINES of them (its script holds Redis, for every replica),
+    and comes back short, saying where the next page starts; paging on reaches the live key."""
+    clock = FakeClock()
+    store = make_store(server.url, clock=clock)
+    for number in range(5_000):
+        store.put(f"k{number:05d}", b"v", expiry=Expiry(at_ms=START_MS + 1_000))
+    store.put("z", b"v")
+    clock.advance(1_000)
+    client = server.client()
+    client.config_resetstat()
+    page = store.keys(limit=1)
+    stats = client.info("commandstats")
+    calls = {
+        name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("zscore", "zrange")
+    }
+    examines, chunk = redis_scripts.LISTING_EXAMINES, redis_scripts.LISTING_CHUNK
+    assert calls["zscore"] <= examines and calls["zrange"] <= examines // chunk, calls
+    assert page == KeyPage([], f"k{examines - 1:05d}")
+    pages = [page]
+    while pages[-1].next_after is not None and len(pages) < 10:
+        pages.append(store.keys(after=pages[-1].next_after, limit=1))
+    assert [key for page in pages for key in page.keys] == ["z"]
+    assert len(pages) == 5_000 // redis_scripts.LISTING_EXAMINES + 1
+    assert store.keys(limit=1).keys == [], "a listing writes nothing"
+    store.close()
+
+
+def test_a_clusters_listing_checks_a_bounded_number_of_keys_past_their_deadline(
+    redis_cluster: RedisClusterProcesses,
+) -> None:
+    """As on a single Redis: the deadlines of the candidates are checked in batches, and at
+    most LISTING_EXAMINES of them for a one-key page."""
+    redis_cluster.flush()
+    clock = FakeClock()
+    store = make_store(redis_cluster.url, clock=clock, connections=8)
+    for number in range(3_000):
+        store.put(f"k{number:05d}", b"v", expiry=Expiry(at_ms=START_MS + 1_000))
+    store.put("z", b"v")
+    clock.advance(1_000)
+    for node in redis_cluster.nodes:
+        node.client().config_resetstat()
+    page = store.keys(limit=1)
+    scripts = sum(
+        node.client().info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+        for node in redis_cluster.nodes
+    )
+    assert scripts < 100, scripts
+    assert page == KeyPage([], f"k{redis_scripts.LISTING_EXAMINES - 1:05d}")
+    pages = [page]
+    while pages[-1].next_after is not None and len(pages) < 10:
+        pages.append(store.keys(after=pages[-1].next_after, limit=1))
+    assert [key for page in pages for key in page.keys] == ["z"]
+    store.close()
