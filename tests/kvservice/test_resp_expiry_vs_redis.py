@@ -514,12 +514,7 @@ BACKENDS: dict[str, Callable[[pytest.FixtureRequest], tuple[Store, Execution]]] 
 }
 """Each store kvservice is compared on, and where its commands run (a store that waits on the
 network runs them on workers, as the service does)."""
-KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
-    ("redis", "deadlines_past_2_to_the_53_ms"): (
-        "the Redis store's Lua scripts hold a deadline as a double: past 2**53 ms (year "
-        "287,396) it is rounded, and 2**63-1 is refused; to be fixed in the store"
-    ),
-}
+KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {}
 """Where a backend is known to answer otherwise, and why (strict: a fix shows up as a pass)."""
 
 

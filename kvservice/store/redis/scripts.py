@@ -1,14 +1,14 @@
 """The Redis backend's data layout and its Lua scripts.
 
-Layout, for a kvservice key K: a hash `kv:{K}` holds the value (`d`), its content type (`t`)
-and its ETag (`e`), and a list `kv:{K}:h` its history, oldest first, each entry
-`<epoch ms>:=<bytes>` for a write, `<epoch ms>:-` for a delete or `<epoch ms>:~` for an
-expiry. On a single Redis the sorted set `kv:keys` holds every key with a value, and the
-sorted set `kv:deadlines` every key with a deadline, scored by it. A cluster cannot keep one
-set in step with keys on every node, so there each of the 16,384 slots has its own deadlines
-set, `kv:{<tag>}:deadlines`, where the tag is a short string chosen to hash to that slot
-(`slot_deadlines_key`): a key's hash, history and deadline live in one slot, as one script
-needs them.
+Layout, for a kvservice key K: a hash `kv:{K}` holds the value (`d`), its content type (`t`),
+its ETag (`e`) and the digits of its deadline (`x`, below), and a list `kv:{K}:h` its
+history, oldest first, each entry `<epoch ms>:=<bytes>` for a write, `<epoch ms>:-` for a
+delete or `<epoch ms>:~` for an expiry. On a single Redis the sorted set `kv:keys` holds
+every key with a value, and the sorted set `kv:deadlines` every key with a deadline, scored
+by it. A cluster cannot keep one set in step with keys on every node, so there each of the
+16,384 slots has its own deadlines set, `kv:{<tag>}:deadlines`, where the tag is a short
+string chosen to hash to that slot (`slot_deadlines_key`): a key's hash, history and
+deadline live in one slot, as one script needs them.
 
 Every operation on a key is one script, and every such script first settles a passed
 deadline (`settle`): the value is removed, from the index and the deadlines too, and
@@ -18,11 +18,14 @@ first script (a read, a write, or the sweep) to run at or after the deadline.
 
 Reads never settle in bulk: the listing and the count leave out keys past their deadline
 (on a single Redis by their score in the deadlines set, beside the index; on a cluster the
-scanned hashes are checked the same way, a page at a time) and leave the removal to the
-sweep: a listing writes nothing, and costs its page plus the expired keys it passes over.
+scanned hashes are checked the same way, in batches) and leave the removal to the sweep: a
+listing writes nothing, and costs its page plus the expired keys it passes over, but examines
+no more than LISTING_EXAMINES keys in all (or its page and one more): past that it comes back
+short, and the next listing goes on where it stopped.
 
-Where the deadline lives, and why: the deadlines set is the one record of it. It survives
-the value hash (which may be gone before anyone reads it, below), and it is what
+Where the deadline lives, and why: the deadlines set says which keys have one, and orders
+them. It survives the value hash (which may be gone before anyone reads it, below), and it is
+what
 `sweep_expired` reads, `ZRANGEBYSCORE -inf <now> LIMIT`, so expiring never looks at keys
 that have no deadline. On a cluster the sweep visits slot sets of each primary in batches
 (one script per SWEEP_SLOTS_PER_CALL slots), never the keys: every slot's set only every
@@ -39,6 +42,13 @@ value is there, and at the deadline `settle` removes it. With an injected clock 
 Redis's time is not the store's, so the scripts alone expire the hash. Either way the
 history entry comes from the deadlines set, so it is written whether or not Redis deleted
 the hash first.
+
+A score is a double, exact to 2^53 ms only, and Redis's range reaches 2^63 - 1: so the exact
+deadline is the hash's `x`, and scripts carry it as digits (in ARGV, in `x`, in replies),
+compare two of them as digits (EXPIRE's GT and LT) and add a delay to now exactly (`plus`).
+The score serves order and the sweep, and a comparison with now, which rounding cannot
+change (now is below 2^53). A deadline that has passed is below 2^53 too, so the history
+entry the score gives it is exact.
 
 Time: a script takes it from Redis `TIME` (or the injected clock) once; a key's deadline is
 compared with it (at the deadline exactly the value is gone), and `Expiry(after_ms=...)` is
@@ -64,6 +74,12 @@ SWEEP_SLOTS_PER_CALL = 1_024
 """How many slots' deadline sets one sweep script visits on a cluster: enough that a full sweep
 is six calls per primary of three, few enough that one holds its node under two milliseconds
 (1.6 ms measured, with nothing due)."""
+LISTING_EXAMINES = 1_000
+"""How many keys one listing examines at most (or its page and one more, if more): a listing
+that meets a wave of keys past their deadline, not yet swept, comes back short, saying where
+the next one goes on, instead of holding its Redis (for every replica) through the wave."""
+LISTING_CHUNK = 100
+"""How many keys of the index a listing reads at least per ZRANGE, whatever its page."""
 
 
 _LUA_COMMON = r"""
@@ -118,40 +134,86 @@ local function forget(value, deadlines, index, key)
   if index then redis.call('ZREM', index, key) end
 end
 
+-- Whether a deadline (its score, or its digits) has passed at `now`. As numbers: exact while
+-- now is below 2^53 ms (year 287,396), since a double holds every integer up to 2^53 and
+-- rounds in order past it.
+local function passed(deadline, now)
+  return tonumber(deadline) <= now
+end
+
+-- Whether the key's value is still there at `now`, by its deadline (or its having none).
+local function unexpired(deadlines, key, now)
+  local deadline = redis.call('ZSCORE', deadlines, key)
+  return not deadline or not passed(deadline, now)
+end
+
 -- If the key's deadline has passed, remove its value and record the expiry at the deadline;
 -- true if it did. The deadline is read from the deadlines set, which outlives the hash.
 local function settle(value, history, deadlines, index, key, now, window_ms, ttl_ms)
   local deadline = redis.call('ZSCORE', deadlines, key)
-  if not deadline or tonumber(deadline) > now then return false end
+  if not deadline or not passed(deadline, now) then return false end
   forget(value, deadlines, index, key)
   record(history, tonumber(deadline), '~', now, window_ms, ttl_ms)
   return true
 end
 
-local function deadline_of(deadlines, key)
-  local deadline = redis.call('ZSCORE', deadlines, key)
-  return deadline and tonumber(deadline)
+-- The key's deadline as the digits of its milliseconds, or false: the deadlines set says
+-- whether there is one, the hash's field 'x' what it is exactly, when the two agree (a hash
+-- written by an older kvservice has no field; the score alone is then the deadline).
+local function deadline_of(value, deadlines, key)
+  local score = redis.call('ZSCORE', deadlines, key)
+  if not score then return false end
+  local exact = redis.call('HGET', value, 'x')
+  if exact and tonumber(exact) == tonumber(score) then return exact end
+  return ms(tonumber(score))
 end
 
--- The deadline an expiry argument gives: '' none, 'k' the current one (false: none),
--- '@<ms>' that time, '+<ms>' that long after now. As model.Expiry.deadline_ms.
+-- Whether deadline `a` comes before `b`: the digits compared, as numbers they may round to one
+-- past 2^53; false is no deadline, later than any.
+local function earlier(a, b)
+  if not a then return false end
+  if not b then return true end
+  local a_negative, b_negative = string.sub(a, 1, 1) == '-', string.sub(b, 1, 1) == '-'
+  if a_negative ~= b_negative then return a_negative end
+  if a_negative then return earlier(string.sub(b, 2), string.sub(a, 2)) end
+  if #a ~= #b then return #a < #b end
+  return a < b
+end
+
+-- `now` plus the milliseconds `digits` hold, as digits. Below 2^52 each, the sum of the two
+-- numbers is exact (and one far in the past need only be past); past that the last nine digits
+-- are added to now and the carry to the rest: exact up to 10^24 ms.
+local function plus(now, digits)
+  local number = tonumber(digits)
+  if number < 2^52 then return ms(now + number) end
+  local low = tonumber(string.sub(digits, -9)) + now
+  local carry = math.floor(low / 1e9)
+  local high = tonumber(string.sub(digits, 1, -10)) + carry
+  return ms(high) .. string.format('%09.0f', low - carry * 1e9)
+end
+
+-- The deadline an expiry argument gives, as digits: '' none, 'k' the current one (false:
+-- none), '@<ms>' that time, '+<ms>' that long after now. As model.Expiry.deadline_ms.
 local function new_deadline(spec, current, now)
-  local mode, number = string.sub(spec, 1, 1), tonumber(string.sub(spec, 2))
+  local mode, digits = string.sub(spec, 1, 1), string.sub(spec, 2)
   if mode == 'k' then return current end
-  if mode == '@' then return number end
-  if mode == '+' then return now + number end
+  if mode == '@' then return digits end
+  if mode == '+' then return plus(now, digits) end
   return false
 end
 
--- Give the key's value `deadline` (false: none). Redis's own expiry only on Redis's clock,
--- and only for a deadline a Lua number holds exactly (2^53 ms: year 287,396); past Redis's
--- range PEXPIREAT fails, after the script has written.
+-- Give the key's value `deadline` (digits; false: none): its score in the deadlines set (for
+-- order and the sweep) and its exact digits in the hash. Redis's own expiry only on Redis's
+-- clock, and only before 2^53 ms (year 287,396): past Redis's range PEXPIREAT fails, after
+-- the script has written.
 local function keep_deadline(value, deadlines, key, deadline, clock)
   if deadline then
-    redis.call('ZADD', deadlines, ms(deadline), key)
-    if clock == '' and deadline < 2^53 then redis.call('PEXPIREAT', value, ms(deadline)) end
+    redis.call('ZADD', deadlines, deadline, key)
+    redis.call('HSET', value, 'x', deadline)
+    if clock == '' and tonumber(deadline) < 2^53 then redis.call('PEXPIREAT', value, deadline) end
   else
     redis.call('ZREM', deadlines, key)
+    redis.call('HDEL', value, 'x')
     redis.call('PERSIST', value)
   end
 end
@@ -178,7 +240,7 @@ local data, content_type, new_etag = ARGV[5], ARGV[6], ARGV[7]
 local etag = redis.call('HGET', value, 'e')
 if ARGV[8] == '1' and etag then return {'exists'} end
 if not holds(ARGV[9], ARGV[10], etag) then return {'precondition'} end
-local deadline = new_deadline(ARGV[11], deadline_of(deadlines, key), now)
+local deadline = new_deadline(ARGV[11], deadline_of(value, deadlines, key), now)
 if content_type == '' then
   redis.call('HDEL', value, 't')
   redis.call('HSET', value, 'd', data, 'e', new_etag)
@@ -187,13 +249,13 @@ else
 end
 if index then redis.call('ZADD', index, 0, key) end
 local at = record(history, now, '=' .. data, now, window_ms, ttl_ms)
-if deadline and deadline <= now then
+if deadline and passed(deadline, now) then
   forget(value, deadlines, index, key)
   record(history, at, '~', now, window_ms, ttl_ms)
 else
   keep_deadline(value, deadlines, key, deadline, clock)
 end
-return {'ok', deadline and ms(deadline)}
+return {'ok', deadline}
 """
 )
 
@@ -208,25 +270,25 @@ _EXPIRE = (
 local fields = redis.call('HMGET', value, 'd', 't', 'e')
 if not fields[3] then return {'missing'} end
 if not holds(ARGV[7], ARGV[8], fields[3]) then return {'precondition'} end
-local current = deadline_of(deadlines, key)
+local current = deadline_of(value, deadlines, key)
 local deadline = new_deadline(ARGV[5], current, now)
-local when, infinite = ARGV[6], math.huge
+local when = ARGV[6]
 local allowed = when == 'always'
   or (when == 'nx' and not current)
   or (when == 'xx' and current ~= false)
-  or (when == 'gt' and current ~= false and (deadline or infinite) > current)
-  or (when == 'lt' and (deadline or infinite) < (current or infinite))
-  or (when == 'xxlt' and current ~= false and (deadline or infinite) < current)
+  or (when == 'gt' and current ~= false and earlier(current, deadline))
+  or (when == 'lt' and earlier(deadline, current))
+  or (when == 'xxlt' and current ~= false and earlier(deadline, current))
 if not allowed then
-  return {'skipped', fields[1], fields[2], fields[3], current and ms(current)}
+  return {'skipped', fields[1], fields[2], fields[3], current}
 end
-if deadline and deadline <= now then
+if deadline and passed(deadline, now) then
   forget(value, deadlines, index, key)
   record(history, now, '~', now, window_ms, ttl_ms)
   return {'expired'}
 end
 keep_deadline(value, deadlines, key, deadline, clock)
-return {'applied', fields[1], fields[2], fields[3], deadline and ms(deadline)}
+return {'applied', fields[1], fields[2], fields[3], deadline}
 """
 )
 
@@ -254,8 +316,7 @@ _GET = (
     + _ON_KEY
     + r"""
 local fields = redis.call('HMGET', value, 'd', 't', 'e')
-local deadline = deadline_of(deadlines, key)
-return {fields[1], fields[2], fields[3], deadline and ms(deadline)}
+return {fields[1], fields[2], fields[3], deadline_of(value, deadlines, key)}
 """
 )
 
@@ -311,25 +372,34 @@ return {removed, visited, unpack(holding)}
 )
 
 # KEYS: index, deadlines set (a single Redis only). ARGV: low and high ends (ZRANGE BYLEX),
-# how many, clock. Keys holding a value in that range, leaving out those whose deadline has
-# passed (the sweep settles them; a listing writes nothing).
+# how many, clock, how many keys to examine at most. Keys holding a value in that range,
+# leaving out those whose deadline has passed (the sweep settles them; a listing writes
+# nothing), read from the index LISTING_CHUNK at a time or more. Replies the keys found and,
+# when it stopped at the most before finding as many as wanted, with more of the range
+# unread, the last key it examined (else nil): where the next listing goes on.
 _LIST = (
     "#!lua flags=no-writes\n"
     + _LUA_COMMON
+    + f"local chunk_least = {LISTING_CHUNK}\n"
     + r"""
 local low, high, wanted = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local now = now_ms(ARGV[4])
-local found = {}
-while #found < wanted do
-  local members = redis.call('ZRANGE', KEYS[1], low, high, 'BYLEX', 'LIMIT', 0, wanted - #found)
+local now, most = now_ms(ARGV[4]), tonumber(ARGV[5])
+local found, examined, last, more = {}, 0, false, true
+while more and #found < wanted and examined < most do
+  local chunk = math.min(math.max(wanted - #found, chunk_least), most - examined)
+  local members = redis.call('ZRANGE', KEYS[1], low, high, 'BYLEX', 'LIMIT', 0, chunk)
+  more = #members == chunk
   if #members == 0 then break end
   for _, key in ipairs(members) do
-    local deadline = deadline_of(KEYS[2], key)
-    if not deadline or deadline > now then found[#found + 1] = key end
+    examined, last = examined + 1, key
+    if unexpired(KEYS[2], key, now) then
+      found[#found + 1] = key
+      if #found == wanted then break end
+    end
   end
-  low = '(' .. members[#members]
+  low = '(' .. last
 end
-return found
+return {found, #found < wanted and more and last}
 """
 )
 
@@ -343,8 +413,7 @@ _UNEXPIRED = (
 local now = now_ms(ARGV[1])
 local kept = {}
 for i = 2, #ARGV, 2 do
-  local deadline = deadline_of(ARGV[i + 1], ARGV[i])
-  if not deadline or deadline > now then kept[#kept + 1] = ARGV[i] end
+  if unexpired(ARGV[i + 1], ARGV[i], now) then kept[#kept + 1] = ARGV[i] end
 end
 return kept
 """

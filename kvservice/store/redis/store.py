@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import redis.exceptions as redis_errors
@@ -47,6 +48,8 @@ from kvservice.store.redis.scripts import (
     HISTORY_TTL_MARGIN_MS,
     INDEX_KEY,
     LIST,
+    LISTING_CHUNK,
+    LISTING_EXAMINES,
     SWEEP,
     SWEEP_SLOTS_PER_CALL,
     UNEXPIRED,
@@ -93,6 +96,21 @@ class _Verdict:
     def enforce(self) -> None:
         if self.refusal is not None:
             raise StoreMisconfigured(self.refusal)
+
+
+class _Effect(Enum):
+    """What a command may have done though its reply did not come in time, as a client is
+    told: every script on a key, reads too, first settles a deadline that has passed."""
+
+    NONE = "nothing was changed"
+    SETTLES = (
+        "no value was written, though one past its deadline may have been removed and its "
+        "expiry recorded"
+    )
+    WRITES = (
+        "the write may or may not have been applied: read the key to find out before writing "
+        "it again"
+    )
 
 
 class RedisStore:
@@ -174,7 +192,7 @@ class RedisStore:
         POLICY_RECHECK_S, so operations need not ask each time, yet an operator's
         `CONFIG SET maxmemory-policy allkeys-lru` at runtime is noticed within that time."""
         for server in self._topology.primaries():
-            info = _info(self._execute(server, ("INFO", "memory"), writes=False))
+            info = _info(self._execute(server, ("INFO", "memory"), effect=_Effect.NONE))
             policy = info.get("maxmemory_policy", "")
             if policy not in _SAFE_POLICIES:
                 refusal = StoreMisconfigured(
@@ -199,7 +217,7 @@ class RedisStore:
         self._ensure_checked()
         used = limit = 0
         for server in self._topology.primaries():
-            info = _info(self._execute(server, ("INFO", "memory"), writes=False))
+            info = _info(self._execute(server, ("INFO", "memory"), effect=_Effect.NONE))
             used += int(info.get("used_memory", 0))
             limit += int(info.get("maxmemory", 0))
         if self._topology.cluster:
@@ -212,7 +230,9 @@ class RedisStore:
             )
         else:
             count = int(
-                self._script(COUNT, "", [INDEX_KEY, DEADLINES_KEY], [self._clock_arg()], False)
+                self._script(
+                    COUNT, "", [INDEX_KEY, DEADLINES_KEY], [self._clock_arg()], _Effect.NONE
+                )
             )
         return StoreStats(count, used, limit, full_refusals=self._full_refusals)
 
@@ -221,7 +241,9 @@ class RedisStore:
     def get(self, key: str) -> Value:
         """The key's current value; raises KeyNotFound."""
         self._ensure_checked()
-        fields = self._script(GET, key, self._keys_of(key), self._key_arguments(key), False)
+        fields = self._script(
+            GET, key, self._keys_of(key), self._key_arguments(key), _Effect.SETTLES
+        )
         value = _value(fields)
         if value is None:
             raise KeyNotFound.of(key)
@@ -230,7 +252,9 @@ class RedisStore:
     def history(self, key: str) -> list[HistoryEntry]:
         """Every write to the key inside the history window, newest first; [] if none."""
         self._ensure_checked()
-        entries = self._script(HISTORY, key, self._keys_of(key), self._key_arguments(key), False)
+        entries = self._script(
+            HISTORY, key, self._keys_of(key), self._key_arguments(key), _Effect.SETTLES
+        )
         return [_history_entry(entry) for entry in entries]
 
     def keys(
@@ -238,35 +262,30 @@ class RedisStore:
     ) -> KeyPage:
         """Up to `limit` keys holding a value that start with `prefix`, in lexicographic
         order, strictly after `after`, none of them past its deadline. A single Redis reads
-        its index; a cluster is scanned, and the deadlines of the page's candidates checked."""
+        its index; a cluster is scanned, and the deadlines of the page's candidates checked.
+
+        Either way a listing examines at most LISTING_EXAMINES keys (or `limit` + 1): one that
+        meets more keys past their deadline (not yet swept) comes back short, even empty, with
+        `next_after` the last key it examined."""
         self._ensure_checked()
+        most = max(limit + 1, LISTING_EXAMINES)
         if self._topology.cluster:
-            candidates = sorted(
-                key
-                for server in self._topology.primaries()
-                for key in self._scan_keys(server, prefix)
-                if after is None or key > after
-            )
-            found: list[str] = []
-            checked = 0
-            while len(found) <= limit and checked < len(candidates):
-                batch = candidates[checked : checked + limit + 1 - len(found)]
-                checked += len(batch)
-                found += self._unexpired(batch)
+            found, stopped_at = self._unexpired_page(prefix, after, limit, most)
         else:
             low = f"({after}" if after is not None and after >= prefix else f"[{prefix}"
             high = f"[{prefix}\xff" if prefix else "+"
-            members = self._script(
+            members, last_examined = self._script(
                 LIST,
                 "",
                 [INDEX_KEY, DEADLINES_KEY],
-                [low, high.encode("latin-1"), limit + 1, self._clock_arg()],
-                False,
+                [low, high.encode("latin-1"), limit + 1, self._clock_arg(), most],
+                _Effect.NONE,
             )
             found = [member.decode() for member in members]
+            stopped_at = None if last_examined is None else last_examined.decode()
         if len(found) > limit:
             return KeyPage(found[:limit], found[limit - 1])
-        return KeyPage(found, None)
+        return KeyPage(found, stopped_at)
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -311,7 +330,7 @@ class RedisStore:
             _condition(precondition.if_match),
             _condition(precondition.if_none_match),
         ]
-        outcome, *fields = self._script(EXPIRE, key, self._keys_of(key), arguments, True)
+        outcome, *fields = self._script(EXPIRE, key, self._keys_of(key), arguments, _Effect.WRITES)
         if outcome == b"missing":
             raise KeyNotFound.of(key)
         if outcome == b"precondition":
@@ -358,7 +377,7 @@ class RedisStore:
             _condition(precondition.if_match),
             _condition(precondition.if_none_match),
         ]
-        outcome = self._script(DELETE, key, self._keys_of(key), arguments, True)
+        outcome = self._script(DELETE, key, self._keys_of(key), arguments, _Effect.WRITES)
         if outcome[0] == b"missing":
             raise KeyNotFound.of(key)
         if outcome[0] == b"precondition":
@@ -386,7 +405,7 @@ class RedisStore:
             _condition(precondition.if_none_match),
             _expiry_spec(expiry),
         ]
-        outcome = self._script(WRITE, key, self._keys_of(key), arguments, True)
+        outcome = self._script(WRITE, key, self._keys_of(key), arguments, _Effect.WRITES)
         if outcome[0] == b"exists":
             raise KeyExists.of(key)
         if outcome[0] == b"precondition":
@@ -412,7 +431,9 @@ class RedisStore:
         """Run the sweep script over deadline sets of one server (see SWEEP for its reply)."""
         window = self.history_window_ms
         arguments = [limit, window, self._clock_arg(), window + HISTORY_TTL_MARGIN_MS, index]
-        reply: list[Any] = self._script(SWEEP, "", sets[:1], [*arguments, *sets[1:]], True)
+        reply: list[Any] = self._script(
+            SWEEP, "", sets[:1], [*arguments, *sets[1:]], _Effect.SETTLES
+        )
         return reply
 
     def _sweep_batches(self, every_slot: bool) -> list[list[int]]:
@@ -430,6 +451,28 @@ class RedisStore:
         if deadline_ms is not None and self._topology.cluster:
             self._deadline_slots.add(key_slot(key))
 
+    def _unexpired_page(
+        self, prefix: str, after: str | None, limit: int, most: int
+    ) -> tuple[list[str], str | None]:
+        """A cluster's listing: up to `limit` + 1 scanned keys whose deadline has not passed,
+        their deadlines checked in batches of LISTING_CHUNK or more, and at most `most` of
+        them; and the last key checked if it stopped there with more to check (else None)."""
+        candidates = sorted(
+            key
+            for server in self._topology.primaries()
+            for key in self._scan_keys(server, prefix)
+            if after is None or key > after
+        )
+        found: list[str] = []
+        checked = 0
+        while len(found) <= limit and checked < min(most, len(candidates)):
+            size = min(max(limit + 1 - len(found), LISTING_CHUNK), _FILTER_BATCH, most - checked)
+            batch = candidates[checked : checked + size]
+            checked += len(batch)
+            found += self._unexpired(batch)
+        stopped = len(found) <= limit and checked < len(candidates)
+        return found, candidates[checked - 1] if stopped else None
+
     def _unexpired(self, keys: list[str]) -> list[str]:
         """Those of a cluster's scanned keys whose deadline has not passed, in their order: a
         hash may outlive its deadline (briefly on Redis's clock, until settled on an injected
@@ -441,7 +484,9 @@ class RedisStore:
         for group in by_primary.values():
             sets = [deadlines_key(key, True) for key in group]
             pairs = [part for key, name in zip(group, sets, strict=True) for part in (key, name)]
-            kept.update(self._script(UNEXPIRED, "", sets[:1], [self._clock_arg(), *pairs], False))
+            kept.update(
+                self._script(UNEXPIRED, "", sets[:1], [self._clock_arg(), *pairs], _Effect.NONE)
+            )
         return [key for key in keys if key.encode() in kept]
 
     def _clock_arg(self) -> str:
@@ -482,26 +527,29 @@ class RedisStore:
         cursor: Any = 0
         while True:
             cursor, names = self._execute(
-                server, ("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT), writes=False
+                server,
+                ("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT),
+                effect=_Effect.NONE,
             )
             found += [name.decode()[4:-1] for name in names]
             if int(cursor) == 0:
                 return found
 
     def _script(
-        self, script: Script, key: str, keys: list[str], arguments: Sequence[Any], writes: bool
+        self, script: Script, key: str, keys: list[str], arguments: Sequence[Any], effect: _Effect
     ) -> Any:
         """Run a script on the server for `key`: EVALSHA, loading it on NOSCRIPT; in a cluster,
-        relearning the slot map and retrying once on MOVED or ASK (it did not run)."""
+        relearning the slot map and retrying once on MOVED or ASK (it did not run). `effect`:
+        what it may have done, should its reply not come in time."""
         command = ("EVALSHA", script.sha, len(keys), *keys, *arguments)
         for attempt in range(2):
             server = self._topology.server_for(keys[0])
             try:
                 try:
-                    return self._execute(server, command, writes=writes)
+                    return self._execute(server, command, effect=effect)
                 except redis_errors.NoScriptError:
-                    self._execute(server, ("SCRIPT", "LOAD", script.source), writes=False)
-                    return self._execute(server, command, writes=writes)
+                    self._execute(server, ("SCRIPT", "LOAD", script.source), effect=_Effect.NONE)
+                    return self._execute(server, command, effect=effect)
             except (redis_errors.MovedError, redis_errors.AskError):
                 self._topology.refresh()
                 if attempt:
@@ -511,7 +559,7 @@ class RedisStore:
                     ) from None
         raise AssertionError("unreachable")
 
-    def _execute(self, server: Server, command: Sequence[Any], *, writes: bool) -> Any:
+    def _execute(self, server: Server, command: Sequence[Any], *, effect: _Effect) -> Any:
         """Send one command and read its reply, turning every way Redis can fail into a
         StoreError that says what became of the command."""
         name = str(command[0])
@@ -544,15 +592,9 @@ class RedisStore:
             except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as error:
                 connection.disconnect()  # type: ignore[no-untyped-call]
                 self._topology_lost()
-                effect = (
-                    "the write may or may not have been applied: read the key to find out "
-                    "before writing it again"
-                    if writes
-                    else "nothing was changed"
-                )
                 raise StoreUnavailable(
                     f"Redis at {server.address} did not answer {name} within {self.timeout_s:g} s "
-                    f"({_reason(error)}); {effect}."
+                    f"({_reason(error)}); {effect.value}."
                 ) from error
         except redis_errors.ResponseError as error:
             refusal = _refusal(error, server.address)

@@ -2,7 +2,8 @@
 history trimmed and expiring by itself, Redis's clock, ETags shared between replicas, the
 eviction policy it refuses, every fault it turns into a clear StoreUnavailable, and where
 deadlines live (an expiry recorded once by replicas racing to notice it, Redis's own expiry
-of the hash, a sweep that reads no key without a deadline, on a cluster too).
+of the hash, a sweep that reads no key without a deadline, on a cluster too, deadlines exact
+to the millisecond past 2^53, and listings that examine a bounded number of keys past theirs).
 
 Faults are real: a closed port, a server stopped and started again on its port, a server told
 to hold writes (CLIENT PAUSE) so that a write is sent and its reply never comes in time.
@@ -25,12 +26,14 @@ import kvservice.store.redis.connection as redis_connection
 import kvservice.store.redis.scripts as redis_scripts
 import kvservice.store.redis.store as redis_store_module
 from kvservice.store import (
+    KEEP_EXPIRY,
     NO_EXPIRY,
     ExpireIf,
     Expiry,
     HistoryEntry,
     KeyExists,
     KeyNotFound,
+    KeyPage,
     Precondition,
     StoreFull,
     StoreMisconfigured,
@@ -304,6 +307,28 @@ def test_a_write_sent_without_a_reply_says_its_outcome_is_unknown(tmp_path: Path
         time.sleep(1.6)
         with pytest.raises(KeyNotFound):
             store.get("paused")
+        store.close()
+
+
+def test_a_read_not_answered_in_time_says_it_may_have_recorded_an_expiry(tmp_path: Path) -> None:
+    """A read settles a passed deadline: when its reply is late, the key may have been
+    changed after all (its value removed, its expiry recorded), and the detail says so."""
+    with running_redis(tmp_path, "--enable-debug-command", "yes") as server:
+        clock = FakeClock()
+        store = make_store(server.url, timeout_s=0.5, clock=clock)
+        store.put("k", b"v", expiry=Expiry(after_ms=10))
+        clock.advance(10)
+        busy = threading.Thread(
+            target=server.client().execute_command, args=("DEBUG", "SLEEP", "1.5")
+        )
+        busy.start()
+        time.sleep(0.1)
+        with pytest.raises(StoreUnavailable) as late:
+            store.get("k")
+        busy.join()
+        assert "nothing was changed" not in str(late.value)
+        assert "expiry recorded" in str(late.value), str(late.value)
+        assert store.history("k")[0] == HistoryEntry(None, START_MS + 10, expired=True)
         store.close()
 
 
@@ -703,3 +728,103 @@ def test_a_sweep_after_a_slot_moved_relearns_the_cluster_and_then_sweeps_it(
         removed = store.sweep_expired(1_000)
         assert removed > 0 and store.keys().keys == []
         store.close()
+
+
+# -- expiry: exact deadlines, bounded listings -------------------------------------------------
+
+
+def test_a_deadline_read_back_fits_a_signed_64_bit_integer(
+    servers: RedisProcess | RedisClusterProcesses,
+) -> None:
+    """Lua's numbers are doubles, exact to 2^53 only: deadlines past that are carried as
+    digits, written, read, compared and added to exactly."""
+    clock = FakeClock()
+    store = make_store(servers.url, clock=clock)
+    written = store.put("k", b"v", expiry=Expiry(at_ms=2**63 - 1))
+    assert written.expires_at_ms == 2**63 - 1
+    assert store.get("k").expires_at_ms == 2**63 - 1
+    later = store.expire("k", Expiry(at_ms=2**63 - 1 + 1), ExpireIf.LATER)
+    assert later.applied, "one millisecond later, though both are the same double"
+    assert store.get("k").expires_at_ms == 2**63
+    assert not store.expire("k", Expiry(at_ms=2**63 - 1), ExpireIf.LATER).applied
+    assert store.expire("k", Expiry(at_ms=2**63 - 1), ExpireIf.EARLIER).applied
+    assert store.put("k", b"w", expiry=KEEP_EXPIRY).expires_at_ms == 2**63 - 1
+    far = 2**62 + 1
+    assert store.put("k", b"v", expiry=Expiry(after_ms=far)).expires_at_ms == START_MS + far
+    assert store.get("k").expires_at_ms == START_MS + far
+    assert store.keys().keys == ["k"]
+    store.close()
+
+
+def test_a_deadline_whose_digits_are_missing_or_stale_is_read_from_its_score(
+    store: RedisStore, server: RedisProcess
+) -> None:
+    """The deadlines set says whether and about when; the hash's digits only say exactly,
+    when they agree with it: a hash written by an older kvservice has none, and one whose
+    deadline an older kvservice changed has stale ones."""
+    deadline = 4_102_444_800_123
+    store.put("k", b"v", expiry=Expiry(at_ms=deadline))
+    server.client().hdel(value_key("k"), "x")
+    assert store.get("k").expires_at_ms == deadline
+    server.client().hset(value_key("k"), "x", str(deadline + 1_000))
+    assert store.get("k").expires_at_ms == deadline
+    assert store.put("k", b"w", expiry=KEEP_EXPIRY).expires_at_ms == deadline
+
+
+def test_a_listing_examines_a_bounded_number_of_keys_past_their_deadline(
+    server: RedisProcess,
+) -> None:
+    """5,000 keys past their deadline, not yet swept, before the one live key: a one-key page
+    examines at most LISTING_EXAMINES of them (its script holds Redis, for every replica),
+    and comes back short, saying where the next page starts; paging on reaches the live key."""
+    clock = FakeClock()
+    store = make_store(server.url, clock=clock)
+    for number in range(5_000):
+        store.put(f"k{number:05d}", b"v", expiry=Expiry(at_ms=START_MS + 1_000))
+    store.put("z", b"v")
+    clock.advance(1_000)
+    client = server.client()
+    client.config_resetstat()
+    page = store.keys(limit=1)
+    stats = client.info("commandstats")
+    calls = {
+        name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("zscore", "zrange")
+    }
+    examines, chunk = redis_scripts.LISTING_EXAMINES, redis_scripts.LISTING_CHUNK
+    assert calls["zscore"] <= examines and calls["zrange"] <= examines // chunk, calls
+    assert page == KeyPage([], f"k{examines - 1:05d}")
+    pages = [page]
+    while pages[-1].next_after is not None and len(pages) < 10:
+        pages.append(store.keys(after=pages[-1].next_after, limit=1))
+    assert [key for page in pages for key in page.keys] == ["z"]
+    assert len(pages) == 5_000 // redis_scripts.LISTING_EXAMINES + 1
+    assert store.keys(limit=1).keys == [], "a listing writes nothing"
+    store.close()
+
+
+def test_a_clusters_listing_checks_a_bounded_number_of_keys_past_their_deadline(
+    redis_cluster: RedisClusterProcesses,
+) -> None:
+    """As on a single Redis: the deadlines of the candidates are checked in batches, and at
+    most LISTING_EXAMINES of them for a one-key page."""
+    redis_cluster.flush()
+    clock = FakeClock()
+    store = make_store(redis_cluster.url, clock=clock, connections=8)
+    for number in range(3_000):
+        store.put(f"k{number:05d}", b"v", expiry=Expiry(at_ms=START_MS + 1_000))
+    store.put("z", b"v")
+    clock.advance(1_000)
+    for node in redis_cluster.nodes:
+        node.client().config_resetstat()
+    page = store.keys(limit=1)
+    scripts = sum(
+        node.client().info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+        for node in redis_cluster.nodes
+    )
+    assert scripts < 100, scripts
+    assert page == KeyPage([], f"k{redis_scripts.LISTING_EXAMINES - 1:05d}")
+    pages = [page]
+    while pages[-1].next_after is not None and len(pages) < 10:
+        pages.append(store.keys(after=pages[-1].next_after, limit=1))
+    assert [key for page in pages for key in page.keys] == ["z"]
+    store.close()
