@@ -15,8 +15,10 @@ too, but an empty one costs 624 bytes against a list's 56, on every key).
 Keys that expire: a key's deadline is its value's `expires_at_ms`, and the keys that have one
 are also in `_deadlines`, sorted by (deadline, key), so the keys due are found at its front
 without looking at a key that has none. Every access checks the key it touches first (a read
-at or after the deadline finds nothing and records the expiry), listings skip due keys,
-and `sweep_expired` takes them from the front of `_deadlines` a bounded batch at a time.
+at or after the deadline finds nothing and records the expiry), listings skip due keys
+(examining at most max(limit + 1, MIN_KEYS_EXAMINED) keys: a page over many due keys not
+yet swept comes back short, with the cursor to go on from), and `sweep_expired` takes them
+from the front of `_deadlines` a bounded batch at a time.
 An expiry is stamped with the deadline itself, which may be earlier than entries already in
 the queue: such a late entry goes to a heap of its own (`_late_entries`), and pruning drains
 both in timestamp order. Each slot of either structure stands for one entry of its record,
@@ -62,6 +64,10 @@ from kvservice.store.sorted_keys import SortedItems, SortedKeys
 # close to real memory even when values are tiny.
 KEY_OVERHEAD_BYTES = 250
 ENTRY_OVERHEAD_BYTES = 100
+
+MIN_KEYS_EXAMINED = 1_000
+"""A listing examines at most max(limit + 1, this) keys: due keys it skips count, so a page
+over many keys past their deadline (not yet swept) comes back short rather than walking them."""
 
 ChangeListener = Callable[[str, HistoryEntry | None, Value | None], None]
 """Told of each change to a key, under the store's lock and in the order they happen: the
@@ -171,19 +177,27 @@ class MemoryStore:
         self, prefix: str = "", after: str | None = None, limit: int = DEFAULT_PAGE_KEYS
     ) -> KeyPage:
         """Up to `limit` keys holding a value that start with `prefix`, in lexicographic
-        order, strictly after `after`."""
+        order, strictly after `after`. At most max(limit + 1, MIN_KEYS_EXAMINED) keys are
+        examined: a page that skipped that many due keys comes back short, its `next_after`
+        the last key examined."""
         with self._lock:
             now_ms = self._now_ms()
             # Due keys are skipped, not removed: the listing must not change the set it walks
             # (the sweeper removes them). One more than asked for tells whether another page
             # follows.
-            listed = self._keys_with_values.starting(prefix, after)
-            if self._deadlines:
-                listed = (key for key in listed if not self._is_due(self._records[key], now_ms))
-            found = list(itertools.islice(listed, limit + 1))
-        if len(found) > limit:
-            return KeyPage(found[:limit], found[limit - 1])
-        return KeyPage(found, None)
+            bound = max(limit + 1, MIN_KEYS_EXAMINED)
+            found: list[str] = []
+            examined = 0
+            last_examined = None
+            for key in itertools.islice(self._keys_with_values.starting(prefix, after), bound):
+                examined += 1
+                last_examined = key
+                if self._deadlines and self._is_due(self._records[key], now_ms):
+                    continue
+                found.append(key)
+                if len(found) > limit:
+                    return KeyPage(found[:limit], found[limit - 1])
+        return KeyPage(found, last_examined if examined == bound else None)
 
     def stats(self) -> StoreStats:
         """Keys holding a value, bytes charged against the budget, the budget, history entries
