@@ -7,10 +7,16 @@ value that its key's newest history entry disagrees with.
 
 The history window is exact and cheap: writes get non-decreasing timestamps from one clock,
 so a store-wide queue of records, in write order, tells which key holds the oldest entry.
-Pruning pops from its front until the oldest entry is inside the window. A key's history is
-a list whose pruned front is skipped by an index and cut off only once it is half the list,
-so pruning costs O(1) per entry, amortised, however long the key's history (a deque would
-too, but an empty one costs 624 bytes against a list's 56, on every key).
+Pruning pops from its front until the oldest entry is inside the window, at most PRUNE_BATCH
+entries per call: every write, delete and `expire`, `history`, `stats` and `sweep_expired`
+prune, and a wave of entries leaving the window together (a burst of writes, or the expiries
+of keys that shared a deadline, all stamped with it) leaves a batch per call, the sweeper
+draining it while no request comes, rather than in one call that holds the store for every
+entry. Until pruned, an entry is still charged to the budget and counted by `stats`;
+`history` leaves out a key's entries outside the window itself, so it stays exact. A key's
+history is a list whose pruned front is skipped by an index and cut off only once it is half
+the list, so pruning costs O(1) per entry, amortised, however long the key's history (a
+deque would too, but an empty one costs 624 bytes against a list's 56, on every key).
 
 Keys that expire: a key's deadline is its value's `expires_at_ms`, and the keys that have one
 are also in `_deadlines`, sorted by (deadline, key), so the keys due are found at its front
@@ -65,6 +71,10 @@ from kvservice.store.sorted_keys import SortedItems, SortedKeys
 KEY_OVERHEAD_BYTES = 250
 ENTRY_OVERHEAD_BYTES = 100
 
+PRUNE_BATCH = 1_000
+"""The most history entries one call prunes (about a millisecond under the lock): a wave of
+entries leaving the window together (every expiry of keys that shared a deadline, or a burst
+of writes) goes a batch per call, not in one call that holds every other client."""
 MIN_KEYS_EXAMINED = 1_000
 """A listing examines at most max(limit + 1, this) keys: due keys it skips count, so a page
 over many keys past their deadline (not yet swept) comes back short rather than walking them."""
@@ -88,9 +98,15 @@ class _Record:
         self.history: list[HistoryEntry] = []
         self.first = 0
 
-    def entries(self) -> list[HistoryEntry]:
-        """The history inside the window, newest first."""
-        return self.history[: self.first - 1 if self.first else None : -1]
+    def entries_after(self, cutoff_ms: int) -> list[HistoryEntry]:
+        """The history stamped after `cutoff_ms` (the window), newest first: entries outside
+        the window may still wait to be pruned, and are left out here."""
+        newest_first = self.history[: self.first - 1 if self.first else None : -1]
+        kept = len(newest_first)
+        while kept and newest_first[kept - 1].timestamp_ms <= cutoff_ms:
+            kept -= 1
+        del newest_first[kept:]
+        return newest_first
 
     def drop_oldest(self) -> HistoryEntry:
         """Prune the oldest entry; amortised O(1): the front is cut once it is half the list."""
@@ -171,7 +187,7 @@ class MemoryStore:
             self._current_value(self._records.get(key), now_ms)
             self._prune(now_ms)
             record = self._records.get(key)
-            return record.entries() if record else []
+            return record.entries_after(now_ms - self.history_window_ms) if record else []
 
     def keys(
         self, prefix: str = "", after: str | None = None, limit: int = DEFAULT_PAGE_KEYS
@@ -201,7 +217,11 @@ class MemoryStore:
 
     def stats(self) -> StoreStats:
         """Keys holding a value, bytes charged against the budget, the budget, history entries
-        in the window and writes refused for the budget."""
+        held and writes refused for the budget.
+
+        The entries held are those in the window and those past it still waiting to be
+        pruned (after a wave: up to PRUNE_BATCH go per call); both are charged to the budget
+        until pruned, so the count is what the bytes stand for."""
         with self._lock:
             now_ms = self._now_ms()
             self._prune(now_ms)
@@ -274,7 +294,9 @@ class MemoryStore:
     def sweep_expired(self, limit: int) -> int:
         """Remove up to `limit` keys whose deadline has passed, recording each expiry at its
         deadline, and return how many it removed. The due keys are the front of the sorted
-        deadlines: a key without a deadline is never looked at."""
+        deadlines: a key without a deadline is never looked at. Like every call that
+        prunes, it then drops up to PRUNE_BATCH history entries outside the window, so the
+        sweeper also drains what a wave left to prune while no request comes."""
         removed = 0
         with self._lock:
             now_ms = self._now_ms()
@@ -438,24 +460,33 @@ class MemoryStore:
             )
         self._used_bytes += _entry_cost(entry)
 
-    def _prune(self, now_ms: int) -> None:
-        """Drop history entries outside the window and forget keys left with nothing.
+    def _prune(self, now_ms: int, batch: int = PRUNE_BATCH) -> int:
+        """Drop up to `batch` history entries outside the window, forget keys left with
+        nothing, and return how many it dropped.
 
         The late entries outside the window go first. The window queue is in timestamp
         order, so then its front record has an entry outside the window exactly when the
-        front slot stands for one: its front tells whether anything more is to go.
+        front slot stands for one: its front tells whether anything more is to go. A call
+        that stops at `batch` leaves the rest for the next, in the same order (late entries
+        first), which keeps that reasoning true however the work is split.
         """
         cutoff_ms = now_ms - self.history_window_ms
+        dropped = 0
         late = self._late_entries
         while late and late[0][0] <= cutoff_ms:
+            if dropped == batch:
+                return dropped
             self._drop_oldest(heapq.heappop(late)[2])
+            dropped += 1
         queue = self._window_queue
-        while queue:
+        while queue and dropped < batch:
             record = queue[0]
             if record.history[record.first].timestamp_ms > cutoff_ms:
-                return
+                break
             queue.popleft()
             self._drop_oldest(record)
+            dropped += 1
+        return dropped
 
     def _drop_oldest(self, record: _Record) -> None:
         self._used_bytes -= _entry_cost(record.drop_oldest())
