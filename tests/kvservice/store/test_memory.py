@@ -15,6 +15,7 @@ from kvservice.store import Expiry, KeyNotFound, KeyPage, StoreFull, StoreStats,
 from kvservice.store.memory import (
     ENTRY_OVERHEAD_BYTES,
     KEY_OVERHEAD_BYTES,
+    LATE_ENTRY_EXTRA_BYTES,
     MIN_KEYS_EXAMINED,
     PRUNE_BATCH,
     MemoryStore,
@@ -245,6 +246,21 @@ def test_what_waits_to_be_pruned_is_still_charged_and_all_comes_back(clock: Fake
     assert store.stats() == StoreStats(
         keys=1, used_bytes=only_other, max_bytes=store.max_bytes, history_entries=1
     )
+
+
+def test_an_entry_recorded_late_is_charged_for_its_heap_slot(clock: FakeClock) -> None:
+    on_time, late = MemoryStore(clock=clock), MemoryStore(clock=clock)
+    for store in (on_time, late):
+        store.put("k", b"v", expiry=Expiry(at_ms=WAVE_DEADLINE_MS))
+    clock.now_ms = WAVE_DEADLINE_MS
+    on_time.put("other", b"v")
+    on_time.sweep_expired(10)  # stamped as the newest entry: a window queue slot
+    clock.advance(1)
+    late.put("other", b"v")
+    late.sweep_expired(10)  # stamped before "other": a heap slot
+    assert late.stats().used_bytes - on_time.stats().used_bytes == LATE_ENTRY_EXTRA_BYTES
+    clock.advance(120_000)  # and it is given back with the entry
+    assert late.stats().used_bytes == on_time.stats().used_bytes
 
 
 def test_a_listing_examines_a_bounded_number_of_due_keys(clock: FakeClock) -> None:
