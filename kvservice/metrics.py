@@ -228,7 +228,8 @@ def _store_metrics(store: Store) -> Iterator[Metric]:
     if stats.history_entries is not None:
         yield _gauge(
             "kvservice_store_history_entries",
-            "History entries inside the window, every key's together.",
+            "History entries held, every key's together: those inside the window, and those "
+            "past it still waiting to be pruned (a batch at a time after a wave).",
             stats.history_entries,
         )
     yield CounterMetricFamily(

@@ -7,22 +7,31 @@ value that its key's newest history entry disagrees with.
 
 The history window is exact and cheap: writes get non-decreasing timestamps from one clock,
 so a store-wide queue of records, in write order, tells which key holds the oldest entry.
-Pruning pops from its front until the oldest entry is inside the window. A key's history is
-a list whose pruned front is skipped by an index and cut off only once it is half the list,
-so pruning costs O(1) per entry, amortised, however long the key's history (a deque would
-too, but an empty one costs 624 bytes against a list's 56, on every key).
+Pruning pops from its front until the oldest entry is inside the window, at most PRUNE_BATCH
+entries per call: every write, delete and `expire`, `history`, `stats` and `sweep_expired`
+prune, and a wave of entries leaving the window together (a burst of writes, or the expiries
+of keys that shared a deadline, all stamped with it) leaves a batch per call, the sweeper
+draining it while no request comes, rather than in one call that holds the store for every
+entry. Until pruned, an entry is still charged to the budget and counted by `stats`;
+`history` leaves out a key's entries outside the window itself, so it stays exact. A key's
+history is a list whose pruned front is skipped by an index and cut off only once it is half
+the list, so pruning costs O(1) per entry, amortised, however long the key's history (a
+deque would too, but an empty one costs 624 bytes against a list's 56, on every key).
 
 Keys that expire: a key's deadline is its value's `expires_at_ms`, and the keys that have one
 are also in `_deadlines`, sorted by (deadline, key), so the keys due are found at its front
 without looking at a key that has none. Every access checks the key it touches first (a read
-at or after the deadline finds nothing and records the expiry), listings skip due keys,
-and `sweep_expired` takes them from the front of `_deadlines` a bounded batch at a time.
+at or after the deadline finds nothing and records the expiry), listings skip due keys
+(examining at most max(limit + 1, MIN_KEYS_EXAMINED) keys: a page over many due keys not
+yet swept comes back short, with the cursor to go on from), and `sweep_expired` takes them
+from the front of `_deadlines` a bounded batch at a time.
 An expiry is stamped with the deadline itself, which may be earlier than entries already in
-the queue: such a late entry goes to a heap of its own (`_late_entries`), and pruning drains
-both in timestamp order. Each slot of either structure stands for one entry of its record,
-and within one key entries stay in timestamp order (the key is checked before any write to
-it): dropping the record's oldest entry for each slot at or before the cutoff therefore drops
-exactly the entries outside the window, however late an expiry was noticed.
+the queue: such a late entry goes to a heap of its own (`_late_entries`, charged for its
+slot), and pruning drains both in timestamp order. Each slot of either structure stands for
+one entry of its record, and within one key entries stay in timestamp order (the key is
+checked before any write to it): dropping the record's oldest entry for each slot at or
+before the cutoff therefore drops exactly the entries outside the window, however late an
+expiry was noticed.
 """
 
 from __future__ import annotations
@@ -62,6 +71,18 @@ from kvservice.store.sorted_keys import SortedItems, SortedKeys
 # close to real memory even when values are tiny.
 KEY_OVERHEAD_BYTES = 250
 ENTRY_OVERHEAD_BYTES = 100
+LATE_ENTRY_EXTRA_BYTES = 60
+"""What an entry recorded late is charged beyond ENTRY_OVERHEAD_BYTES, for its heap slot: a
+(timestamp, arrival, record) tuple and the arrival number instead of a queue slot. Measured
+as above: 157 bytes an entry over 50,000 expiries recorded late (a delete's entry: 64)."""
+
+PRUNE_BATCH = 1_000
+"""The most history entries one call prunes (about a millisecond under the lock): a wave of
+entries leaving the window together (every expiry of keys that shared a deadline, or a burst
+of writes) goes a batch per call, not in one call that holds every other client."""
+MIN_KEYS_EXAMINED = 1_000
+"""A listing examines at most max(limit + 1, this) keys: due keys it skips count, so a page
+over many keys past their deadline (not yet swept) comes back short rather than walking them."""
 
 ChangeListener = Callable[[str, HistoryEntry | None, Value | None], None]
 """Told of each change to a key, under the store's lock and in the order they happen: the
@@ -82,9 +103,15 @@ class _Record:
         self.history: list[HistoryEntry] = []
         self.first = 0
 
-    def entries(self) -> list[HistoryEntry]:
-        """The history inside the window, newest first."""
-        return self.history[: self.first - 1 if self.first else None : -1]
+    def entries_after(self, cutoff_ms: int) -> list[HistoryEntry]:
+        """The history stamped after `cutoff_ms` (the window), newest first: entries outside
+        the window may still wait to be pruned, and are left out here."""
+        newest_first = self.history[: self.first - 1 if self.first else None : -1]
+        kept = len(newest_first)
+        while kept and newest_first[kept - 1].timestamp_ms <= cutoff_ms:
+            kept -= 1
+        del newest_first[kept:]
+        return newest_first
 
     def drop_oldest(self) -> HistoryEntry:
         """Prune the oldest entry; amortised O(1): the front is cut once it is half the list."""
@@ -165,29 +192,41 @@ class MemoryStore:
             self._current_value(self._records.get(key), now_ms)
             self._prune(now_ms)
             record = self._records.get(key)
-            return record.entries() if record else []
+            return record.entries_after(now_ms - self.history_window_ms) if record else []
 
     def keys(
         self, prefix: str = "", after: str | None = None, limit: int = DEFAULT_PAGE_KEYS
     ) -> KeyPage:
         """Up to `limit` keys holding a value that start with `prefix`, in lexicographic
-        order, strictly after `after`."""
+        order, strictly after `after`. At most max(limit + 1, MIN_KEYS_EXAMINED) keys are
+        examined: a page that skipped that many due keys comes back short, its `next_after`
+        the last key examined."""
         with self._lock:
             now_ms = self._now_ms()
             # Due keys are skipped, not removed: the listing must not change the set it walks
             # (the sweeper removes them). One more than asked for tells whether another page
             # follows.
-            listed = self._keys_with_values.starting(prefix, after)
-            if self._deadlines:
-                listed = (key for key in listed if not self._is_due(self._records[key], now_ms))
-            found = list(itertools.islice(listed, limit + 1))
-        if len(found) > limit:
-            return KeyPage(found[:limit], found[limit - 1])
-        return KeyPage(found, None)
+            bound = max(limit + 1, MIN_KEYS_EXAMINED)
+            found: list[str] = []
+            examined = 0
+            last_examined = None
+            for key in itertools.islice(self._keys_with_values.starting(prefix, after), bound):
+                examined += 1
+                last_examined = key
+                if self._deadlines and self._is_due(self._records[key], now_ms):
+                    continue
+                found.append(key)
+                if len(found) > limit:
+                    return KeyPage(found[:limit], found[limit - 1])
+        return KeyPage(found, last_examined if examined == bound else None)
 
     def stats(self) -> StoreStats:
         """Keys holding a value, bytes charged against the budget, the budget, history entries
-        in the window and writes refused for the budget."""
+        held and writes refused for the budget.
+
+        The entries held are those in the window and those past it still waiting to be
+        pruned (after a wave: up to PRUNE_BATCH go per call); both are charged to the budget
+        until pruned, so the count is what the bytes stand for."""
         with self._lock:
             now_ms = self._now_ms()
             self._prune(now_ms)
@@ -260,7 +299,9 @@ class MemoryStore:
     def sweep_expired(self, limit: int) -> int:
         """Remove up to `limit` keys whose deadline has passed, recording each expiry at its
         deadline, and return how many it removed. The due keys are the front of the sorted
-        deadlines: a key without a deadline is never looked at."""
+        deadlines: a key without a deadline is never looked at. Like every call that
+        prunes, it then drops up to PRUNE_BATCH history entries outside the window, so the
+        sweeper also drains what a wave left to prune while no request comes."""
         removed = 0
         with self._lock:
             now_ms = self._now_ms()
@@ -422,26 +463,37 @@ class MemoryStore:
             heapq.heappush(
                 self._late_entries, (entry.timestamp_ms, next(self._late_arrivals), record)
             )
+            self._used_bytes += LATE_ENTRY_EXTRA_BYTES
         self._used_bytes += _entry_cost(entry)
 
-    def _prune(self, now_ms: int) -> None:
-        """Drop history entries outside the window and forget keys left with nothing.
+    def _prune(self, now_ms: int, batch: int = PRUNE_BATCH) -> int:
+        """Drop up to `batch` history entries outside the window, forget keys left with
+        nothing, and return how many it dropped.
 
         The late entries outside the window go first. The window queue is in timestamp
         order, so then its front record has an entry outside the window exactly when the
-        front slot stands for one: its front tells whether anything more is to go.
+        front slot stands for one: its front tells whether anything more is to go. A call
+        that stops at `batch` leaves the rest for the next, in the same order (late entries
+        first), which keeps that reasoning true however the work is split.
         """
         cutoff_ms = now_ms - self.history_window_ms
+        dropped = 0
         late = self._late_entries
         while late and late[0][0] <= cutoff_ms:
+            if dropped == batch:
+                return dropped
             self._drop_oldest(heapq.heappop(late)[2])
+            self._used_bytes -= LATE_ENTRY_EXTRA_BYTES
+            dropped += 1
         queue = self._window_queue
-        while queue:
+        while queue and dropped < batch:
             record = queue[0]
             if record.history[record.first].timestamp_ms > cutoff_ms:
-                return
+                break
             queue.popleft()
             self._drop_oldest(record)
+            dropped += 1
+        return dropped
 
     def _drop_oldest(self, record: _Record) -> None:
         self._used_bytes -= _entry_cost(record.drop_oldest())

@@ -234,8 +234,9 @@ class StoreStats:
     max_bytes: int
     """The budget: writes that would take `used_bytes` past it are refused with StoreFull."""
     history_entries: int | None = None
-    """History entries inside the window, every key's together; None where counting them
-    would mean reading every key (Redis)."""
+    """History entries held, every key's together: those inside the window, and those past it
+    still waiting to be pruned and charged until they are (the memory store prunes a bounded
+    batch per call); None where counting them would mean reading every key (Redis)."""
     full_refusals: int = 0
     """Writes this process's store refused with StoreFull since it started."""
     persistence: Persistence | None = None

@@ -4,9 +4,13 @@ store, so that their memory comes back though nobody reads them.
 Reads already find an expired key gone (every backend checks the deadline on access); what
 the sweeper adds is the removal itself: the expiry entry recorded, the value's bytes given
 back. It calls `Store.sweep_expired` with a small batch every `interval_s`, and again at once
-while a batch comes back full, with a short pause between batches: each call holds the
-store for a bounded time, so a wave of keys expiring together is spread out and never
-holds up the requests served meanwhile. Standard library only, like the rest of the store.
+while a batch comes back full, with a short pause between batches, so a wave of keys
+expiring together is spread over many short calls. Each call holds the store for a bounded
+time as long as the backend bounds the rest of its work too: the memory store (and the
+durable one, which is it) also prunes at most `memory.PRUNE_BATCH` history entries per call,
+so a wave's expiry entries, which all leave the history window at their shared deadline one
+window later, are pruned a batch per call (a batch every `interval_s` while idle; every
+request that writes takes a batch too). Standard library only, like the rest of the store.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ logger = logging.getLogger("kvservice.store.sweeper")
 SWEEP_INTERVAL_S = 0.1
 """How often the sweeper looks for due keys when the last batch was not full."""
 SWEEP_BATCH = 200
-"""Keys one `sweep_expired` call may remove: the bound on the time it holds the store."""
+"""Keys one `sweep_expired` call may remove: with the backend's own bound on pruning, the
+bound on the time it holds the store."""
 PAUSE_BETWEEN_BATCHES_S = 0.001
 """The pause between full batches, which lets requests waiting on the store go first."""
 

@@ -307,6 +307,26 @@ def test_keys_over_more_keys_than_it_reads_is_refused_pointing_to_scan() -> None
         assert conn.ask("SCAN", "0", "MATCH", "k1*", "COUNT", "10").startswith(b"*2\r\n")
 
 
+def test_keys_past_due_keys_not_yet_swept_counts_them_as_read(clock: FakeClock) -> None:
+    """A store's page may come back short, having skipped keys past their deadline: KEYS pages
+    on and still answers every live key, and counts each page as read in full, so a keyspace
+    of due keys (a wave the sweeper has not removed yet) is not walked without bound."""
+    store = MemoryStore(clock=clock, max_bytes=1_000_000_000)
+    deadline = Expiry(at_ms=clock.now_ms + 1)
+    live = [f"k{number:06d}".encode() for number in range(500, 30_000, 1_000)]
+    for number in range(30_000):
+        expiry = NO_EXPIRY if number % 1_000 == 500 else deadline
+        store.put(f"k{number:06d}", b"v", expiry=expiry)
+    clock.advance(1)
+    with running_resp(store) as server, RespConnection(server.port) as conn:
+        assert conn.ask("KEYS", "*") == b"*30\r\n" + b"".join(bulk(key) for key in live)
+        deadline = Expiry(at_ms=clock.now_ms + 1)
+        for number in range(30_000, 110_000):  # past MAX_KEYS_READ, however pages end
+            store.put(f"k{number:06d}", b"v", expiry=deadline)
+        clock.advance(1)
+        assert conn.ask("KEYS", "*").startswith(b"-ERR KEYS reads at most 100000 keys")
+
+
 def test_scan_walks_every_key_once_with_the_cursors_it_hands_out(conn: RespConnection) -> None:
     written = sorted(f"k{number:03d}".encode() for number in range(95))
     for key in written:

@@ -714,6 +714,35 @@ def test_the_listing_never_shows_an_expired_key_and_pages_past_them(
     assert store.keys(prefix="k1", limit=100).keys == ["k12", "k15", "k18"]
 
 
+def test_pages_over_many_due_keys_may_come_back_short_and_paging_on_lists_every_live_key(
+    store: Store, clock: FakeClock
+) -> None:
+    # A backend may bound the keys one page examines: skipping many keys past their deadline
+    # (not yet swept) it returns fewer than `limit` keys, even none, with a `next_after` to
+    # go on from. Paging on until it is None must list each live key once, in order.
+    live = []
+    for number in range(2_500):
+        key = f"k{number:04d}"
+        if number % 500 == 250:
+            store.put(key, b"v")
+            live.append(key)
+        else:
+            store.put(key, b"v", expiry=Expiry(at_ms=DEADLINE_MS))
+    clock.advance(1_000)
+    for limit in (1, 2, 3_000):
+        listed: list[str] = []
+        after = None
+        for _ in range(2_500):  # a page per key at the most
+            page = store.keys(after=after, limit=limit)
+            assert len(page.keys) <= limit
+            listed += page.keys
+            if page.next_after is None:
+                break
+            assert after is None or page.next_after > after, "a page must move on"
+            after = page.next_after
+        assert listed == live, f"limit={limit}"
+
+
 def test_history_shows_the_expiry_at_the_deadline_though_nobody_read_the_key(
     store: Store, clock: FakeClock
 ) -> None:
