@@ -278,13 +278,7 @@ class MemoryStore:
         PreconditionFailed."""
         with self._lock:
             now_ms = self._now_ms()
-            self._prune(now_ms)
-            record = self._records.get(key)
-            current = self._current_value(record, now_ms)
-            if record is None or current is None:
-                raise KeyNotFound.of(key)
-            if not precondition.holds_for(current.etag):
-                raise PreconditionFailed.of(key)
+            record, current = self._held_value(key, precondition, now_ms)
             deadline_ms = expiry.deadline_ms(now_ms, current.expires_at_ms)
             if not when.allows(current.expires_at_ms, deadline_ms):
                 return ExpiryChange(False, current)
@@ -321,15 +315,23 @@ class MemoryStore:
         """
         with self._lock:
             now_ms = self._now_ms()
-            self._prune(now_ms)
-            record = self._records.get(key)
-            current = self._current_value(record, now_ms)
-            if record is None or current is None:
-                raise KeyNotFound.of(key)
-            if not precondition.holds_for(current.etag):
-                raise PreconditionFailed.of(key)
+            record, _ = self._held_value(key, precondition, now_ms)
             self._set_value(record, None)
             self._record(record, HistoryEntry(None, now_ms))
+
+    def _held_value(
+        self, key: str, precondition: Precondition, now_ms: int
+    ) -> tuple[_Record, Value]:
+        """The key's record and its current value, for a change to it (lock held, history
+        pruned); raises KeyNotFound, or PreconditionFailed if `precondition` does not hold."""
+        self._prune(now_ms)
+        record = self._records.get(key)
+        current = self._current_value(record, now_ms)
+        if record is None or current is None:
+            raise KeyNotFound.of(key)
+        if not precondition.holds_for(current.etag):
+            raise PreconditionFailed.of(key)
+        return record, current
 
     def _write(
         self,
