@@ -347,6 +347,15 @@ class Connection(asyncio.BufferedProtocol):
             if not self.outgoing and not self.running:
                 self.transport.close()
 
+    def drain(self) -> None:
+        """The server stops: close once every reply is written, as `finish` does, unless a
+        request is arriving (`mid_request`): it is read on, to be answered and closed (the
+        transport sees `stopping`), or closed when the drain gives up."""
+        protocol = self.protocol
+        if protocol is not None and protocol.mid_request and not self.running:
+            return
+        self.finish()
+
     def expire(self, now: float) -> None:
         """Close it if it has been idle for the idle timeout, or its replies have not
         drained for as long, or a request has been arriving for the request timeout; what it

@@ -11,8 +11,8 @@ against the cap, and one past it is closed at once (there is no TLS yet to say w
 Where a transport's `Work` runs is the execution policy's (`kvservice.execution`): on this
 thread for a store that never blocks; for one that may, on a pool of `workers` threads, so no
 client waits behind another client's store call. `stop()` drains: nothing more is accepted,
-work in flight finishes, replies are written for up to `shutdown_timeout_s`, then every
-connection is closed.
+work in flight finishes, a request that has started arriving may arrive and be answered,
+replies are written for up to `shutdown_timeout_s`, then every connection is closed.
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ class ConnectionServer:
         loop.remove_reader(listener.fileno())
         listener.close()
         for connection in list(self._connections):
-            connection.finish()  # no more work; closed once its replies are sent
+            connection.drain()  # closed once its replies (and a request arriving) are sent
         if self._tasks:
             _, unfinished = await asyncio.wait(
                 set(self._tasks), timeout=self.settings.shutdown_timeout_s

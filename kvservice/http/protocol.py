@@ -1,0 +1,207 @@
+"""The HTTP transport's protocol code on the connection core (`kvservice.core`): what an HTTP
+connection does with the bytes it receives, and nothing about sockets, threads or timeouts.
+
+Each read is fed to the connection's `parser.RequestParser`; `next_step` loops on its events,
+as uvicorn's protocols do:
+
+- `SEND_CONTINUE`: the client waits for `100 Continue` before it sends its body: written
+  at once, reading on.
+- a `Refusal` (400, 413, 414, 431, 501, 505): answered with a problem document that says
+  the connection closes, then closed; a HEAD's answer leaves the body out.
+- a `RequestHead` and its `Data`, up to `EndOfMessage`: the request is whole, and the app
+  is called through cheroot's WSGI gateway (`cheroot_adapter`) with its body in memory: as
+  `Work` when the execution policy runs it on a worker, at once on the loop when it says
+  INLINE (an in-process store: no hand-off). Its response is the head and body bytes, and
+  for a long body the app yields in pieces (a history, a page of keys) the rest as `Pieces`
+  produced as the client reads, charged to the reply budget meanwhile by the core.
+
+The connection is kept for the next request when the request and the response say so
+(HTTP/1.1 unless `Connection: close`, HTTP/1.0 with `Connection: keep-alive`), never while
+the server stops; pipelined bytes wait in the parser meanwhile and are served once the
+response is written (`After.CONTINUE`). A request that does not arrive within the request
+timeout of its first byte is answered 408 (`timed_out`); a connection past the cap gets a
+503 (`refusal`), and a client that speaks plain HTTP to the TLS port a 400 in plain text
+(`in_the_clear`). Each of these answers is counted by status (`refusals`), for the metrics.
+No coroutine runs per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from http import HTTPStatus
+
+from kvservice.core import After, ConnectionInfo, Outcome, Reply, Step, Work
+from kvservice.execution import Execution
+from kvservice.http.cheroot_adapter import Gateway, WSGIApp
+from kvservice.http.parser import (
+    Data,
+    EndOfMessage,
+    ParserLimits,
+    Refusal,
+    RequestHead,
+    RequestParser,
+    Signal,
+)
+from kvservice.http.problems import PROBLEM_CONTENT_TYPE, problem_body
+
+logger = logging.getLogger("kvservice.http")
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_FAILED = "The server failed to answer; it logged why."
+
+
+def error_response(status: int, detail: str, *, head_only: bool = False) -> bytes:
+    """A whole HTTP/1.1 error response with a problem body; it announces the connection closes.
+
+    An answer to HEAD leaves the body out (RFC 9110 section 9.3.2) and keeps its length.
+    """
+    body = problem_body(status, detail or HTTPStatus(status).description)
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        f"Content-Type: {PROBLEM_CONTENT_TYPE}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "X-Content-Type-Options: nosniff\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + (b"" if head_only else body)
+
+
+class HttpTransport:
+    """The HTTP transport as the core sees it (`core.Transport`): the app behind cheroot's
+    gateway, the parser's limits, and the answers the transport gives on its own."""
+
+    name = "HTTP"
+    logger = logger
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        limits: ParserLimits,
+        *,
+        server_name: str,
+        idle_timeout_s: float,
+        execution: Execution,
+        tls: bool,
+    ) -> None:
+        self.gateway = Gateway(app, server_name, 0, idle_timeout_s)
+        self.limits = limits
+        self.inline = execution is Execution.INLINE
+        self.tls = tls
+        self._refusals: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self.on_workers = 0
+        """Requests being served on a worker now (not the loop's: for the metrics)."""
+        self.refusal = error_response(503, "The server is at its connection limit; retry shortly.")
+        self.in_the_clear = error_response(400, "This port speaks HTTPS only: use an https:// URL.")
+
+    @property
+    def refusals(self) -> Mapping[int, int]:
+        """The answers it gave before the app saw a request, by status (a copy)."""
+        with self._lock:
+            return dict(self._refusals)
+
+    def count(self, status: int) -> None:
+        """Count an answer the transport gave on its own."""
+        with self._lock:
+            self._refusals[status] = self._refusals.get(status, 0) + 1
+
+    def protocol_for(self, connection: ConnectionInfo) -> HttpProtocol:
+        return HttpProtocol(self, connection)
+
+    def working(self, change: int) -> None:
+        with self._lock:
+            self.on_workers += change
+
+
+class HttpProtocol:
+    """One HTTP connection's protocol code (`core.WireProtocol`): its parser, and the request
+    it is receiving."""
+
+    def __init__(self, transport: HttpTransport, connection: ConnectionInfo) -> None:
+        self.transport = transport
+        self.connection = connection
+        self.parser = RequestParser(transport.limits)
+        self.head: RequestHead | None = None
+        self.body: list[bytes] = []
+        address, _, port = connection.peer.rpartition(":")
+        self.peer = (address, port)
+
+    @property
+    def mid_request(self) -> bool:
+        return self.parser.request_in_progress
+
+    def received(self, data: bytes) -> None:
+        self.parser.receive_data(data)
+
+    def next_step(self) -> Step | None:
+        """The first thing to answer in what has arrived: 100 Continue, a refusal, or a whole
+        request (at once when the execution policy says INLINE, else as `Work`)."""
+        parser = self.parser
+        while True:
+            event = parser.next_event()
+            if isinstance(event, Data):
+                self.body.append(event.data)
+            elif isinstance(event, RequestHead):
+                self.head = event
+            elif isinstance(event, EndOfMessage):
+                if self.transport.inline:
+                    return self._serve()
+                self.transport.working(1)
+                return Work(self._serve_on_worker)
+            elif event is Signal.SEND_CONTINUE:
+                return Outcome([_CONTINUE], After.READ)
+            elif isinstance(event, Refusal):
+                return self._refuse(event)
+            else:  # NEED_DATA, or PAUSED
+                return None
+
+    def timed_out(self) -> bytes:
+        self.transport.count(408)
+        return error_response(
+            408, "The request did not arrive in time.", head_only=self.parser.head_request
+        )
+
+    def closed(self) -> None:
+        self.body = []
+
+    def _refuse(self, refusal: Refusal) -> Outcome:
+        self.transport.count(refusal.status)
+        answer = error_response(refusal.status, refusal.detail, head_only=refusal.head_request)
+        return Outcome([answer], After.CLOSE)
+
+    def _serve_on_worker(self) -> Outcome:
+        try:
+            return self._serve()
+        finally:
+            self.transport.working(-1)
+
+    def _serve(self) -> Outcome:
+        """Answer the request received (its head and body), then read the next one, serve
+        the next one buffered once this response is written, or close."""
+        head = self.head
+        assert head is not None  # EndOfMessage follows a head
+        body = self.body
+        self.head, self.body = None, []
+        parser = self.parser
+        stopping = self.connection.stopping
+        try:
+            response = self.transport.gateway.respond(
+                head,
+                body[0] if len(body) == 1 else b"".join(body),
+                self.peer,
+                tls=self.transport.tls,
+                close=stopping,
+            )
+        except Exception:
+            logger.exception("serving %s %r failed", self.connection.peer, head.target)
+            failed = error_response(500, _FAILED, head_only=head.method == b"HEAD")
+            return Outcome([failed], After.CLOSE)
+        replies: list[Reply] = list(response.written)
+        if response.rest is not None:
+            replies.append(response.rest)
+        if not response.keep_alive or stopping or not head.keep_alive:
+            return Outcome(replies, After.CLOSE)
+        parser.start_next_cycle()
+        return Outcome(replies, After.CONTINUE if len(parser.buffer) else After.READ)
