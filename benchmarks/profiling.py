@@ -39,10 +39,11 @@ from kvservice.store import Store
 
 AREAS = (
     ("/cheroot/", "cheroot"),
-    ("kvservice/http/gate.py", "kvservice gate (selector)"),
-    ("kvservice/http/server.py", "kvservice server, framing (parsing, access log)"),
-    ("kvservice/http/strict.py", "kvservice server, framing (parsing, access log)"),
-    ("kvservice/http/framing.py", "kvservice server, framing (parsing, access log)"),
+    ("kvservice/core/", "kvservice connection core (asyncio)"),
+    ("kvservice/http/protocol.py", "kvservice http protocol (parser events, access log)"),
+    ("kvservice/http/server.py", "kvservice http protocol (parser events, access log)"),
+    ("kvservice/http/parser.py", "kvservice http parser"),
+    ("kvservice/http/cheroot_adapter.py", "kvservice cheroot adapter"),
     ("kvservice/http/app.py", "kvservice http app"),
     ("kvservice/http/problems.py", "kvservice problems"),
     ("kvservice/store/", "kvservice store"),
@@ -51,6 +52,7 @@ AREAS = (
     ("/json/", "json"),
     ("/_pyio.py", "_pyio (pure-Python io)"),
     ("/selectors.py", "selectors"),
+    ("/asyncio/", "asyncio"),
     ("/threading.py", "threading, queue"),
     ("/queue.py", "threading, queue"),
 )

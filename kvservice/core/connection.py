@@ -46,9 +46,13 @@ def held_bytes(reply: Reply) -> int:
 class Connection(asyncio.BufferedProtocol):
     """One connection, from its acceptance to its close (see the module docstring)."""
 
-    def __init__(self, server: ConnectionServer, connection_id: int) -> None:
+    def __init__(
+        self, server: ConnectionServer, connection_id: int, *, over_cap: bool = False
+    ) -> None:
         self.server = server
         self._id = connection_id
+        self.over_cap = over_cap
+        """Accepted past the cap (with TLS, to be told why once the handshake is done)."""
         self.protocol: WireProtocol | None = None
         """The transport's protocol code, once admitted; None for a refused connection."""
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -105,7 +109,7 @@ class Connection(asyncio.BufferedProtocol):
         self.transport = transport
         address = transport.get_extra_info("peername")
         self._peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
-        if not self.server.admit(self):
+        if not self.server.admit(self, self.over_cap):
             if not self.server.stopping:
                 transport.write(self.server.transport.refusal)
             transport.close()

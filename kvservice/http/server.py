@@ -100,6 +100,9 @@ class ServerSettings:
             shutdown_timeout_s=self.drain_timeout_s,
             handshake_timeout_s=self.request_timeout_s,
             workers=self.threads,
+            # Over TLS too, a client past the cap is told 503 (after its handshake), as many
+            # of them as there are connections; past those, closed without a word.
+            tls_refusals=self.max_connections,
         )
 
 
