@@ -13,13 +13,17 @@ written; `Pieces` are produced as the transport drains, at most `_WRITE_PER_ROUN
 turn of the loop. What the write buffer and the queue hold is charged to the reply budget
 after each write, when it drains (`resume_writing`) and at each sweep; a connection it does
 not fit is closed, its replies dropped. The sweep (`expire`) closes a connection idle for
-the idle timeout, one whose replies have not drained for as long, and one whose request has
-not arrived within the request timeout of its first byte.
+the idle timeout, one whose replies have not drained for as long (with a reset, so the
+kernel drops what it still holds for it too), and one whose request has not arrived within
+the request timeout of its first byte.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -33,6 +37,8 @@ _STREAM_HEADROOM = 96 * 1024
 """What a connection streaming a reply is charged for its write buffer, whatever it holds at
 the moment: up to the transport's high-water mark (64 KiB) and a piece
 (`ConnectionCharge`)."""
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
+"""SO_LINGER on, for 0 s: a close drops what the kernel still holds to send and resets."""
 _WRITE_PER_ROUND = 64 * 1024
 """Bytes of streamed replies written to one connection before the loop serves the others:
 a socket buffer takes megabytes, which would otherwise be produced in one go."""
@@ -360,6 +366,16 @@ class Connection(asyncio.BufferedProtocol):
             return
         self.finish()
 
+    def _reset(self) -> None:
+        """Make the close a reset: what the kernel holds to send (megabytes, for a client
+        that stopped reading) is dropped at once rather than trickled to a client that does
+        not read, and the client learns at its next read that it was given up on (over TLS
+        too, where a partial record would otherwise look like more to come)."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+
     def expire(self, now: float) -> None:
         """Close it if it has been idle for the idle timeout, or its replies have not
         drained for as long, or a request has been arriving for the request timeout; what it
@@ -388,6 +404,8 @@ class Connection(asyncio.BufferedProtocol):
             self.server.transport.logger.debug(
                 "closing %s: idle for %g s", self.peer, settings.idle_timeout_s
             )
+            if stalled:
+                self._reset()
             self.transport.abort()
         elif self.charge is not None and self.charge.bytes:
             self.hold()  # what it read since gives its charge back
