@@ -158,9 +158,13 @@ def _frame_message(data: bytes, start: int, max_head: int, max_body: int) -> Mes
     lengths = fields.get(b"content-length", [])
     if lengths and b"transfer-encoding" in fields:
         return refused
-    connection = b", ".join(fields.get(b"connection", []))
-    # cheroot compares the whole Connection value, case included.
-    keep_alive = connection != b"close" if version == (1, 1) else connection == b"Keep-Alive"
+    # Connection options are case-insensitive tokens (RFC 9110 7.6.1), however many lines.
+    options = {
+        option.strip(b" \t").lower()
+        for line in fields.get(b"connection", [])
+        for option in line.split(b",")
+    }
+    keep_alive = b"close" not in options if version == (1, 1) else b"keep-alive" in options
     body_start = head_end + 4
     if b"transfer-encoding" in fields:
         # One list however it is split over lines (RFC 9110 5.3): only chunked, once, is read;
