@@ -111,6 +111,7 @@ class HttpTransport:
         return HttpProtocol(self, connection)
 
     def working(self, change: int) -> None:
+        """A request went to a worker (+1), or its worker is done with it (-1)."""
         with self._lock:
             self.on_workers += change
 
