@@ -301,7 +301,14 @@ class Connection(asyncio.BufferedProtocol):
         written = 0
         while outgoing and not self.writing_paused and written < _WRITE_PER_ROUND:
             following = outgoing[0]
-            piece = following if isinstance(following, bytes) else following.next_piece()
+            try:
+                piece = following if isinstance(following, bytes) else following.next_piece()
+            except Exception:
+                # As for work that fails: a bug of the transport's; the reply cannot be ended.
+                self.server.transport.logger.exception("closing %s: its reply failed", self.peer)
+                self._drop_outgoing()
+                self.transport.abort()
+                return
             if piece is following or piece is None:
                 outgoing.popleft()
                 self.outgoing_bytes -= held_bytes(following)

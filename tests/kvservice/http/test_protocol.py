@@ -1,8 +1,11 @@
 """HTTP's protocol code on the core, without sockets (uvicorn's `tests/protocols/test_http.py`
-way): bytes fed to an `HttpProtocol`, the steps it asks the core for, and what they write."""
+way): bytes fed to an `HttpProtocol`, the steps it asks the core for, and what they write;
+and, over a real socket, a streamed body that fails half way."""
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +15,8 @@ from kvservice.core import After, Outcome, Work
 from kvservice.execution import Execution
 from kvservice.http.parser import ParserLimits
 from kvservice.http.protocol import HttpProtocol, HttpTransport
+from kvservice.http.server import Server
+from tests.support.servers import http_settings
 
 LIMITS = ParserLimits(
     max_header_bytes=4096, max_header_count=20, max_body_bytes=1000, max_continued_body_bytes=100
@@ -182,3 +187,33 @@ def test_the_transport_s_own_answers() -> None:
     assert transport.refusal.startswith(b"HTTP/1.1 503 ")
     assert transport.in_the_clear.startswith(b"HTTP/1.1 400 ")
     assert b"HTTPS only" in transport.in_the_clear
+
+
+def breaks_midway(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+    start_response("200 OK", [("Content-Type", "application/json")])
+    for number in range(40):
+        yield b"%04d" % number * 1000
+    raise RuntimeError("a bug, half way through a long body")
+
+
+def test_a_body_that_fails_half_way_closes_its_connection_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Over a real socket: the client cannot take a cut body for a whole one (no last
+    chunk), and the next client is served."""
+    server = Server(breaks_midway, http_settings(threads=2, serve_inline=True), observers=())
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+            client.sendall(GET)
+            received = b""
+            while chunk := client.recv(65536):
+                received += chunk
+        assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert not received.endswith(b"\r\n0\r\n\r\n"), "a cut body must not look whole"
+        assert any("its reply failed" in record.getMessage() for record in caplog.records)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as other:
+            other.sendall(GET)
+            assert other.recv(100).startswith(b"HTTP/1.1 200 OK\r\n")
+    finally:
+        server.stop()
