@@ -10,6 +10,8 @@ the parser keeps every refusal, with its status and wording."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -750,3 +752,14 @@ def test_a_chunked_body_trickled_in_small_reads_costs_linear_time() -> None:
     large = cpu_s(600_000, budget_s=min(max(25 * small, 0.5), 5.0))
     assert large < 25 * small, f"{large * 1000:.1f} ms for 10x the body of {small * 1000:.1f} ms"
     assert large < 2.0, f"{large * 1000:.0f} ms of CPU for a 600 KB body"
+
+
+def test_the_parser_imports_nothing_of_cheroot_or_bottle() -> None:
+    """Issue 18: cheroot is the adapter's alone; the parser is the transport's, whatever runs it."""
+    code = (
+        "import sys, kvservice.http.parser; print(sorted({'cheroot', 'bottle'} & set(sys.modules)))"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert imported.stdout.strip() == "[]"
