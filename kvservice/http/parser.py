@@ -713,7 +713,11 @@ def empty_lines_length(data: bytes | bytearray) -> int:
 class RequestParser:
     """The requests arriving on one connection, one at a time: feed it bytes with
     `receive_data`, take events with `next_event()` until it says NEED_DATA or PAUSED, and
-    call `start_next_cycle()` once a request (state DONE) has been answered."""
+    call `start_next_cycle()` once a request (state DONE) has been answered.
+
+    While it says PAUSED, the transport should stop reading (`pause_reading()`): what
+    arrives meanwhile is buffered whole (`len(parser.buffer)`), with no limit of the
+    parser's, until the next cycle reads it."""
 
     def __init__(self, limits: ParserLimits) -> None:
         self.limits = limits
