@@ -1,51 +1,115 @@
-"""The one module that touches cheroot: a request the parser (`parser.py`) judged whole, run
-through cheroot's WSGI gateway over in-memory buffers, and the response it writes.
+"""The one module that touches cheroot: a request the parser has accepted, answered by a WSGI
+app through cheroot's WSGI gateway, over in-memory buffers.
 
-cheroot stays in the request path as this project's WSGI gateway: its `Gateway_10` makes the
-environ and calls the app, its `HTTPRequest` writes the response head (status line, Date,
-Server, Content-Length or chunked coding, Connection and Keep-Alive as the protocol
-versions ask) and frames the body. What cheroot no longer does is read a socket or parse: the
-request it is handed is filled in from the parser's `RequestHead` (its head is parsed once),
-its body is already in memory, and what it writes lands in a list, not a socket.
+cheroot stays this project's WSGI gateway: `cheroot.wsgi.Gateway_10` builds the environ and
+`start_response`, and `cheroot.server.HTTPRequest` writes the status line and headers (Date,
+Server, chunked coding when the app gives no length, Connection and Keep-Alive) as it always
+has; the bytes a client reads are cheroot's. What it no longer does is read sockets or parse:
+`parser.py` has judged the request whole before it comes here, so the request object is filled
+in from the parser's `RequestHead` (public attributes only) and its body is the decoded bytes.
+No method of cheroot's is overridden: the request and gateway are used through their public
+methods (`Gateway_10(req)`, `start_response`, `write`, `ensure_headers_sent`), and what they
+read of "the server" and "the connection" is given by two small views (`_ServerView`,
+`_ConnectionView`) that hold exactly that, with `__slots__`, so a cheroot that starts reading
+something else fails loudly (tests/kvservice/http/test_cheroot_adapter.py guards this, and the
+environ and response bytes, against an upgrade).
 
-What it relies on of cheroot is written down here, in `_GatewayServer` and `_GatewayConnection`
-(the attributes cheroot's request and gateway read, as `__slots__`: one more read by a new
-cheroot raises AttributeError) and in the public methods called below (`Gateway_10`'s
-`get_environ`, `start_response` and `write`; `HTTPRequest`'s `ensure_headers_sent` and the
-fields it fills). `tests/kvservice/http/test_cheroot_adapter.py` runs it against the
-installed cheroot, so an upgrade that changes any of it fails there first.
-
-A body the app yields in pieces is written here up to `STREAM_AFTER_BYTES`; the rest is
-produced a piece at a time as the client reads (`StreamedBody`, a `core.Pieces`), so a long
-history to a client that does not read costs one piece, not a serialised copy of all of it.
+A long body the app yields in pieces (a history, a page of keys) is not produced whole: past
+`stream_after_bytes`, the rest is left to `Response.rest`, which produces the next piece only
+when the caller asks for it (once the socket has taken the last), and closes the app's
+iterable at the end or when closed early. cheroot's stubs type nearly everything `Any`; this
+module keeps that inside it: what it returns is typed.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import re
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from cheroot import server as cheroot_server
 from cheroot import wsgi as cheroot_wsgi
 
-from kvservice.http.parser import RequestHead
+from kvservice.http.parser import RequestHead, connection_options
+from kvservice.http.problems import error_response
 from kvservice.http.request_info import STREAM_STATE_ENVIRON
 
-WSGIApp = Callable[..., Iterable[bytes]]
+logger = logging.getLogger("kvservice.http.cheroot")
 
 STREAM_AFTER_BYTES = 32 * 1024
 """A response body the app yields in pieces past this many bytes is produced as it is sent."""
-_LAST_CHUNK = b"0\r\n\r\n"
 _ENCODED_SLASH = re.compile(rb"%2F", re.IGNORECASE)
-_TLS_ENVIRON = {"HTTPS": "on", "wsgi.url_scheme": "https"}
+_LAST_CHUNK = b"0\r\n\r\n"
+_APP_FAILED = "The server failed to answer; it logged why."
 
 
-class _GatewayServer:
-    """What cheroot's request and gateway read of the server, and nothing more."""
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """What the environ and the response headers say of the server."""
+
+    host: str
+    port: int
+    server_name: str = "kvservice"
+    """The Server header and SERVER_NAME."""
+    keep_alive_timeout_s: float = 10.0
+    """What a kept-alive HTTP/1.0 response's `Keep-Alive: timeout=` says."""
+    stream_after_bytes: int = STREAM_AFTER_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The client on the other end of the connection."""
+
+    address: str
+    port: int
+    https: bool = False
+    """Whether the connection is TLS (the environ's wsgi.url_scheme and HTTPS)."""
+
+
+@dataclass(slots=True)
+class Response:
+    """A response: its bytes produced so far, and the rest of a streamed body, if any."""
+
+    status: int
+    produced: bytes
+    """The status line and headers, and the body, or as much as was produced of a long one."""
+    keep_alive: bool
+    """Whether the connection may carry another request once this response is sent."""
+    rest: Generator[bytes, None, None] | None = None
+    """The rest of a long body, a piece (already in the chunked coding) each time it is asked;
+    None when `produced` is all of it. Close it if the connection goes first: the app's
+    iterable is closed with it."""
+    stream_state_bytes: int = 0
+    """What the app says producing `rest` holds (a history's snapshot), for a reply budget."""
+
+
+class _ResponseBuffer:
+    """cheroot's `conn.wfile`: what it writes is kept, to be taken."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.data += data
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing to do: the caller sends."""
+
+    def take(self) -> bytes:
+        taken = bytes(self.data)
+        self.data.clear()
+        return taken
+
+
+class _ServerView:
+    """What cheroot's request and gateway read of the server, and nothing else."""
 
     __slots__ = (
         "bind_addr",
@@ -58,176 +122,154 @@ class _GatewayServer:
         "wsgi_app",
     )
 
-    def __init__(self, app: WSGIApp, server_name: str, port: int, timeout: float) -> None:
+    def __init__(self, app: WSGIApplication, info: ServerInfo) -> None:
         self.wsgi_app = app
-        self.server_name = server_name
-        self.software = f"{cheroot_wsgi.Server.version} Server"
+        self.bind_addr = (info.host, info.port)
+        self.server_name = info.server_name
+        self.software = f"{cheroot_server.HTTPServer.version} Server"
         self.protocol = "HTTP/1.1"
-        self.bind_addr = ("", port)
-        self.timeout = timeout
-        """Said in HTTP/1.0's `Keep-Alive: timeout=`: the idle timeout."""
-        self.can_add_keepalive_connection = True  # the connection core bounds connections
-        self.ssl_adapter = None  # TLS is the core's; the scheme is set per request
+        self.ssl_adapter = None  # the scheme is set per request, from the Peer
+        self.timeout = info.keep_alive_timeout_s
+        self.can_add_keepalive_connection = True  # the connection core decides its limits
 
 
-class _GatewayConnection:
-    """What cheroot's request and gateway read of a connection: the peer, TLS, and the
-    response's sink (`wfile`), a list the response's bytes are appended to."""
+class _ConnectionView:
+    """What cheroot's request and gateway read of the connection, and nothing else."""
 
     __slots__ = ("remote_addr", "remote_port", "ssl_env", "wfile")
 
-    def __init__(self, remote_addr: str, remote_port: str, tls: bool) -> None:
-        self.remote_addr = remote_addr
-        self.remote_port = remote_port
-        self.ssl_env = _TLS_ENVIRON if tls else None
-        self.wfile = _Written()
+    def __init__(self, peer: Peer, wfile: _ResponseBuffer) -> None:
+        self.remote_addr = peer.address
+        self.remote_port = peer.port
+        self.ssl_env = {"HTTPS": "on", "wsgi.url_scheme": "https"} if peer.https else {}
+        self.wfile = wfile
 
 
-class _Written(list[bytes]):
-    """A response's bytes as cheroot writes them, kept in order, never copied."""
+class CherootGateway:
+    """Answers requests the parser accepted with a WSGI app, through cheroot's WSGI gateway."""
 
-    __slots__ = ()
+    def __init__(self, app: WSGIApplication, info: ServerInfo) -> None:
+        self.app = app
+        self.info = info
+        self._server = _ServerView(app, info)
 
-    def write(self, data: bytes) -> int:
-        self.append(data)
-        return len(data)
-
-
-@dataclass(slots=True)
-class Response:
-    """What the app answered: the bytes written so far (the head and the body, or its first
-    pieces), the rest of a streamed body, and whether the connection may carry another
-    request (cheroot's decision, from the request's keep-alive and the response's framing)."""
-
-    written: list[bytes]
-    rest: StreamedBody | None
-    keep_alive: bool
-
-
-class Gateway:
-    """cheroot's WSGI gateway for one app: `respond` runs a request through it."""
-
-    def __init__(self, app: WSGIApp, server_name: str, port: int, idle_timeout_s: float) -> None:
-        self.server = _GatewayServer(app, server_name, port, idle_timeout_s)
-
-    @property
-    def port(self) -> int:
-        """The SERVER_PORT the environ says."""
-        return int(self.server.bind_addr[1])
-
-    @port.setter
-    def port(self, port: int) -> None:
-        self.server.bind_addr = ("", port)
+    def environ(self, head: RequestHead, body: bytes, peer: Peer) -> WSGIEnvironment:
+        """The WSGI environ cheroot builds for this request (what the app would be given)."""
+        _, gateway = self._gateway(head, body, peer, _ResponseBuffer())
+        environ: WSGIEnvironment = gateway.env
+        return environ
 
     def respond(
-        self,
-        head: RequestHead,
-        body: bytes,
-        peer: tuple[str, str],
-        *,
-        tls: bool,
-        close: bool,
+        self, head: RequestHead, body: bytes, peer: Peer, *, close: bool = False
     ) -> Response:
-        """Call the app for `head` and its whole `body` from `peer` (address, port); `close`:
-        the connection is to close after this response whatever the request said. Errors of
-        the app that Bottle does not turn into a response propagate: the caller answers 500."""
-        connection = _GatewayConnection(peer[0], peer[1], tls)
-        request = cheroot_server.HTTPRequest(self.server, connection)
+        """Run the app on the request `head` with its decoded `body`; its response as bytes,
+        the first `stream_after_bytes` or so of a long body with the rest to produce later.
+        `close`: the connection closes after it whatever the request says (the server stops),
+        and the response says so.
+
+        An app that fails here is answered 500 (logged; the connection closes): nothing of its
+        response has left yet. One whose streamed body fails later raises from `rest`, and the
+        caller closes the connection (the client sees a truncated chunked body).
+        """
+        wfile = _ResponseBuffer()
+        request, gateway = self._gateway(head, body, peer, wfile)
+        request.close_connection |= close
+        result: Iterable[bytes] = ()
+        try:
+            result = self.app(gateway.env, _start_response(gateway))
+            pieces = iter(result)
+            for piece in pieces:
+                if piece and not request.sent_headers:
+                    _close_if_unread(request, head, len(body))
+                _write(gateway, piece)
+                if len(wfile.data) >= self.info.stream_after_bytes:
+                    return Response(
+                        _status(request),
+                        wfile.take(),
+                        _keep_alive(request),
+                        _produce(request, gateway, wfile, pieces, result),
+                        int(gateway.env.get(STREAM_STATE_ENVIRON, 0)),
+                    )
+            _close_if_unread(request, head, len(body))
+            _finish(request, wfile)
+        except Exception:
+            logger.exception("the app failed on %s %r", head.method.decode(), head.target)
+            _close(result)
+            failed = error_response(500, _APP_FAILED, head_only=head.method == b"HEAD")
+            return Response(500, failed, keep_alive=False)
+        _close(result)
+        return Response(_status(request), wfile.take(), _keep_alive(request))
+
+    def _gateway(
+        self, head: RequestHead, body: bytes, peer: Peer, wfile: _ResponseBuffer
+    ) -> tuple[cheroot_server.HTTPRequest, cheroot_wsgi.Gateway_10]:
+        """cheroot's request, filled in from the parser's head, and its WSGI gateway."""
+        connection = _ConnectionView(peer, wfile)
+        request = cheroot_server.HTTPRequest(self._server, connection)
         request.method = head.method
         request.uri = head.target  # REQUEST_URI: what the access log shows
         # Percent-decoded, except an encoded slash, which stays one: cheroot's PATH_INFO.
-        path = head.path
-        if b"%" in path:
-            pieces = _ENCODED_SLASH.split(path)
-            path = b"%2F".join(map(urllib.parse.unquote_to_bytes, pieces))
-        request.path = path
+        pieces = _ENCODED_SLASH.split(head.path)
+        request.path = b"%2F".join(map(urllib.parse.unquote_to_bytes, pieces))
         request.qs = head.query
         request.request_protocol = b"HTTP/%d.%d" % head.version
-        request.response_protocol = "HTTP/1.1" if head.version >= (1, 1) else "HTTP/1.0"
-        request.inheaders = head.headers
+        request.response_protocol = "HTTP/{}.{}".format(*min(head.version, (1, 1)))
+        request.inheaders = dict(head.headers)
         request.chunked_read = head.chunked
-        request.rfile = received = io.BytesIO(body)
-        request.close_connection = close or not head.keep_alive
-        if tls:
-            request.scheme = b"https"
-        gateway = cheroot_wsgi.Gateway_10(request)
-        result = self.server.wsgi_app(gateway.env, gateway.start_response)
-        chunks = iter(result)
-        written = connection.wfile
-        size = 0
-        try:
-            for chunk in chunks:
-                if chunk:
-                    _check(chunk)
-                    if not size and head.chunked:
-                        _close_if_unread(request, received, len(body))
-                    gateway.write(chunk)
-                    size += len(chunk)
-                    if size >= STREAM_AFTER_BYTES:
-                        held = gateway.env.get(STREAM_STATE_ENVIRON, 0)
-                        rest = StreamedBody(gateway, request, chunks, result, held)
-                        return Response(written, rest, _keeps_alive(request))
-        except BaseException:
-            _close(result)
-            raise
+        request.close_connection = not head.keep_alive
+        request.rfile = io.BytesIO(body)
+        request.scheme = b"https" if peer.https else b"http"
+        request.ready = True
+        return request, cheroot_wsgi.Gateway_10(request)
+
+
+def _start_response(gateway: cheroot_wsgi.Gateway_10) -> StartResponse:
+    start_response: StartResponse = gateway.start_response
+    return start_response
+
+
+def _write(gateway: cheroot_wsgi.Gateway_10, piece: bytes) -> None:
+    """One piece of the app's body through cheroot's write (which sends the head first)."""
+    if piece:
+        if not isinstance(piece, bytes):
+            raise TypeError("WSGI applications must yield bytes")
+        gateway.write(piece)
+
+
+def _close_if_unread(request: cheroot_server.HTTPRequest, head: RequestHead, size: int) -> None:
+    """Before the head is written: a chunked body the app answered without reading closes
+    the connection, as it must on a server that reads a body as the app asks (cheroot's own
+    did): the same answer, whichever server a client met."""
+    if head.chunked and not request.sent_headers and request.rfile.tell() < size:
+        request.close_connection = True
+
+
+def _finish(request: cheroot_server.HTTPRequest, wfile: _ResponseBuffer) -> None:
+    """What cheroot's `HTTPRequest.respond` does after the app: the head if the body was
+    empty, and the last chunk of a chunked body."""
+    request.ensure_headers_sent()
+    if request.chunked_write:
+        wfile.write(_LAST_CHUNK)
+
+
+def _produce(
+    request: cheroot_server.HTTPRequest,
+    gateway: cheroot_wsgi.Gateway_10,
+    wfile: _ResponseBuffer,
+    pieces: Iterator[bytes],
+    result: Iterable[bytes],
+) -> Generator[bytes, None, None]:
+    """The rest of a long body, one piece of the app's a step; the app's iterable closed at
+    the end, or when this is closed first."""
+    try:
+        for piece in pieces:
+            _write(gateway, piece)
+            if wfile.data:
+                yield wfile.take()
+        _finish(request, wfile)
+        yield wfile.take()
+    finally:
         _close(result)
-        if not size and head.chunked:
-            _close_if_unread(request, received, len(body))
-        _finish(request)
-        return Response(written, None, _keeps_alive(request))
-
-
-class StreamedBody:
-    """The rest of a response body, produced a piece at a time as the client reads
-    (`core.Pieces`); `held_bytes` is what the app said its iterable holds meanwhile (a
-    history's snapshot), charged to the reply budget."""
-
-    def __init__(
-        self,
-        gateway: cheroot_wsgi.Gateway_10,
-        request: cheroot_server.HTTPRequest,
-        chunks: Iterator[bytes],
-        result: Iterable[bytes],
-        held_bytes: int,
-    ) -> None:
-        self._gateway = gateway
-        self._request = request
-        self._chunks: Iterator[bytes] | None = chunks
-        self._result = result
-        self.held_bytes = held_bytes
-        self._written: _Written = request.conn.wfile
-
-    def next_piece(self) -> bytes | None:
-        """The next piece cheroot frames (the last chunk of a chunked body after the app's
-        last); None after the last. An error of the app's iterable propagates."""
-        chunks = self._chunks
-        if chunks is None:
-            return None
-        written = self._written
-        written.clear()
-        for chunk in chunks:
-            if chunk:
-                _check(chunk)
-                self._gateway.write(chunk)
-                break
-        else:
-            self.close()
-            _finish(self._request)
-        piece = b"".join(written)
-        written.clear()
-        return piece or None
-
-    def close(self) -> None:
-        """Let go of the app's iterable (its `close`, once)."""
-        if self._chunks is not None:
-            self._chunks = None
-            self.held_bytes = 0
-            _close(self._result)
-
-
-def _check(chunk: Any) -> None:
-    if not isinstance(chunk, bytes):
-        raise TypeError("WSGI applications must yield bytes")
 
 
 def _close(result: Iterable[bytes]) -> None:
@@ -236,22 +278,16 @@ def _close(result: Iterable[bytes]) -> None:
         close()
 
 
-def _finish(request: cheroot_server.HTTPRequest) -> None:
-    """The head if the body was empty, and the end of a chunked body (cheroot's `respond`)."""
-    request.ensure_headers_sent()
-    if request.chunked_write:
-        request.conn.wfile.write(_LAST_CHUNK)
+def _status(request: cheroot_server.HTTPRequest) -> int:
+    return int(request.status[:3])
 
 
-def _close_if_unread(request: cheroot_server.HTTPRequest, body: io.BytesIO, size: int) -> None:
-    """Before the head is written: a chunked body the app answered without reading closes
-    the connection, as it must on a server that reads the body as the app asks (cheroot's
-    own): the same answer, whichever server a client met."""
-    if body.tell() < size:
-        request.close_connection = True
-
-
-def _keeps_alive(request: cheroot_server.HTTPRequest) -> bool:
-    """Whether cheroot kept the connection for another request: not if it decided to close,
-    nor if the app asked to (`Connection: close`, which cheroot writes and does not heed)."""
-    return not request.close_connection and (b"Connection", b"close") not in request.outheaders
+def _keep_alive(request: cheroot_server.HTTPRequest) -> bool:
+    """Whether the connection may carry another request: cheroot's decision (the request's
+    Connection, HTTP/1.0, a body of unknown length), and the app's `Connection: close`."""
+    if request.close_connection:
+        return False
+    return not any(
+        name.lower() == b"connection" and b"close" in connection_options(value)
+        for name, value in request.outheaders
+    )

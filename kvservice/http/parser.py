@@ -645,13 +645,12 @@ class _HeadReader:
                 raise ParseError(501, HTTPStatus(501).description)
         if version == (1, 1) and b"Host" not in fields:
             raise _bad_request("An HTTP/1.1 request must have a Host header (RFC 9112 3.2).")
-        length = None if coding is not None else int(fields.get(b"Content-Length", b"0"))
-        expects_continue = (
-            fields.get(b"Expect", b"").strip().lower() == b"100-continue" and length != 0
-        )
-        if expects_continue:
-            del fields[b"Expect"]  # answered here; the app need not know
         limits = self.limits
+        length = None if coding is not None else _declared_length(fields, limits)
+        asks_to_continue = fields.get(b"Expect", b"").strip().lower() == b"100-continue"
+        if asks_to_continue:
+            del fields[b"Expect"]  # answered here (or moot without a body); the app need not know
+        expects_continue = asks_to_continue and length != 0
         if length is not None and length > limits.max_body_bytes:
             raise ParseError(
                 413,
@@ -682,6 +681,22 @@ class _HeadReader:
         )
 
 
+_MAX_LENGTH_DIGITS = 18
+"""Declared lengths of more digits are refused before conversion: Python refuses to convert
+more than 4,300 digits (a ValueError that would escape), and no body here is an exabyte."""
+
+
+def _declared_length(fields: Mapping[bytes, bytes], limits: ParserLimits) -> int:
+    """The Content-Length (0 without one), refused with 413 if it has too many digits to
+    be a size any limit allows."""
+    digits = fields.get(b"Content-Length", b"0").lstrip(b"0") or b"0"
+    if len(digits) > _MAX_LENGTH_DIGITS:
+        raise ParseError(
+            413, f"The request body exceeds the limit of {limits.max_body_bytes} bytes."
+        )
+    return int(digits)
+
+
 def empty_lines_length(data: bytes | bytearray) -> int:
     """How many bytes of empty lines (at most EMPTY_LINES_BEFORE_REQUEST) start `data`."""
     position = 0
@@ -698,7 +713,11 @@ def empty_lines_length(data: bytes | bytearray) -> int:
 class RequestParser:
     """The requests arriving on one connection, one at a time: feed it bytes with
     `receive_data`, take events with `next_event()` until it says NEED_DATA or PAUSED, and
-    call `start_next_cycle()` once a request (state DONE) has been answered."""
+    call `start_next_cycle()` once a request (state DONE) has been answered.
+
+    While it says PAUSED, the transport should stop reading (`pause_reading()`): what
+    arrives meanwhile is buffered whole (`len(parser.buffer)`), with no limit of the
+    parser's, until the next cycle reads it."""
 
     def __init__(self, limits: ParserLimits) -> None:
         self.limits = limits

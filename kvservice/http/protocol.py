@@ -27,14 +27,15 @@ No coroutine runs per request.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
-from collections.abc import Mapping
-from http import HTTPStatus
+from collections.abc import Generator, Mapping
+from wsgiref.types import WSGIApplication
 
 from kvservice.core import After, ConnectionInfo, Outcome, Reply, Step, Work
 from kvservice.execution import Execution
-from kvservice.http.cheroot_adapter import Gateway, WSGIApp
+from kvservice.http.cheroot_adapter import CherootGateway, Peer, ServerInfo
 from kvservice.http.parser import (
     Data,
     EndOfMessage,
@@ -44,28 +45,11 @@ from kvservice.http.parser import (
     RequestParser,
     Signal,
 )
-from kvservice.http.problems import PROBLEM_CONTENT_TYPE, problem_body
+from kvservice.http.problems import error_response
 
 logger = logging.getLogger("kvservice.http")
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_FAILED = "The server failed to answer; it logged why."
-
-
-def error_response(status: int, detail: str, *, head_only: bool = False) -> bytes:
-    """A whole HTTP/1.1 error response with a problem body; it announces the connection closes.
-
-    An answer to HEAD leaves the body out (RFC 9110 section 9.3.2) and keeps its length.
-    """
-    body = problem_body(status, detail or HTTPStatus(status).description)
-    head = (
-        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
-        f"Content-Type: {PROBLEM_CONTENT_TYPE}\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "X-Content-Type-Options: nosniff\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    return head.encode("ascii") + (b"" if head_only else body)
 
 
 class HttpTransport:
@@ -77,15 +61,15 @@ class HttpTransport:
 
     def __init__(
         self,
-        app: WSGIApp,
+        app: WSGIApplication,
         limits: ParserLimits,
+        info: ServerInfo,
         *,
-        server_name: str,
-        idle_timeout_s: float,
         execution: Execution,
         tls: bool,
     ) -> None:
-        self.gateway = Gateway(app, server_name, 0, idle_timeout_s)
+        self.app = app
+        self.gateway = CherootGateway(app, info)
         self.limits = limits
         self.inline = execution is Execution.INLINE
         self.tls = tls
@@ -107,6 +91,13 @@ class HttpTransport:
         with self._lock:
             self._refusals[status] = self._refusals.get(status, 0) + 1
 
+    def serving_on(self, port: int) -> None:
+        """The port bound (the environ's SERVER_PORT), once known: when port 0 was asked
+        for, no client can have connected before it is told."""
+        info = self.gateway.info
+        if info.port != port:
+            self.gateway = CherootGateway(self.app, dataclasses.replace(info, port=port))
+
     def protocol_for(self, connection: ConnectionInfo) -> HttpProtocol:
         return HttpProtocol(self, connection)
 
@@ -127,7 +118,7 @@ class HttpProtocol:
         self.head: RequestHead | None = None
         self.body: list[bytes] = []
         address, _, port = connection.peer.rpartition(":")
-        self.peer = (address, port)
+        self.peer = Peer(address, int(port) if port.isdigit() else 0, https=transport.tls)
 
     @property
     def mid_request(self) -> bool:
@@ -187,22 +178,30 @@ class HttpProtocol:
         self.head, self.body = None, []
         parser = self.parser
         stopping = self.connection.stopping
-        try:
-            response = self.transport.gateway.respond(
-                head,
-                body[0] if len(body) == 1 else b"".join(body),
-                self.peer,
-                tls=self.transport.tls,
-                close=stopping,
-            )
-        except Exception:
-            logger.exception("serving %s %r failed", self.connection.peer, head.target)
-            failed = error_response(500, _FAILED, head_only=head.method == b"HEAD")
-            return Outcome([failed], After.CLOSE)
-        replies: list[Reply] = list(response.written)
+        response = self.transport.gateway.respond(
+            head, body[0] if len(body) == 1 else b"".join(body), self.peer, close=stopping
+        )
+        replies: list[Reply] = [response.produced]
         if response.rest is not None:
-            replies.append(response.rest)
-        if not response.keep_alive or stopping or not head.keep_alive:
+            replies.append(_StreamedBody(response.rest, response.stream_state_bytes))
+        if not response.keep_alive or stopping:
             return Outcome(replies, After.CLOSE)
         parser.start_next_cycle()
         return Outcome(replies, After.CONTINUE if len(parser.buffer) else After.READ)
+
+
+class _StreamedBody:
+    """The rest of a long response body as the core writes it (`core.Pieces`): a piece (in
+    the chunked coding) each time the client has taken the last; `held_bytes` is what the app
+    said producing it holds (a history's snapshot), charged to the reply budget."""
+
+    def __init__(self, rest: Generator[bytes, None, None], held_bytes: int) -> None:
+        self.rest = rest
+        self.held_bytes = held_bytes
+
+    def next_piece(self) -> bytes | None:
+        return next(self.rest, None)
+
+    def close(self) -> None:
+        self.rest.close()  # the app's iterable is closed with it
+        self.held_bytes = 0

@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from kvservice.core import ConnectionServer, ConnectionSettings, Counts
 from kvservice.execution import Execution
-from kvservice.http.cheroot_adapter import WSGIApp
+from kvservice.http.cheroot_adapter import ServerInfo
 from kvservice.http.parser import ParserLimits
 from kvservice.http.protocol import HttpTransport
 from kvservice.http.request_info import (
@@ -37,6 +37,8 @@ __all__ = [
     "WSGIApp",
     "write_access_line",
 ]
+
+WSGIApp = Callable[..., Iterable[bytes]]
 
 access_logger = logging.getLogger("kvservice.access")
 
@@ -217,8 +219,12 @@ class Server:
         self._transport = HttpTransport(
             RequestLog(app, observers),
             settings.limits,
-            server_name=settings.server_name,
-            idle_timeout_s=settings.socket_timeout_s,
+            ServerInfo(
+                settings.host,
+                settings.port,
+                server_name=settings.server_name,
+                keep_alive_timeout_s=settings.socket_timeout_s,
+            ),
             execution=execution,
             tls=settings.tls is not None,
         )
@@ -267,7 +273,7 @@ class Server:
     def start(self) -> None:
         """Bind (raising OSError if the address is taken) and serve on a background thread."""
         self._core.start()
-        self._transport.gateway.port = self._core.port  # the port asked for, unless it was 0
+        self._transport.serving_on(self._core.port)  # the port asked for, unless it was 0
 
     def stop(self) -> None:
         """Stop accepting, let requests that started arriving finish and responses be written

@@ -13,6 +13,7 @@ import pytest
 
 from kvservice.core import After, Outcome, Work
 from kvservice.execution import Execution
+from kvservice.http.cheroot_adapter import ServerInfo
 from kvservice.http.parser import ParserLimits
 from kvservice.http.protocol import HttpProtocol, HttpTransport
 from kvservice.http.server import Server
@@ -47,9 +48,8 @@ def failing(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 def protocol(
     app: Any = echo, execution: Execution = Execution.INLINE
 ) -> tuple[HttpProtocol, FakeConnection, HttpTransport]:
-    transport = HttpTransport(
-        app, LIMITS, server_name="kvservice", idle_timeout_s=10.0, execution=execution, tls=False
-    )
+    info = ServerInfo("127.0.0.1", 8080, keep_alive_timeout_s=10.0)
+    transport = HttpTransport(app, LIMITS, info, execution=execution, tls=False)
     connection = FakeConnection()
     return HttpProtocol(transport, connection), connection, transport
 
