@@ -234,7 +234,7 @@ ITEM_HANDLERS: dict[str, Callable[[Store, str], Any]] = {
 def _history(store: Store, key: str) -> bytes | Iterator[bytes]:
     """The store is asked here (on the thread serving the request); a history longer than a
     piece is then serialised a piece at a time, as the client reads
-    (`cheroot_adapter.StreamedBody`), and sent chunked; a short one whole, with its length."""
+    (`cheroot_adapter.Response.rest`), and sent chunked; a short one whole, with its length."""
     entries = store.history(_key_from_raw_path())
     bottle.response.content_type = "application/json"
     return _whole_or_streamed(
