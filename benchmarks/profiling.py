@@ -9,7 +9,7 @@ straight into the store before the server starts. Every thread the server starts
 own cProfile, timed by that thread's CPU clock (time.thread_time) so that threads waiting
 for the GIL, a lock or a socket do not count; wrk, in its own process, makes the load.
 The report divides each figure by the requests wrk completed: CPU microseconds per request,
-by area (cheroot, the gate, Bottle, kvservice's app, the store, logging, ...) and by function.
+by area (the core, the parser, cheroot, Bottle, the app, the store, logging...) and by function.
 Absolute figures are inflated by the profiler itself (roughly 2x); the shares are what count.
 """
 
