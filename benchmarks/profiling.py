@@ -9,7 +9,7 @@ straight into the store before the server starts. Every thread the server starts
 own cProfile, timed by that thread's CPU clock (time.thread_time) so that threads waiting
 for the GIL, a lock or a socket do not count; wrk, in its own process, makes the load.
 The report divides each figure by the requests wrk completed: CPU microseconds per request,
-by area (cheroot, the gate, Bottle, kvservice's app, the store, logging, ...) and by function.
+by area (the core, the parser, cheroot, Bottle, the app, the store, logging...) and by function.
 Absolute figures are inflated by the profiler itself (roughly 2x); the shares are what count.
 """
 
@@ -39,10 +39,11 @@ from kvservice.store import Store
 
 AREAS = (
     ("/cheroot/", "cheroot"),
-    ("kvservice/http/gate.py", "kvservice gate (selector)"),
-    ("kvservice/http/server.py", "kvservice server, framing (parsing, access log)"),
-    ("kvservice/http/strict.py", "kvservice server, framing (parsing, access log)"),
-    ("kvservice/http/framing.py", "kvservice server, framing (parsing, access log)"),
+    ("kvservice/core/", "kvservice connection core (asyncio)"),
+    ("kvservice/http/protocol.py", "kvservice http protocol (parser events, access log)"),
+    ("kvservice/http/server.py", "kvservice http protocol (parser events, access log)"),
+    ("kvservice/http/parser.py", "kvservice http parser"),
+    ("kvservice/http/cheroot_adapter.py", "kvservice cheroot adapter"),
     ("kvservice/http/app.py", "kvservice http app"),
     ("kvservice/http/problems.py", "kvservice problems"),
     ("kvservice/store/", "kvservice store"),
@@ -51,6 +52,7 @@ AREAS = (
     ("/json/", "json"),
     ("/_pyio.py", "_pyio (pure-Python io)"),
     ("/selectors.py", "selectors"),
+    ("/asyncio/", "asyncio"),
     ("/threading.py", "threading, queue"),
     ("/queue.py", "threading, queue"),
 )
@@ -182,9 +184,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         finally:
             server.stop()
+    where = (
+        f"{config.threads} threads"
+        if settings.execution.needs_workers
+        else "served on the event loop"
+    )
     print(
         f"{workload.name} at {args.connections} connections, "
-        f"{'served on the event loop' if settings.serve_inline else f'{config.threads} threads'}: "
+        f"{where}: "
         f"{result.requests_per_s:,.0f} req/s under the profiler, "
         f"non-2xx {result.non_2xx}, socket errors {result.socket_errors}\n"
     )

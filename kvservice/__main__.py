@@ -178,8 +178,7 @@ def http_transport_settings(
 ) -> ServerSettings:
     """The HTTP transport's settings for `store`: served on the event loop's thread or by
     --threads workers, as the execution policy says."""
-    serve_inline = not execution_for(store).needs_workers
-    return dataclasses.replace(server_settings(config), serve_inline=serve_inline, tls=tls)
+    return dataclasses.replace(server_settings(config), execution=execution_for(store), tls=tls)
 
 
 @dataclass(frozen=True)

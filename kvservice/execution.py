@@ -60,6 +60,8 @@ class ExecutionPolicy:
 
 INLINE_POLICY = ExecutionPolicy.everything(Execution.INLINE)
 """Everything on the loop: a store that never blocks."""
+WORKERS_POLICY = ExecutionPolicy.everything(Execution.WORKERS)
+"""Everything on workers: what serves an app that may wait on anything."""
 
 
 def execution_for(store: Store) -> ExecutionPolicy:

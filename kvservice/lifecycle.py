@@ -2,7 +2,7 @@
 sets up the process's logging.
 
 The servers run on their own threads; the main thread only waits for a signal, because
-stopping cheroot from a signal handler on its serving thread deadlocks.
+stopping a server from a signal handler on its serving thread would wait for itself.
 """
 
 from __future__ import annotations

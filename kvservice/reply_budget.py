@@ -1,7 +1,7 @@
 """The process-wide budget for bytes held in unsent replies, shared by every transport.
 
-A reply a client does not read stays in the process until it does: in the HTTP gate's
-`ResponseBuffer`, in the RESP transport's write buffer. One slow reader is bounded by its
+A reply a client does not read stays in the process until it does: in a connection's write
+buffer and queue (`core.connection`), whichever its transport. One slow reader is bounded by its
 socket timeout, but many together are not, unless the bytes they hold are counted as a whole
 (Redis 7's `maxmemory-clients`). Each transport reserves here what a connection holds after
 the socket took what it would, and releases it as the client reads or the connection closes.
@@ -12,7 +12,7 @@ the replies already held go on being sent, new requests are never held back, and
 connections that cost the process memory are the ones that lose it. Refusals are counted
 here, once for every transport, for the metrics.
 
-Thread-safe: the HTTP gate's thread, HTTP workers and the RESP loop share one budget.
+Thread-safe: every transport's loop (and their workers) share one budget.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@ certificate chain and key files of --tls-cert and --tls-key.
 
 TLS 1.2 is the oldest version offered and renegotiation is off; the ciphers, and everything
 else, are the standard library's defaults (`ssl.create_default_context`), which track what is
-safe. Handshakes are done without blocking: `http/gate.py` drives them on its event loop, the
-connection core (`core/server.py`, under RESP) leaves them to asyncio.
+safe. Handshakes are done without blocking: the connection core (`core/server.py`, under
+HTTP and RESP) leaves them to asyncio, each within a bound.
 """
 
 from __future__ import annotations

@@ -49,8 +49,7 @@ def start_kv(background_stops: list[threading.Thread]) -> Iterator[StartKV]:
     ) -> str:
         store = StoreService(store or MemoryStore(**store_options))
         # As kvservice runs it: where requests are served is the execution policy's.
-        inline = not execution_for(store).needs_workers
-        default = http_settings(threads=8, socket_timeout_s=2.0, serve_inline=inline)
+        default = http_settings(threads=8, socket_timeout_s=2.0, execution=execution_for(store))
         server = Server(create_app(store), settings or default)
         server.start()
         servers.append(server)

@@ -13,13 +13,17 @@ written; `Pieces` are produced as the transport drains, at most `_WRITE_PER_ROUN
 turn of the loop. What the write buffer and the queue hold is charged to the reply budget
 after each write, when it drains (`resume_writing`) and at each sweep; a connection it does
 not fit is closed, its replies dropped. The sweep (`expire`) closes a connection idle for
-the idle timeout, one whose replies have not drained for as long, and one whose request has
-not arrived within the request timeout of its first byte.
+the idle timeout, one whose replies have not drained for as long (with a reset, so the
+kernel drops what it still holds for it too), and one whose request has not arrived within
+the request timeout of its first byte.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -34,6 +38,8 @@ _STREAM_HEADROOM = 96 * 1024
 """What a connection streaming a reply is charged for its write buffer, whatever it holds at
 the moment: up to the transport's high-water mark (64 KiB) and a piece
 (`ConnectionCharge`)."""
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
+"""SO_LINGER on, for 0 s: a close drops what the kernel still holds to send and resets."""
 _WRITE_PER_ROUND = 64 * 1024
 """Bytes of streamed replies written to one connection before the loop serves the others:
 a socket buffer takes megabytes, which would otherwise be produced in one go."""
@@ -47,9 +53,13 @@ def held_bytes(reply: Reply) -> int:
 class Connection(asyncio.BufferedProtocol):
     """One connection, from its acceptance to its close (see the module docstring)."""
 
-    def __init__(self, server: ConnectionServer, connection_id: int) -> None:
+    def __init__(
+        self, server: ConnectionServer, connection_id: int, *, over_cap: bool = False
+    ) -> None:
         self.server = server
         self._id = connection_id
+        self.over_cap = over_cap
+        """Accepted past the cap (with TLS, to be told why once the handshake is done)."""
         self.protocol: WireProtocol | None = None
         """The transport's protocol code, once admitted; None for a refused connection."""
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -109,7 +119,7 @@ class Connection(asyncio.BufferedProtocol):
         self.transport = transport
         address = transport.get_extra_info("peername")
         self._peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
-        if not self.server.admit(self):
+        if not self.server.admit(self, self.over_cap):
             if not self.server.stopping:
                 transport.write(self.server.transport.refusal)
             transport.close()
@@ -296,7 +306,14 @@ class Connection(asyncio.BufferedProtocol):
         written = 0
         while outgoing and not self.writing_paused and written < _WRITE_PER_ROUND:
             following = outgoing[0]
-            piece = following if isinstance(following, bytes) else following.next_piece()
+            try:
+                piece = following if isinstance(following, bytes) else following.next_piece()
+            except Exception:
+                # As for work that fails: a bug of the transport's; the reply cannot be ended.
+                self.server.transport.logger.exception("closing %s: its reply failed", self.peer)
+                self._drop_outgoing()
+                self.transport.abort()
+                return
             if piece is following or piece is None:
                 outgoing.popleft()
                 self.outgoing_bytes -= held_bytes(following)
@@ -352,6 +369,25 @@ class Connection(asyncio.BufferedProtocol):
             if not self.outgoing and not self.running:
                 self.transport.close()
 
+    def drain(self) -> None:
+        """The server stops: close once every reply is written, as `finish` does, unless a
+        request is arriving (`mid_request`): it is read on, to be answered and closed (the
+        transport sees `stopping`), or closed when the drain gives up."""
+        protocol = self.protocol
+        if protocol is not None and protocol.mid_request and not self.running:
+            return
+        self.finish()
+
+    def _reset(self) -> None:
+        """Make the close a reset: what the kernel holds to send (megabytes, for a client
+        that stopped reading) is dropped at once rather than trickled to a client that does
+        not read, and the client learns at its next read that it was given up on (over TLS
+        too, where a partial record would otherwise look like more to come)."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+
     def expire(self, now: float) -> None:
         """Close it if it has been idle for the idle timeout, or its replies have not
         drained for as long, or a request has been arriving for the request timeout; what it
@@ -380,6 +416,8 @@ class Connection(asyncio.BufferedProtocol):
             self.server.transport.logger.debug(
                 "closing %s: idle for %g s", self.peer, settings.idle_timeout_s
             )
+            if stalled:
+                self._reset()
             self.transport.abort()
         elif self.charge is not None and self.charge.bytes:
             self.hold()  # what it read since gives its charge back

@@ -163,8 +163,9 @@ class Transport(Protocol):
     @property
     def refusal(self) -> bytes:
         """What a connection past the cap is told before it is closed (RESP's
-        `-ERR max number of clients reached`, HTTP's 503); with TLS, and while the server
-        stops, a connection past the cap is closed without a word."""
+        `-ERR max number of clients reached`, HTTP's 503); while the server stops, and with
+        TLS past the settings' `tls_refusals`, a connection past the cap is closed without a
+        word."""
         ...
 
     @property

@@ -7,12 +7,13 @@ can make it hold is bounded: connections (`max_connections`; one past it is told
 transport's `refusal` and closed), idle time, the time a request takes to arrive, the replies
 it has not read (the process's `ReplyBudget`). With TLS, asyncio does each handshake without
 blocking the loop, within `handshake_timeout_s`; connections still in their handshake count
-against the cap, and one past it is closed at once (there is no TLS yet to say why in).
+against the cap, and one past it is closed at once (there is no TLS yet to say why in), or,
+for the first `tls_refusals` past it, refused once its handshake is done (HTTP's 503).
 Where a transport's `Work` runs is the execution policy's (`kvservice.execution`): on this
 thread for a store that never blocks; for one that may, on a pool of `workers` threads, so no
 client waits behind another client's store call. `stop()` drains: nothing more is accepted,
-work in flight finishes, replies are written for up to `shutdown_timeout_s`, then every
-connection is closed.
+work in flight finishes, a request that has started arriving may arrive and be answered,
+replies are written for up to `shutdown_timeout_s`, then every connection is closed.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ class ConnectionSettings:
     """How long a TLS handshake may take; a client that stalls one is then dropped."""
     workers: int = 32
     """Threads that run a transport's work when the execution policy says WORKERS."""
+    tls_refusals: int = 0
+    """With TLS, how many connections past the cap are let through their handshake (within
+    `handshake_timeout_s`) to be told the transport's `refusal`, as HTTP's 503 is; past
+    those, and with 0, one is closed at once, without a word."""
     read_bytes: int = 16 * 1024
     """The most one read takes from a connection, so the most one turn of the loop runs for
     it (asyncio's own reads take up to 256 KiB). Redis reads 16 KiB too (PROTO_IOBUF_LEN)."""
@@ -202,7 +207,7 @@ class ConnectionServer:
         loop.remove_reader(listener.fileno())
         listener.close()
         for connection in list(self._connections):
-            connection.finish()  # no more work; closed once its replies are sent
+            connection.drain()  # closed once its replies (and a request arriving) are sent
         if self._tasks:
             _, unfinished = await asyncio.wait(
                 set(self._tasks), timeout=self.settings.shutdown_timeout_s
@@ -234,7 +239,10 @@ class ConnectionServer:
                 loop.remove_reader(listener.fileno())
                 loop.call_later(_ACCEPT_RETRY_S, self._resume_accepting, listener)
                 return
-            if self.tls is not None and len(self._tasks) >= self.settings.max_connections:
+            over_cap = self.tls is not None and len(self._tasks) >= self.settings.max_connections
+            if over_cap and len(self._tasks) >= (
+                self.settings.max_connections + self.settings.tls_refusals
+            ):
                 # Connections mid-handshake count too, or stalled handshakes would be
                 # unbounded; there is no TLS yet to say "max number of clients" in.
                 self.figures.total_connections_received += 1
@@ -242,7 +250,7 @@ class ConnectionServer:
                 logger.warning("refused a TLS connection: %d are open", len(self._tasks))
                 client.close()
                 continue
-            task = loop.create_task(self._serve_connection(client))
+            task = loop.create_task(self._serve_connection(client, over_cap))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -250,10 +258,11 @@ class ConnectionServer:
         if not self._stopping:
             asyncio.get_running_loop().add_reader(listener.fileno(), self._accept, listener)
 
-    async def _serve_connection(self, sock: socket.socket) -> None:
-        """Hand the socket to a `Connection` and wait until it has closed."""
+    async def _serve_connection(self, sock: socket.socket, over_cap: bool = False) -> None:
+        """Hand the socket to a `Connection` and wait until it has closed; `over_cap`: it is
+        to be refused once its TLS handshake is done (`tls_refusals`)."""
         loop = asyncio.get_running_loop()
-        connection = Connection(self, next(self._ids))
+        connection = Connection(self, next(self._ids), over_cap=over_cap)
         try:
             if self.tls is None:
                 await loop.connect_accepted_socket(lambda: connection, sock=sock)
@@ -322,13 +331,14 @@ class ConnectionServer:
         """Whether work of kind `calls` runs on the loop's thread (the execution policy)."""
         return self.workers is None or self.execution.where(calls) is Execution.INLINE
 
-    def admit(self, connection: Connection) -> bool:
-        """Count a new connection in, or refuse it (False) past `max_connections`."""
+    def admit(self, connection: Connection, over_cap: bool = False) -> bool:
+        """Count a new connection in, or refuse it (False) past `max_connections` (or when it
+        was past them, counting handshakes, as it was accepted: `over_cap`)."""
         figures = self.figures
         figures.total_connections_received += 1
         if self._stopping:
             return False
-        if len(self._connections) >= self.settings.max_connections:
+        if over_cap or len(self._connections) >= self.settings.max_connections:
             figures.rejected_connections += 1
             self.transport.logger.warning(
                 "refused %s: %d connections are open",

@@ -257,8 +257,8 @@ ITEM_HANDLERS: dict[str, Callable[[Store, str], Any]] = {
 
 def _history(store: Store, key: str) -> bytes | Iterator[bytes]:
     """The store is asked here (on the thread serving the request); a history longer than a
-    piece is then serialised a piece at a time, as the client reads (`gate.StreamingGateway`),
-    and sent chunked; a short one whole, with its length."""
+    piece is then serialised a piece at a time, as the client reads
+    (`cheroot_adapter.Response.rest`), and sent chunked; a short one whole, with its length."""
     entries = store.history(_key_from_raw_path())
     bottle.response.content_type = "application/json"
     return _whole_or_streamed(
@@ -270,7 +270,7 @@ def _whole_or_streamed(
     pieces: Iterator[bytes], snapshot_size: Callable[[], int]
 ) -> bytes | Iterator[bytes]:
     """A body of one piece whole, with its length; a longer one as the rest of `pieces`,
-    which the gate serialises as the client reads, charging the reply budget meanwhile for
+    which the transport serialises as the client reads, charging the reply budget meanwhile for
     what they are made from (`snapshot_size`, asked only then). A HEAD of a long one gets the
     length a GET's body would have, counted a piece at a time, never held whole."""
     first = next(pieces)

@@ -1,5 +1,6 @@
-"""RFC 9457 problem details: the one shape every error response body takes, and the one
-way a Bottle app (kvservice's, the test client's) turns its own errors into them."""
+"""RFC 9457 problem details: the one shape every error response body takes, the one way a
+Bottle app (kvservice's, the test client's) turns its own errors into them, and the whole
+response a transport writes for an error of its own (a refused request, a failed app)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,21 @@ def problem_body(
     if request_id is not None:
         document["request_id"] = request_id
     return json.dumps(document, separators=(",", ":")).encode("ascii")
+
+
+def error_response(status: int, detail: str, *, head_only: bool = False) -> bytes:
+    """A whole HTTP/1.1 error response with a problem body; it announces the connection
+    closes. An answer to HEAD leaves the body out (RFC 9110 section 9.3.2) and keeps its
+    length. (strict.py keeps a twin of this until it goes with the cheroot-based gate.)"""
+    body = problem_body(status, detail or HTTPStatus(status).description)
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        f"Content-Type: {PROBLEM_CONTENT_TYPE}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "X-Content-Type-Options: nosniff\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + (b"" if head_only else body)
 
 
 def current_request_id() -> str | None:

@@ -1,22 +1,24 @@
-"""Runs any WSGI application on cheroot with explicit limits, an access log and a graceful stop.
-
-The strict request parsing is `strict.py`'s, the selector-side gate `gate.py`'s; everything
-else is ordinary cheroot configuration taken from `ServerSettings`.
+"""The HTTP transport's runner: its settings, `Server` (the protocol code of `protocol.py` on
+the connection core, `kvservice.core`, which owns the loop thread, accepting, the connection
+cap, timeouts, TLS, flow control, the reply budget, the execution policy and the drain), and
+what every request answered is told to: `RequestLog` gives each its ID and tells the
+observers (the access log, `write_access_line`; the metrics) what became of it.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from cheroot import wsgi as cheroot_wsgi
-
-from kvservice.http.gate import GatedConnectionManager, StreamingGateway
+from kvservice.core import ConnectionServer, ConnectionSettings, Counts
+from kvservice.execution import WORKERS_POLICY, ExecutionPolicy
+from kvservice.http.cheroot_adapter import ServerInfo
+from kvservice.http.parser import ParserLimits
+from kvservice.http.protocol import HttpTransport
 from kvservice.http.request_info import (
     REQUEST_ID_ENVIRON,
     REQUEST_ID_HEADER,
@@ -24,13 +26,21 @@ from kvservice.http.request_info import (
     UNMATCHED_ROUTE,
     request_id,
 )
-from kvservice.http.strict import StrictConnection
 from kvservice.reply_budget import ReplyBudget
+
+__all__ = [
+    "RequestLog",
+    "RequestObserver",
+    "RequestRecord",
+    "Server",
+    "ServerSettings",
+    "WSGIApp",
+    "write_access_line",
+]
 
 WSGIApp = Callable[..., Iterable[bytes]]
 
 access_logger = logging.getLogger("kvservice.access")
-logger = logging.getLogger("kvservice.server")
 
 
 @dataclass(frozen=True)
@@ -53,45 +63,50 @@ class ServerSettings:
     max_continued_body_bytes: int | None = None
     """The largest body a client that sends `Expect: 100-continue` is told to send; larger is
     413 before it is sent. None: `max_body_bytes`."""
-    serve_inline: bool = False
-    """Serve each request on the event loop's own thread, not a worker: for apps that never
-    wait (an in-process store), which then cost no thread hand-off. An app that waits on a
-    network (a remote store) must leave it False, or it would stall every connection."""
+    execution: ExecutionPolicy = WORKERS_POLICY
+    """Where requests are served (`kvservice.execution`): GET and HEAD are reads, every
+    other method may write. INLINE: on the event loop's own thread, for an app that never
+    waits on what it reads or writes (an in-process store), which then costs no thread
+    hand-off; WORKERS (`threads` of them, the default) for one that may wait on a network
+    or a disk, which would otherwise stall every connection."""
     tls: ssl.SSLContext | None = None
-    """Serve HTTPS with this context (`kvservice.tls`); None: plain HTTP. The gate does the
-    handshakes, without blocking."""
+    """Serve HTTPS with this context (`kvservice.tls`); None: plain HTTP. The core does the
+    handshakes, without blocking, each within the request timeout."""
     drain_timeout_s: float = 2.0
-    shutdown_timeout_s: float = 2.5
+    """How long `stop()` lets requests that started arriving finish and responses be
+    written before it closes every connection."""
     max_header_count: int = 100
     server_name: str = "kvservice"
 
-
-class _CherootServer(cheroot_wsgi.Server):
-    ConnectionClass = StrictConnection
-    # Set from ServerSettings by Server before the server starts; the gate and parser read them.
-    max_header_count: int
-    max_continued_body_size: int
-    max_connections: int
-    serve_inline: bool
-    request_timeout: float
-    drain_timeout: float
-    tls_context: ssl.SSLContext | None
-    reply_budget: ReplyBudget | None
-    _connections: GatedConnectionManager
-
-    def prepare(self) -> None:
-        super().prepare()
-        self.socket.setblocking(False)  # the gate accepts in batches until none is left
-        self._connections._selector.close()  # replaced, with the listening socket, by the gate
-        self._connections = GatedConnectionManager(self)
+    @property
+    def limits(self) -> ParserLimits:
+        """What one request may hold, for the parser."""
+        return ParserLimits(
+            max_header_bytes=self.max_header_bytes,
+            max_header_count=self.max_header_count,
+            max_body_bytes=self.max_body_bytes,
+            max_continued_body_bytes=self.max_continued_body_bytes,
+        )
 
     @property
-    def connections(self) -> GatedConnectionManager:
-        """The gate, which also counts open connections."""
-        return self._connections
-
-    def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
-        logger.log(level, "%s", msg, exc_info=traceback)
+    def connections(self) -> ConnectionSettings:
+        """What the connection core enforces: the socket timeout is the idle timeout (and
+        how long a response may go unread), the request timeout bounds a request's arrival
+        and a TLS handshake."""
+        return ConnectionSettings(
+            host=self.host,
+            port=self.port,
+            max_connections=self.max_connections,
+            idle_timeout_s=self.socket_timeout_s,
+            listen_backlog=self.listen_backlog,
+            request_timeout_s=self.request_timeout_s,
+            shutdown_timeout_s=self.drain_timeout_s,
+            handshake_timeout_s=self.request_timeout_s,
+            workers=self.threads,
+            # Over TLS too, a client past the cap is told 503 (after its handshake), as many
+            # of them as there are connections; past those, closed without a word.
+            tls_refusals=self.max_connections,
+        )
 
 
 class RequestRecord(NamedTuple):
@@ -187,10 +202,11 @@ class RequestLog:
 
 
 class Server:
-    """A cheroot server for one WSGI app, serving on a background thread until `stop()`; each
-    request answered is told to `observers` (by default, the access log); the responses it
-    holds for clients that do not read them are charged to `reply_budget` (None: unbounded
-    but for the socket timeout), which other transports may share."""
+    """The HTTP transport for one WSGI app, serving on a background thread until `stop()`:
+    the protocol code (`protocol.py`) on the connection core; each request answered is told
+    to `observers` (by default, the access log); the responses it holds for clients that do
+    not read them are charged to `reply_budget` (None: unbounded but for the socket
+    timeout), which other transports may share."""
 
     def __init__(
         self,
@@ -200,38 +216,32 @@ class Server:
         reply_budget: ReplyBudget | None = None,
     ) -> None:
         self.settings = settings
-        self._server = _CherootServer(
-            (settings.host, settings.port),
+        self._transport = HttpTransport(
             RequestLog(app, observers),
-            numthreads=settings.threads,
-            server_name=settings.server_name,
-            request_queue_size=settings.listen_backlog,
-            # cheroot's stubs say int; it passes both to settimeout/join, which take floats.
-            timeout=settings.socket_timeout_s,  # type: ignore[arg-type]
-            shutdown_timeout=settings.shutdown_timeout_s,  # type: ignore[arg-type]
+            settings.limits,
+            ServerInfo(
+                settings.host,
+                settings.port,
+                server_name=settings.server_name,
+                keep_alive_timeout_s=settings.socket_timeout_s,
+            ),
+            tls=settings.tls is not None,
         )
-        self._server.max_request_header_size = settings.max_header_bytes
-        self._server.max_request_body_size = settings.max_body_bytes
-        self._server.max_continued_body_size = (
-            settings.max_continued_body_bytes or settings.max_body_bytes
+        self._figures = Counts()
+        self._core = ConnectionServer(
+            self._transport,
+            settings.connections,
+            tls=settings.tls,
+            execution=settings.execution,
+            reply_budget=reply_budget,
+            figures=self._figures,
         )
-        self._server.max_header_count = settings.max_header_count
-        self._server.max_connections = settings.max_connections
-        self._server.request_timeout = settings.request_timeout_s
-        self._server.drain_timeout = settings.drain_timeout_s
-        self._server.serve_inline = settings.serve_inline
-        self._server.tls_context = settings.tls
-        self._server.reply_budget = reply_budget
-        self._server.gateway = StreamingGateway
-        # Idle kept-alive connections wait in the selector at no cost; only the total counts.
-        self._server.keep_alive_conn_limit = settings.max_connections
-        self._thread: threading.Thread | None = None
-        self.failed = threading.Event()
+        self.failed = self._core.failed
 
     @property
     def port(self) -> int:
         """The bound port (useful when the settings asked for port 0)."""
-        return int(self._server.bind_addr[1])
+        return self._core.port
 
     @property
     def url(self) -> str:
@@ -242,39 +252,29 @@ class Server:
     @property
     def open_connections(self) -> int:
         """Connections accepted and not yet closed."""
-        return self._server.connections.open_connections
+        return self._figures.connected_clients
 
     @property
     def connections_in_gate(self) -> int:
-        """Open connections the gate holds: waiting for (the rest of) a request, or sending a
-        response; the others are being served."""
-        return self._server.connections.connections_in_gate
+        """Open connections the event loop holds: idle, receiving a request, sending a
+        response, or served on the loop itself; not those whose request a worker serves."""
+        return max(0, self._figures.connected_clients - self._transport.on_workers)
 
     @property
     def refusals(self) -> Mapping[int, int]:
         """Requests and connections the transport refused before the app saw them (connection
-        limit, timeouts, oversized heads or bodies, shutting down), by status code."""
-        return self._server.connections.refusals
+        limit, timeouts, oversized heads or bodies, malformed requests), by status code."""
+        refusals = dict(self._transport.refusals)
+        if self._figures.rejected_connections:
+            refusals[503] = refusals.get(503, 0) + self._figures.rejected_connections
+        return refusals
 
     def start(self) -> None:
         """Bind (raising OSError if the address is taken) and serve on a background thread."""
-        try:
-            self._server.prepare()
-        except OSError as error:
-            raise OSError(f"{self.settings.host}:{self.settings.port}: {error}") from error
-        self._thread = threading.Thread(target=self._serve, name="cheroot-serve", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        try:
-            self._server.serve()
-        except Exception:
-            logger.exception("the server loop stopped unexpectedly")
-            self.failed.set()
+        self._core.start()
+        self._transport.serving_on(self._core.port)  # the port asked for, unless it was 0
 
     def stop(self) -> None:
-        """Stop accepting, let requests that started arriving finish (up to the drain timeout),
-        then let workers finish what they serve (up to the shutdown timeout)."""
-        self._server.stop()
-        if self._thread is not None:
-            self._thread.join(self.settings.shutdown_timeout_s)
+        """Stop accepting, let requests that started arriving finish and responses be written
+        (up to the drain timeout), then close every connection."""
+        self._core.stop()

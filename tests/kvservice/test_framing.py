@@ -1,143 +1,100 @@
-"""The chunked-body decoder and the gate's judgement of a request as pure functions, in the style
-of h11's tests: every case fed whole, byte by byte, and followed by the bytes of a next request,
-which must stay unused; and the cost of a body trickled in small reads, which must grow
-linearly with its length."""
+"""The judgement of a request as it arrives, read by the parser as the transport reads it, in
+the style of h11's tests: every case fed whole, byte by byte, and followed by the bytes of a
+next request; and the cost of a body trickled in small reads, which must grow linearly with
+its length. (These were the gate's cases; the transport now waits for what the parser says, so
+they are put to it. The grammar itself, the chunked decoder included, is tested in
+tests/kvservice/http/test_parser.py.)"""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from enum import Enum
 
 import pytest
 
-from kvservice.http.framing import MAX_CHUNK_LINE_BYTES, MAX_TRAILER_LINES, ChunkedBodyDecoder
-from kvservice.http.gate import Readiness, RequestJudge
+from kvservice.http.parser import EndOfMessage, ParserLimits, Refusal, RequestParser, Signal
+from tests.kvservice.http.test_parser import CHUNKED_BODIES, CHUNKED_HEAD, REFUSED
 
 NEXT_REQUEST = b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
-LONGEST_LINE = b"5;" + b"e" * (MAX_CHUNK_LINE_BYTES - 4) + b"\r\n"  # exactly the limit
-
-VALID = {
-    "no chunks": (b"0\r\n\r\n", b""),
-    "one chunk": (b"5\r\nhello\r\n0\r\n\r\n", b"hello"),
-    "several chunks": (b"3\r\nabc\r\n1\r\nd\r\n2\r\nef\r\n0\r\n\r\n", b"abcdef"),
-    "upper and lower hex, leading zeros": (b"00A\r\n" + b"x" * 10 + b"\r\n0\r\n\r\n", b"x" * 10),
-    "eight hex digits": (b"00000003\r\nabc\r\n0\r\n\r\n", b"abc"),
-    "extensions": (b"5;name=value;other\r\nhello\r\n0;last\r\n\r\n", b"hello"),
-    "blanks around the size": (b"5 \t;ext\r\nhello\r\n0 \r\n\r\n", b"hello"),
-    "trailers": (b"3\r\nabc\r\n0\r\nX-Trace: 1\r\nX-More: 2\r\n\r\n", b"abc"),
-    "chunk data holding CRLFs and digits": (b"7\r\n0\r\n\r\n0\r\r\n0\r\n\r\n", b"0\r\n\r\n0\r"),
-    "a size line of exactly the longest length": (LONGEST_LINE + b"hello\r\n0\r\n\r\n", b"hello"),
-    "the most trailer lines": (
-        b"0\r\n" + b"X: 1\r\n" * (MAX_TRAILER_LINES - 1) + b"\r\n",
-        b"",
-    ),
-}
-
-INVALID = {
-    "a size that is not hex": b"x\r\n",
-    "a 0x prefix": b"0x5\r\nhello\r\n",
-    "a signed size": b"+5\r\nhello\r\n",
-    "a negative size": b"-5\r\nhello\r\n",
-    "an empty size": b"\r\n",
-    "nine hex digits": b"000000005\r\nhello\r\n",
-    "a size line ended by a bare LF": b"5\nhello\r\n0\r\n\r\n",
-    "chunk data not followed by CRLF": b"5\r\nhelloXY0\r\n\r\n",
-    "chunk data followed by a bare LF": b"5\r\nhello\n0\r\n\r\n",
-    "a size line one byte too long": b"5;" + b"e" * (MAX_CHUNK_LINE_BYTES - 3) + b"\r\n",
-    "a size line that never ends": b"5" * (MAX_CHUNK_LINE_BYTES + 10),
-    "a trailer ended by a bare LF": b"0\r\nX-Trace: 1\n\r\n",
-    "one trailer line too many": b"0\r\n" + b"X: 1\r\n" * MAX_TRAILER_LINES + b"\r\n",
+BAD_BODIES = {
+    name: raw[len(CHUNKED_HEAD) :]
+    for name, (raw, status, _) in REFUSED.items()
+    if status == 400 and raw.startswith(CHUNKED_HEAD)
 }
 
 
-def decode_whole(data: bytes) -> tuple[bytes, int, bool]:
-    decoder = ChunkedBodyDecoder()
-    body, used = decoder.feed(data)
-    return body, used, decoder.done
+VALID_BODIES = {name: raw for name, (raw, _) in CHUNKED_BODIES.items()}
 
 
-def decode_byte_by_byte(data: bytes) -> tuple[bytes, int, bool]:
-    decoder = ChunkedBodyDecoder()
-    body, used = b"", 0
-    for index in range(len(data)):
-        piece, piece_used = decoder.feed(data[index : index + 1])
-        body += piece
-        used += piece_used
-        if decoder.done:
-            break
-    return body, used, decoder.done
-
-
-Feeder = Callable[[bytes], tuple[bytes, int, bool]]
-"""Feeds a body to a fresh decoder: (body decoded, bytes used, whether it ended)."""
-FEEDERS: dict[str, Feeder] = {"whole": decode_whole, "byte by byte": decode_byte_by_byte}
-
-
-@pytest.mark.parametrize("feed", FEEDERS.values(), ids=FEEDERS.keys())
-@pytest.mark.parametrize(("raw", "body"), VALID.values(), ids=VALID.keys())
-def test_a_valid_body_decodes_and_ends_where_it_ends(feed: Feeder, raw: bytes, body: bytes) -> None:
-    assert feed(raw) == (body, len(raw), True)
-    assert feed(raw + NEXT_REQUEST) == (body, len(raw), True), "the next request stays unread"
+@pytest.mark.parametrize("raw", VALID_BODIES.values(), ids=VALID_BODIES.keys())
+def test_a_valid_body_is_served_once_whole(raw: bytes) -> None:
     for piece_bytes in (None, 1, 7):
         assert gate_readiness(CHUNKED_HEAD + raw, piece_bytes) is Readiness.SERVE
         assert gate_readiness(CHUNKED_HEAD + raw + NEXT_REQUEST, piece_bytes) is Readiness.SERVE
 
 
-@pytest.mark.parametrize("raw", [raw for raw, _ in VALID.values()], ids=VALID.keys())
+@pytest.mark.parametrize("raw", VALID_BODIES.values(), ids=VALID_BODIES.keys())
 def test_every_prefix_of_a_valid_body_waits_for_more(raw: bytes) -> None:
     for end in range(len(raw)):
         prefix = raw[:end]
-        _, used, done = decode_whole(prefix)
-        assert (used, done) == (len(prefix), False), f"prefix of {end} bytes"
         assert gate_readiness(CHUNKED_HEAD + prefix) is Readiness.WAIT, f"prefix of {end} bytes"
-    judge, pending = gate_judge(), bytearray()
+    judge = gate_judge()
     for byte in CHUNKED_HEAD + raw[:-1]:
-        pending.append(byte)
-        assert judge.readiness(pending) is Readiness.WAIT, "one judge, fed each byte as it comes"
+        assert judge.readiness(bytes([byte])) is Readiness.WAIT, "one parser, fed each byte"
 
 
-@pytest.mark.parametrize("feed", FEEDERS.values(), ids=FEEDERS.keys())
-@pytest.mark.parametrize("raw", INVALID.values(), ids=INVALID.keys())
-def test_a_malformed_body_is_refused_however_it_arrives(feed: Feeder, raw: bytes) -> None:
-    with pytest.raises(ValueError, match="Bad chunked transfer coding"):
-        feed(raw)
-    with pytest.raises(ValueError, match="Bad chunked transfer coding"):
-        feed(raw + NEXT_REQUEST)
+@pytest.mark.parametrize("raw", BAD_BODIES.values(), ids=BAD_BODIES.keys())
+def test_a_malformed_body_is_refused_as_it_arrives(raw: bytes) -> None:
     for piece_bytes in (None, 1):
         readiness = gate_readiness(CHUNKED_HEAD + raw, piece_bytes)
-        assert readiness is Readiness.SERVE, "the gate hands malformed bodies on, to be refused"
+        assert readiness is Readiness.REFUSED, "a malformed body is refused as it arrives"
 
 
-def test_chunk_data_is_handed_out_as_it_arrives() -> None:
-    decoder = ChunkedBodyDecoder()
-    assert decoder.feed(b"b\r\nhel") == (b"hel", 6)
-    assert decoder.feed(b"lo wo") == (b"lo wo", 5)
-    assert not decoder.done
-    assert decoder.feed(b"rld\r\n0\r\n\r\nGET") == (b"rld", 10)
-    assert decoder.done
+# -- the judgement: the parser fed incrementally, as bytes arrive -----------------------------
 
 
-# -- the gate's judgement: the decoder fed incrementally, as bytes arrive ---------------------
+class Readiness(Enum):
+    """What the transport does with a request arriving, by what its parser says."""
 
-CHUNKED_HEAD = b"PUT /k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    WAIT = "wait"  # incomplete: read on (told to continue, perhaps)
+    SERVE = "serve"  # whole: the app answers it
+    REFUSED = "refused"  # malformed: answered 400 (or 501, 505, 414, 431) and closed
+    TOO_LARGE = "too large"  # the body is over the limit: 413
 
 
-def gate_judge() -> RequestJudge:
-    return RequestJudge(max_head=16384, max_body=1 << 20, max_fields=100)
+class Judge:
+    """One parser per connection, fed each read, asked for events until it waits."""
+
+    def __init__(self, max_body: int = 1 << 20) -> None:
+        limits = ParserLimits(max_header_bytes=16384, max_header_count=100, max_body_bytes=max_body)
+        self.parser = RequestParser(limits)
+
+    def readiness(self, data: bytes) -> Readiness:
+        self.parser.receive_data(data)
+        while True:
+            event = self.parser.next_event()
+            if event is Signal.NEED_DATA or event is Signal.SEND_CONTINUE:
+                return Readiness.WAIT
+            if isinstance(event, EndOfMessage):
+                return Readiness.SERVE
+            if isinstance(event, Refusal):
+                return Readiness.TOO_LARGE if event.status == 413 else Readiness.REFUSED
+
+
+def gate_judge() -> Judge:
+    return Judge()
 
 
 def gate_readiness(data: bytes, piece_bytes: int | None = None) -> Readiness:
-    """What the gate makes of `data` arriving in reads of `piece_bytes` (all at once: None),
-    as it judges: one judge per request, given the growing buffer after each read, until it
-    stops waiting."""
-    judge, pending = gate_judge(), bytearray()
+    """What the parser makes of `data` arriving in reads of `piece_bytes` (all at once: None):
+    one parser per request, given each read as it arrives, until it stops waiting."""
+    judge = gate_judge()
     step = piece_bytes or max(1, len(data))
     readiness = Readiness.WAIT
     for start in range(0, len(data), step):
-        pending += data[start : start + step]
-        readiness = judge.readiness(pending)
-        if readiness not in (Readiness.WAIT, Readiness.CONTINUE):
+        readiness = judge.readiness(data[start : start + step])
+        if readiness is not Readiness.WAIT:
             break
     return readiness
 
@@ -166,16 +123,16 @@ def test_a_chunked_body_trickled_in_small_reads_costs_the_loop_linear_time() -> 
 
 
 def test_a_chunked_body_past_the_limit_is_too_large_as_it_arrives() -> None:
-    judge, pending = RequestJudge(max_head=16384, max_body=600, max_fields=100), bytearray()
+    judge, received = Judge(max_body=600), 0
     data = one_byte_chunks(6000)
     verdicts = []
     for start in range(0, len(data), 60):
-        pending += data[start : start + 60]
-        verdicts.append(judge.readiness(pending))
+        received += len(data[start : start + 60])
+        verdicts.append(judge.readiness(data[start : start + 60]))
         if verdicts[-1] is not Readiness.WAIT:
             break
     assert verdicts[-1] is Readiness.TOO_LARGE
-    assert len(pending) - len(CHUNKED_HEAD) <= 600 + 60, "refused once past the limit"
+    assert received - len(CHUNKED_HEAD) <= 600 + 60, "refused once past the limit"
 
 
 HEADS = {
@@ -188,13 +145,13 @@ HEADS = {
     ),
     "one empty line too many": (
         b"\r\n" * 5 + b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
-        Readiness.SERVE,  # the parser refuses it: no body to wait for
+        Readiness.REFUSED,  # no body to wait for
     ),
     "the body's head refused": (
         b"PUT /t\tk HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
-        Readiness.SERVE,
+        Readiness.REFUSED,
     ),
-    "a bare LF": (b"PUT /k HTTP/1.1\nHost: x\r\nContent-Length: 5\r\n\r\n", Readiness.SERVE),
+    "a bare LF": (b"PUT /k HTTP/1.1\nHost: x\r\nContent-Length: 5\r\n\r\n", Readiness.REFUSED),
     "too large": (
         b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n",
         Readiness.TOO_LARGE,
@@ -204,20 +161,17 @@ HEADS = {
 
 @pytest.mark.parametrize("piece_bytes", [None, 1, 3], ids=["whole", "byte by byte", "in threes"])
 @pytest.mark.parametrize(("head", "expected"), HEADS.values(), ids=HEADS.keys())
-def test_the_gate_judges_a_head_alike_however_it_arrives(
+def test_a_head_is_judged_alike_however_it_arrives(
     head: bytes, expected: Readiness, piece_bytes: int | None
 ) -> None:
     assert gate_readiness(head, piece_bytes) is expected
 
 
 def test_a_bare_lf_is_judged_when_it_arrives_and_a_split_crlf_is_not_one() -> None:
-    judge, pending = gate_judge(), bytearray(b"GET /k HTTP/1.1\r")
-    assert judge.readiness(pending) is Readiness.WAIT
-    pending += b"\nHost: x\r\n\r"
-    assert judge.readiness(pending) is Readiness.WAIT
-    pending += b"\n"
-    assert judge.readiness(pending) is Readiness.SERVE
-    judge, pending = gate_judge(), bytearray(b"GET /k HTTP/1.1\r\nHost: x")
-    assert judge.readiness(pending) is Readiness.WAIT
-    pending += b"\n"
-    assert judge.readiness(pending) is Readiness.SERVE, "a bare LF: refused at once"
+    judge = gate_judge()
+    assert judge.readiness(b"GET /k HTTP/1.1\r") is Readiness.WAIT
+    assert judge.readiness(b"\nHost: x\r\n\r") is Readiness.WAIT
+    assert judge.readiness(b"\n") is Readiness.SERVE
+    judge = gate_judge()
+    assert judge.readiness(b"GET /k HTTP/1.1\r\nHost: x") is Readiness.WAIT
+    assert judge.readiness(b"\n") is Readiness.REFUSED, "a bare LF: refused at once"

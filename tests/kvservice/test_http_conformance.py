@@ -21,7 +21,7 @@ import requests
 from kvservice.auth import Tokens
 from kvservice.http.app import create_app
 from kvservice.http.bearer import BearerTokens
-from kvservice.http.framing import EMPTY_LINES_BEFORE_REQUEST
+from kvservice.http.parser import EMPTY_LINES_BEFORE_REQUEST
 from kvservice.http.server import RequestRecord, Server
 from kvservice.store import KeyNotFound, Store
 from kvservice.store.memory import MemoryStore

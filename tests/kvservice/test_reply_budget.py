@@ -235,7 +235,7 @@ def test_an_http_response_over_the_budget_closes_its_connection_and_others_are_s
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     server, budget = http_server
-    with caplog.at_level(logging.WARNING, logger="kvservice.gate"):
+    with caplog.at_level(logging.WARNING, logger="kvservice.http"):
         reader = slow_reader(server.port, b"GET /h/history HTTP/1.1\r\nHost: x\r\n\r\n")
         health = requests.get(f"http://127.0.0.1:{server.port}/_health", timeout=5)
         received = read_to_end(reader)  # the server closed it, long before the end

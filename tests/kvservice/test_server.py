@@ -116,6 +116,14 @@ def test_an_early_answer_to_a_chunked_request_closes_the_connection(kv_url: str)
     assert requests.get(f"{kv_url}/victim").content == b"safe"
 
 
+def test_a_length_of_thousands_of_digits_is_refused_and_the_server_lives_on(kv_url: str) -> None:
+    """Python will not convert 5,000 digits to an int: the ValueError escaped the gate."""
+    request = PUT_HEAD + b"Content-Length: " + b"1" * 5000 + b"\r\n\r\n"
+    response, closed = single_response(kv_url, request)
+    assert (response.status // 100, closed) == (4, True)
+    assert requests.get(f"{kv_url}/_health", timeout=5).status_code == 200
+
+
 def test_oversized_headers_are_431(kv_url: str) -> None:
     request = b"GET /k HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
     response, closed = single_response(kv_url, request)

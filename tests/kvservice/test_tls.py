@@ -151,7 +151,7 @@ def test_plain_http_to_the_tls_port_is_closed_cleanly(
     assert b"Connection: close" in received
     assert b"This port speaks HTTPS only" in received
     failures = [record for record in caplog.records if "TLS handshake" in record.getMessage()]
-    assert failures and "http request" in failures[0].getMessage().lower()
+    assert failures and "in the clear" in failures[0].getMessage().lower()
     assert not any(record.exc_info for record in caplog.records), "a traceback was logged"
     assert requests.get(f"{servers.https_url}/_health", verify=servers.ca_cert).ok
 

@@ -44,6 +44,7 @@ from typing import ClassVar
 
 import pytest
 
+from kvservice.execution import Execution, ExecutionPolicy
 from tests.conftest import StartKV
 from tests.support.servers import http_settings
 
@@ -158,9 +159,13 @@ def _frame_message(data: bytes, start: int, max_head: int, max_body: int) -> Mes
     lengths = fields.get(b"content-length", [])
     if lengths and b"transfer-encoding" in fields:
         return refused
-    connection = b", ".join(fields.get(b"connection", []))
-    # cheroot compares the whole Connection value, case included.
-    keep_alive = connection != b"close" if version == (1, 1) else connection == b"Keep-Alive"
+    # Connection options are case-insensitive tokens (RFC 9110 7.6.1), however many lines.
+    options = {
+        option.strip(b" \t").lower()
+        for line in fields.get(b"connection", [])
+        for option in line.split(b",")
+    }
+    keep_alive = b"close" not in options if version == (1, 1) else b"keep-alive" in options
     body_start = head_end + 4
     if b"transfer-encoding" in fields:
         # One list however it is split over lines (RFC 9110 5.3): only chunked, once, is read;
@@ -881,7 +886,12 @@ def test_raw_fuzz_never_breaks_the_server(
     serve_inline: bool,
 ) -> None:
     caplog.set_level(logging.ERROR)
-    settings = dataclasses.replace(SETTINGS, serve_inline=serve_inline)
+    settings = dataclasses.replace(
+        SETTINGS,
+        execution=ExecutionPolicy.everything(
+            Execution.INLINE if serve_inline else Execution.WORKERS
+        ),
+    )
     url = start_kv(settings=settings, max_bytes=64 * 1024)
     port = int(url.rsplit(":", 1)[1])
     tally = Tally()

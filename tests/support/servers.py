@@ -8,6 +8,7 @@ from typing import Any
 
 from kvservice.__main__ import resp_settings, server_settings
 from kvservice.config import Config
+from kvservice.execution import Execution, ExecutionPolicy
 from kvservice.http.app import create_app
 from kvservice.http.server import ServerSettings
 from kvservice.metrics import Metrics
@@ -16,11 +17,17 @@ from kvservice.store import Store
 from kvservice.store.service import StoreService
 
 
-def http_settings(*, serve_inline: bool = False, **config: Any) -> ServerSettings:
+def http_settings(
+    *, serve_inline: bool = False, execution: ExecutionPolicy | None = None, **config: Any
+) -> ServerSettings:
     """The HTTP transport's settings for a Config with these fields, on a free port; served
-    by workers unless `serve_inline`."""
+    as `execution` says, or else every request by workers unless `serve_inline`."""
     settings = server_settings(Config(**{"port": 0, **config}))
-    return dataclasses.replace(settings, serve_inline=serve_inline)
+    if execution is None:
+        execution = ExecutionPolicy.everything(
+            Execution.INLINE if serve_inline else Execution.WORKERS
+        )
+    return dataclasses.replace(settings, execution=execution)
 
 
 def resp_test_settings(**overrides: Any) -> RespSettings:
