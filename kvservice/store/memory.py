@@ -272,10 +272,7 @@ class MemoryStore:
         when: ExpireIf = ExpireIf.ALWAYS,
         precondition: Precondition = NO_CONDITION,
     ) -> ExpiryChange:
-        """Set the deadline of the key's value (`NO_EXPIRY`: remove it) if `when` allows,
-        keeping the value and its ETag and recording no history entry; a deadline not after
-        now deletes the key at once, recorded as an expiry. Raises KeyNotFound,
-        PreconditionFailed."""
+        """As `Store.expire`, under the store's lock, on its clock."""
         with self._lock:
             now_ms = self._now_ms()
             record, current = self._held_value(key, precondition, now_ms)

@@ -319,9 +319,7 @@ class RedisStore:
         when: ExpireIf = ExpireIf.ALWAYS,
         precondition: Precondition = NO_CONDITION,
     ) -> ExpiryChange:
-        """Set the deadline of the key's value (`NO_EXPIRY`: remove it) if `when` allows, keeping
-        the value and its ETag and recording no history entry; a deadline not after now deletes
-        the key at once, recorded as an expiry. Raises KeyNotFound, PreconditionFailed."""
+        """As `Store.expire`, in one script (EXPIRE) on Redis's clock."""
         self._ensure_checked()
         arguments = [
             *self._key_arguments(key),
