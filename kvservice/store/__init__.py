@@ -15,24 +15,32 @@ from typing import Protocol, runtime_checkable
 
 from kvservice.store.model import (
     DEFAULT_PAGE_KEYS,
+    FEED_PAGE_CHANGES,
     KEEP_EXPIRY,
     MATCH_ANY,
     MAX_KEY_LENGTH,
     MAX_PAGE_KEYS,
     NO_CONDITION,
     NO_EXPIRY,
+    Change,
+    ChangeListener,
+    ChangePage,
     Clock,
     ExpireIf,
     Expiry,
     ExpiryChange,
+    FeedPosition,
+    FeedSelector,
     HistoryEntry,
     InvalidKey,
+    InvalidPosition,
     KeyExists,
     KeyNotFound,
     KeyPage,
     Persistence,
     Precondition,
     PreconditionFailed,
+    ResumeGone,
     StoreError,
     StoreFull,
     StoreMisconfigured,
@@ -48,25 +56,33 @@ from kvservice.store.model import (
 
 __all__ = [
     "DEFAULT_PAGE_KEYS",
+    "FEED_PAGE_CHANGES",
     "KEEP_EXPIRY",
     "MATCH_ANY",
     "MAX_KEY_LENGTH",
     "MAX_PAGE_KEYS",
     "NO_CONDITION",
     "NO_EXPIRY",
+    "Change",
+    "ChangeListener",
+    "ChangePage",
     "Clock",
     "Closable",
     "ExpireIf",
     "Expiry",
     "ExpiryChange",
+    "FeedPosition",
+    "FeedSelector",
     "HistoryEntry",
     "InvalidKey",
+    "InvalidPosition",
     "KeyExists",
     "KeyNotFound",
     "KeyPage",
     "Persistence",
     "Precondition",
     "PreconditionFailed",
+    "ResumeGone",
     "Store",
     "StoreError",
     "StoreFull",
@@ -196,6 +212,30 @@ class Store(Protocol):
         """Remove up to `limit` keys whose deadline has passed, recording each expiry at its
         deadline, and return how many it removed; touches no key without a deadline. Run
         periodically (`kvservice.store.sweeper`) so that memory comes back unread."""
+        ...
+
+    def feed_head(self) -> FeedPosition:
+        """The position after the newest change: where a watcher without a token starts (it
+        replays nothing)."""
+        ...
+
+    def changes(
+        self, selector: FeedSelector, after: FeedPosition, limit: int = FEED_PAGE_CHANGES
+    ) -> ChangePage:
+        """The changes `selector` follows whose revision is after `after`'s, oldest first, at
+        most `limit` (1 <= limit <= FEED_PAGE_CHANGES). The feed reaches back as far as the
+        history window.
+
+        Raises ResumeGone when `after` is of another life of the store, ahead of its head,
+        or when changes the selector follows after it may have left the window: exactly for
+        a key (a key with no writes since `after` is never gone, however old `after` is),
+        conservatively for a prefix (some change after `after` left the window).
+        """
+        ...
+
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        """Tell `listener` of every change from now on, in revision order (`ChangeListener`),
+        and when its notifications may have missed some."""
         ...
 
     def delete(self, key: str, precondition: Precondition = NO_CONDITION) -> None:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 Clock = Callable[[], int]
 """Returns the current time in Unix epoch milliseconds."""
@@ -108,6 +109,122 @@ class HistoryEntry:
     timestamp_ms: int
     expired: bool = False
     """True for the entry that records the key expiring (`data` is then None)."""
+
+
+class ResumeGone(StoreError):
+    """A change feed's resume position can no longer be served: changes after it that the
+    watcher asked for may have left the history window, or it is of another life of the
+    store (a fresh in-memory store after a restart). The client starts again from now."""
+
+
+class InvalidPosition(StoreError):
+    """A resume token that is not one the store hands out."""
+
+
+FEED_PAGE_CHANGES = 1000
+"""The most changes `Store.changes` returns in one page."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One write as the change feed carries it: the key, its revision (the feed position
+    that only grows, store-wide), the bytes written or None for a delete or an expiry, when
+    it was applied (an expiry: its deadline), the ETag and content type of the value written
+    (None for a delete or an expiry), and whether it was an expiry."""
+
+    key: str
+    revision: int
+    data: bytes | None
+    timestamp_ms: int
+    etag: str | None = None
+    content_type: str | None = None
+    expired: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FeedSelector:
+    """Which keys a watcher follows: `key` exactly, or (key None) every key that starts with
+    `prefix` ("" for every key)."""
+
+    key: str | None = None
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if self.key is not None and self.prefix:
+            raise ValueError("a FeedSelector names a key or a prefix, not both")
+
+    def matches(self, key: str) -> bool:
+        """Whether a change to `key` is one the watcher follows."""
+        return key == self.key if self.key is not None else key.startswith(self.prefix)
+
+
+_TOKEN_SEPARATOR = "."
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPosition:
+    """A position in the change feed: every change up to `revision` (inclusive) of the
+    store's life `life` is before it. Its token (`token`, `parse`) is URL-safe and is what a
+    client holds: an SSE event's id, the long-poll's `after=`."""
+
+    life: str
+    """Names this life of the store: URL-safe, without a ".". A store that keeps its data
+    keeps its life (durable, Redis); a fresh in-memory store has a new one."""
+    revision: int
+    """The revision of the last change before this position (0: before the first)."""
+
+    @property
+    def token(self) -> str:
+        return f"{self.life}{_TOKEN_SEPARATOR}{self.revision}"
+
+    @classmethod
+    def parse(cls, token: str) -> FeedPosition:
+        """The position a token names; raises InvalidPosition for what no store hands out."""
+        life, separator, revision = token.rpartition(_TOKEN_SEPARATOR)
+        if (
+            not separator
+            or not _LIFE_PATTERN.fullmatch(life)
+            or not revision.isascii()
+            or not revision.isdigit()
+            or len(revision) > 19
+        ):
+            raise InvalidPosition(
+                f"{token[:80]!r} is not a resume token: use an event's id or a KV-Position."
+            )
+        return cls(life, int(revision))
+
+
+_LIFE_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class ChangeListener(Protocol):
+    """What a store tells of its changes as they happen (`Store.add_change_listener`): the
+    watchers' hub, in `kvservice.feed`."""
+
+    def changed(self, change: Change) -> None:
+        """A change was applied. Called once per change, in revision order, from whichever
+        thread applied it (or the store's own): must neither block nor call the store."""
+        ...
+
+    def interrupted(self) -> None:
+        """Changes may have been applied without `changed` being called (a replica lost its
+        subscription to the shared store for a while): whoever follows the feed must catch up
+        with `Store.changes` from its own position. Called from any thread, like `changed`."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePage:
+    """Changes after a position, oldest first, and where the next page starts."""
+
+    changes: list[Change]
+    position: FeedPosition
+    """Resume from here: after the last change of the page, or, when `caught_up`, the feed's
+    head as of the call (past changes other watchers follow: nothing the selector follows
+    lies between)."""
+    caught_up: bool
+    """Whether the page holds every change the selector follows up to the head: False when
+    `limit` cut it short (ask again from `position`)."""
 
 
 @dataclass(frozen=True, slots=True)
