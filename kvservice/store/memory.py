@@ -206,9 +206,10 @@ class MemoryStore:
         # `_revision` is the newest change's, `_feed[_feed_first:]` the changes held in
         # revision order (the same objects as the keys' histories).
         self.life = secrets.token_urlsafe(9) if life is None else life
-        # A value's ETag is its write's revision after a prefix of the life: it never repeats
-        # (a life's revisions do not), and history need not keep one string per entry.
-        self._etag_prefix = self.life[:8]
+        # A value's ETag is its write's revision after a prefix of this process's own: it
+        # never repeats (a store's revisions do not, and a restarted one has a new prefix), and
+        # history need not keep one string per entry, but for entries restored from a file.
+        self._etag_prefix = secrets.token_hex(4)
         self._revision = 0
         self._feed: list[Change] = []
         self._feed_first = 0
