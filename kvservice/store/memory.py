@@ -42,8 +42,9 @@ late, pruned from its key before the feed's front passes it, waits there and is 
 served: a change outside the window is not in the feed). `changes` answers ResumeGone
 exactly for a key (`_Record.pruned_revision`: the newest revision pruned from its history)
 and conservatively for a prefix (`_pruned_revision`: the newest pruned from any); a key the
-store has forgotten (no value, no history left) is judged by the newest revision pruned from
-any forgotten key, which is conservative for it alone. Listeners are told of each change
+store has forgotten (no value, no history left) leaves a tombstone with its newest pruned
+revision, charged to the budget, the oldest of them let go past MAX_TOMBSTONES (a key with
+none is judged by the newest let go: conservative for positions older than that). Listeners are told of each change
 inside the lock, right after it is applied, from the thread that applied it.
 """
 
@@ -115,6 +116,14 @@ last change examined, rather than walking the whole window under the lock."""
 
 UNKNOWN_ETAG = ""
 """What a write's history entry holds for an ETag the durable file did not keep (format 2)."""
+
+MAX_TOMBSTONES = 100_000
+"""Forgotten keys whose newest pruned revision the store remembers, so that `changes` of such
+a key stays exact (a key with no writes since a position is never gone); past it the oldest
+goes, and a resume from before its revision is judged conservatively for keys not held."""
+TOMBSTONE_BYTES = 120
+"""What a tombstone is charged besides its key's characters: the key's string, kept alive,
+its dict slot and its revision's int, 119 bytes measured as above over 100,000 keys."""
 
 StateListener = Callable[[str, Change | None, Value | None], None]
 """Told of each change to a key, under the store's lock and in the order they happen: the
@@ -214,7 +223,11 @@ class MemoryStore:
         self._feed: list[Change] = []
         self._feed_first = 0
         self._pruned_revision = 0  # the newest revision pruned from any key's history
-        self._forgotten_revision = 0  # the newest pruned from a key then forgotten
+        # Keys forgotten (no value, no history left) -> the newest revision pruned from them,
+        # oldest first, at most MAX_TOMBSTONES; a key not there is judged by the floor: the
+        # newest revision of a tombstone let go (or of what a restart did not restore).
+        self._tombstones: dict[str, int] = {}
+        self._tombstone_floor = 0
         self._listeners: list[ChangeListener] = []
 
     may_block = False
@@ -332,7 +345,7 @@ class MemoryStore:
     def _key_changes(self, key: str, after: int, limit: int, cutoff_ms: int) -> ChangePage:
         record = self._records.get(key)
         if record is None:
-            if after < self._forgotten_revision:
+            if after < self._tombstones.get(key, self._tombstone_floor):
                 raise ResumeGone.left_the_window()
             return ChangePage([], FeedPosition(self.life, self._revision), caught_up=True)
         if after < record.pruned_revision:
@@ -497,7 +510,7 @@ class MemoryStore:
                     f"{self.max_bytes} bytes; delete keys or wait for history to expire."
                 )
             if record is None:
-                record = self._records[key] = _Record(key)
+                record = self._records[key] = self._new_record(key)
                 self._used_bytes += KEY_OVERHEAD_BYTES + len(key)
             self._set_value(record, value)
             self._record(record, now_ms)
@@ -514,7 +527,7 @@ class MemoryStore:
         with self._lock:
             record = self._records.get(key)
             if record is None:
-                record = self._records[key] = _Record(key)
+                record = self._records[key] = self._new_record(key)
                 self._used_bytes += KEY_OVERHEAD_BYTES + len(key)
             self._set_value(record, value)
 
@@ -525,7 +538,7 @@ class MemoryStore:
         with self._lock:
             record = self._records.get(change.key)
             if record is None:
-                record = self._records[change.key] = _Record(change.key)
+                record = self._records[change.key] = self._new_record(change.key)
                 self._used_bytes += KEY_OVERHEAD_BYTES + len(change.key)
             if change.data is not None and change.etag in (None, self._etag_of(change.revision)):
                 etag = None if change.etag is not None else UNKNOWN_ETAG
@@ -541,7 +554,7 @@ class MemoryStore:
         with self._lock:
             self._revision = max(self._revision, head)
             self._pruned_revision = max(self._pruned_revision, pruned_revision)
-            self._forgotten_revision = max(self._forgotten_revision, pruned_revision)
+            self._tombstone_floor = max(self._tombstone_floor, pruned_revision)
             for record in self._records.values():
                 record.pruned_revision = max(record.pruned_revision, pruned_revision)
 
@@ -693,6 +706,24 @@ class MemoryStore:
             del feed[: self._feed_first]
             self._feed_first = 0
 
+    def _new_record(self, key: str) -> _Record:
+        """A record for a key the store holds nothing of, knowing what was pruned from it."""
+        pruned_revision = self._tombstones.pop(key, None)
+        if pruned_revision is None:
+            return _Record(key, self._tombstone_floor)
+        self._used_bytes -= TOMBSTONE_BYTES + len(key)
+        return _Record(key, pruned_revision)
+
+    def _bury(self, record: _Record) -> None:
+        """Remember what was pruned from a key being forgotten, so that a resume of that key
+        stays exact (the oldest tombstone goes past MAX_TOMBSTONES, raising the floor)."""
+        self._tombstones[record.key] = record.pruned_revision
+        self._used_bytes += TOMBSTONE_BYTES + len(record.key)
+        if len(self._tombstones) > MAX_TOMBSTONES:
+            oldest = next(iter(self._tombstones))
+            self._tombstone_floor = max(self._tombstone_floor, self._tombstones.pop(oldest))
+            self._used_bytes -= TOMBSTONE_BYTES + len(oldest)
+
     def _drop_oldest(self, record: _Record) -> None:
         change = record.drop_oldest()
         self._used_bytes -= _entry_cost(change)
@@ -701,7 +732,7 @@ class MemoryStore:
         if record.value is None and not record.history:
             del self._records[record.key]
             self._used_bytes -= KEY_OVERHEAD_BYTES + len(record.key)
-            self._forgotten_revision = max(self._forgotten_revision, record.pruned_revision)
+            self._bury(record)
 
 
 def _value_cost(value: Value) -> int:
