@@ -32,7 +32,8 @@ up to about a second (`everysec`) or what the OS had not written (`off`).
 The change feed: revisions are the memory store's (given under its lock, journaled with
 each history row), the life is the data file's (made once with it), and the head survives a
 restart, so a resume token stays good across one; keys expired at start get revisions after
-the old head. Listeners are told of a change once its commit succeeded, by the writer
+the old head. The file keeps no tombstones (see memory.py): after a restart a resume of a key
+from before the newest revision the file no longer holds is gone, as a prefix's would be. Listeners are told of a change once its commit succeeded, by the writer
 thread, in revision order: a watcher never sees a write the disk then refused. After a failed
 commit the rebuilt memory goes on from the newest revision handed out, never reusing one a
 page of `changes` may have shown (the refused changes leave a gap).
