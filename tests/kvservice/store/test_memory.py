@@ -27,6 +27,7 @@ from kvservice.store.memory import (
     ENTRY_OVERHEAD_BYTES,
     KEY_OVERHEAD_BYTES,
     LATE_ENTRY_EXTRA_BYTES,
+    MIN_CHANGES_EXAMINED,
     MIN_KEYS_EXAMINED,
     PRUNE_BATCH,
     TOMBSTONE_BYTES,
@@ -377,3 +378,17 @@ def test_past_max_tombstones_the_oldest_goes_and_raises_the_floor(
     assert store.changes(FeedSelector(key="nobody"), after_a).changes == []
     with pytest.raises(ResumeGone):
         store.changes(FeedSelector(key="c"), after_a)
+
+
+def test_a_prefix_page_examines_a_bounded_number_of_changes(clock: FakeClock) -> None:
+    store = MemoryStore(clock=clock, max_bytes=1 << 30)
+    start = store.feed_head()
+    for _ in range(MIN_CHANGES_EXAMINED + 5):
+        store.put("other", b"v")
+    store.put("k", b"v")
+    page = store.changes(FeedSelector(prefix="k"), start, limit=1)
+    assert (page.changes, page.caught_up) == ([], False), "short, not caught up"
+    assert page.position == FeedPosition(store.life, MIN_CHANGES_EXAMINED)
+    page = store.changes(FeedSelector(prefix="k"), page.position, limit=1)
+    assert [change.key for change in page.changes] == ["k"]
+    assert page.caught_up and page.position == store.feed_head()
