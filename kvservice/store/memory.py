@@ -44,8 +44,9 @@ exactly for a key (`_Record.pruned_revision`: the newest revision pruned from it
 and conservatively for a prefix (`_pruned_revision`: the newest pruned from any); a key the
 store has forgotten (no value, no history left) leaves a tombstone with its newest pruned
 revision, charged to the budget, the oldest of them let go past MAX_TOMBSTONES (a key with
-none is judged by the newest let go: conservative for positions older than that). Listeners are told of each change
-inside the lock, right after it is applied, from the thread that applied it.
+none is judged by the newest let go: conservative for positions older than that). Listeners
+are told of each change inside the lock, right after it is applied, from the thread that
+applied it.
 """
 
 from __future__ import annotations
@@ -540,9 +541,10 @@ class MemoryStore:
             if record is None:
                 record = self._records[change.key] = self._new_record(change.key)
                 self._used_bytes += KEY_OVERHEAD_BYTES + len(change.key)
-            if change.data is not None and change.etag in (None, self._etag_of(change.revision)):
-                etag = None if change.etag is not None else UNKNOWN_ETAG
-                change = dataclasses.replace(change, etag=etag)
+            if change.data is not None and change.etag is None:  # the file did not keep it
+                change = dataclasses.replace(change, etag=UNKNOWN_ETAG)
+            elif change.data is not None and change.etag == self._etag_of(change.revision):
+                change = dataclasses.replace(change, etag=None)  # made again when shown
             self._append_history(record, change)
             self._last_timestamp_ms = max(self._last_timestamp_ms, change.timestamp_ms)
             self._revision = max(self._revision, change.revision)

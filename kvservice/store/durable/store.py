@@ -33,10 +33,11 @@ The change feed: revisions are the memory store's (given under its lock, journal
 each history row), the life is the data file's (made once with it), and the head survives a
 restart, so a resume token stays good across one; keys expired at start get revisions after
 the old head. The file keeps no tombstones (see memory.py): after a restart a resume of a key
-from before the newest revision the file no longer holds is gone, as a prefix's would be. Listeners are told of a change once its commit succeeded, by the writer
-thread, in revision order: a watcher never sees a write the disk then refused. After a failed
-commit the rebuilt memory goes on from the newest revision handed out, never reusing one a
-page of `changes` may have shown (the refused changes leave a gap).
+from before the newest revision the file no longer holds is gone, as a prefix's would be.
+Listeners are told of a change once its commit succeeded, by the writer thread, in revision
+order: a watcher never sees a write the disk then refused. After a failed commit the rebuilt
+memory goes on from the newest revision handed out, never reusing one a page of `changes`
+may have shown (the refused changes leave a gap).
 
 Faults: a commit that fails refuses every write of its batch and every write queued behind it
 (they were judged against state that will not exist): StoreFull (507) when the disk is full,
