@@ -433,9 +433,9 @@ return {redis.call('GET', KEYS[2]), redis.call('GET', KEYS[1]) or '0'}
 # KEYS: the feed's revision, stream, pruned and life keys. ARGV: the position's life and
 # revision, the key ('' for a prefix), the prefix, how many changes at most, how many of the
 # stream's entries to examine at most. Replies {'life'} (another life, or none yet),
-# {'ahead'} (past the head), {'gone'} (a change the selector follows after the position left
-# the stream: exactly for a key, by the pruned hash; for a prefix, whenever any did), or
-# {'ok', the revision the page reaches, the head, the changes}.
+# {'ahead', the head} (past the head), {'gone'} (a change the selector follows after the
+# position left the stream: exactly for a key, by the pruned hash; for a prefix, whenever any
+# did), or {'ok', the revision the page reaches, the head, the changes}.
 _CHANGES = (
     "#!lua flags=no-writes\n"
     + _LUA_COMMON
@@ -446,7 +446,7 @@ if redis.call('GET', life) ~= ARGV[1] then return {'life'} end
 local after, key, prefix = tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local limit, most = tonumber(ARGV[5]), tonumber(ARGV[6])
 local head = tonumber(redis.call('GET', revision_key) or '0')
-if after > head then return {'ahead'} end
+if after > head then return {'ahead', ms(head)} end
 if key ~= '' then
   local cut = redis.call('HGET', pruned, key)
   if cut and tonumber(cut) > after then return {'gone'} end

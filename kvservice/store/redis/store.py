@@ -475,8 +475,12 @@ class RedisStore:
             _Effect.NONE,
         )
         verdict = reply[0].decode()
-        if verdict != "ok":
-            raise ResumeGone(_RESUME_GONE[verdict])
+        if verdict == "life":
+            raise ResumeGone.of_another_life()
+        if verdict == "ahead":
+            raise ResumeGone.ahead(after.revision, int(reply[1]))
+        if verdict == "gone":
+            raise ResumeGone.left_the_window()
         reached, head, changes = int(reply[1]), int(reply[2]), reply[3]
         return ChangePage(
             [change_of(change) for change in changes],
@@ -770,16 +774,6 @@ def _refusal(error: redis_errors.ResponseError, address: str) -> Exception:
         )
     logger.error("Redis at %s answered an error kvservice does not expect: %s", address, error)
     return StoreUnavailable(f"Redis at {address} answered with an error: {error}.")
-
-
-_RESUME_GONE = {
-    "life": "The resume position is of another life of the store: Redis lost its data since. "
-    "Start again from now.",
-    "ahead": "The resume position is ahead of the store's newest change: it is of another life "
-    "of the store. Start again from now.",
-    "gone": "Changes after the resume position have left the history window. Start again from now.",
-}
-"""ResumeGone's message for each verdict of the CHANGES script."""
 
 
 def _reason(error: BaseException) -> str:

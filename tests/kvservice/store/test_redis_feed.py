@@ -234,11 +234,11 @@ def test_resume_gone_is_exact_for_a_key_and_conservative_for_a_prefix(
     # "quiet" had no change after its position: however old, it is not gone.
     page = store.changes(FeedSelector(key="quiet"), after_quiet)
     assert page.changes == [] and page.caught_up
-    with pytest.raises(ResumeGone, match="window"):
+    with pytest.raises(ResumeGone, match="left the history window"):
         store.changes(FeedSelector(key="busy"), after_quiet)
-    with pytest.raises(ResumeGone, match="window"):
+    with pytest.raises(ResumeGone, match="left the history window"):
         store.changes(FeedSelector(key="quiet"), start)
-    with pytest.raises(ResumeGone, match="window"):
+    with pytest.raises(ResumeGone, match="left the history window"):
         store.changes(FeedSelector(prefix="qu"), after_quiet)
     page = store.changes(FeedSelector(key="busy"), FeedPosition(start.life, 2))
     assert [change.data for change in page.changes] == [b"new"]
