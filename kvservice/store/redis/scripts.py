@@ -203,6 +203,8 @@ end
 -- the newest revision of it cut (what `changes` answers a key's watcher by, exactly).
 local function trim_feed(most)
   local cutoff = feed.now - feed.window_ms
+  local oldest = redis.call('XRANGE', feed.stream, '-', '+', 'COUNT', 1)[1]
+  if not oldest or tonumber(oldest[2][4]) > cutoff then return end  -- the usual case: one read
   local last = false
   for _, entry in ipairs(redis.call('XRANGE', feed.stream, '-', '+', 'COUNT', most)) do
     if tonumber(entry[2][4]) > cutoff then break end

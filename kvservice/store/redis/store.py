@@ -770,7 +770,8 @@ def _refusal(error: redis_errors.ResponseError, address: str) -> Exception:
         return StoreMisconfigured(
             f"Redis at {address} does not let kvservice's user run its commands ({error}); "
             "it needs EVALSHA, SCRIPT, SCAN and INFO, and the commands its scripts run: "
-            f"{_SCRIPT_COMMANDS}, on the keys kv:*"
+            f"{_SCRIPT_COMMANDS}, on the keys kv:*; and to watch, SUBSCRIBE and PING on the "
+            f"channels {FEED_CHANNEL.format(database='*')}"
         )
     logger.error("Redis at %s answered an error kvservice does not expect: %s", address, error)
     return StoreUnavailable(f"Redis at {address} answered with an error: {error}.")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -364,3 +365,34 @@ def test_a_cluster_refuses_the_feed_and_still_serves_writes(
             call()
     assert store.get("k").data == b"v"
     store.close()
+
+
+def test_replicas_writing_at_once_are_heard_in_one_order_by_each(
+    replicas: tuple[RedisStore, RedisStore],
+) -> None:
+    recorders = [Recorder(), Recorder()]
+    for store, recorder in zip(replicas, recorders, strict=True):
+        store.add_change_listener(recorder)
+    start = replicas[0].feed_head()
+
+    def write(store: RedisStore, name: str) -> None:
+        for number in range(100):
+            store.put(f"{name}{number % 7}", f"{name}{number}".encode())
+
+    writers = [
+        threading.Thread(target=write, args=(store, name))
+        for store, name in zip(replicas, ("a", "b"), strict=True)
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    feed = every_change(replicas[1], EVERY_KEY, start).changes
+    assert [change.revision for change in feed] == list(range(1, 201))
+    for recorder in recorders:
+        recorder.wait_for(partial(heard, recorder, 200), "200 changes")
+        assert recorder.changes == feed and recorder.interruptions == 0
+
+
+def heard(recorder: Recorder, count: int) -> bool:
+    return len(recorder.changes) == count
