@@ -7,11 +7,12 @@ is then heard, and those at or before it, published before the head was read, ar
 From there revisions come one by one (the scripts give them out contiguously, `scripts.py`);
 a message that skips some is a gap: the listeners are told `interrupted()` and given the
 message. A lost connection (Redis restarted, the connection killed, a PING unanswered within
-the store timeout) or a message of another life (Redis's data gone) interrupts too: the
-listeners are told at once, and again once subscribed anew, after the new head was read, for
-changes made while no subscription was live reach them only by catching up. Subscribing again
-backs off from BACKOFF_FIRST_S to BACKOFF_MOST_S. Nothing is dropped silently: every change
-is either given to the listeners or covered by an `interrupted()` after it.
+the store timeout), a message of another life (Redis's data gone) or one that is no change
+(someone else publishing on the channel) interrupts too: the listeners are told at once, and
+again once subscribed anew, after the new head was read, for changes made while no
+subscription was live reach them only by catching up. Subscribing again backs off from
+BACKOFF_FIRST_S to BACKOFF_MOST_S. Nothing is dropped silently: every change is either given
+to the listeners or covered by an `interrupted()` after it.
 
 redis-py's PubSub would reconnect by itself and resubscribe, hiding what it missed: here its
 connections do not retry (`connection.topology`), and every error ends that subscription.
@@ -109,7 +110,9 @@ class FeedSubscriber:
                 position = self._subscribed(subscription)
                 delay = BACKOFF_FIRST_S
                 self._follow(subscription, position)
-            except (redis_errors.RedisError, OSError, StoreError, _Lost) as error:
+            except Exception as error:
+                if not isinstance(error, redis_errors.RedisError | OSError | StoreError | _Lost):
+                    logger.exception("The change feed's subscriber failed")
                 if self._live.is_set():
                     logger.warning("The change feed's subscription was lost: %s", error)
                     self._lost()
@@ -157,7 +160,10 @@ class FeedSubscriber:
             heard, pinged = now, None
             if message["type"] != "message":
                 continue  # a PING's answer
-            life, change = published_change(message["data"])
+            try:
+                life, change = published_change(message["data"])
+            except ValueError as error:
+                raise _Lost(f"a message on the feed's channel is no change: {error}") from error
             if life != position.life:
                 raise _Lost("the feed has a new life: Redis lost its data")
             if change.revision <= position.revision:

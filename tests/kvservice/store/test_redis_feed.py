@@ -44,9 +44,22 @@ def server(redis_server: RedisProcess) -> RedisProcess:
     return redis_server
 
 
+_made: list[RedisStore] = []
+
+
 def make_store(url: str, **options: object) -> RedisStore:
+    """A store on `url`, closed after the test whatever becomes of it (its thread with it)."""
     settings: dict[str, object] = {"connections": 4, "timeout_s": 2.0, **options}
-    return RedisStore.from_url(url, **settings)  # type: ignore[arg-type]
+    store = RedisStore.from_url(url, **settings)  # type: ignore[arg-type]
+    _made.append(store)
+    return store
+
+
+@pytest.fixture(autouse=True)
+def _close_stores() -> Iterator[None]:
+    yield
+    while _made:
+        _made.pop().close()
 
 
 @pytest.fixture
@@ -396,3 +409,29 @@ def test_replicas_writing_at_once_are_heard_in_one_order_by_each(
 
 def heard(recorder: Recorder, count: int) -> bool:
     return len(recorder.changes) == count
+
+
+def test_a_message_that_is_no_change_interrupts_and_the_feed_goes_on(
+    replicas: tuple[RedisStore, RedisStore], server: RedisProcess
+) -> None:
+    first, second = replicas
+    recorder = Recorder()
+    second.add_change_listener(recorder)
+    assert server.client().publish("kv:changes:0", b"not a change") == 1
+    recorder.wait_for(lambda: recorder.interruptions == 2, "an interruption, then another")
+    first.put("k", b"v")
+    recorder.wait_for(lambda: len(recorder.changes) == 1, "the change after")
+
+
+def test_a_listener_added_while_redis_is_away_is_told_once_it_is_back(tmp_path: Path) -> None:
+    with running_redis(tmp_path / "redis") as server:
+        server.stop()
+        store = make_store(server.url, timeout_s=0.5)
+        recorder = Recorder()
+        store.add_change_listener(recorder)
+        assert recorder.interruptions == 0
+        server.start()
+        recorder.wait_for(lambda: recorder.interruptions == 1, "an interruption once subscribed")
+        store.put("k", b"v")
+        recorder.wait_for(lambda: len(recorder.changes) == 1, "the change")
+        store.close()
