@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import kvservice.store.redis.scripts as redis_scripts
+import kvservice.store.redis.subscriber as redis_subscriber
 from kvservice.store import (
     Change,
     ChangePage,
@@ -435,3 +436,20 @@ def test_a_listener_added_while_redis_is_away_is_told_once_it_is_back(tmp_path: 
         store.put("k", b"v")
         recorder.wait_for(lambda: len(recorder.changes) == 1, "the change")
         store.close()
+
+
+def test_a_redis_that_stops_answering_interrupts_the_listeners(
+    server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_subscriber, "PING_INTERVAL_S", 0.2)
+    store = make_store(server.url, timeout_s=0.5)
+    recorder = Recorder()
+    store.add_change_listener(recorder)
+    server.client().execute_command("CLIENT", "PAUSE", "2000", "ALL")  # type: ignore[no-untyped-call]
+    started = time.monotonic()
+    try:
+        recorder.wait_for(lambda: recorder.interruptions >= 1, "an interruption")
+        assert time.monotonic() - started < 1.9, "noticed by the unanswered PING, not the unpause"
+    finally:
+        server.client().execute_command("CLIENT", "UNPAUSE")  # type: ignore[no-untyped-call]
+    recorder.wait_for(lambda: recorder.interruptions >= 2, "one more, once subscribed again")
