@@ -63,7 +63,8 @@ database's channel (`FEED_CHANNEL`) with the feed's life in front, so every repl
 subscriber hears the changes in the order Redis applied them, and revisions are contiguous:
 a missing one is a lost message. The life is `kv:life`, set once with SET NX from a fresh
 name the caller sends, and gone only with Redis's data (a server restarted empty starts a new
-life, and the old tokens are answered ResumeGone). Each change cuts at most
+life, and the old tokens are answered ResumeGone); a subscriber that finds the revisions gone
+back (Redis lost its last writes) renews it (RENEW_LIFE, `subscriber.py`). Each change cuts at most
 FEED_TRIM_PER_CHANGE changes that left the window from the stream's front (the sweep cuts as
 many as its limit), so a write's cost stays bounded however far behind the trimming is; what
 is cut is remembered per key in the hash `kv:feed:pruned` (the newest revision of the key cut),
@@ -432,6 +433,13 @@ redis.call('SET', KEYS[2], ARGV[1], 'NX')
 return {redis.call('GET', KEYS[2]), redis.call('GET', KEYS[1]) or '0'}
 """
 
+# KEYS: the feed's revision and life keys. ARGV: the life to leave, a new one. Sets the new
+# life if the feed's is still the one to leave; replies the life and the head, as FEED_HEAD.
+_RENEW_LIFE = r"""#!lua flags=allow-oom
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('SET', KEYS[2], ARGV[2]) end
+return {redis.call('GET', KEYS[2]), redis.call('GET', KEYS[1]) or '0'}
+"""
+
 # KEYS: the feed's revision, stream, pruned and life keys. ARGV: the position's life and
 # revision, the key ('' for a prefix), the prefix, how many changes at most, how many of the
 # stream's entries to examine at most. Replies {'life'} (another life, or none yet),
@@ -601,7 +609,7 @@ class Script:
 
 
 WRITE, EXPIRE, DELETE = Script(_WRITE), Script(_EXPIRE), Script(_DELETE)
-FEED_HEAD, CHANGES = Script(_FEED_HEAD), Script(_CHANGES)
+FEED_HEAD, RENEW_LIFE, CHANGES = Script(_FEED_HEAD), Script(_RENEW_LIFE), Script(_CHANGES)
 GET, HISTORY, SWEEP = Script(_GET), Script(_HISTORY), Script(_SWEEP)
 LIST, COUNT, UNEXPIRED = Script(_LIST), Script(_COUNT), Script(_UNEXPIRED)
 

@@ -65,6 +65,7 @@ from kvservice.store.redis.scripts import (
     LISTING_CHUNK,
     LISTING_EXAMINES,
     PRUNED_KEY,
+    RENEW_LIFE,
     REVISION_KEY,
     SWEEP,
     SWEEP_SLOTS_PER_CALL,
@@ -500,10 +501,24 @@ class RedisStore:
                     server.subscription,
                     self._feed_channel(),
                     self.feed_head,
+                    self._renew_life,
                     self.timeout_s,
                 )
             subscriber = self._subscriber
         subscriber.add(listener)
+
+    def _renew_life(self, stale: FeedPosition) -> FeedPosition:
+        """Give the feed a new life unless it already left `stale`'s (another replica renewed
+        it first), and return the head."""
+        revision_key, _, _, life_key = self._feed_keys()
+        life, head = self._script(
+            RENEW_LIFE,
+            "",
+            [revision_key, life_key],
+            [stale.life, secrets.token_urlsafe(9)],
+            _Effect.NONE,
+        )
+        return FeedPosition(life.decode(), int(head))
 
     def _feed_keys(self) -> list[str]:
         """The feed's keys, as the scripts take them; raises FeedUnsupported on a cluster."""

@@ -14,6 +14,12 @@ subscription was live reach them only by catching up. Subscribing again backs of
 BACKOFF_FIRST_S to BACKOFF_MOST_S. Nothing is dropped silently: every change is either given
 to the listeners or covered by an `interrupted()` after it.
 
+A Redis restarted from an append-only file synced every second may come back without its last
+writes, and with the same life: its revisions would then be given out again to other changes,
+and a token naming one would skip them. A subscriber that finds the head behind the last
+revision it relayed gives the feed a new life (`renew`), so those tokens are answered
+ResumeGone instead. Only a replica listening at the time can notice.
+
 redis-py's PubSub would reconnect by itself and resubscribe, hiding what it missed: here its
 connections do not retry (`connection.topology`), and every error ends that subscription.
 """
@@ -55,13 +61,19 @@ class FeedSubscriber:
         subscribe: Callable[[], PubSub],
         channel: str,
         head: Callable[[], FeedPosition],
+        renew: Callable[[FeedPosition], FeedPosition],
         timeout_s: float,
     ) -> None:
         """`subscribe` makes a PubSub on a connection of its own; `head` reads the feed's
-        head (the store's `feed_head`); `timeout_s`: how long Redis may take to answer."""
+        head (the store's `feed_head`); `renew` gives the feed a new life unless it already
+        left the given one, and returns the head; `timeout_s`: how long Redis may take to
+        answer."""
         self._subscribe = subscribe
         self._channel = channel
         self._head = head
+        self._renew = renew
+        self._heard: FeedPosition | None = None
+        """The position of the last change relayed (only the thread reads or writes it)."""
         self._timeout_s = timeout_s
         self._listeners: list[ChangeListener] = []
         self._lock = threading.Lock()
@@ -136,6 +148,17 @@ class FeedSubscriber:
             if time.monotonic() > deadline:
                 raise _Lost(f"Redis did not confirm the subscription within {self._timeout_s:g} s")
         position = self._head()
+        heard = self._heard
+        if heard is not None and heard.life == position.life and heard.revision > position.revision:
+            logger.error(
+                "The change feed went back from revision %d to %d: Redis lost changes it had "
+                "acknowledged (a restart from an append-only file synced every second?). The "
+                "feed takes a new life: every watcher starts again from now.",
+                heard.revision,
+                position.revision,
+            )
+            position = self._renew(position)
+        self._heard = position
         with self._lock:
             self._live.set()
             owed, self._owed = self._owed, False
@@ -176,7 +199,7 @@ class FeedSubscriber:
                 )
                 self._interrupted()
             self._changed(change)
-            position = FeedPosition(life, change.revision)
+            position = self._heard = FeedPosition(life, change.revision)
 
     def _lost(self) -> None:
         """The subscription is gone: tell the listeners now, and again once one is made."""

@@ -453,3 +453,25 @@ def test_a_redis_that_stops_answering_interrupts_the_listeners(
     finally:
         server.client().execute_command("CLIENT", "UNPAUSE")  # type: ignore[no-untyped-call]
     recorder.wait_for(lambda: recorder.interruptions >= 2, "one more, once subscribed again")
+
+
+def test_a_feed_gone_back_in_revisions_takes_a_new_life(
+    replicas: tuple[RedisStore, RedisStore], server: RedisProcess
+) -> None:
+    first, second = replicas
+    recorder = Recorder()
+    second.add_change_listener(recorder)
+    for number in range(5):
+        first.put("k", str(number).encode())
+    recorder.wait_for(lambda: len(recorder.changes) == 5, "5 changes")
+    old = first.feed_head()
+    redis = server.client()
+    # What a Redis restarted from an append-only file synced every second may do: come back
+    # with its last writes lost, and its life.
+    redis.set(REVISION_KEY, 2)
+    redis.xdel(FEED_KEY, "3-0", "4-0", "5-0")
+    redis.client_kill_filter(_type="pubsub")
+    recorder.wait_for(lambda: recorder.interruptions >= 2, "an interruption, then another")
+    assert first.feed_head().life != old.life
+    with pytest.raises(ResumeGone, match="another life"):
+        first.changes(EVERY_KEY, FeedPosition(old.life, 2))
