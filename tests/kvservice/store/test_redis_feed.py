@@ -9,6 +9,7 @@ restarted, or a revision skipped; and a cluster, which refuses the feed (FeedUns
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import kvservice.store.redis.scripts as redis_scripts
+import kvservice.store.redis.store as redis_store_module
 import kvservice.store.redis.subscriber as redis_subscriber
 from kvservice.store import (
     Change,
@@ -475,3 +477,28 @@ def test_a_feed_gone_back_in_revisions_takes_a_new_life(
     assert first.feed_head().life != old.life
     with pytest.raises(ResumeGone, match="another life"):
         first.changes(EVERY_KEY, FeedPosition(old.life, 2))
+
+
+def test_a_user_with_the_advised_permissions_can_watch(server: RedisProcess) -> None:
+    """What the StoreMisconfigured of a refused command advises is enough for the feed too."""
+    commands = {"EVALSHA", "SCRIPT", "SCAN", "INFO", "SUBSCRIBE", "PING"}
+    commands |= set(re.findall(r"[A-Z]{3,}", redis_store_module._SCRIPT_COMMANDS))
+    redis = server.client()
+    redis.acl_setuser(
+        "watcher",
+        enabled=True,
+        passwords=["+s3cret"],
+        keys=["kv:*"],
+        channels=["kv:changes:*"],
+        commands=[f"+{command.lower()}" for command in commands],
+    )
+    try:
+        store = make_store(f"redis://watcher:s3cret@127.0.0.1:{server.port}")
+        recorder = Recorder()
+        store.add_change_listener(recorder)
+        store.put("k", b"v")
+        store.delete("k")
+        recorder.wait_for(lambda: len(recorder.changes) == 2, "both changes")
+        assert recorder.interruptions == 0
+    finally:
+        redis.acl_deluser("watcher")
