@@ -64,14 +64,19 @@ subscriber hears the changes in the order Redis applied them, and revisions are 
 a missing one is a lost message. The life is `kv:life`, set once with SET NX from a fresh
 name the caller sends, and gone only with Redis's data (a server restarted empty starts a new
 life, and the old tokens are answered ResumeGone); a subscriber that finds the revisions gone
-back (Redis lost its last writes) renews it (RENEW_LIFE, `subscriber.py`). Each change cuts at most
-FEED_TRIM_PER_CHANGE changes that left the window from the stream's front (the sweep cuts as
-many as its limit), so a write's cost stays bounded however far behind the trimming is; what
-is cut is remembered per key in the hash `kv:feed:pruned` (the newest revision of the key cut),
-which is what makes a key's ResumeGone exact: a key's watcher is gone only if a change to
-that key after its position was cut. That hash holds one field per key ever cut from the feed
-and is never shortened (a token may come back at any age). A prefix's is conservative: gone
-if the stream no longer starts right after the position.
+back (Redis lost its last writes) renews it (RENEW_LIFE, `subscriber.py`).
+
+Each change cuts at most FEED_TRIM_PER_CHANGE changes that left the window from the stream's
+front (the sweep cuts as many as its limit), so a write's cost stays bounded however far
+behind the trimming is. What is cut is remembered per key in the sorted set `kv:feed:pruned`
+(member the key, score the newest revision of it cut), which is what makes a key's ResumeGone
+exact: a key's watcher is gone only if a change to that key after its position was cut. A key
+with no value and no history left is forgotten there by the sweep (FEED_FORGETS_PER_SWEEP
+records a call, going round the set), raising the hash `kv:feed:forgotten`'s `revision`
+(the newest revision of a forgotten key's record): a key without a record is judged by it,
+conservatively, as the memory store judges a key it has forgotten. So the set holds about one
+record per key with a value or a history, not one per key ever written. A prefix's
+ResumeGone is conservative: gone if the stream no longer starts right after the position.
 
 A cluster has no feed: one counter (or stream) lives in one slot, and a script on a key may
 touch keys of its own node only, so no script could give every write its place in one order
@@ -109,7 +114,12 @@ REVISION_KEY = "kv:revision"
 FEED_KEY = "kv:feed"
 """The feed: a stream of the changes inside the window, the revision in each one's ID."""
 PRUNED_KEY = "kv:feed:pruned"
-"""A hash: for each key, the newest revision of it cut from the feed."""
+"""A sorted set: for each key, the newest revision of it cut from the feed (its score)."""
+FORGOTTEN_KEY = "kv:feed:forgotten"
+"""A hash: `revision`, the newest revision of a record forgotten from PRUNED_KEY, and `cursor`,
+where the sweep's round of that set goes on."""
+FEED_FORGETS_PER_SWEEP = 100
+"""How many records of PRUNED_KEY one sweep examines for keys with nothing left."""
 LIFE_KEY = "kv:life"
 """The feed's life: set once (SET NX), gone only with Redis's data."""
 FEED_CHANNEL = "kv:changes:{database}"
@@ -126,6 +136,7 @@ resuming far back reads the feed in pages of this many, not all of it under one 
 
 _LUA_COMMON = (
     f"local FEED_TRIM_PER_CHANGE = {FEED_TRIM_PER_CHANGE}\n"
+    f"local FEED_FORGETS_PER_SWEEP = {FEED_FORGETS_PER_SWEEP}\n"
     + r"""
 local function now_ms(clock)
   if clock ~= '' then return tonumber(clock) end
@@ -182,8 +193,8 @@ local function open_feed(keys, first, channel, candidate, now, window_ms)
   if channel == '' then return end
   feed = {
     revision = keys[first], stream = keys[first + 1], pruned = keys[first + 2],
-    life = keys[first + 3], channel = channel, candidate = candidate, now = now,
-    window_ms = window_ms, life_value = false,
+    life = keys[first + 3], forgotten = keys[first + 4], channel = channel,
+    candidate = candidate, now = now, window_ms = window_ms, life_value = false,
   }
 end
 
@@ -210,9 +221,29 @@ local function trim_feed(most)
   for _, entry in ipairs(redis.call('XRANGE', feed.stream, '-', '+', 'COUNT', most)) do
     if tonumber(entry[2][4]) > cutoff then break end
     last = revision_of(entry[1])
-    redis.call('HSET', feed.pruned, entry[2][2], last)
+    redis.call('ZADD', feed.pruned, last, entry[2][2])
   end
   if last then redis.call('XTRIM', feed.stream, 'MINID', ms(tonumber(last) + 1)) end
+end
+
+-- Forget the records of up to `most` keys that have neither a value nor a history left, going
+-- round the pruned set by score from where the last call stopped; the newest revision
+-- forgotten judges every key without a record (conservatively).
+local function forget_keys(most)
+  local cursor = redis.call('HGET', feed.forgotten, 'cursor') or '-inf'
+  local records = redis.call(
+    'ZRANGE', feed.pruned, cursor, '+inf', 'BYSCORE', 'LIMIT', 0, most, 'WITHSCORES')
+  local newest = tonumber(redis.call('HGET', feed.forgotten, 'revision') or '0')
+  for i = 1, #records, 2 do
+    local key, revision = records[i], tonumber(records[i + 1])
+    local value = 'kv:{' .. key .. '}'
+    if redis.call('EXISTS', value, value .. ':h') == 0 then
+      redis.call('ZREM', feed.pruned, key)
+      if revision > newest then newest = revision end
+    end
+  end
+  cursor = #records < most * 2 and '-inf' or '(' .. records[#records]
+  redis.call('HSET', feed.forgotten, 'revision', ms(newest), 'cursor', cursor)
 end
 
 -- Put a change in the feed: an `op` ('=' write, '-' delete, '~' expiry) to `key`, stamped `at`,
@@ -322,9 +353,9 @@ end
 )
 
 # Every script on one key takes KEYS: value hash, history list, deadlines set, [index, then
-# the feed's revision, stream, pruned and life keys], and starts its ARGV with: key, window,
-# clock ('' : Redis's TIME), history TTL, the feed's channel ('' : no feed, a cluster) and a
-# life for it should it have none.
+# the feed's revision, stream, pruned, life and forgotten keys], and starts its ARGV with: key,
+# window, clock ('' : Redis's TIME), history TTL, the feed's channel ('' : no feed, a cluster)
+# and a life for it should it have none.
 _ON_KEY = r"""
 local key, window_ms, clock, ttl_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local value, history, deadlines, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -440,11 +471,12 @@ if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('SET', KEYS[2], ARGV[2]
 return {redis.call('GET', KEYS[2]), redis.call('GET', KEYS[1]) or '0'}
 """
 
-# KEYS: the feed's revision, stream, pruned and life keys. ARGV: the position's life and
+# KEYS: the feed's revision, stream, pruned, life and forgotten keys. ARGV: the position's life and
 # revision, the key ('' for a prefix), the prefix, how many changes at most, how many of the
 # stream's entries to examine at most. Replies {'life'} (another life, or none yet),
 # {'ahead', the head} (past the head), {'gone'} (a change the selector follows after the
-# position left the stream: exactly for a key, by the pruned hash; for a prefix, whenever any
+# position left the stream: exactly for a key, by the pruned set, or the forgotten revision for
+# a key without a record; for a prefix, whenever any
 # did), or {'ok', the revision the page reaches, the head, the changes}.
 _CHANGES = (
     "#!lua flags=no-writes\n"
@@ -452,13 +484,14 @@ _CHANGES = (
     + f"local chunk = {FEED_SCAN_CHUNK}\n"
     + r"""
 local revision_key, stream, pruned, life = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local forgotten = KEYS[5]
 if redis.call('GET', life) ~= ARGV[1] then return {'life'} end
 local after, key, prefix = tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local limit, most = tonumber(ARGV[5]), tonumber(ARGV[6])
 local head = tonumber(redis.call('GET', revision_key) or '0')
 if after > head then return {'ahead', ms(head)} end
 if key ~= '' then
-  local cut = redis.call('HGET', pruned, key)
+  local cut = redis.call('ZSCORE', pruned, key) or redis.call('HGET', forgotten, 'revision')
   if cut and tonumber(cut) > after then return {'gone'} end
 else
   local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
@@ -533,7 +566,10 @@ for position, deadlines in ipairs(sets) do
   end
   if redis.call('EXISTS', deadlines) == 1 then holding[#holding + 1] = position end
 end
-if feed then trim_feed(limit) end
+if feed then
+  trim_feed(limit)
+  forget_keys(FEED_FORGETS_PER_SWEEP)
+end
 return {removed, visited, unpack(holding)}
 """
 )

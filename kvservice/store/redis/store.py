@@ -56,6 +56,7 @@ from kvservice.store.redis.scripts import (
     FEED_HEAD,
     FEED_KEY,
     FEED_SCAN_MOST,
+    FORGOTTEN_KEY,
     GET,
     HISTORY,
     HISTORY_TTL_MARGIN_MS,
@@ -443,7 +444,7 @@ class RedisStore:
     def feed_head(self) -> FeedPosition:
         """The position after the newest change, of the feed's life (made now if it has none:
         SET NX in Redis, so every replica shares it). Raises FeedUnsupported on a cluster."""
-        revision_key, _, _, life_key = self._feed_keys()
+        revision_key, _, _, life_key, _ = self._feed_keys()
         self._ensure_checked()
         life, head = self._script(
             FEED_HEAD,
@@ -510,7 +511,7 @@ class RedisStore:
     def _renew_life(self, stale: FeedPosition) -> FeedPosition:
         """Give the feed a new life unless it already left `stale`'s (another replica renewed
         it first), and return the head."""
-        revision_key, _, _, life_key = self._feed_keys()
+        revision_key, _, _, life_key, _ = self._feed_keys()
         life, head = self._script(
             RENEW_LIFE,
             "",
@@ -529,7 +530,7 @@ class RedisStore:
                 "position could name. Watching needs a single Redis (with replicas for "
                 "failover)."
             )
-        return [REVISION_KEY, FEED_KEY, PRUNED_KEY, LIFE_KEY]
+        return [REVISION_KEY, FEED_KEY, PRUNED_KEY, LIFE_KEY, FORGOTTEN_KEY]
 
     def _feed_channel(self) -> str:
         """The feed's channel; '' on a cluster, where the scripts keep no feed."""

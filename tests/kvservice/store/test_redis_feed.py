@@ -31,8 +31,8 @@ from kvservice.store import (
     KeyNotFound,
     ResumeGone,
 )
-from kvservice.store.redis import RedisStore
-from kvservice.store.redis.scripts import FEED_KEY, PRUNED_KEY, REVISION_KEY
+from kvservice.store.redis import RedisStore, history_key
+from kvservice.store.redis.scripts import FEED_KEY, FORGOTTEN_KEY, PRUNED_KEY, REVISION_KEY
 from tests.support.clock import START_MS, FakeClock
 from tests.support.redis_servers import RedisClusterProcesses, RedisProcess, running_redis
 
@@ -232,7 +232,7 @@ def test_the_feed_is_cut_to_the_window_by_bounded_steps(server: RedisProcess) ->
     assert redis.xlen(FEED_KEY) == 21 - trim, "one change cuts FEED_TRIM_PER_CHANGE at most"
     store.sweep_expired(100)
     assert redis.xlen(FEED_KEY) == 1, "the sweep cuts the rest"
-    assert redis.hget(PRUNED_KEY, "k19") == b"20"
+    assert redis.zscore(PRUNED_KEY, "k19") == 20
     store.close()
 
 
@@ -502,3 +502,33 @@ def test_a_user_with_the_advised_permissions_can_watch(server: RedisProcess) -> 
         assert recorder.interruptions == 0
     finally:
         redis.acl_deluser("watcher")
+
+
+def test_a_key_with_nothing_left_is_forgotten_then_judged_conservatively(
+    server: RedisProcess,
+) -> None:
+    clock = FakeClock()
+    store = make_store(server.url, clock=clock, history_window_ms=100)
+    life = store.feed_head().life
+    store.put("gone", b"v")
+    store.delete("gone")
+    store.put("kept", b"v")
+    clock.advance(100)
+    store.put("kept", b"new")  # cuts revisions 1 to 3 from the feed
+    redis = server.client()
+    store.sweep_expired(10)
+    assert redis.zscore(PRUNED_KEY, "gone") == 2, "its history is still there: remembered"
+    deadline = time.monotonic() + WAIT_S
+    while redis.exists(history_key("gone")) and time.monotonic() < deadline:
+        time.sleep(0.1)  # a deleted key's history expires a second after the window
+    store.sweep_expired(10)
+    assert redis.zscore(PRUNED_KEY, "gone") is None
+    assert redis.zscore(PRUNED_KEY, "kept") == 3, "a key with a value is remembered"
+    assert redis.hget(FORGOTTEN_KEY, "revision") == b"2"
+    with pytest.raises(ResumeGone):
+        store.changes(FeedSelector(key="gone"), FeedPosition(life, 1))
+    with pytest.raises(ResumeGone):
+        store.changes(FeedSelector(key="never"), FeedPosition(life, 1))  # conservative
+    assert store.changes(FeedSelector(key="never"), FeedPosition(life, 2)).caught_up
+    page = store.changes(FeedSelector(key="kept"), FeedPosition(life, 3))
+    assert [change.data for change in page.changes] == [b"new"]
