@@ -22,6 +22,13 @@ evict (evicted keys are acknowledged writes lost). Write scripts are refused who
 limit (OOM, our 507); reads, deletes, deadline changes and the sweep are marked `allow-oom`,
 so they still work, and settling an expired key gives its memory back.
 
+The change feed (a single Redis only): every change takes the next revision of `kv:revision`
+in the script that makes it, goes into the stream `kv:feed` (cut to the window) and is
+published on `kv:changes:<database>`; the feed's life is `kv:life`, so replicas share
+revisions, life and tokens. Each store's listeners are told by one subscriber thread
+(`subscriber.py`). A cluster keeps no feed and refuses its methods with FeedUnsupported:
+`scripts.py` says why.
+
 Faults: commands are sent on connections taken from redis-py's pools directly rather than
 through its client, to know what happened. A connection that cannot be made, or a command
 that could not be sent, changed nothing; a command sent without a reply may or may not have

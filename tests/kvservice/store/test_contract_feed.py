@@ -24,11 +24,21 @@ from kvservice.store import (
     ResumeGone,
     Store,
 )
-from tests.kvservice.store.conftest import WINDOW_MS
+from tests.kvservice.store.conftest import BACKENDS, WINDOW_MS, StoreFactory, served
 from tests.support.clock import START_MS, FakeClock
 
 EVERY_KEY = FeedSelector()
 DEADLINE_MS = START_MS + 1_000
+WITHOUT_A_FEED = ("redis-cluster",)
+"""Backends that refuse the feed (FeedUnsupported, tested in test_redis_feed.py): a Redis
+Cluster has no one order of its nodes' writes."""
+
+
+@pytest.fixture(params=[name for name in BACKENDS if name not in WITHOUT_A_FEED])
+def make_store(request: pytest.FixtureRequest) -> StoreFactory:
+    """Each backend that keeps a feed, behind the service (conftest's `make_store`, less
+    WITHOUT_A_FEED)."""
+    return served(BACKENDS[request.param](request))
 
 
 def keys_of(page: ChangePage) -> list[str]:
