@@ -126,6 +126,9 @@ class HttpProtocol:
     def mid_request(self) -> bool:
         return self.parser.request_in_progress
 
+    parked = False
+    """An HTTP connection waits only for its client (until a request may wait for a feed)."""
+
     def received(self, data: bytes) -> None:
         self.parser.receive_data(data)
 
