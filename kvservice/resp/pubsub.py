@@ -206,12 +206,13 @@ class Subscriber:
         with self._lock:
             if self.state is not SubscriberState.SUBSCRIBED:
                 return
-            if len(self._pending) >= self.hub.max_pending:
+            overflowed = len(self._pending) >= self.hub.max_pending
+            if overflowed:
                 self.state = SubscriberState.OVERFLOWED
                 self._pending.clear()
             else:
                 self._pending.append(message)
-            if self._woken:
+            if self._woken and not overflowed:  # the overflow wakes it again, to be closed
                 return
             self._woken = True
         self.wake()
