@@ -130,6 +130,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         if self.awaiting_wake:
             self.awaiting_wake = False
+            self.transport.pause_reading()  # writing again: nothing is read meanwhile
             self.write_more()
         elif not (self.running or self.backlog or self.outgoing or self.finishing):
             self._serve()
@@ -159,8 +160,13 @@ class Connection(asyncio.BufferedProtocol):
         if protocol is None:  # refused: closing
             return
         self.last_received = self.server.clock()
-        if self.running:  # reading is paused, but a TLS transport may hand over what it has
+        if self.running or self.awaiting_wake:
+            # Work runs (reading is paused, but a TLS transport may hand over what it has),
+            # or a stream waits for a wake, reading only to hear the client leave: what
+            # arrives is served once the stream is done, one read at most held meanwhile.
             self.unfed.append(data)
+            if self.awaiting_wake:
+                self.transport.pause_reading()
             return
         if not protocol.mid_request:
             self.request_began = self.last_received
@@ -342,7 +348,11 @@ class Connection(asyncio.BufferedProtocol):
                 self.transport.abort()
                 return
             if not piece and piece is not None and piece is not following:
-                self.awaiting_wake = True  # nothing yet: `wake` asks again
+                # Nothing yet: `wake` asks again. Read meanwhile, so that a client that
+                # leaves is heard now rather than at the next piece written.
+                self.awaiting_wake = True
+                if not self.unfed:
+                    self.transport.resume_reading()
                 break
             if piece is following or piece is None:
                 outgoing.popleft()
@@ -365,6 +375,13 @@ class Connection(asyncio.BufferedProtocol):
                 asyncio.get_running_loop().call_soon(self.write_more)
         elif self.finishing and not self.running:
             self.transport.close()
+        elif self.unfed and not self.running:  # what arrived while a stream waited
+            protocol = self.protocol
+            assert protocol is not None
+            for data in self.unfed:
+                protocol.received(data)
+            self.unfed.clear()
+            self._run_backlog()
         elif self.backlog:
             self._run_backlog()
         else:

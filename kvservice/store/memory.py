@@ -113,6 +113,9 @@ MIN_CHANGES_EXAMINED = 10_000
 one over a prefix that few of them match comes back short (not caught up), its position the
 last change examined, rather than walking the whole window under the lock."""
 
+UNKNOWN_ETAG = ""
+"""What a write's history entry holds for an ETag the durable file did not keep (format 2)."""
+
 StateListener = Callable[[str, Change | None, Value | None], None]
 """Told of each change to a key, under the store's lock and in the order they happen: the
 change it recorded (None for a new deadline, which records none) and the key's value after
@@ -198,13 +201,14 @@ class MemoryStore:
         self._deadlines: SortedItems[tuple[int, str]] = SortedItems()
         self._used_bytes = 0
         self._last_timestamp_ms = 0
-        self._etag_prefix = secrets.token_hex(4)
-        self._writes = 0
         self._full_refusals = 0
         # The change feed: `life` names this store's life (a fresh one for a fresh store),
         # `_revision` is the newest change's, `_feed[_feed_first:]` the changes held in
         # revision order (the same objects as the keys' histories).
         self.life = secrets.token_urlsafe(9) if life is None else life
+        # A value's ETag is its write's revision after a prefix of the life: it never repeats
+        # (a life's revisions do not), and history need not keep one string per entry.
+        self._etag_prefix = self.life[:8]
         self._revision = 0
         self._feed: list[Change] = []
         self._feed_first = 0
@@ -479,8 +483,7 @@ class MemoryStore:
                 raise PreconditionFailed.of(key)
 
             deadline_ms = expiry.deadline_ms(now_ms, current.expires_at_ms if current else None)
-            self._writes += 1
-            value = Value(data, content_type, f"{self._etag_prefix}-{self._writes:x}", deadline_ms)
+            value = Value(data, content_type, self._etag_of(self._revision + 1), deadline_ms)
             added = _value_cost(value) + ENTRY_OVERHEAD_BYTES + len(data)
             freed = _value_cost(current) if current else 0
             if record is None:
@@ -522,8 +525,9 @@ class MemoryStore:
             if record is None:
                 record = self._records[change.key] = _Record(change.key)
                 self._used_bytes += KEY_OVERHEAD_BYTES + len(change.key)
-            if change.etag == self._etag_of(change.revision):
-                change = dataclasses.replace(change, etag=None)
+            if change.data is not None and change.etag in (None, self._etag_of(change.revision)):
+                etag = None if change.etag is not None else UNKNOWN_ETAG
+                change = dataclasses.replace(change, etag=etag)
             self._append_history(record, change)
             self._last_timestamp_ms = max(self._last_timestamp_ms, change.timestamp_ms)
             self._revision = max(self._revision, change.revision)
@@ -608,10 +612,12 @@ class MemoryStore:
 
     def _public(self, change: Change) -> Change:
         """The change as the feed shows it: a write's ETag, which history keeps only where
-        it is not `_etag_of` its revision (a value restored from an older format)."""
-        if change.data is None or change.etag is not None:
+        it is not `_etag_of` its revision (restored from an older format; UNKNOWN_ETAG
+        where the file did not say, shown as None)."""
+        if change.data is None or (change.etag is not None and change.etag != UNKNOWN_ETAG):
             return change
-        return dataclasses.replace(change, etag=self._etag_of(change.revision))
+        etag = None if change.etag == UNKNOWN_ETAG else self._etag_of(change.revision)
+        return dataclasses.replace(change, etag=etag)
 
     def _changed(self, record: _Record, change: Change | None, value: Value | None) -> None:
         if self._on_change is not None:

@@ -271,7 +271,9 @@ def test_a_stream_with_nothing_yet_waits_for_a_wake_then_goes_on() -> None:
         await turns()
         asks = feed.asks
         assert asks == 1 and mock.written == b"" and not mock.closing
+        assert mock.reading  # to hear the client leave
         connection.data_received(b"after\n")  # waits behind the stream
+        assert not mock.reading  # one read held at most
         feed.pending.append(b"news")
         await turns()
         assert feed.asks == asks and mock.written == b""  # not asked until woken
