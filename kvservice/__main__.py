@@ -277,7 +277,8 @@ def resp_transport(
     replies: ReplyBudget,
     feed: ChangeFeed,
 ) -> Runnable | None:
-    """The Redis protocol on --resp-port, off unless that is set."""
+    """The Redis protocol on --resp-port, off unless that is set; its keyspace notifications
+    come from `feed`."""
     if config.resp_port is None:
         return None
     server = RespServer(
@@ -287,6 +288,7 @@ def resp_transport(
         tls=security.resp_tls,
         execution=execution_for(store),
         reply_budget=replies,
+        changes=feed,  # keyspace notifications
     )
     if metrics is not None:
         metrics.watch_resp(server.figures)
