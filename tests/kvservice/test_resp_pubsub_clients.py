@@ -26,6 +26,7 @@ from kvservice.http.server import Server
 from kvservice.resp.server import RespServer
 from kvservice.store.memory import MemoryStore
 from kvservice.store.service import StoreService
+from tests.support.processes import free_port, kvservice_process
 from tests.support.rawresp import RespConnection, command, running_resp
 from tests.support.servers import http_settings
 
@@ -182,3 +183,21 @@ def test_subscribing_needs_a_token_and_config_set_a_write_token() -> None:
         assert connection.ask("RESET") == b"+RESET\r\n"  # and no longer authenticated
         assert connection.ask("PING") == b"+PONG\r\n"
         assert connection.ask("GET", "k") == b"-NOAUTH Authentication required.\r\n"
+
+
+def test_the_kvservice_process_publishes_writes_over_http_to_resp_subscribers() -> None:
+    """As `kvservice` runs (its composition root hands the change feed to RESP)."""
+    resp_port = free_port()
+    with kvservice_process("--resp-port", str(resp_port)) as service:
+        client = redis.Redis(port=resp_port, protocol=3, socket_timeout=5)
+        try:
+            client.config_set("notify-keyspace-events", "K$")
+            pubsub = client.pubsub()
+            pubsub.psubscribe("__keyspace@0__:*")
+            requests.put(f"{service.url}/k", data=b"v", timeout=5).raise_for_status()
+            assert messages(pubsub, 1) == [
+                ("pmessage", b"__keyspace@0__:*", b"__keyspace@0__:k", b"set")
+            ]
+            pubsub.close()
+        finally:
+            client.close()
