@@ -70,18 +70,26 @@ class PubSub:
     def __init__(self, max_pending: int = MAX_PENDING_MESSAGES) -> None:
         self.max_pending = max_pending
         self.events = KeyspaceEvents()
-        """Set by CONFIG SET, read by every change: replaced whole, so read without a lock."""
         self._channels: dict[bytes, dict[Subscriber, None]] = {}
         self._patterns: dict[bytes, tuple[GlobPattern, dict[Subscriber, None]]] = {}
         self._lock = threading.Lock()
         """Commands run on workers and changes arrive from any thread."""
 
+    @property
+    def events(self) -> KeyspaceEvents:
+        """The `notify-keyspace-events` setting (CONFIG SET); read by every change without a
+        lock: it is replaced whole."""
+        return self._events
+
+    @events.setter
+    def events(self, events: KeyspaceEvents) -> None:
+        self._events, self._publishing = events, events.publishes
+
     def changed(self, change: Change) -> None:
         """Publish a change's notifications (any thread; never blocks on a subscriber)."""
-        events = self.events
-        if not events.publishes:
+        if not self._publishing:  # the default: one attribute read per change
             return
-        for channel, payload in events.notifications(change):
+        for channel, payload in self._events.notifications(change):
             self.publish(channel, payload)
 
     def publish(self, channel: bytes, payload: bytes) -> int:

@@ -215,3 +215,27 @@ def test_the_confirmations_are_pushes_and_the_bound_is_refused() -> None:
     assert "at most 1000 channels and patterns" in reply.replies[-1].message
     again = execute(store, session, [b"PSUBSCRIBE", names[0]])
     assert again == Replies([Push([b"psubscribe", names[0], MAX_SUBSCRIPTIONS])])
+
+
+@pytest.mark.parametrize(
+    ("command", "label"),
+    [
+        ([b"GET", b"k"], "get"),
+        ([b"CONFIG", b"GET", b"x"], "config|get"),
+        ([b"client", b"id"], "client|id"),
+        ([b"COMMAND"], "command"),
+    ],
+)
+def test_subscribed_resp2_refuses_other_commands_naming_them_as_redis_does(
+    command: list[bytes], label: str
+) -> None:
+    store = MemoryStore()
+    session = Session(1, ServerState())
+    execute(store, session, [b"SUBSCRIBE", b"a"])
+    assert execute(store, session, command) == Error(
+        "ERR",
+        f"Can't execute '{label}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET "
+        "are allowed in this context",
+    )
+    session.protocol = 3
+    assert not isinstance(execute(store, session, command), Error)

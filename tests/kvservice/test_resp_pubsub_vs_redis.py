@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from kvservice.execution import Execution
 from kvservice.feed import ChangeFeed, FeedSettings
 from kvservice.store.memory import MemoryStore
 from tests.support.rawresp import RespConnection, running_resp
@@ -67,6 +68,7 @@ SEQUENCES: dict[str, str] = {
         s: CONFIG GET notify-keyspace-events
         s: CONFIG SET notify-keyspace-events K$
         s: CONFIG FOO
+        s: CLIENT GETNAME
         s: EXISTS k
         s: PSUBSCRIBE x*
         s: UNSUBSCRIBE a
@@ -252,16 +254,19 @@ def real_redis(redis_server: RedisProcess) -> Iterator[RedisProcess]:
     yield redis_server
 
 
+@pytest.mark.parametrize("execution", list(Execution), ids=lambda execution: execution.value)
 @pytest.mark.parametrize("protocol", [2, 3])
 @pytest.mark.parametrize("name", sorted(SEQUENCES))
 def test_what_each_connection_receives_is_redis_7s_byte_for_byte(
-    real_redis: RedisProcess, name: str, protocol: int
+    real_redis: RedisProcess, name: str, protocol: int, execution: Execution
 ) -> None:
+    """With commands run on the loop, and again on workers (as for a store that may block),
+    where a message may be queued while the subscriber's own command runs."""
     sequence = steps(SEQUENCES[name])
     store = MemoryStore()
     feed = ChangeFeed(store, FeedSettings())
     try:
-        with running_resp(store, changes=feed) as kvservice:
+        with running_resp(store, changes=feed, execution=execution) as kvservice:
             ours = transcripts(kvservice.port, protocol, sequence)
     finally:
         feed.close()

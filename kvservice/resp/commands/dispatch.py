@@ -97,7 +97,8 @@ def subcommands(command: str, table: dict[bytes, Command]) -> Handler:
         subcommand = table.get(name)
         if subcommand is None:
             return Error("ERR", f"unknown subcommand '{printable(name)}'. Try {command} HELP.")
-        label = f"{command}|{printable(name)}".lower()
+        # Redis names a subcommand `config|get`, and the command alone by its own name.
+        label = f"{command}|{printable(name)}".lower() if name else command.lower()
         if subcommand.access > Access.NONE and session.access < subcommand.access:
             return refusal(session, session.access, label)
         return call(subcommand, lambda: label, store, session, args[1:])
