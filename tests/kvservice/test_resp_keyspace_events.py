@@ -9,8 +9,15 @@ import pytest
 
 from kvservice.resp.codec import Error, Push, Replies, encode
 from kvservice.resp.commands import ServerState, Session, execute
+from kvservice.resp.commands.pubsub import TOO_MANY_SUBSCRIPTIONS
 from kvservice.resp.keyspace_events import KeyspaceEvents, event_of
-from kvservice.resp.pubsub import MAX_SUBSCRIPTIONS, PubSub, Subscriber, SubscriberState
+from kvservice.resp.pubsub import (
+    MAX_PATTERNS,
+    MAX_SUBSCRIPTIONS,
+    PubSub,
+    Subscriber,
+    SubscriberState,
+)
 from kvservice.store import Change
 from kvservice.store.memory import MemoryStore
 
@@ -200,21 +207,28 @@ def test_a_queue_past_its_bound_overflows_and_queues_nothing_more() -> None:
     assert wakes.count == 2  # the overflow wakes it too, to be closed
 
 
-def test_the_confirmations_are_pushes_and_the_bound_is_refused() -> None:
+def test_the_confirmations_are_pushes_and_the_bounds_are_refused() -> None:
     store = MemoryStore()
     session = Session(1, ServerState())
     reply = execute(store, session, [b"SUBSCRIBE", b"a", b"b"])
     assert reply == Replies([Push([b"subscribe", b"a", 1]), Push([b"subscribe", b"b", 2])])
     assert encode(reply, 3).startswith(b">3\r\n$9\r\nsubscribe\r\n")
     assert encode(reply, 2).startswith(b"*3\r\n$9\r\nsubscribe\r\n")
-    names = [b"p%d" % n for n in range(MAX_SUBSCRIPTIONS)]
-    reply = execute(store, session, [b"PSUBSCRIBE", *names])
+
+    patterns = [b"p%d" % n for n in range(MAX_PATTERNS + 1)]
+    reply = execute(store, session, [b"PSUBSCRIBE", *patterns])
     assert isinstance(reply, Replies)
-    assert reply.replies[-2] == Push([b"psubscribe", names[-3], MAX_SUBSCRIPTIONS])
-    assert isinstance(reply.replies[-1], Error)
-    assert "at most 1000 channels and patterns" in reply.replies[-1].message
-    again = execute(store, session, [b"PSUBSCRIBE", names[0]])
-    assert again == Replies([Push([b"psubscribe", names[0], MAX_SUBSCRIPTIONS])])
+    assert reply.replies[-2] == Push([b"psubscribe", patterns[-2], 2 + MAX_PATTERNS])
+    assert reply.replies[-1] == TOO_MANY_SUBSCRIPTIONS
+    again = execute(store, session, [b"PSUBSCRIBE", patterns[0]])
+    assert again == Replies([Push([b"psubscribe", patterns[0], 2 + MAX_PATTERNS])])
+
+    channels = [b"c%d" % n for n in range(MAX_SUBSCRIPTIONS)]
+    reply = execute(store, session, [b"SUBSCRIBE", *channels])
+    assert isinstance(reply, Replies)
+    assert reply.replies[-1] == TOO_MANY_SUBSCRIPTIONS
+    assert reply.replies[-2] == Push([b"subscribe", channels[-3 - MAX_PATTERNS], MAX_SUBSCRIPTIONS])
+    assert "at most 1000 channels and patterns, 32 of them patterns" in str(reply.replies[-1])
 
 
 @pytest.mark.parametrize(

@@ -13,13 +13,13 @@ from collections.abc import Callable
 from kvservice.resp.codec import Error, Push, Replies, Reply
 from kvservice.resp.commands.dispatch import Command
 from kvservice.resp.commands.state import Session
-from kvservice.resp.pubsub import MAX_SUBSCRIPTIONS, Subscriber
+from kvservice.resp.pubsub import MAX_PATTERNS, MAX_SUBSCRIPTIONS, Subscriber
 from kvservice.store import Store
 
 TOO_MANY_SUBSCRIPTIONS = Error(
     "ERR",
-    f"a connection may follow at most {MAX_SUBSCRIPTIONS} channels and patterns; "
-    "unsubscribe from some first",
+    f"a connection may follow at most {MAX_SUBSCRIPTIONS} channels and patterns, "
+    f"{MAX_PATTERNS} of them patterns; unsubscribe from some first",
 )
 
 
@@ -35,6 +35,7 @@ def _subscribing(
     kind: bytes,
     followed: Callable[[Subscriber], dict[bytes, None]],
     follow: Callable[[Subscriber, bytes], int],
+    full: Callable[[Subscriber], bool],
 ) -> Command:
     """SUBSCRIBE or PSUBSCRIBE: follow each argument in turn, confirming each; a connection
     at its bound is refused for the rest (the confirmations before stand)."""
@@ -43,7 +44,7 @@ def _subscribing(
         subscriber = session.subscriptions
         replies: list[Reply] = []
         for name in args:
-            if subscriber.full and name not in followed(subscriber):
+            if full(subscriber) and name not in followed(subscriber):
                 replies.append(TOO_MANY_SUBSCRIPTIONS)
                 break
             replies.append(Push([kind, name, follow(subscriber, name)]))
@@ -71,8 +72,12 @@ def _unsubscribing(
 
 
 PUBSUB_COMMANDS: dict[bytes, Command] = {
-    b"SUBSCRIBE": _subscribing(b"subscribe", _channels, Subscriber.subscribe),
-    b"PSUBSCRIBE": _subscribing(b"psubscribe", _patterns, Subscriber.psubscribe),
+    b"SUBSCRIBE": _subscribing(
+        b"subscribe", _channels, Subscriber.subscribe, lambda subscriber: subscriber.full
+    ),
+    b"PSUBSCRIBE": _subscribing(
+        b"psubscribe", _patterns, Subscriber.psubscribe, lambda subscriber: subscriber.patterns_full
+    ),
     b"UNSUBSCRIBE": _unsubscribing(b"unsubscribe", _channels, Subscriber.unsubscribe),
     b"PUNSUBSCRIBE": _unsubscribing(b"punsubscribe", _patterns, Subscriber.punsubscribe),
 }
