@@ -350,11 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("cannot start: %s", error)
         return 2
     replies = ReplyBudget(config.max_reply_buffer_bytes)
-    try:
-        feed = ChangeFeed(store, feed_settings(config))
-    except StoreUnavailable as error:
-        logger.error("cannot start: the change feed's head cannot be read: %s", error)
-        return 2
+    feed = ChangeFeed(store, feed_settings(config))
     metrics = Metrics(store) if config.metrics else None
     if metrics is not None:
         metrics.watch_replies(replies)

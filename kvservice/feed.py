@@ -33,6 +33,7 @@ every change, in order, on the store's thread; they must not block.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -200,12 +201,15 @@ class ChangeFeed:
         self._due: list[tuple[float, int, Watcher]] = []
         self._sequence = itertools.count()
         self._timer_wakes = threading.Condition(self.lock)
+        self.life = ""
+        """The store's life, once its head was read (a store away at the start is asked
+        again at the first watch)."""
+        self.head = 0
+        """The newest revision told (or read): a live watcher with nothing queued is here."""
         store.add_change_listener(self)
         # Told of changes before the head is read: none falls between the two.
-        head = store.feed_head()
-        self.life = head.life
-        self.head = head.revision
-        """The newest revision told (or read): a live watcher with nothing queued is here."""
+        with contextlib.suppress(StoreError):
+            self._read_head()
         self._timer = threading.Thread(target=self._bookmarks, name="feed-bookmarks", daemon=True)
         self._timer.start()
 
@@ -224,6 +228,8 @@ class ChangeFeed:
         (from any thread) when `take` has something after finding nothing. Raises
         WatchersFull, and, with `after`, ResumeGone, InvalidPosition (and StoreUnavailable)
         from reading its first page, which may block: call it where reads run."""
+        if not self.life:
+            self._read_head()
         now = self.clock()
         with self.lock:
             if self._closed or len(self._watchers) >= self.settings.max_watchers:
@@ -265,9 +271,18 @@ class ChangeFeed:
     @property
     def now(self) -> FeedPosition:
         """The position after every change told so far: where a history read just now
-        stands (read before the history, nothing it misses is after it)."""
+        stands (read before the history, nothing it misses is after it). Reads the store's
+        head if it was away at the start (raising StoreUnavailable if it still is)."""
+        if not self.life:
+            self._read_head()
         with self.lock:
             return FeedPosition(self.life, self.head)
+
+    def _read_head(self) -> None:
+        head = self.store.feed_head()
+        with self.lock:
+            self.life = head.life
+            self.head = max(self.head, head.revision)
 
     def subscribe(self, listener: Callable[[Change], None]) -> Callable[[], None]:
         """Call `listener` with every change from now on, in order, on the store's thread

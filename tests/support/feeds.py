@@ -1,7 +1,8 @@
-"""A memory store with a change feed of the tests' own, for the hub's and the transports' tests:
-`FeedingMemoryStore` is `MemoryStore` whose every change (told through its `on_change`, in
-order, under its lock) gets the next revision and joins a feed that `forget_through` can
-cut short, as the history window would; `changes` raises ResumeGone as the port says.
+"""A memory store whose change feed the hub's tests control: `FeedingMemoryStore` is
+`MemoryStore` whose every change (told through its `on_change`, in order, under its lock)
+joins a feed of the tests' own, which `forget_through` cuts short as the history window
+would, and whose listeners a test may hold back (`listeners`: changes then go untold, as a
+replica's are when it loses its subscription); `changes` raises ResumeGone as the port says.
 `read_gate`, when set, blocks every `changes` call until it opens (a store whose reads
 block; the page is what the feed held when the call began), and `read_threads` names the
 thread of each call; `before_read` runs once at the start of the next call (a write that
@@ -10,7 +11,6 @@ is both told live and in the page).
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +22,6 @@ from kvservice.store import (
     ChangePage,
     FeedPosition,
     FeedSelector,
-    HistoryEntry,
     ResumeGone,
     Value,
 )
@@ -32,7 +31,6 @@ from kvservice.store.memory import MemoryStore
 class FeedingMemoryStore(MemoryStore):
     def __init__(self, **options: Any) -> None:
         super().__init__(on_change=self._feed_change, **options)
-        self.life = secrets.token_urlsafe(9)
         self.feed: list[Change] = []
         self.forgotten_through = 0
         self.listeners: list[ChangeListener] = []
@@ -40,18 +38,9 @@ class FeedingMemoryStore(MemoryStore):
         self.read_threads: list[str] = []
         self.before_read: Callable[[], object] | None = None
 
-    def _feed_change(self, key: str, entry: HistoryEntry | None, value: Value | None) -> None:
-        if entry is None:  # a new deadline: not a change
+    def _feed_change(self, key: str, change: Change | None, value: Value | None) -> None:
+        if change is None:  # a new deadline: not a change
             return
-        change = Change(
-            key,
-            len(self.feed) + 1,
-            entry.data,
-            entry.timestamp_ms,
-            None if value is None else value.etag,
-            None if value is None else value.content_type,
-            entry.expired,
-        )
         self.feed.append(change)
         for listener in self.listeners:
             listener.changed(change)
