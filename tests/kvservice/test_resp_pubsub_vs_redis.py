@@ -235,15 +235,8 @@ def _command(arguments: list[bytes]) -> bytes:
 def _rest(connection: RespConnection) -> bytes:
     """What arrives until the connection is quiet for QUIET_S, and `<closed>` if it closed."""
     connection.sock.settimeout(QUIET_S)
-    rest = b""
-    try:
-        while chunk := connection.stream.read1(65536):
-            rest += chunk
-    except TimeoutError:
-        return rest
-    except ConnectionResetError:
-        pass
-    return rest + b"<closed>"
+    rest, closed = connection.rest_and_closed()
+    return rest + b"<closed>" * closed
 
 
 @pytest.fixture
