@@ -89,6 +89,13 @@ class PubSub:
     def events(self, events: KeyspaceEvents) -> None:
         self._events, self._publishing = events, events.publishes
 
+    @property
+    def figures(self) -> tuple[int, int]:
+        """Channels and patterns at least one connection follows (INFO's pubsub_channels,
+        pubsub_patterns)."""
+        with self._lock:
+            return len(self._channels), len(self._patterns)
+
     def changed(self, change: Change) -> None:
         """Publish a change's notifications (any thread; never blocks on a subscriber)."""
         if not self._publishing:  # the default: one attribute read per change

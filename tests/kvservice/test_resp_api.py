@@ -534,6 +534,8 @@ def test_info_reports_server_clients_memory_persistence_stats_and_keyspace(
         "total_connections_received": "2",
         "total_commands_processed": "5",
         "rejected_connections": "0",
+        "pubsub_channels": "0",
+        "pubsub_patterns": "0",
         "total_error_replies": "0",
         "kvservice_store_full_refusals": "0",
     }

@@ -158,11 +158,13 @@ def test_states_follow_the_count_and_the_connection() -> None:
     assert follower.subscribe(b"a") == 1
     assert follower.psubscribe(b"a") == 2
     assert follower.subscribe(b"a") == 2
+    assert hub.figures == (1, 1)
     assert state(follower) is SubscriberState.SUBSCRIBED
     assert follower.unsubscribe(b"b") == 2
     assert follower.unsubscribe(b"a") == 1
     assert follower.punsubscribe(b"a") == 0
     assert state(follower) is SubscriberState.IDLE
+    assert hub.figures == (0, 0)
     follower.psubscribe(b"*")
     follower.reset()
     assert state(follower) is SubscriberState.IDLE
@@ -229,6 +231,11 @@ def test_the_confirmations_are_pushes_and_the_bounds_are_refused() -> None:
     assert reply.replies[-1] == TOO_MANY_SUBSCRIPTIONS
     assert reply.replies[-2] == Push([b"subscribe", channels[-3 - MAX_PATTERNS], MAX_SUBSCRIPTIONS])
     assert "at most 1000 channels and patterns, 32 of them patterns" in str(reply.replies[-1])
+    session.protocol = 3  # where INFO runs while subscribed
+    info = execute(store, session, [b"INFO", b"stats"])
+    assert isinstance(info, bytes)
+    followed = b"\r\npubsub_channels:%d\r\npubsub_patterns:%d\r\n"
+    assert followed % (MAX_SUBSCRIPTIONS - MAX_PATTERNS, MAX_PATTERNS) in info
 
 
 @pytest.mark.parametrize(

@@ -201,3 +201,26 @@ def test_the_kvservice_process_publishes_writes_over_http_to_resp_subscribers() 
             pubsub.close()
         finally:
             client.close()
+
+
+def test_a_write_reaches_every_one_of_200_subscribers() -> None:
+    """Each parked connection is woken for its message: no thread per subscriber, none
+    missed."""
+    store = MemoryStore()
+    feed = ChangeFeed(store, FeedSettings())
+    expected = b"*3\r\n$7\r\nmessage\r\n$18\r\n__keyevent@0__:set\r\n$1\r\nk\r\n"
+    with running_resp(store, changes=feed) as server, contextlib.ExitStack() as stack:
+        subscribers = [
+            stack.enter_context(RespConnection(server.port, timeout_s=5)) for _ in range(200)
+        ]
+        for subscriber in subscribers:
+            subscriber.send(command("SUBSCRIBE", "__keyevent@0__:set"))
+        for subscriber in subscribers:
+            assert subscriber.reply().endswith(b":1\r\n")
+        threads_before = threading.active_count()
+        with RespConnection(server.port) as writer:
+            assert writer.ask("CONFIG", "SET", "notify-keyspace-events", "E$") == b"+OK\r\n"
+            assert writer.ask("SET", "k", "v") == b"+OK\r\n"
+        assert [subscriber.reply() for subscriber in subscribers] == [expected] * 200
+        assert threading.active_count() <= threads_before
+    feed.close()

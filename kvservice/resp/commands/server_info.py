@@ -200,10 +200,13 @@ def _info_persistence(store: Store, server: ServerState) -> dict[str, object]:
 
 
 def _info_stats(store: Store, server: ServerState) -> dict[str, object]:
+    channels, patterns = server.pubsub.figures
     return {
         "total_connections_received": server.total_connections_received,
         "total_commands_processed": server.total_commands_processed,
         "rejected_connections": server.rejected_connections,
+        "pubsub_channels": channels,
+        "pubsub_patterns": patterns,
         "total_error_replies": sum(server.errors.values()),
         # Writes refused at the memory budget over either transport (HTTP 507, RESP OOM).
         "kvservice_store_full_refusals": store.stats().full_refusals,
