@@ -148,8 +148,10 @@ class PubSub:
 
 class Subscriber:
     """One connection's subscriptions and the messages waiting for it. Its subscriptions
-    change only from the connection's own commands, one at a time; `deliver` comes from any
-    thread, so the queue is under a lock."""
+    change from the connection's own commands, one at a time, and from its close, which may
+    come while a command runs on a worker: under `_changing`, so a subscription made as the
+    connection closes is not left behind in the hub. `deliver` comes from any thread (under
+    the hub's lock), so the queue has a lock of its own, taken last."""
 
     def __init__(self, hub: PubSub, wake: Callable[[], None]) -> None:
         self.hub = hub
@@ -162,6 +164,7 @@ class Subscriber:
         self._woken = False
         """A wake is on its way: the messages after it need no other."""
         self._lock = threading.Lock()
+        self._changing = threading.RLock()
 
     @property
     def count(self) -> int:
@@ -185,35 +188,39 @@ class Subscriber:
 
     def subscribe(self, channel: bytes) -> int:
         """Follow `channel` (again is nothing new); the count. Check `full` first."""
-        if channel not in self.channels and self.state is not SubscriberState.CLOSED:
-            self.channels[channel] = None
-            self.hub.follow(self, channel)
-            self._counted()
-        return self.count
+        with self._changing:
+            if channel not in self.channels and self.state is not SubscriberState.CLOSED:
+                self.channels[channel] = None
+                self.hub.follow(self, channel)
+                self._counted()
+            return self.count
 
     def psubscribe(self, pattern: bytes) -> int:
         """Follow the channels `pattern` matches; the count. Check `patterns_full` first."""
-        if pattern not in self.patterns and self.state is not SubscriberState.CLOSED:
-            self.patterns[pattern] = None
-            self.hub.follow_pattern(self, pattern)
-            self._counted()
-        return self.count
+        with self._changing:
+            if pattern not in self.patterns and self.state is not SubscriberState.CLOSED:
+                self.patterns[pattern] = None
+                self.hub.follow_pattern(self, pattern)
+                self._counted()
+            return self.count
 
     def unsubscribe(self, channel: bytes) -> int:
         """Stop following `channel` (if it did); the count."""
-        if channel in self.channels:
-            del self.channels[channel]
-            self.hub.unfollow(self, channel)
-            self._counted()
-        return self.count
+        with self._changing:
+            if channel in self.channels:
+                del self.channels[channel]
+                self.hub.unfollow(self, channel)
+                self._counted()
+            return self.count
 
     def punsubscribe(self, pattern: bytes) -> int:
         """Stop following `pattern` (if it did); the count."""
-        if pattern in self.patterns:
-            del self.patterns[pattern]
-            self.hub.unfollow_pattern(self, pattern)
-            self._counted()
-        return self.count
+        with self._changing:
+            if pattern in self.patterns:
+                del self.patterns[pattern]
+                self.hub.unfollow_pattern(self, pattern)
+                self._counted()
+            return self.count
 
     def _counted(self) -> None:
         """The state after a subscription came or went."""
@@ -253,14 +260,16 @@ class Subscriber:
 
     def reset(self) -> None:
         """Follow nothing any more, without a word (RESET)."""
-        for channel in list(self.channels):
-            self.unsubscribe(channel)
-        for pattern in list(self.patterns):
-            self.punsubscribe(pattern)
+        with self._changing:
+            for channel in list(self.channels):
+                self.unsubscribe(channel)
+            for pattern in list(self.patterns):
+                self.punsubscribe(pattern)
 
     def close(self) -> None:
         """Follow nothing, for good: the connection closed."""
-        self.reset()
-        with self._lock:
-            self.state = SubscriberState.CLOSED
-            self._pending.clear()
+        with self._changing:
+            self.reset()
+            with self._lock:
+                self.state = SubscriberState.CLOSED
+                self._pending.clear()

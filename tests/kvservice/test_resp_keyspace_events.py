@@ -176,6 +176,8 @@ def test_states_follow_the_count_and_the_connection() -> None:
     hub.changed(WRITE)
     assert follower.take() == []
     assert follower.subscribe(b"x") == 0  # a closed connection follows nothing
+    assert follower.psubscribe(b"x") == 0
+    assert hub.figures == (0, 0)  # and leaves nothing behind in the hub
 
 
 def test_one_wake_until_the_messages_are_taken() -> None:
