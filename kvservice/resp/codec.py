@@ -1,6 +1,6 @@
 """RESP on the wire, without sockets: replies to bytes, and bytes to commands.
 
-`encode` writes a reply in RESP2, or in RESP3 where the two differ (nil and maps).
+`encode` writes a reply in RESP2, or in RESP3 where the two differ (nil, maps and pushes).
 `CommandParser` is fed whatever bytes arrive and hands out every complete command in them
 (arrays of bulk strings, or inline lines as typed into telnet), so a server can run all the
 commands a client pipelined before it writes their replies together. It remembers where it is
@@ -51,14 +51,32 @@ class Error:
     message: str
 
 
-Reply: TypeAlias = Status | Error | int | bytes | list["Reply"] | dict[bytes, "Reply"] | None
+@dataclass(frozen=True, slots=True)
+class Push:
+    """Data the server sends unasked (a keyspace notification) or that RESP3 marks as such (the
+    subscribe family's confirmations): RESP3's push type, `>`; an array in RESP2."""
+
+    items: list[Reply]
+
+
+@dataclass(frozen=True, slots=True)
+class Replies:
+    """Several replies to one command, written one after the other: SUBSCRIBE confirms each
+    channel on its own."""
+
+    replies: list[Reply]
+
+
+Reply: TypeAlias = (
+    Status | Error | int | bytes | list["Reply"] | dict[bytes, "Reply"] | Push | Replies | None
+)
 """A reply: None is nil, a list an array, a dict a map (a flat array in RESP2)."""
 
 OK = Status("OK")
 
 
 def encode(reply: Reply, protocol: int = 2) -> bytes:
-    """The reply in RESP2, or in RESP3 where the two differ (nil and maps)."""
+    """The reply in RESP2, or in RESP3 where the two differ (nil, maps and pushes)."""
     if reply is None:
         return b"_\r\n" if protocol == 3 else b"$-1\r\n"
     if isinstance(reply, bytes):
@@ -73,6 +91,11 @@ def encode(reply: Reply, protocol: int = 2) -> bytes:
         return b"+" + _one_line(reply.text) + CRLF
     if isinstance(reply, Error):
         return b"-" + _one_line(f"{reply.code} {reply.message}") + CRLF
+    if isinstance(reply, Push):
+        head = b">%d\r\n" if protocol == 3 else b"*%d\r\n"
+        return head % len(reply.items) + b"".join(encode(item, protocol) for item in reply.items)
+    if isinstance(reply, Replies):
+        return b"".join(encode(item, protocol) for item in reply.replies)
     return b"*%d\r\n" % len(reply) + b"".join(encode(item, protocol) for item in reply)
 
 

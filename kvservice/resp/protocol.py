@@ -10,8 +10,11 @@ written (`After.CONTINUE`), so a client that does not read holds one batch's rep
 coroutine runs per command: the streams API's awaits cost more than a GET. A long array
 reply (a long HISTORY) is encoded a piece at a time as the client reads it (`_ReplyStream`).
 The access log has a line per connection at INFO and one per command at DEBUG (a line costs
-more than the command it describes). Malformed input is answered with `-ERR Protocol error:
-...` and the connection is closed (`After.CLOSE`), as after QUIT.
+more than the command it describes). A subscribed connection (`pubsub.Subscriber`) is parked:
+woken when a message is queued for it, it writes its messages before it serves what it read,
+and a connection whose queue overflowed is closed with a line in the log. Malformed input is
+answered with `-ERR Protocol error: ...` and the connection is closed (`After.CLOSE`), as
+after QUIT.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from kvservice.resp.codec import (
 )
 from kvservice.resp.codec import Reply as RespReply
 from kvservice.resp.commands import ServerState, Session, calls_of, execute
+from kvservice.resp.pubsub import SubscriberState, message_push
 from kvservice.store import Store
 
 logger = logging.getLogger("kvservice.resp")
@@ -52,6 +56,8 @@ _BATCH_REPLY_BYTES = 64 * 1024
 (reading paused) until those replies are written, so one read of many large-reply commands
 cannot pin more than about this, whatever the reply budget says afterwards: 16 KiB of
 pipelined `GET k` is 2,300 commands and 2.3 MB of replies."""
+_MESSAGES_PER_PIECE = 64
+"""Messages sent at a time to a subscriber: a few hundred bytes each, so about 16 KiB."""
 _MAX_CLIENTS = encode(Error("ERR", "max number of clients reached"))
 
 
@@ -110,7 +116,7 @@ class RespProtocol:
     def __init__(self, transport: RespTransport, connection: ConnectionInfo) -> None:
         self.transport = transport
         self.connection = connection
-        self.session = Session(connection.id, transport.state)
+        self.session = Session(connection.id, transport.state, wake=connection.wake)
         self.parser = CommandParser(
             transport.limits, authenticated=self.session.access > Access.NONE
         )
@@ -123,16 +129,37 @@ class RespProtocol:
     mid_request = False
     """RESP has no request timeout: a command trickled in is idle between its bytes."""
 
+    @property
+    def parked(self) -> bool:
+        """A subscribed connection waits for notifications, not for its client: no idle
+        timeout (Redis has none for subscribers either)."""
+        return self.session.subscribed
+
     def received(self, data: bytes) -> None:
         self.parser.feed(data)
 
     def next_step(self) -> Step | None:
-        """The first complete command as a batch to run, or a protocol error to answer.
+        """The messages waiting for a subscribed connection, then the first complete command
+        as a batch to run, or a protocol error to answer.
 
         Commands are parsed one at a time as they are run, because AUTH lifts the bounds
         before AUTH for the commands after it in the same read. The first one is parsed
         here, on the loop (an incomplete read costs no hand-off to a worker), the rest where
-        the batch runs."""
+        the batch runs. Messages go first, produced as the client reads them (`_Messages`),
+        and the commands wait until they are written (`After.CONTINUE`): the messages of a
+        subscriber that does not read wait in its queue, which is bounded."""
+        subscriber = self.session.subscriber
+        if subscriber is not None:
+            if subscriber.state is SubscriberState.OVERFLOWED:
+                logger.warning(
+                    "closing %s: it left %d keyspace notifications unread, the most a "
+                    "subscriber may (as Redis's client-output-buffer-limit pubsub)",
+                    self.connection.peer,
+                    self.transport.state.pubsub.max_pending,
+                )
+                return Outcome([], After.CLOSE)
+            if subscriber.pending:
+                return Outcome([_Messages(self)], After.CONTINUE)
         try:
             first = self._next_command()
         except ProtocolError as error:
@@ -147,6 +174,8 @@ class RespProtocol:
         return b""
 
     def closed(self) -> None:
+        if self.session.subscriber is not None:
+            self.session.subscriber.close()
         access_logger.info(
             "%s closed: %d command%s in %.1f s%s%s",
             self.connection.peer,
@@ -157,6 +186,15 @@ class RespProtocol:
             # The name of the token AUTH accepted, never the token.
             f" token={self.session.user}" if self.session.grant is not None else "",
         )
+
+    def _messages(self, limit: int | None = None) -> list[bytes]:
+        """The messages queued for it (at most `limit`), encoded for its protocol, now off
+        its queue."""
+        subscriber = self.session.subscriber
+        if subscriber is None:
+            return []
+        protocol = self.session.protocol
+        return [encode(message_push(message), protocol) for message in subscriber.take(limit)]
 
     def _next_command(self) -> list[bytes] | None:
         """The next complete command buffered (empty ones skipped), or None."""
@@ -179,6 +217,8 @@ class RespProtocol:
         try:
             while arguments is not None:
                 reply = self.transport.answer(arguments, self.session, self.connection.peer)
+                # A notification its own command made goes before the reply, as in Redis.
+                replies.extend(self._messages())
                 replies.append(reply)
                 held += len(reply) if isinstance(reply, bytes) else reply.held_bytes
                 # AUTH lifts the bounds before AUTH for the commands after it.
@@ -214,7 +254,27 @@ class RespProtocol:
             self.errors += 1
         if error is not None or self.session.closing:
             return Outcome(replies, After.CLOSE)
-        return Outcome(replies, After.CONTINUE if cut else After.READ)
+        # A subscriber is asked again once these are written: a message queued while they
+        # ran woke nobody (the connection was busy).
+        return Outcome(replies, After.CONTINUE if cut or self.session.subscribed else After.READ)
+
+
+class _Messages:
+    """A subscriber's queued messages, taken off its queue as the client reads them
+    (`core.Pieces`): while the client does not read, they wait in the queue, whose bound
+    closes the connection. It ends when the queue is empty (or overflowed)."""
+
+    held_bytes = 0
+    """It holds nothing: what it sends is taken from the queue piece by piece."""
+
+    def __init__(self, protocol: RespProtocol) -> None:
+        self.protocol = protocol
+
+    def next_piece(self) -> bytes | None:
+        return b"".join(self.protocol._messages(_MESSAGES_PER_PIECE)) or None
+
+    def close(self) -> None:
+        pass
 
 
 class _ReplyStream:

@@ -3,13 +3,16 @@
 accepting, the connection cap, timeouts, TLS, flow control, the reply budget, the execution
 policy and the drain. Here is what is RESP's about them: the refusal a connection past the
 cap gets (`-ERR max number of clients reached`), a `redis://` URL, and the figures INFO
-reports (`commands.ServerState`), in which the core counts connections.
+reports (`commands.ServerState`), in which the core counts connections, and the source of
+keyspace notifications (`ChangeSource`, the change feed), which it listens to while it runs.
 """
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from kvservice.auth import Tokens
 from kvservice.core import ConnectionServer, ConnectionSettings
@@ -18,7 +21,18 @@ from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.codec import RequestLimits
 from kvservice.resp.commands import ServerState
 from kvservice.resp.protocol import RespTransport
-from kvservice.store import Store
+from kvservice.resp.pubsub import MAX_PENDING_MESSAGES, PubSub
+from kvservice.store import Change, Store
+
+
+class ChangeSource(Protocol):
+    """Where keyspace notifications come from: the change feed's hub (`feed.ChangeFeed`),
+    which tells of every change whichever transport or replica made it."""
+
+    def subscribe(self, listener: Callable[[Change], None]) -> Callable[[], None]:
+        """Call `listener` with every change from now on (from any thread); returns what
+        stops it."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,9 @@ class RespSettings:
     """How long a TLS handshake may take; a client that stalls one is then dropped."""
     workers: int = 32
     """Threads that run commands when the execution policy says WORKERS (--threads)."""
+    max_pending_notifications: int = MAX_PENDING_MESSAGES
+    """Keyspace notifications queued for a subscriber that does not read them before it is
+    closed."""
 
     @property
     def limits(self) -> RequestLimits:
@@ -74,11 +91,19 @@ class RespServer:
         tls: ssl.SSLContext | None = None,
         execution: ExecutionPolicy = INLINE_POLICY,
         reply_budget: ReplyBudget | None = None,
+        changes: ChangeSource | None = None,
     ) -> None:
+        """`changes`: where keyspace notifications come from; None: SUBSCRIBE works, and
+        no notification is ever published."""
         self.store = store
         self.settings = settings
+        self.changes = changes
+        self._stop_listening: Callable[[], None] | None = None
         self._state = ServerState(
-            port=settings.port, max_clients=settings.max_connections, tokens=tokens
+            port=settings.port,
+            max_clients=settings.max_connections,
+            tokens=tokens,
+            pubsub=PubSub(settings.max_pending_notifications),
         )
         self._core = ConnectionServer(
             RespTransport(store, self._state, settings.limits),
@@ -121,7 +146,12 @@ class RespServer:
         """Bind (raising OSError if the address is taken) and serve on a background thread."""
         self._core.start()
         self._state.port = self._core.port  # the port asked for, unless it was 0
+        if self.changes is not None:
+            self._stop_listening = self.changes.subscribe(self._state.pubsub.changed)
 
     def stop(self) -> None:
         """Stop accepting, finish commands in flight, close every connection; a few seconds."""
+        if self._stop_listening is not None:
+            self._stop_listening()
+            self._stop_listening = None
         self._core.stop()

@@ -20,6 +20,7 @@ import pytest
 from kvservice.__main__ import TRANSPORTS, Security, resp_settings
 from kvservice.config import Config, load_config
 from kvservice.execution import Execution
+from kvservice.feed import ChangeFeed, FeedSettings
 from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.server import RespServer, RespSettings
 from kvservice.store import (
@@ -461,9 +462,9 @@ def test_command_tells_just_enough(conn: RespConnection) -> None:
     assert conn.ask("COMMAND") == b"*0\r\n"
     assert conn.ask("COMMAND", "DOCS") == b"*0\r\n"
     assert conn.ask("COMMAND", "DOCS", "get") == b"*0\r\n"
-    assert conn.ask("COMMAND", "COUNT") == b":31\r\n"
+    assert conn.ask("COMMAND", "COUNT") == b":36\r\n"
     assert conn.ask("COMMAND", "INFO", "get", "set") == b"*2\r\n$-1\r\n$-1\r\n"
-    assert conn.ask("COMMAND", "LIST").startswith(b"*31\r\n$4\r\nping\r\n$4\r\necho\r\n")
+    assert conn.ask("COMMAND", "LIST").startswith(b"*36\r\n$4\r\nping\r\n$4\r\necho\r\n")
 
 
 def test_config_get_answers_what_tools_ask_as_a_map(conn: RespConnection) -> None:
@@ -478,11 +479,10 @@ def test_config_get_answers_what_tools_ask_as_a_map(conn: RespConnection) -> Non
     assert conn.ask("CONFIG", "GET", "save") == b"%1\r\n$4\r\nsave\r\n$0\r\n\r\n"
 
 
-def test_config_has_no_set_kvservice_is_configured_by_its_command_line(
-    conn: RespConnection,
-) -> None:
+def test_config_set_refuses_what_the_command_line_sets(conn: RespConnection) -> None:
+    """Only notify-keyspace-events is set at run time (test_resp_pubsub_vs_redis)."""
     assert conn.ask("CONFIG", "SET", "maxmemory", "1") == error_line(
-        "unknown subcommand 'SET'. Try CONFIG HELP."
+        "CONFIG SET failed (possibly related to argument 'maxmemory') - can't set immutable config"
     )
     assert conn.ask("CONFIG", "GET", "maxmemory") == (
         b"*2\r\n$9\r\nmaxmemory\r\n$9\r\n268435456\r\n"
@@ -534,6 +534,8 @@ def test_info_reports_server_clients_memory_persistence_stats_and_keyspace(
         "total_connections_received": "2",
         "total_commands_processed": "5",
         "rejected_connections": "0",
+        "pubsub_channels": "0",
+        "pubsub_patterns": "0",
         "total_error_replies": "0",
         "kvservice_store_full_refusals": "0",
     }
@@ -995,15 +997,19 @@ def test_stop_is_prompt_with_many_idle_connections() -> None:
 # -- configuration and the composition root --------------------------------------------------------
 
 
-def test_resp_is_off_by_default_and_on_with_a_port() -> None:
+def test_resp_is_off_by_default_and_on_with_a_port_and_the_change_feed() -> None:
+    store = MemoryStore()
+    feed = ChangeFeed(store, FeedSettings())
     assert load_config([], environ={}).resp_port is None
-    assert TRANSPORTS["resp"](Config(), MemoryStore(), Security(), None, ReplyBudget(1)) is None
+    assert TRANSPORTS["resp"](Config(), store, Security(), None, ReplyBudget(1), feed) is None
 
     config = load_config(["--resp-port", "0"], environ={})
-    server = TRANSPORTS["resp"](config, MemoryStore(), Security(), None, ReplyBudget(1))
+    server = TRANSPORTS["resp"](config, store, Security(), None, ReplyBudget(1), feed)
+    feed.close()
 
     assert isinstance(server, RespServer)
     assert server.url == "redis://127.0.0.1:0"
+    assert server.changes is feed  # its keyspace notifications
 
 
 def test_resp_settings_come_from_flags_and_environment() -> None:

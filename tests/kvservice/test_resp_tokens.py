@@ -22,7 +22,7 @@ from tests.support.tokens import READ_TOKEN, WRITE_TOKEN, reader_and_writer
 
 NOAUTH = b"-NOAUTH Authentication required.\r\n"
 WRONGPASS = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
-OPEN_COMMANDS = {b"AUTH", b"HELLO", b"QUIT", b"PING"}
+OPEN_COMMANDS = {b"AUTH", b"HELLO", b"QUIT", b"PING", b"RESET"}
 
 
 @pytest.fixture
@@ -71,6 +71,10 @@ EXAMPLES: dict[bytes, tuple[str, ...]] = {
     b"SELECT": ("0",),
     b"CONFIG": ("GET", "maxmemory"),
     b"INFO": (),
+    b"SUBSCRIBE": ("a",),
+    b"PSUBSCRIBE": ("a*",),
+    b"UNSUBSCRIBE": (),
+    b"PUNSUBSCRIBE": (),
 }
 WRITES = {b"SET", b"SETEX", b"PSETEX", b"DEL", b"PERSIST", b"GETEX"}
 WRITES |= {b"EXPIRE", b"PEXPIRE", b"EXPIREAT", b"PEXPIREAT"}

@@ -15,7 +15,7 @@ from typing import Any
 from kvservice.auth import Tokens
 from kvservice.execution import Execution, ExecutionPolicy
 from kvservice.reply_budget import ReplyBudget
-from kvservice.resp.server import RespServer
+from kvservice.resp.server import ChangeSource, RespServer
 from kvservice.store import Store
 from kvservice.store.memory import MemoryStore
 from kvservice.store.service import StoreService
@@ -59,7 +59,7 @@ class RespConnection:
         assert line.endswith(b"\r\n"), f"incomplete reply line {line!r}"
         if line[:1] == b"$" and line != b"$-1\r\n":
             return line + self.stream.read(int(line[1:-2]) + 2)
-        if line[:1] == b"*" and line != b"*-1\r\n":
+        if line[:1] in b"*>" and line != b"*-1\r\n":  # an array, or a RESP3 push
             return line + b"".join(self.reply() for _ in range(int(line[1:-2])))
         if line[:1] == b"%":  # a RESP3 map: a key and a value per entry
             return line + b"".join(self.reply() for _ in range(2 * int(line[1:-2])))
@@ -86,6 +86,7 @@ def running_resp(
     tls: ssl.SSLContext | None = None,
     execution: Execution | ExecutionPolicy = Execution.INLINE,
     reply_budget: ReplyBudget | None = None,
+    changes: ChangeSource | None = None,
     **settings: Any,
 ) -> Iterator[RespServer]:
     """A RespServer over `store` (a fresh one by default), behind the store service as
@@ -105,6 +106,7 @@ def running_resp(
             else ExecutionPolicy.everything(execution)
         ),
         reply_budget=reply_budget,
+        changes=changes,
     )
     server.start()
     try:

@@ -6,11 +6,11 @@ few store calls and returns a `codec.Reply`; `execute` runs one, checks the conn
 and counts it. The layers, as redis-py separates its own: `state` (what connections
 remember), `dispatch` (how a command runs, and the one table from store errors to replies),
 then the commands: `data` (reading and deleting keys), `expiry` (SET, and the commands on
-deadlines: EXPIRE, TTL...), `connection` (PING, AUTH, HELLO...), `server_info` (CONFIG GET,
-INFO). HELLO, COMMAND, CLIENT, SELECT, CONFIG GET and INFO answer just enough for
-real clients and tools to connect and report. Transports import only `COMMANDS`, `execute`,
-`calls_of` (what a command asks of the store, for the execution policy), `ServerState` and
-`Session`.
+deadlines: EXPIRE, TTL...), `connection` (PING, AUTH, HELLO, RESET...), `server_info`
+(CONFIG GET and SET, INFO), `pubsub` (SUBSCRIBE and its family). HELLO, COMMAND, CLIENT,
+SELECT, CONFIG GET and INFO answer just enough for real clients and tools to connect and
+report. Transports import only `COMMANDS`, `execute`, `calls_of` (what a command asks of the
+store, for the execution policy), `ServerState` and `Session`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from kvservice.resp.commands.connection import CONNECTION_COMMANDS
 from kvservice.resp.commands.data import DATA_COMMANDS
 from kvservice.resp.commands.dispatch import UNKNOWN_COMMAND, Command, call, refusal, subcommands
 from kvservice.resp.commands.expiry import EXPIRY_COMMANDS
+from kvservice.resp.commands.pubsub import PUBSUB_COMMANDS
 from kvservice.resp.commands.server_info import SERVER_COMMANDS
 from kvservice.resp.commands.state import ServerState, Session
 from kvservice.store import Store
@@ -71,6 +72,9 @@ COMMANDS: dict[bytes, Command] = {
     **DATA_COMMANDS,
     **EXPIRY_COMMANDS,
     **SERVER_COMMANDS,
-    b"COMMAND": Command(subcommands("COMMAND", COMMAND_SUBCOMMANDS), 0, None),
+    **PUBSUB_COMMANDS,
+    b"COMMAND": Command(
+        subcommands("COMMAND", COMMAND_SUBCOMMANDS), 0, None, while_subscribed=True
+    ),
 }
 """Every command by its upper-case name."""

@@ -1,4 +1,6 @@
-"""The commands about the connection itself: PING, ECHO, QUIT, AUTH, HELLO, CLIENT, SELECT.
+"""The commands about the connection itself: PING, ECHO, QUIT, RESET, AUTH, HELLO, CLIENT,
+SELECT. PING, QUIT and RESET run in RESP2's subscribed mode too (PING answers there as Redis
+does, with an array that cannot be told from a message's).
 With tokens, a connection that has not sent AUTH (or HELLO ... AUTH) may only run the commands
 that need `Access.NONE` (HELLO itself only with AUTH in it, as in Redis 7)."""
 
@@ -18,6 +20,8 @@ SUPPORTED_PROTOCOLS = (2, 3)
 
 
 def _ping(store: Store, session: Session, args: list[bytes]) -> Reply:
+    if session.in_subscribed_mode:
+        return [b"pong", args[0] if args else b""]
     return args[0] if args else Status("PONG")
 
 
@@ -28,6 +32,17 @@ def _echo(store: Store, session: Session, args: list[bytes]) -> Reply:
 def _quit(store: Store, session: Session, args: list[bytes]) -> Reply:
     session.closing = True
     return OK
+
+
+def _reset(store: Store, session: Session, args: list[bytes]) -> Reply:
+    """RESET: the connection as it was when it connected, as Redis resets it: no
+    subscriptions, RESP2, no name, and (with tokens) not authenticated."""
+    if session.subscriber is not None:
+        session.subscriber.reset()
+    session.protocol = 2
+    session.name = None
+    session.token, session.grant = None, None
+    return Status("RESET")
 
 
 def _client_setname(store: Store, session: Session, args: list[bytes]) -> Reply:
@@ -127,11 +142,12 @@ def _select(store: Store, session: Session, args: list[bytes]) -> Reply:
 
 
 CONNECTION_COMMANDS: dict[bytes, Command] = {
-    b"PING": Command(_ping, 0, 1, Access.NONE),
+    b"PING": Command(_ping, 0, 1, Access.NONE, while_subscribed=True),
     b"ECHO": Command(_echo, 1, 1),
-    b"QUIT": Command(_quit, 0, None, Access.NONE),
+    b"QUIT": Command(_quit, 0, None, Access.NONE, while_subscribed=True),
+    b"RESET": Command(_reset, 0, 0, Access.NONE, while_subscribed=True),
     b"HELLO": Command(_hello, 0, None, Access.NONE),
-    b"CLIENT": Command(subcommands("CLIENT", CLIENT_SUBCOMMANDS), 1, None),
+    b"CLIENT": Command(subcommands("CLIENT", CLIENT_SUBCOMMANDS), 1, None, while_subscribed=True),
     b"SELECT": Command(_select, 1, 1),
     b"AUTH": Command(_auth, 1, 2, Access.NONE),
 }

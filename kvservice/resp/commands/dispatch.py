@@ -1,5 +1,6 @@
 """How a command runs: its table entry (`Command`: handler, argument counts, the access it
-needs), the refusal of a command the connection may not run, the argument count check, how
+needs, whether it runs while subscribed), the refusal of a command the connection may not
+run, the argument count check, the refusal of a command in RESP2's subscribed mode, how
 keys and integers are read from arguments (and Redis's words when they are not), and the
 one table (`STORE_ERRORS`) that turns the store's errors into replies, like the HTTP app's
 PROBLEMS: an error reply with a code of its own and the store's message, or nil where Redis
@@ -48,13 +49,16 @@ Handler = Callable[[Store, Session, list[bytes]], Reply]
 
 @dataclass(frozen=True)
 class Command:
-    """A command's handler, how many arguments it takes (max None: any number) and the
-    access it needs when tokens are in use."""
+    """A command's handler, how many arguments it takes (max None: any number), the access
+    it needs when tokens are in use, and whether it runs in RESP2's subscribed mode (a
+    command with subcommands lets each subcommand's entry say, as Redis names the
+    subcommand in its refusal)."""
 
     handler: Handler
     min_args: int
     max_args: int | None
     access: Access = Access.READ
+    while_subscribed: bool = False
 
 
 def refusal(session: Session, access: Access, label: str) -> Error:
@@ -71,6 +75,12 @@ def call(
         command.max_args is not None and len(args) > command.max_args
     ):
         return Error("ERR", f"wrong number of arguments for '{label()}' command")
+    if session.in_subscribed_mode and not command.while_subscribed:
+        return Error(
+            "ERR",
+            f"Can't execute '{label()}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / "
+            "RESET are allowed in this context",
+        )
     try:
         return command.handler(store, session, args)
     except StoreError as error:
@@ -79,14 +89,18 @@ def call(
 
 
 def subcommands(command: str, table: dict[bytes, Command]) -> Handler:
-    """A handler that dispatches on its first argument through `table`."""
+    """A handler that dispatches on its first argument through `table` (its own entry says
+    `while_subscribed`, so a subcommand's says whether it runs then)."""
 
     def dispatch(store: Store, session: Session, args: list[bytes]) -> Reply:
         name = args[0].upper() if args else b""
         subcommand = table.get(name)
         if subcommand is None:
             return Error("ERR", f"unknown subcommand '{printable(name)}'. Try {command} HELP.")
-        label = f"{command}|{printable(name)}".lower()
+        # Redis names a subcommand `config|get`, and the command alone by its own name.
+        label = f"{command}|{printable(name)}".lower() if name else command.lower()
+        if subcommand.access > Access.NONE and session.access < subcommand.access:
+            return refusal(session, session.access, label)
         return call(subcommand, lambda: label, store, session, args[1:])
 
     return dispatch

@@ -1,5 +1,7 @@
 """CONFIG GET and INFO: what tools (redis-cli --stat, redis-benchmark) ask before they start,
-answered as Redis words it, from the store's figures and the server's."""
+answered as Redis words it, from the store's figures and the server's; CONFIG SET of the one
+parameter set at run time, `notify-keyspace-events` (`keyspace_events`), with Redis 7's checks
+and words."""
 
 from __future__ import annotations
 
@@ -10,23 +12,44 @@ import time
 from collections.abc import Callable
 
 from kvservice import __version__
-from kvservice.resp.codec import Reply
-from kvservice.resp.commands.dispatch import Command, subcommands
+from kvservice.auth import Access
+from kvservice.resp.codec import OK, Error, Reply, printable
+from kvservice.resp.commands.dispatch import SYNTAX_ERROR, Command, subcommands
 from kvservice.resp.commands.state import ServerState, Session
+from kvservice.resp.keyspace_events import INVALID_LETTER, KeyspaceEvents
 from kvservice.resp.patterns import GlobPattern
 from kvservice.store import (
     Store,
 )
 
-CONFIG_PARAMETERS: dict[bytes, Callable[[Store], bytes]] = {
-    b"maxmemory": lambda store: b"%d" % store.stats().max_bytes,
-    b"maxmemory-policy": lambda store: b"noeviction",  # at the budget, writes are refused
-    b"databases": lambda store: b"1",
-    b"save": lambda store: b"",  # no snapshots: with --data-dir, every write is journaled
-    b"appendonly": lambda store: b"no" if store.stats().persistence is None else b"yes",
+CONFIG_PARAMETERS: dict[bytes, Callable[[Store, ServerState], bytes]] = {
+    b"maxmemory": lambda store, server: b"%d" % store.stats().max_bytes,
+    b"maxmemory-policy": lambda store, server: b"noeviction",  # at the budget, writes refused
+    b"databases": lambda store, server: b"1",
+    b"save": lambda store, server: b"",  # no snapshots: with --data-dir, every write is journaled
+    b"appendonly": lambda store, server: b"no" if store.stats().persistence is None else b"yes",
+    b"notify-keyspace-events": lambda store, server: str(server.pubsub.events).encode(),
 }
 """The parameters CONFIG GET answers (redis-benchmark asks for save and appendonly): what
-kvservice does, read-only; it is configured by its command line, so there is no CONFIG SET."""
+kvservice does. All but those in CONFIG_SETTERS come from its command line."""
+
+
+def _set_keyspace_events(server: ServerState, value: bytes) -> Callable[[], None] | str:
+    events = KeyspaceEvents.parse(value)
+    if events is None:
+        return INVALID_LETTER
+
+    def apply() -> None:
+        server.pubsub.events = events
+
+    return apply
+
+
+CONFIG_SETTERS: dict[bytes, Callable[[ServerState, bytes], Callable[[], None] | str]] = {
+    b"notify-keyspace-events": _set_keyspace_events,
+}
+"""The parameters CONFIG SET changes: each reads a value into what applies it, or into
+Redis's reason for refusing it."""
 
 
 def _config_get(store: Store, session: Session, args: list[bytes]) -> Reply:
@@ -34,14 +57,56 @@ def _config_get(store: Store, session: Session, args: list[bytes]) -> Reply:
     case ignored as Redis ignores it."""
     matchers = [GlobPattern(pattern, nocase=True).matches for pattern in args]
     return {
-        name: value(store)
+        name: value(store, session.server)
         for name, value in CONFIG_PARAMETERS.items()
         if any(matches(name) for matches in matchers)
     }
 
 
+def _config_set(store: Store, session: Session, args: list[bytes]) -> Reply:
+    """CONFIG SET parameter value [parameter value ...], all or nothing, with Redis 7's
+    checks in its order: the names (unknown, fixed, twice), then each value."""
+    if len(args) % 2:
+        return SYNTAX_ERROR
+    pairs = list(zip(args[::2], args[1::2], strict=True))
+    unknown: bytes | None = None
+    seen: set[bytes] = set()
+    for given, _ in pairs:
+        name = given.lower()
+        if name not in CONFIG_PARAMETERS:
+            unknown = unknown or given
+            continue
+        if name not in CONFIG_SETTERS or name in seen:
+            if unknown is not None:
+                break
+            reason = "duplicate parameter" if name in seen else "can't set immutable config"
+            return _config_set_failed(given, reason)
+        seen.add(name)
+    if unknown is not None:
+        return Error(
+            "ERR", f"Unknown option or number of arguments for CONFIG SET - '{printable(unknown)}'"
+        )
+    changes = []
+    for given, value in pairs:
+        name = given.lower()
+        change = CONFIG_SETTERS[name](session.server, value)
+        if isinstance(change, str):
+            return _config_set_failed(name, change)
+        changes.append(change)
+    for change in changes:
+        change()
+    return OK
+
+
+def _config_set_failed(name: bytes, reason: str) -> Error:
+    return Error(
+        "ERR", f"CONFIG SET failed (possibly related to argument '{printable(name)}') - {reason}"
+    )
+
+
 CONFIG_SUBCOMMANDS: dict[bytes, Command] = {
     b"GET": Command(_config_get, 1, None),
+    b"SET": Command(_config_set, 2, None, Access.WRITE),
 }
 
 
@@ -135,10 +200,13 @@ def _info_persistence(store: Store, server: ServerState) -> dict[str, object]:
 
 
 def _info_stats(store: Store, server: ServerState) -> dict[str, object]:
+    channels, patterns = server.pubsub.figures
     return {
         "total_connections_received": server.total_connections_received,
         "total_commands_processed": server.total_commands_processed,
         "rejected_connections": server.rejected_connections,
+        "pubsub_channels": channels,
+        "pubsub_patterns": patterns,
         "total_error_replies": sum(server.errors.values()),
         # Writes refused at the memory budget over either transport (HTTP 507, RESP OOM).
         "kvservice_store_full_refusals": store.stats().full_refusals,
@@ -206,7 +274,7 @@ def _info(store: Store, session: Session, args: list[bytes]) -> Reply:
 
 
 SERVER_COMMANDS: dict[bytes, Command] = {
-    b"CONFIG": Command(subcommands("CONFIG", CONFIG_SUBCOMMANDS), 1, None),
+    b"CONFIG": Command(subcommands("CONFIG", CONFIG_SUBCOMMANDS), 1, None, while_subscribed=True),
     b"INFO": Command(_info, 0, None),
 }
 """The commands about the server, by upper-case name."""

@@ -1,6 +1,6 @@
-"""What RESP connections remember: each connection's `Session`, and the `ServerState` every
-connection of one server shares (SCAN cursors, the figures INFO reports, the tokens, the clock
-TTL reads)."""
+"""What RESP connections remember: each connection's `Session` (its subscriptions among it),
+and the `ServerState` every connection of one server shares (SCAN cursors, the figures INFO
+reports, the tokens, the clock TTL reads, the subscriptions' `PubSub`)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kvservice.auth import Access, Grant, Tokens
 from kvservice.resp.codec import Error, Reply
+from kvservice.resp.pubsub import PubSub, Subscriber, SubscriberState
 from kvservice.store import Clock, system_clock_ms
 
 
@@ -79,10 +81,15 @@ class ServerState:
 
     tokens: Tokens | None = None
     """The tokens clients must AUTH with; None: every connection may read and write."""
+    pubsub: PubSub = field(default_factory=PubSub)
+    """Every connection's subscriptions, and the keyspace notifications' setting."""
     clock: Clock = system_clock_ms
     """The wall clock TTL and PTTL measure a key's deadline against, and the now Redis's
     bound on a relative expiry (the deadline must fit 64 bits) is checked at; the store
     keeps its own for the deadlines themselves. Tests set the store's fake clock here."""
+
+
+_FOLLOWING = {SubscriberState.SUBSCRIBED, SubscriberState.OVERFLOWED}
 
 
 @dataclass
@@ -102,6 +109,29 @@ class Session:
     grant: Grant | None = None
     generation: int = 0
     """The tokens' generation `grant` was looked up in."""
+    wake: Callable[[], None] = field(default=lambda: None, repr=False)
+    """Makes the connection take its messages (`ConnectionInfo.wake`): thread-safe."""
+    subscriber: Subscriber | None = None
+    """Its subscriptions, from its first SUBSCRIBE or PSUBSCRIBE on."""
+
+    @property
+    def subscriptions(self) -> Subscriber:
+        """Its subscriptions, made on first use."""
+        if self.subscriber is None:
+            self.subscriber = Subscriber(self.server.pubsub, self.wake)
+        return self.subscriber
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether it follows a channel or a pattern (Redis's CLIENT_PUBSUB)."""
+        subscriber = self.subscriber
+        return subscriber is not None and subscriber.state in _FOLLOWING
+
+    @property
+    def in_subscribed_mode(self) -> bool:
+        """Whether only the subscribe family, PING, QUIT and RESET may run: subscribed under
+        RESP2, whose replies could not be told from messages (RESP3 pushes can)."""
+        return self.protocol == 2 and self.subscribed
 
     @property
     def access(self) -> Access:

@@ -1,0 +1,84 @@
+"""The subscribe family: SUBSCRIBE, PSUBSCRIBE, UNSUBSCRIBE, PUNSUBSCRIBE, as Redis 7 answers
+them: one confirmation per channel or pattern (a push in RESP3, an array in RESP2) carrying
+how many the connection follows now; UNSUBSCRIBE and PUNSUBSCRIBE without arguments drop
+every one (or confirm with nil when there is none). The subscriptions themselves, and how
+messages reach the connection, are `pubsub`'s; the channels that carry anything are those
+of keyspace notifications (`keyspace_events`): kvservice has no PUBLISH.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kvservice.resp.codec import Error, Push, Replies, Reply
+from kvservice.resp.commands.dispatch import Command
+from kvservice.resp.commands.state import Session
+from kvservice.resp.pubsub import MAX_PATTERNS, MAX_SUBSCRIPTIONS, Subscriber
+from kvservice.store import Store
+
+TOO_MANY_SUBSCRIPTIONS = Error(
+    "ERR",
+    f"a connection may follow at most {MAX_SUBSCRIPTIONS} channels and patterns, "
+    f"{MAX_PATTERNS} of them patterns; unsubscribe from some first",
+)
+
+
+def _channels(subscriber: Subscriber) -> dict[bytes, None]:
+    return subscriber.channels
+
+
+def _patterns(subscriber: Subscriber) -> dict[bytes, None]:
+    return subscriber.patterns
+
+
+def _subscribing(
+    kind: bytes,
+    followed: Callable[[Subscriber], dict[bytes, None]],
+    follow: Callable[[Subscriber, bytes], int],
+    full: Callable[[Subscriber], bool],
+) -> Command:
+    """SUBSCRIBE or PSUBSCRIBE: follow each argument in turn, confirming each; a connection
+    at its bound is refused for the rest (the confirmations before stand)."""
+
+    def handler(store: Store, session: Session, args: list[bytes]) -> Reply:
+        subscriber = session.subscriptions
+        replies: list[Reply] = []
+        for name in args:
+            if full(subscriber) and name not in followed(subscriber):
+                replies.append(TOO_MANY_SUBSCRIPTIONS)
+                break
+            replies.append(Push([kind, name, follow(subscriber, name)]))
+        return Replies(replies)
+
+    return Command(handler, 1, None, while_subscribed=True)
+
+
+def _unsubscribing(
+    kind: bytes,
+    followed: Callable[[Subscriber], dict[bytes, None]],
+    unfollow: Callable[[Subscriber, bytes], int],
+) -> Command:
+    """UNSUBSCRIBE or PUNSUBSCRIBE: stop following each argument (every channel, or every
+    pattern, without one), confirming each; nil in the confirmation when there was none."""
+
+    def handler(store: Store, session: Session, args: list[bytes]) -> Reply:
+        subscriber = session.subscriptions
+        names = args or list(followed(subscriber))
+        if not names:
+            return Push([kind, None, subscriber.count])
+        return Replies([Push([kind, name, unfollow(subscriber, name)]) for name in names])
+
+    return Command(handler, 0, None, while_subscribed=True)
+
+
+PUBSUB_COMMANDS: dict[bytes, Command] = {
+    b"SUBSCRIBE": _subscribing(
+        b"subscribe", _channels, Subscriber.subscribe, lambda subscriber: subscriber.full
+    ),
+    b"PSUBSCRIBE": _subscribing(
+        b"psubscribe", _patterns, Subscriber.psubscribe, lambda subscriber: subscriber.patterns_full
+    ),
+    b"UNSUBSCRIBE": _unsubscribing(b"unsubscribe", _channels, Subscriber.unsubscribe),
+    b"PUNSUBSCRIBE": _unsubscribing(b"punsubscribe", _patterns, Subscriber.punsubscribe),
+}
+"""The subscribe family, by upper-case name."""

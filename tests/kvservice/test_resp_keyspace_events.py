@@ -1,0 +1,264 @@
+"""Keyspace notifications without sockets: the `notify-keyspace-events` setting
+(`keyspace_events`), and subscriptions (`pubsub`): who receives a change's notifications, in
+which order, the subscriber's states, its bounded queue and its wakes, with changes told by
+hand as the change feed tells them."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvservice.resp.codec import Error, Push, Replies, encode
+from kvservice.resp.commands import ServerState, Session, execute
+from kvservice.resp.commands.pubsub import TOO_MANY_SUBSCRIPTIONS
+from kvservice.resp.keyspace_events import KeyspaceEvents, event_of
+from kvservice.resp.pubsub import (
+    MAX_PATTERNS,
+    MAX_SUBSCRIPTIONS,
+    PubSub,
+    Subscriber,
+    SubscriberState,
+)
+from kvservice.store import Change
+from kvservice.store.memory import MemoryStore
+
+WRITE = Change("k", 1, b"v", 0, '"e"', "text/plain")
+DELETE = Change("k", 2, None, 0)
+EXPIRY = Change("k", 3, None, 0, expired=True)
+
+
+def events(letters: str) -> KeyspaceEvents:
+    parsed = KeyspaceEvents.parse(letters.encode())
+    assert parsed is not None
+    return parsed
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        ("", ""),
+        ("KEA", "AKE"),
+        ("Kg$lshzxetd", "AK"),
+        ("AKEmn", "AKEm"),  # Redis drops `n` when it writes `A`
+        ("xE$K", "$xKE"),
+        ("mn$E", "$nEm"),
+        ("dtmEK", "tdKEm"),
+        ("KEAA", "AKE"),
+        ("e", "e"),
+    ],
+)
+def test_the_setting_is_given_back_in_redis_order(given: str, shown: str) -> None:
+    assert str(events(given)) == shown
+
+
+@pytest.mark.parametrize("given", ["Kq", "k", "KE ", "a", "\xe9"])
+def test_a_letter_redis_does_not_know_is_refused(given: str) -> None:
+    assert KeyspaceEvents.parse(given.encode("latin-1")) is None
+
+
+def test_each_change_is_redis_event() -> None:
+    assert [event_of(change) for change in (WRITE, DELETE, EXPIRY)] == [b"set", b"del", b"expired"]
+
+
+@pytest.mark.parametrize(
+    ("letters", "expected"),
+    [
+        ("KE$", [(b"__keyspace@0__:k", b"set"), (b"__keyevent@0__:set", b"k")]),
+        ("K$", [(b"__keyspace@0__:k", b"set")]),
+        ("E$", [(b"__keyevent@0__:set", b"k")]),
+        ("$", []),
+        ("KEg", []),
+        ("KElshzetdmn", []),
+        ("", []),
+    ],
+)
+def test_a_write_is_published_on_the_channels_the_setting_names(
+    letters: str, expected: list[tuple[bytes, bytes]]
+) -> None:
+    assert list(events(letters).notifications(WRITE)) == expected
+
+
+@pytest.mark.parametrize(
+    ("letters", "publishes"),
+    [
+        ("KE$", True),
+        ("Kg", True),
+        ("Ex", True),
+        ("$gx", False),
+        ("KElshzetdmn", False),
+        ("", False),
+    ],
+)
+def test_a_setting_publishes_only_with_a_channel_kind_and_one_of_our_classes(
+    letters: str, publishes: bool
+) -> None:
+    assert events(letters).publishes is publishes
+
+
+def test_deletes_and_expiries_need_their_own_classes() -> None:
+    assert list(events("KEg").notifications(DELETE)) == [
+        (b"__keyspace@0__:k", b"del"),
+        (b"__keyevent@0__:del", b"k"),
+    ]
+    assert list(events("KEg").notifications(EXPIRY)) == []
+    assert list(events("KEx").notifications(EXPIRY)) == [
+        (b"__keyspace@0__:k", b"expired"),
+        (b"__keyevent@0__:expired", b"k"),
+    ]
+    assert list(events("KEA").notifications(DELETE)) != []
+
+
+class Wakes:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+
+
+def state(follower: Subscriber) -> SubscriberState:
+    return follower.state
+
+
+def subscriber(hub: PubSub) -> tuple[Subscriber, Wakes]:
+    wakes = Wakes()
+    return Subscriber(hub, wakes), wakes
+
+
+def test_channel_subscribers_then_pattern_subscribers_keyspace_then_keyevent() -> None:
+    hub = PubSub()
+    hub.events = events("KEA")
+    first, _ = subscriber(hub)
+    second, _ = subscriber(hub)
+    first.subscribe(b"__keyevent@0__:set")
+    first.psubscribe(b"__key*")
+    second.subscribe(b"__keyspace@0__:k")
+    hub.changed(WRITE)
+    assert first.take() == [
+        (b"__key*", b"__keyspace@0__:k", b"set"),
+        (None, b"__keyevent@0__:set", b"k"),
+        (b"__key*", b"__keyevent@0__:set", b"k"),
+    ]
+    assert second.take() == [(None, b"__keyspace@0__:k", b"set")]
+    assert first.take() == []
+
+
+def test_nothing_is_published_with_notifications_off() -> None:
+    hub = PubSub()
+    follower, wakes = subscriber(hub)
+    follower.psubscribe(b"*")
+    hub.changed(WRITE)
+    assert (follower.take(), wakes.count) == ([], 0)
+
+
+def test_states_follow_the_count_and_the_connection() -> None:
+    hub = PubSub()
+    hub.events = events("KEA")
+    follower, _ = subscriber(hub)
+    assert state(follower) is SubscriberState.IDLE
+    assert follower.subscribe(b"a") == 1
+    assert follower.psubscribe(b"a") == 2
+    assert follower.subscribe(b"a") == 2
+    assert hub.figures == (1, 1)
+    assert state(follower) is SubscriberState.SUBSCRIBED
+    assert follower.unsubscribe(b"b") == 2
+    assert follower.unsubscribe(b"a") == 1
+    assert follower.punsubscribe(b"a") == 0
+    assert state(follower) is SubscriberState.IDLE
+    assert hub.figures == (0, 0)
+    follower.psubscribe(b"*")
+    follower.reset()
+    assert state(follower) is SubscriberState.IDLE
+    hub.changed(WRITE)
+    assert follower.take() == []
+    follower.subscribe(b"__keyspace@0__:k")
+    follower.close()
+    assert state(follower) is SubscriberState.CLOSED
+    hub.changed(WRITE)
+    assert follower.take() == []
+    assert follower.subscribe(b"x") == 0  # a closed connection follows nothing
+    assert follower.psubscribe(b"x") == 0
+    assert hub.figures == (0, 0)  # and leaves nothing behind in the hub
+
+
+def test_one_wake_until_the_messages_are_taken() -> None:
+    hub = PubSub()
+    hub.events = events("KEA")
+    follower, wakes = subscriber(hub)
+    follower.psubscribe(b"*")
+    hub.changed(WRITE)
+    hub.changed(DELETE)
+    assert wakes.count == 1
+    assert len(follower.take(limit=3)) == 3
+    assert follower.pending
+    hub.changed(WRITE)
+    assert wakes.count == 2
+    assert len(follower.take()) == 3
+
+
+def test_a_queue_past_its_bound_overflows_and_queues_nothing_more() -> None:
+    hub = PubSub(max_pending=5)
+    hub.events = events("KE$")
+    follower, wakes = subscriber(hub)
+    follower.psubscribe(b"*")
+    hub.changed(WRITE)
+    hub.changed(WRITE)
+    assert state(follower) is SubscriberState.SUBSCRIBED
+    hub.changed(WRITE)  # the sixth message
+    assert state(follower) is SubscriberState.OVERFLOWED
+    assert follower.take() == []
+    hub.changed(WRITE)
+    assert follower.take() == []
+    assert wakes.count == 2  # the overflow wakes it too, to be closed
+
+
+def test_the_confirmations_are_pushes_and_the_bounds_are_refused() -> None:
+    store = MemoryStore()
+    session = Session(1, ServerState())
+    reply = execute(store, session, [b"SUBSCRIBE", b"a", b"b"])
+    assert reply == Replies([Push([b"subscribe", b"a", 1]), Push([b"subscribe", b"b", 2])])
+    assert encode(reply, 3).startswith(b">3\r\n$9\r\nsubscribe\r\n")
+    assert encode(reply, 2).startswith(b"*3\r\n$9\r\nsubscribe\r\n")
+
+    patterns = [b"p%d" % n for n in range(MAX_PATTERNS + 1)]
+    reply = execute(store, session, [b"PSUBSCRIBE", *patterns])
+    assert isinstance(reply, Replies)
+    assert reply.replies[-2] == Push([b"psubscribe", patterns[-2], 2 + MAX_PATTERNS])
+    assert reply.replies[-1] == TOO_MANY_SUBSCRIPTIONS
+    again = execute(store, session, [b"PSUBSCRIBE", patterns[0]])
+    assert again == Replies([Push([b"psubscribe", patterns[0], 2 + MAX_PATTERNS])])
+
+    channels = [b"c%d" % n for n in range(MAX_SUBSCRIPTIONS)]
+    reply = execute(store, session, [b"SUBSCRIBE", *channels])
+    assert isinstance(reply, Replies)
+    assert reply.replies[-1] == TOO_MANY_SUBSCRIPTIONS
+    assert reply.replies[-2] == Push([b"subscribe", channels[-3 - MAX_PATTERNS], MAX_SUBSCRIPTIONS])
+    assert "at most 1000 channels and patterns, 32 of them patterns" in str(reply.replies[-1])
+    session.protocol = 3  # where INFO runs while subscribed
+    info = execute(store, session, [b"INFO", b"stats"])
+    assert isinstance(info, bytes)
+    followed = b"\r\npubsub_channels:%d\r\npubsub_patterns:%d\r\n"
+    assert followed % (MAX_SUBSCRIPTIONS - MAX_PATTERNS, MAX_PATTERNS) in info
+
+
+@pytest.mark.parametrize(
+    ("command", "label"),
+    [
+        ([b"GET", b"k"], "get"),
+        ([b"CONFIG", b"GET", b"x"], "config|get"),
+        ([b"client", b"id"], "client|id"),
+        ([b"COMMAND"], "command"),
+    ],
+)
+def test_subscribed_resp2_refuses_other_commands_naming_them_as_redis_does(
+    command: list[bytes], label: str
+) -> None:
+    store = MemoryStore()
+    session = Session(1, ServerState())
+    execute(store, session, [b"SUBSCRIBE", b"a"])
+    assert execute(store, session, command) == Error(
+        "ERR",
+        f"Can't execute '{label}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET "
+        "are allowed in this context",
+    )
+    session.protocol = 3
+    assert not isinstance(execute(store, session, command), Error)
