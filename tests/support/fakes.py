@@ -625,6 +625,66 @@ class ServesHTMLKV(InMemoryKV):
         return Reply(Outcome.FOUND, HTML_PAYLOAD, "text/html", reply.version)
 
 
+class DropsAChangeWatch(FakeWatch):
+    """Never hands out its second change."""
+
+    def _emit(self, number: int, event: FeedEvent) -> None:
+        if number != 1:
+            super()._emit(number, event)
+
+
+class DuplicatesAChangeWatch(FakeWatch):
+    """Hands out its second change twice."""
+
+    def _emit(self, number: int, event: FeedEvent) -> None:
+        super()._emit(number, event)
+        if number == 1:
+            super()._emit(number, event)
+
+
+class ReordersTwoChangesWatch(FakeWatch):
+    """Hands out its second change after its third."""
+
+    def __init__(self, kv: InMemoryKV, matches: Callable[[str], bool], after: int) -> None:
+        super().__init__(kv, matches, after)
+        self._held: FeedEvent | None = None
+
+    def _emit(self, number: int, event: FeedEvent) -> None:
+        if number == 1:
+            self._held = event
+            return
+        super()._emit(number, event)
+        if number == 2 and self._held is not None:
+            super()._emit(1, self._held)
+
+
+class FeedDropsAChangeKV(InMemoryKV):
+    """A watch loses one change: the second it has for its watcher."""
+
+    watch_class = DropsAChangeWatch
+
+
+class FeedDuplicatesAChangeKV(InMemoryKV):
+    """A watch hands out one change twice: the second it has for its watcher."""
+
+    watch_class = DuplicatesAChangeWatch
+
+
+class FeedReordersTwoChangesKV(InMemoryKV):
+    """A watch hands out its second and third changes the wrong way round."""
+
+    watch_class = ReordersTwoChangesWatch
+
+
+class FeedResumesFromStartKV(InMemoryKV):
+    """A watch (or a long-poll) asked to resume from a position (Last-Event-ID, after=)
+    replays the whole feed instead, as a server that ignores the token and starts from its
+    oldest change."""
+
+    def _resume_revision(self, token: str | None) -> int | Reply:
+        return 0 if token is not None else super()._resume_revision(token)
+
+
 # -- not a kvservice at all -----------------------------------------------------------------
 
 

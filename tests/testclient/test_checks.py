@@ -32,6 +32,10 @@ from tests.support.fakes import (
     ExpiresLateKV,
     ExpiryAsDeleteKV,
     ExpiryUnrecordedKV,
+    FeedDropsAChangeKV,
+    FeedDuplicatesAChangeKV,
+    FeedReordersTwoChangesKV,
+    FeedResumesFromStartKV,
     GetAfterDeleteFailsKV,
     HistoryMissingDeleteKV,
     HistoryOutOfOrderKV,
@@ -346,6 +350,40 @@ BROKEN_PROMISES = [
         (
             ("the plain overwrite removed it", "found expiring at"),
             ("the plain overwrite stays", "not found"),
+        ),
+    ),
+    BrokenPromise(
+        FeedDropsAChangeKV,
+        "test_watch",
+        (
+            ("the changes before the end marker, in order, each once", "b'two' version"),
+            ("the changes before the end marker, in order, each once", "a is missing"),
+        ),
+    ),
+    BrokenPromise(
+        FeedDuplicatesAChangeKV,
+        "test_watch",
+        (
+            ("the changes before the end marker", "(a repeat, where put"),
+            ("every change carries its own position", "-2, "),
+            ("the changes before the end marker", "(a repeat, where put"),
+        ),
+    ),
+    BrokenPromise(
+        FeedReordersTwoChangesKV,
+        "test_watch",
+        (
+            ("the changes before the end marker", "(out of order: put"),
+            ("the changes before the end marker", "(out of order: delete"),
+        ),
+    ),
+    BrokenPromise(
+        FeedResumesFromStartKV,
+        "test_watch",
+        (
+            ("the changes before the end marker", "change 0 is put tcwatch"),
+            ("long-poll the history of tcwatch", "4 entries where 2 belong"),
+            ("waiting up to 5000 ms: the write", "where b'six' belongs; check stopped"),
         ),
     ),
 ]
