@@ -32,10 +32,24 @@ one entry of its record, and within one key entries stay in timestamp order (the
 checked before any write to it): dropping the record's oldest entry for each slot at or
 before the cutoff therefore drops exactly the entries outside the window, however late an
 expiry was noticed.
+
+The change feed: every change (a write, a delete, an expiry, whoever noticed it) gets the
+next revision, store-wide, under the lock, and a key's history holds its changes themselves
+(`Change`, which `history` shows as HistoryEntry), so a key's history is also its feed. The
+store-wide feed (`_feed`) is the same objects in revision order; its front is dropped once
+the key's history has dropped it, so it reaches back as far as the window (an expiry noticed
+late, pruned from its key before the feed's front passes it, waits there and is never
+served: a change outside the window is not in the feed). `changes` answers ResumeGone
+exactly for a key (`_Record.pruned_revision`: the newest revision pruned from its history)
+and conservatively for a prefix (`_pruned_revision`: the newest pruned from any); a key the
+store has forgotten (no value, no history left) is judged by the newest revision pruned from
+any forgotten key, which is conservative for it alone. Listeners are told of each change
+inside the lock, right after it is applied, from the thread that applied it.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import heapq
 import itertools
@@ -46,18 +60,25 @@ from collections.abc import Callable
 
 from kvservice.store.model import (
     DEFAULT_PAGE_KEYS,
+    FEED_PAGE_CHANGES,
     NO_CONDITION,
     NO_EXPIRY,
+    Change,
+    ChangeListener,
+    ChangePage,
     Clock,
     ExpireIf,
     Expiry,
     ExpiryChange,
+    FeedPosition,
+    FeedSelector,
     HistoryEntry,
     KeyExists,
     KeyNotFound,
     KeyPage,
     Precondition,
     PreconditionFailed,
+    ResumeGone,
     StoreFull,
     StoreStats,
     Value,
@@ -70,7 +91,11 @@ from kvservice.store.sorted_keys import SortedItems, SortedKeys
 # and queue slots), measured with tracemalloc on CPython 3.11. Charging them keeps the budget
 # close to real memory even when values are tiny.
 KEY_OVERHEAD_BYTES = 250
-ENTRY_OVERHEAD_BYTES = 100
+ENTRY_OVERHEAD_BYTES = 175
+"""An entry is its change: 146 bytes measured over 50,000 writes to one key (144 a delete),
+twice the 73 a HistoryEntry cost before the feed (then charged 100): the Change object's
+four more slots (32), its revision (32) and its slot in the store-wide feed (9). The ETag is
+not kept per entry: it is made from the revision when the feed shows the change."""
 LATE_ENTRY_EXTRA_BYTES = 60
 """What an entry recorded late is charged beyond ENTRY_OVERHEAD_BYTES, for its heap slot: a
 (timestamp, arrival, record) tuple and the arrival number instead of a queue slot. Measured
@@ -83,37 +108,54 @@ of writes) goes a batch per call, not in one call that holds every other client.
 MIN_KEYS_EXAMINED = 1_000
 """A listing examines at most max(limit + 1, this) keys: due keys it skips count, so a page
 over many keys past their deadline (not yet swept) comes back short rather than walking them."""
+MIN_CHANGES_EXAMINED = 10_000
+"""A page of a prefix's changes examines at most max(limit + 1, this) changes of the feed:
+one over a prefix that few of them match comes back short (not caught up), its position the
+last change examined, rather than walking the whole window under the lock."""
 
-ChangeListener = Callable[[str, HistoryEntry | None, Value | None], None]
+UNKNOWN_ETAG = ""
+"""What a write's history entry holds for an ETag the durable file did not keep (format 2)."""
+
+StateListener = Callable[[str, Change | None, Value | None], None]
 """Told of each change to a key, under the store's lock and in the order they happen: the
-history entry it recorded (None for a new deadline, which records none) and the key's value
-after it (None: it has none). A client's writes, deletes and deadlines, and every expiry,
-whoever noticed it; never what `restore_value` and `restore_history` rebuild."""
+change it recorded (None for a new deadline, which records none) and the key's value after
+it (None: it has none). A client's writes, deletes and deadlines, and every expiry, whoever
+noticed it; never what `restore_value` and `restore_history` rebuild. (The durable store
+journals what it is told; watchers are `ChangeListener`s, told of recorded changes only.)"""
 
 
 class _Record:
-    """Everything the store holds for one key: its value, and its history oldest first in
-    `history[first:]` (the entries before `first` have been pruned)."""
+    """Everything the store holds for one key: its value, and its history (its changes)
+    oldest first in `history[first:]` (the entries before `first` have been pruned), and
+    the revision of the newest change pruned (0: none)."""
 
-    __slots__ = ("first", "history", "key", "value")
+    __slots__ = ("first", "history", "key", "pruned_revision", "value")
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, pruned_revision: int = 0) -> None:
         self.key = key
         self.value: Value | None = None
-        self.history: list[HistoryEntry] = []
+        self.history: list[Change] = []
         self.first = 0
+        self.pruned_revision = pruned_revision
 
     def entries_after(self, cutoff_ms: int) -> list[HistoryEntry]:
         """The history stamped after `cutoff_ms` (the window), newest first: entries outside
         the window may still wait to be pruned, and are left out here."""
-        newest_first = self.history[: self.first - 1 if self.first else None : -1]
-        kept = len(newest_first)
-        while kept and newest_first[kept - 1].timestamp_ms <= cutoff_ms:
-            kept -= 1
-        del newest_first[kept:]
-        return newest_first
+        entries = []
+        for change in reversed(self.history[self.first :]):
+            if change.timestamp_ms <= cutoff_ms:
+                break
+            entries.append(HistoryEntry(change.data, change.timestamp_ms, change.expired))
+        return entries
 
-    def drop_oldest(self) -> HistoryEntry:
+    def changes_after(self, revision: int) -> list[Change]:
+        """The changes held with a revision after `revision`, oldest first."""
+        start = bisect.bisect_right(
+            self.history, revision, lo=self.first, key=lambda change: change.revision
+        )
+        return self.history[start:]
+
+    def drop_oldest(self) -> Change:
         """Prune the oldest entry; amortised O(1): the front is cut once it is half the list."""
         oldest = self.history[self.first]
         self.first += 1
@@ -133,7 +175,8 @@ class MemoryStore:
         max_bytes: int = 256 * 1024 * 1024,
         max_value_bytes: int = 1024,
         clock: Clock = system_clock_ms,
-        on_change: ChangeListener | None = None,
+        on_change: StateListener | None = None,
+        life: str | None = None,
     ) -> None:
         if history_window_ms <= 0 or max_bytes <= 0 or max_value_bytes < 0:
             raise ValueError("history_window_ms and max_bytes must be positive")
@@ -158,9 +201,20 @@ class MemoryStore:
         self._deadlines: SortedItems[tuple[int, str]] = SortedItems()
         self._used_bytes = 0
         self._last_timestamp_ms = 0
-        self._etag_prefix = secrets.token_hex(4)
-        self._writes = 0
         self._full_refusals = 0
+        # The change feed: `life` names this store's life (a fresh one for a fresh store),
+        # `_revision` is the newest change's, `_feed[_feed_first:]` the changes held in
+        # revision order (the same objects as the keys' histories).
+        self.life = secrets.token_urlsafe(9) if life is None else life
+        # A value's ETag is its write's revision after a prefix of the life: it never repeats
+        # (a life's revisions do not), and history need not keep one string per entry.
+        self._etag_prefix = self.life[:8]
+        self._revision = 0
+        self._feed: list[Change] = []
+        self._feed_first = 0
+        self._pruned_revision = 0  # the newest revision pruned from any key's history
+        self._forgotten_revision = 0  # the newest pruned from a key then forgotten
+        self._listeners: list[ChangeListener] = []
 
     may_block = False
     reads_may_block = False
@@ -240,6 +294,84 @@ class MemoryStore:
                 full_refusals=self._full_refusals,
             )
 
+    # -- the change feed --------------------------------------------------------------------
+
+    def feed_head(self) -> FeedPosition:
+        """The position after the newest change."""
+        with self._lock:
+            return FeedPosition(self.life, self._revision)
+
+    def changes(
+        self, selector: FeedSelector, after: FeedPosition, limit: int = FEED_PAGE_CHANGES
+    ) -> ChangePage:
+        """As `Store.changes`: a key's page from its own history (noticing its expiry, as a
+        read of it does), a prefix's from the store-wide feed, examining at most
+        max(limit + 1, MIN_CHANGES_EXAMINED) changes of it."""
+        with self._lock:
+            now_ms = self._now_ms()
+            if selector.key is not None:
+                self._current_value(self._records.get(selector.key), now_ms)
+            self._prune(now_ms)
+            if after.life != self.life:
+                raise ResumeGone.of_another_life()
+            if after.revision > self._revision:
+                raise ResumeGone.ahead(after.revision, self._revision)
+            cutoff_ms = now_ms - self.history_window_ms
+            if selector.key is not None:
+                return self._key_changes(selector.key, after.revision, limit, cutoff_ms)
+            return self._prefix_changes(selector, after.revision, limit, cutoff_ms)
+
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        """Tell `listener` of every change from now on, inside the lock, right after it is
+        applied, from the thread that applied it (this store never calls `interrupted`)."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def _key_changes(self, key: str, after: int, limit: int, cutoff_ms: int) -> ChangePage:
+        record = self._records.get(key)
+        if record is None:
+            if after < self._forgotten_revision:
+                raise ResumeGone.left_the_window()
+            return ChangePage([], FeedPosition(self.life, self._revision), caught_up=True)
+        if after < record.pruned_revision:
+            raise ResumeGone.left_the_window()
+        changes = record.changes_after(after)
+        if changes and changes[0].timestamp_ms <= cutoff_ms:  # outside, not yet pruned
+            raise ResumeGone.left_the_window()
+        return self._page(changes, limit)
+
+    def _prefix_changes(
+        self, selector: FeedSelector, after: int, limit: int, cutoff_ms: int
+    ) -> ChangePage:
+        if after < self._pruned_revision:
+            raise ResumeGone.left_the_window()
+        feed = self._feed
+        start = bisect.bisect_right(
+            feed, after, lo=self._feed_first, key=lambda change: change.revision
+        )
+        found: list[Change] = []
+        examined = feed[start : start + max(limit + 1, MIN_CHANGES_EXAMINED)]
+        for change in examined:
+            if change.timestamp_ms <= cutoff_ms:  # outside the window, not yet pruned
+                raise ResumeGone.left_the_window()
+            if selector.matches(change.key):
+                found.append(change)
+                if len(found) > limit:
+                    break
+        if len(found) <= limit and start + len(examined) < len(feed):
+            # The bound stopped the walk: nothing the selector follows up to the last change
+            # examined lies beyond what was found.
+            shown = [self._public(change) for change in found]
+            return ChangePage(shown, FeedPosition(self.life, examined[-1].revision), False)
+        return self._page(found, limit)
+
+    def _page(self, changes: list[Change], limit: int) -> ChangePage:
+        """The first `limit` of `changes`, which hold every change followed up to the head."""
+        shown = [self._public(change) for change in changes[:limit]]
+        if len(changes) > limit:
+            return ChangePage(shown, FeedPosition(self.life, changes[limit - 1].revision), False)
+        return ChangePage(shown, FeedPosition(self.life, self._revision), caught_up=True)
+
     # -- writes -----------------------------------------------------------------------------
 
     def put(
@@ -314,7 +446,7 @@ class MemoryStore:
             now_ms = self._now_ms()
             record, _ = self._held_value(key, precondition, now_ms)
             self._set_value(record, None)
-            self._record(record, HistoryEntry(None, now_ms))
+            self._record(record, now_ms)
 
     def _held_value(
         self, key: str, precondition: Precondition, now_ms: int
@@ -351,8 +483,7 @@ class MemoryStore:
                 raise PreconditionFailed.of(key)
 
             deadline_ms = expiry.deadline_ms(now_ms, current.expires_at_ms if current else None)
-            self._writes += 1
-            value = Value(data, content_type, f"{self._etag_prefix}-{self._writes:x}", deadline_ms)
+            value = Value(data, content_type, self._etag_of(self._revision + 1), deadline_ms)
             added = _value_cost(value) + ENTRY_OVERHEAD_BYTES + len(data)
             freed = _value_cost(current) if current else 0
             if record is None:
@@ -367,13 +498,13 @@ class MemoryStore:
                 record = self._records[key] = _Record(key)
                 self._used_bytes += KEY_OVERHEAD_BYTES + len(key)
             self._set_value(record, value)
-            self._record(record, HistoryEntry(data, now_ms))
+            self._record(record, now_ms)
             if deadline_ms is not None and deadline_ms <= now_ms:
                 self._expire(record, now_ms)
             return value
 
     # -- for a backend that keeps this store's state elsewhere (kvservice.store.durable) -----
-    # It learns of changes through `on_change`, and rebuilds the state with these two.
+    # It learns of changes through `on_change`, and rebuilds the state with these three.
 
     def restore_value(self, key: str, value: Value) -> None:
         """Set the key's value as it was recorded (its ETag included), with no history entry
@@ -385,17 +516,32 @@ class MemoryStore:
                 self._used_bytes += KEY_OVERHEAD_BYTES + len(key)
             self._set_value(record, value)
 
-    def restore_history(self, key: str, entry: HistoryEntry) -> None:
-        """Append a recorded history entry to the key, charging it as a write would. Entries
-        must come in write order, every key's together; later writes never get an earlier
+    def restore_history(self, change: Change) -> None:
+        """Append a recorded change to its key's history and the feed, charging it as a write
+        would. Changes must come in revision order; later writes never get an earlier
         timestamp."""
         with self._lock:
-            record = self._records.get(key)
+            record = self._records.get(change.key)
             if record is None:
-                record = self._records[key] = _Record(key)
-                self._used_bytes += KEY_OVERHEAD_BYTES + len(key)
-            self._append_history(record, entry)
-            self._last_timestamp_ms = max(self._last_timestamp_ms, entry.timestamp_ms)
+                record = self._records[change.key] = _Record(change.key)
+                self._used_bytes += KEY_OVERHEAD_BYTES + len(change.key)
+            if change.data is not None and change.etag in (None, self._etag_of(change.revision)):
+                etag = None if change.etag is not None else UNKNOWN_ETAG
+                change = dataclasses.replace(change, etag=etag)
+            self._append_history(record, change)
+            self._last_timestamp_ms = max(self._last_timestamp_ms, change.timestamp_ms)
+            self._revision = max(self._revision, change.revision)
+
+    def restore_feed(self, head: int, pruned_revision: int) -> None:
+        """After the restores: the feed's head (the newest revision ever given) and the
+        newest revision the store no longer holds. What is not known of each key is judged
+        by the store's: a key's resume from before `pruned_revision` is gone."""
+        with self._lock:
+            self._revision = max(self._revision, head)
+            self._pruned_revision = max(self._pruned_revision, pruned_revision)
+            self._forgotten_revision = max(self._forgotten_revision, pruned_revision)
+            for record in self._records.values():
+                record.pruned_revision = max(record.pruned_revision, pruned_revision)
 
     # -- internals (lock held) --------------------------------------------------------------
 
@@ -424,7 +570,7 @@ class MemoryStore:
     def _expire(self, record: _Record, at_ms: int) -> None:
         """Remove the record's value as an expiry stamped `at_ms`, returning its bytes."""
         self._set_value(record, None)
-        self._record(record, HistoryEntry(None, at_ms, expired=True))
+        self._record(record, at_ms, expired=True)
 
     def _set_value(self, record: _Record, value: Value | None) -> None:
         """Replace the record's value, keeping the budget, the listing and the deadlines in
@@ -444,17 +590,42 @@ class MemoryStore:
             self._keys_with_values.discard(record.key)
         record.value = value
 
-    def _record(self, record: _Record, entry: HistoryEntry) -> None:
-        """Append a change's entry to the key's history, and tell the listener."""
-        self._append_history(record, entry)
-        self._changed(record, entry, record.value)
+    def _record(self, record: _Record, timestamp_ms: int, *, expired: bool = False) -> None:
+        """Record the change the key's value (just set) stands for, with the next revision,
+        in its history and the feed, and tell the listeners."""
+        self._revision += 1
+        value = record.value
+        change = (
+            Change(record.key, self._revision, value.data, timestamp_ms, None, value.content_type)
+            if value is not None
+            else Change(record.key, self._revision, None, timestamp_ms, expired=expired)
+        )
+        self._append_history(record, change)
+        if self._on_change is not None or self._listeners:
+            told = self._public(change)
+            self._changed(record, told, value)
+            for listener in self._listeners:
+                listener.changed(told)
 
-    def _changed(self, record: _Record, entry: HistoryEntry | None, value: Value | None) -> None:
+    def _etag_of(self, revision: int) -> str:
+        return f"{self._etag_prefix}-{revision:x}"
+
+    def _public(self, change: Change) -> Change:
+        """The change as the feed shows it: a write's ETag, which history keeps only where
+        it is not `_etag_of` its revision (restored from an older format; UNKNOWN_ETAG
+        where the file did not say, shown as None)."""
+        if change.data is None or (change.etag is not None and change.etag != UNKNOWN_ETAG):
+            return change
+        etag = None if change.etag == UNKNOWN_ETAG else self._etag_of(change.revision)
+        return dataclasses.replace(change, etag=etag)
+
+    def _changed(self, record: _Record, change: Change | None, value: Value | None) -> None:
         if self._on_change is not None:
-            self._on_change(record.key, entry, value)
+            self._on_change(record.key, change, value)
 
-    def _append_history(self, record: _Record, entry: HistoryEntry) -> None:
+    def _append_history(self, record: _Record, entry: Change) -> None:
         record.history.append(entry)
+        self._feed.append(entry)
         if entry.timestamp_ms >= self._window_queue_newest_ms:
             self._window_queue.append(record)
             self._window_queue_newest_ms = entry.timestamp_ms
@@ -467,7 +638,13 @@ class MemoryStore:
 
     def _prune(self, now_ms: int, batch: int = PRUNE_BATCH) -> int:
         """Drop up to `batch` history entries outside the window, forget keys left with
-        nothing, and return how many it dropped.
+        nothing, and return how many it dropped; then up to `batch` of the feed's front."""
+        dropped = self._prune_history(now_ms, batch)
+        self._prune_feed(batch)
+        return dropped
+
+    def _prune_history(self, now_ms: int, batch: int) -> int:
+        """Drop up to `batch` history entries outside the window (as `_prune`).
 
         The late entries outside the window go first. The window queue is in timestamp
         order, so then its front record has an entry outside the window exactly when the
@@ -494,16 +671,40 @@ class MemoryStore:
             dropped += 1
         return dropped
 
+    def _prune_feed(self, batch: int) -> None:
+        """Drop up to `batch` changes from the feed's front that their keys' histories have
+        dropped (held: its revision is at least the oldest its key holds)."""
+        feed = self._feed
+        for _ in range(batch):
+            if self._feed_first == len(feed):
+                break
+            change = feed[self._feed_first]
+            record = self._records.get(change.key)
+            if (
+                record is not None
+                and record.first < len(record.history)
+                and record.history[record.first].revision <= change.revision
+            ):
+                break
+            self._feed_first += 1
+        if 2 * self._feed_first >= len(feed):
+            del feed[: self._feed_first]
+            self._feed_first = 0
+
     def _drop_oldest(self, record: _Record) -> None:
-        self._used_bytes -= _entry_cost(record.drop_oldest())
+        change = record.drop_oldest()
+        self._used_bytes -= _entry_cost(change)
+        record.pruned_revision = change.revision
+        self._pruned_revision = max(self._pruned_revision, change.revision)
         if record.value is None and not record.history:
             del self._records[record.key]
             self._used_bytes -= KEY_OVERHEAD_BYTES + len(record.key)
+            self._forgotten_revision = max(self._forgotten_revision, record.pruned_revision)
 
 
 def _value_cost(value: Value) -> int:
     return len(value.data) + len(value.content_type or "")
 
 
-def _entry_cost(entry: HistoryEntry) -> int:
+def _entry_cost(entry: Change) -> int:
     return ENTRY_OVERHEAD_BYTES + len(entry.data or b"")

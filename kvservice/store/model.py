@@ -116,6 +116,30 @@ class ResumeGone(StoreError):
     watcher asked for may have left the history window, or it is of another life of the
     store (a fresh in-memory store after a restart). The client starts again from now."""
 
+    @classmethod
+    def left_the_window(cls) -> ResumeGone:
+        """Changes after the position have left the history window; worded once."""
+        return cls(
+            "Changes after this position have left the history window: start again from "
+            "the current position."
+        )
+
+    @classmethod
+    def of_another_life(cls) -> ResumeGone:
+        """The position is of another life of the store; worded once."""
+        return cls(
+            "This position is from another life of the store (its data was lost, as an "
+            "in-memory store's is at a restart): start again from the current position."
+        )
+
+    @classmethod
+    def ahead(cls, revision: int, head: int) -> ResumeGone:
+        """The position is past the feed's head; worded once."""
+        return cls(
+            f"This position (revision {revision}) is ahead of the store's newest change "
+            f"({head}): start again from the current position."
+        )
+
 
 class InvalidPosition(StoreError):
     """A resume token that is not one the store hands out."""

@@ -21,12 +21,17 @@ from __future__ import annotations
 from kvservice.store import Closable, Store
 from kvservice.store.model import (
     DEFAULT_PAGE_KEYS,
+    FEED_PAGE_CHANGES,
     MAX_PAGE_KEYS,
     NO_CONDITION,
     NO_EXPIRY,
+    ChangeListener,
+    ChangePage,
     ExpireIf,
     Expiry,
     ExpiryChange,
+    FeedPosition,
+    FeedSelector,
     HistoryEntry,
     KeyPage,
     Precondition,
@@ -108,6 +113,30 @@ class StoreService:
         if not 1 <= limit <= MAX_PAGE_KEYS:
             raise ValueError(f"limit must be from 1 to {MAX_PAGE_KEYS}, not {limit}")
         return self.backend.keys(prefix, after, limit)
+
+    # -- the change feed ----------------------------------------------------------------------
+
+    def feed_head(self) -> FeedPosition:
+        """The backend's head: where a watcher without a token starts."""
+        return self.backend.feed_head()
+
+    def changes(
+        self, selector: FeedSelector, after: FeedPosition, limit: int = FEED_PAGE_CHANGES
+    ) -> ChangePage:
+        """A page of changes, as `Store.changes`; raises InvalidKey for a key or prefix no key
+        can be, ResumeGone. A `limit` outside 1..FEED_PAGE_CHANGES is the caller's bug
+        (ValueError), as for `keys`."""
+        if selector.key is not None:
+            validate_key(selector.key)
+        else:
+            validate_prefix(selector.prefix)
+        if not 1 <= limit <= FEED_PAGE_CHANGES:
+            raise ValueError(f"limit must be from 1 to {FEED_PAGE_CHANGES}, not {limit}")
+        return self.backend.changes(selector, after, limit)
+
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        """The backend tells `listener` of its changes."""
+        self.backend.add_change_listener(listener)
 
     # -- writes -------------------------------------------------------------------------------
 

@@ -16,11 +16,16 @@ from kvservice.http.app import create_app
 from kvservice.resp.server import RespServer
 from kvservice.store import (
     DEFAULT_PAGE_KEYS,
+    FEED_PAGE_CHANGES,
     NO_CONDITION,
     NO_EXPIRY,
+    ChangeListener,
+    ChangePage,
     ExpireIf,
     Expiry,
     ExpiryChange,
+    FeedPosition,
+    FeedSelector,
     HistoryEntry,
     KeyPage,
     Precondition,
@@ -125,6 +130,20 @@ class DelegatingStore:
     def delete(self, key: str, precondition: Precondition = NO_CONDITION) -> None:
         self.calls.append("delete")
         self._inner.delete(key, precondition)
+
+    def feed_head(self) -> FeedPosition:
+        self.calls.append("feed_head")
+        return self._inner.feed_head()
+
+    def changes(
+        self, selector: FeedSelector, after: FeedPosition, limit: int = FEED_PAGE_CHANGES
+    ) -> ChangePage:
+        self.calls.append("changes")
+        return self._inner.changes(selector, after, limit)
+
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        self.calls.append("add_change_listener")
+        self._inner.add_change_listener(listener)
 
 
 def test_both_transports_serve_a_backend_that_inherits_from_nothing() -> None:

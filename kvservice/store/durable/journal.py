@@ -5,17 +5,26 @@ Layout of DIR: `kvservice.sqlite3` (with SQLite's `-wal` and `-shm` beside it wh
 open) and `LOCK`, which the serving process holds with flock(2) so that a second kvservice on
 the same directory is refused at start instead of overwriting the first one's writes.
 
-Schema (format 2, in `PRAGMA user_version`; `PRAGMA application_id` marks the file as ours):
-- `history(seq, key, data, timestamp_ms, expired)`: one row per write, in write order (seq),
-  data NULL for a delete or an expiry (expired 1, timestamp_ms its deadline: such a row may
-  come after rows stamped later). Rows outside the history window are deleted in the
-  background (`compact`), so the file holds the window's history plus current values,
-  however many writes it saw.
+Schema (format 3, in `PRAGMA user_version`; `PRAGMA application_id` marks the file as ours):
+- `history(seq, key, data, timestamp_ms, expired, revision, etag, content_type)`: one row
+  per write, in write order (seq), data NULL for a delete or an expiry (expired 1,
+  timestamp_ms its deadline: such a row may come after rows stamped later), with its change
+  feed revision and the ETag and content type of the value written (NULL for a delete or an
+  expiry). Rows outside the history window are deleted in the background (`compact`), so
+  the file holds the window's history plus current values, however many writes it saw.
+- `feed(name, value)`: the change feed's `life` (made once, with the file) and
+  `pruned_revision` (the newest revision `compact` deleted: resumes from before it are gone).
+  The head is the newest revision of a history row or this one, so commits write nothing
+  more than their rows (a row of its own would add a page to each commit's WAL frames).
 - `current(key, data, content_type, etag, seq, expires_at_ms)`: each key's value, as a client
   last wrote it, and its deadline (absolute, epoch ms; NULL: none). A key whose deadline
   passed stays here until its expiry is journaled; reading back restores it with its
   deadline, and the store expires it at start, at that deadline.
-A format 1 file (before deadlines) is brought to format 2 when it is opened.
+A format 1 file (before deadlines) is brought to format 2, and a format 2 file (before the
+change feed) to format 3, when it is opened: format 2's history rows get revisions 1, 2, ...
+in write order (seq), the life a new one, and a row that wrote a
+key's current value gets that value's ETag and content type (those of older rows are not
+known: NULL, as for a delete).
 
 A batch of writes is one transaction (`append`): group commit. With `--fsync always`
 (`synchronous=FULL`) the commit returns only once the WAL is synced; `everysec`
@@ -44,7 +53,7 @@ from pathlib import Path
 
 from kvservice.store.durable.database import Connect, Database, DataDamaged, DiskError
 from kvservice.store.memory import MemoryStore
-from kvservice.store.model import HistoryEntry, Value
+from kvservice.store.model import Change, Value
 
 logger = logging.getLogger("kvservice.store.durable")
 
@@ -52,7 +61,7 @@ DATA_FILE = "kvservice.sqlite3"
 WAL_SUFFIX = "-wal"
 LOCK_FILE = "LOCK"
 APPLICATION_ID = 0x6B765376  # "kvSv"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 WAL_HEADER_BYTES = 32
 WAL_FRAME_HEADER_BYTES = 24
 WAL_MAGICS = (0x377F0682, 0x377F0683)
@@ -61,11 +70,18 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 SYNCHRONOUS = {"always": "FULL", "everysec": "NORMAL", "off": "OFF"}
 """The SQLite `synchronous` level of each --fsync policy."""
 
+CREATE_FEED = (
+    "CREATE TABLE feed (name TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID",
+    # The life: 18 hex digits, URL-safe as a token needs, made once with the file.
+    "INSERT INTO feed VALUES ('life', lower(hex(randomblob(9)))), ('pruned_revision', 0)",
+)
 SCHEMA = (
     "CREATE TABLE history (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, data BLOB,"
-    " timestamp_ms INTEGER NOT NULL, expired INTEGER NOT NULL DEFAULT 0)",
+    " timestamp_ms INTEGER NOT NULL, expired INTEGER NOT NULL DEFAULT 0,"
+    " revision INTEGER NOT NULL DEFAULT 0, etag TEXT, content_type TEXT)",
     "CREATE TABLE current (key TEXT PRIMARY KEY, data BLOB NOT NULL, content_type TEXT,"
     " etag TEXT NOT NULL, seq INTEGER NOT NULL, expires_at_ms INTEGER) WITHOUT ROWID",
+    *CREATE_FEED,
     f"PRAGMA application_id = {APPLICATION_ID}",
     f"PRAGMA user_version = {FORMAT_VERSION}",
 )
@@ -75,11 +91,24 @@ UPGRADES = {
         "ALTER TABLE current ADD COLUMN expires_at_ms INTEGER",
         "PRAGMA user_version = 2",
     ),
+    2: (
+        "ALTER TABLE history ADD COLUMN revision INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE history ADD COLUMN etag TEXT",
+        "ALTER TABLE history ADD COLUMN content_type TEXT",
+        "UPDATE history SET revision = numbered.revision FROM"
+        " (SELECT seq, row_number() OVER (ORDER BY seq) AS revision FROM history) AS numbered"
+        " WHERE history.seq = numbered.seq",
+        "UPDATE history SET etag = current.etag, content_type = current.content_type"
+        " FROM current WHERE current.seq = history.seq AND history.data IS NOT NULL",
+        *CREATE_FEED,
+        "PRAGMA user_version = 3",
+    ),
 }
 """Format N -> the statements that bring a file of that format to format N + 1."""
 
 INSERT_HISTORY = (
-    "INSERT INTO history (seq, key, data, timestamp_ms, expired) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO history (seq, key, data, timestamp_ms, expired, revision, etag, content_type)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 UPSERT_CURRENT = (
     "INSERT INTO current (key, data, content_type, etag, seq, expires_at_ms)"
@@ -112,6 +141,9 @@ class Write:
     """Whether the entry records an expiry (timestamp_ms is then the deadline)."""
     recorded: bool = True
     """False for a new deadline: the value is rewritten, the history gets no row."""
+    change: Change | None = None
+    """The change the history row records (its revision), for the feed; None when not
+    `recorded`."""
 
 
 class DirectoryLock:
@@ -202,6 +234,11 @@ class Journal:
         if version < FORMAT_VERSION:
             self._upgrade(version)
 
+    @property
+    def life(self) -> str:
+        """The change feed's life, made once with the file."""
+        return str(self._db.execute("SELECT value FROM feed WHERE name = 'life'")[0][0])
+
     def _upgrade(self, version: int) -> None:
         """Bring a file of an older format to this one, in one transaction."""
 
@@ -232,20 +269,40 @@ class Journal:
     # -- reading back -------------------------------------------------------------------------
 
     def load(self, memory: MemoryStore, cutoff_ms: int) -> int:
-        """Restore every current value and the history after `cutoff_ms` into `memory`; the
-        last write's seq (0 for none). Raises DataDamaged if a page is malformed."""
+        """Restore every current value, the history after `cutoff_ms` and the feed's head
+        into `memory`; the last write's seq (0 for none). Raises DataDamaged if a page is
+        malformed. What is gone of the feed: what `compact` deleted, and the rows outside the
+        window, left out here (by revision, not by seq: a late expiry may be either)."""
         for key, data, content_type, etag, expires_at_ms in self._db.rows(
             "SELECT key, data, content_type, etag, expires_at_ms FROM current"
         ):
             memory.restore_value(key, Value(bytes(data), content_type, etag, expires_at_ms))
-        for key, data, timestamp_ms, expired in self._db.rows(
-            "SELECT key, data, timestamp_ms, expired FROM history WHERE timestamp_ms > ?"
-            " ORDER BY seq",
+        for key, data, timestamp_ms, expired, revision, etag, content_type in self._db.rows(
+            "SELECT key, data, timestamp_ms, expired, revision, etag, content_type FROM history"
+            " WHERE timestamp_ms > ? ORDER BY seq",
             (cutoff_ms,),
         ):
             memory.restore_history(
-                key, HistoryEntry(_bytes_or_none(data), timestamp_ms, bool(expired))
+                Change(
+                    key,
+                    revision,
+                    _bytes_or_none(data),
+                    timestamp_ms,
+                    etag,
+                    content_type,
+                    bool(expired),
+                )
             )
+        (compacted,) = self._db.execute("SELECT value FROM feed WHERE name = 'pruned_revision'")[0]
+        (newest_row, newest_left_out) = self._db.execute(
+            "SELECT coalesce(max(revision), 0),"
+            " coalesce((SELECT max(revision) FROM history WHERE timestamp_ms <= ?), 0)"
+            " FROM history",
+            (cutoff_ms,),
+        )[0]
+        head = max(int(compacted), int(newest_row))
+        pruned_revision = max(int(compacted), int(newest_left_out))
+        memory.restore_feed(head, pruned_revision)
         (last_seq,) = self._db.execute(
             "SELECT max(coalesce((SELECT max(seq) FROM history), 0),"
             " coalesce((SELECT max(seq) FROM current), 0))"
@@ -263,7 +320,16 @@ class Journal:
             if write.recorded:
                 self._db.execute(
                     INSERT_HISTORY,
-                    (write.seq, write.key, write.data, write.timestamp_ms, int(write.expired)),
+                    (
+                        write.seq,
+                        write.key,
+                        write.data,
+                        write.timestamp_ms,
+                        int(write.expired),
+                        write.change.revision if write.change else 0,
+                        write.change.etag if write.change else None,
+                        write.change.content_type if write.change else None,
+                    ),
                 )
             if write.data is None:
                 self._db.execute(DELETE_CURRENT, (write.key,))
@@ -299,10 +365,16 @@ class Journal:
         timestamp order but for expiries journaled after their deadline, which the condition
         catches wherever they are; current values, and their deadlines, are never touched."""
 
+        oldest = "SELECT seq, revision FROM history WHERE timestamp_ms <= ? ORDER BY seq LIMIT ?"
+
         def delete() -> Iterator[None]:
             self._db.execute(
-                "DELETE FROM history WHERE seq IN (SELECT seq FROM history"
-                " WHERE timestamp_ms <= ? ORDER BY seq LIMIT ?)",
+                "UPDATE feed SET value = max(value, coalesce((SELECT max(revision) FROM"
+                f" ({oldest})), 0)) WHERE name = 'pruned_revision'",
+                (cutoff_ms, max_rows),
+            )
+            self._db.execute(
+                f"DELETE FROM history WHERE seq IN (SELECT seq FROM ({oldest}))",
                 (cutoff_ms, max_rows),
             )
             yield None

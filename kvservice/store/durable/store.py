@@ -29,6 +29,14 @@ could take back. With `everysec` and `off` reads do not wait; writes still wait 
 commit (into the OS's cache), so `kill -9` loses nothing acknowledged, and a power cut loses
 up to about a second (`everysec`) or what the OS had not written (`off`).
 
+The change feed: revisions are the memory store's (given under its lock, journaled with
+each history row), the life is the data file's (made once with it), and the head survives a
+restart, so a resume token stays good across one; keys expired at start get revisions after
+the old head. Listeners are told of a change once its commit succeeded, by the writer
+thread, in revision order: a watcher never sees a write the disk then refused. After a failed
+commit the rebuilt memory goes on from the newest revision handed out, never reusing one a
+page of `changes` may have shown (the refused changes leave a gap).
+
 Faults: a commit that fails refuses every write of its batch and every write queued behind it
 (they were judged against state that will not exist): StoreFull (507) when the disk is full,
 StoreUnavailable (503) for an I/O error or a failed sync. Memory is then rebuilt from the
@@ -70,12 +78,18 @@ from kvservice.store.durable.journal import (
 from kvservice.store.memory import MemoryStore
 from kvservice.store.model import (
     DEFAULT_PAGE_KEYS,
+    FEED_PAGE_CHANGES,
     NO_CONDITION,
     NO_EXPIRY,
+    Change,
+    ChangeListener,
+    ChangePage,
     Clock,
     ExpireIf,
     Expiry,
     ExpiryChange,
+    FeedPosition,
+    FeedSelector,
     HistoryEntry,
     KeyPage,
     Persistence,
@@ -190,6 +204,7 @@ class DurableStore:
         self._commits = self._committed_writes = self._failed_commits = self._syncs = 0
         self._sync_seconds = 0.0
         self._last_commit_time_s = now_s()
+        self._listeners: list[ChangeListener] = []
 
         prepare_directory(data_dir)
         self._directory_lock = DirectoryLock(data_dir)
@@ -306,6 +321,23 @@ class DurableStore:
                     )
             return self._generation == generation
 
+    # -- the change feed ------------------------------------------------------------------------
+
+    def feed_head(self) -> FeedPosition:
+        """The memory store's head (a read)."""
+        return self._read(lambda memory: memory.feed_head())
+
+    def changes(
+        self, selector: FeedSelector, after: FeedPosition, limit: int = FEED_PAGE_CHANGES
+    ) -> ChangePage:
+        """As `MemoryStore.changes` (a read)."""
+        return self._read(lambda memory: memory.changes(selector, after, limit))
+
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        """Tell `listener` of each change once committed, from the writer thread, in order."""
+        with self._lock:
+            self._listeners.append(listener)
+
     # -- writes -------------------------------------------------------------------------------
 
     def put(
@@ -396,7 +428,7 @@ class DurableStore:
         return result
 
     def _journal_change(
-        self, epoch: int, key: str, entry: HistoryEntry | None, value: Value | None
+        self, epoch: int, key: str, change: Change | None, value: Value | None
     ) -> None:
         """Queue a change memory made (its `on_change`, called under its lock, in order).
         The seq is taken as memory changes, so a read that sees the change also sees that a
@@ -412,10 +444,11 @@ class DurableStore:
                 value.data if value else None,
                 value.content_type if value else None,
                 value.etag if value else "",
-                entry.timestamp_ms if entry else 0,
+                change.timestamp_ms if change else 0,
                 deadline_ms,
-                expired=entry is not None and entry.expired,
-                recorded=entry is not None,
+                expired=change is not None and change.expired,
+                recorded=change is not None,
+                change=change,
             )
             batch = self._open_batch
             batch.writes.append(write)
@@ -496,6 +529,11 @@ class DurableStore:
             )
             return
         elapsed_s = time.perf_counter() - started
+        # Before the writers are answered: a client that wrote finds its change told.
+        for write in batch.writes:
+            if write.change is not None:
+                for listener in self._listeners:
+                    listener.changed(write.change)
         with self._lock:
             self._durable_seq = batch.writes[-1].seq
             batch.done = True
@@ -518,7 +556,10 @@ class DurableStore:
             with self._lock:
                 later, self._open_batch = self._open_batch, _Batch()
                 self._journal_epoch += 1
+            handed_out = self._memory.feed_head().revision if self._memory else 0
             memory, last_seq = self._rebuild(reopen)
+            if memory is not None:
+                memory.restore_feed(handed_out, 0)
             with self._lock:
                 self._memory = memory
                 if memory is not None:
@@ -550,7 +591,8 @@ class DurableStore:
             max_bytes=self.max_bytes,
             max_value_bytes=self.max_value_bytes,
             clock=self._clock,
-            on_change=lambda key, entry, value: self._journal_change(epoch, key, entry, value),
+            on_change=lambda key, change, value: self._journal_change(epoch, key, change, value),
+            life=self._journal.life,
         )
         last_seq = self._journal.load(memory, self._clock() - self.history_window_ms)
         return memory, last_seq

@@ -15,10 +15,15 @@ from pathlib import Path
 import pytest
 
 from kvservice.store import (
+    Change,
+    Expiry,
+    FeedPosition,
+    FeedSelector,
     HistoryEntry,
     KeyNotFound,
     Precondition,
     PreconditionFailed,
+    ResumeGone,
     Store,
     StoreFull,
     StoreUnavailable,
@@ -335,3 +340,153 @@ def test_a_file_grown_by_a_burst_shrinks_once_its_history_leaves_the_window(
 def wal_size(data_dir: Path) -> int:
     wal = data_dir / (DATA_FILE + "-wal")
     return wal.stat().st_size if wal.exists() else 0
+
+
+# -- the change feed ----------------------------------------------------------------------------
+
+
+def test_a_restart_keeps_the_life_and_the_revisions_and_goes_on_from_the_head(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    store = open_store(data_dir, clock)
+    try:
+        store.put("k", b"1", "text/plain")
+        store.put("other", b"v")
+        store.delete("k")
+        store.put("dies", b"v", expiry=Expiry(at_ms=clock.now_ms + 1_000))
+        before = store.changes(FeedSelector(), FeedPosition(store.feed_head().life, 0))
+    finally:
+        store.close()
+    clock.advance(5_000)  # "dies" passes its deadline while the store is down
+    reopened = open_store(data_dir, clock)
+    try:
+        head = reopened.feed_head()
+        assert head.life == before.position.life
+        old_head = before.position.revision
+        after = reopened.changes(FeedSelector(), FeedPosition(head.life, 0))
+        assert after.changes[: len(before.changes)] == before.changes, "with their revisions"
+        assert after.changes[len(before.changes) :] == [
+            Change("dies", old_head + 1, None, clock.now_ms - 4_000, expired=True)
+        ], "expired at start, after the old head"
+        written = reopened.put("k", b"2")
+        assert reopened.feed_head().revision == old_head + 2
+        assert written.etag not in {change.etag for change in before.changes}
+        page = reopened.changes(FeedSelector(key="k"), before.position)
+        assert [(change.data, change.revision) for change in page.changes] == [(b"2", old_head + 2)]
+    finally:
+        reopened.close()
+
+
+def test_a_resume_from_before_what_compaction_deleted_is_gone_after_a_restart(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    store = open_store(data_dir, clock, housekeeping_interval_s=0.01)
+    try:
+        token = store.feed_head()
+        store.put("k", b"v")
+        clock.advance(WINDOW_MS)
+        store.put("later", b"v")
+        deadline = time.monotonic() + 5
+        while oldest_revision(data_dir) == 1:  # the writer compacts the file
+            assert time.monotonic() < deadline, "the history was never compacted"
+            time.sleep(0.01)
+    finally:
+        store.close()
+    reopened = open_store(data_dir, clock)
+    try:
+        with pytest.raises(ResumeGone, match="left the history window"):
+            reopened.changes(FeedSelector(), token)
+        with pytest.raises(ResumeGone):
+            reopened.changes(FeedSelector(key="k"), token)
+        assert reopened.changes(FeedSelector(), FeedPosition(token.life, 1)).changes[0].key == (
+            "later"
+        )
+    finally:
+        reopened.close()
+
+
+def oldest_revision(data_dir: Path) -> int:
+    with sqlite3.connect(data_dir / DATA_FILE) as connection:
+        (oldest,) = connection.execute("SELECT min(revision) FROM history").fetchone()
+    return int(oldest)
+
+
+def test_listeners_are_told_once_a_change_is_committed(data_dir: Path, clock: FakeClock) -> None:
+    disk = SimulatedDisk()
+    store = open_store(data_dir, clock, connect=disk.connect(), housekeeping_interval_s=0.05)
+    told: list[Change] = []
+
+    class Recorder:
+        def changed(self, change: Change) -> None:
+            told.append(change)
+
+        def interrupted(self) -> None:
+            raise AssertionError("a durable store is never interrupted")
+
+    store.add_change_listener(Recorder())
+    try:
+        store.put("kept", b"v")
+        disk.capacity_bytes = disk.used_bytes
+        with pytest.raises(StoreFull):
+            store.put("refused", b"x" * 100_000)
+        disk.capacity_bytes = None
+        assert [change.key for change in told] == ["kept"], "not the write the disk refused"
+        deadline = time.monotonic() + 5
+        while True:  # the disk is probed before writes are taken again
+            try:
+                store.put("after", b"v")
+                break
+            except StoreFull:
+                assert time.monotonic() < deadline, "writes did not resume"
+                time.sleep(0.02)
+        assert [change.key for change in told] == ["kept", "after"]
+        assert told[1].revision > told[0].revision
+        everything = FeedPosition(store.feed_head().life, 0)
+        assert told == store.changes(FeedSelector(), everything).changes
+    finally:
+        store.close()
+
+
+def test_a_file_of_the_format_before_the_feed_gets_revisions_in_write_order(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    data_dir.mkdir()
+    now = clock.now_ms
+    with sqlite3.connect(data_dir / DATA_FILE) as connection:
+        for statement in (
+            "CREATE TABLE history (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, data BLOB,"
+            " timestamp_ms INTEGER NOT NULL, expired INTEGER NOT NULL DEFAULT 0)",
+            "CREATE TABLE current (key TEXT PRIMARY KEY, data BLOB NOT NULL, content_type TEXT,"
+            " etag TEXT NOT NULL, seq INTEGER NOT NULL, expires_at_ms INTEGER) WITHOUT ROWID",
+            "PRAGMA application_id = 1802916726",
+            "PRAGMA user_version = 2",
+            # seqs with gaps (a deadline change journals no history row), out of key order
+            f"INSERT INTO history VALUES (3, 'b', x'31', {now}, 0)",
+            f"INSERT INTO history VALUES (7, 'a', x'32', {now}, 0)",
+            f"INSERT INTO history VALUES (8, 'b', NULL, {now}, 0)",
+            f"INSERT INTO history VALUES (12, 'a', x'33', {now}, 0)",
+            "INSERT INTO current VALUES ('a', x'33', 'text/plain', 'old-12', 12, NULL)",
+        ):
+            connection.execute(statement)
+    store = open_store(data_dir, clock)
+    try:
+        head = store.feed_head()
+        assert head.revision == 4
+        assert store.changes(FeedSelector(), FeedPosition(head.life, 0)).changes == [
+            Change("b", 1, b"1", now),
+            Change("a", 2, b"2", now),
+            Change("b", 3, None, now),
+            Change("a", 4, b"3", now, "old-12", "text/plain"),
+        ], "the current value's row gets its ETag; older writes' are not known"
+        assert store.get("a").etag == "old-12"
+        assert store.put("a", b"4").etag != "old-12"
+    finally:
+        store.close()
+    with sqlite3.connect(data_dir / DATA_FILE) as connection:
+        (version,) = connection.execute("PRAGMA user_version").fetchone()
+    assert version == FORMAT_VERSION == 3
+    reopened = open_store(data_dir, clock)
+    try:
+        assert reopened.feed_head() == FeedPosition(head.life, 5), "the life made once, kept"
+    finally:
+        reopened.close()

@@ -11,7 +11,17 @@ from collections.abc import Callable
 
 import pytest
 
-from kvservice.store import Expiry, KeyNotFound, KeyPage, StoreFull, StoreStats, Value
+from kvservice.store import (
+    Expiry,
+    FeedPosition,
+    FeedSelector,
+    KeyNotFound,
+    KeyPage,
+    ResumeGone,
+    StoreFull,
+    StoreStats,
+    Value,
+)
 from kvservice.store.memory import (
     ENTRY_OVERHEAD_BYTES,
     KEY_OVERHEAD_BYTES,
@@ -282,3 +292,41 @@ def test_a_listing_examines_a_bounded_number_of_due_keys(clock: FakeClock) -> No
         pages += 1
     assert (page, pages) == (KeyPage(["z"], None), 11)
     assert store.keys(limit=5_000).keys == [], "at most limit + 1 keys when that is more"
+
+
+# -- the change feed ----------------------------------------------------------------------------
+
+
+def test_a_fresh_memory_store_is_a_new_life(clock: FakeClock) -> None:
+    before_restart = MemoryStore(clock=clock)
+    before_restart.put("k", b"v")
+    token = before_restart.feed_head()
+    after_restart = MemoryStore(clock=clock)
+    after_restart.put("k", b"v")
+    assert after_restart.feed_head().life != token.life
+    with pytest.raises(ResumeGone, match="another life"):
+        after_restart.changes(FeedSelector(key="k"), token)
+
+
+def test_a_feed_entry_is_charged_with_its_history_entry_and_given_back(clock: FakeClock) -> None:
+    store = MemoryStore(clock=clock)
+    store.put("k", b"v")
+    charged = store.stats().used_bytes
+    store.put("k", b"w")  # one more entry (its value replaces the first one's)
+    assert store.stats().used_bytes - charged == ENTRY_OVERHEAD_BYTES + 1
+    assert ENTRY_OVERHEAD_BYTES >= 146, "what a change measured (see ENTRY_OVERHEAD_BYTES)"
+    clock.advance(120_000)
+    store.stats()
+    assert store.changes(FeedSelector(), FeedPosition(store.life, 2)).changes == []
+    assert store.stats().used_bytes == KEY_OVERHEAD_BYTES + 1 + 1  # the key and its value
+
+
+def test_the_feed_is_pruned_with_the_history(clock: FakeClock) -> None:
+    store = MemoryStore(clock=clock, max_bytes=1 << 30)
+    for number in range(3 * PRUNE_BATCH):
+        store.put(f"k{number}", b"v")
+    clock.advance(120_000)
+    for _ in range(3):
+        store.stats()  # a batch per call
+    assert store.stats().history_entries == 0
+    assert len(store._feed) - store._feed_first == 0, "the feed let its changes go too"

@@ -16,9 +16,13 @@ import pytest
 import tests.kvservice.store.test_contract as contract
 from kvservice.execution import execution_for
 from kvservice.store import (
+    FEED_PAGE_CHANGES,
     MAX_PAGE_KEYS,
+    Change,
     Clock,
     Closable,
+    FeedSelector,
+    InvalidKey,
     Store,
     StoreUnavailable,
 )
@@ -147,3 +151,47 @@ def test_closing_a_backend_with_nothing_to_close_is_nothing() -> None:
     assert not isinstance(backend, Closable)
     StoreService(backend).close()
     assert backend.calls == []
+
+
+@pytest.mark.parametrize(
+    ("selector", "reason"),
+    [
+        (FeedSelector(key="a-b"), "key has the character '-' at position 1"),
+        (FeedSelector(key=""), "key is empty"),
+        (FeedSelector(prefix="a b"), "prefix has the character ' ' at position 1"),
+        (FeedSelector(prefix="x" * 256), "prefix is 256 characters long"),
+    ],
+)
+def test_a_selector_no_key_can_match_never_reaches_the_backend(
+    selector: FeedSelector, reason: str
+) -> None:
+    backend = DelegatingStore()
+    service = StoreService(backend)
+    with pytest.raises(InvalidKey, match=reason):
+        service.changes(selector, service.feed_head())
+    assert backend.calls == ["feed_head"]
+
+
+@pytest.mark.parametrize("limit", [0, -1, FEED_PAGE_CHANGES + 1])
+def test_a_feed_page_limit_out_of_bounds_is_the_callers_bug(limit: int) -> None:
+    backend = DelegatingStore()
+    service = StoreService(backend)
+    with pytest.raises(ValueError, match=f"from 1 to {FEED_PAGE_CHANGES}, not {limit}"):
+        service.changes(FeedSelector(), service.feed_head(), limit=limit)
+    assert backend.calls == ["feed_head"]
+
+
+def test_the_feeds_valid_calls_reach_the_backend() -> None:
+    backend = DelegatingStore()
+    service = StoreService(backend)
+
+    class Listener:
+        def changed(self, change: Change) -> None: ...
+
+        def interrupted(self) -> None: ...
+
+    service.add_change_listener(Listener())
+    head = service.feed_head()
+    service.changes(FeedSelector(key="k"), head, limit=FEED_PAGE_CHANGES)
+    service.changes(FeedSelector(prefix=""), head, limit=1)
+    assert backend.calls == ["add_change_listener", "feed_head", "changes", "changes"]
