@@ -222,7 +222,8 @@ class MemoryStore:
     may_be_unavailable = False
     """There is nothing to reach."""
     copies_on_read = False
-    """Reads return the store's own values and entries."""
+    """Reads return the store's own values and bytes (history entries and changes are made
+    for the caller, around the store's own bytes: nothing a reply holds is a copy of them)."""
 
     def check_ready(self) -> None:
         """Always ready: there is nothing to reach."""
@@ -519,7 +520,7 @@ class MemoryStore:
     def restore_history(self, change: Change) -> None:
         """Append a recorded change to its key's history and the feed, charging it as a write
         would. Changes must come in revision order; later writes never get an earlier
-        timestamp."""
+        timestamp. A write's ETag None is one the file did not keep (the feed shows None)."""
         with self._lock:
             record = self._records.get(change.key)
             if record is None:

@@ -145,6 +145,11 @@ class InvalidPosition(StoreError):
     """A resume token that is not one the store hands out."""
 
 
+class FeedUnsupported(StoreError):
+    """The store cannot keep a change feed (a Redis Cluster: no one order of the writes of
+    every node); transports answer 501 Not Implemented."""
+
+
 FEED_PAGE_CHANGES = 1000
 """The most changes `Store.changes` returns in one page."""
 

@@ -205,6 +205,8 @@ class DurableStore:
         self._sync_seconds = 0.0
         self._last_commit_time_s = now_s()
         self._listeners: list[ChangeListener] = []
+        # The newest revision a memory store replaced after a failed commit had given.
+        self._revisions_handed_out = 0
 
         prepare_directory(data_dir)
         self._directory_lock = DirectoryLock(data_dir)
@@ -556,10 +558,9 @@ class DurableStore:
             with self._lock:
                 later, self._open_batch = self._open_batch, _Batch()
                 self._journal_epoch += 1
-            handed_out = self._memory.feed_head().revision if self._memory else 0
+            if self._memory is not None:
+                self._revisions_handed_out = self._memory.feed_head().revision
             memory, last_seq = self._rebuild(reopen)
-            if memory is not None:
-                memory.restore_feed(handed_out, 0)
             with self._lock:
                 self._memory = memory
                 if memory is not None:
@@ -574,12 +575,15 @@ class DurableStore:
                 self._committed.notify_all()
 
     def _rebuild(self, reopen: bool) -> tuple[MemoryStore | None, int]:
-        """Memory as the file holds it (reopened first after an I/O error), or None."""
+        """Memory as the file holds it (reopened first after an I/O error), or None. Its
+        feed goes on from the newest revision the memory it replaces handed out."""
         try:
             if reopen:
                 self._journal.close()
                 self._journal = open_journal(self.data_dir / DATA_FILE, self._connect, self.fsync)
-            return self._read_back()
+            memory, last_seq = self._read_back()
+            memory.restore_feed(self._revisions_handed_out, 0)
+            return memory, last_seq
         except (DiskError, DataDirError) as error:
             logger.error("%s: %s", DISK_UNREADABLE, error)
             return None, 0

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import redis
 import redis.exceptions as redis_errors
 from redis.backoff import NoBackoff
+from redis.client import PubSub
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
@@ -109,6 +110,28 @@ class Server:
     def __init__(self, pool: redis.ConnectionPool, address: str) -> None:
         self.pool = pool
         self.address = address
+
+    @property
+    def database(self) -> int:
+        """The database the pool's connections select (the URL's path; 0 by default)."""
+        return int(self.pool.connection_kwargs.get("db", 0))
+
+    def subscription(self) -> PubSub:
+        """A PubSub on a connection of its own, made with the pool's settings: a subscribed
+        connection takes no other command, so it is never one of the pool's. Close it with
+        `close_subscription`."""
+        pool = redis.ConnectionPool(
+            connection_class=self.pool.connection_class,
+            max_connections=1,
+            **self.pool.connection_kwargs,
+        )
+        return redis.Redis(connection_pool=pool).pubsub()
+
+
+def close_subscription(subscription: PubSub) -> None:
+    """Close a `Server.subscription` and its connection."""
+    subscription.close()
+    subscription.connection_pool.disconnect()
 
 
 class Topology:

@@ -55,6 +55,27 @@ compared with it (at the deadline exactly the value is gone), and `Expiry(after_
 relative to it. A key's timestamps never go backwards: an entry is stamped no earlier than
 the key's newest one. A script trims the key's history to the window and sets a TTL on it so
 a deleted or expired key's history goes away by itself.
+
+The change feed (a single Redis only): every change, a write, a delete or an expiry settled by
+whichever script comes first, is given its revision by `INCR kv:revision` in the script that
+makes it, appended to the stream `kv:feed` under the ID `<revision>-0`, and published on the
+database's channel (`FEED_CHANNEL`) with the feed's life in front, so every replica's
+subscriber hears the changes in the order Redis applied them, and revisions are contiguous:
+a missing one is a lost message. The life is `kv:life`, set once with SET NX from a fresh
+name the caller sends, and gone only with Redis's data (a server restarted empty starts a new
+life, and the old tokens are answered ResumeGone). Each change cuts at most
+FEED_TRIM_PER_CHANGE changes that left the window from the stream's front (the sweep cuts as
+many as its limit), so a write's cost stays bounded however far behind the trimming is; what
+is cut is remembered per key in the hash `kv:feed:pruned` (the newest revision of the key cut),
+which is what makes a key's ResumeGone exact: a key's watcher is gone only if a change to
+that key after its position was cut. That hash holds one field per key ever cut from the feed
+and is never shortened (a token may come back at any age). A prefix's is conservative: gone
+if the stream no longer starts right after the position.
+
+A cluster has no feed: one counter (or stream) lives in one slot, and a script on a key may
+touch keys of its own node only, so no script could give every write its place in one order
+without a protocol between the nodes of its own. The scripts then skip the feed (its channel
+is '') and the store refuses to serve one (`FeedUnsupported`).
 """
 
 from __future__ import annotations
@@ -63,6 +84,8 @@ import binascii
 import functools
 import hashlib
 from dataclasses import dataclass
+
+from kvservice.store.model import Change
 
 INDEX_KEY = "kv:keys"
 DEADLINES_KEY = "kv:deadlines"
@@ -80,9 +103,29 @@ that meets a wave of keys past their deadline, not yet swept, comes back short, 
 the next one goes on, instead of holding its Redis (for every replica) through the wave."""
 LISTING_CHUNK = 100
 """How many keys of the index a listing reads at least per ZRANGE, whatever its page."""
+REVISION_KEY = "kv:revision"
+"""The feed's newest revision (a single Redis only), INCR'd by every change."""
+FEED_KEY = "kv:feed"
+"""The feed: a stream of the changes inside the window, the revision in each one's ID."""
+PRUNED_KEY = "kv:feed:pruned"
+"""A hash: for each key, the newest revision of it cut from the feed."""
+LIFE_KEY = "kv:life"
+"""The feed's life: set once (SET NX), gone only with Redis's data."""
+FEED_CHANNEL = "kv:changes:{database}"
+"""The channel every change is published on, one per database (Redis's pub/sub has none)."""
+FEED_TRIM_PER_CHANGE = 8
+"""How many changes past the window a change cuts from the feed at most: more than the one
+it adds, so a feed behind catches up, and a bounded cost for each write."""
+FEED_SCAN_CHUNK = 100
+"""How many of the feed's entries `changes` reads per XRANGE."""
+FEED_SCAN_MOST = 5_000
+"""How many of the feed's entries one `changes` examines at most: a watcher of one key
+resuming far back reads the feed in pages of this many, not all of it under one script."""
 
 
-_LUA_COMMON = r"""
+_LUA_COMMON = (
+    f"local FEED_TRIM_PER_CHANGE = {FEED_TRIM_PER_CHANGE}\n"
+    + r"""
 local function now_ms(clock)
   if clock ~= '' then return tonumber(clock) end
   local t = redis.call('TIME')
@@ -127,6 +170,63 @@ local function record(history, at, entry, now, window_ms, ttl_ms)
   return at
 end
 
+-- The change feed, on a single Redis (on a cluster `feed` stays false: see the module's
+-- docstring). A change takes the next revision (INCR), is appended to the stream under the ID
+-- `<revision>-0` (fields: k the key, n when it was appended, c the change as `change_text`
+-- writes it) and published with the feed's life in front; then up to FEED_TRIM_PER_CHANGE
+-- changes that left the window are cut from the stream's front.
+local feed = false
+
+local function open_feed(keys, first, channel, candidate, now, window_ms)
+  if channel == '' then return end
+  feed = {
+    revision = keys[first], stream = keys[first + 1], pruned = keys[first + 2],
+    life = keys[first + 3], channel = channel, candidate = candidate, now = now,
+    window_ms = window_ms, life_value = false,
+  }
+end
+
+-- The feed's life: made once (SET NX of a fresh name the caller sends), then kept.
+local function feed_life()
+  if not feed.life_value then
+    redis.call('SET', feed.life, feed.candidate, 'NX')
+    feed.life_value = redis.call('GET', feed.life)
+  end
+  return feed.life_value
+end
+
+local function revision_of(id)
+  return string.match(id, '^(%d+)-')
+end
+
+-- Cut up to `most` changes older than the window from the stream's front, noting for each key
+-- the newest revision of it cut (what `changes` answers a key's watcher by, exactly).
+local function trim_feed(most)
+  local cutoff = feed.now - feed.window_ms
+  local oldest = redis.call('XRANGE', feed.stream, '-', '+', 'COUNT', 1)[1]
+  if not oldest or tonumber(oldest[2][4]) > cutoff then return end  -- the usual case: one read
+  local last = false
+  for _, entry in ipairs(redis.call('XRANGE', feed.stream, '-', '+', 'COUNT', most)) do
+    if tonumber(entry[2][4]) > cutoff then break end
+    last = revision_of(entry[1])
+    redis.call('HSET', feed.pruned, entry[2][2], last)
+  end
+  if last then redis.call('XTRIM', feed.stream, 'MINID', ms(tonumber(last) + 1)) end
+end
+
+-- Put a change in the feed: an `op` ('=' write, '-' delete, '~' expiry) to `key`, stamped `at`,
+-- and for a write its bytes, ETag and content type ('' or '=type').
+local function note(key, op, at, data, etag, content_type)
+  if not feed then return end
+  local revision = ms(redis.call('INCR', feed.revision))
+  content_type = content_type or ''
+  local change = table.concat({revision, op, ms(at), key, etag or '', #content_type}, ' ')
+    .. ' ' .. content_type .. (data or '')
+  redis.call('XADD', feed.stream, revision .. '-0', 'k', key, 'n', ms(feed.now), 'c', change)
+  redis.call('PUBLISH', feed.channel, feed_life() .. ' ' .. change)
+  trim_feed(FEED_TRIM_PER_CHANGE)
+end
+
 -- The key's value goes: its hash, its place in the index and its deadline.
 local function forget(value, deadlines, index, key)
   redis.call('DEL', value)
@@ -153,7 +253,7 @@ local function settle(value, history, deadlines, index, key, now, window_ms, ttl
   local deadline = redis.call('ZSCORE', deadlines, key)
   if not deadline or not passed(deadline, now) then return false end
   forget(value, deadlines, index, key)
-  record(history, tonumber(deadline), '~', now, window_ms, ttl_ms)
+  note(key, '~', record(history, tonumber(deadline), '~', now, window_ms, ttl_ms))
   return true
 end
 
@@ -218,17 +318,21 @@ local function keep_deadline(value, deadlines, key, deadline, clock)
   end
 end
 """
+)
 
-# Every script on one key takes KEYS: value hash, history list, deadlines set, [index], and
-# starts its ARGV with: key, window, clock ('' : Redis's TIME), history TTL.
+# Every script on one key takes KEYS: value hash, history list, deadlines set, [index, then
+# the feed's revision, stream, pruned and life keys], and starts its ARGV with: key, window,
+# clock ('' : Redis's TIME), history TTL, the feed's channel ('' : no feed, a cluster) and a
+# life for it should it have none.
 _ON_KEY = r"""
 local key, window_ms, clock, ttl_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local value, history, deadlines, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now = now_ms(clock)
+open_feed(KEYS, 5, ARGV[5], ARGV[6], now, window_ms)
 settle(value, history, deadlines, index, key, now, window_ms, ttl_ms)
 """
 
-# ARGV 5..: data, content type ('' or '=type'), new etag, create only ('1'/'0'), If-Match
+# ARGV 7..: data, content type ('' or '=type'), new etag, create only ('1'/'0'), If-Match
 # spec, If-None-Match spec, expiry spec. A deadline not after now deletes the key at once:
 # the history holds the write, then the expiry, both at now.
 _WRITE = (
@@ -236,11 +340,11 @@ _WRITE = (
     + _LUA_COMMON
     + _ON_KEY
     + r"""
-local data, content_type, new_etag = ARGV[5], ARGV[6], ARGV[7]
+local data, content_type, new_etag = ARGV[7], ARGV[8], ARGV[9]
 local etag = redis.call('HGET', value, 'e')
-if ARGV[8] == '1' and etag then return {'exists'} end
-if not holds(ARGV[9], ARGV[10], etag) then return {'precondition'} end
-local deadline = new_deadline(ARGV[11], deadline_of(value, deadlines, key), now)
+if ARGV[10] == '1' and etag then return {'exists'} end
+if not holds(ARGV[11], ARGV[12], etag) then return {'precondition'} end
+local deadline = new_deadline(ARGV[13], deadline_of(value, deadlines, key), now)
 if content_type == '' then
   redis.call('HDEL', value, 't')
   redis.call('HSET', value, 'd', data, 'e', new_etag)
@@ -249,9 +353,10 @@ else
 end
 if index then redis.call('ZADD', index, 0, key) end
 local at = record(history, now, '=' .. data, now, window_ms, ttl_ms)
+note(key, '=', at, data, new_etag, content_type)
 if deadline and passed(deadline, now) then
   forget(value, deadlines, index, key)
-  record(history, at, '~', now, window_ms, ttl_ms)
+  note(key, '~', record(history, at, '~', now, window_ms, ttl_ms))
 else
   keep_deadline(value, deadlines, key, deadline, clock)
 end
@@ -259,7 +364,7 @@ return {'ok', deadline}
 """
 )
 
-# ARGV 5..: expiry spec, when (model.ExpireIf's values: 'always', 'nx', 'xx', 'gt', 'lt',
+# ARGV 7..: expiry spec, when (model.ExpireIf's values: 'always', 'nx', 'xx', 'gt', 'lt',
 # 'xxlt', and its `allows` rule), If-Match spec, If-None-Match spec. Replies the value after:
 # hash fields, deadline. allow-oom: a deadline is how a full store gets room back too.
 _EXPIRE = (
@@ -269,10 +374,10 @@ _EXPIRE = (
     + r"""
 local fields = redis.call('HMGET', value, 'd', 't', 'e')
 if not fields[3] then return {'missing'} end
-if not holds(ARGV[7], ARGV[8], fields[3]) then return {'precondition'} end
+if not holds(ARGV[9], ARGV[10], fields[3]) then return {'precondition'} end
 local current = deadline_of(value, deadlines, key)
-local deadline = new_deadline(ARGV[5], current, now)
-local when = ARGV[6]
+local deadline = new_deadline(ARGV[7], current, now)
+local when = ARGV[8]
 local allowed = when == 'always'
   or (when == 'nx' and not current)
   or (when == 'xx' and current ~= false)
@@ -284,7 +389,7 @@ if not allowed then
 end
 if deadline and passed(deadline, now) then
   forget(value, deadlines, index, key)
-  record(history, now, '~', now, window_ms, ttl_ms)
+  note(key, '~', record(history, now, '~', now, window_ms, ttl_ms))
   return {'expired'}
 end
 keep_deadline(value, deadlines, key, deadline, clock)
@@ -292,7 +397,7 @@ return {'applied', fields[1], fields[2], fields[3], deadline}
 """
 )
 
-# ARGV 5..: If-Match spec, If-None-Match spec. allow-oom: deletes are how a full store gets
+# ARGV 7..: If-Match spec, If-None-Match spec. allow-oom: deletes are how a full store gets
 # room back.
 _DELETE = (
     "#!lua flags=allow-oom\n"
@@ -301,9 +406,9 @@ _DELETE = (
     + r"""
 local etag = redis.call('HGET', value, 'e')
 if not etag then return {'missing'} end
-if not holds(ARGV[5], ARGV[6], etag) then return {'precondition'} end
+if not holds(ARGV[7], ARGV[8], etag) then return {'precondition'} end
 forget(value, deadlines, index, key)
-record(history, now, '-', now, window_ms, ttl_ms)
+note(key, '-', record(history, now, '-', now, window_ms, ttl_ms))
 return {'ok'}
 """
 )
@@ -317,6 +422,57 @@ _GET = (
     + r"""
 local fields = redis.call('HMGET', value, 'd', 't', 'e')
 return {fields[1], fields[2], fields[3], deadline_of(value, deadlines, key)}
+"""
+)
+
+# KEYS: the feed's revision and life keys. ARGV: a life for the feed should it have none.
+# The feed's life and head (its newest revision, 0 before the first change).
+_FEED_HEAD = r"""#!lua flags=allow-oom
+redis.call('SET', KEYS[2], ARGV[1], 'NX')
+return {redis.call('GET', KEYS[2]), redis.call('GET', KEYS[1]) or '0'}
+"""
+
+# KEYS: the feed's revision, stream, pruned and life keys. ARGV: the position's life and
+# revision, the key ('' for a prefix), the prefix, how many changes at most, how many of the
+# stream's entries to examine at most. Replies {'life'} (another life, or none yet),
+# {'ahead', the head} (past the head), {'gone'} (a change the selector follows after the
+# position left the stream: exactly for a key, by the pruned hash; for a prefix, whenever any
+# did), or {'ok', the revision the page reaches, the head, the changes}.
+_CHANGES = (
+    "#!lua flags=no-writes\n"
+    + _LUA_COMMON
+    + f"local chunk = {FEED_SCAN_CHUNK}\n"
+    + r"""
+local revision_key, stream, pruned, life = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+if redis.call('GET', life) ~= ARGV[1] then return {'life'} end
+local after, key, prefix = tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local limit, most = tonumber(ARGV[5]), tonumber(ARGV[6])
+local head = tonumber(redis.call('GET', revision_key) or '0')
+if after > head then return {'ahead', ms(head)} end
+if key ~= '' then
+  local cut = redis.call('HGET', pruned, key)
+  if cut and tonumber(cut) > after then return {'gone'} end
+else
+  local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+  local kept_from = oldest and tonumber(revision_of(oldest[1])) or head + 1
+  if kept_from > after + 1 then return {'gone'} end
+end
+local found, examined, reached = {}, 0, after
+while reached < head and examined < most and #found < limit do
+  local wanted = math.min(chunk, most - examined)
+  local entries = redis.call('XRANGE', stream, ms(reached + 1), '+', 'COUNT', wanted)
+  if #entries == 0 then reached = head break end
+  for _, entry in ipairs(entries) do
+    examined, reached = examined + 1, tonumber(revision_of(entry[1]))
+    local changed = entry[2][2]
+    local follows = key == '' and string.sub(changed, 1, #prefix) == prefix
+    if changed == key or follows then
+      found[#found + 1] = entry[2][6]
+      if #found == limit then break end
+    end
+  end
+end
+return {'ok', ms(reached), ms(head), found}
 """
 )
 
@@ -338,8 +494,9 @@ return kept
 """
 )
 
-# KEYS: a deadlines set (on a cluster, of one slot of the primary it runs on). ARGV: limit,
-# window, clock, history TTL, the index ('' on a cluster), then more deadline sets of slots of
+# KEYS: a deadlines set (on a cluster, of one slot of the primary it runs on) [then the feed's
+# keys, as _ON_KEY's]. ARGV: limit, window, clock, history TTL, the index ('' on a cluster),
+# the feed's channel and a life for it (as _ON_KEY's), then more deadline sets of slots of
 # the same primary (allow-cross-slot-keys: a script may touch keys of another slot on its
 # node only if it does not declare them). Settles up to `limit` keys whose deadline has
 # passed, the keys' hash and history named as `value_key` and `history_key` do. Replies how
@@ -353,8 +510,9 @@ local limit, window_ms, clock = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local ttl_ms = tonumber(ARGV[4])
 local index = ARGV[5] ~= '' and ARGV[5]
 local now = now_ms(clock)
+open_feed(KEYS, 2, ARGV[6], ARGV[7], now, window_ms)
 local sets = {KEYS[1]}
-for i = 6, #ARGV do sets[#sets + 1] = ARGV[i] end
+for i = 8, #ARGV do sets[#sets + 1] = ARGV[i] end
 local removed, visited, holding = 0, 0, {}
 for position, deadlines in ipairs(sets) do
   if removed >= limit then break end
@@ -367,6 +525,7 @@ for position, deadlines in ipairs(sets) do
   end
   if redis.call('EXISTS', deadlines) == 1 then holding[#holding + 1] = position end
 end
+if feed then trim_feed(limit) end
 return {removed, visited, unpack(holding)}
 """
 )
@@ -442,6 +601,7 @@ class Script:
 
 
 WRITE, EXPIRE, DELETE = Script(_WRITE), Script(_EXPIRE), Script(_DELETE)
+FEED_HEAD, CHANGES = Script(_FEED_HEAD), Script(_CHANGES)
 GET, HISTORY, SWEEP = Script(_GET), Script(_HISTORY), Script(_SWEEP)
 LIST, COUNT, UNEXPIRED = Script(_LIST), Script(_COUNT), Script(_UNEXPIRED)
 
@@ -482,3 +642,27 @@ def slot_deadlines_key(slot: int) -> str:
 def deadlines_key(key: str, cluster: bool) -> str:
     """The sorted set holding a key's deadline: one per slot on a cluster, one on a server."""
     return slot_deadlines_key(key_slot(key)) if cluster else DEADLINES_KEY
+
+
+def change_of(text: bytes) -> Change:
+    """A change as the scripts write it (`note`): `<revision> <op> <stamp> <key> <ETag>
+    <length of type> <type><bytes>`, op `=` a write, `-` a delete, `~` an expiry, the type ''
+    or `=` and the content type."""
+    revision, op, stamp, key, etag, type_length, rest = text.split(b" ", 6)
+    length = int(type_length)
+    content_type = rest[1:length].decode("utf-8", "replace") if length else None
+    return Change(
+        key.decode(),
+        int(revision),
+        rest[length:] if op == b"=" else None,
+        int(stamp),
+        etag.decode() or None,
+        content_type,
+        op == b"~",
+    )
+
+
+def published_change(message: bytes) -> tuple[str, Change]:
+    """The life and the change of a message on the feed's channel: `<life> <change>`."""
+    life, _, change = message.partition(b" ")
+    return life.decode(), change_of(change)

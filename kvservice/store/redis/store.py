@@ -1,7 +1,8 @@
 """`RedisStore`: the Store contract on Redis or Redis Cluster. Each operation is one command or
-one script (`scripts.py`, which also says where deadlines live) on the server that holds the
-key (`connection.py`); this module says what every reply and every failure means to a
-client."""
+one script (`scripts.py`, which also says where deadlines live and how the change feed is
+kept) on the server that holds the key (`connection.py`); this module says what every reply
+and every failure means to a client. Change listeners are told by a subscriber thread
+(`subscriber.py`). On a cluster the feed's methods raise FeedUnsupported."""
 
 from __future__ import annotations
 
@@ -18,19 +19,26 @@ import redis.exceptions as redis_errors
 
 from kvservice.store.model import (
     DEFAULT_PAGE_KEYS,
+    FEED_PAGE_CHANGES,
     MATCH_ANY,
     NO_CONDITION,
     NO_EXPIRY,
+    ChangeListener,
+    ChangePage,
     Clock,
     ExpireIf,
     Expiry,
     ExpiryChange,
+    FeedPosition,
+    FeedSelector,
+    FeedUnsupported,
     HistoryEntry,
     KeyExists,
     KeyNotFound,
     KeyPage,
     Precondition,
     PreconditionFailed,
+    ResumeGone,
     StoreFull,
     StoreMisconfigured,
     StoreStats,
@@ -39,34 +47,45 @@ from kvservice.store.model import (
 )
 from kvservice.store.redis.connection import LOOKUP, BoundedLookup, Server, Topology, topology
 from kvservice.store.redis.scripts import (
+    CHANGES,
     COUNT,
     DEADLINES_KEY,
     DELETE,
     EXPIRE,
+    FEED_CHANNEL,
+    FEED_HEAD,
+    FEED_KEY,
+    FEED_SCAN_MOST,
     GET,
     HISTORY,
     HISTORY_TTL_MARGIN_MS,
     INDEX_KEY,
+    LIFE_KEY,
     LIST,
     LISTING_CHUNK,
     LISTING_EXAMINES,
+    PRUNED_KEY,
+    REVISION_KEY,
     SWEEP,
     SWEEP_SLOTS_PER_CALL,
     UNEXPIRED,
     WRITE,
     Script,
+    change_of,
     deadlines_key,
     history_key,
     key_slot,
     slot_deadlines_key,
     value_key,
 )
+from kvservice.store.redis.subscriber import FeedSubscriber
 
 logger = logging.getLogger("kvservice.store.redis")
 
 _SCRIPT_COMMANDS = (
-    "DEL, EXISTS, HDEL, HGET, HMGET, HSET, LINDEX, LPOP, LRANGE, PERSIST, PEXPIRE, PEXPIREAT, "
-    "RPUSH, TIME, ZADD, ZCARD, ZCOUNT, ZRANGE, ZRANGEBYSCORE, ZREM and ZSCORE"
+    "DEL, EXISTS, GET, HDEL, HGET, HMGET, HSET, INCR, LINDEX, LPOP, LRANGE, PERSIST, PEXPIRE, "
+    "PEXPIREAT, PUBLISH, RPUSH, SET, TIME, XADD, XRANGE, XTRIM, ZADD, ZCARD, ZCOUNT, ZRANGE, "
+    "ZRANGEBYSCORE, ZREM and ZSCORE"
 )
 """What the scripts of `scripts.py` call: Redis's ACLs check those too."""
 _SCAN_COUNT = 1000
@@ -152,6 +171,8 @@ class RedisStore:
         """Cluster slots this store knows hold deadlines: a hint for the sweep, never the truth."""
         self._full_sweep_due = 0.0
         """time.monotonic() at which the cluster's sweep next visits every slot."""
+        self._subscriber: FeedSubscriber | None = None
+        self._subscriber_lock = threading.Lock()
         if topology.cluster:
             slot_deadlines_key(0)  # names every slot's set now, not in the first request
 
@@ -181,7 +202,11 @@ class RedisStore:
         )
 
     def close(self) -> None:
-        """Close every connection."""
+        """Stop telling listeners, and close every connection."""
+        with self._subscriber_lock:
+            subscriber = self._subscriber
+        if subscriber is not None:
+            subscriber.close()
         self._topology.close()
 
     # -- readiness and figures --------------------------------------------------------------
@@ -412,26 +437,124 @@ class RedisStore:
         self._note_deadline(key, value.expires_at_ms)
         return value
 
+    # -- the change feed --------------------------------------------------------------------
+
+    def feed_head(self) -> FeedPosition:
+        """The position after the newest change, of the feed's life (made now if it has none:
+        SET NX in Redis, so every replica shares it). Raises FeedUnsupported on a cluster."""
+        revision_key, _, _, life_key = self._feed_keys()
+        self._ensure_checked()
+        life, head = self._script(
+            FEED_HEAD,
+            "",
+            [revision_key, life_key],
+            [secrets.token_urlsafe(9)],
+            _Effect.NONE,
+        )
+        return FeedPosition(life.decode(), int(head))
+
+    def changes(
+        self, selector: FeedSelector, after: FeedPosition, limit: int = FEED_PAGE_CHANGES
+    ) -> ChangePage:
+        """As `Store.changes`, in one script (CHANGES) that reads at most FEED_SCAN_MOST of
+        the feed's entries: a page may come back short, even empty, and not caught up."""
+        keys = self._feed_keys()
+        self._ensure_checked()
+        reply = self._script(
+            CHANGES,
+            "",
+            keys,
+            [
+                after.life,
+                after.revision,
+                "" if selector.key is None else selector.key,
+                selector.prefix,
+                limit,
+                max(limit, FEED_SCAN_MOST),
+            ],
+            _Effect.NONE,
+        )
+        verdict = reply[0].decode()
+        if verdict == "life":
+            raise ResumeGone.of_another_life()
+        if verdict == "ahead":
+            raise ResumeGone.ahead(after.revision, int(reply[1]))
+        if verdict == "gone":
+            raise ResumeGone.left_the_window()
+        reached, head, changes = int(reply[1]), int(reply[2]), reply[3]
+        return ChangePage(
+            [change_of(change) for change in changes],
+            FeedPosition(after.life, reached),
+            reached == head,
+        )
+
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        """Tell `listener` of every change from now on, by a thread that subscribes to the
+        feed's channel (`subscriber.py`). Waits up to the store timeout for the subscription;
+        a listener added while Redis is away is told `interrupted()` once it is back."""
+        self._feed_keys()
+        with self._subscriber_lock:
+            if self._subscriber is None:
+                server = self._topology.primaries()[0]
+                self._subscriber = FeedSubscriber(
+                    server.subscription,
+                    self._feed_channel(),
+                    self.feed_head,
+                    self.timeout_s,
+                )
+            subscriber = self._subscriber
+        subscriber.add(listener)
+
+    def _feed_keys(self) -> list[str]:
+        """The feed's keys, as the scripts take them; raises FeedUnsupported on a cluster."""
+        if self._topology.cluster:
+            raise FeedUnsupported(
+                f"The store at {self.description} is a Redis Cluster, which cannot keep a change "
+                "feed: writes to keys on different nodes have no one order that a resume "
+                "position could name. Watching needs a single Redis (with replicas for "
+                "failover)."
+            )
+        return [REVISION_KEY, FEED_KEY, PRUNED_KEY, LIFE_KEY]
+
+    def _feed_channel(self) -> str:
+        """The feed's channel; '' on a cluster, where the scripts keep no feed."""
+        if self._topology.cluster:
+            return ""
+        return FEED_CHANNEL.format(database=self._topology.primaries()[0].database)
+
     # -- talking to Redis -------------------------------------------------------------------
 
     def _keys_of(self, key: str) -> list[str]:
-        """The KEYS of a script on one key: its hash, history, deadlines set, [the index]."""
+        """The KEYS of a script on one key: its hash, history, deadlines set, [the index and
+        the feed's keys]."""
         cluster = self._topology.cluster
         keys = [value_key(key), history_key(key), deadlines_key(key, cluster)]
-        return keys if cluster else [*keys, INDEX_KEY]
+        return keys if cluster else [*keys, INDEX_KEY, *self._feed_keys()]
 
     def _key_arguments(self, key: str) -> list[Any]:
         """The ARGV every script on one key starts with."""
         window = self.history_window_ms
-        return [key, window, self._clock_arg(), window + HISTORY_TTL_MARGIN_MS]
+        return [key, window, self._clock_arg(), window + HISTORY_TTL_MARGIN_MS, *self._feed()]
+
+    def _feed(self) -> list[str]:
+        """The feed's channel and a fresh life for it, should it have none, as the scripts
+        take them ('' and '' on a cluster: no feed)."""
+        channel = self._feed_channel()
+        return [channel, secrets.token_urlsafe(9) if channel else ""]
 
     def _sweep(self, sets: list[str], limit: int, index: str) -> list[Any]:
         """Run the sweep script over deadline sets of one server (see SWEEP for its reply)."""
         window = self.history_window_ms
-        arguments = [limit, window, self._clock_arg(), window + HISTORY_TTL_MARGIN_MS, index]
-        reply: list[Any] = self._script(
-            SWEEP, "", sets[:1], [*arguments, *sets[1:]], _Effect.SETTLES
-        )
+        arguments = [
+            limit,
+            window,
+            self._clock_arg(),
+            window + HISTORY_TTL_MARGIN_MS,
+            index,
+            *self._feed(),
+        ]
+        keys = sets[:1] if self._topology.cluster else [*sets[:1], *self._feed_keys()]
+        reply: list[Any] = self._script(SWEEP, "", keys, [*arguments, *sets[1:]], _Effect.SETTLES)
         return reply
 
     def _sweep_batches(self, every_slot: bool) -> list[list[int]]:
@@ -647,7 +770,8 @@ def _refusal(error: redis_errors.ResponseError, address: str) -> Exception:
         return StoreMisconfigured(
             f"Redis at {address} does not let kvservice's user run its commands ({error}); "
             "it needs EVALSHA, SCRIPT, SCAN and INFO, and the commands its scripts run: "
-            f"{_SCRIPT_COMMANDS}, on the keys kv:*"
+            f"{_SCRIPT_COMMANDS}, on the keys kv:*; and to watch, SUBSCRIBE and PING on the "
+            f"channels {FEED_CHANNEL.format(database='*')}"
         )
     logger.error("Redis at %s answered an error kvservice does not expect: %s", address, error)
     return StoreUnavailable(f"Redis at {address} answered with an error: {error}.")
