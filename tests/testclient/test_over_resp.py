@@ -41,7 +41,7 @@ from tests.support.fakes import (
     serve_wsgi,
 )
 from tests.support.rawresp import running_resp
-from tests.support.servers import http_settings
+from tests.support.servers import change_feed, http_settings
 from tests.testclient.test_checks import BROKEN_PROMISES, BrokenPromise, failure_report
 
 CAPABLE_EVERYWHERE = [
@@ -73,11 +73,13 @@ class KVService:
 @pytest.fixture(scope="module")
 def kv_service() -> Iterator[KVService]:
     store = MemoryStore()
-    http = Server(create_kv_app(store), http_settings(threads=16, socket_timeout_s=2.0))
-    http.start()
-    with running_resp(store) as resp:
-        yield KVService(store, f"http://127.0.0.1:{http.port}", resp.url)
-    http.stop()
+    with change_feed(store) as feed:
+        app = create_kv_app(store, feed=feed)
+        http = Server(app, http_settings(threads=16, socket_timeout_s=2.0))
+        http.start()
+        with running_resp(store) as resp:
+            yield KVService(store, f"http://127.0.0.1:{http.port}", resp.url)
+        http.stop()
 
 
 @pytest.fixture
