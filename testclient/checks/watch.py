@@ -97,10 +97,9 @@ def check_watch(run: CheckRun, client: KVClient) -> None:
             _made(run, f"PUT {first} again", client.put(first, b"three"), first, b"three"),
             _made(run, f"DELETE {second}", client.delete(second), second, None),
         ]
-        seen = _expect_changes(
-            run, "the watch hands out each write once, in order", watch, client, marker, markers
-        )
-        _expect_changes_are(run, seen, made)
+        step = "the watch hands out each write once, in order, up to the end marker"
+        seen = _expect_changes(run, step, watch, client, marker, markers)
+        _expect_changes_are(run, step, seen, made)
     resume_from = seen.last_position
     run.expect(
         "every change carries its own position (its event id)",
@@ -123,15 +122,9 @@ def check_watch(run: CheckRun, client: KVClient) -> None:
     ]
     with client.watch(prefix=prefix, resume=resume_from) as watch:
         _require_opened(run, f"watch {prefix} again from {resume_from}, the last position", watch)
-        resumed = _expect_changes(
-            run,
-            "the resumed watch hands out exactly the writes made while none was open",
-            watch,
-            client,
-            marker,
-            markers,
-        )
-        _expect_changes_are(run, resumed, missed)
+        step = "the resumed watch hands out exactly the writes made while none was open"
+        resumed = _expect_changes(run, step, watch, client, marker, markers)
+        _expect_changes_are(run, step, resumed, missed)
 
     _expect_long_poll(run, client, first, resume_from, [None, b"four"])
     _expect_long_poll(run, client, third, resume_from, [b"five"])
@@ -200,7 +193,9 @@ def _expect_changes(
     raise AssertionError("unreachable: require raised on the step above")
 
 
-def _expect_changes_are(run: CheckRun, received: Received, made: Sequence[Expected]) -> bool:
+def _expect_changes_are(
+    run: CheckRun, step: str, received: Received, made: Sequence[Expected]
+) -> bool:
     """The changes before the end marker are exactly `made`, in order; a failure names the
     first difference."""
     shown = [Expected(c.key, c.value, c.version, c.type) for c in received.changes]
@@ -208,10 +203,7 @@ def _expect_changes_are(run: CheckRun, received: Received, made: Sequence[Expect
     actual = "[" + ", ".join(map(str, received.changes)) + "]"
     if shown != list(made):
         actual += f"; {_first_difference(shown, made)}"
-    return run.expect(
-        "the changes before the end marker, in order, each once",
-        Expectation(expected, actual, shown == list(made)),
-    )
+    return run.expect(step, Expectation(expected, actual, shown == list(made)))
 
 
 def _first_difference(shown: Sequence[Expected], made: Sequence[Expected]) -> str:
@@ -286,12 +278,6 @@ def _expect_long_poll_then_watch(
     assert polled.position is not None
     with client.watch(prefix=prefix, resume=polled.position) as watch:
         _require_opened(run, f"watch {prefix} from the long-poll's {polled.position}", watch)
-        after_poll = _expect_changes(
-            run,
-            "the watch resumed from the long-poll's position hands out only what followed",
-            watch,
-            client,
-            marker,
-            markers,
-        )
-        _expect_changes_are(run, after_poll, [])
+        step = "the watch resumed from the long-poll's position hands out only what followed"
+        after_poll = _expect_changes(run, step, watch, client, marker, markers)
+        _expect_changes_are(run, step, after_poll, [])

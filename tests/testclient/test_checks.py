@@ -356,32 +356,32 @@ BROKEN_PROMISES = [
         FeedDropsAChangeKV,
         "test_watch",
         (
-            ("the changes before the end marker, in order, each once", "b'two' version"),
-            ("the changes before the end marker, in order, each once", "a is missing"),
+            ("each write once, in order", "b'two' version"),
+            ("exactly the writes made while none was open", "a is missing"),
         ),
     ),
     BrokenPromise(
         FeedDuplicatesAChangeKV,
         "test_watch",
         (
-            ("the changes before the end marker", "(a repeat, where put"),
+            ("each write once, in order", "(a repeat, where put"),
             ("every change carries its own position", "-2, "),
-            ("the changes before the end marker", "(a repeat, where put"),
+            ("exactly the writes made while none was open", "(a repeat, where put"),
         ),
     ),
     BrokenPromise(
         FeedReordersTwoChangesKV,
         "test_watch",
         (
-            ("the changes before the end marker", "(out of order: put"),
-            ("the changes before the end marker", "(out of order: delete"),
+            ("each write once, in order", "(out of order: put"),
+            ("exactly the writes made while none was open", "(out of order: delete"),
         ),
     ),
     BrokenPromise(
         FeedResumesFromStartKV,
         "test_watch",
         (
-            ("the changes before the end marker", "change 0 is put tcwatch"),
+            ("exactly the writes made while none was open", "change 0 is put tcwatch"),
             ("long-poll the history of tcwatch", "4 entries where 2 belong"),
             ("waiting up to 5000 ms: the write", "where b'six' belongs; check stopped"),
         ),
