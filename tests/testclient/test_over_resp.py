@@ -158,6 +158,19 @@ def test_what_resp_cannot_express_is_unsupported_and_sends_nothing(
     assert resp_client.capabilities == frozenset({Capability.EXPIRY})
 
 
+def test_resp_has_no_feed_to_watch_or_long_poll_and_says_so(resp_client: RespKVClient) -> None:
+    watch = resp_client.watch(prefix="rk")
+    long_poll = resp_client.history("rkun", after="a-1", wait_ms=10)
+
+    assert (watch.outcome, long_poll.outcome) == (Outcome.UNSUPPORTED, Outcome.UNSUPPORTED)
+    assert (
+        watch.evidence
+        == long_poll.evidence
+        == ("RESP has no change feed to watch and resume from; nothing was sent")
+    )
+    assert watch.next_event(0.01) is None
+
+
 def test_keys_expire_with_set_px_and_report_it_with_pexpiretime(
     resp_client: RespKVClient,
 ) -> None:
