@@ -11,6 +11,7 @@ repeated or handed out late is caught wherever it falls, without waiting for a s
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import threading
 from collections.abc import Iterator, Sequence
@@ -40,22 +41,6 @@ EVENT_TIMEOUT_S = 5.0
 far below the bookmark interval a silent watch would otherwise end on."""
 LONG_POLL_WAIT_MS = 5000
 """The long-poll's wait: the write it waits for is made at once, so it returns far sooner."""
-
-
-@dataclass(frozen=True)
-class Expected:
-    """A change the check made: what a watcher must be told of it."""
-
-    key: str
-    value: bytes | None
-    version: str | None
-    type: ChangeType
-
-    def __str__(self) -> str:
-        text = f"{self.type.value} {self.key}"
-        if self.type is ChangeType.PUT:
-            text += f" = {describe_value(self.value)} version {self.version}"
-        return text
 
 
 @dataclass(frozen=True)
@@ -143,16 +128,26 @@ def _require_opened(run: CheckRun, step: str, watch: Watch) -> None:
     )
 
 
+_UNKNOWN_MS = 0
+"""The timestamp of a change the check made: the service's clock sets it, so it is not
+compared (nor is the revision): only the key, value, version and type are known before."""
+
+
+def _as_made(change: FeedChange) -> FeedChange:
+    """`change` with only what the check knows of the write it made."""
+    return dataclasses.replace(change, timestamp_ms=_UNKNOWN_MS, revision=None)
+
+
 _WRITE_SUCCESS = {"PUT": Outcome.STORED, "POST": Outcome.CREATED, "DELETE": Outcome.DELETED}
 """A write step's first word -> the outcome it must have."""
 
 
-def _made(run: CheckRun, step: str, reply: Reply, key: str, value: bytes | None) -> Expected:
+def _made(run: CheckRun, step: str, reply: Reply, key: str, value: bytes | None) -> FeedChange:
     """Require that the write `step` names succeeded; the change a watcher must be told of."""
     run.require(step, outcome_is(reply, _WRITE_SUCCESS[step.split(" ", 1)[0]]))
     if value is None:
-        return Expected(key, None, None, ChangeType.DELETE)
-    return Expected(key, value, reply.version, ChangeType.PUT)
+        return FeedChange(key, None, _UNKNOWN_MS, None, ChangeType.DELETE)
+    return FeedChange(key, value, _UNKNOWN_MS, reply.version, ChangeType.PUT)
 
 
 def _expect_changes(
@@ -194,11 +189,11 @@ def _expect_changes(
 
 
 def _expect_changes_are(
-    run: CheckRun, step: str, received: Received, made: Sequence[Expected]
+    run: CheckRun, step: str, received: Received, made: Sequence[FeedChange]
 ) -> bool:
     """The changes before the end marker are exactly `made`, in order; a failure names the
     first difference."""
-    shown = [Expected(c.key, c.value, c.version, c.type) for c in received.changes]
+    shown = [_as_made(change) for change in received.changes]
     expected = "[" + ", ".join(map(str, made)) + "] then the end marker"
     actual = "[" + ", ".join(map(str, received.changes)) + "]"
     if shown != list(made):
@@ -206,7 +201,7 @@ def _expect_changes_are(
     return run.expect(step, Expectation(expected, actual, shown == list(made)))
 
 
-def _first_difference(shown: Sequence[Expected], made: Sequence[Expected]) -> str:
+def _first_difference(shown: Sequence[FeedChange], made: Sequence[FeedChange]) -> str:
     for number, (got, wanted) in enumerate(zip(shown, made, strict=False)):
         if got != wanted:
             return f"change {number} is {got} ({_what_is_wrong(got, number, shown, made)})"
@@ -214,7 +209,7 @@ def _first_difference(shown: Sequence[Expected], made: Sequence[Expected]) -> st
 
 
 def _what_is_wrong(
-    got: Expected, number: int, shown: Sequence[Expected], made: Sequence[Expected]
+    got: FeedChange, number: int, shown: Sequence[FeedChange], made: Sequence[FeedChange]
 ) -> str:
     """Why change `number`, `got`, is not the one made at that place."""
     wanted = made[number]
