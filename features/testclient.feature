@@ -5,7 +5,7 @@ Feature: The test client proves a running kvservice behaves
   Scenario: The index lists every check and the kvservice it tests
     When I open the test client's index
     Then the status is 200
-    And the index lists test_deletion, test_overwrite, test_history, test_create_only, test_conditional_writes, test_validation, test_binary_values, test_content_types, test_listing, test_tokens, test_expiry, test_all
+    And the index lists test_deletion, test_overwrite, test_history, test_create_only, test_conditional_writes, test_validation, test_binary_values, test_content_types, test_listing, test_tokens, test_expiry, test_watch, test_all
     And the index names the kvservice under test
 
   Scenario Outline: Each check passes against the running kvservice
@@ -25,6 +25,7 @@ Feature: The test client proves a running kvservice behaves
       | test_content_types      |
       | test_listing            |
       | test_expiry             |
+      | test_watch              |
 
   Scenario: All checks at once
     When I run the test client's /test_all

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from tests.support.redis_servers import (
     running_cluster,
     running_redis,
 )
-from tests.support.servers import http_settings
+from tests.support.servers import change_feed, http_settings
 
 StartKV = Callable[..., str]
 
@@ -40,22 +41,25 @@ def background_stops() -> Iterator[list[threading.Thread]]:
 @pytest.fixture
 def start_kv(background_stops: list[threading.Thread]) -> Iterator[StartKV]:
     """Start kvservice servers on a given store, or a MemoryStore with these options, behind
-    the store service as kvservice serves it, and custom ServerSettings; returns the base
-    URL."""
+    the store service and with the change feed as kvservice serves it, and custom
+    ServerSettings; returns the base URL."""
     servers: list[Server] = []
+    feeds = ExitStack()
 
     def start(
         *, store: Store | None = None, settings: ServerSettings | None = None, **store_options: Any
     ) -> str:
         store = StoreService(store or MemoryStore(**store_options))
+        feed = feeds.enter_context(change_feed(store))
         # As kvservice runs it: where requests are served is the execution policy's.
         default = http_settings(threads=8, socket_timeout_s=2.0, execution=execution_for(store))
-        server = Server(create_app(store), settings or default)
+        server = Server(create_app(store, feed=feed), settings or default)
         server.start()
         servers.append(server)
         return f"http://127.0.0.1:{server.port}"
 
     yield start
+    feeds.close()  # as kvservice stops: watchers are told first, then the servers drain
     for server in servers:
         stop = threading.Thread(target=server.stop)
         stop.start()

@@ -28,6 +28,9 @@ from testclient.checks import tokens
 from testclient.checks import expiry
 
 # isort: split
+from testclient.checks import watch
+
+# isort: split
 from testclient.checks.framework import (
     ALL_CHECKS,
     CHECKS,
@@ -60,5 +63,6 @@ __all__ = [
     "run_checks",
     "tokens",
     "values",
+    "watch",
     "writes",
 ]

@@ -9,6 +9,12 @@ Every request carries a fresh `X-Request-ID` (32 hex digits), kept in the reply,
 failing step names the request to look for in kvservice's access log. `identify` asks
 `GET /_health` and accepts only kvservice's answer: 200, JSON, an object whose status is "ok"
 and whose service is "kvservice" (the test client's own /_health says "ok" too).
+
+The change feed: `watch` is `GET /_watch?key=K` or `?prefix=P` (resuming with the
+`Last-Event-ID` header), read as Server-Sent Events by `HTTPWatch` through `sse.py`'s parser,
+one piece of the body at a time as it arrives; the long-poll is `history(key, after=,
+wait_ms=)`, whose `KV-Position` header is the position to resume from. A 410 says the
+position can no longer be served; its problem's `position` member says where to start again.
 """
 
 from __future__ import annotations
@@ -20,18 +26,24 @@ import functools
 import json
 import re
 import secrets
-from collections.abc import Mapping
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
 import requests
+import urllib3
 
 from testclient.clients.pool import IdlePool
 from testclient.clients.protocol import (
     DEFAULT_TIMEOUT_S,
     NO_CREDENTIALS,
     Capability,
+    ChangeType,
     Credentials,
+    FeedChange,
+    FeedEvent,
     HistoryEntry,
     HistoryReply,
     KeysReply,
@@ -39,7 +51,10 @@ from testclient.clients.protocol import (
     KVUnreachable,
     Outcome,
     Reply,
+    UnopenedWatch,
+    Watch,
 )
+from testclient.clients.sse import MAX_LINE_BYTES, EventStreamError, EventStreamParser, SSEEvent
 
 _EVIDENCE_BODY_CHARS = 200
 _REFUSALS = (401, 403)
@@ -59,13 +74,21 @@ _DELETE_OUTCOMES = {
     404: Outcome.NOT_FOUND,
     412: Outcome.PRECONDITION_FAILED,
 }
-_HISTORY_OUTCOMES = {200: Outcome.FOUND, 400: Outcome.INVALID}
+_HISTORY_OUTCOMES = {200: Outcome.FOUND, 400: Outcome.INVALID, 410: Outcome.GONE}
+_WATCH_OUTCOMES = {200: Outcome.WATCHING, 400: Outcome.INVALID, 410: Outcome.GONE}
 _KEYS_OUTCOMES = {200: Outcome.FOUND, 400: Outcome.INVALID}
 
 _HISTORY_FIELDS = {"value", "timestamp", "encoding", "expired"}
 EXPIRES_AT_HEADER = "KV-Expires-At"
 _EPOCH_MS = re.compile(r"[0-9]{1,15}")
 _HEALTH_OUTCOMES = {200: Outcome.FOUND}
+
+POSITION_HEADER = "KV-Position"
+EVENT_STREAM = "text/event-stream"
+_BODY_PIECE_BYTES = 16 * 1024
+"""The most one read of a watch's body takes: what a piece of the stream may cost at once."""
+_CHANGE_FIELDS = {"key", "value", "timestamp", "etag", "type", "revision", "encoding"}
+_CHANGE_TYPES = {change_type.value: change_type for change_type in ChangeType}
 
 REQUEST_ID_HEADER = "X-Request-ID"
 
@@ -183,13 +206,27 @@ class HTTPKVClient:
             return Reply(Outcome.UNEXPECTED, evidence=evidence, request_id=request_id)
         return Reply(outcome, expires_at_ms=int(header), evidence=evidence, request_id=request_id)
 
-    def history(self, key: str) -> HistoryReply:
-        """GET /<key>/history: a JSON list, newest first; base64 entries are decoded."""
+    def history(
+        self, key: str, *, after: str | None = None, wait_ms: int | None = None
+    ) -> HistoryReply:
+        """GET /<key>/history[?after=<position>][&wait=<n>ms]: a JSON list, newest first;
+        base64 entries are decoded; the KV-Position header is kept. A long-poll's read
+        timeout is the client's plus the wait."""
+        query = {}
+        if after is not None:
+            query["after"] = after
+        timeout = self.timeout
+        if wait_ms is not None:
+            query["wait"] = f"{wait_ms}ms"
+            timeout = (self.timeout[0], self.timeout[1] + wait_ms / 1000)
         response, outcome, evidence, request_id = self._exchange(
-            "GET", key, _HISTORY_OUTCOMES, path_suffix="/history"
+            "GET", key, _HISTORY_OUTCOMES, path_suffix="/history", query=query, timeout=timeout
         )
+        position = None if response is None else response.headers.get(POSITION_HEADER)
         if response is None or outcome is not Outcome.FOUND:
-            return HistoryReply(outcome, evidence=evidence, request_id=request_id)
+            return HistoryReply(
+                outcome, evidence=evidence, request_id=request_id, position=position
+            )
         media_type = _media_type(response)
         if media_type != "application/json":
             return HistoryReply(
@@ -205,7 +242,30 @@ class HTTPKVClient:
                 evidence=f"{evidence}, but the body is malformed: {error}",
                 request_id=request_id,
             )
-        return HistoryReply(outcome, entries, evidence, request_id)
+        return HistoryReply(outcome, entries, evidence, request_id, position)
+
+    def watch(
+        self, *, key: str | None = None, prefix: str | None = None, resume: str | None = None
+    ) -> Watch:
+        """GET /_watch?key=K or ?prefix=P (Last-Event-ID: resume): 200 text/event-stream,
+        read by an `HTTPWatch`; 410 with the position to start again from."""
+        query = {name: value for name, value in (("key", key), ("prefix", prefix)) if value}
+        headers = {"Accept": EVENT_STREAM}
+        if resume is not None:
+            headers["Last-Event-ID"] = resume
+        response, outcome, evidence, request_id = self._request(
+            "GET", "/_watch", _WATCH_OUTCOMES, headers=headers, query=query, stream=True
+        )
+        if response is None:
+            return UnopenedWatch(outcome, evidence, request_id)
+        if outcome is Outcome.WATCHING and _media_type(response) == EVENT_STREAM:
+            return HTTPWatch(response, evidence, request_id)
+        if outcome is Outcome.WATCHING:
+            outcome = Outcome.UNEXPECTED
+            evidence += f", but Content-Type is {_media_type(response)!r}, not {EVENT_STREAM}"
+        restart = _problem_member(response, "position") if outcome is Outcome.GONE else None
+        response.close()
+        return UnopenedWatch(outcome, evidence, request_id, restart)
 
     def list_keys(self, prefix: str, *, limit: int, page: str | None = None) -> KeysReply:
         """GET /_keys?prefix=P&limit=N&after=K: {"keys": [...], "next": K or null}."""
@@ -277,10 +337,13 @@ class HTTPKVClient:
         body: bytes | None = None,
         path_suffix: str = "",
         query: dict[str, str] | None = None,
+        timeout: tuple[float, float] | None = None,
     ) -> tuple[requests.Response | None, Outcome, str, str]:
         """One request about `key`: see `_request`."""
         path = self._path(key) + path_suffix
-        return self._request(method, path, outcomes, headers=headers, body=body, query=query)
+        return self._request(
+            method, path, outcomes, headers=headers, body=body, query=query, timeout=timeout
+        )
 
     def _request(
         self,
@@ -291,9 +354,13 @@ class HTTPKVClient:
         headers: dict[str, str] | None = None,
         body: bytes | None = None,
         query: dict[str, str] | None = None,
+        timeout: tuple[float, float] | None = None,
+        stream: bool = False,
     ) -> tuple[requests.Response | None, Outcome, str, str]:
         """Send one request with a fresh X-Request-ID; returns the response (None if
-        unreadable), its outcome, evidence and the request ID."""
+        unreadable), its outcome, evidence and the request ID. With `stream`, a successful
+        response's body is left to the caller to read (and close)."""
+        timeout = timeout or self.timeout
         url = self.base_url + path
         request_id = new_request_id()
         headers = {**(headers or {}), REQUEST_ID_HEADER: request_id}
@@ -305,13 +372,14 @@ class HTTPKVClient:
                     params=query,
                     data=body,
                     headers=headers,
-                    timeout=self.timeout,
+                    timeout=timeout,
                     allow_redirects=False,
+                    stream=stream,
                     # Per request: requests lets REQUESTS_CA_BUNDLE override a session's.
                     verify=self.credentials.ca_cert or True,
                 )
         except requests.Timeout as error:
-            connect_s, read_s = self.timeout
+            connect_s, read_s = timeout
             raise KVUnreachable(
                 f"{method} {url}: timed out (connect {connect_s:g} s, read {read_s:g} s): "
                 f"{_root_cause(error)} (X-Request-ID {request_id})"
@@ -326,6 +394,171 @@ class HTTPKVClient:
             raise KVRefused(f"{method} {url}: {_evidence(response)}")
         outcome = outcomes.get(response.status_code, Outcome.UNEXPECTED)
         return response, outcome, _evidence(response), request_id
+
+
+class HTTPWatch:
+    """An open `GET /_watch`: its events, read and parsed as they arrive.
+
+    `next_event` sets the socket's timeout to what is left of its own before each read. A
+    read that times out ends the watch (the HTTP reader cannot pick up again inside a chunk),
+    and so does the end of the body, a body that breaks the event stream's bounds, a change
+    whose data is off the contract, or an `error` event (after handing it out).
+    """
+
+    outcome = Outcome.WATCHING
+    restart_position = None
+
+    def __init__(
+        self,
+        response: requests.Response,
+        evidence: str,
+        request_id: str,
+        max_line_bytes: int = MAX_LINE_BYTES,
+    ) -> None:
+        self.evidence = evidence
+        self.request_id = request_id
+        self.ended: str | None = None
+        self._response = response
+        self._pieces = _body_pieces(response.raw)
+        self._parser = EventStreamParser(max_line_bytes)
+        self._ready: deque[FeedEvent] = deque()
+
+    def next_event(self, timeout_s: float) -> FeedEvent | None:
+        """The next event within `timeout_s`; None (and the watch ended) when none came."""
+        deadline = time.monotonic() + timeout_s
+        while not self._ready and self.ended is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._end(f"no event within {timeout_s:g} s")
+                break
+            self._read_piece(remaining, timeout_s)
+        return self._ready.popleft() if self._ready else None
+
+    def _read_piece(self, remaining_s: float, timeout_s: float) -> None:
+        _set_read_timeout(self._response, remaining_s)
+        try:
+            piece = next(self._pieces, b"")
+        except urllib3.exceptions.ReadTimeoutError:
+            return self._end(f"no event within {timeout_s:g} s")
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as error:
+            return self._end(f"the stream broke: {error}")
+        if not piece:
+            return self._end("the service ended the stream")
+        try:
+            for event in self._parser.feed(piece):
+                feed_event = _feed_event(event)
+                if feed_event is not None:
+                    self._ready.append(feed_event)
+                    if feed_event.error is not None:
+                        return self._end(f"the service sent an error: {feed_event.error}")
+        except (EventStreamError, ValueError) as error:
+            self._end(f"unreadable event stream: {error}")
+        return None
+
+    def _end(self, why: str) -> None:
+        if self.ended is None:
+            self.ended = why
+        self._response.close()
+
+    def close(self) -> None:
+        """Close the connection; no more events."""
+        self._end("closed by the client")
+
+    def __enter__(self) -> HTTPWatch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __str__(self) -> str:
+        return f"{self.outcome.value} [{self.evidence}; X-Request-ID {self.request_id}]"
+
+
+def _body_pieces(raw: Any) -> Iterator[bytes]:
+    """The body as it arrives: chunk by chunk (at most _BODY_PIECE_BYTES at once) when
+    chunked, else whatever one read gives."""
+    if raw.chunked and raw.supports_chunked_reads():
+        yield from raw.read_chunked(_BODY_PIECE_BYTES)
+        return
+    while piece := raw.read1(_BODY_PIECE_BYTES):
+        yield piece
+
+
+def _set_read_timeout(response: requests.Response, seconds: float) -> None:
+    """The socket under a streamed response waits at most `seconds` for its next bytes
+    (where urllib3 exposes it; else the request's read timeout applies)."""
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    if sock is not None:
+        sock.settimeout(max(seconds, 0.001))
+
+
+def _feed_event(event: SSEEvent) -> FeedEvent | None:
+    """A change, a bookmark or an error from an SSE event; None for a type kvservice does
+    not send. Raises ValueError for one off the contract."""
+    reader = _EVENT_READERS.get(event.event)
+    return None if reader is None else reader(event)
+
+
+def _change_event(event: SSEEvent) -> FeedEvent:
+    return FeedEvent(event.id, change=_feed_change(event.data))
+
+
+def _bookmark_event(event: SSEEvent) -> FeedEvent:
+    document = json.loads(event.data)
+    position = document.get("position") if isinstance(document, dict) else None
+    if not isinstance(position, str):
+        raise ValueError(f'a bookmark without a "position": {event.data[:200]}')
+    if event.id is not None and event.id != position:
+        raise ValueError(f"a bookmark whose id {event.id!r} is not its position {position!r}")
+    return FeedEvent(position)
+
+
+def _error_event(event: SSEEvent) -> FeedEvent:
+    try:
+        problem = json.loads(event.data)
+    except ValueError:
+        problem = None
+    if isinstance(problem, dict):
+        return FeedEvent(event.id, error=f"{problem.get('status')}: {problem.get('detail')}")
+    return FeedEvent(event.id, error=event.data[:_EVIDENCE_BODY_CHARS])
+
+
+_EVENT_READERS = {"change": _change_event, "bookmark": _bookmark_event, "error": _error_event}
+
+
+def _feed_change(data: str) -> FeedChange:
+    """Decode a change event's JSON, refusing anything off the contract (ValueError)."""
+    item = json.loads(data)
+    if not isinstance(item, dict) or not (
+        {"key", "value", "timestamp", "etag", "type"} <= item.keys() <= _CHANGE_FIELDS
+    ):
+        raise ValueError(f"a change that is not the change object: {data[:200]}")
+    key, etag, revision = item["key"], item["etag"], item.get("revision")
+    change_type = _CHANGE_TYPES.get(item["type"]) if isinstance(item["type"], str) else None
+    if not isinstance(key, str) or change_type is None:
+        raise ValueError(f"a change without a string key and a known type: {data[:200]}")
+    if not (etag is None or isinstance(etag, str)) or not (
+        revision is None or _is_integer(revision)
+    ):
+        raise ValueError(f"a change whose etag or revision is malformed: {data[:200]}")
+    if not _is_integer(item["timestamp"]):
+        raise ValueError(f"a change whose timestamp is not an integer: {data[:200]}")
+    value = _decoded(f"the change of {key!r}", item["value"], item.get("encoding"))
+    return FeedChange(key, value, item["timestamp"], etag, change_type, revision)
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _problem_member(response: requests.Response, name: str) -> str | None:
+    """A string member of the response's problem document (None: none)."""
+    try:
+        problem = response.json()
+    except ValueError:
+        return None
+    member = problem.get(name) if isinstance(problem, dict) else None
+    return member if isinstance(member, str) else None
 
 
 def _new_session(credentials: Credentials) -> requests.Session:
@@ -395,17 +628,23 @@ def _history_entry(position: int, item: object) -> HistoryEntry:
         if item["expired"] is not True or value is not None or encoding is not None:
             raise ValueError(f"{where} is an expiry but not {{value: null, expired: true}}")
         return HistoryEntry(None, timestamp, expired=True)
+    return HistoryEntry(_decoded(where, value, encoding), timestamp)
+
+
+def _decoded(where: str, value: object, encoding: object) -> bytes | None:
+    """A value as kvservice's JSON carries it: text, base64 with `"encoding": "base64"`, or
+    null for a delete (without an encoding)."""
     if value is None:
         if encoding is not None:
-            raise ValueError(f"{where} is a delete with an encoding: {item!r}")
-        return HistoryEntry(None, timestamp)
+            raise ValueError(f"{where} is a delete with an encoding")
+        return None
     if not isinstance(value, str):
         raise ValueError(f"{where} has a value that is neither a string nor null: {value!r}")
     if encoding is None:
-        return HistoryEntry(value.encode("utf-8"), timestamp)
+        return value.encode("utf-8")
     if encoding != "base64":
         raise ValueError(f"{where} has an unknown encoding {encoding!r}")
     try:
-        return HistoryEntry(base64.b64decode(value, validate=True), timestamp)
+        return base64.b64decode(value, validate=True)
     except binascii.Error as error:
         raise ValueError(f"{where} is not valid base64: {error}") from error

@@ -15,6 +15,12 @@ Keys may be written with a time to live (`put(..., ttl_ms=)`), and `expiry` read
 a key has; a transport whose history cannot tell an expiry from a delete says so
 (`Capability.EXPIRY_ENTRIES`).
 
+The change feed (`Capability.WATCH`): `watch` opens a `Watch` of a key or a prefix, live or
+resumed from a position (an event's id), whose `next_event` hands out `FeedEvent`s (a change,
+a bookmark, or the error the stream ended with); `history(key, after=, wait_ms=)` is the
+long-poll, its reply carrying the position to resume from. Positions are opaque tokens, the
+same in both.
+
 Over HTTP each request carries a fresh `X-Request-ID`, and the reply keeps it (`request_id`),
 so a failing step names the line to look for in kvservice's access log.
 
@@ -72,6 +78,10 @@ class Outcome(StrEnum):
     INVALID = "invalid request"
     TOO_LARGE = "value too large"
     STORE_FULL = "store full"
+    WATCHING = "watching"
+    """A watch was opened: its events follow."""
+    GONE = "resume position gone"
+    """The position asked to resume from can no longer be served (HTTP 410)."""
     UNEXPECTED = "unexpected answer"
     UNSUPPORTED = "not supported by this transport"
     """Nothing was sent: the transport cannot express the request (see `Capability`)."""
@@ -84,6 +94,7 @@ class Capability(StrEnum):
     CONTENT_TYPES = "content types"
     EXPIRY = "keys that expire"
     EXPIRY_ENTRIES = "history entries that tell an expiry from a delete"
+    WATCH = "change feed to watch and resume from"
 
 
 def describe_value(value: bytes | None) -> str:
@@ -150,6 +161,8 @@ class HistoryReply:
     entries: tuple[HistoryEntry, ...] = ()
     evidence: str = ""
     request_id: str | None = None
+    position: str | None = None
+    """The feed position to resume from (HTTP `KV-Position`; None: the transport gave none)."""
 
     @property
     def values(self) -> list[bytes | None]:
@@ -181,6 +194,134 @@ class KeysReply:
             text = f"[{', '.join(self.keys)}] ({more})"
         else:
             text = self.outcome.value
+        return _with_evidence(text, self.evidence, self.request_id)
+
+
+class ChangeType(StrEnum):
+    """What a change in the feed did to its key."""
+
+    PUT = "put"
+    """A write (PUT, POST, SET)."""
+    DELETE = "delete"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class FeedChange:
+    """One change as a watcher receives it: the key, its new value (None for a delete or an
+    expiry), when it was applied, the version it gave the key (None for a delete or an
+    expiry) and what kind of change it was."""
+
+    key: str
+    value: bytes | None
+    timestamp_ms: int
+    version: str | None
+    type: ChangeType
+    revision: int | None = None
+    """The feed's own sequence number, when the transport shows it."""
+
+    def __str__(self) -> str:
+        text = f"{self.type.value} {self.key}"
+        if self.type is ChangeType.PUT:
+            text += f" = {describe_value(self.value)} version {self.version}"
+        return text
+
+
+@dataclass(frozen=True)
+class FeedEvent:
+    """One event of a watch: a change, a bookmark (a position and nothing else), or the
+    error the stream ended with (`error`: what the service said)."""
+
+    position: str | None
+    """The event's id: the token to resume after it (None: the event had none)."""
+    change: FeedChange | None = None
+    error: str | None = None
+
+    @property
+    def is_bookmark(self) -> bool:
+        """A position without a change or an error."""
+        return self.change is None and self.error is None
+
+    def __str__(self) -> str:
+        if self.change is not None:
+            return f"{self.change} at {self.position}"
+        if self.error is not None:
+            return f"error {self.error}"
+        return f"bookmark {self.position}"
+
+
+class Watch(Protocol):
+    """An open watch: its outcome (WATCHING when events follow), then its events; close it
+    (or use it as a context manager) when done."""
+
+    @property
+    def outcome(self) -> Outcome:
+        """WATCHING, or why not: INVALID, GONE (see `restart_position`), UNSUPPORTED, ..."""
+        ...
+
+    @property
+    def evidence(self) -> str:
+        """What came back on the wire when it was opened."""
+        ...
+
+    @property
+    def request_id(self) -> str | None:
+        """The X-Request-ID the watch was opened with (None: the transport has none)."""
+        ...
+
+    @property
+    def restart_position(self) -> str | None:
+        """With GONE: the position the service says to start again from (None: it gave none)."""
+        ...
+
+    @property
+    def ended(self) -> str | None:
+        """Why no more events will come (None while the watch is open)."""
+        ...
+
+    def next_event(self, timeout_s: float) -> FeedEvent | None:
+        """The next event, waiting at most `timeout_s`; None when none came in time or the
+        stream has ended, after which `ended` says why and the watch is over."""
+        ...
+
+    def close(self) -> None:
+        """Stop watching; `next_event` answers None afterwards."""
+        ...
+
+    def __enter__(self) -> Watch: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+
+@dataclass(frozen=True)
+class UnopenedWatch:
+    """A `Watch` that was not opened: the outcome saying why, and no events."""
+
+    outcome: Outcome
+    evidence: str = ""
+    request_id: str | None = None
+    restart_position: str | None = None
+
+    @property
+    def ended(self) -> str | None:
+        return f"it was not opened: {self.outcome.value}"
+
+    def next_event(self, timeout_s: float) -> FeedEvent | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> UnopenedWatch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def __str__(self) -> str:
+        text = self.outcome.value
+        if self.restart_position is not None:
+            text += f", start again from {self.restart_position}"
         return _with_evidence(text, self.evidence, self.request_id)
 
 
@@ -224,8 +365,20 @@ class KVClient(Protocol):
         the key has no value."""
         ...
 
-    def history(self, key: str) -> HistoryReply:
-        """The key's writes within the history window, newest first."""
+    def history(
+        self, key: str, *, after: str | None = None, wait_ms: int | None = None
+    ) -> HistoryReply:
+        """The key's writes within the history window, newest first. With `after` (a feed
+        position), only the writes after it; with `wait_ms` too, the long-poll: when there
+        are none yet, wait up to that long for one (an empty list at the deadline). `wait_ms`
+        without `after` waits for the next write. Needs `Capability.WATCH` for either."""
+        ...
+
+    def watch(
+        self, *, key: str | None = None, prefix: str | None = None, resume: str | None = None
+    ) -> Watch:
+        """Watch `key` exactly, or every key starting with `prefix` (neither: every key), live,
+        or from just after position `resume`. Needs `Capability.WATCH` (UNSUPPORTED else)."""
         ...
 
     def list_keys(self, prefix: str, *, limit: int, page: str | None = None) -> KeysReply:

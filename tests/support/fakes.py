@@ -1,19 +1,22 @@
 """Hand-written `KVClient` fakes: one correct kvservice in memory, and broken ones.
 
 `InMemoryKV` keeps every promise of the kvservice contract, keys that expire by the wall
-clock included. Each broken fake breaks exactly
-one, named in its docstring, so a check that passes the correct fake and fails the broken
-one is shown to test that promise. At the end, loopback endpoints for transport tests: any
-WSGI app served on a free port, a port nobody listens on, and one that never answers.
+clock included, and the change feed (`FakeWatch`, and the long-poll in `history`). Each
+broken fake breaks exactly one, named in its docstring, so a check that passes the correct
+fake and fails the broken one is shown to test that promise. At the end, loopback endpoints
+for transport tests: any WSGI app served on a free port, a port nobody listens on, and one
+that never answers.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +25,10 @@ from typing import Any, ClassVar
 from kvservice.http.server import Server
 from testclient.clients import (
     Capability,
+    ChangeType,
     Credentials,
+    FeedChange,
+    FeedEvent,
     HistoryEntry,
     HistoryReply,
     KeysReply,
@@ -31,6 +37,8 @@ from testclient.clients import (
     KVUnreachable,
     Outcome,
     Reply,
+    UnopenedWatch,
+    Watch,
 )
 from tests.support.servers import http_settings
 from tests.support.tokens import READ_TOKEN, WRITE_TOKEN
@@ -64,6 +72,11 @@ class InMemoryKV:
         self._writes = 0
         self._last_ms = 0
         self._deadlines: dict[str, int] = {}
+        self._life = secrets.token_hex(4)
+        self._feed: list[FeedChange] = []  # oldest first; a change's revision is its index + 1
+        self._changed = threading.Condition(self._lock)
+
+    watch_class: type[FakeWatch]  # set below, once FakeWatch is defined
 
     # -- the protocol ------------------------------------------------------------------------
 
@@ -137,13 +150,36 @@ class InMemoryKV:
                 return Reply(Outcome.NOT_FOUND)
             return Reply(Outcome.FOUND, expires_at_ms=self._deadlines.get(key))
 
-    def history(self, key: str) -> HistoryReply:
+    def history(
+        self, key: str, *, after: str | None = None, wait_ms: int | None = None
+    ) -> HistoryReply:
         if not self.key_pattern.fullmatch(key):
             return HistoryReply(Outcome.INVALID)
+        if after is not None or wait_ms is not None:
+            return self._long_poll(key, after, wait_ms)
         with self._lock:
             self._expire_due()
             oldest_first = list(self._history.get(key, ()))
-        return HistoryReply(Outcome.FOUND, tuple(reversed(oldest_first)))
+            head = self._token(len(self._feed))
+        return HistoryReply(Outcome.FOUND, tuple(reversed(oldest_first)), position=head)
+
+    def watch(
+        self, *, key: str | None = None, prefix: str | None = None, resume: str | None = None
+    ) -> Watch:
+        if (key is not None and prefix is not None) or not all(
+            re.fullmatch(r"[A-Za-z0-9]{0,255}", text or "") for text in (key, prefix)
+        ):
+            return UnopenedWatch(Outcome.INVALID)
+        with self._lock:
+            self._expire_due()
+            after = self._resume_revision(resume)
+            if isinstance(after, Reply):
+                return UnopenedWatch(after.outcome, restart_position=after.version)
+
+            def matches(changed: str) -> bool:
+                return changed == key if key is not None else changed.startswith(prefix or "")
+
+            return self.watch_class(self, matches, after)
 
     def list_keys(self, prefix: str, *, limit: int, page: str | None = None) -> KeysReply:
         if not re.fullmatch(r"[A-Za-z0-9]{0,255}", prefix):
@@ -169,6 +205,54 @@ class InMemoryKV:
         """Keys that currently hold a value."""
         with self._lock:
             return sorted(self._values)
+
+    # -- the change feed ---------------------------------------------------------------------
+
+    def _token(self, revision: int) -> str:
+        return f"{self._life}-{revision}"
+
+    def _resume_revision(self, token: str | None) -> int | Reply:
+        """The revision a watch or a long-poll starts after: the head without a token; a
+        Reply when the token is refused (INVALID, or GONE with the head's token as the
+        version: where to start again)."""
+        head = len(self._feed)
+        if token is None:
+            return head
+        life, _, revision = token.rpartition("-")
+        if not life or not revision.isdigit():
+            return Reply(Outcome.INVALID)
+        if life != self._life or int(revision) > head:
+            return Reply(Outcome.GONE, version=self._token(head))
+        return int(revision)
+
+    def _long_poll(self, key: str, after: str | None, wait_ms: int | None) -> HistoryReply:
+        deadline = time.monotonic() + (wait_ms or 0) / 1000
+        with self._changed:
+            self._expire_due()
+            start = self._resume_revision(after)
+            if isinstance(start, Reply):
+                return HistoryReply(start.outcome, position=start.version)
+            while True:
+                found = [
+                    (revision, change)
+                    for revision, change in enumerate(self._feed[start:], start + 1)
+                    if change.key == key
+                ]
+                remaining = deadline - time.monotonic()
+                if found or remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            position = self._token(found[-1][0] if found else len(self._feed))
+        entries = tuple(
+            HistoryEntry(change.value, change.timestamp_ms, change.type is ChangeType.EXPIRED)
+            for _, change in reversed(found)
+        )
+        return HistoryReply(Outcome.FOUND, entries, position=position)
+
+    def _publish(self, change: FeedChange) -> None:
+        """Append a change to the feed and wake its watchers (the lock is held)."""
+        self._feed.append(change)
+        self._changed.notify_all()
 
     # -- the parts broken fakes override -----------------------------------------------------
 
@@ -203,7 +287,7 @@ class InMemoryKV:
         self._writes += 1
         version = self._new_version(key)
         self._values[key] = StoredValue(value, content_type, version)
-        self._record(key, value)
+        self._record(key, value, version)
         return version
 
     def _new_version(self, key: str) -> str:
@@ -213,9 +297,12 @@ class InMemoryKV:
         del self._values[key]
         self._record(key, None)
 
-    def _record(self, key: str, value: bytes | None) -> None:
+    def _record(self, key: str, value: bytes | None, version: str | None = None) -> None:
         self._last_ms = max(self._last_ms, time.time_ns() // 1_000_000)
-        self._history.setdefault(key, []).append(HistoryEntry(value, self._timestamp_ms()))
+        timestamp_ms = self._timestamp_ms()
+        self._history.setdefault(key, []).append(HistoryEntry(value, timestamp_ms))
+        change_type = ChangeType.DELETE if value is None else ChangeType.PUT
+        self._publish(FeedChange(key, value, timestamp_ms, version, change_type))
 
     def _timestamp_ms(self) -> int:
         return self._last_ms
@@ -242,6 +329,65 @@ class InMemoryKV:
 
     def _record_expiry(self, key: str, deadline_ms: int) -> None:
         self._history[key].append(HistoryEntry(None, deadline_ms, expired=True))
+        self._publish(FeedChange(key, None, deadline_ms, None, ChangeType.EXPIRED))
+
+
+class FakeWatch:
+    """A correct watch of an `InMemoryKV`: a bookmark at its starting position, then each
+    matching change after it, in order, once. The broken watches below override `_emit`."""
+
+    outcome = Outcome.WATCHING
+    evidence = ""
+    request_id = None
+    restart_position = None
+
+    def __init__(self, kv: InMemoryKV, matches: Callable[[str], bool], after: int) -> None:
+        self.ended: str | None = None
+        self._kv = kv
+        self._matches = matches
+        self._after = after  # the revision of the last change looked at
+        self._ready: deque[FeedEvent] = deque([FeedEvent(kv._token(after))])
+        self._emitted = 0  # changes handed to _emit so far
+
+    def next_event(self, timeout_s: float) -> FeedEvent | None:
+        deadline = time.monotonic() + timeout_s
+        with self._kv._changed:
+            while not self._ready and self.ended is None:
+                self._take_new_changes()
+                remaining = deadline - time.monotonic()
+                if self._ready or remaining <= 0:
+                    break
+                self._kv._changed.wait(remaining)
+        if not self._ready and self.ended is None:
+            self.ended = f"no event within {timeout_s:g} s"
+        return self._ready.popleft() if self._ready and self.ended is None else None
+
+    def _take_new_changes(self) -> None:
+        feed = self._kv._feed
+        for revision, change in enumerate(feed[self._after :], self._after + 1):
+            if self._matches(change.key):
+                self._emit(self._emitted, FeedEvent(self._kv._token(revision), change))
+                self._emitted += 1
+        self._after = len(feed)
+
+    def _emit(self, number: int, event: FeedEvent) -> None:
+        """Hand out `event`, the watch's change number `number` (from 0)."""
+        self._ready.append(event)
+
+    def close(self) -> None:
+        self.ended = self.ended or "closed by the client"
+
+    def __str__(self) -> str:
+        return self.outcome.value
+
+    def __enter__(self) -> FakeWatch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+InMemoryKV.watch_class = FakeWatch
 
 
 def _is_json(content_type: str) -> bool:
@@ -301,8 +447,8 @@ class HistoryMissingDeleteKV(InMemoryKV):
 class HistoryOutOfOrderKV(InMemoryKV):
     """History lists entries oldest first."""
 
-    def history(self, key: str) -> HistoryReply:
-        reply = super().history(key)
+    def history(self, key: str, **options: Any) -> HistoryReply:
+        reply = super().history(key, **options)
         return HistoryReply(reply.outcome, tuple(reversed(reply.entries)), reply.evidence)
 
 
@@ -355,8 +501,8 @@ class PerThreadCacheKV(InMemoryKV):
 class HistoryTruncatedKV(InMemoryKV):
     """History keeps only a key's newest 25 writes, however recent the older ones are."""
 
-    def history(self, key: str) -> HistoryReply:
-        reply = super().history(key)
+    def history(self, key: str, **options: Any) -> HistoryReply:
+        reply = super().history(key, **options)
         return HistoryReply(reply.outcome, reply.entries[:25], reply.evidence)
 
 
@@ -479,6 +625,66 @@ class ServesHTMLKV(InMemoryKV):
         return Reply(Outcome.FOUND, HTML_PAYLOAD, "text/html", reply.version)
 
 
+class DropsAChangeWatch(FakeWatch):
+    """Never hands out its second change."""
+
+    def _emit(self, number: int, event: FeedEvent) -> None:
+        if number != 1:
+            super()._emit(number, event)
+
+
+class DuplicatesAChangeWatch(FakeWatch):
+    """Hands out its second change twice."""
+
+    def _emit(self, number: int, event: FeedEvent) -> None:
+        super()._emit(number, event)
+        if number == 1:
+            super()._emit(number, event)
+
+
+class ReordersTwoChangesWatch(FakeWatch):
+    """Hands out its second change after its third."""
+
+    def __init__(self, kv: InMemoryKV, matches: Callable[[str], bool], after: int) -> None:
+        super().__init__(kv, matches, after)
+        self._held: FeedEvent | None = None
+
+    def _emit(self, number: int, event: FeedEvent) -> None:
+        if number == 1:
+            self._held = event
+            return
+        super()._emit(number, event)
+        if number == 2 and self._held is not None:
+            super()._emit(1, self._held)
+
+
+class FeedDropsAChangeKV(InMemoryKV):
+    """A watch loses one change: the second it has for its watcher."""
+
+    watch_class = DropsAChangeWatch
+
+
+class FeedDuplicatesAChangeKV(InMemoryKV):
+    """A watch hands out one change twice: the second it has for its watcher."""
+
+    watch_class = DuplicatesAChangeWatch
+
+
+class FeedReordersTwoChangesKV(InMemoryKV):
+    """A watch hands out its second and third changes the wrong way round."""
+
+    watch_class = ReordersTwoChangesWatch
+
+
+class FeedResumesFromStartKV(InMemoryKV):
+    """A watch (or a long-poll) asked to resume from a position (Last-Event-ID, after=)
+    replays the whole feed instead, as a server that ignores the token and starts from its
+    oldest change."""
+
+    def _resume_revision(self, token: str | None) -> int | Reply:
+        return 0 if token is not None else super()._resume_revision(token)
+
+
 # -- not a kvservice at all -----------------------------------------------------------------
 
 
@@ -543,8 +749,11 @@ class UnreachableKV(InMemoryKV):
     def expiry(self, key: str) -> Reply:
         raise KVUnreachable(f"HEAD /{key}: {self.reason}")
 
-    def history(self, key: str) -> HistoryReply:
+    def history(self, key: str, **options: Any) -> HistoryReply:
         raise KVUnreachable(f"GET /{key}/history: {self.reason}")
+
+    def watch(self, **options: Any) -> Watch:
+        raise KVUnreachable(f"GET /_watch: {self.reason}")
 
     def list_keys(self, prefix: str, *, limit: int, page: str | None = None) -> KeysReply:
         raise KVUnreachable(f"GET /_keys?prefix={prefix}: {self.reason}")
@@ -598,8 +807,11 @@ class TokensKV:
     def expiry(self, key: str) -> Reply:
         return self._allow(1).expiry(key)
 
-    def history(self, key: str) -> HistoryReply:
-        return self._allow(1).history(key)
+    def history(self, key: str, **options: Any) -> HistoryReply:
+        return self._allow(1).history(key, **options)
+
+    def watch(self, **options: Any) -> Watch:
+        return self._allow(1).watch(**options)
 
     def list_keys(self, prefix: str, *, limit: int, page: str | None = None) -> KeysReply:
         return self._allow(1).list_keys(prefix, limit=limit, page=page)

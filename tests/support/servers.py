@@ -1,14 +1,18 @@
 """Transport settings for servers started inside a test: kvservice's defaults, as its
-composition root builds them, with what a test needs changed (port 0, fewer threads)."""
+composition root builds them, with what a test needs changed (port 0, fewer threads); and the
+change feed's hub over a store, as the composition root builds it."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from kvservice.__main__ import resp_settings, server_settings
+from kvservice.__main__ import feed_settings, resp_settings, server_settings
 from kvservice.config import Config
 from kvservice.execution import Execution, ExecutionPolicy
+from kvservice.feed import ChangeFeed
 from kvservice.http.app import create_app
 from kvservice.http.server import ServerSettings
 from kvservice.metrics import Metrics
@@ -40,3 +44,14 @@ def kv_app_with_metrics(store: Store) -> Any:
     service, with /_metrics."""
     served = StoreService(store)
     return create_app(served, metrics_page=Metrics(served).render)
+
+
+@contextmanager
+def change_feed(store: Store) -> Iterator[ChangeFeed]:
+    """The change feed's hub over `store` with kvservice's default settings (for /_watch and
+    the history's long-poll: `create_app(store, feed=...)`); closed at the end."""
+    feed = ChangeFeed(store, feed_settings(Config()))
+    try:
+        yield feed
+    finally:
+        feed.close()

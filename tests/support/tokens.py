@@ -15,7 +15,7 @@ from kvservice.store.memory import MemoryStore
 from kvservice.tls import server_context
 from tests.support.certificates import Certificates
 from tests.support.rawresp import running_resp
-from tests.support.servers import http_settings
+from tests.support.servers import change_feed, http_settings
 
 WRITE_TOKEN = "write-0123456789abcdef"
 READ_TOKEN = "read-0123456789abcdef"
@@ -36,14 +36,15 @@ def serving_with_tokens(certificates: Certificates | None = None) -> Iterator[di
         cert, key = str(certificates.cert), str(certificates.key)
         settings = dataclasses.replace(settings, tls=server_context(cert, key, alpn=["http/1.1"]))
         resp_tls = server_context(cert, key)
-    http = Server(BearerTokens(create_app(store), tokens), settings)
-    http.start()
-    try:
-        with running_resp(store, tokens=tokens, tls=resp_tls) as resp:
-            secure = "s" if certificates is not None else ""
-            yield {
-                "http": f"http{secure}://127.0.0.1:{http.port}",
-                "resp": f"redis{secure}://127.0.0.1:{resp.port}",
-            }
-    finally:
-        http.stop()
+    with change_feed(store) as feed:
+        http = Server(BearerTokens(create_app(store, feed=feed), tokens), settings)
+        http.start()
+        try:
+            with running_resp(store, tokens=tokens, tls=resp_tls) as resp:
+                secure = "s" if certificates is not None else ""
+                yield {
+                    "http": f"http{secure}://127.0.0.1:{http.port}",
+                    "resp": f"redis{secure}://127.0.0.1:{resp.port}",
+                }
+        finally:
+            http.stop()

@@ -32,6 +32,10 @@ from tests.support.fakes import (
     ExpiresLateKV,
     ExpiryAsDeleteKV,
     ExpiryUnrecordedKV,
+    FeedDropsAChangeKV,
+    FeedDuplicatesAChangeKV,
+    FeedReordersTwoChangesKV,
+    FeedResumesFromStartKV,
     GetAfterDeleteFailsKV,
     HistoryMissingDeleteKV,
     HistoryOutOfOrderKV,
@@ -346,6 +350,40 @@ BROKEN_PROMISES = [
         (
             ("the plain overwrite removed it", "found expiring at"),
             ("the plain overwrite stays", "not found"),
+        ),
+    ),
+    BrokenPromise(
+        FeedDropsAChangeKV,
+        "test_watch",
+        (
+            ("each write once, in order", "b'two' version"),
+            ("exactly the writes made while none was open", "a is missing"),
+        ),
+    ),
+    BrokenPromise(
+        FeedDuplicatesAChangeKV,
+        "test_watch",
+        (
+            ("each write once, in order", "(a repeat, where put"),
+            ("every change carries its own position", "-2, "),
+            ("exactly the writes made while none was open", "(a repeat, where put"),
+        ),
+    ),
+    BrokenPromise(
+        FeedReordersTwoChangesKV,
+        "test_watch",
+        (
+            ("each write once, in order", "(out of order: put"),
+            ("exactly the writes made while none was open", "(out of order: delete"),
+        ),
+    ),
+    BrokenPromise(
+        FeedResumesFromStartKV,
+        "test_watch",
+        (
+            ("exactly the writes made while none was open", "change 0 is put tcwatch"),
+            ("long-poll the history of tcwatch", "4 entries where 2 belong"),
+            ("waiting up to 5000 ms: the write", "where b'six' belongs; check stopped"),
         ),
     ),
 ]

@@ -16,7 +16,7 @@ from testclient.checks import CHECKS, Verdict
 from testclient.clients import HTTPKVClient, RespKVClient
 from tests.support.rawresp import running_resp
 from tests.support.redis_servers import RedisProcess
-from tests.support.servers import http_settings
+from tests.support.servers import change_feed, http_settings
 from tests.testclient.test_checks import failure_report
 from tests.testclient.test_over_resp import CAPABLE_EVERYWHERE
 
@@ -31,11 +31,12 @@ class OnRedis:
 def on_redis(redis_server: RedisProcess) -> Iterator[OnRedis]:
     redis_server.flush()
     store = StoreService(RedisStore.from_url(redis_server.url, connections=32, timeout_s=5.0))
-    http = Server(create_app(store), http_settings(threads=16, socket_timeout_s=2.0))
-    http.start()
-    with running_resp(store) as resp:
-        yield OnRedis(f"http://127.0.0.1:{http.port}", resp.url)
-    http.stop()
+    with change_feed(store) as feed:
+        http = Server(create_app(store, feed=feed), http_settings(threads=16, socket_timeout_s=2.0))
+        http.start()
+        with running_resp(store) as resp:
+            yield OnRedis(f"http://127.0.0.1:{http.port}", resp.url)
+        http.stop()
     store.close()
 
 

@@ -41,7 +41,7 @@ from tests.support.fakes import (
     serve_wsgi,
 )
 from tests.support.rawresp import running_resp
-from tests.support.servers import http_settings
+from tests.support.servers import change_feed, http_settings
 from tests.testclient.test_checks import BROKEN_PROMISES, BrokenPromise, failure_report
 
 CAPABLE_EVERYWHERE = [
@@ -57,6 +57,7 @@ CAPABLE_EVERYWHERE = [
 NEEDS_WHAT_RESP_LACKS = {
     "test_conditional_writes": "this transport has no versions to condition writes on",
     "test_content_types": "this transport has no content types",
+    "test_watch": "this transport has no change feed to watch and resume from",
 }
 
 
@@ -72,11 +73,13 @@ class KVService:
 @pytest.fixture(scope="module")
 def kv_service() -> Iterator[KVService]:
     store = MemoryStore()
-    http = Server(create_kv_app(store), http_settings(threads=16, socket_timeout_s=2.0))
-    http.start()
-    with running_resp(store) as resp:
-        yield KVService(store, f"http://127.0.0.1:{http.port}", resp.url)
-    http.stop()
+    with change_feed(store) as feed:
+        app = create_kv_app(store, feed=feed)
+        http = Server(app, http_settings(threads=16, socket_timeout_s=2.0))
+        http.start()
+        with running_resp(store) as resp:
+            yield KVService(store, f"http://127.0.0.1:{http.port}", resp.url)
+        http.stop()
 
 
 @pytest.fixture
@@ -153,6 +156,19 @@ def test_what_resp_cannot_express_is_unsupported_and_sends_nothing(
     assert replies[1].evidence == "RESP has no versions to condition writes on; nothing was sent"
     assert kv_service.store.history("rkun") == []
     assert resp_client.capabilities == frozenset({Capability.EXPIRY})
+
+
+def test_resp_has_no_feed_to_watch_or_long_poll_and_says_so(resp_client: RespKVClient) -> None:
+    watch = resp_client.watch(prefix="rk")
+    long_poll = resp_client.history("rkun", after="a-1", wait_ms=10)
+
+    assert (watch.outcome, long_poll.outcome) == (Outcome.UNSUPPORTED, Outcome.UNSUPPORTED)
+    assert (
+        watch.evidence
+        == long_poll.evidence
+        == ("RESP has no change feed to watch and resume from; nothing was sent")
+    )
+    assert watch.next_event(0.01) is None
 
 
 def test_keys_expire_with_set_px_and_report_it_with_pexpiretime(
@@ -465,7 +481,7 @@ def test_run_over_resp_exits_4_and_says_what_it_skipped(
     assert "PASSED      test_validation  (" in report
     assert "FAIL" not in report
     assert report.rstrip().endswith(
-        "11 checks: 9 passed, 0 failed, 0 unreachable, 2 skipped; overall skipped (7 steps skipped)"
+        "12 checks: 9 passed, 0 failed, 0 unreachable, 3 skipped; overall skipped (8 steps skipped)"
     )
 
 

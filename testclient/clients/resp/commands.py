@@ -13,7 +13,8 @@ Redis or anything else on the port is told apart from kvservice before any check
 RESP carries neither versions nor content types: `capabilities` lacks them, and a request
 that needs one answers `Outcome.UNSUPPORTED` without sending anything. Keys expire as in
 Redis (`SET ... PX`, `PEXPIRETIME`), but HISTORY shows an expiry as a delete (`[timestamp,
-nil]`), so `Capability.EXPIRY_ENTRIES` is lacking too. A refused
+nil]`), so `Capability.EXPIRY_ENTRIES` is lacking too, and so is `Capability.WATCH`: kvservice's
+keyspace notifications are fire-and-forget, with no position to resume from. A refused
 connection, a timeout or a connection closed before the reply raises `KVUnreachable`. With a
 token, each new connection sends `AUTH token` first; a refused AUTH, and -NOAUTH, -WRONGPASS
 or -NOPERM to a command, raise `KVRefused`. A `rediss://` URL speaks TLS, verified against
@@ -46,6 +47,8 @@ from testclient.clients.protocol import (
     KVUnreachable,
     Outcome,
     Reply,
+    UnopenedWatch,
+    Watch,
 )
 from testclient.clients.resp.connection import Connection
 from testclient.clients.resp.reader import (
@@ -189,8 +192,13 @@ class RespKVClient:
         deadline = None if reply == _PEXPIRETIME_NO_DEADLINE else reply
         return Reply(Outcome.FOUND, expires_at_ms=deadline, evidence=evidence)
 
-    def history(self, key: str) -> HistoryReply:
+    def history(
+        self, key: str, *, after: str | None = None, wait_ms: int | None = None
+    ) -> HistoryReply:
         """HISTORY key: an array of [timestamp, value or nil], newest first."""
+        if after is not None or wait_ms is not None:
+            unsupported = _unsupported(Capability.WATCH)
+            return HistoryReply(unsupported.outcome, evidence=unsupported.evidence)
         reply, evidence = self._exchange(b"HISTORY", key)
         outcome = _outcome(reply, _HISTORY_OUTCOMES)
         if outcome is not Outcome.FOUND or not isinstance(reply, list):
@@ -202,6 +210,13 @@ class RespKVClient:
                 Outcome.UNEXPECTED, evidence=f"{evidence}, but it is malformed: {error}"
             )
         return HistoryReply(outcome, entries, evidence)
+
+    def watch(
+        self, *, key: str | None = None, prefix: str | None = None, resume: str | None = None
+    ) -> Watch:
+        """Nothing is sent: see `Capability.WATCH`."""
+        unsupported = _unsupported(Capability.WATCH)
+        return UnopenedWatch(unsupported.outcome, unsupported.evidence)
 
     def list_keys(self, prefix: str, *, limit: int, page: str | None = None) -> KeysReply:
         """SCAN cursor MATCH prefix* COUNT limit: [next cursor (0 on the last page), [keys]]."""
