@@ -42,9 +42,11 @@ late, pruned from its key before the feed's front passes it, waits there and is 
 served: a change outside the window is not in the feed). `changes` answers ResumeGone
 exactly for a key (`_Record.pruned_revision`: the newest revision pruned from its history)
 and conservatively for a prefix (`_pruned_revision`: the newest pruned from any); a key the
-store has forgotten (no value, no history left) is judged by the newest revision pruned from
-any forgotten key, which is conservative for it alone. Listeners are told of each change
-inside the lock, right after it is applied, from the thread that applied it.
+store has forgotten (no value, no history left) leaves a tombstone with its newest pruned
+revision, charged to the budget, the oldest of them let go past MAX_TOMBSTONES (a key with
+none is judged by the newest let go: conservative for positions older than that). Listeners
+are told of each change inside the lock, right after it is applied, from the thread that
+applied it.
 """
 
 from __future__ import annotations
@@ -115,6 +117,14 @@ last change examined, rather than walking the whole window under the lock."""
 
 UNKNOWN_ETAG = ""
 """What a write's history entry holds for an ETag the durable file did not keep (format 2)."""
+
+MAX_TOMBSTONES = 100_000
+"""Forgotten keys whose newest pruned revision the store remembers, so that `changes` of such
+a key stays exact (a key with no writes since a position is never gone); past it the oldest
+goes, and a resume from before its revision is judged conservatively for keys not held."""
+TOMBSTONE_BYTES = 120
+"""What a tombstone is charged besides its key's characters: the key's string, kept alive,
+its dict slot and its revision's int, 119 bytes measured as above over 100,000 keys."""
 
 StateListener = Callable[[str, Change | None, Value | None], None]
 """Told of each change to a key, under the store's lock and in the order they happen: the
@@ -206,14 +216,19 @@ class MemoryStore:
         # `_revision` is the newest change's, `_feed[_feed_first:]` the changes held in
         # revision order (the same objects as the keys' histories).
         self.life = secrets.token_urlsafe(9) if life is None else life
-        # A value's ETag is its write's revision after a prefix of the life: it never repeats
-        # (a life's revisions do not), and history need not keep one string per entry.
-        self._etag_prefix = self.life[:8]
+        # A value's ETag is its write's revision after a prefix of this process's own: it
+        # never repeats (a store's revisions do not, and a restarted one has a new prefix), and
+        # history need not keep one string per entry, but for entries restored from a file.
+        self._etag_prefix = secrets.token_hex(4)
         self._revision = 0
         self._feed: list[Change] = []
         self._feed_first = 0
         self._pruned_revision = 0  # the newest revision pruned from any key's history
-        self._forgotten_revision = 0  # the newest pruned from a key then forgotten
+        # Keys forgotten (no value, no history left) -> the newest revision pruned from them,
+        # oldest first, at most MAX_TOMBSTONES; a key not there is judged by the floor: the
+        # newest revision of a tombstone let go (or of what a restart did not restore).
+        self._tombstones: dict[str, int] = {}
+        self._tombstone_floor = 0
         self._listeners: list[ChangeListener] = []
 
     may_block = False
@@ -222,7 +237,8 @@ class MemoryStore:
     may_be_unavailable = False
     """There is nothing to reach."""
     copies_on_read = False
-    """Reads return the store's own values and entries."""
+    """Reads return the store's own values and bytes (history entries and changes are made
+    for the caller, around the store's own bytes: nothing a reply holds is a copy of them)."""
 
     def check_ready(self) -> None:
         """Always ready: there is nothing to reach."""
@@ -330,7 +346,7 @@ class MemoryStore:
     def _key_changes(self, key: str, after: int, limit: int, cutoff_ms: int) -> ChangePage:
         record = self._records.get(key)
         if record is None:
-            if after < self._forgotten_revision:
+            if after < self._tombstones.get(key, self._tombstone_floor):
                 raise ResumeGone.left_the_window()
             return ChangePage([], FeedPosition(self.life, self._revision), caught_up=True)
         if after < record.pruned_revision:
@@ -495,7 +511,7 @@ class MemoryStore:
                     f"{self.max_bytes} bytes; delete keys or wait for history to expire."
                 )
             if record is None:
-                record = self._records[key] = _Record(key)
+                record = self._records[key] = self._new_record(key)
                 self._used_bytes += KEY_OVERHEAD_BYTES + len(key)
             self._set_value(record, value)
             self._record(record, now_ms)
@@ -512,22 +528,23 @@ class MemoryStore:
         with self._lock:
             record = self._records.get(key)
             if record is None:
-                record = self._records[key] = _Record(key)
+                record = self._records[key] = self._new_record(key)
                 self._used_bytes += KEY_OVERHEAD_BYTES + len(key)
             self._set_value(record, value)
 
     def restore_history(self, change: Change) -> None:
         """Append a recorded change to its key's history and the feed, charging it as a write
         would. Changes must come in revision order; later writes never get an earlier
-        timestamp."""
+        timestamp. A write's ETag None is one the file did not keep (the feed shows None)."""
         with self._lock:
             record = self._records.get(change.key)
             if record is None:
-                record = self._records[change.key] = _Record(change.key)
+                record = self._records[change.key] = self._new_record(change.key)
                 self._used_bytes += KEY_OVERHEAD_BYTES + len(change.key)
-            if change.data is not None and change.etag in (None, self._etag_of(change.revision)):
-                etag = None if change.etag is not None else UNKNOWN_ETAG
-                change = dataclasses.replace(change, etag=etag)
+            if change.data is not None and change.etag is None:  # the file did not keep it
+                change = dataclasses.replace(change, etag=UNKNOWN_ETAG)
+            elif change.data is not None and change.etag == self._etag_of(change.revision):
+                change = dataclasses.replace(change, etag=None)  # made again when shown
             self._append_history(record, change)
             self._last_timestamp_ms = max(self._last_timestamp_ms, change.timestamp_ms)
             self._revision = max(self._revision, change.revision)
@@ -539,7 +556,7 @@ class MemoryStore:
         with self._lock:
             self._revision = max(self._revision, head)
             self._pruned_revision = max(self._pruned_revision, pruned_revision)
-            self._forgotten_revision = max(self._forgotten_revision, pruned_revision)
+            self._tombstone_floor = max(self._tombstone_floor, pruned_revision)
             for record in self._records.values():
                 record.pruned_revision = max(record.pruned_revision, pruned_revision)
 
@@ -691,6 +708,24 @@ class MemoryStore:
             del feed[: self._feed_first]
             self._feed_first = 0
 
+    def _new_record(self, key: str) -> _Record:
+        """A record for a key the store holds nothing of, knowing what was pruned from it."""
+        pruned_revision = self._tombstones.pop(key, None)
+        if pruned_revision is None:
+            return _Record(key, self._tombstone_floor)
+        self._used_bytes -= TOMBSTONE_BYTES + len(key)
+        return _Record(key, pruned_revision)
+
+    def _bury(self, record: _Record) -> None:
+        """Remember what was pruned from a key being forgotten, so that a resume of that key
+        stays exact (the oldest tombstone goes past MAX_TOMBSTONES, raising the floor)."""
+        self._tombstones[record.key] = record.pruned_revision
+        self._used_bytes += TOMBSTONE_BYTES + len(record.key)
+        if len(self._tombstones) > MAX_TOMBSTONES:
+            oldest = next(iter(self._tombstones))
+            self._tombstone_floor = max(self._tombstone_floor, self._tombstones.pop(oldest))
+            self._used_bytes -= TOMBSTONE_BYTES + len(oldest)
+
     def _drop_oldest(self, record: _Record) -> None:
         change = record.drop_oldest()
         self._used_bytes -= _entry_cost(change)
@@ -699,7 +734,7 @@ class MemoryStore:
         if record.value is None and not record.history:
             del self._records[record.key]
             self._used_bytes -= KEY_OVERHEAD_BYTES + len(record.key)
-            self._forgotten_revision = max(self._forgotten_revision, record.pruned_revision)
+            self._bury(record)
 
 
 def _value_cost(value: Value) -> int:

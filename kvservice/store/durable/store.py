@@ -32,10 +32,12 @@ up to about a second (`everysec`) or what the OS had not written (`off`).
 The change feed: revisions are the memory store's (given under its lock, journaled with
 each history row), the life is the data file's (made once with it), and the head survives a
 restart, so a resume token stays good across one; keys expired at start get revisions after
-the old head. Listeners are told of a change once its commit succeeded, by the writer
-thread, in revision order: a watcher never sees a write the disk then refused. After a failed
-commit the rebuilt memory goes on from the newest revision handed out, never reusing one a
-page of `changes` may have shown (the refused changes leave a gap).
+the old head. The file keeps no tombstones (see memory.py): after a restart a resume of a key
+from before the newest revision the file no longer holds is gone, as a prefix's would be.
+Listeners are told of a change once its commit succeeded, by the writer thread, in revision
+order: a watcher never sees a write the disk then refused. After a failed commit the rebuilt
+memory goes on from the newest revision handed out, never reusing one a page of `changes`
+may have shown (the refused changes leave a gap).
 
 Faults: a commit that fails refuses every write of its batch and every write queued behind it
 (they were judged against state that will not exist): StoreFull (507) when the disk is full,
@@ -205,6 +207,8 @@ class DurableStore:
         self._sync_seconds = 0.0
         self._last_commit_time_s = now_s()
         self._listeners: list[ChangeListener] = []
+        # The newest revision a memory store replaced after a failed commit had given.
+        self._revisions_handed_out = 0
 
         prepare_directory(data_dir)
         self._directory_lock = DirectoryLock(data_dir)
@@ -556,10 +560,9 @@ class DurableStore:
             with self._lock:
                 later, self._open_batch = self._open_batch, _Batch()
                 self._journal_epoch += 1
-            handed_out = self._memory.feed_head().revision if self._memory else 0
+            if self._memory is not None:
+                self._revisions_handed_out = self._memory.feed_head().revision
             memory, last_seq = self._rebuild(reopen)
-            if memory is not None:
-                memory.restore_feed(handed_out, 0)
             with self._lock:
                 self._memory = memory
                 if memory is not None:
@@ -574,12 +577,15 @@ class DurableStore:
                 self._committed.notify_all()
 
     def _rebuild(self, reopen: bool) -> tuple[MemoryStore | None, int]:
-        """Memory as the file holds it (reopened first after an I/O error), or None."""
+        """Memory as the file holds it (reopened first after an I/O error), or None. Its
+        feed goes on from the newest revision the memory it replaces handed out."""
         try:
             if reopen:
                 self._journal.close()
                 self._journal = open_journal(self.data_dir / DATA_FILE, self._connect, self.fsync)
-            return self._read_back()
+            memory, last_seq = self._read_back()
+            memory.restore_feed(self._revisions_handed_out, 0)
+            return memory, last_seq
         except (DiskError, DataDirError) as error:
             logger.error("%s: %s", DISK_UNREADABLE, error)
             return None, 0

@@ -3,7 +3,8 @@
 On a hand-driven clock: values, keys, history and its window edges, pruning, the budget,
 ordering within a millisecond, preconditions, concurrent writers. A new backend is added to
 `conftest.BACKENDS` and must pass this file unchanged; what only one backend promises (the
-memory backend's byte accounting) is tested beside it, in that backend's own file.
+memory backend's byte accounting) is tested beside it, in that backend's own file. The change
+feed's contract is test_contract_feed.py, run over the same backends.
 """
 
 from __future__ import annotations

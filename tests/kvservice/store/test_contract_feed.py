@@ -163,15 +163,18 @@ def test_a_key_is_gone_only_when_its_own_changes_left_the_window(
     store.put("quiet", b"v")
     token = store.feed_head()  # "quiet" has no write after it, ever
     store.put("busy", b"1")
+    store.put("deleted", b"v")
+    store.delete("deleted")  # the store holds nothing of it once this leaves the window
     clock.advance(WINDOW_MS)
     store.put("busy", b"2")
-    clock.advance(WINDOW_MS)  # both of "busy"'s writes, and "quiet"'s, have left the window
+    clock.advance(WINDOW_MS)  # every write above has left the window
     store.put("other", b"v")
     head = store.feed_head()
     assert store.changes(FeedSelector(key="quiet"), token) == ChangePage([], head, True)
     assert store.changes(FeedSelector(key="never"), token) == ChangePage([], head, True)
-    with pytest.raises(ResumeGone, match="left the history window"):
-        store.changes(FeedSelector(key="busy"), token)
+    for gone in ("busy", "deleted"):
+        with pytest.raises(ResumeGone, match="left the history window"):
+            store.changes(FeedSelector(key=gone), token)
 
 
 def test_a_key_whose_changes_since_are_all_held_is_never_gone(

@@ -21,13 +21,16 @@ from kvservice.store import (
     StoreFull,
     StoreStats,
     Value,
+    memory,
 )
 from kvservice.store.memory import (
     ENTRY_OVERHEAD_BYTES,
     KEY_OVERHEAD_BYTES,
     LATE_ENTRY_EXTRA_BYTES,
+    MIN_CHANGES_EXAMINED,
     MIN_KEYS_EXAMINED,
     PRUNE_BATCH,
+    TOMBSTONE_BYTES,
     MemoryStore,
 )
 from tests.support.clock import START_MS, FakeClock
@@ -55,8 +58,9 @@ def test_pruning_returns_every_charged_byte(clock: FakeClock) -> None:
         with contextlib.suppress(KeyNotFound):
             store.delete(f"key{i}")
     clock.advance(120_000)
+    forgotten = 7 * (TOMBSTONE_BYTES + len("key0"))  # what was pruned from each key: a revision
     assert store.stats() == StoreStats(
-        keys=0, used_bytes=0, max_bytes=store.max_bytes, history_entries=0
+        keys=0, used_bytes=forgotten, max_bytes=store.max_bytes, history_entries=0
     )
 
 
@@ -167,8 +171,8 @@ def test_an_expiry_returns_the_value_bytes_and_is_charged_as_a_delete(clock: Fak
     assert expiring.sweep_expired(10) == 1
     assert expiring.stats().used_bytes == deleted.stats().used_bytes
     assert charged - expiring.stats().used_bytes == 500 + len("text/plain") - ENTRY_OVERHEAD_BYTES
-    clock.advance(120_000)  # and once the history has left the window, nothing is charged
-    assert expiring.stats().used_bytes == 0
+    clock.advance(120_000)  # and once the history has left the window, only its tombstone is
+    assert expiring.stats().used_bytes == TOMBSTONE_BYTES + len("k")
 
 
 WAVE = 5 * PRUNE_BATCH
@@ -253,8 +257,9 @@ def test_what_waits_to_be_pruned_is_still_charged_and_all_comes_back(clock: Fake
         if store.stats().history_entries == 1:  # "other"'s write is left
             break
     only_other = KEY_OVERHEAD_BYTES + len("other") + 1 + ENTRY_OVERHEAD_BYTES + 1
+    tombstones = WAVE * (TOMBSTONE_BYTES + len("k00000"))
     assert store.stats() == StoreStats(
-        keys=1, used_bytes=only_other, max_bytes=store.max_bytes, history_entries=1
+        keys=1, used_bytes=only_other + tombstones, max_bytes=store.max_bytes, history_entries=1
     )
 
 
@@ -330,3 +335,60 @@ def test_the_feed_is_pruned_with_the_history(clock: FakeClock) -> None:
         store.stats()  # a batch per call
     assert store.stats().history_entries == 0
     assert len(store._feed) - store._feed_first == 0, "the feed let its changes go too"
+
+
+def test_a_forgotten_key_is_still_judged_exactly(clock: FakeClock) -> None:
+    store = MemoryStore(clock=clock)
+    store.put("never", b"v")
+    store.delete("never")  # "never" will be forgotten: no value, no history
+    token = FeedPosition(store.life, store.feed_head().revision)
+    store.put("gone", b"v")
+    store.delete("gone")  # after the token: a resume of "gone" is gone once they leave
+    clock.advance(120_000)
+    store.put("other", b"v")
+    head = store.feed_head()
+    assert store.changes(FeedSelector(key="never"), token).changes == []
+    assert store.changes(FeedSelector(key="nobody"), token).changes == []
+    with pytest.raises(ResumeGone):
+        store.changes(FeedSelector(key="gone"), token)
+    store.put("gone", b"again")  # a key held again keeps what was pruned from it
+    with pytest.raises(ResumeGone):
+        store.changes(FeedSelector(key="gone"), token)
+    assert store.changes(FeedSelector(key="gone"), head).changes[0].data == b"again"
+
+
+def test_past_max_tombstones_the_oldest_goes_and_raises_the_floor(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory, "MAX_TOMBSTONES", 2)
+    store = MemoryStore(clock=clock)
+    token = store.feed_head()
+    for key in ["a", "b", "c"]:  # forgotten in this order; "a"'s tombstone goes
+        store.put(key, b"v")
+        store.delete(key)
+    clock.advance(120_000)
+    store.put("other", b"v")
+    assert store.stats().used_bytes == (
+        KEY_OVERHEAD_BYTES + len("other") + 1 + ENTRY_OVERHEAD_BYTES + 1
+    ) + 2 * (TOMBSTONE_BYTES + 1), "two tombstones charged, not three"
+    for key in ["a", "b", "c", "nobody"]:  # judged by the floor (a's) or their own
+        with pytest.raises(ResumeGone):
+            store.changes(FeedSelector(key=key), token)
+    after_a = FeedPosition(store.life, 2)
+    assert store.changes(FeedSelector(key="nobody"), after_a).changes == []
+    with pytest.raises(ResumeGone):
+        store.changes(FeedSelector(key="c"), after_a)
+
+
+def test_a_prefix_page_examines_a_bounded_number_of_changes(clock: FakeClock) -> None:
+    store = MemoryStore(clock=clock, max_bytes=1 << 30)
+    start = store.feed_head()
+    for _ in range(MIN_CHANGES_EXAMINED + 5):
+        store.put("other", b"v")
+    store.put("k", b"v")
+    page = store.changes(FeedSelector(prefix="k"), start, limit=1)
+    assert (page.changes, page.caught_up) == ([], False), "short, not caught up"
+    assert page.position == FeedPosition(store.life, MIN_CHANGES_EXAMINED)
+    page = store.changes(FeedSelector(prefix="k"), page.position, limit=1)
+    assert [change.key for change in page.changes] == ["k"]
+    assert page.caught_up and page.position == store.feed_head()
