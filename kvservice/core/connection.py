@@ -96,7 +96,7 @@ class Connection(asyncio.BufferedProtocol):
         """Where each read lands (`get_buffer`)."""
         self.awaiting_wake = False
         """The streamed reply first in `outgoing` has nothing to send until `wake`."""
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
 
     # -- what a transport may know (`ConnectionInfo`) ---------------------------------------
 
@@ -120,10 +120,9 @@ class Connection(asyncio.BufferedProtocol):
         return self.server.runs_inline(calls)
 
     def wake(self) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to wake
-            self._loop.call_soon_threadsafe(self._woken)
+        self.server.wake(self)
 
-    def _woken(self) -> None:
+    def woken(self) -> None:
         """On the loop: produce the streamed reply that waited, or ask a free connection's
         protocol for its next step (a parked request's answer)."""
         if self.protocol is None or self.transport.is_closing():
