@@ -327,9 +327,10 @@ class ChangeFeed:
         try:
             with self.lock:
                 self.head = max(self.head, change.revision)
-                for watcher in self._by_key.get(change.key, ()):
+                # Copies: a watcher the change ends (its queue overflows) leaves these sets.
+                for watcher in tuple(self._by_key.get(change.key, ())):
                     self._offer(watcher, change)
-                for watcher in self._by_prefix:
+                for watcher in tuple(self._by_prefix):
                     if watcher.selector.matches(change.key):
                         self._offer(watcher, change)
                 subscribers = self._subscribers

@@ -259,12 +259,12 @@ def test_a_watcher_that_does_not_read_is_ended_and_holds_no_more(
         assert figures.ended["slow"] == 1
         assert figures.watchers == {}  # let go of: its queue with it
         events = stream.events_until("error")
+        with pytest.raises(EOFError):
+            stream.next_event()
     error = events[-1].json()
     assert error["type"].endswith("watch-too-slow") and error["status"] == 503
     revisions = [change["revision"] for change in changes(events)]
     assert revisions == sorted(set(revisions))  # what came, came in order, once
-    with pytest.raises(EOFError):
-        stream.next_event()
 
 
 def test_a_stream_and_a_long_poll_are_not_closed_by_the_idle_timeout(
