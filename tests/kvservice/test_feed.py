@@ -322,3 +322,15 @@ def test_a_subscriber_hears_every_change_in_order_until_it_unsubscribes(
     unsubscribe()
     write(store, "c")
     assert heard == [*written, written[-1] + 1]
+
+
+def test_a_subscriber_that_fails_neither_fails_the_write_nor_deafens_the_others(
+    store: FeedingMemoryStore, feed: ChangeFeed
+) -> None:
+    def failing(change: Change) -> None:
+        raise RuntimeError("a bug")
+
+    heard: list[int] = []
+    feed.subscribe(failing)
+    feed.subscribe(lambda change: heard.append(change.revision))
+    assert write(store, "a") == heard
