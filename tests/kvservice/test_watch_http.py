@@ -329,6 +329,27 @@ def test_the_drain_ends_each_stream_and_the_server_stops_promptly(watched: Watch
 # -- the long-poll ----------------------------------------------------------------------------
 
 
+def test_the_drain_answers_a_parked_long_poll_at_once(watched: Watched) -> None:
+    answers: list[requests.Response] = []
+    poll = threading.Thread(
+        target=lambda: answers.append(
+            requests.get(f"{watched.url}/k/history", params={"wait": "30s"}, timeout=10)
+        )
+    )
+    poll.start()
+    deadline = time.monotonic() + 3
+    while not watched.feed.figures().watchers:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    started = time.monotonic()
+    watched.feed.close()
+    poll.join(5)
+    assert time.monotonic() - started < 1
+    (answer,) = answers
+    assert answer.status_code == 200 and answer.json() == []
+    assert answer.headers["KV-Position"] == watched.head().token
+
+
 def test_every_history_answer_says_where_to_resume_from(watched: Watched) -> None:
     watched.put("k", "one")
     answer = requests.get(f"{watched.url}/k/history", timeout=5)
