@@ -323,20 +323,27 @@ class ChangeFeed:
 
     def changed(self, change: Change) -> None:
         """Queue `change` for every watcher that follows it; tell the subscribers. On the
-        store's thread, often inside its lock: nothing here blocks or calls the store."""
+        store's thread, often inside its lock: nothing here blocks or calls the store. A bug
+        here must not fail the store's write, nor lose the change silently: it is logged,
+        and every watcher catches up from the store."""
+        subscribers = self._subscribers
         try:
             with self.lock:
                 self.head = max(self.head, change.revision)
-                for watcher in self._by_key.get(change.key, ()):
+                # Copies: a watcher the change ends (its queue overflows) leaves these sets.
+                for watcher in tuple(self._by_key.get(change.key, ())):
                     self._offer(watcher, change)
-                for watcher in self._by_prefix:
+                for watcher in tuple(self._by_prefix):
                     if watcher.selector.matches(change.key):
                         self._offer(watcher, change)
-                subscribers = self._subscribers
-            for listener in subscribers:
-                listener(change)
-        except Exception:  # a bug here must not fail the store's write
+        except Exception:
             logger.exception("the change feed failed to take revision %d", change.revision)
+            self.interrupted()
+        for listener in subscribers:
+            try:
+                listener(change)
+            except Exception:  # fire and forget: one subscriber's bug is not the others'
+                logger.exception("a change feed subscriber failed on revision %d", change.revision)
 
     def interrupted(self) -> None:
         """Changes may have gone untold: every watcher catches up from the store."""

@@ -314,8 +314,9 @@ def _history(store: Store, feed: ChangeFeed | None, key: str) -> bytes | Iterato
         return _history_answer(store, store.history(key))
     given = _query_parameters("/<key>/history")
     after = None if "after" not in given else FeedPosition.parse(given["after"])
-    if "wait" in given and bottle.request.method == "GET":
-        return _long_poll(store, feed, FeedSelector(key=key), after, _wait_s(feed, given["wait"]))
+    wait_s = None if "wait" not in given else _wait_s(feed, given["wait"])
+    if wait_s is not None and bottle.request.method == "GET":  # HEAD answers at once
+        return _long_poll(store, feed, FeedSelector(key=key), after, wait_s)
     if after is not None:
         page = feed.changes(FeedSelector(key=key), after)
         return _history_answer(store, _entries_of(page.changes), page.position)

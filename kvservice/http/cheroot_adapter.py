@@ -290,7 +290,9 @@ def _produce(
             elif feed_stream:
                 yield b""
         _finish(request, wfile)
-        yield wfile.take()
+        last = wfile.take()
+        if last:  # b"" would say "nothing yet" to the transport: a body of known length ends so
+            yield last
     finally:
         _close(result)
 

@@ -195,6 +195,21 @@ def test_a_watcher_that_does_not_take_is_ended_and_lets_go_of_its_queue(
     feed.close()
 
 
+def test_a_watcher_ended_by_a_change_does_not_keep_it_from_the_others(
+    store: FeedingMemoryStore, clock: SecondsClock
+) -> None:
+    feed = hub(store, clock, queue_changes=1)
+    for selector in (EVERY_KEY, FeedSelector(key="k")):
+        idle = feed.watch(selector, None, Wakes())
+        taking = [feed.watch(selector, None, Wakes()) for _ in range(3)]
+        first = write(store, "k")
+        assert all(revisions(watcher.take()) == first for watcher in taking)
+        second = write(store, "k")  # the idle one overflows, among the others
+        assert isinstance(idle.take(), Ended)
+        assert all(revisions(watcher.take()) == second for watcher in taking)
+    feed.close()
+
+
 def test_a_watcher_more_than_a_page_behind_catches_up_off_the_callers_thread(
     store: FeedingMemoryStore,
 ) -> None:
@@ -307,3 +322,15 @@ def test_a_subscriber_hears_every_change_in_order_until_it_unsubscribes(
     unsubscribe()
     write(store, "c")
     assert heard == [*written, written[-1] + 1]
+
+
+def test_a_subscriber_that_fails_neither_fails_the_write_nor_deafens_the_others(
+    store: FeedingMemoryStore, feed: ChangeFeed
+) -> None:
+    def failing(change: Change) -> None:
+        raise RuntimeError("a bug")
+
+    heard: list[int] = []
+    feed.subscribe(failing)
+    feed.subscribe(lambda change: heard.append(change.revision))
+    assert write(store, "a") == heard

@@ -17,10 +17,13 @@ from kvservice.execution import execution_for
 from kvservice.feed import ChangeFeed, FeedSettings
 from kvservice.http.app import create_app
 from kvservice.http.server import Server
+from kvservice.metrics import Metrics
 from kvservice.store import FeedPosition
 from kvservice.store.memory import MemoryStore
 from kvservice.store.service import StoreService
 from tests.support.clock import FakeClock
+from tests.support.feeds import FeedingMemoryStore
+from tests.support.processes import kvservice_process
 from tests.support.rawresp import RespConnection, running_resp
 from tests.support.servers import http_settings
 from tests.support.sse import Event, EventStream
@@ -58,7 +61,9 @@ def start_watched() -> Iterator[StartWatched]:
         settings = http_settings(
             threads=4, socket_timeout_s=socket_timeout_s, execution=execution_for(served)
         )
-        server = Server(create_app(served, feed=hub), settings)
+        metrics = Metrics(served)
+        metrics.watch_feed(hub.figures)
+        server = Server(create_app(served, metrics_page=metrics.render, feed=hub), settings)
         server.start()
         watched = Watched(f"http://127.0.0.1:{server.port}", store, hub, server)
         started.append(watched)
@@ -254,12 +259,12 @@ def test_a_watcher_that_does_not_read_is_ended_and_holds_no_more(
         assert figures.ended["slow"] == 1
         assert figures.watchers == {}  # let go of: its queue with it
         events = stream.events_until("error")
+        with pytest.raises(EOFError):
+            stream.next_event()
     error = events[-1].json()
     assert error["type"].endswith("watch-too-slow") and error["status"] == 503
     revisions = [change["revision"] for change in changes(events)]
     assert revisions == sorted(set(revisions))  # what came, came in order, once
-    with pytest.raises(EOFError):
-        stream.next_event()
 
 
 def test_a_stream_and_a_long_poll_are_not_closed_by_the_idle_timeout(
@@ -322,6 +327,27 @@ def test_the_drain_ends_each_stream_and_the_server_stops_promptly(watched: Watch
 
 
 # -- the long-poll ----------------------------------------------------------------------------
+
+
+def test_the_drain_answers_a_parked_long_poll_at_once(watched: Watched) -> None:
+    answers: list[requests.Response] = []
+    poll = threading.Thread(
+        target=lambda: answers.append(
+            requests.get(f"{watched.url}/k/history", params={"wait": "30s"}, timeout=10)
+        )
+    )
+    poll.start()
+    deadline = time.monotonic() + 3
+    while not watched.feed.figures().watchers:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    started = time.monotonic()
+    watched.feed.close()
+    poll.join(5)
+    assert time.monotonic() - started < 1
+    (answer,) = answers
+    assert answer.status_code == 200 and answer.json() == []
+    assert answer.headers["KV-Position"] == watched.head().token
 
 
 def test_every_history_answer_says_where_to_resume_from(watched: Watched) -> None:
@@ -396,3 +422,63 @@ def test_a_bad_long_poll_is_a_400_saying_why(
 ) -> None:
     answer = requests.get(f"{watched.url}/k/history", params=params, timeout=5)
     assert answer.status_code == 400 and says in answer.json()["detail"]
+
+
+class ReadsBlock(FeedingMemoryStore):
+    """A store whose reads may block, as Redis's do: the execution policy then serves reads
+    on workers, and the feed's pages must never be read on the event loop."""
+
+    reads_may_block = True
+
+
+def test_with_reads_that_block_no_page_is_read_on_the_loop(start_watched: StartWatched) -> None:
+    store = ReadsBlock()
+    watched = start_watched(store, queue_changes=3)
+    start = watched.head().token
+    for index in range(10):
+        watched.put(f"k{index}", "v")
+    with EventStream(watched.url, f"/_watch?after={start}") as stream:
+        got = changes(stream.events_until("change", 10))
+    poll = requests.get(f"{watched.url}/k9/history", params={"after": start}, timeout=5)
+    assert [change["key"] for change in got] == [f"k{index}" for index in range(10)]
+    assert [entry["value"] for entry in poll.json()] == ["v"]
+    first, *catching_up = store.read_threads
+    assert first.startswith("http-worker")  # where the request's reads run
+    assert catching_up and all(name.startswith("feed-catch-up") for name in catching_up[:-1])
+    assert not any(name.startswith("http-serve") for name in store.read_threads)
+
+
+def test_the_metrics_count_watchers_events_and_endings(start_watched: StartWatched) -> None:
+    watched = start_watched(queue_changes=1)
+
+    def metric(line_start: str) -> float:
+        page = requests.get(f"{watched.url}/_metrics", timeout=5).text
+        (line,) = [line for line in page.splitlines() if line.startswith(line_start)]
+        return float(line.rsplit(" ", 1)[1])
+
+    with EventStream(watched.url, "/_watch?key=k") as stream:
+        stream.next_event()
+        assert metric('kv_watchers{kind="sse"}') == 1
+        watched.put("k", "one")
+        stream.events_until("change")
+        assert metric("kv_watch_events_sent_total") == 1
+        watched.store.put("k", b"two")  # two at once: past a queue of one
+        watched.store.put("k", b"three")
+        stream.events_until("error")
+    assert metric('kv_watch_ended_total{reason="slow"}') == 1
+    assert metric('kv_watchers{kind="sse"}') == 0
+
+
+def test_sigterm_ends_the_streams_then_the_process_exits() -> None:
+    with kvservice_process() as service:
+        stream = EventStream(service.url, "/_watch")
+        stream.next_event()
+        started = time.monotonic()
+        service.process.send_signal(15)
+        (error,) = [event for event in stream.events_until("error") if event.event == "error"]
+        with pytest.raises((EOFError, ConnectionError)):
+            stream.next_event()
+        assert service.process.wait(5) == 0
+        stream.close()
+    assert error.json()["type"].endswith("server-stopping")
+    assert time.monotonic() - started < 3

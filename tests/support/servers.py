@@ -41,9 +41,12 @@ def resp_test_settings(**overrides: Any) -> RespSettings:
 
 def kv_app_with_metrics(store: Store) -> Any:
     """kvservice's app over `store` as the service serves it by default: behind the store
-    service, with /_metrics."""
+    service, with /_metrics and the change feed (/_watch, the history's long-poll)."""
     served = StoreService(store)
-    return create_app(served, metrics_page=Metrics(served).render)
+    metrics = Metrics(served)
+    feed = ChangeFeed(served, feed_settings(Config()))
+    metrics.watch_feed(feed.figures)
+    return create_app(served, metrics_page=metrics.render, feed=feed)
 
 
 @contextmanager

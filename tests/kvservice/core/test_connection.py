@@ -289,6 +289,27 @@ def test_a_stream_with_nothing_yet_waits_for_a_wake_then_goes_on() -> None:
     scenario(body)
 
 
+def test_connections_woken_together_from_another_thread_each_go_on() -> None:
+    async def body(harness: Harness) -> None:
+        pairs = [harness.connect() for _ in range(3)]
+        for connection, _ in pairs:
+            connection.data_received(b"feed\n")
+        for feed in harness.transport.feeds:
+            feed.pending.append(b"news")
+
+        def wake_all() -> None:
+            for connection, _ in pairs:
+                connection.wake()
+
+        waker = threading.Thread(target=wake_all)
+        waker.start()
+        waker.join()
+        await turns()
+        assert [mock.written for _, mock in pairs] == [b"news"] * 3
+
+    scenario(body)
+
+
 def test_a_stream_waiting_for_a_wake_is_not_charged_the_streaming_headroom() -> None:
     budget = ReplyBudget(64 * 1024)  # less than one streaming connection's headroom
 
