@@ -1,13 +1,14 @@
 """The composition root: config -> store backend, wrapped in the store service, with its
-sweeper of expired keys -> every enabled transport's server -> run.
+sweeper of expired keys and the change feed's hub -> every enabled transport's server -> run;
+at the stop, the feed's watchers are ended first, then the servers drain.
 
 `kvservice backup --data-dir DIR FILE` is the one subcommand: an online backup of the
 durable store's directory (`kvservice.store.durable.backup`).
 
 A transport is one entry in `TRANSPORTS`: a function from the config, the shared store, the
-shared `Security` (tokens, TLS), the shared metrics (None with --metrics off) and the shared
-`ReplyBudget` (--max-reply-buffer-bytes, for every transport together) to a server
-(`lifecycle.Runnable`), or None when the config leaves it off.
+shared `Security` (tokens, TLS), the shared metrics (None with --metrics off), the shared
+`ReplyBudget` (--max-reply-buffer-bytes, for every transport together) and the shared
+`ChangeFeed` to a server (`lifecycle.Runnable`), or None when the config leaves it off.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from urllib.parse import urlsplit
 from kvservice.auth import TokenFileError, Tokens
 from kvservice.config import Config, load_backup_arguments, load_config
 from kvservice.execution import execution_for
+from kvservice.feed import ChangeFeed, FeedSettings
 from kvservice.http.app import create_app
 from kvservice.http.bearer import BearerTokens
 from kvservice.http.server import RequestObserver, Server, ServerSettings, write_access_line
@@ -234,15 +236,27 @@ def _is_loopback(host: str) -> bool:
         return False  # a name: it may resolve to anything
 
 
+def feed_settings(config: Config) -> FeedSettings:
+    """The change feed's bounds."""
+    return FeedSettings(
+        max_watchers=config.max_watchers,
+        queue_changes=config.watch_queue_changes,
+        bookmark_interval_s=config.watch_bookmark_interval_s,
+        max_wait_s=config.watch_max_wait_s,
+    )
+
+
 def http_transport(
     config: Config,
     store: Store,
     security: Security,
     metrics: Metrics | None,
     replies: ReplyBudget,
+    feed: ChangeFeed,
 ) -> Runnable | None:
-    """HTTP on --port, always on; with metrics, it counts requests and serves /_metrics."""
-    app = create_app(store, metrics_page=None if metrics is None else metrics.render)
+    """HTTP on --port, always on; with metrics, it counts requests and serves /_metrics;
+    /_watch and the history's long-poll watch through `feed`."""
+    app = create_app(store, metrics_page=None if metrics is None else metrics.render, feed=feed)
     if security.tokens is not None:
         app = BearerTokens(app, security.tokens)
     observers: list[RequestObserver] = [write_access_line]
@@ -261,6 +275,7 @@ def resp_transport(
     security: Security,
     metrics: Metrics | None,
     replies: ReplyBudget,
+    feed: ChangeFeed,
 ) -> Runnable | None:
     """The Redis protocol on --resp-port, off unless that is set."""
     if config.resp_port is None:
@@ -278,9 +293,11 @@ def resp_transport(
     return server
 
 
-Transport = Callable[[Config, Store, Security, "Metrics | None", ReplyBudget], Runnable | None]
-"""A transport's factory: config, the shared store, security, metrics and reply budget -> its
-server."""
+Transport = Callable[
+    [Config, Store, Security, "Metrics | None", ReplyBudget, ChangeFeed], Runnable | None
+]
+"""A transport's factory: config, the shared store, security, metrics, reply budget and change
+feed -> its server."""
 
 TRANSPORTS: dict[str, Transport] = {
     "http": http_transport,
@@ -331,16 +348,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("cannot start: %s", error)
         return 2
     replies = ReplyBudget(config.max_reply_buffer_bytes)
+    feed = ChangeFeed(store, feed_settings(config))
     metrics = Metrics(store) if config.metrics else None
     if metrics is not None:
         metrics.watch_replies(replies)
-    servers = [make(config, store, security, metrics, replies) for make in TRANSPORTS.values()]
+        metrics.watch_feed(feed.figures)
+    servers = [
+        make(config, store, security, metrics, replies, feed) for make in TRANSPORTS.values()
+    ]
     reloads = [] if security.tokens is None else [security.tokens.reload]
     sweeper = Sweeper(store)  # expired keys give their memory back though nobody reads them
     sweeper.start()
     try:
         return run_until_signalled(
-            [server for server in servers if server is not None], on_reload=reloads
+            [server for server in servers if server is not None],
+            on_reload=reloads,
+            on_stopping=[feed.close],  # watchers are told, then the servers drain
         )
     finally:
         sweeper.stop()

@@ -339,6 +339,37 @@ class Config:
         SECONDS,
         "how long a RESP connection may sit idle or stall",
     )
+    max_watchers: int = setting(
+        10_000,
+        "--max-watchers",
+        "KV_MAX_WATCHERS",
+        COUNT,
+        "change feed watchers open at once (HTTP /_watch streams and history long-polls "
+        "together); more get 503 with Retry-After",
+    )
+    watch_queue_changes: int = setting(
+        1000,
+        "--watch-queue",
+        "KV_WATCH_QUEUE",
+        COUNT,
+        "changes held for one watcher its client has not read; past it, the watcher is "
+        "ended (its client resumes from its last event id)",
+    )
+    watch_bookmark_interval_s: float = setting(
+        15.0,
+        "--watch-bookmark-interval",
+        "KV_WATCH_BOOKMARK_INTERVAL",
+        SECONDS,
+        "a watcher sent nothing for this long is sent a bookmark (its position), which "
+        "keeps proxies from timing it out and bounds how far back a resume reaches",
+    )
+    watch_max_wait_s: float = setting(
+        60.0,
+        "--watch-max-wait",
+        "KV_WATCH_MAX_WAIT",
+        SECONDS,
+        "the longest wait= a history long-poll may ask for; longer gets 400",
+    )
     auth_tokens: str | None = setting(
         None,
         "--auth-tokens",

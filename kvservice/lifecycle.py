@@ -45,12 +45,15 @@ def run_until_signalled(
     on_started: Callable[[], None] | None = None,
     on_reload: Sequence[Callable[[], object]] = (),
     service: str = "kvservice",
+    on_stopping: Sequence[Callable[[], object]] = (),
 ) -> int:
     """Start every server, wait for SIGTERM or SIGINT, stop them all; returns the exit code.
     `on_started` runs once every server listens, and not at all if one cannot. SIGHUP calls
     each of `on_reload` (re-reading files such as the token file); with nothing to reload it is
     logged and ignored, as redis-server does: a logrotate-style HUP must never stop a service
-    whose data may live only in its memory (SIGHUP's default action is to terminate). The
+    whose data may live only in its memory (SIGHUP's default action is to terminate). At the
+    stop, each of `on_stopping` runs before the servers drain (the change feed ends its
+    watchers, whose streams are then answered and closed within the drain). The
     start-up and stop lines are logged as `<service>.lifecycle`, so each program's log names
     that program."""
     logger = logging.getLogger(f"{service}.lifecycle")
@@ -91,6 +94,8 @@ def run_until_signalled(
                 logger.info("received SIGHUP, reloading")
             for reload in on_reload:
                 reload()
+    for stopping in on_stopping:
+        stopping()
     _stop_all(started)
     logger.info("stopped")
     return 1 if any(server.failed.is_set() for server in started) else 0

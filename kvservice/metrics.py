@@ -5,7 +5,8 @@ request, the HTTP transport reports a `RequestRecord` to `Metrics.observe_reques
 adds it up under one lock. Everything else is read when a scrape asks for it: the
 store's figures from `Store.stats()` (with its journal's, for a store with --data-dir), each
 transport's connection counts and RESP's command counts (the RESP server keeps those itself,
-under a lock, since commands may run on worker threads), and the bytes held in unsent replies
+under a lock, since commands may run on worker threads), the change feed's watchers and what
+they were sent (`kvservice.feed.ChangeFeed.figures`), and the bytes held in unsent replies
 (`ReplyBudget`), so that serving a request does not pay for figures nobody has asked for yet.
 
 Labels are bounded: methods outside HTTP_METHODS count as OTHER, routes are templates
@@ -32,6 +33,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
+from kvservice.feed import ENDED_REASONS, FeedFigures
 from kvservice.http.server import RequestRecord
 from kvservice.store import Persistence, Store, StoreError
 
@@ -125,6 +127,10 @@ class Metrics:
     def watch_resp(self, figures: RespFigures) -> None:
         """Export the RESP transport's connection and command figures, read at each scrape."""
         self._collectors.append(lambda: _resp_metrics(figures))
+
+    def watch_feed(self, figures: Callable[[], FeedFigures]) -> None:
+        """Export the change feed's figures (`ChangeFeed.figures`), read at each scrape."""
+        self._collectors.append(lambda: _feed_metrics(figures()))
 
     def watch_replies(self, replies: ReplyFigures) -> None:
         """Export the bytes held in unsent replies, by every transport, read at each scrape."""
@@ -356,4 +362,41 @@ def _reply_metrics(replies: ReplyFigures) -> Iterator[Metric]:
         "kvservice_reply_buffer_closed_connections",
         "Connections closed because their unsent reply did not fit the budget.",
         value=replies.refusals,
+    )
+
+
+WATCHER_KINDS = ("sse", "long-poll")
+"""The kinds of watcher the HTTP transport opens, each reported even at 0."""
+
+
+def _feed_metrics(figures: FeedFigures) -> Iterator[Metric]:
+    watchers = GaugeMetricFamily(
+        "kv_watchers", "Change feed watchers open, by kind (sse, long-poll).", labels=["kind"]
+    )
+    for kind in sorted({*WATCHER_KINDS, *figures.watchers}):
+        watchers.add_metric([kind], figures.watchers.get(kind, 0))
+    yield watchers
+    yield CounterMetricFamily(
+        "kv_watch_events_sent",
+        "Changes taken by watchers to send to their clients.",
+        value=figures.events_sent,
+    )
+    yield CounterMetricFamily(
+        "kv_watch_bookmarks_sent",
+        "Bookmarks (a position, when nothing else was sent for the interval) taken by watchers.",
+        value=figures.bookmarks_sent,
+    )
+    ended = CounterMetricFamily(
+        "kv_watch_ended",
+        "Watchers the server ended, by reason: slow (did not read), gone (its position left "
+        "the history window), unavailable (the store could not be read), stopping (drain).",
+        labels=["reason"],
+    )
+    for reason in ENDED_REASONS:
+        ended.add_metric([reason], figures.ended.get(reason, 0))
+    yield ended
+    yield CounterMetricFamily(
+        "kv_watch_refused",
+        "Watches refused at --max-watchers (or while the server stops), answered 503.",
+        value=figures.refusals,
     )

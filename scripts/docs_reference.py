@@ -32,6 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from kvservice import config as kv_config  # noqa: E402
+from kvservice.feed import ChangeFeed, FeedSettings  # noqa: E402
 from kvservice.http.server import RequestRecord  # noqa: E402
 from kvservice.metrics import Metrics  # noqa: E402
 from kvservice.reply_budget import ReplyBudget  # noqa: E402
@@ -169,7 +170,9 @@ def metric_rows(families: Iterable[Any]) -> str:
 
 
 def metrics_page() -> str:
-    metrics = Metrics(MemoryStore())
+    store = MemoryStore()
+    metrics = Metrics(store)
+    metrics.watch_feed(ChangeFeed(store, FeedSettings()).figures)
     metrics.watch_http(_Connections())
     metrics.watch_resp(_RespFigures())
     metrics.watch_replies(ReplyBudget(64 * 1024 * 1024))

@@ -10,12 +10,16 @@ at a time per connection and in order, reading paused meanwhile.
 A client that stops reading its replies stops being read (`pause_writing`). Replies that
 cannot be written at once wait in `outgoing`, in order, with reading paused until they are
 written; `Pieces` are produced as the transport drains, at most `_WRITE_PER_ROUND` bytes a
-turn of the loop. What the write buffer and the queue hold is charged to the reply budget
-after each write, when it drains (`resume_writing`) and at each sweep; a connection it does
-not fit is closed, its replies dropped. The sweep (`expire`) closes a connection idle for
-the idle timeout, one whose replies have not drained for as long (with a reset, so the
-kernel drops what it still holds for it too), and one whose request has not arrived within
-the request timeout of its first byte.
+turn of the loop. `Pieces` with nothing to send yet (b"") are asked again once `wake` is
+called (from any thread: it hops onto the loop); a free connection woken is asked for its
+next step, which is how a parked request (`WireProtocol.parked`) is answered. What the
+write buffer and the queue hold is charged to the reply budget after each write, when it
+drains (`resume_writing`) and at each sweep (a stream waiting for a wake without the
+streaming headroom: it holds nothing to send); a connection it does not fit is closed, its
+replies dropped. The sweep (`expire`) closes a connection idle for the idle timeout (never a
+parked one), one whose replies have not drained for as long (with a reset, so the kernel
+drops what it still holds for it too), and one whose request has not arrived within the
+request timeout of its first byte.
 """
 
 from __future__ import annotations
@@ -90,6 +94,9 @@ class Connection(asyncio.BufferedProtocol):
         """Bytes that arrived while its work ran, fed to the protocol once it is done."""
         self.read_buffer = memoryview(bytearray(server.settings.read_bytes))
         """Where each read lands (`get_buffer`)."""
+        self.awaiting_wake = False
+        """The streamed reply first in `outgoing` has nothing to send until `wake`."""
+        self.loop = asyncio.get_running_loop()
 
     # -- what a transport may know (`ConnectionInfo`) ---------------------------------------
 
@@ -111,6 +118,21 @@ class Connection(asyncio.BufferedProtocol):
 
     def runs_inline(self, calls: StoreCalls) -> bool:
         return self.server.runs_inline(calls)
+
+    def wake(self) -> None:
+        self.server.wake(self)
+
+    def woken(self) -> None:
+        """On the loop: produce the streamed reply that waited, or ask a free connection's
+        protocol for its next step (a parked request's answer)."""
+        if self.protocol is None or self.transport.is_closing():
+            return
+        if self.awaiting_wake:
+            self.awaiting_wake = False
+            self.transport.pause_reading()  # writing again: nothing is read meanwhile
+            self.write_more()
+        elif not (self.running or self.backlog or self.outgoing or self.finishing):
+            self._serve()
 
     # -- asyncio's calls ------------------------------------------------------------------------
 
@@ -137,8 +159,13 @@ class Connection(asyncio.BufferedProtocol):
         if protocol is None:  # refused: closing
             return
         self.last_received = self.server.clock()
-        if self.running:  # reading is paused, but a TLS transport may hand over what it has
+        if self.running or self.awaiting_wake:
+            # Work runs (reading is paused, but a TLS transport may hand over what it has),
+            # or a stream waits for a wake, reading only to hear the client leave: what
+            # arrives is served once the stream is done, one read at most held meanwhile.
             self.unfed.append(data)
+            if self.awaiting_wake:
+                self.transport.pause_reading()
             return
         if not protocol.mid_request:
             self.request_began = self.last_received
@@ -304,7 +331,12 @@ class Connection(asyncio.BufferedProtocol):
             return
         outgoing = self.outgoing
         written = 0
-        while outgoing and not self.writing_paused and written < _WRITE_PER_ROUND:
+        while (
+            outgoing
+            and not self.writing_paused
+            and not self.awaiting_wake
+            and written < _WRITE_PER_ROUND
+        ):
             following = outgoing[0]
             try:
                 piece = following if isinstance(following, bytes) else following.next_piece()
@@ -314,6 +346,13 @@ class Connection(asyncio.BufferedProtocol):
                 self._drop_outgoing()
                 self.transport.abort()
                 return
+            if not piece and piece is not None and piece is not following:
+                # Nothing yet: `wake` asks again. Read meanwhile, so that a client that
+                # leaves is heard now rather than at the next piece written.
+                self.awaiting_wake = True
+                if not self.unfed:
+                    self.transport.resume_reading()
+                break
             if piece is following or piece is None:
                 outgoing.popleft()
                 self.outgoing_bytes -= held_bytes(following)
@@ -325,11 +364,23 @@ class Connection(asyncio.BufferedProtocol):
             written += len(piece)
         self.hold()
         if outgoing:
-            if not self.writing_paused and not self.pumping and not self.transport.is_closing():
+            if not (
+                self.writing_paused
+                or self.pumping
+                or self.awaiting_wake
+                or self.transport.is_closing()
+            ):
                 self.pumping = True
                 asyncio.get_running_loop().call_soon(self.write_more)
         elif self.finishing and not self.running:
             self.transport.close()
+        elif self.unfed and not self.running:  # what arrived while a stream waited
+            protocol = self.protocol
+            assert protocol is not None
+            for data in self.unfed:
+                protocol.received(data)
+            self.unfed.clear()
+            self._run_backlog()
         elif self.backlog:
             self._run_backlog()
         else:
@@ -342,7 +393,11 @@ class Connection(asyncio.BufferedProtocol):
         if charge is None or self.transport.is_closing():
             return
         buffered = self.transport.get_write_buffer_size()
-        streaming = any(not isinstance(reply, bytes) for reply in self.outgoing)
+        # A reply waiting for a wake holds nothing to send: no headroom for it, or every
+        # idle watcher would hold one.
+        streaming = not self.awaiting_wake and any(
+            not isinstance(reply, bytes) for reply in self.outgoing
+        )
         if charge.settle(buffered, streaming=streaming, produced_from=self.outgoing_bytes):
             return
         self.server.transport.logger.warning(
@@ -357,6 +412,7 @@ class Connection(asyncio.BufferedProtocol):
             if not isinstance(reply, bytes):
                 reply.close()
         self.outgoing_bytes = 0
+        self.awaiting_wake = False
 
     # -- closing --------------------------------------------------------------------------------
 
@@ -392,12 +448,19 @@ class Connection(asyncio.BufferedProtocol):
         """Close it if it has been idle for the idle timeout, or its replies have not
         drained for as long, or a request has been arriving for the request timeout; what it
         has not read is dropped. A connection whose work runs, or whose replies are still
-        being written, is busy, not idle: reading is paused then."""
+        being written, is busy, not idle: reading is paused then; so is one parked (waiting
+        for a wake, not for its client)."""
         settings = self.server.settings
         threshold = now - settings.idle_timeout_s
         stalled = self.stalled_since is not None and self.stalled_since < threshold
-        busy = self.running or self.backlog or bool(self.outgoing) or self.stalled_since is not None
         protocol = self.protocol
+        busy = (
+            self.running
+            or self.backlog
+            or bool(self.outgoing)
+            or self.stalled_since is not None
+            or (protocol is not None and protocol.parked)
+        )
         request_timeout = settings.request_timeout_s
         if (
             not busy

@@ -11,6 +11,11 @@ complete (its response bytes, or `Pieces` that produce the body from the app's i
 the client reads), with `After.CLOSE` when the connection is not to be kept; `mid_request`
 tells the core that part of a request has arrived, so the request timeout runs from its
 first byte, and `timed_out` gives the 408 to write before closing.
+
+A connection may wait for something other than its client (a change feed): a streamed reply
+whose `next_piece` has nothing yet gives b"", and a transport whose request waits says so
+(`WireProtocol.parked`, exempt from the idle timeout) and answers None from `next_step`;
+`ConnectionInfo.wake`, from any thread, has the core ask again. Neither costs a thread.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ class Pieces(Protocol):
         ...
 
     def next_piece(self) -> bytes | None:
-        """The next piece (about 16 KiB is right); None after the last. Called on the loop
+        """The next piece (about 16 KiB is right); None after the last; b"" when there is
+        nothing to send yet (a change feed's stream between events): the core then asks
+        again only once the connection is woken (`ConnectionInfo.wake`). Called on the loop
         thread: producing a piece must not block."""
         ...
 
@@ -115,6 +122,14 @@ class ConnectionInfo(Protocol):
         `Work` of its own."""
         ...
 
+    def wake(self) -> None:
+        """Something the connection waits for has happened (a change feed has news): on the
+        loop, a streamed reply waiting for data (`Pieces.next_piece` gave b"") is asked for
+        its next piece, and a free connection is asked for its `next_step` (a parked
+        request). Thread-safe, from any thread; cheap when there is nothing to do, and a
+        no-op once the connection or the server has closed."""
+        ...
+
 
 class WireProtocol(Protocol):
     """What a transport provides for each connection: its protocol code. Every method is
@@ -135,6 +150,13 @@ class WireProtocol(Protocol):
     def mid_request(self) -> bool:
         """Whether part of a request has arrived but not all of it: the request timeout
         then applies (from the read that began it) instead of the idle timeout."""
+        ...
+
+    @property
+    def parked(self) -> bool:
+        """Whether the connection waits for a wake (`ConnectionInfo.wake`), not for its
+        client: a long-poll, a subscription. The idle timeout does not apply meanwhile (a
+        client that stops reading its replies is still reset)."""
         ...
 
     def timed_out(self) -> bytes:

@@ -14,6 +14,8 @@ thread for a store that never blocks; for one that may, on a pool of `workers` t
 client waits behind another client's store call. `stop()` drains: nothing more is accepted,
 work in flight finishes, a request that has started arriving may arrive and be answered,
 replies are written for up to `shutdown_timeout_s`, then every connection is closed.
+Connections woken from other threads (a change feed's watchers) are gathered and woken by
+one hop onto the loop, however many a change wakes.
 """
 
 from __future__ import annotations
@@ -136,6 +138,11 @@ class ConnectionServer:
         """One per accepted socket, until it closes: handshaking, refused or admitted."""
         self._ids = itertools.count(1)
         self._bound_port = settings.port
+        self._woken: set[Connection] = set()
+        """Connections woken (`Connection.wake`, from any thread) since the loop last ran
+        their wakes: one hop onto the loop serves them all, so a change a thousand watchers
+        follow costs one wake-up of the loop, not a thousand."""
+        self._woken_lock = threading.Lock()
 
     @property
     def port(self) -> int:
@@ -326,6 +333,21 @@ class ConnectionServer:
                 connection.expire(now)
 
     # -- what the connections call ----------------------------------------------------------
+
+    def wake(self, connection: Connection) -> None:
+        """Have the loop run `connection`'s wake soon; thread-safe (see `_woken`)."""
+        with self._woken_lock:
+            first = not self._woken
+            self._woken.add(connection)
+        if first:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to wake
+                connection.loop.call_soon_threadsafe(self._run_wakes)
+
+    def _run_wakes(self) -> None:
+        with self._woken_lock:
+            woken, self._woken = self._woken, set()
+        for connection in woken:
+            connection.woken()
 
     def runs_inline(self, calls: StoreCalls) -> bool:
         """Whether work of kind `calls` runs on the loop's thread (the execution policy)."""

@@ -7,6 +7,14 @@ error handler, so a client never sees an HTML page or a traceback.
 A key's deadline travels as query parameters (`?ttl=` in config.py's duration syntax, or
 `?expires_at=` in epoch ms) on PUT, POST and PATCH, and comes back in `KV-Expires-At`; the
 routes that take query parameters name them in `QUERY_PARAMETERS`, and refuse any other.
+
+Watching keys, given the change feed's hub (`kvservice.feed.ChangeFeed`): `GET /_watch` is a
+Server-Sent Events stream of a key's or a prefix's changes, and `GET /<key>/history?after=
+&wait=` a long-poll; every history answer says in `KV-Position` where to resume from. A
+watcher costs no thread: the stream's body yields b"" while its watcher has nothing, and a
+long-poll with nothing yet is parked (`request_info.Parking`); the transport asks again when
+the watcher wakes it. A position the feed cannot serve is a 410 whose `position` member is
+the head, to start again from now.
 """
 
 from __future__ import annotations
@@ -25,26 +33,38 @@ from typing import Any, NamedTuple, TypeVar
 import bottle
 
 from kvservice.config import duration_s
+from kvservice.feed import ChangeFeed, Ended, Watcher, WatchersFull
 from kvservice.http.problems import (
     PROBLEM_CONTENT_TYPE,
     answer_errors_with_problems,
     current_request_id,
     problem_body,
 )
-from kvservice.http.request_info import ROUTE_ENVIRON, STREAM_STATE_ENVIRON
+from kvservice.http.request_info import (
+    FEED_STREAM_ENVIRON,
+    PARKING_ENVIRON,
+    ROUTE_ENVIRON,
+    STREAM_STATE_ENVIRON,
+    Parking,
+)
 from kvservice.reply_budget import estimated_size
 from kvservice.store import (
     DEFAULT_PAGE_KEYS,
     MATCH_ANY,
     MAX_PAGE_KEYS,
     NO_EXPIRY,
+    Change,
     Expiry,
+    FeedPosition,
+    FeedSelector,
     HistoryEntry,
     InvalidKey,
+    InvalidPosition,
     KeyExists,
     KeyNotFound,
     Precondition,
     PreconditionFailed,
+    ResumeGone,
     Store,
     StoreError,
     StoreFull,
@@ -54,6 +74,7 @@ from kvservice.store import (
     ValueTooLarge,
     too_large,
     validate_key,
+    validate_prefix,
 )
 
 logger = logging.getLogger("kvservice.http")
@@ -74,7 +95,7 @@ class Problem(NamedTuple):
     """Whether the answer says when to try again (Retry-After)."""
 
 
-PROBLEMS: dict[type[StoreError], Problem] = {
+PROBLEMS: dict[type[Exception], Problem] = {
     InvalidKey: Problem(400, "invalid-key", "Invalid key"),
     ValueTooLarge: Problem(413, "value-too-large", "Value too large"),
     KeyNotFound: Problem(404, "key-not-found", "Key not found"),
@@ -83,6 +104,9 @@ PROBLEMS: dict[type[StoreError], Problem] = {
     StoreFull: Problem(507, "store-full", "Store full"),
     StoreUnavailable: Problem(503, "store-unavailable", "Store unavailable", retry=True),
     StoreMisconfigured: Problem(503, "store-misconfigured", "Store misconfigured", retry=True),
+    ResumeGone: Problem(410, "resume-gone", "Resume position gone"),
+    InvalidPosition: Problem(400, "invalid-position", "Invalid position"),
+    WatchersFull: Problem(503, "watchers-full", "Too many watchers", retry=True),
 }
 """Each domain error's answer."""
 T = TypeVar("T")
@@ -104,9 +128,19 @@ class BadRequest(Exception):
     """The request itself is malformed (body, headers); answered with 400."""
 
 
-def _problem_for(error: StoreError | BadRequest) -> Problem:
-    if isinstance(error, BadRequest):
-        return Problem(400, "bad-request", "Bad request")
+PROBLEMS[BadRequest] = Problem(400, "bad-request", "Bad request")
+CLIENT_ERRORS = (StoreError, BadRequest, WatchersFull)
+"""What a route raises that a client is answered with (`PROBLEMS`): anything else is a bug."""
+ENDED_PROBLEMS: dict[str, Problem] = {
+    "slow": Problem(503, "watch-too-slow", "Watcher too slow"),
+    "gone": PROBLEMS[ResumeGone],
+    "unavailable": PROBLEMS[StoreUnavailable],
+    "stopping": Problem(503, "server-stopping", "Server stopping"),
+}
+"""The `event: error` that ends an event stream, by why its watcher ended."""
+
+
+def _problem_for(error: Exception) -> Problem:
     return PROBLEMS[type(error)]
 
 
@@ -129,7 +163,14 @@ class _App(bottle.Bottle):  # type: ignore[misc]
 EXPIRES_AT_HEADER = "KV-Expires-At"
 """When the key's value expires, in Unix epoch milliseconds; absent when it does not. Not
 `Expires`, which caches would act on."""
-_HEADER_SPELLING = {"Etag": "ETag", "Kv-Expires-At": EXPIRES_AT_HEADER}
+POSITION_HEADER = "KV-Position"
+"""On every history answer: the change feed's position to resume from (the newest change
+returned, else the feed's head as of the answer), a resume token as `after=` takes it."""
+_HEADER_SPELLING = {
+    "Etag": "ETag",
+    "Kv-Expires-At": EXPIRES_AT_HEADER,
+    "Kv-Position": POSITION_HEADER,
+}
 """Bottle title-cases header names; RFC 9110 spells this one ETag (any case is valid, but
 clients and people grep for ETag), and KV is an abbreviation."""
 
@@ -139,13 +180,16 @@ MetricsPage = Callable[[str | None], tuple[bytes, str]]
 (`kvservice.metrics.Metrics.render`)."""
 
 
-def create_app(store: Store, metrics_page: MetricsPage | None = None) -> bottle.Bottle:
-    """Build the WSGI app serving `store`, and `metrics_page` at /_metrics if given; the
-    store's limits are the app's limits."""
+def create_app(
+    store: Store, metrics_page: MetricsPage | None = None, feed: ChangeFeed | None = None
+) -> bottle.Bottle:
+    """Build the WSGI app serving `store`, `metrics_page` at /_metrics if given, and, with
+    the change feed's hub `feed`, /_watch and the history's long-poll; the store's limits are
+    the app's limits."""
     app = _App(catchall=True)
     app.uninstall(True)  # no template or JSON plugins on the hot path
     app.install(_RouteTemplate())
-    app.install(_answer_store_errors)
+    app.install(_ProblemAnswers(feed))
     answer_errors_with_problems(
         app,
         not_found=lambda: (
@@ -161,13 +205,15 @@ def create_app(store: Store, metrics_page: MetricsPage | None = None) -> bottle.
     app.route("/_keys", ["GET", "HEAD"], lambda: _keys(store), name="/_keys")
     if metrics_page is not None:
         app.route("/_metrics", ["GET", "HEAD"], lambda: _metrics(metrics_page), name="/_metrics")
+    if feed is not None:
+        app.route("/_watch", ["GET", "HEAD"], lambda: _watch(feed), name="/_watch")
     item = functools.partial(_item_route, store)
     for method, handler in ITEM_HANDLERS.items():
         app.route(f"/<key:{KEY_SEGMENT}>", method, functools.partial(item, handler), name="/{key}")
     app.route(
         f"/<key:{KEY_SEGMENT}>/history",
         ["GET", "HEAD"],
-        lambda key: _history(store, key),
+        lambda key: _history(store, feed, key),
         name="/{key}/history",
     )
     return app
@@ -255,15 +301,192 @@ ITEM_HANDLERS: dict[str, Callable[[Store, str], Any]] = {
 """Method -> handler for `/<key>`. For HEAD, Bottle drops the body and keeps its length."""
 
 
-def _history(store: Store, key: str) -> bytes | Iterator[bytes]:
+def _history(store: Store, feed: ChangeFeed | None, key: str) -> bytes | Iterator[bytes]:
     """The store is asked here (on the thread serving the request); a history longer than a
     piece is then serialised a piece at a time, as the client reads
-    (`cheroot_adapter.Response.rest`), and sent chunked; a short one whole, with its length."""
-    entries = store.history(_key_from_raw_path())
+    (`cheroot_adapter.Response.rest`), and sent chunked; a short one whole, with its length.
+
+    With the feed: `KV-Position` says where to resume from, and `after` (a position) answers
+    the writes after it instead, newest first, at once; with `wait` too (without `after`:
+    from now), when one arrives, or none at the deadline: a long-poll, parked meanwhile."""
+    key = _key_from_raw_path()
+    if feed is None:
+        return _history_answer(store, store.history(key))
+    given = _query_parameters("/<key>/history")
+    after = None if "after" not in given else FeedPosition.parse(given["after"])
+    wait_s = None if "wait" not in given else _wait_s(feed, given["wait"])
+    if wait_s is not None and bottle.request.method == "GET":  # HEAD answers at once
+        return _long_poll(store, feed, FeedSelector(key=key), after, wait_s)
+    if after is not None:
+        page = feed.changes(FeedSelector(key=key), after)
+        return _history_answer(store, _entries_of(page.changes), page.position)
+    position = feed.now  # before the history: nothing it leaves out is before the position
+    return _history_answer(store, store.history(key), position)
+
+
+def _history_answer(
+    store: Store, entries: list[HistoryEntry], position: FeedPosition | None = None
+) -> bytes | Iterator[bytes]:
     bottle.response.content_type = "application/json"
+    if position is not None:
+        bottle.response.set_header(POSITION_HEADER, position.token)
     return _whole_or_streamed(
         history_json_pieces(entries), lambda: _snapshot_size(store, entries, _entry_size)
     )
+
+
+def _entries_of(changes: list[Change]) -> list[HistoryEntry]:
+    """Changes as the history shows them: newest first."""
+    return [HistoryEntry(change.data, change.timestamp_ms, change.expired) for change in changes][
+        ::-1
+    ]
+
+
+def _wait_s(feed: ChangeFeed, text: str) -> float:
+    """`wait` in config.py's duration syntax, up to --watch-max-wait."""
+    max_wait_s = feed.settings.max_wait_s
+    try:
+        wait_s = duration_s(text)
+    except ValueError as error:
+        raise BadRequest(f"wait must be a duration, not {text!a}: {error}.") from None
+    if wait_s > max_wait_s:
+        raise BadRequest(f"wait must be at most {max_wait_s:g}s, not {text!a}.")
+    return wait_s
+
+
+def _long_poll(
+    store: Store,
+    feed: ChangeFeed,
+    selector: FeedSelector,
+    after: FeedPosition | None,
+    wait_s: float,
+) -> bytes | Iterator[bytes]:
+    """The changes after `after` as soon as there are any, or none once `wait_s` passed (the
+    watcher's bookmark); parked until then. Its first run reads the first page (where reads
+    run); the runs after a wake only take what the watcher has, on the loop."""
+    parking = _parking()
+    watcher = parking.resumed
+    if not isinstance(watcher, Watcher):
+        watcher = feed.watch(
+            selector, after, parking.wake, kind="long-poll", bookmark_interval_s=wait_s
+        )
+    output = watcher.take()
+    if output is None:
+        parking.park(watcher)
+        return b""
+    watcher.close()
+    if isinstance(output, Ended):
+        if output.reason == "gone":
+            raise ResumeGone(output.detail)
+        return _history_answer(store, [], watcher.position)
+    if isinstance(output, FeedPosition):
+        return _history_answer(store, [], output)
+    return _history_answer(store, _entries_of(output), FeedPosition(feed.life, output[-1].revision))
+
+
+def _parking() -> Parking:
+    """The request's way to wait for a wake; a server that gives none (a WSGI test client)
+    cannot serve what waits."""
+    parking = bottle.request.environ.get(PARKING_ENVIRON)
+    if not isinstance(parking, Parking):
+        raise bottle.HTTPError(501, "Watching needs kvservice's own HTTP transport.")
+    return parking
+
+
+def _watch(feed: ChangeFeed) -> bytes | Iterator[bytes]:
+    """An event stream of the changes to `key` or under `prefix` (neither: every key), from
+    `Last-Event-ID` or `after` (neither: from now), with a bookmark when nothing else was
+    sent for the interval; it ends with an error event when its watcher does."""
+    given = _query_parameters("/_watch")
+    if "key" in given and "prefix" in given:
+        raise BadRequest("Give key or prefix, not both.")
+    if "key" in given:
+        validate_key(given["key"])
+        selector = FeedSelector(key=given["key"])
+    else:
+        validate_prefix(given.get("prefix", ""))
+        selector = FeedSelector(prefix=given.get("prefix", ""))
+    token = bottle.request.headers.get("Last-Event-ID") or given.get("after")
+    after = None if token is None else FeedPosition.parse(token)
+    for name, value in _EVENT_STREAM_HEADERS:
+        bottle.response.set_header(name, value)
+    if bottle.request.method == "HEAD":
+        return b""
+    parking = _parking()
+    watcher = feed.watch(selector, after, parking.wake, kind="sse")
+    bottle.request.environ[FEED_STREAM_ENVIRON] = True
+    return _event_stream(feed, watcher)
+
+
+_EVENT_STREAM_HEADERS = (
+    ("Content-Type", "text/event-stream; charset=utf-8"),
+    ("Cache-Control", "no-store"),
+    ("X-Accel-Buffering", "no"),  # nginx and the like: pass each event on as it comes
+)
+RECONNECT_MS = 1000
+"""What an event stream tells its client to wait before it reconnects (`retry:`)."""
+_EVENTS_PER_PIECE = 64
+"""Changes taken at a time for one piece of an event stream: a bounded piece per turn."""
+
+
+def _event_stream(feed: ChangeFeed, watcher: Watcher) -> Iterator[bytes]:
+    """The stream's body: `retry:` and a bookmark, then events as the watcher has them, b""
+    while it has nothing (the transport waits for its wake); the watcher is let go of when
+    the stream ends or the client goes (the iterable's close)."""
+    try:
+        yield f"retry: {RECONNECT_MS}\n\n".encode("ascii") + _bookmark_event(watcher.position)
+        while True:
+            output = watcher.take(_EVENTS_PER_PIECE)
+            if output is None:
+                yield b""
+            elif isinstance(output, FeedPosition):
+                yield _bookmark_event(output)
+            elif isinstance(output, Ended):
+                yield _error_event(feed, output)
+                return
+            else:
+                yield "".join(_change_event(feed.life, change) for change in output).encode("ascii")
+    finally:
+        watcher.close()
+
+
+def _bookmark_event(position: FeedPosition) -> bytes:
+    token = position.token
+    return f'id: {token}\nevent: bookmark\ndata: {{"position":"{token}"}}\n\n'.encode("ascii")
+
+
+def _error_event(feed: ChangeFeed, ended: Ended) -> bytes:
+    """The event that ends a stream: a problem document saying why; for a position that
+    left the window, with the head to start again from."""
+    problem = ENDED_PROBLEMS[ended.reason]
+    extensions: dict[str, object] = {}
+    if ended.reason == "gone":
+        extensions["position"] = feed.now.token
+    body = problem_body(
+        problem.status,
+        ended.detail,
+        PROBLEM_TYPE_BASE + problem.slug,
+        problem.title,
+        current_request_id(),
+        extensions,
+    )
+    return b"event: error\ndata: " + body + b"\n\n"
+
+
+@functools.lru_cache(maxsize=4096)
+def _change_event(life: str, change: Change) -> str:
+    """A change as an event (made once however many watchers it is sent to): its id is its
+    position; its data the key, the value as the history shows it, the timestamp, the ETag
+    as its header says it (null for a delete or an expiry), what kind of change, and its
+    revision."""
+    kind = "put" if change.data is not None else "expired" if change.expired else "delete"
+    entry = _history_item(HistoryEntry(change.data, change.timestamp_ms, change.expired))
+    etag = "null" if change.etag is None else _json_string(f'"{change.etag}"')
+    data = (
+        f'{{"key":{_json_string(change.key)},{entry[1:-1]},"etag":{etag},'
+        f'"type":"{kind}","revision":{change.revision}}}'
+    )
+    return f"id: {FeedPosition(life, change.revision).token}\nevent: change\ndata: {data}\n\n"
 
 
 def _whole_or_streamed(
@@ -348,6 +571,8 @@ def _keys(store: Store) -> bytes | Iterator[bytes]:
 
 QUERY_PARAMETERS: dict[str, tuple[str, ...]] = {
     "/_keys": ("prefix", "after", "limit"),
+    "/_watch": ("key", "prefix", "after"),
+    "/<key>/history": ("after", "wait"),
     "PUT /<key>": ("ttl", "expires_at"),
     "POST /<key>": ("ttl", "expires_at"),
     "PATCH /<key>": ("ttl", "expires_at"),
@@ -632,21 +857,43 @@ def _problem_response(status: int, detail: str, problem_type: str, title: str) -
     return problem_body(status, detail, problem_type, title, current_request_id())
 
 
-def _answer_store_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
-    """Bottle plugin: domain errors become problems; anything unexpected is logged, then a 500."""
+class _ProblemAnswers:
+    """Bottle plugin: domain errors become problems (`PROBLEMS`); a resume position gone
+    says the feed's head (`position`) to start again from; anything unexpected is logged,
+    then a 500."""
 
+    api = 2
+
+    def __init__(self, feed: ChangeFeed | None) -> None:
+        self.feed = feed
+
+    def apply(self, callback: Callable[..., Any], route: Any) -> Callable[..., Any]:
+        return _answer_errors(callback, self.feed)
+
+
+def _answer_errors(callback: Callable[..., Any], feed: ChangeFeed | None) -> Callable[..., Any]:
     @functools.wraps(callback)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return callback(*args, **kwargs)
         except bottle.HTTPResponse:
             raise
-        except (StoreError, BadRequest) as error:
+        except CLIENT_ERRORS as error:
             problem = _problem_for(error)
             if problem.retry:
                 bottle.response.set_header("Retry-After", str(RETRY_AFTER_S))
-            return _problem_response(
-                problem.status, str(error), PROBLEM_TYPE_BASE + problem.slug, problem.title
+            extensions: dict[str, object] = {}
+            if isinstance(error, ResumeGone) and feed is not None:
+                extensions["position"] = feed.now.token
+            bottle.response.status = problem.status
+            bottle.response.content_type = PROBLEM_CONTENT_TYPE
+            return problem_body(
+                problem.status,
+                str(error),
+                PROBLEM_TYPE_BASE + problem.slug,
+                problem.title,
+                current_request_id(),
+                extensions,
             )
         except Exception:
             logger.exception(

@@ -17,8 +17,11 @@ environ and response bytes, against an upgrade).
 A long body the app yields in pieces (a history, a page of keys) is not produced whole: past
 `stream_after_bytes`, the rest is left to `Response.rest`, which produces the next piece only
 when the caller asks for it (once the socket has taken the last), and closes the app's
-iterable at the end or when closed early. cheroot's stubs type nearly everything `Any`; this
-module keeps that inside it: what it returns is typed.
+iterable at the end or when closed early. An app that says its body waits on a feed
+(FEED_STREAM_ENVIRON) yields b"" for "nothing yet": its response is handed over at once with
+the rest to produce, and the rest gives b"" too, for the transport to wait for a wake
+(`Parking`, put in the environ). cheroot's stubs type nearly everything `Any`; this module
+keeps that inside it: what it returns is typed.
 """
 
 from __future__ import annotations
@@ -36,7 +39,12 @@ from cheroot import wsgi as cheroot_wsgi
 
 from kvservice.http.parser import RequestHead, connection_options
 from kvservice.http.problems import error_response
-from kvservice.http.request_info import STREAM_STATE_ENVIRON
+from kvservice.http.request_info import (
+    FEED_STREAM_ENVIRON,
+    PARKING_ENVIRON,
+    STREAM_STATE_ENVIRON,
+    Parking,
+)
 
 logger = logging.getLogger("kvservice.http.cheroot")
 
@@ -160,12 +168,18 @@ class CherootGateway:
         return environ
 
     def respond(
-        self, head: RequestHead, body: bytes, peer: Peer, *, close: bool = False
+        self,
+        head: RequestHead,
+        body: bytes,
+        peer: Peer,
+        *,
+        close: bool = False,
+        parking: Parking | None = None,
     ) -> Response:
         """Run the app on the request `head` with its decoded `body`; its response as bytes,
         the first `stream_after_bytes` or so of a long body with the rest to produce later.
         `close`: the connection closes after it whatever the request says (the server stops),
-        and the response says so.
+        and the response says so. `parking` is the request's way to wait (PARKING_ENVIRON).
 
         An app that fails here is answered 500 (logged; the connection closes): nothing of its
         response has left yet. One whose streamed body fails later raises from `rest`, and the
@@ -174,20 +188,25 @@ class CherootGateway:
         wfile = _ResponseBuffer()
         request, gateway = self._gateway(head, body, peer, wfile)
         request.close_connection |= close
+        environ = gateway.env
+        if parking is not None:
+            environ[PARKING_ENVIRON] = parking
         result: Iterable[bytes] = ()
         try:
-            result = self.app(gateway.env, _start_response(gateway))
+            result = self.app(environ, _start_response(gateway))
             pieces = iter(result)
             for piece in pieces:
                 if piece and not request.sent_headers:
                     _close_if_unread(request, head, len(body))
                 _write(gateway, piece)
-                if len(wfile.data) >= self.info.stream_after_bytes:
+                feed_stream = bool(environ.get(FEED_STREAM_ENVIRON))
+                waits = feed_stream and not piece and request.sent_headers
+                if waits or len(wfile.data) >= self.info.stream_after_bytes:
                     return Response(
                         _status(request),
                         wfile.take(),
                         _keep_alive(request),
-                        _produce(request, gateway, wfile, pieces, result),
+                        _produce(request, gateway, wfile, pieces, result, feed_stream),
                         int(gateway.env.get(STREAM_STATE_ENVIRON, 0)),
                     )
             _close_if_unread(request, head, len(body))
@@ -258,16 +277,22 @@ def _produce(
     wfile: _ResponseBuffer,
     pieces: Iterator[bytes],
     result: Iterable[bytes],
+    feed_stream: bool = False,
 ) -> Generator[bytes, None, None]:
-    """The rest of a long body, one piece of the app's a step; the app's iterable closed at
-    the end, or when this is closed first."""
+    """The rest of a long body, one piece of the app's a step (b"" for an empty one of a
+    `feed_stream`: nothing yet); the app's iterable closed at the end, or when this is
+    closed first."""
     try:
         for piece in pieces:
             _write(gateway, piece)
             if wfile.data:
                 yield wfile.take()
+            elif feed_stream:
+                yield b""
         _finish(request, wfile)
-        yield wfile.take()
+        last = wfile.take()
+        if last:  # b"" would say "nothing yet" to the transport: a body of known length ends so
+            yield last
     finally:
         _close(result)
 

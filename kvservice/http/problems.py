@@ -22,14 +22,17 @@ def problem_body(
     problem_type: str = "about:blank",
     title: str | None = None,
     request_id: str | None = None,
+    extensions: dict[str, object] | None = None,
 ) -> bytes:
     """Serialize a problem document; the title defaults to the status's reason phrase. The
-    request's ID, when there is one, is the extension member `request_id`."""
+    request's ID, when there is one, is the extension member `request_id`; `extensions` are
+    members of the problem's own (a resume-gone's `position`)."""
     document: dict[str, object] = {
         "type": problem_type,
         "title": title or HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
+        **(extensions or {}),
     }
     if request_id is not None:
         document["request_id"] = request_id

@@ -16,6 +16,13 @@ as uvicorn's protocols do:
   for a long body the app yields in pieces (a history, a page of keys) the rest as `Pieces`
   produced as the client reads, charged to the reply budget meanwhile by the core.
 
+A request may wait for a change feed without a thread or a worker. Each is given a
+`request_info.Parking` with the connection's `wake`: an event stream's body gives b"" while
+it has nothing (the core waits for a wake), and a long-poll the app parks is answered
+nothing; the connection is `parked` (no idle timeout) and, once woken, the app is run again
+on the same request, on the loop (it only takes what its watcher has), until it answers.
+What it parked is closed with the connection.
+
 The connection is kept for the next request when the request and the response say so
 (HTTP/1.1 unless `Connection: close`, HTTP/1.0 with `Connection: keep-alive`), never while
 the server stops; pipelined bytes wait in the parser meanwhile and are served once the
@@ -47,6 +54,7 @@ from kvservice.http.parser import (
     Signal,
 )
 from kvservice.http.problems import error_response
+from kvservice.http.request_info import Parking, Waiting
 
 logger = logging.getLogger("kvservice.http")
 
@@ -119,12 +127,18 @@ class HttpProtocol:
         self.parser = RequestParser(transport.limits)
         self.head: RequestHead | None = None
         self.body: list[bytes] = []
+        self.waiting: Waiting | None = None
+        """What the request being answered waits on, parked by the app; None: not parked."""
         address, _, port = connection.peer.rpartition(":")
         self.peer = Peer(address, int(port) if port.isdigit() else 0, https=transport.tls)
 
     @property
     def mid_request(self) -> bool:
         return self.parser.request_in_progress
+
+    @property
+    def parked(self) -> bool:
+        return self.waiting is not None
 
     def received(self, data: bytes) -> None:
         self.parser.receive_data(data)
@@ -133,6 +147,8 @@ class HttpProtocol:
         """The first thing to answer in what has arrived: 100 Continue, a refusal, or a whole
         request (at once when the execution policy runs its kind on the loop, else as
         `Work`: GET and HEAD read, every other method may write)."""
+        if self.waiting is not None:
+            return self._serve()  # woken (or more arrived): it only takes what it waits on
         parser = self.parser
         while True:
             event = parser.next_event()
@@ -162,6 +178,9 @@ class HttpProtocol:
 
     def closed(self) -> None:
         self.body = []
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            waiting.close()
 
     def _refuse(self, refusal: Refusal) -> Outcome:
         self.transport.count(refusal.status)
@@ -176,16 +195,27 @@ class HttpProtocol:
 
     def _serve(self) -> Outcome:
         """Answer the request received (its head and body), then read the next one, serve
-        the next one buffered once this response is written, or close."""
+        the next one buffered once this response is written, or close; or, if the app
+        parks it, answer nothing and keep it for the wake."""
         head = self.head
         assert head is not None  # EndOfMessage follows a head
         body = self.body
-        self.head, self.body = None, []
         parser = self.parser
         stopping = self.connection.stopping
+        parking = Parking(self.connection.wake, self.waiting)
         response = self.transport.gateway.respond(
-            head, body[0] if len(body) == 1 else b"".join(body), self.peer, close=stopping
+            head,
+            body[0] if len(body) == 1 else b"".join(body),
+            self.peer,
+            close=stopping,
+            parking=parking,
         )
+        self.waiting = parking.parked
+        if parking.resumed is not None and parking.resumed is not self.waiting:
+            parking.resumed.close()  # answered (or failed): the app is done with it
+        if self.waiting is not None:
+            return Outcome([], After.READ)
+        self.head, self.body = None, []
         replies: list[Reply] = [response.produced]
         if response.rest is not None:
             replies.append(_StreamedBody(response.rest, response.stream_state_bytes))

@@ -20,10 +20,12 @@ from kvservice.http.cheroot_adapter import ServerInfo
 from kvservice.http.parser import ParserLimits
 from kvservice.http.protocol import HttpTransport
 from kvservice.http.request_info import (
+    PARKING_ENVIRON,
     REQUEST_ID_ENVIRON,
     REQUEST_ID_HEADER,
     ROUTE_ENVIRON,
     UNMATCHED_ROUTE,
+    Parking,
     request_id,
 )
 from kvservice.reply_budget import ReplyBudget
@@ -155,7 +157,8 @@ def write_access_line(record: RequestRecord) -> None:
 
 class RequestLog:
     """WSGI middleware: gives each request its ID (X-Request-ID, both ways), then tells each
-    observer what became of it once the response has been produced."""
+    observer what became of it once the response has been produced (for a parked request,
+    once it is answered)."""
 
     def __init__(self, app: WSGIApp, observers: Sequence[RequestObserver]) -> None:
         self.app = app
@@ -183,7 +186,9 @@ class RequestLog:
             close = getattr(body, "close", None)
             if close is not None:
                 close()
-            if self.observers:
+            parking = environ.get(PARKING_ENVIRON)
+            answered = not (isinstance(parking, Parking) and parking.parked is not None)
+            if self.observers and answered:  # a parked request is told of once answered
                 length = environ.get("CONTENT_LENGTH")
                 record = RequestRecord(
                     environ.get("REMOTE_ADDR", "-"),

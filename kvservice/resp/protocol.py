@@ -122,6 +122,8 @@ class RespProtocol:
 
     mid_request = False
     """RESP has no request timeout: a command trickled in is idle between its bytes."""
+    parked = False
+    """A RESP connection waits only for its client (subscribers will wait for the feed)."""
 
     def received(self, data: bytes) -> None:
         self.parser.feed(data)

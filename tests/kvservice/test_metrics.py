@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kvservice.__main__ import TRANSPORTS, Security
 from kvservice.config import Config
+from kvservice.feed import ChangeFeed, FeedSettings
 from kvservice.http.server import Server
 from kvservice.metrics import Metrics
 from kvservice.reply_budget import ReplyBudget
@@ -72,10 +73,12 @@ def start(store: Store, metrics: bool) -> Service:
     config = Config(port=0, resp_port=0, threads=4, socket_timeout_s=2.0)
     shared = Metrics(store) if metrics else None
     replies = ReplyBudget(config.max_reply_buffer_bytes)
+    feed = ChangeFeed(store, FeedSettings())
     if shared is not None:
         shared.watch_replies(replies)
-    http = TRANSPORTS["http"](config, store, Security(), shared, replies)
-    resp = TRANSPORTS["resp"](config, store, Security(), shared, replies)
+        shared.watch_feed(feed.figures)
+    http = TRANSPORTS["http"](config, store, Security(), shared, replies, feed)
+    resp = TRANSPORTS["resp"](config, store, Security(), shared, replies, feed)
     assert isinstance(http, Server) and isinstance(resp, RespServer)
     http.start()
     resp.start()

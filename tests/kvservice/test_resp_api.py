@@ -20,6 +20,7 @@ import pytest
 from kvservice.__main__ import TRANSPORTS, Security, resp_settings
 from kvservice.config import Config, load_config
 from kvservice.execution import Execution
+from kvservice.feed import ChangeFeed, FeedSettings
 from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.server import RespServer, RespSettings
 from kvservice.store import (
@@ -997,10 +998,12 @@ def test_stop_is_prompt_with_many_idle_connections() -> None:
 
 def test_resp_is_off_by_default_and_on_with_a_port() -> None:
     assert load_config([], environ={}).resp_port is None
-    assert TRANSPORTS["resp"](Config(), MemoryStore(), Security(), None, ReplyBudget(1)) is None
+    store = MemoryStore()
+    feed = ChangeFeed(store, FeedSettings())
+    assert TRANSPORTS["resp"](Config(), store, Security(), None, ReplyBudget(1), feed) is None
 
     config = load_config(["--resp-port", "0"], environ={})
-    server = TRANSPORTS["resp"](config, MemoryStore(), Security(), None, ReplyBudget(1))
+    server = TRANSPORTS["resp"](config, store, Security(), None, ReplyBudget(1), feed)
 
     assert isinstance(server, RespServer)
     assert server.url == "redis://127.0.0.1:0"

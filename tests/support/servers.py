@@ -9,6 +9,7 @@ from typing import Any
 from kvservice.__main__ import resp_settings, server_settings
 from kvservice.config import Config
 from kvservice.execution import Execution, ExecutionPolicy
+from kvservice.feed import ChangeFeed, FeedSettings
 from kvservice.http.app import create_app
 from kvservice.http.server import ServerSettings
 from kvservice.metrics import Metrics
@@ -37,6 +38,9 @@ def resp_test_settings(**overrides: Any) -> RespSettings:
 
 def kv_app_with_metrics(store: Store) -> Any:
     """kvservice's app over `store` as the service serves it by default: behind the store
-    service, with /_metrics."""
+    service, with /_metrics and the change feed (/_watch, the history's long-poll)."""
     served = StoreService(store)
-    return create_app(served, metrics_page=Metrics(served).render)
+    metrics = Metrics(served)
+    feed = ChangeFeed(served, FeedSettings())
+    metrics.watch_feed(feed.figures)
+    return create_app(served, metrics_page=metrics.render, feed=feed)

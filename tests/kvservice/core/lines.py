@@ -4,8 +4,11 @@ Each line is a request, answered with the line in upper case, in batches of `bat
 `quit` is answered `BYE` and closes; a line starting with `!` is a protocol error, answered
 `error` without any work and closed; `stream N` is answered with N pieces of `piece_bytes`
 produced as the client reads; `big N` with N bytes at once; `wait` blocks its work until the
-transport's `gate` opens; `boom` raises. `LinesTransport.protocols` keeps every connection's
-protocol, `ran_on` the thread each request ran on.
+transport's `gate` opens; `boom` raises. `feed` is answered with a `FedPieces` stream that
+sends what the test puts in it, and nothing (b"") until then; `park` parks the connection
+(`parked`, nothing answered) until a wake finds the `gate` open, then answers `UNPARKED`.
+`LinesTransport.protocols` keeps every connection's protocol, `ran_on` the thread each
+request ran on, `feeds` every stream `feed` made.
 """
 
 from __future__ import annotations
@@ -39,6 +42,32 @@ class CountedPieces:
         self.closed = True
 
 
+class FedPieces:
+    """Pieces the test puts in `pending`; b"" while there are none; None once `ended` and
+    they are all sent. Past `max_asks` asks it raises, so a core that spins on b"" fails
+    the test rather than hanging it."""
+
+    held_bytes = 0
+
+    def __init__(self, max_asks: int = 100) -> None:
+        self.pending: list[bytes] = []
+        self.ended = False
+        self.asks = 0
+        self.max_asks = max_asks
+        self.closed = False
+
+    def next_piece(self) -> bytes | None:
+        self.asks += 1
+        if self.asks > self.max_asks:
+            raise RuntimeError("asked for pieces again and again with nothing new")
+        if self.pending:
+            return self.pending.pop(0)
+        return None if self.ended else b""
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class LinesTransport:
     name = "LINES"
     logger = logging.getLogger("tests.core.lines")
@@ -52,6 +81,7 @@ class LinesTransport:
         self.protocols: list[LinesProtocol] = []
         self.ran_on: list[str] = []
         self.streams: list[CountedPieces] = []
+        self.feeds: list[FedPieces] = []
 
     def protocol_for(self, connection: ConnectionInfo) -> LinesProtocol:
         protocol = LinesProtocol(self, connection)
@@ -65,6 +95,7 @@ class LinesProtocol:
         self.connection = connection
         self.buffer = bytearray()
         self.closed_calls = 0
+        self.parked = False
 
     @property
     def mid_request(self) -> bool:
@@ -74,6 +105,11 @@ class LinesProtocol:
         self.buffer += data
 
     def next_step(self) -> Step | None:
+        if self.parked:
+            if not self.transport.gate.is_set():
+                return None
+            self.parked = False
+            return Outcome([b"UNPARKED\n"], After.CONTINUE if b"\n" in self.buffer else After.READ)
         if b"\n" not in self.buffer:
             return None
         if self.buffer.startswith(b"!"):
@@ -103,6 +139,13 @@ class LinesProtocol:
                 stream = CountedPieces(int(argument), transport.piece_bytes)
                 transport.streams.append(stream)
                 replies.append(stream)
+            elif verb == b"feed":
+                feed = FedPieces()
+                transport.feeds.append(feed)
+                replies.append(feed)
+            elif verb == b"park":
+                self.parked = True
+                return Outcome(replies, After.READ)
             elif verb == b"big":
                 replies.append(b"x" * int(argument))
             else:

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -251,6 +252,117 @@ def test_a_connection_lost_mid_stream_closes_its_pieces() -> None:
         assert harness.transport.protocols[0].closed_calls == 1
 
     scenario(body)
+
+
+# -- waiting for something other than the client (a change feed) -----------------------------
+
+
+def _wake_from_another_thread(connection: Connection) -> None:
+    waker = threading.Thread(target=connection.wake)
+    waker.start()
+    waker.join()
+
+
+def test_a_stream_with_nothing_yet_waits_for_a_wake_then_goes_on() -> None:
+    async def body(harness: Harness) -> None:
+        connection, mock = harness.connect()
+        connection.data_received(b"feed\n")
+        (feed,) = harness.transport.feeds
+        await turns()
+        asks = feed.asks
+        assert asks == 1 and mock.written == b"" and not mock.closing
+        assert mock.reading  # to hear the client leave
+        connection.data_received(b"after\n")  # waits behind the stream
+        assert not mock.reading  # one read held at most
+        feed.pending.append(b"news")
+        await turns()
+        assert feed.asks == asks and mock.written == b""  # not asked until woken
+        _wake_from_another_thread(connection)
+        await turns()
+        assert mock.written == b"news"
+        feed.ended = True
+        connection.wake()  # on the loop's own thread too
+        await turns()
+        assert mock.written == b"newsAFTER\n"
+        assert feed.closed
+
+    scenario(body)
+
+
+def test_connections_woken_together_from_another_thread_each_go_on() -> None:
+    async def body(harness: Harness) -> None:
+        pairs = [harness.connect() for _ in range(3)]
+        for connection, _ in pairs:
+            connection.data_received(b"feed\n")
+        for feed in harness.transport.feeds:
+            feed.pending.append(b"news")
+
+        def wake_all() -> None:
+            for connection, _ in pairs:
+                connection.wake()
+
+        waker = threading.Thread(target=wake_all)
+        waker.start()
+        waker.join()
+        await turns()
+        assert [mock.written for _, mock in pairs] == [b"news"] * 3
+
+    scenario(body)
+
+
+def test_a_stream_waiting_for_a_wake_is_not_charged_the_streaming_headroom() -> None:
+    budget = ReplyBudget(64 * 1024)  # less than one streaming connection's headroom
+
+    async def body(harness: Harness) -> None:
+        connection, mock = harness.connect()
+        connection.data_received(b"feed\n")
+        await turns()
+        assert not mock.closing and budget.held_bytes == 0
+        (feed,) = harness.transport.feeds
+        feed.pending.append(b"news")
+        connection.wake()
+        await turns()
+        assert mock.written == b"news" and not mock.closing
+
+    scenario(body, reply_budget=budget)
+
+
+def test_a_parked_connection_is_not_idle_and_a_wake_answers_it() -> None:
+    async def body(harness: Harness) -> None:
+        connection, mock = harness.connect()
+        connection.data_received(b"park\n")
+        harness.clock.advance(61)
+        connection.expire(harness.clock())
+        assert not mock.closing
+        _wake_from_another_thread(connection)  # the gate is shut: still parked
+        await turns()
+        assert mock.written == b""
+        harness.transport.gate.set()
+        _wake_from_another_thread(connection)
+        await turns()
+        assert mock.written == b"UNPARKED\n"
+        harness.clock.advance(61)
+        connection.expire(harness.clock())
+        assert mock.aborted  # no longer parked: idle as any other
+
+    scenario(body)
+
+
+def test_a_wake_after_the_close_or_the_loops_end_does_nothing() -> None:
+    woken: list[Connection] = []
+
+    async def body(harness: Harness) -> None:
+        connection, mock = harness.connect()
+        connection.data_received(b"park\n")
+        mock.abort()
+        connection.connection_lost(None)
+        connection.wake()
+        await turns()
+        assert mock.written == b""
+        woken.append(connection)
+
+    scenario(body)
+    woken[0].wake()  # its loop has closed
 
 
 def test_replies_that_do_not_fit_the_reply_budget_close_their_connection() -> None:

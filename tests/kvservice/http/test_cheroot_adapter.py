@@ -289,6 +289,20 @@ def test_a_long_history_is_streamed_as_it_is_asked_for(
     assert [entry["value"] for entry in json.loads(body)] == [value.decode()] * 100
 
 
+def test_a_long_body_of_known_length_never_gives_an_empty_piece() -> None:
+    """An empty piece tells the transport "nothing yet: wait for a wake" (an event stream's);
+    a body that is simply done must end instead, or its connection waits for ever."""
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [("Content-Length", "100000")])
+        return [b"x" * 50_000, b"", b"x" * 50_000]
+
+    response = answer(CherootGateway(app, INFO), b"GET /k HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert response.rest is not None
+    pieces = list(response.rest)
+    assert all(pieces) and len(response.produced) + sum(map(len, pieces)) > 100_000
+
+
 class Endless:
     """A WSGI body of many pieces (2 MB), with the close() a server must call (PEP 3333)."""
 

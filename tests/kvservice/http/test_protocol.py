@@ -38,6 +38,11 @@ class FakeConnection:
     def runs_inline(self, calls: StoreCalls) -> bool:
         return self.policy.where(calls) is Execution.INLINE
 
+    wakes: int = 0
+
+    def wake(self) -> None:
+        self.wakes += 1
+
 
 def echo(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     body = environ["REQUEST_METHOD"].encode() + b" " + environ["wsgi.input"].read()
