@@ -4,7 +4,9 @@ in order with flow control toward a client that reads slowly or not at all.
 
 Reads land in one buffer of `read_bytes` (16 KiB, as Redis reads: asyncio's own reads take
 up to 256 KiB, 37,000 pipelined `GET k` run in one go), so one turn of the loop does a
-bounded amount for one connection. `Work` runs inline or on the server's worker pool, one
+bounded amount for one connection; the buffer is the server's, shared by its connections
+(each read is copied out at once, on the loop's one thread), so an idle connection (a
+watcher) does not hold 16 KiB of its own. `Work` runs inline or on the server's worker pool, one
 at a time per connection and in order, reading paused meanwhile.
 
 A client that stops reading its replies stops being read (`pause_writing`). Replies that
@@ -92,8 +94,6 @@ class Connection(asyncio.BufferedProtocol):
         again once the replies are written; nothing more is read meanwhile."""
         self.unfed: list[bytes] = []
         """Bytes that arrived while its work ran, fed to the protocol once it is done."""
-        self.read_buffer = memoryview(bytearray(server.settings.read_bytes))
-        """Where each read lands (`get_buffer`)."""
         self.awaiting_wake = False
         """The streamed reply first in `outgoing` has nothing to send until `wake`."""
         self.loop = asyncio.get_running_loop()
@@ -149,10 +149,10 @@ class Connection(asyncio.BufferedProtocol):
         self.protocol = self.server.transport.protocol_for(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.read_buffer
+        return self.server.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(self.read_buffer[:nbytes]))
+        self.data_received(bytes(self.server.read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         protocol = self.protocol

@@ -138,6 +138,9 @@ class ConnectionServer:
         """One per accepted socket, until it closes: handshaking, refused or admitted."""
         self._ids = itertools.count(1)
         self._bound_port = settings.port
+        self.read_buffer = memoryview(bytearray(settings.read_bytes))
+        """Where every connection's reads land (`Connection.get_buffer`), each copied out
+        before the next: one buffer for the loop's one thread, not one per connection."""
         self._woken: set[Connection] = set()
         """Connections woken (`Connection.wake`, from any thread) since the loop last ran
         their wakes: one hop onto the loop serves them all, so a change a thousand watchers
