@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
 import requests
 
 from tests.support.processes import ServiceProcess, free_port, kvservice_process
-from tests.support.rawresp import RespConnection
+from tests.support.rawresp import RespConnection, command
 from tests.support.redis_servers import running_redis
 from tests.support.sse import Event, EventStream
 
@@ -422,4 +423,45 @@ def test_a_resp_set_reaches_an_sse_watcher() -> None:
     assert [(event["type"], event["value"]) for event in events] == [
         ("put", "from-resp"),
         ("delete", None),
+    ]
+
+
+@contextmanager
+def http_and_resp_services(replicas: bool, tmp_path: Path) -> Iterator[tuple[ServiceProcess, int]]:
+    """A service to write to over HTTP and the RESP port of one to subscribe on: the same
+    process, or (`replicas`) another replica on the same redis-server."""
+    resp_port = free_port()
+    with ExitStack() as stack:
+        if replicas:
+            redis = stack.enter_context(running_redis(tmp_path))
+            writes = stack.enter_context(kvservice_process("--store", redis.url))
+            stack.enter_context(
+                kvservice_process("--store", redis.url, "--resp-port", str(resp_port))
+            )
+        else:
+            writes = stack.enter_context(kvservice_process("--resp-port", str(resp_port)))
+        yield writes, resp_port
+
+
+@pytest.mark.parametrize("replicas", [False, True], ids=["one process", "another replica"])
+def test_an_http_put_reaches_a_resp_subscriber(replicas: bool, tmp_path: Path) -> None:
+    with (
+        http_and_resp_services(replicas, tmp_path) as (writes, resp_port),
+        RespConnection(resp_port, timeout_s=5) as subscriber,
+    ):
+        enabled = subscriber.ask("CONFIG", "SET", "notify-keyspace-events", "KEA")
+        if enabled.startswith(b"-"):
+            pytest.skip(f"no keyspace notifications in this build (branch feed-resp): {enabled!r}")
+        channel = f"__keyspace@0__:{KEYS[0]}"
+        subscribed = subscriber.ask("SUBSCRIBE", channel)
+        # Redis's confirmation: ["subscribe", channel, 1 channel followed].
+        assert subscribed == b"*3\r\n$9\r\nsubscribe\r\n" + command(channel)[4:] + b":1\r\n"
+        assert requests.put(f"{writes.url}/{KEYS[0]}", data="http", timeout=5).status_code == 204
+        assert requests.delete(f"{writes.url}/{KEYS[0]}", timeout=5).status_code == 204
+        heard = [subscriber.reply(), subscriber.reply()]
+    where = "another replica" if replicas else "the same process"
+    print(f"\nHTTP PUT and DELETE, as a RESP subscriber on {where} heard them: {heard}")
+    assert heard == [
+        command("message", channel, "set"),
+        command("message", channel, "del"),
     ]
