@@ -371,23 +371,25 @@ WATCHER_KINDS = ("sse", "long-poll")
 
 def _feed_metrics(figures: FeedFigures) -> Iterator[Metric]:
     watchers = GaugeMetricFamily(
-        "kv_watchers", "Change feed watchers open, by kind (sse, long-poll).", labels=["kind"]
+        "kvservice_watchers",
+        "Change feed watchers open, by kind (sse, long-poll).",
+        labels=["kind"],
     )
     for kind in sorted({*WATCHER_KINDS, *figures.watchers}):
         watchers.add_metric([kind], figures.watchers.get(kind, 0))
     yield watchers
     yield CounterMetricFamily(
-        "kv_watch_events_sent",
+        "kvservice_watch_events_sent",
         "Changes taken by watchers to send to their clients.",
         value=figures.events_sent,
     )
     yield CounterMetricFamily(
-        "kv_watch_bookmarks_sent",
+        "kvservice_watch_bookmarks_sent",
         "Bookmarks (a position, when nothing else was sent for the interval) taken by watchers.",
         value=figures.bookmarks_sent,
     )
     ended = CounterMetricFamily(
-        "kv_watch_ended",
+        "kvservice_watch_ended",
         "Watchers the server ended, by reason: slow (did not read), gone (its position left "
         "the history window), unavailable (the store could not be read), stopping (drain).",
         labels=["reason"],
@@ -396,7 +398,7 @@ def _feed_metrics(figures: FeedFigures) -> Iterator[Metric]:
         ended.add_metric([reason], figures.ended.get(reason, 0))
     yield ended
     yield CounterMetricFamily(
-        "kv_watch_refused",
+        "kvservice_watch_refused",
         "Watches refused at --max-watchers (or while the server stops), answered 503.",
         value=figures.refusals,
     )

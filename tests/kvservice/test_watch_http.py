@@ -458,15 +458,15 @@ def test_the_metrics_count_watchers_events_and_endings(start_watched: StartWatch
 
     with EventStream(watched.url, "/_watch?key=k") as stream:
         stream.next_event()
-        assert metric('kv_watchers{kind="sse"}') == 1
+        assert metric('kvservice_watchers{kind="sse"}') == 1
         watched.put("k", "one")
         stream.events_until("change")
-        assert metric("kv_watch_events_sent_total") == 1
+        assert metric("kvservice_watch_events_sent_total") == 1
         watched.store.put("k", b"two")  # two at once: past a queue of one
         watched.store.put("k", b"three")
         stream.events_until("error")
-    assert metric('kv_watch_ended_total{reason="slow"}') == 1
-    assert metric('kv_watchers{kind="sse"}') == 0
+    assert metric('kvservice_watch_ended_total{reason="slow"}') == 1
+    assert metric('kvservice_watchers{kind="sse"}') == 0
 
 
 def test_sigterm_ends_the_streams_then_the_process_exits() -> None:
