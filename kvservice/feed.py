@@ -52,6 +52,7 @@ from kvservice.store import (
     ChangePage,
     FeedPosition,
     FeedSelector,
+    FeedUnsupported,
     ResumeGone,
     StoreError,
 )
@@ -206,10 +207,17 @@ class ChangeFeed:
         again at the first watch)."""
         self.head = 0
         """The newest revision told (or read): a live watcher with nothing queued is here."""
-        store.add_change_listener(self)
-        # Told of changes before the head is read: none falls between the two.
-        with contextlib.suppress(StoreError):
-            self._read_head()
+        self.unsupported: FeedUnsupported | None = None
+        """Why the store keeps no feed (a Redis Cluster), or None: then every watch, page
+        and position raises it, and the rest of the service runs as before."""
+        try:
+            store.add_change_listener(self)
+        except FeedUnsupported as error:
+            self.unsupported = error
+        else:
+            # Told of changes before the head is read: none falls between the two.
+            with contextlib.suppress(StoreError):
+                self._read_head()
         self._timer = threading.Thread(target=self._bookmarks, name="feed-bookmarks", daemon=True)
         self._timer.start()
 
@@ -227,7 +235,9 @@ class ChangeFeed:
         """A watcher of `selector` from `after` (None: from now on), which calls `wake`
         (from any thread) when `take` has something after finding nothing. Raises
         WatchersFull, and, with `after`, ResumeGone, InvalidPosition (and StoreUnavailable)
-        from reading its first page, which may block: call it where reads run."""
+        from reading its first page, which may block: call it where reads run; raises
+        FeedUnsupported for a store that keeps no feed."""
+        self._check_supported()
         if not self.life:
             self._read_head()
         now = self.clock()
@@ -265,18 +275,25 @@ class ChangeFeed:
 
     def changes(self, selector: FeedSelector, after: FeedPosition) -> ChangePage:
         """The changes after `after` that `selector` follows, one page, without a watcher
-        (a long-poll that does not wait); raises as `Store.changes`."""
+        (a long-poll that does not wait); raises as `Store.changes`, or FeedUnsupported."""
+        self._check_supported()
         return self.store.changes(selector, after, self._page_changes)
 
     @property
     def now(self) -> FeedPosition:
         """The position after every change told so far: where a history read just now
         stands (read before the history, nothing it misses is after it). Reads the store's
-        head if it was away at the start (raising StoreUnavailable if it still is)."""
+        head if it was away at the start (raising StoreUnavailable if it still is), and
+        raises FeedUnsupported for a store that keeps no feed."""
+        self._check_supported()
         if not self.life:
             self._read_head()
         with self.lock:
             return FeedPosition(self.life, self.head)
+
+    def _check_supported(self) -> None:
+        if self.unsupported is not None:
+            raise self.unsupported
 
     def _read_head(self) -> None:
         head = self.store.feed_head()
@@ -286,7 +303,9 @@ class ChangeFeed:
 
     def subscribe(self, listener: Callable[[Change], None]) -> Callable[[], None]:
         """Call `listener` with every change from now on, in order, on the store's thread
-        (it must not block); returns what unsubscribes it."""
+        (it must not block); returns what unsubscribes it. Raises FeedUnsupported for a
+        store that keeps no feed: no change would ever be told."""
+        self._check_supported()
         with self.lock:
             self._subscribers = [*self._subscribers, listener]
 

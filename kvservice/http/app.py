@@ -57,6 +57,7 @@ from kvservice.store import (
     Expiry,
     FeedPosition,
     FeedSelector,
+    FeedUnsupported,
     HistoryEntry,
     InvalidKey,
     InvalidPosition,
@@ -107,6 +108,7 @@ PROBLEMS: dict[type[Exception], Problem] = {
     ResumeGone: Problem(410, "resume-gone", "Resume position gone"),
     InvalidPosition: Problem(400, "invalid-position", "Invalid position"),
     WatchersFull: Problem(503, "watchers-full", "Too many watchers", retry=True),
+    FeedUnsupported: Problem(501, "feed-unsupported", "Change feed unsupported"),
 }
 """Each domain error's answer."""
 T = TypeVar("T")
@@ -313,6 +315,8 @@ def _history(store: Store, feed: ChangeFeed | None, key: str) -> bytes | Iterato
     if feed is None:
         return _history_answer(store, store.history(key))
     given = _query_parameters("/<key>/history")
+    if feed.unsupported is not None and not given.keys() & {"after", "wait"}:
+        return _history_answer(store, store.history(key))  # no position to give
     after = None if "after" not in given else FeedPosition.parse(given["after"])
     wait_s = None if "wait" not in given else _wait_s(feed, given["wait"])
     if wait_s is not None and bottle.request.method == "GET":  # HEAD answers at once

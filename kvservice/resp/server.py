@@ -22,7 +22,7 @@ from kvservice.resp.codec import RequestLimits
 from kvservice.resp.commands import ServerState
 from kvservice.resp.protocol import RespTransport
 from kvservice.resp.pubsub import MAX_PENDING_MESSAGES, PubSub
-from kvservice.store import Change, Store
+from kvservice.store import Change, FeedUnsupported, Store
 
 
 class ChangeSource(Protocol):
@@ -147,7 +147,10 @@ class RespServer:
         self._core.start()
         self._state.port = self._core.port  # the port asked for, unless it was 0
         if self.changes is not None:
-            self._stop_listening = self.changes.subscribe(self._state.pubsub.changed)
+            try:
+                self._stop_listening = self.changes.subscribe(self._state.pubsub.changed)
+            except FeedUnsupported as error:  # a Redis Cluster: CONFIG SET says why
+                self._state.notifications_unavailable = str(error)
 
     def stop(self) -> None:
         """Stop accepting, finish commands in flight, close every connection; a few seconds."""

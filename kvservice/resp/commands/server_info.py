@@ -38,6 +38,8 @@ def _set_keyspace_events(server: ServerState, value: bytes) -> Callable[[], None
     events = KeyspaceEvents.parse(value)
     if events is None:
         return INVALID_LETTER
+    if events.publishes and server.notifications_unavailable is not None:
+        return server.notifications_unavailable
 
     def apply() -> None:
         server.pubsub.events = events

@@ -83,6 +83,10 @@ class ServerState:
     """The tokens clients must AUTH with; None: every connection may read and write."""
     pubsub: PubSub = field(default_factory=PubSub)
     """Every connection's subscriptions, and the keyspace notifications' setting."""
+    notifications_unavailable: str | None = None
+    """Why no change is ever told (the store keeps no change feed: a Redis Cluster), or
+    None: CONFIG SET then refuses to turn keyspace notifications on, rather than accept a
+    setting that would never notify."""
     clock: Clock = system_clock_ms
     """The wall clock TTL and PTTL measure a key's deadline against, and the now Redis's
     bound on a relative expiry (the deadline must fit 64 bits) is checked at; the store
