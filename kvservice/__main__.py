@@ -30,7 +30,12 @@ from kvservice.feed import ChangeFeed, FeedSettings
 from kvservice.http.app import create_app
 from kvservice.http.bearer import BearerTokens
 from kvservice.http.server import RequestObserver, Server, ServerSettings, write_access_line
-from kvservice.lifecycle import Runnable, configure_logging, run_until_signalled
+from kvservice.lifecycle import (
+    Runnable,
+    configure_logging,
+    fit_open_files,
+    run_until_signalled,
+)
 from kvservice.metrics import Metrics
 from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.server import RespServer, RespSettings
@@ -342,6 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return SUBCOMMANDS[arguments[0]](arguments[1:])
     config = load_config(arguments)
     configure_logging(config.log_level, config.log_format)
+    fit_open_files(
+        config.max_connections + (0 if config.resp_port is None else config.resp_max_connections)
+    )
     try:
         security = build_security(config)
         store = build_store(config)

@@ -279,11 +279,12 @@ class Config:
         "how long a request may take to arrive once it started; then 408",
     )
     max_connections: int = setting(
-        1000,
+        4096,
         "--max-connections",
         "KV_MAX_CONNECTIONS",
         COUNT,
-        "open connections at most; more get 503",
+        "open HTTP connections at most, watchers' included; more get 503 (the process raises "
+        "its open-file limit to fit them, as far as the hard limit allows)",
     )
     max_reply_buffer_bytes: int = setting(
         64 * 1024 * 1024,
@@ -340,12 +341,13 @@ class Config:
         "how long a RESP connection may sit idle or stall",
     )
     max_watchers: int = setting(
-        10_000,
+        2048,
         "--max-watchers",
         "KV_MAX_WATCHERS",
         COUNT,
         "change feed watchers open at once (HTTP /_watch streams and history long-polls "
-        "together); more get 503 with Retry-After",
+        "together); more get 503 with Retry-After. Below --max-connections, so that "
+        "watchers leave connections for every other client",
     )
     watch_queue_changes: int = setting(
         1000,

@@ -1,5 +1,5 @@
 """Runs a set of servers (one per transport) until SIGTERM or SIGINT, then stops them; and
-sets up the process's logging.
+sets up the process: its logging, and an open-file limit that fits its connection caps.
 
 The servers run on their own threads; the main thread only waits for a signal, because
 stopping a server from a signal handler on its serving thread would wait for itself.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import resource
 import signal
 import sys
 import threading
@@ -139,6 +140,34 @@ LOG_FORMATTERS: dict[str, Callable[[], tuple[logging.Formatter, logging.Formatte
     "json": lambda: (JsonFormatter(), JsonFormatter()),
 }
 """Each --log-format's formatters: (everything else, access lines)."""
+
+
+FILES_BESIDE_CONNECTIONS = 64
+"""Descriptors the process needs besides its clients' sockets: listening sockets, the
+durable store's files, connections to Redis, the loops' own pipes."""
+
+
+def fit_open_files(connections: int) -> int:
+    """Raise the soft limit on open files (RLIMIT_NOFILE) to fit `connections` client sockets
+    and FILES_BESIDE_CONNECTIONS more, as far as the hard limit allows, as Redis does for its
+    maxclients; return the limit now. Many systems start a process at 1024, fewer than the
+    default caps: past it an accept fails (asyncio then pauses accepting for a second) and the
+    cap's clear 503 is never reached. Logs a warning when the hard limit is too low."""
+    needed = connections + FILES_BESIDE_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return soft
+    raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if raised > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    if raised < needed:
+        logging.getLogger("kvservice").warning(
+            "the open-file limit is %d (the hard limit); the connection caps need %d: lower "
+            "--max-connections or --resp-max-connections, or raise the hard limit (ulimit -Hn)",
+            raised,
+            needed,
+        )
+    return raised
 
 
 def configure_logging(level: str, log_format: str = "text") -> None:
