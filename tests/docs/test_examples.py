@@ -81,7 +81,7 @@ HTTP_STATUS_LINE = re.compile(r"^HTTP/1\.1 \d{3} ")
 HEADER_LINE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*: ")
 ANNOTATION = re.compile(r"\s{2,}# .*$")
 VARYING = [
-    re.compile(r'(?<=")[0-9a-f]{8}-[0-9]+(?=")'),  # ETags
+    re.compile(r'(?<=")[0-9a-f]{8}-[0-9a-f]+(?=")'),  # ETags: a prefix and the revision, hex
     re.compile(r"\b1[0-9]{12}\b"),  # Unix epoch milliseconds
     re.compile(r"\b[0-9a-f]{16}(?:[0-9a-f]{16})?\b"),  # request IDs (the test client's: 32)
     re.compile(r"(?<=^\[1\] )[0-9]+$"),  # the PID of a job started with &
