@@ -70,10 +70,12 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 SYNCHRONOUS = {"always": "FULL", "everysec": "NORMAL", "off": "OFF"}
 """The SQLite `synchronous` level of each --fsync policy."""
 
+NEW_LIFE = "lower(hex(randomblob(9)))"
+"""SQL for a new life of the change feed: 18 hex digits, URL-safe as a token needs."""
 CREATE_FEED = (
     "CREATE TABLE feed (name TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID",
-    # The life: 18 hex digits, URL-safe as a token needs, made once with the file.
-    "INSERT INTO feed VALUES ('life', lower(hex(randomblob(9)))), ('pruned_revision', 0)",
+    # The life is made once with the file (and anew in a backup's copy).
+    f"INSERT INTO feed VALUES ('life', {NEW_LIFE}), ('pruned_revision', 0)",
 )
 SCHEMA = (
     "CREATE TABLE history (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, data BLOB,"
@@ -507,7 +509,12 @@ def backup(data_dir: Path, target: Path) -> BackupReport:
     of one commit, taken while a kvservice serves DIR (it reads; it takes no lock but
     SQLite's own). The copy is a self-contained file (no WAL); it appears under its name only
     once complete and synced. Start a kvservice on a directory holding it as DATA_FILE to
-    restore."""
+    restore.
+
+    The copy's change feed gets a life of its own: its revisions go on from the backup's
+    while the original's go on from its own, so a token the original hands out after the
+    backup would name different changes on the copy. On the copy it is ResumeGone (410):
+    a client starts again from the restored head, never across a silent gap."""
     source_path = (data_dir / DATA_FILE).resolve()
     if not source_path.exists():
         raise DataDirError(f"{data_dir} holds no {DATA_FILE}: nothing to back up")
@@ -522,6 +529,7 @@ def backup(data_dir: Path, target: Path) -> BackupReport:
             copy = sqlite3.connect(partial, isolation_level=None)
             try:
                 source.backup(copy)
+                copy.execute(f"UPDATE feed SET value = {NEW_LIFE} WHERE name = 'life'")
                 copy.execute("PRAGMA journal_mode = DELETE")  # one file, no WAL beside it
                 (application_id,) = copy.execute("PRAGMA application_id").fetchone()
                 if application_id != APPLICATION_ID:

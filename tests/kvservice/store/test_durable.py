@@ -194,6 +194,10 @@ def test_a_backup_taken_while_serving_restores_every_key_etag_and_entry(
         busy = restored.history("busy")
         assert [entry.data for entry in busy] == [b"%d" % n for n in reversed(range(len(busy)))]
         assert restored.get("busy").data == busy[0].data
+        # A token of the original names changes the copy never had: another life, never a gap.
+        assert restored.feed_head().life != store.feed_head().life
+        with pytest.raises(ResumeGone, match="another life"):
+            restored.changes(FeedSelector(key="after"), store.feed_head())
     finally:
         restored.close()
 
