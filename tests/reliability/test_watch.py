@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from testclient.clients.sse import EventStreamParser
 from tests.support.processes import ServiceProcess, free_port, kvservice_process
 from tests.support.rawresp import RespConnection, command
 from tests.support.redis_servers import running_redis
@@ -69,17 +70,8 @@ class Cut:
 def complete_events(body: bytes) -> tuple[list[Event], bool]:
     """The events of an event stream's de-chunked `body` that ended (a blank line) and
     whether an unfinished one followed them; `retry:` blocks and comments are skipped."""
-    *blocks, rest = body.split(b"\n\n")
-    events = []
-    for block in blocks:
-        fields: dict[str, str] = {}
-        for line in block.decode("utf-8").split("\n"):
-            if line and not line.startswith(":"):
-                name, _, value = line.partition(":")
-                fields[name] = value.removeprefix(" ")
-        if "data" in fields:
-            events.append(Event(fields.get("event", "message"), fields.get("id"), fields["data"]))
-    return events, bool(rest)
+    events = [Event.of(event) for event in EventStreamParser().feed(body)]
+    return events, bool(body.rpartition(b"\n\n")[2])
 
 
 def dechunked(body: bytes) -> bytes:

@@ -1,21 +1,27 @@
 """A Server-Sent Events client over a raw socket, for the change feed's tests: it sends the
-request as given, reads the response head, then de-chunks the body and parses its events
-(`id`, `event`, `data`, and `retry`) as they come, each read bounded by a timeout."""
+request as given, reads the response head, then de-chunks the body and hands it to the test
+client's event stream parser (`testclient.clients.sse`: one parser for the grammar), each
+read bounded by a timeout."""
 
 from __future__ import annotations
 
 import json
 import socket
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from testclient.clients.sse import EventStreamParser, SSEEvent
+
 
 @dataclass(frozen=True)
-class Event:
-    event: str
-    id: str | None
-    data: str
+class Event(SSEEvent):
+    """An event, with its data read as JSON (every event of the feed carries JSON)."""
+
+    @classmethod
+    def of(cls, event: SSEEvent) -> Event:
+        return cls(event.event, event.data, event.id)
 
     def json(self) -> Any:
         return json.loads(self.data)
@@ -53,7 +59,8 @@ class EventStream:
             for name, _, value in (line.partition(":") for line in header_lines)
         }
         self.chunked = self.headers.get("transfer-encoding") == "chunked"
-        self.retry: int | None = None
+        self.parser = EventStreamParser()
+        self.events: deque[Event] = deque()
         if not self.chunked:
             length = int(self.headers.get("content-length", "0"))
             while len(self.buffer) < length:
@@ -87,29 +94,20 @@ class EventStream:
         if size == 0:
             self.ended = True
 
+    @property
+    def retry(self) -> int | None:
+        """The last `retry:` the stream gave (None: none)."""
+        return self.parser.retry_ms
+
     def next_event(self) -> Event:
         """The next event (comments and a bare `retry:` block are noted and skipped)."""
-        while True:
-            while b"\n\n" not in self.body:
-                if self.ended:
-                    raise EOFError("the stream ended")
-                self._read_chunk()
-            block, _, self.body = self.body.partition(b"\n\n")
-            fields: dict[str, list[str]] = {}
-            for line in block.decode("utf-8").split("\n"):
-                if line.startswith(":"):
-                    continue
-                name, _, value = line.partition(":")
-                fields.setdefault(name, []).append(value.removeprefix(" "))
-            if "retry" in fields:
-                self.retry = int(fields["retry"][-1])
-            if "data" not in fields:
-                continue
-            return Event(
-                fields.get("event", ["message"])[-1],
-                fields.get("id", [None])[-1],
-                "\n".join(fields["data"]),
-            )
+        while not self.events:
+            if self.ended:
+                raise EOFError("the stream ended")
+            self._read_chunk()
+            body, self.body = self.body, b""
+            self.events.extend(map(Event.of, self.parser.feed(body)))
+        return self.events.popleft()
 
     def events_until(self, kind: str, count: int = 1) -> list[Event]:
         """Events until `count` of `kind` came (those and every other, in order)."""
