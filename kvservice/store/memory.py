@@ -151,11 +151,11 @@ class _Record:
     def entries_after(self, cutoff_ms: int) -> list[HistoryEntry]:
         """The history stamped after `cutoff_ms` (the window), newest first: entries outside
         the window may still wait to be pruned, and are left out here."""
-        entries = []
+        entries: list[HistoryEntry] = []
         for change in reversed(self.history[self.first :]):
             if change.timestamp_ms <= cutoff_ms:
                 break
-            entries.append(HistoryEntry(change.data, change.timestamp_ms, change.expired))
+            entries.append(change)  # the store's own: a history read copies no entry
         return entries
 
     def changes_after(self, revision: int) -> list[Change]:
@@ -613,9 +613,22 @@ class MemoryStore:
         self._revision += 1
         value = record.value
         change = (
-            Change(record.key, self._revision, value.data, timestamp_ms, None, value.content_type)
+            Change(
+                key=record.key,
+                revision=self._revision,
+                data=value.data,
+                timestamp_ms=timestamp_ms,
+                etag=None,
+                content_type=value.content_type,
+            )
             if value is not None
-            else Change(record.key, self._revision, None, timestamp_ms, expired=expired)
+            else Change(
+                key=record.key,
+                revision=self._revision,
+                data=None,
+                timestamp_ms=timestamp_ms,
+                expired=expired,
+            )
         )
         self._append_history(record, change)
         if self._on_change is not None or self._listeners:

@@ -100,15 +100,32 @@ class Value:
     not change."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class HistoryEntry:
     """One write: the bytes written, or None for a delete or an expiry, and when it was
-    applied (for an expiry: the deadline itself, whenever the store noticed it)."""
+    applied (for an expiry: the deadline itself, whenever the store noticed it).
+
+    A store may hand out a `Change` (which is a HistoryEntry that also knows its key,
+    revision and ETag) as a history entry: the memory store keeps one object per write and
+    a history read then copies nothing. Two entries are equal when what a history shows of
+    them is: their data, timestamp and `expired`."""
 
     data: bytes | None
     timestamp_ms: int
     expired: bool = False
     """True for the entry that records the key expiring (`data` is then None)."""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HistoryEntry):
+            return NotImplemented
+        return (self.data, self.timestamp_ms, self.expired) == (
+            other.data,
+            other.timestamp_ms,
+            other.expired,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.data, self.timestamp_ms, self.expired))
 
 
 class ResumeGone(StoreError):
@@ -154,20 +171,42 @@ FEED_PAGE_CHANGES = 1000
 """The most changes `Store.changes` returns in one page."""
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One write as the change feed carries it: the key, its revision (the feed position
-    that only grows, store-wide), the bytes written or None for a delete or an expiry, when
-    it was applied (an expiry: its deadline), the ETag and content type of the value written
-    (None for a delete or an expiry), and whether it was an expiry."""
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class Change(HistoryEntry):
+    """One write as the change feed carries it: a history entry (the bytes written or None
+    for a delete or an expiry, when it was applied (an expiry: its deadline), whether it was
+    an expiry) with its key, its revision (the feed position that only grows, store-wide),
+    and the ETag and content type of the value written (None for a delete or an expiry).
+    Made with keywords: a history entry's fields come first."""
 
     key: str
     revision: int
-    data: bytes | None
-    timestamp_ms: int
     etag: str | None = None
     content_type: str | None = None
-    expired: bool = False
+
+    def __eq__(self, other: object) -> bool:
+        """Another change equals it field for field; a plain HistoryEntry as history shows."""
+        if isinstance(other, Change):
+            return (
+                self.key,
+                self.revision,
+                self.data,
+                self.timestamp_ms,
+                self.expired,
+                self.etag,
+                self.content_type,
+            ) == (
+                other.key,
+                other.revision,
+                other.data,
+                other.timestamp_ms,
+                other.expired,
+                other.etag,
+                other.content_type,
+            )
+        return HistoryEntry.__eq__(self, other)
+
+    __hash__ = HistoryEntry.__hash__  # equal to a HistoryEntry: the same hash
 
 
 @dataclass(frozen=True, slots=True)

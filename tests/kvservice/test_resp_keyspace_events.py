@@ -21,9 +21,11 @@ from kvservice.resp.pubsub import (
 from kvservice.store import Change
 from kvservice.store.memory import MemoryStore
 
-WRITE = Change("k", 1, b"v", 0, '"e"', "text/plain")
-DELETE = Change("k", 2, None, 0)
-EXPIRY = Change("k", 3, None, 0, expired=True)
+WRITE = Change(
+    key="k", revision=1, data=b"v", timestamp_ms=0, etag='"e"', content_type="text/plain"
+)
+DELETE = Change(key="k", revision=2, data=None, timestamp_ms=0)
+EXPIRY = Change(key="k", revision=3, data=None, timestamp_ms=0, expired=True)
 
 
 def events(letters: str) -> KeyspaceEvents:

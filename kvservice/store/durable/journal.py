@@ -286,13 +286,13 @@ class Journal:
         ):
             memory.restore_history(
                 Change(
-                    key,
-                    revision,
-                    _bytes_or_none(data),
-                    timestamp_ms,
-                    etag,
-                    content_type,
-                    bool(expired),
+                    key=key,
+                    revision=revision,
+                    data=_bytes_or_none(data),
+                    timestamp_ms=timestamp_ms,
+                    etag=etag,
+                    content_type=content_type,
+                    expired=bool(expired),
                 )
             )
         (compacted,) = self._db.execute("SELECT value FROM feed WHERE name = 'pruned_revision'")[0]

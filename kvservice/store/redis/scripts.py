@@ -696,13 +696,13 @@ def change_of(text: bytes) -> Change:
     length = int(type_length)
     content_type = rest[1:length].decode("utf-8", "replace") if length else None
     return Change(
-        key.decode(),
-        int(revision),
-        rest[length:] if op == b"=" else None,
-        int(stamp),
-        etag.decode() or None,
-        content_type,
-        op == b"~",
+        key=key.decode(),
+        revision=int(revision),
+        data=rest[length:] if op == b"=" else None,
+        timestamp_ms=int(stamp),
+        etag=etag.decode() or None,
+        content_type=content_type,
+        expired=op == b"~",
     )
 
 

@@ -70,10 +70,29 @@ def test_every_write_gets_the_next_revision_store_wide(store: Store, clock: Fake
     store.put("b", b"3")
     page = store.changes(EVERY_KEY, start)
     assert page.changes == [
-        Change("a", start.revision + 1, b"1", START_MS, first.etag, "text/plain"),
-        Change("b", start.revision + 2, b"2", START_MS + 5, second.etag),
-        Change("a", start.revision + 3, None, START_MS + 5),
-        Change("b", start.revision + 4, b"3", START_MS + 5, store.get("b").etag),
+        Change(
+            key="a",
+            revision=start.revision + 1,
+            data=b"1",
+            timestamp_ms=START_MS,
+            etag=first.etag,
+            content_type="text/plain",
+        ),
+        Change(
+            key="b",
+            revision=start.revision + 2,
+            data=b"2",
+            timestamp_ms=START_MS + 5,
+            etag=second.etag,
+        ),
+        Change(key="a", revision=start.revision + 3, data=None, timestamp_ms=START_MS + 5),
+        Change(
+            key="b",
+            revision=start.revision + 4,
+            data=b"3",
+            timestamp_ms=START_MS + 5,
+            etag=store.get("b").etag,
+        ),
     ]
     assert page.caught_up
     assert page.position == store.feed_head() == FeedPosition(start.life, start.revision + 4)
@@ -305,12 +324,22 @@ def test_expiries_are_changes_stamped_with_the_deadline_numbered_when_noticed(
     changes = store.changes(EVERY_KEY, start).changes
     base = start.revision
     assert changes[2:] == [
-        Change("other", base + 3, b"v", START_MS + 5_000, store.get("other").etag),
-        Change("read", base + 4, None, DEADLINE_MS, expired=True),
-        Change("swept", base + 5, None, DEADLINE_MS + 1, expired=True),
+        Change(
+            key="other",
+            revision=base + 3,
+            data=b"v",
+            timestamp_ms=START_MS + 5_000,
+            etag=store.get("other").etag,
+        ),
+        Change(key="read", revision=base + 4, data=None, timestamp_ms=DEADLINE_MS, expired=True),
+        Change(
+            key="swept", revision=base + 5, data=None, timestamp_ms=DEADLINE_MS + 1, expired=True
+        ),
     ]
     key_page = store.changes(FeedSelector(key="read"), start)
-    assert key_page.changes[-1] == Change("read", base + 4, None, DEADLINE_MS, expired=True)
+    assert key_page.changes[-1] == Change(
+        key="read", revision=base + 4, data=None, timestamp_ms=DEADLINE_MS, expired=True
+    )
 
 
 def test_an_expiry_noticed_by_a_write_or_by_expire_is_a_change(

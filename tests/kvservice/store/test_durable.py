@@ -70,7 +70,8 @@ def snapshot(store: Store) -> Snapshot:
             value: Value | None = store.get(key)
         except KeyNotFound:
             value = None
-        state[key] = (value, store.history(key))
+        shown = [HistoryEntry(e.data, e.timestamp_ms, e.expired) for e in store.history(key)]
+        state[key] = (value, shown)
     return state
 
 
@@ -370,7 +371,13 @@ def test_a_restart_keeps_the_life_and_the_revisions_and_goes_on_from_the_head(
         after = reopened.changes(FeedSelector(), FeedPosition(head.life, 0))
         assert after.changes[: len(before.changes)] == before.changes, "with their revisions"
         assert after.changes[len(before.changes) :] == [
-            Change("dies", old_head + 1, None, clock.now_ms - 4_000, expired=True)
+            Change(
+                key="dies",
+                revision=old_head + 1,
+                data=None,
+                timestamp_ms=clock.now_ms - 4_000,
+                expired=True,
+            )
         ], "expired at start, after the old head"
         written = reopened.put("k", b"2")
         assert reopened.feed_head().revision == old_head + 2
@@ -479,10 +486,17 @@ def test_a_file_of_the_format_before_the_feed_gets_revisions_in_write_order(
         head = store.feed_head()
         assert head.revision == 4
         assert store.changes(FeedSelector(), FeedPosition(head.life, 0)).changes == [
-            Change("b", 1, b"1", now),
-            Change("a", 2, b"2", now),
-            Change("b", 3, None, now),
-            Change("a", 4, b"3", now, "old-12", "text/plain"),
+            Change(key="b", revision=1, data=b"1", timestamp_ms=now),
+            Change(key="a", revision=2, data=b"2", timestamp_ms=now),
+            Change(key="b", revision=3, data=None, timestamp_ms=now),
+            Change(
+                key="a",
+                revision=4,
+                data=b"3",
+                timestamp_ms=now,
+                etag="old-12",
+                content_type="text/plain",
+            ),
         ], "the current value's row gets its ETag; older writes' are not known"
         assert store.get("a").etag == "old-12"
         assert store.put("a", b"4").etag != "old-12"
