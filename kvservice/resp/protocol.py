@@ -176,13 +176,9 @@ class RespProtocol:
         if first is None:
             return None
         waited, self._waited = self._waited, None
-        if waited is not first and (subscriber is not None or first[0].upper() in _SUBSCRIBING):
-            # A change made before this command is told before it runs, as Redis tells it.
-            pubsub = self.transport.state.pubsub
-            mark = pubsub.mark
-            if not pubsub.caught_up(mark, self.connection.wake):
-                self._held = self._waited = first  # once: writes that go on do not starve it
-                return Outcome([_CaughtUp(self, mark)], After.CONTINUE)
+        if waited is not first and (mark := self._behind(first)) is not None:
+            self._held = self._waited = first  # once: writes that go on do not starve it
+            return Outcome([_CaughtUp(self, mark)], After.CONTINUE)
         calls = calls_of(first)
         inline = self.connection.runs_inline(calls)
         return Work(functools.partial(self._run_from, first, inline), calls)
@@ -213,6 +209,16 @@ class RespProtocol:
         protocol = self.session.protocol
         return [encode(message_push(message), protocol) for message in subscriber.take(limit)]
 
+    def _behind(self, arguments: list[bytes]) -> int | None:
+        """The changes the dispatcher has to deliver before `arguments` runs (a mark), if
+        this connection follows something or is to (SUBSCRIBE, PSUBSCRIBE) and it has not:
+        a change made before a command is told before it runs, as Redis tells it."""
+        if self.session.subscriber is None and arguments[0].upper() not in _SUBSCRIBING:
+            return None
+        pubsub = self.transport.state.pubsub
+        mark = pubsub.mark
+        return None if pubsub.caught_up(mark, self.connection.wake) else mark
+
     def _next_command(self) -> list[bytes] | None:
         """The next complete command buffered (empty ones skipped), or None."""
         if self._held is not None:
@@ -236,15 +242,16 @@ class RespProtocol:
             while arguments is not None:
                 mark = pubsub.mark
                 reply = self.transport.answer(arguments, self.session, self.connection.peer)
-                # A notification its own command made goes before the reply, as in Redis.
+                # AUTH lifts the bounds before AUTH for the commands after it.
+                self.parser.authenticated = self.session.access > Access.NONE
+                # A notification its own command made goes before the reply, as in Redis:
+                # once the dispatcher has delivered what changed while it ran.
                 if self.session.subscribed and pubsub.mark != mark:
                     replies += [_CaughtUp(self, pubsub.mark), _Messages(self), reply]
                     return self._outcome(replies, None, cut=True)
                 replies.extend(self._messages())
                 replies.append(reply)
                 held += len(reply) if isinstance(reply, bytes) else reply.held_bytes
-                # AUTH lifts the bounds before AUTH for the commands after it.
-                self.parser.authenticated = self.session.access > Access.NONE
                 if self.session.closing:
                     break
                 if (
@@ -254,6 +261,9 @@ class RespProtocol:
                 ):
                     return self._outcome(replies, None, cut=True)
                 arguments = self._next_command()
+                if arguments is not None and self._behind(arguments) is not None:
+                    self._held = arguments  # next_step waits for the dispatcher first
+                    return self._outcome(replies, None, cut=True)
                 leaves_the_loop = (
                     inline
                     and arguments is not None
