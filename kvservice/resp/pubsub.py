@@ -208,9 +208,11 @@ class PubSub:
                 self._end_every_subscriber()
                 self._dispatched(dropped_through)
             for mark, events, change in queued:
-                for channel, payload in events.notifications(change):
-                    self.publish(channel, payload)
-                self._dispatched(mark)
+                try:
+                    for channel, payload in events.notifications(change):
+                        self.publish(channel, payload)
+                finally:  # a bug must not leave subscribers waiting for this change
+                    self._dispatched(mark)
 
     def _end_every_subscriber(self) -> None:
         self.overflows += 1
