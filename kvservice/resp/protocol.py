@@ -12,7 +12,11 @@ reply (a long HISTORY) is encoded a piece at a time as the client reads it (`_Re
 The access log has a line per connection at INFO and one per command at DEBUG (a line costs
 more than the command it describes). A subscribed connection (`pubsub.Subscriber`) is parked:
 woken when a message is queued for it, it writes its messages before it serves what it read,
-and a connection whose queue overflowed is closed with a line in the log. Malformed input is
+and a connection whose queue overflowed is closed with a line in the log. Notifications are
+delivered by the server's dispatcher, off the write path: a connection with subscriptions
+(or subscribing) waits for it to catch up (`_CaughtUp`, a reply with nothing to send until
+the dispatcher wakes it) before it runs a command, and again before the reply of a command
+that changed something, so its messages come in Redis's order. Malformed input is
 answered with `-ERR Protocol error: ...` and the connection is closed (`After.CLOSE`), as
 after QUIT.
 """
@@ -58,6 +62,9 @@ cannot pin more than about this, whatever the reply budget says afterwards: 16 K
 pipelined `GET k` is 2,300 commands and 2.3 MB of replies."""
 _MESSAGES_PER_PIECE = 64
 """Messages sent at a time to a subscriber: a few hundred bytes each, so about 16 KiB."""
+_SUBSCRIBING = frozenset({b"SUBSCRIBE", b"PSUBSCRIBE"})
+"""Commands that make a connection follow something: a change made before them is not
+told to it, so they wait for the dispatcher as a subscriber's commands do."""
 _MAX_CLIENTS = encode(Error("ERR", "max number of clients reached"))
 
 
@@ -123,6 +130,8 @@ class RespProtocol:
         self.commands = 0
         self.errors = 0
         self._held: list[bytes] | None = None
+        self._waited: list[bytes] | None = None
+        """The held command that waited for the dispatcher already: it runs next."""
         """A command parsed by a batch that ran inline and left for a batch of its own: it
         must run off the loop (the execution policy)."""
 
@@ -166,6 +175,10 @@ class RespProtocol:
             return self._outcome([], error, cut=False)
         if first is None:
             return None
+        waited, self._waited = self._waited, None
+        if waited is not first and (mark := self._behind(first)) is not None:
+            self._held = self._waited = first  # once: writes that go on do not starve it
+            return Outcome([_CaughtUp(self, mark)], After.CONTINUE)
         calls = calls_of(first)
         inline = self.connection.runs_inline(calls)
         return Work(functools.partial(self._run_from, first, inline), calls)
@@ -196,6 +209,16 @@ class RespProtocol:
         protocol = self.session.protocol
         return [encode(message_push(message), protocol) for message in subscriber.take(limit)]
 
+    def _behind(self, arguments: list[bytes]) -> int | None:
+        """The changes the dispatcher has to deliver before `arguments` runs (a mark), if
+        this connection follows something or is to (SUBSCRIBE, PSUBSCRIBE) and it has not:
+        a change made before a command is told before it runs, as Redis tells it."""
+        if self.session.subscriber is None and arguments[0].upper() not in _SUBSCRIBING:
+            return None
+        pubsub = self.transport.state.pubsub
+        mark = pubsub.mark
+        return None if pubsub.caught_up(mark, self.connection.wake) else mark
+
     def _next_command(self) -> list[bytes] | None:
         """The next complete command buffered (empty ones skipped), or None."""
         if self._held is not None:
@@ -215,14 +238,20 @@ class RespProtocol:
         held = 0
         arguments: list[bytes] | None = first
         try:
+            pubsub = self.transport.state.pubsub
             while arguments is not None:
+                mark = pubsub.mark
                 reply = self.transport.answer(arguments, self.session, self.connection.peer)
-                # A notification its own command made goes before the reply, as in Redis.
+                # AUTH lifts the bounds before AUTH for the commands after it.
+                self.parser.authenticated = self.session.access > Access.NONE
+                # A notification its own command made goes before the reply, as in Redis:
+                # once the dispatcher has delivered what changed while it ran.
+                if self.session.subscribed and pubsub.mark != mark:
+                    replies += [_CaughtUp(self, pubsub.mark), _Messages(self), reply]
+                    return self._outcome(replies, None, cut=True)
                 replies.extend(self._messages())
                 replies.append(reply)
                 held += len(reply) if isinstance(reply, bytes) else reply.held_bytes
-                # AUTH lifts the bounds before AUTH for the commands after it.
-                self.parser.authenticated = self.session.access > Access.NONE
                 if self.session.closing:
                     break
                 if (
@@ -232,6 +261,9 @@ class RespProtocol:
                 ):
                     return self._outcome(replies, None, cut=True)
                 arguments = self._next_command()
+                if arguments is not None and self._behind(arguments) is not None:
+                    self._held = arguments  # next_step waits for the dispatcher first
+                    return self._outcome(replies, None, cut=True)
                 leaves_the_loop = (
                     inline
                     and arguments is not None
@@ -272,6 +304,25 @@ class _Messages:
 
     def next_piece(self) -> bytes | None:
         return b"".join(self.protocol._messages(_MESSAGES_PER_PIECE)) or None
+
+    def close(self) -> None:
+        pass
+
+
+class _CaughtUp:
+    """Nothing, sent once the dispatcher has delivered the changes up to `mark` (`core.Pieces`
+    with nothing to send until the dispatcher wakes the connection): what is written after
+    it follows their notifications."""
+
+    held_bytes = 0
+
+    def __init__(self, protocol: RespProtocol, mark: int) -> None:
+        self.protocol = protocol
+        self.mark = mark
+
+    def next_piece(self) -> bytes | None:
+        pubsub = self.protocol.transport.state.pubsub
+        return None if pubsub.caught_up(self.mark, self.protocol.connection.wake) else b""
 
     def close(self) -> None:
         pass

@@ -2,10 +2,24 @@
 patterns, and how a keyspace notification reaches them.
 
 `PubSub`, one per server, is told of every change of the store's feed (`changed`, the
-listener of `ChangeFeed.subscribe`, called from whichever thread applied the change) and
-hands each notification (`keyspace_events`) to the connections subscribed to its channel,
-then to those whose pattern matches it (`patterns.GlobPattern`, bounded time), as Redis
-does. With `notify-keyspace-events` at its default, "", a change costs one attribute read.
+listener of `ChangeFeed.subscribe`, called on the store's write path, often inside the
+store's lock). It only queues the change, with the `notify-keyspace-events` setting of the
+moment, and signals its dispatcher: a thread of its own (`start`, `stop`, with the server),
+which computes the notifications (`keyspace_events`) and hands each to the connections
+subscribed to its channel, then to those whose pattern matches it (`patterns.GlobPattern`,
+bounded time), in the order the changes were made, as Redis does. Matching is what a client
+can make expensive (patterns of 2 KB, built to be slow), so it never runs where every
+client's reads and writes wait, and the patterns all connections follow together are capped
+(MAX_FOLLOWED_PATTERNS). A dispatcher that falls MAX_QUEUED_CHANGES behind does not drop
+notifications silently: every subscriber is ended (overflowed, as below), with a line in the
+log, and counted (`overflows`). With `notify-keyspace-events` at its default, "", a change
+costs one attribute read.
+
+Redis writes a change's notifications to a subscriber before the reply of the command that
+made it. So that a subscriber sees the same order, a connection with subscriptions waits,
+before it runs a command and before it sends its reply, until the dispatcher has handled
+every change queued so far (`mark`, `caught_up`): the wait costs the loop nothing (the
+dispatcher wakes the connection), and only subscribers wait.
 
 `Subscriber`, one per connection that subscribes, holds its channels and patterns and its
 state (`SubscriberState`), and queues its messages until the connection's protocol takes
@@ -17,7 +31,9 @@ arrives. Like Redis's, notifications are fire and forget: a connection that fall
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from enum import Enum
 
@@ -26,14 +42,26 @@ from kvservice.resp.keyspace_events import KeyspaceEvents
 from kvservice.resp.patterns import GlobPattern
 from kvservice.store import Change
 
+logger = logging.getLogger("kvservice.resp")
+
 MAX_SUBSCRIPTIONS = 1_000
 """Channels and patterns one connection may follow together (Redis has no bound): what a
 connection may make the server hold."""
 MAX_PATTERNS = 32
-"""Patterns one connection may follow. Every pattern is matched against every notification,
-while the write that made it waits (0.2 us a pattern and channel, two channels a change):
-512 connections of 1,000 patterns each would add about 190 ms to every write, 32 each add
-6 ms. A channel costs a write nothing more (one lookup)."""
+"""Patterns one connection may follow (Redis has no bound). Every pattern is matched against
+every notification; a channel costs nothing more (one lookup)."""
+MAX_FOLLOWED_PATTERNS = 1_024
+"""Distinct patterns all connections together may follow (Redis has no bound); past it,
+PSUBSCRIBE of a new one is refused. The dispatcher matches each against both channels of
+every change: a 2 KB pattern built to be slow costs about 244 us to compile (once, the first
+change after it is followed) and 3.4 us a change after (measured, 1,024 of them: 250 ms once,
+then 3.5 ms a change). Without the cap, 512 connections of MAX_PATTERNS each made the first
+change cost 4 to 6.5 s and every later one about 60 ms: notifications would lag that much
+and subscribers' replies wait that long, though no longer every client's writes."""
+MAX_QUEUED_CHANGES = 10_000
+"""Changes waiting for the dispatcher before it is taken to be unable to keep up: every
+subscriber is ended, rather than notifications dropped silently (a change with its setting,
+about 200 bytes besides the value the store holds anyway)."""
 MAX_PENDING_MESSAGES = 10_000
 """Messages queued for a connection that has not taken them (a few hundred bytes each: no
 values are sent) before it is closed."""
@@ -69,15 +97,39 @@ class SubscriberState(Enum):
 
 
 class PubSub:
-    """Every subscription of one server, and its `notify-keyspace-events` setting."""
+    """Every subscription of one server, its `notify-keyspace-events` setting, and the
+    dispatcher that delivers the notifications of the changes queued by `changed`."""
 
-    def __init__(self, max_pending: int = MAX_PENDING_MESSAGES) -> None:
+    def __init__(
+        self,
+        max_pending: int = MAX_PENDING_MESSAGES,
+        max_queued_changes: int = MAX_QUEUED_CHANGES,
+        max_followed_patterns: int = MAX_FOLLOWED_PATTERNS,
+    ) -> None:
         self.max_pending = max_pending
+        self.max_queued_changes = max_queued_changes
+        self.max_followed_patterns = max_followed_patterns
         self.events = KeyspaceEvents()
+        self.overflows = 0
+        """Times the dispatcher fell MAX_QUEUED_CHANGES behind and ended every subscriber."""
         self._channels: dict[bytes, dict[Subscriber, None]] = {}
         self._patterns: dict[bytes, tuple[GlobPattern, dict[Subscriber, None]]] = {}
         self._lock = threading.Lock()
-        """Commands run on workers and changes arrive from any thread."""
+        """The subscriptions: commands run on workers, the dispatcher on its thread."""
+        self._queue: deque[tuple[int, KeyspaceEvents, Change]] = deque()
+        self._queued = threading.Condition(threading.Lock())
+        """The queue, the marks, the waiters: taken briefly, on the write path too."""
+        self._queued_mark = 0
+        """The changes queued so far (each one's mark is its number)."""
+        self._dispatched_mark = 0
+        """The changes dispatched (or dropped by an overflow) so far."""
+        self._overflowed = False
+        """The queue passed its bound: the dispatcher is to end every subscriber."""
+        self._waiters: list[tuple[int, Callable[[], None]]] = []
+        self._dispatching = threading.Lock()
+        """One dispatch at a time: the order of notifications is the order of changes."""
+        self._stopping = False
+        self._thread: threading.Thread | None = None
 
     @property
     def events(self) -> KeyspaceEvents:
@@ -96,27 +148,140 @@ class PubSub:
         with self._lock:
             return len(self._channels), len(self._patterns)
 
+    # -- the write path --------------------------------------------------------------------
+
     def changed(self, change: Change) -> None:
-        """Publish a change's notifications (any thread; never blocks on a subscriber)."""
+        """Queue a change's notifications for the dispatcher (any thread; never blocks on a
+        subscriber, matches nothing). Past the queue's bound, the queue is dropped and the
+        dispatcher told to end every subscriber."""
         if not self._publishing:  # the default: one attribute read per change
             return
-        for channel, payload in self._events.notifications(change):
-            self.publish(channel, payload)
+        with self._queued:
+            self._queued_mark += 1
+            if len(self._queue) >= self.max_queued_changes:
+                self._queue.clear()
+                self._overflowed = True
+            else:
+                self._queue.append((self._queued_mark, self._events, change))
+            self._queued.notify()
+
+    # -- the dispatcher --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the dispatcher on a thread of its own, until `stop`."""
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._dispatch_until_stopped, name="kvservice-resp-notifications", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the dispatcher once it has delivered what was queued."""
+        with self._queued:
+            self._stopping = True
+            self._queued.notify()
+        if self._thread is not None:
+            self._thread.join(5.0)
+            self._thread = None
+
+    def _dispatch_until_stopped(self) -> None:
+        while True:
+            with self._queued:
+                while not (self._queue or self._overflowed or self._stopping):
+                    self._queued.wait()
+                if self._stopping and not self._queue:
+                    return
+            try:
+                self.dispatch()
+            except Exception:  # a bug here must not end the notifications of every change
+                logger.exception("the keyspace notification dispatcher failed")
+
+    def dispatch(self) -> None:
+        """Deliver the notifications of every change queued, in order (the dispatcher's
+        thread; a test may call it directly)."""
+        with self._dispatching:
+            with self._queued:
+                queued, self._queue = self._queue, deque()
+                overflowed, self._overflowed = self._overflowed, False
+                dropped_through = self._queued_mark - len(queued)
+            if overflowed:
+                self._end_every_subscriber()
+                self._dispatched(dropped_through)
+            for mark, events, change in queued:
+                try:
+                    for channel, payload in events.notifications(change):
+                        self.publish(channel, payload)
+                finally:  # a bug must not leave subscribers waiting for this change
+                    self._dispatched(mark)
+
+    def _end_every_subscriber(self) -> None:
+        self.overflows += 1
+        with self._lock:
+            subscribers = {
+                subscriber
+                for followers in (
+                    *self._channels.values(),
+                    *(entry[1] for entry in self._patterns.values()),
+                )
+                for subscriber in followers
+            }
+        logger.warning(
+            "ending %d subscribers: keyspace notifications fell %d changes behind the "
+            "writes, the most the dispatcher may",
+            len(subscribers),
+            self.max_queued_changes,
+        )
+        for subscriber in subscribers:
+            subscriber.overflow()
+
+    def _dispatched(self, mark: int) -> None:
+        """Changes up to `mark` are delivered: wake the connections that waited for them."""
+        with self._queued:
+            self._dispatched_mark = max(self._dispatched_mark, mark)
+            due = [wake for waited, wake in self._waiters if waited <= self._dispatched_mark]
+            if due:
+                self._waiters = [
+                    (waited, wake)
+                    for waited, wake in self._waiters
+                    if waited > self._dispatched_mark
+                ]
+        for wake in due:
+            wake()
+
+    @property
+    def mark(self) -> int:
+        """The changes queued so far: `caught_up` with it, every one has been delivered."""
+        return self._queued_mark
+
+    def caught_up(self, mark: int, wake: Callable[[], None]) -> bool:
+        """Whether the changes up to `mark` are delivered; if not, `wake` is called once
+        they are (from the dispatcher's thread)."""
+        with self._queued:
+            if self._dispatched_mark >= mark:
+                return True
+            self._waiters.append((mark, wake))
+            return False
 
     def publish(self, channel: bytes, payload: bytes) -> int:
         """Hand a message to every subscriber of `channel`, then to every one of a pattern
         that matches it; how many received it."""
-        received = 0
         with self._lock:
+            globs = [(pattern, entry[0]) for pattern, entry in self._patterns.items()]
+        # Matched off the lock (a first match compiles: 0.25 ms for a pattern built to be
+        # slow), so that (P)SUBSCRIBE and a closing connection, on the loop, never wait for it.
+        matched = [pattern for pattern, glob in globs if glob.matches(channel)]
+        received = 0
+        with self._lock:  # who follows now: one who left meanwhile is not told
             for subscriber in self._channels.get(channel, ()):
                 subscriber.deliver((None, channel, payload))
                 received += 1
-            for pattern, (glob, subscribers) in self._patterns.items():
-                if glob.matches(channel):
-                    for subscriber in subscribers:
-                        subscriber.deliver((pattern, channel, payload))
-                        received += 1
+            for pattern in matched:
+                for subscriber in self._patterns.get(pattern, (None, {}))[1]:
+                    subscriber.deliver((pattern, channel, payload))
+                    received += 1
         return received
+
+    # -- subscriptions ---------------------------------------------------------------------
 
     def follow(self, subscriber: Subscriber, channel: bytes) -> None:
         with self._lock:
@@ -130,12 +295,17 @@ class PubSub:
                 if not subscribers:
                     del self._channels[channel]
 
-    def follow_pattern(self, subscriber: Subscriber, pattern: bytes) -> None:
+    def follow_pattern(self, subscriber: Subscriber, pattern: bytes) -> bool:
+        """Follow `pattern`; False (and nothing followed) if it is a new one and the server
+        follows `max_followed_patterns` already."""
         with self._lock:
             entry = self._patterns.get(pattern)
             if entry is None:
+                if len(self._patterns) >= self.max_followed_patterns:
+                    return False
                 entry = self._patterns[pattern] = (GlobPattern(pattern), {})
             entry[1][subscriber] = None
+            return True
 
     def unfollow_pattern(self, subscriber: Subscriber, pattern: bytes) -> None:
         with self._lock:
@@ -195,12 +365,15 @@ class Subscriber:
                 self._counted()
             return self.count
 
-    def psubscribe(self, pattern: bytes) -> int:
-        """Follow the channels `pattern` matches; the count. Check `patterns_full` first."""
+    def psubscribe(self, pattern: bytes) -> int | None:
+        """Follow the channels `pattern` matches; the count, or None if the server follows
+        as many distinct patterns as it may (MAX_FOLLOWED_PATTERNS). Check `patterns_full`
+        first."""
         with self._changing:
             if pattern not in self.patterns and self.state is not SubscriberState.CLOSED:
+                if not self.hub.follow_pattern(self, pattern):
+                    return None
                 self.patterns[pattern] = None
-                self.hub.follow_pattern(self, pattern)
                 self._counted()
             return self.count
 
@@ -245,6 +418,17 @@ class Subscriber:
                 self._pending.append(message)
             if self._woken and not overflowed:  # the overflow wakes it again, to be closed
                 return
+            self._woken = True
+        self.wake()
+
+    def overflow(self) -> None:
+        """Be ended as if its queue had overflowed (the dispatcher fell behind), and woken to
+        be closed."""
+        with self._lock:
+            if self.state is not SubscriberState.SUBSCRIBED:
+                return
+            self.state = SubscriberState.OVERFLOWED
+            self._pending.clear()
             self._woken = True
         self.wake()
 

@@ -4,7 +4,8 @@ accepting, the connection cap, timeouts, TLS, flow control, the reply budget, th
 policy and the drain. Here is what is RESP's about them: the refusal a connection past the
 cap gets (`-ERR max number of clients reached`), a `redis://` URL, and the figures INFO
 reports (`commands.ServerState`), in which the core counts connections, and the source of
-keyspace notifications (`ChangeSource`, the change feed), which it listens to while it runs.
+keyspace notifications (`ChangeSource`, the change feed), which it listens to while it runs,
+and whose notifications its dispatcher (`pubsub.PubSub.start`) delivers meanwhile.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ class RespServer:
         self._core.start()
         self._state.port = self._core.port  # the port asked for, unless it was 0
         if self.changes is not None:
+            self._state.pubsub.start()
             try:
                 self._stop_listening = self.changes.subscribe(self._state.pubsub.changed)
             except FeedUnsupported as error:  # a Redis Cluster: CONFIG SET says why
@@ -158,3 +160,4 @@ class RespServer:
             self._stop_listening()
             self._stop_listening = None
         self._core.stop()
+        self._state.pubsub.stop()

@@ -1,15 +1,20 @@
 """Keyspace notifications without sockets: the `notify-keyspace-events` setting
 (`keyspace_events`), and subscriptions (`pubsub`): who receives a change's notifications, in
 which order, the subscriber's states, its bounded queue and its wakes, with changes told by
-hand as the change feed tells them."""
+hand as the change feed tells them, and the dispatcher's order, its bound and its thread."""
 
 from __future__ import annotations
+
+import threading
 
 import pytest
 
 from kvservice.resp.codec import Error, Push, Replies, encode
 from kvservice.resp.commands import ServerState, Session, execute
-from kvservice.resp.commands.pubsub import TOO_MANY_SUBSCRIPTIONS
+from kvservice.resp.commands.pubsub import (
+    TOO_MANY_PATTERNS_ON_THE_SERVER,
+    TOO_MANY_SUBSCRIPTIONS,
+)
 from kvservice.resp.keyspace_events import KeyspaceEvents, event_of
 from kvservice.resp.pubsub import (
     MAX_PATTERNS,
@@ -117,6 +122,13 @@ class Wakes:
         self.count += 1
 
 
+def told(hub: PubSub, change: Change) -> None:
+    """The change told as the feed tells it, then dispatched as the dispatcher's thread
+    would."""
+    hub.changed(change)
+    hub.dispatch()
+
+
 def state(follower: Subscriber) -> SubscriberState:
     return follower.state
 
@@ -134,7 +146,7 @@ def test_channel_subscribers_then_pattern_subscribers_keyspace_then_keyevent() -
     first.subscribe(b"__keyevent@0__:set")
     first.psubscribe(b"__key*")
     second.subscribe(b"__keyspace@0__:k")
-    hub.changed(WRITE)
+    told(hub, WRITE)
     assert first.take() == [
         (b"__key*", b"__keyspace@0__:k", b"set"),
         (None, b"__keyevent@0__:set", b"k"),
@@ -148,7 +160,7 @@ def test_nothing_is_published_with_notifications_off() -> None:
     hub = PubSub()
     follower, wakes = subscriber(hub)
     follower.psubscribe(b"*")
-    hub.changed(WRITE)
+    told(hub, WRITE)
     assert (follower.take(), wakes.count) == ([], 0)
 
 
@@ -170,12 +182,12 @@ def test_states_follow_the_count_and_the_connection() -> None:
     follower.psubscribe(b"*")
     follower.reset()
     assert state(follower) is SubscriberState.IDLE
-    hub.changed(WRITE)
+    told(hub, WRITE)
     assert follower.take() == []
     follower.subscribe(b"__keyspace@0__:k")
     follower.close()
     assert state(follower) is SubscriberState.CLOSED
-    hub.changed(WRITE)
+    told(hub, WRITE)
     assert follower.take() == []
     assert follower.subscribe(b"x") == 0  # a closed connection follows nothing
     assert follower.psubscribe(b"x") == 0
@@ -187,12 +199,12 @@ def test_one_wake_until_the_messages_are_taken() -> None:
     hub.events = events("KEA")
     follower, wakes = subscriber(hub)
     follower.psubscribe(b"*")
-    hub.changed(WRITE)
-    hub.changed(DELETE)
+    told(hub, WRITE)
+    told(hub, DELETE)
     assert wakes.count == 1
     assert len(follower.take(limit=3)) == 3
     assert follower.pending
-    hub.changed(WRITE)
+    told(hub, WRITE)
     assert wakes.count == 2
     assert len(follower.take()) == 3
 
@@ -202,15 +214,103 @@ def test_a_queue_past_its_bound_overflows_and_queues_nothing_more() -> None:
     hub.events = events("KE$")
     follower, wakes = subscriber(hub)
     follower.psubscribe(b"*")
-    hub.changed(WRITE)
-    hub.changed(WRITE)
+    told(hub, WRITE)
+    told(hub, WRITE)
     assert state(follower) is SubscriberState.SUBSCRIBED
-    hub.changed(WRITE)  # the sixth message
+    told(hub, WRITE)  # the sixth message
     assert state(follower) is SubscriberState.OVERFLOWED
     assert follower.take() == []
-    hub.changed(WRITE)
+    told(hub, WRITE)
     assert follower.take() == []
     assert wakes.count == 2  # the overflow wakes it too, to be closed
+
+
+def test_changes_wait_for_the_dispatcher_which_delivers_them_in_order() -> None:
+    hub = PubSub()
+    hub.events = events("K$g")
+    follower, wakes = subscriber(hub)
+    follower.psubscribe(b"*")
+    changes = [Change(f"k{n}", n + 1, b"v", 0) for n in range(50)] + [DELETE]
+    for change in changes:
+        hub.changed(change)
+    assert (follower.take(), wakes.count) == ([], 0)  # the write path delivered nothing
+    waited: list[int] = []
+    assert not hub.caught_up(hub.mark, lambda: waited.append(1))
+    hub.dispatch()
+    assert waited == [1]
+    assert hub.caught_up(hub.mark, lambda: waited.append(2))
+    expected = [(b"*", b"__keyspace@0__:" + c.key.encode(), event_of(c)) for c in changes]
+    assert follower.take() == expected
+
+
+def test_a_change_is_told_under_the_setting_it_was_made_under() -> None:
+    hub = PubSub()
+    hub.events = events("K$")
+    follower, _ = subscriber(hub)
+    follower.psubscribe(b"*")
+    hub.changed(WRITE)
+    hub.events = events("E$")
+    hub.dispatch()
+    assert follower.take() == [(b"*", b"__keyspace@0__:k", b"set")]
+
+
+def test_a_dispatcher_past_its_bound_ends_every_subscriber_and_counts_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = PubSub(max_queued_changes=3)
+    hub.events = events("K$")
+    first, first_wakes = subscriber(hub)
+    second, _ = subscriber(hub)
+    first.psubscribe(b"*")
+    second.subscribe(b"__keyspace@0__:k")
+    for _ in range(4):  # the fourth finds three queued
+        hub.changed(WRITE)
+    waited: list[int] = []
+    assert not hub.caught_up(hub.mark, lambda: waited.append(1))
+    later, _ = subscriber(hub)
+    hub.dispatch()
+    assert (state(first), state(second)) == (SubscriberState.OVERFLOWED,) * 2
+    assert (first.take(), first_wakes.count, hub.overflows) == ([], 1, 1)
+    assert waited == [1]  # what the overflow dropped is waited for no more
+    assert "ending 2 subscribers" in caplog.text
+    later.psubscribe(b"*")  # and it carries on
+    told(hub, WRITE)
+    assert later.take() == [(b"*", b"__keyspace@0__:k", b"set")]
+    assert hub.overflows == 1
+
+
+def test_the_dispatcher_thread_delivers_until_stopped() -> None:
+    hub = PubSub()
+    hub.events = events("K$")
+    delivered = threading.Event()
+    follower = Subscriber(hub, delivered.set)
+    follower.psubscribe(b"*")
+    hub.start()
+    try:
+        hub.changed(WRITE)
+        assert delivered.wait(5)
+        assert follower.take() == [(b"*", b"__keyspace@0__:k", b"set")]
+    finally:
+        hub.stop()
+    delivered.clear()
+    hub.changed(WRITE)
+    assert not delivered.wait(0.2)  # nobody dispatches any more
+    assert follower.take() == []
+
+
+def test_past_the_servers_distinct_patterns_psubscribe_is_refused() -> None:
+    store = MemoryStore()
+    server = ServerState()
+    server.pubsub.max_followed_patterns = 2
+    first, second = Session(1, server), Session(2, server)
+    execute(store, first, [b"PSUBSCRIBE", b"a*", b"b*"])
+    reply = execute(store, second, [b"PSUBSCRIBE", b"a*", b"c*", b"b*"])
+    assert reply == Replies([Push([b"psubscribe", b"a*", 1]), TOO_MANY_PATTERNS_ON_THE_SERVER])
+    assert "follows 1024 distinct patterns" in str(TOO_MANY_PATTERNS_ON_THE_SERVER)
+    execute(store, first, [b"PUNSUBSCRIBE", b"b*"])
+    assert execute(store, second, [b"PSUBSCRIBE", b"c*"]) == Replies(
+        [Push([b"psubscribe", b"c*", 2])]
+    )
 
 
 def test_the_confirmations_are_pushes_and_the_bounds_are_refused() -> None:

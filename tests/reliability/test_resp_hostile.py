@@ -231,10 +231,15 @@ TAKE_NO_PATTERN |= {b"DBSIZE", b"QUIT", b"HELLO", b"COMMAND", b"CLIENT", b"SELEC
 TAKE_NO_PATTERN |= {b"AUTH", b"SETEX", b"PSETEX", b"GETEX", b"PERSIST"}
 TAKE_NO_PATTERN |= {b"EXPIRE", b"PEXPIRE", b"EXPIREAT", b"PEXPIREAT"}
 TAKE_NO_PATTERN |= {b"TTL", b"PTTL", b"EXPIRETIME", b"PEXPIRETIME"}
+# PUNSUBSCRIBE compares its arguments with the patterns followed, byte for byte: no matching.
+TAKE_NO_PATTERN |= {b"SUBSCRIBE", b"UNSUBSCRIBE", b"PUNSUBSCRIBE", b"RESET"}
+SUBSCRIBED_PATTERN_COMMANDS = {b"PSUBSCRIBE"}
+"""Commands whose patterns are kept and matched against every keyspace notification: see
+test_adversarial_patterns_followed_by_every_connection_cost_writes_a_bounded_time."""
 
 
 def test_every_command_is_known_to_take_a_pattern_or_not() -> None:
-    assert set(COMMANDS) == set(PATTERN_COMMANDS) | TAKE_NO_PATTERN
+    assert set(COMMANDS) == set(PATTERN_COMMANDS) | SUBSCRIBED_PATTERN_COMMANDS | TAKE_NO_PATTERN
 
 
 @pytest.mark.parametrize("name", sorted(PATTERN_COMMANDS))
@@ -270,6 +275,87 @@ def test_every_pattern_command_answers_adversarial_patterns_in_bounded_time(
         f"\n{name.decode()}: {len(ADVERSARIAL_PATTERNS)} adversarial patterns, slowest "
         f"{slowest_s * 1000:.1f} ms ({slowest[:24]!r}), slowest /_health "
         f"{health.worst_s * 1000:.1f} ms"
+    )
+    assert slowest_s < REPLY_WITHIN_S
+    assert health.worst_s < HEALTH_WITHIN_S
+
+
+SUBSCRIBERS = 512
+"""The RESP connection cap's default: every connection a client may open."""
+PATTERNS_PER_SUBSCRIBER = 32
+"""The most patterns a connection may follow (pubsub.MAX_PATTERNS)."""
+PATTERN_BYTES = 1900
+"""Each pattern's adversarial part, so that 32 of them and their numbers fit one request."""
+WRITES = 20
+
+
+def distinct_adversarial_pattern(number: int) -> bytes:
+    """An adversarial pattern made distinct by a number (each is compiled and matched on its
+    own): a server that follows a pattern once for every connection is not spared."""
+    adversarial = ADVERSARIAL_PATTERNS[number % len(ADVERSARIAL_PATTERNS)][:PATTERN_BYTES]
+    return adversarial + b"%d" % number
+
+
+def psubscribe_all_allowed(connection: RespConnection, first: int) -> tuple[int, bytes | None]:
+    """PSUBSCRIBE PATTERNS_PER_SUBSCRIBER distinct patterns from `first`: how many the server
+    took, and its refusal, if it refused the rest."""
+    patterns = [distinct_adversarial_pattern(first + n) for n in range(PATTERNS_PER_SUBSCRIBER)]
+    connection.send(command("PSUBSCRIBE", *patterns))
+    for taken in range(PATTERNS_PER_SUBSCRIBER):
+        reply = connection.reply()
+        if reply.startswith(b"-"):
+            return taken, reply
+    return PATTERNS_PER_SUBSCRIBER, None
+
+
+def test_adversarial_patterns_followed_by_every_connection_cost_writes_a_bounded_time(
+    tmp_path: Path,
+) -> None:
+    """Every connection follows as many distinct adversarial patterns as the server lets it,
+    with keyspace notifications on. Each was matched against every change's channels on the
+    store's write path, inside the memory store's lock: the first SET after they subscribed
+    took seconds (their regular expressions compiled), every later one tens of milliseconds,
+    and every other client waited as long. Now writes only queue the change for the RESP
+    server's dispatcher, and the patterns all connections follow together are capped."""
+    with resp_service(tmp_path) as (service, port):
+        with authenticated(port) as admin:
+            assert admin.ask("CONFIG", "SET", "notify-keyspace-events", "KEA") == b"+OK\r\n"
+        listener = authenticated(port, timeout_s=10.0)
+        assert listener.ask("PSUBSCRIBE", "__keyspace@0__:watched").startswith(b"*3\r\n")
+        subscribers: list[RespConnection] = []
+        followed, refusals = 0, set[bytes]()
+        try:
+            for index in range(SUBSCRIBERS - 3):  # the listener, the writer, /_health's peer
+                subscriber = authenticated(port, timeout_s=10.0)
+                subscribers.append(subscriber)
+                taken, refusal = psubscribe_all_allowed(subscriber, index * PATTERNS_PER_SUBSCRIBER)
+                followed += taken
+                refusals |= {refusal} if refusal else set()
+            with authenticated(port, timeout_s=30.0) as writer, HealthWatch(service.url) as health:
+                slowest_s = 0.0
+                for n in range(WRITES):
+                    started = time.perf_counter()
+                    # Keys as long as patterns are: a channel shorter than a pattern's
+                    # fixed bytes is passed over without matching.
+                    assert writer.ask("SET", f"{LONGEST_KEY[:240]}{n}", "v") == b"+OK\r\n"
+                    slowest_s = max(slowest_s, time.perf_counter() - started)
+                started = time.perf_counter()
+                assert writer.ask("SET", "watched", "v") == b"+OK\r\n"
+                slowest_s = max(slowest_s, time.perf_counter() - started)
+                notification = listener.reply()
+                time.sleep(0.1)  # /_health is asked again while the notifications flow
+        finally:
+            for subscriber in subscribers:
+                subscriber.close()
+            listener.close()
+
+    print(
+        f"\n{len(subscribers)} connections following {followed} distinct adversarial patterns "
+        f"({sorted(refusals)!r} for the rest): slowest of {WRITES + 1} SETs "
+        f"{slowest_s * 1000:.1f} ms, slowest /_health {health.worst_s * 1000:.1f} ms"
+    )
+    assert notification == command(
+        "pmessage", "__keyspace@0__:watched", "__keyspace@0__:watched", "set"
     )
     assert slowest_s < REPLY_WITHIN_S
     assert health.worst_s < HEALTH_WITHIN_S

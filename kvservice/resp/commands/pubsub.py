@@ -1,7 +1,9 @@
 """The subscribe family: SUBSCRIBE, PSUBSCRIBE, UNSUBSCRIBE, PUNSUBSCRIBE, as Redis 7 answers
 them: one confirmation per channel or pattern (a push in RESP3, an array in RESP2) carrying
 how many the connection follows now; UNSUBSCRIBE and PUNSUBSCRIBE without arguments drop
-every one (or confirm with nil when there is none). The subscriptions themselves, and how
+every one (or confirm with nil when there is none). Unlike Redis, the distinct patterns all
+connections follow together are capped (`pubsub.MAX_FOLLOWED_PATTERNS`): past it, a new one
+is refused. The subscriptions themselves, and how
 messages reach the connection, are `pubsub`'s; the channels that carry anything are those
 of keyspace notifications (`keyspace_events`): kvservice has no PUBLISH.
 """
@@ -13,13 +15,23 @@ from collections.abc import Callable
 from kvservice.resp.codec import Error, Push, Replies, Reply
 from kvservice.resp.commands.dispatch import Command
 from kvservice.resp.commands.state import Session
-from kvservice.resp.pubsub import MAX_PATTERNS, MAX_SUBSCRIPTIONS, Subscriber
+from kvservice.resp.pubsub import (
+    MAX_FOLLOWED_PATTERNS,
+    MAX_PATTERNS,
+    MAX_SUBSCRIPTIONS,
+    Subscriber,
+)
 from kvservice.store import Store
 
 TOO_MANY_SUBSCRIPTIONS = Error(
     "ERR",
     f"a connection may follow at most {MAX_SUBSCRIPTIONS} channels and patterns, "
     f"{MAX_PATTERNS} of them patterns; unsubscribe from some first",
+)
+TOO_MANY_PATTERNS_ON_THE_SERVER = Error(
+    "ERR",
+    f"the server follows {MAX_FOLLOWED_PATTERNS} distinct patterns for its connections, the "
+    "most it may; follow one of those, a channel, or try again later",
 )
 
 
@@ -34,11 +46,12 @@ def _patterns(subscriber: Subscriber) -> dict[bytes, None]:
 def _subscribing(
     kind: bytes,
     followed: Callable[[Subscriber], dict[bytes, None]],
-    follow: Callable[[Subscriber, bytes], int],
+    follow: Callable[[Subscriber, bytes], int | None],
     full: Callable[[Subscriber], bool],
 ) -> Command:
     """SUBSCRIBE or PSUBSCRIBE: follow each argument in turn, confirming each; a connection
-    at its bound is refused for the rest (the confirmations before stand)."""
+    at its bound, or a pattern past the server's (`follow` gives None), is refused for the
+    rest (the confirmations before stand)."""
 
     def handler(store: Store, session: Session, args: list[bytes]) -> Reply:
         subscriber = session.subscriptions
@@ -47,7 +60,11 @@ def _subscribing(
             if full(subscriber) and name not in followed(subscriber):
                 replies.append(TOO_MANY_SUBSCRIPTIONS)
                 break
-            replies.append(Push([kind, name, follow(subscriber, name)]))
+            count = follow(subscriber, name)
+            if count is None:
+                replies.append(TOO_MANY_PATTERNS_ON_THE_SERVER)
+                break
+            replies.append(Push([kind, name, count]))
         return Replies(replies)
 
     return Command(handler, 1, None, while_subscribed=True)
