@@ -230,7 +230,9 @@ def test_changes_wait_for_the_dispatcher_which_delivers_them_in_order() -> None:
     hub.events = events("K$g")
     follower, wakes = subscriber(hub)
     follower.psubscribe(b"*")
-    changes = [Change(f"k{n}", n + 1, b"v", 0) for n in range(50)] + [DELETE]
+    changes = [
+        Change(key=f"k{n}", revision=n + 1, data=b"v", timestamp_ms=0) for n in range(50)
+    ] + [DELETE]
     for change in changes:
         hub.changed(change)
     assert (follower.take(), wakes.count) == ([], 0)  # the write path delivered nothing
