@@ -14,7 +14,11 @@ cannot be written at once wait in `outgoing`, in order, with reading paused unti
 written; `Pieces` are produced as the transport drains, at most `_WRITE_PER_ROUND` bytes a
 turn of the loop. `Pieces` with nothing to send yet (b"") are asked again once `wake` is
 called (from any thread: it hops onto the loop); a free connection woken is asked for its
-next step, which is how a parked request (`WireProtocol.parked`) is answered. What the
+next step, which is how a parked request (`WireProtocol.parked`) is answered; while it is
+parked, what arrives is fed to the protocol until it is `full` (for HTTP, one request's
+worth), then reading pauses until it is answered: a client that leaves is heard (its EOF or
+reset closes the connection and lets go of what it parked) unless it sent that much first.
+A stream waiting for a wake holds at most one read, then pauses reading too. What the
 write buffer and the queue hold is charged to the reply budget after each write, when it
 drains (`resume_writing`) and at each sweep (a stream waiting for a wake without the
 streaming headroom: it holds nothing to send); a connection it does not fit is closed, its
@@ -171,6 +175,10 @@ class Connection(asyncio.BufferedProtocol):
             self.request_began = self.last_received
         protocol.received(data)
         self._serve()
+        if protocol.full and not self.transport.is_closing():
+            # A parked request, with as much behind it as the protocol takes: read again
+            # once it is answered (`_resume_reading`), not meanwhile.
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         return False  # the client is done sending: close once the replies are out
@@ -289,7 +297,9 @@ class Connection(asyncio.BufferedProtocol):
         self._resume_reading()
 
     def _resume_reading(self) -> None:
-        """Read again, unless work runs, replies wait to be written, or it is closing."""
+        """Read again, unless work runs, replies wait to be written, the protocol holds as
+        much as it takes, or it is closing."""
+        protocol = self.protocol
         if not (
             self.running
             or self.backlog
@@ -297,6 +307,7 @@ class Connection(asyncio.BufferedProtocol):
             or self.writing_paused
             or self.outgoing
             or self.transport.is_closing()
+            or (protocol is not None and protocol.full)
         ):
             self.transport.resume_reading()
 
@@ -350,7 +361,8 @@ class Connection(asyncio.BufferedProtocol):
                 # Nothing yet: `wake` asks again. Read meanwhile, so that a client that
                 # leaves is heard now rather than at the next piece written.
                 self.awaiting_wake = True
-                if not self.unfed:
+                protocol = self.protocol
+                if not self.unfed and not (protocol is not None and protocol.full):
                     self.transport.resume_reading()
                 break
             if piece is following or piece is None:
