@@ -17,7 +17,8 @@ called (from any thread: it hops onto the loop); a free connection woken is aske
 next step, which is how a parked request (`WireProtocol.parked`) is answered; while it is
 parked, what arrives is fed to the protocol until it is `full` (for HTTP, one request's
 worth), then reading pauses until it is answered: a client that leaves is heard (its EOF or
-reset closes the connection and lets go of what it parked) unless it sent that much first.
+reset closes the connection and lets go of what it parked), when it sent that much first by
+the sweep, which asks the kernel (POLLRDHUP, where there is one).
 A stream waiting for a wake holds at most one read, then pauses reading too. What the
 write buffer and the queue hold is charged to the reply budget after each write, when it
 drains (`resume_writing`) and at each sweep (a stream waiting for a wake without the
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import struct
 from collections import deque
@@ -456,12 +458,26 @@ class Connection(asyncio.BufferedProtocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
 
+    def _client_left(self) -> bool:
+        """Whether the kernel says the client closed or reset, without reading what it holds
+        before that: how a connection that reads no more (its protocol is `full`) still hears
+        its client leave, where poll has POLLRDHUP (Linux; elsewhere it is heard once its
+        reply is written)."""
+        sock = self.transport.get_extra_info("socket")
+        left = getattr(select, "POLLRDHUP", 0)
+        if sock is None or not left:
+            return False
+        poller = select.poll()
+        poller.register(sock.fileno(), left | select.POLLHUP | select.POLLERR)
+        return bool(poller.poll(0))
+
     def expire(self, now: float) -> None:
         """Close it if it has been idle for the idle timeout, or its replies have not
         drained for as long, or a request has been arriving for the request timeout; what it
         has not read is dropped. A connection whose work runs, or whose replies are still
         being written, is busy, not idle: reading is paused then; so is one parked (waiting
-        for a wake, not for its client)."""
+        for a wake, not for its client). One that reads no more because its protocol is
+        full is closed once its client has left."""
         settings = self.server.settings
         threshold = now - settings.idle_timeout_s
         stalled = self.stalled_since is not None and self.stalled_since < threshold
@@ -486,6 +502,10 @@ class Connection(asyncio.BufferedProtocol):
                 )
                 self.send([protocol.timed_out()])
                 self.finish()
+            return
+        if protocol is not None and protocol.full and self._client_left():
+            self.server.transport.logger.debug("closing %s: its client left", self.peer)
+            self.transport.abort()
             return
         if stalled or (not busy and self.last_received < threshold):
             self.server.transport.logger.debug(

@@ -18,8 +18,8 @@ whose `next_piece` has nothing yet gives b"", and a transport whose request wait
 `ConnectionInfo.wake`, from any thread, has the core ask again. Neither costs a thread.
 Meanwhile the core reads on, to hear a client that leaves, until the protocol says it holds
 as much as it takes (`WireProtocol.full`): what a client sends while its request waits is
-bounded, at the price of not hearing it leave once it has sent that much (until its answer
-is written).
+bounded; one that sent that much is heard leaving by the sweep, where the kernel tells
+without a read (POLLRDHUP, Linux), else once its answer is written.
 """
 
 from __future__ import annotations

@@ -25,8 +25,9 @@ watcher has), until it answers; with the same `Parking`, so that the request's a
 covers it whole, once, under one ID. What its client pipelines meanwhile waits in the parser
 up to what one request may be (`full`: the header and body limits), and the core reads no
 more until it is answered: the core reads on until then so that a client that leaves (an EOF
-or a reset) is heard and its watcher let go of; one that sent that much first is heard when
-its answer is written. What it parked is closed with the connection.
+or a reset) is heard and its watcher let go of; one that sent that much first is heard by
+the core's sweep where the kernel tells (Linux), else once its answer is written. What it
+parked is closed with the connection.
 
 The connection is kept for the next request when the request and the response say so
 (HTTP/1.1 unless `Connection: close`, HTTP/1.0 with `Connection: keep-alive`), never while
