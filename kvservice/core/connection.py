@@ -14,7 +14,12 @@ cannot be written at once wait in `outgoing`, in order, with reading paused unti
 written; `Pieces` are produced as the transport drains, at most `_WRITE_PER_ROUND` bytes a
 turn of the loop. `Pieces` with nothing to send yet (b"") are asked again once `wake` is
 called (from any thread: it hops onto the loop); a free connection woken is asked for its
-next step, which is how a parked request (`WireProtocol.parked`) is answered. What the
+next step, which is how a parked request (`WireProtocol.parked`) is answered; while it is
+parked, what arrives is fed to the protocol until it is `full` (for HTTP, one request's
+worth), then reading pauses until it is answered: a client that leaves is heard (its EOF or
+reset closes the connection and lets go of what it parked), when it sent that much first by
+the sweep, which asks the kernel (POLLRDHUP, where there is one).
+A stream waiting for a wake holds at most one read, then pauses reading too. What the
 write buffer and the queue hold is charged to the reply budget after each write, when it
 drains (`resume_writing`) and at each sweep (a stream waiting for a wake without the
 streaming headroom: it holds nothing to send); a connection it does not fit is closed, its
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import struct
 from collections import deque
@@ -171,6 +177,10 @@ class Connection(asyncio.BufferedProtocol):
             self.request_began = self.last_received
         protocol.received(data)
         self._serve()
+        if protocol.full and not self.transport.is_closing():
+            # A parked request, with as much behind it as the protocol takes: read again
+            # once it is answered (`_resume_reading`), not meanwhile.
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         return False  # the client is done sending: close once the replies are out
@@ -289,7 +299,9 @@ class Connection(asyncio.BufferedProtocol):
         self._resume_reading()
 
     def _resume_reading(self) -> None:
-        """Read again, unless work runs, replies wait to be written, or it is closing."""
+        """Read again, unless work runs, replies wait to be written, the protocol holds as
+        much as it takes, or it is closing."""
+        protocol = self.protocol
         if not (
             self.running
             or self.backlog
@@ -297,6 +309,7 @@ class Connection(asyncio.BufferedProtocol):
             or self.writing_paused
             or self.outgoing
             or self.transport.is_closing()
+            or (protocol is not None and protocol.full)
         ):
             self.transport.resume_reading()
 
@@ -350,7 +363,8 @@ class Connection(asyncio.BufferedProtocol):
                 # Nothing yet: `wake` asks again. Read meanwhile, so that a client that
                 # leaves is heard now rather than at the next piece written.
                 self.awaiting_wake = True
-                if not self.unfed:
+                protocol = self.protocol
+                if not self.unfed and not (protocol is not None and protocol.full):
                     self.transport.resume_reading()
                 break
             if piece is following or piece is None:
@@ -444,12 +458,26 @@ class Connection(asyncio.BufferedProtocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
 
+    def _client_left(self) -> bool:
+        """Whether the kernel says the client closed or reset, without reading what it holds
+        before that: how a connection that reads no more (its protocol is `full`) still hears
+        its client leave, where poll has POLLRDHUP (Linux; elsewhere it is heard once its
+        reply is written)."""
+        sock = self.transport.get_extra_info("socket")
+        left = getattr(select, "POLLRDHUP", 0)
+        if sock is None or not left:
+            return False
+        poller = select.poll()
+        poller.register(sock.fileno(), left | select.POLLHUP | select.POLLERR)
+        return bool(poller.poll(0))
+
     def expire(self, now: float) -> None:
         """Close it if it has been idle for the idle timeout, or its replies have not
         drained for as long, or a request has been arriving for the request timeout; what it
         has not read is dropped. A connection whose work runs, or whose replies are still
         being written, is busy, not idle: reading is paused then; so is one parked (waiting
-        for a wake, not for its client)."""
+        for a wake, not for its client). One that reads no more because its protocol is
+        full is closed once its client has left."""
         settings = self.server.settings
         threshold = now - settings.idle_timeout_s
         stalled = self.stalled_since is not None and self.stalled_since < threshold
@@ -474,6 +502,10 @@ class Connection(asyncio.BufferedProtocol):
                 )
                 self.send([protocol.timed_out()])
                 self.finish()
+            return
+        if protocol is not None and protocol.full and self._client_left():
+            self.server.transport.logger.debug("closing %s: its client left", self.peer)
+            self.transport.abort()
             return
         if stalled or (not busy and self.last_received < threshold):
             self.server.transport.logger.debug(

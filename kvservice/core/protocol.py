@@ -16,6 +16,10 @@ A connection may wait for something other than its client (a change feed): a str
 whose `next_piece` has nothing yet gives b"", and a transport whose request waits says so
 (`WireProtocol.parked`, exempt from the idle timeout) and answers None from `next_step`;
 `ConnectionInfo.wake`, from any thread, has the core ask again. Neither costs a thread.
+Meanwhile the core reads on, to hear a client that leaves, until the protocol says it holds
+as much as it takes (`WireProtocol.full`): what a client sends while its request waits is
+bounded; one that sent that much is heard leaving by the sweep, where the kernel tells
+without a read (POLLRDHUP, Linux), else once its answer is written.
 """
 
 from __future__ import annotations
@@ -157,6 +161,15 @@ class WireProtocol(Protocol):
         """Whether the connection waits for a wake (`ConnectionInfo.wake`), not for its
         client: a long-poll, a subscription. The idle timeout does not apply meanwhile (a
         client that stops reading its replies is still reset)."""
+        ...
+
+    @property
+    def full(self) -> bool:
+        """Whether it holds as much unserved input as it takes: the core reads no more until
+        its next step has been taken and its replies written. A parked HTTP request is
+        answered only when woken, so what its client pipelines meanwhile waits in the parser,
+        up to what one request may be (read on until then, so that a client that leaves is
+        heard and its watcher let go of)."""
         ...
 
     def timed_out(self) -> bytes:

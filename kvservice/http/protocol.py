@@ -19,9 +19,15 @@ as uvicorn's protocols do:
 A request may wait for a change feed without a thread or a worker. Each is given a
 `request_info.Parking` with the connection's `wake`: an event stream's body gives b"" while
 it has nothing (the core waits for a wake), and a long-poll the app parks is answered
-nothing; the connection is `parked` (no idle timeout) and, once woken, the app is run again
-on the same request, on the loop (it only takes what its watcher has), until it answers.
-What it parked is closed with the connection.
+nothing; the connection is `parked` (no idle timeout) and, once woken (not when bytes
+arrive), the app is run again on the same request, on the loop (it only takes what its
+watcher has), until it answers; with the same `Parking`, so that the request's access line
+covers it whole, once, under one ID. What its client pipelines meanwhile waits in the parser
+up to what one request may be (`full`: the header and body limits), and the core reads no
+more until it is answered: the core reads on until then so that a client that leaves (an EOF
+or a reset) is heard and its watcher let go of; one that sent that much first is heard by
+the core's sweep where the kernel tells (Linux), else once its answer is written. What it
+parked is closed with the connection.
 
 The connection is kept for the next request when the request and the response say so
 (HTTP/1.1 unless `Connection: close`, HTTP/1.0 with `Connection: keep-alive`), never while
@@ -54,7 +60,7 @@ from kvservice.http.parser import (
     Signal,
 )
 from kvservice.http.problems import error_response
-from kvservice.http.request_info import Parking, Waiting
+from kvservice.http.request_info import Parking
 
 logger = logging.getLogger("kvservice.http")
 
@@ -127,8 +133,13 @@ class HttpProtocol:
         self.parser = RequestParser(transport.limits)
         self.head: RequestHead | None = None
         self.body: list[bytes] = []
-        self.waiting: Waiting | None = None
-        """What the request being answered waits on, parked by the app; None: not parked."""
+        self.parking: Parking | None = None
+        """How the request being answered waits, once the app has parked it; None: not
+        parked."""
+        self.woken = False
+        """A wake came since the app last ran the parked request (set from any thread)."""
+        self.most_held = transport.limits.max_header_bytes + transport.limits.max_body_bytes
+        """What it holds of what arrives while its request is parked: one request's worth."""
         address, _, port = connection.peer.rpartition(":")
         self.peer = Peer(address, int(port) if port.isdigit() else 0, https=transport.tls)
 
@@ -138,7 +149,11 @@ class HttpProtocol:
 
     @property
     def parked(self) -> bool:
-        return self.waiting is not None
+        return self.parking is not None
+
+    @property
+    def full(self) -> bool:
+        return self.parking is not None and len(self.parser.buffer) >= self.most_held
 
     def received(self, data: bytes) -> None:
         self.parser.receive_data(data)
@@ -147,8 +162,10 @@ class HttpProtocol:
         """The first thing to answer in what has arrived: 100 Continue, a refusal, or a whole
         request (at once when the execution policy runs its kind on the loop, else as
         `Work`: GET and HEAD read, every other method may write)."""
-        if self.waiting is not None:
-            return self._serve()  # woken (or more arrived): it only takes what it waits on
+        if self.parking is not None:
+            if not self.woken:
+                return None  # bytes arrived: they wait in the parser until it is answered
+            return self._serve()  # it only takes what it waits on
         parser = self.parser
         while True:
             event = parser.next_event()
@@ -178,14 +195,19 @@ class HttpProtocol:
 
     def closed(self) -> None:
         self.body = []
-        waiting, self.waiting = self.waiting, None
-        if waiting is not None:
-            waiting.close()
+        parking, self.parking = self.parking, None
+        if parking is not None and parking.parked is not None:
+            parking.parked.close()
 
     def _refuse(self, refusal: Refusal) -> Outcome:
         self.transport.count(refusal.status)
         answer = error_response(refusal.status, refusal.detail, head_only=refusal.head_request)
         return Outcome([answer], After.CLOSE)
+
+    def _wake(self) -> None:
+        """What the parked request waits on has news (from any thread): run it again."""
+        self.woken = True
+        self.connection.wake()
 
     def _serve_on_worker(self) -> Outcome:
         try:
@@ -202,7 +224,9 @@ class HttpProtocol:
         body = self.body
         parser = self.parser
         stopping = self.connection.stopping
-        parking = Parking(self.connection.wake, self.waiting)
+        parking = self.parking or Parking(self._wake)
+        parking.resume()
+        self.woken = False  # before the app runs: a wake while it runs has it run again
         response = self.transport.gateway.respond(
             head,
             body[0] if len(body) == 1 else b"".join(body),
@@ -210,11 +234,12 @@ class HttpProtocol:
             close=stopping,
             parking=parking,
         )
-        self.waiting = parking.parked
-        if parking.resumed is not None and parking.resumed is not self.waiting:
+        if parking.resumed is not None and parking.resumed is not parking.parked:
             parking.resumed.close()  # answered (or failed): the app is done with it
-        if self.waiting is not None:
+        if parking.parked is not None:
+            self.parking = parking
             return Outcome([], After.READ)
+        self.parking = None
         self.head, self.body = None, []
         replies: list[Reply] = [response.produced]
         if response.rest is not None:

@@ -56,18 +56,28 @@ class Waiting(Protocol):
 class Parking:
     """How a request waits without a thread (a long-poll): the app calls `park` with what it
     waits on and returns anything; the transport then answers nothing, and once `wake` is
-    called (from any thread) runs the app again on the same request, with `resumed` set to
-    what it parked. A request the app does not park is answered as usual. `wake` is also
-    what an event stream (FEED_STREAM_ENVIRON) hands to what it waits on."""
+    called (from any thread) runs the app again on the same request, with the same
+    `Parking`, `resumed` set to what it parked. A request the app does not park is answered
+    as usual. `wake` is also what an event stream (FEED_STREAM_ENVIRON) hands to what it
+    waits on. The request's first run leaves its start and ID here (`began`, `request_id`),
+    so that the runs after it answer and log it as one request."""
 
-    __slots__ = ("parked", "resumed", "wake")
+    __slots__ = ("began", "parked", "request_id", "resumed", "wake")
 
-    def __init__(self, wake: Callable[[], None], resumed: Waiting | None = None) -> None:
+    def __init__(self, wake: Callable[[], None]) -> None:
         self.wake = wake
-        self.resumed = resumed
+        self.resumed: Waiting | None = None
         """What the app parked the last time it ran this request; None the first time."""
         self.parked: Waiting | None = None
+        self.began: float | None = None
+        """When the request's first run began (`time.perf_counter()`); None before it."""
+        self.request_id: str | None = None
+        """The ID the request's first run gave it; None before it."""
 
     def park(self, waiting: Waiting) -> None:
         """Answer nothing now; run the app again once woken (or closed, `waiting` with it)."""
         self.parked = waiting
+
+    def resume(self) -> None:
+        """The app is to run the request (again): what it parked is now `resumed`."""
+        self.resumed, self.parked = self.parked, None

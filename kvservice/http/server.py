@@ -157,8 +157,9 @@ def write_access_line(record: RequestRecord) -> None:
 
 class RequestLog:
     """WSGI middleware: gives each request its ID (X-Request-ID, both ways), then tells each
-    observer what became of it once the response has been produced (for a parked request,
-    once it is answered)."""
+    observer what became of it once the response has been produced. A parked request
+    (`Parking`) is one request however many times the app runs it: told of once, when it is
+    answered, under the ID of its first run and with the time from that run's start."""
 
     def __init__(self, app: WSGIApp, observers: Sequence[RequestObserver]) -> None:
         self.app = app
@@ -167,8 +168,17 @@ class RequestLog:
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterator[bytes]:
-        started = time.perf_counter()
-        environ[REQUEST_ID_ENVIRON] = identifier = request_id(environ)
+        parking = environ.get(PARKING_ENVIRON)
+        if not isinstance(parking, Parking):
+            parking = None
+        if parking is not None and parking.began is not None and parking.request_id:
+            # A parked request run again: one request, from its first run to its answer.
+            started, identifier = parking.began, parking.request_id
+        else:
+            started, identifier = time.perf_counter(), request_id(environ)
+            if parking is not None:
+                parking.began, parking.request_id = started, identifier
+        environ[REQUEST_ID_ENVIRON] = identifier
         status = [0]
 
         def recording_start_response(status_line: str, headers: Any, exc_info: Any = None) -> Any:
@@ -186,8 +196,7 @@ class RequestLog:
             close = getattr(body, "close", None)
             if close is not None:
                 close()
-            parking = environ.get(PARKING_ENVIRON)
-            answered = not (isinstance(parking, Parking) and parking.parked is not None)
+            answered = parking is None or parking.parked is None
             if self.observers and answered:  # a parked request is told of once answered
                 length = environ.get("CONTENT_LENGTH")
                 record = RequestRecord(

@@ -137,6 +137,9 @@ class RespProtocol:
 
     mid_request = False
     """RESP has no request timeout: a command trickled in is idle between its bytes."""
+    full = False
+    """A subscribed connection is served on every read, as any other (its SUBSCRIBE, PING):
+    it holds no input a step would not take."""
 
     @property
     def parked(self) -> bool:

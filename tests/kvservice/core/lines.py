@@ -96,6 +96,7 @@ class LinesProtocol:
         self.buffer = bytearray()
         self.closed_calls = 0
         self.parked = False
+        self.full = False
 
     @property
     def mid_request(self) -> bool:

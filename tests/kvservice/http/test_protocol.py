@@ -5,6 +5,7 @@ and, over a real socket, a streamed body that fails half way."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,8 @@ from kvservice.execution import INLINE_POLICY, Execution, ExecutionPolicy, Store
 from kvservice.http.cheroot_adapter import ServerInfo
 from kvservice.http.parser import ParserLimits
 from kvservice.http.protocol import HttpProtocol, HttpTransport
-from kvservice.http.server import Server
+from kvservice.http.request_info import PARKING_ENVIRON, REQUEST_ID_ENVIRON, Parking
+from kvservice.http.server import RequestLog, RequestRecord, Server
 from tests.support.servers import http_settings
 
 LIMITS = ParserLimits(
@@ -244,3 +246,96 @@ def test_reads_are_answered_on_the_loop_and_writes_go_to_a_worker_when_only_writ
         assert isinstance(work, Work), write
         assert work.calls is StoreCalls.WRITES
         assert written(work.run()).startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+class Waited:
+    """What the parking app waits on: closed once it is done with it."""
+
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class ParkingApp:
+    """Parks a request the first time it runs it and answers it the next time; notes each
+    run's request ID."""
+
+    def __init__(self) -> None:
+        self.runs: list[str] = []
+        self.parking: Parking | None = None
+        self.waited = Waited()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        self.runs.append(environ[REQUEST_ID_ENVIRON])
+        parking = environ[PARKING_ENVIRON]
+        assert isinstance(parking, Parking)
+        self.parking = parking
+        if parking.resumed is None:
+            parking.park(self.waited)
+            start_response("200 OK", [("Content-Length", "0")])
+            return [b""]
+        start_response("200 OK", [("Content-Length", "8")])
+        return [b"answered"]
+
+
+def test_a_parked_request_is_run_again_when_woken_not_when_bytes_arrive() -> None:
+    app = ParkingApp()
+    http, connection, _ = protocol(RequestLog(app, []))
+    parked = step(http, GET)
+    assert isinstance(parked, Outcome) and parked.replies == [] and parked.after is After.READ
+    assert http.parked
+    for _ in range(10):
+        assert step(http, GET) is None  # pipelined: held, not served
+    assert len(app.runs) == 1
+    assert http.next_step() is None  # nor when the core asks again without a wake
+    assert app.parking is not None
+    app.parking.wake()
+    assert connection.wakes == 1
+    answered = http.next_step()
+    assert isinstance(answered, Outcome)
+    assert written(answered).endswith(b"\r\n\r\nanswered")
+    assert answered.after is After.CONTINUE  # the pipelined requests, once it is written
+    assert len(app.runs) == 2
+    assert app.waited.closed
+    assert not http.parked
+
+
+def test_a_parked_request_holds_one_request_s_worth_of_what_its_client_sends() -> None:
+    app = ParkingApp()
+    http, _, _ = protocol(RequestLog(app, []))
+    step(http, GET)
+    most_held = LIMITS.max_header_bytes + LIMITS.max_body_bytes
+    held = 0
+    while held + 1000 < most_held:
+        assert step(http, b"x" * 1000) is None
+        held += 1000
+        assert not http.full, held
+    step(http, b"x" * 1000)
+    assert http.full  # the core reads no more until it is answered
+    assert app.parking is not None
+    app.parking.wake()
+    assert isinstance(http.next_step(), Outcome)
+    assert not http.full
+
+
+@pytest.mark.parametrize("sent_id", [None, "client-id-1"])
+def test_a_parked_request_is_logged_once_whole_under_one_id(sent_id: str | None) -> None:
+    app = ParkingApp()
+    records: list[RequestRecord] = []
+    http, _, _ = protocol(RequestLog(app, [records.append]))
+    header = b"" if sent_id is None else b"X-Request-ID: " + sent_id.encode() + b"\r\n"
+    step(http, b"GET /k HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n")
+    time.sleep(0.05)
+    assert records == []
+    assert app.parking is not None
+    app.parking.wake()
+    answered = http.next_step()
+    assert isinstance(answered, Outcome)
+    assert len(records) == 1
+    (record,) = records
+    assert record.duration_s >= 0.05  # from the first run, not the last
+    assert app.runs == [record.request_id] * 2
+    if sent_id is not None:
+        assert record.request_id == sent_id
+    assert f"X-Request-ID: {record.request_id}".encode() in written(answered)
