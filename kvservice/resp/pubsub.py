@@ -84,7 +84,8 @@ waste)."""
 MAX_FOLLOWED_BYTES = 16 * 1024 * 1024
 """What the subscriptions of all connections together may hold (names and SUBSCRIPTION_BYTES
 each); past it, a new subscription is refused (Redis counts them in maxmemory-clients). Without
-it, 512 connections of MAX_SUBSCRIPTIONS each held 1.3 GB."""
+it, 512 connections of MAX_SUBSCRIPTIONS channels of MAX_CHANNEL_BYTES would hold about
+230 MiB (1.3 GB before channels were bounded in length)."""
 
 Message = tuple[bytes | None, bytes, bytes]
 """A notification as one subscriber receives it: the pattern it matched (None: it follows
