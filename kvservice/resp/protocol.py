@@ -164,10 +164,12 @@ class RespProtocol:
         if subscriber is not None:
             if subscriber.state is SubscriberState.OVERFLOWED:
                 logger.warning(
-                    "closing %s: it left %d keyspace notifications unread, the most a "
-                    "subscriber may (as Redis's client-output-buffer-limit pubsub)",
+                    "closing %s: it left %s unread, the most a subscriber may (as Redis's "
+                    "client-output-buffer-limit pubsub)",
                     self.connection.peer,
-                    self.transport.state.pubsub.max_pending,
+                    "more keyspace notifications than fit the reply budget"
+                    if subscriber.over_budget
+                    else f"{self.transport.state.pubsub.max_pending} keyspace notifications",
                 )
                 return Outcome([], After.CLOSE)
             if subscriber.pending:

@@ -25,8 +25,15 @@ dispatcher wakes the connection), and only subscribers wait.
 state (`SubscriberState`), and queues its messages until the connection's protocol takes
 them (`take`, on the loop), waking the connection (`wake`, thread-safe) when the first one
 arrives. Like Redis's, notifications are fire and forget: a connection that falls behind by
-`max_pending` messages is not slowed down for, or caught up with: it is closed (Redis's
-`client-output-buffer-limit pubsub`), and nothing more is queued for it.
+`max_pending` messages, or whose queued messages do not fit the reply budget (they are
+unsent replies like any other: `kvservice.reply_budget`, charged as they are queued and
+given back as they are taken), is not slowed down for, or caught up with: it is closed
+(Redis's `client-output-buffer-limit pubsub`), and nothing more is queued for it.
+
+What subscriptions hold is bounded too, for the whole server: a subscription costs its name
+and about SUBSCRIPTION_BYTES besides (measured), so channels longer than any notification's
+(MAX_CHANNEL_BYTES) are refused, as they could never carry anything, and all connections
+together follow at most MAX_FOLLOWED_BYTES; past it a new subscription is refused.
 """
 
 from __future__ import annotations
@@ -37,10 +44,11 @@ from collections import deque
 from collections.abc import Callable
 from enum import Enum
 
+from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.codec import Push
-from kvservice.resp.keyspace_events import KeyspaceEvents
+from kvservice.resp.keyspace_events import KEYSPACE_PREFIX, KeyspaceEvents
 from kvservice.resp.patterns import GlobPattern
-from kvservice.store import Change
+from kvservice.store import MAX_KEY_LENGTH, Change
 
 logger = logging.getLogger("kvservice.resp")
 
@@ -64,11 +72,36 @@ subscriber is ended, rather than notifications dropped silently (a change with i
 about 200 bytes besides the value the store holds anyway)."""
 MAX_PENDING_MESSAGES = 10_000
 """Messages queued for a connection that has not taken them (a few hundred bytes each: no
-values are sent) before it is closed."""
+values are sent) before it is closed; their bytes are charged to the reply budget besides."""
+MAX_CHANNEL_BYTES = len(KEYSPACE_PREFIX) + MAX_KEY_LENGTH
+"""The longest channel a notification is published on (a keyspace channel of the longest
+key): kvservice has no PUBLISH, so a longer one could never carry anything, and is refused
+rather than held (Redis has no bound: 1,000 channels of 2 KB cost 2.5 MB a connection)."""
+SUBSCRIPTION_BYTES = 200
+"""What a subscription is counted besides its name: its entries in the connection's and the
+server's tables (measured: 114 bytes with tracemalloc, about 170 of RSS with the allocator's
+waste)."""
+MAX_FOLLOWED_BYTES = 16 * 1024 * 1024
+"""What the subscriptions of all connections together may hold (names and SUBSCRIPTION_BYTES
+each); past it, a new subscription is refused (Redis counts them in maxmemory-clients). Without
+it, 512 connections of MAX_SUBSCRIPTIONS channels of MAX_CHANNEL_BYTES would hold about
+230 MiB (1.3 GB before channels were bounded in length)."""
 
 Message = tuple[bytes | None, bytes, bytes]
 """A notification as one subscriber receives it: the pattern it matched (None: it follows
 the channel itself), the channel, the message."""
+
+
+def message_bytes(message: Message) -> int:
+    """What a queued message is charged to the reply budget: its tuple and place in the
+    queue, its channel and payload (shared by the queues that hold them, but each will hold
+    them once encoded) and its pattern."""
+    pattern, channel, payload = message
+    return _QUEUED_MESSAGE_BYTES + len(channel) + len(payload) + len(pattern or b"")
+
+
+_QUEUED_MESSAGE_BYTES = 72
+"""A message's tuple (64 bytes) and its slot in the queue (8)."""
 
 
 def message_push(message: Message) -> Push:
@@ -105,14 +138,24 @@ class PubSub:
         max_pending: int = MAX_PENDING_MESSAGES,
         max_queued_changes: int = MAX_QUEUED_CHANGES,
         max_followed_patterns: int = MAX_FOLLOWED_PATTERNS,
+        reply_budget: ReplyBudget | None = None,
+        max_followed_bytes: int = MAX_FOLLOWED_BYTES,
     ) -> None:
+        """`reply_budget`: what subscribers' queued messages are charged to (None: only
+        `max_pending` bounds them)."""
         self.max_pending = max_pending
         self.max_queued_changes = max_queued_changes
         self.max_followed_patterns = max_followed_patterns
+        self.reply_budget = reply_budget
+        self.max_followed_bytes = max_followed_bytes
+        self.followed_bytes = 0
+        """What every subscription holds now, as MAX_FOLLOWED_BYTES counts it."""
         self.events = KeyspaceEvents()
         self.overflows = 0
         """Times the dispatcher fell MAX_QUEUED_CHANGES behind and ended every subscriber."""
-        self._channels: dict[bytes, dict[Subscriber, None]] = {}
+        self._channels: dict[bytes, tuple[Subscriber, ...]] = {}
+        """Who follows each channel: a tuple, 170 bytes less than a dict for the one
+        follower most channels have (each connection follows a channel once)."""
         self._patterns: dict[bytes, tuple[GlobPattern, dict[Subscriber, None]]] = {}
         self._lock = threading.Lock()
         """The subscriptions: commands run on workers, the dispatcher on its thread."""
@@ -283,26 +326,38 @@ class PubSub:
 
     # -- subscriptions ---------------------------------------------------------------------
 
-    def follow(self, subscriber: Subscriber, channel: bytes) -> None:
+    def follow(self, subscriber: Subscriber, channel: bytes) -> bool:
+        """Follow `channel` (once per subscriber: `Subscriber.subscribe` sees to it); False
+        (and nothing followed) if the subscriptions would hold more than
+        `max_followed_bytes`."""
         with self._lock:
-            self._channels.setdefault(channel, {})[subscriber] = None
+            if not self._hold(channel):
+                return False
+            self._channels[channel] = (*self._channels.get(channel, ()), subscriber)
+            return True
 
     def unfollow(self, subscriber: Subscriber, channel: bytes) -> None:
         with self._lock:
-            subscribers = self._channels.get(channel)
-            if subscribers is not None:
-                subscribers.pop(subscriber, None)
-                if not subscribers:
+            subscribers = self._channels.get(channel, ())
+            if subscriber in subscribers:
+                self.followed_bytes -= len(channel) + SUBSCRIPTION_BYTES
+                left = tuple(other for other in subscribers if other is not subscriber)
+                if left:
+                    self._channels[channel] = left
+                else:
                     del self._channels[channel]
 
     def follow_pattern(self, subscriber: Subscriber, pattern: bytes) -> bool:
         """Follow `pattern`; False (and nothing followed) if it is a new one and the server
-        follows `max_followed_patterns` already."""
+        follows `max_followed_patterns` already, or the subscriptions would hold more than
+        `max_followed_bytes`."""
         with self._lock:
             entry = self._patterns.get(pattern)
+            if entry is None and len(self._patterns) >= self.max_followed_patterns:
+                return False
+            if not self._hold(pattern):
+                return False
             if entry is None:
-                if len(self._patterns) >= self.max_followed_patterns:
-                    return False
                 entry = self._patterns[pattern] = (GlobPattern(pattern), {})
             entry[1][subscriber] = None
             return True
@@ -310,10 +365,20 @@ class PubSub:
     def unfollow_pattern(self, subscriber: Subscriber, pattern: bytes) -> None:
         with self._lock:
             entry = self._patterns.get(pattern)
-            if entry is not None:
-                entry[1].pop(subscriber, None)
+            if entry is not None and subscriber in entry[1]:
+                self.followed_bytes -= len(pattern) + SUBSCRIPTION_BYTES
+                del entry[1][subscriber]
                 if not entry[1]:
                     del self._patterns[pattern]
+
+    def _hold(self, name: bytes) -> bool:
+        """Count one more subscription to `name` if it fits `max_followed_bytes` (under the
+        lock)."""
+        held = self.followed_bytes + len(name) + SUBSCRIPTION_BYTES
+        if held > self.max_followed_bytes:
+            return False
+        self.followed_bytes = held
+        return True
 
 
 class Subscriber:
@@ -331,6 +396,10 @@ class Subscriber:
         self.channels: dict[bytes, None] = {}
         self.patterns: dict[bytes, None] = {}
         self._pending: list[Message] = []
+        self._pending_bytes = 0
+        """What `_pending` is charged to the hub's reply budget."""
+        self.over_budget = False
+        """It overflowed because its messages did not fit the reply budget (not the count)."""
         self._woken = False
         """A wake is on its way: the messages after it need no other."""
         self._lock = threading.Lock()
@@ -356,19 +425,21 @@ class Subscriber:
         """Whether it follows MAX_PATTERNS patterns (or is `full`): a new one is refused."""
         return len(self.patterns) >= MAX_PATTERNS or self.full
 
-    def subscribe(self, channel: bytes) -> int:
-        """Follow `channel` (again is nothing new); the count. Check `full` first."""
+    def subscribe(self, channel: bytes) -> int | None:
+        """Follow `channel` (again is nothing new); the count, or None if the server's
+        subscriptions hold as much as they may (MAX_FOLLOWED_BYTES). Check `full` first."""
         with self._changing:
             if channel not in self.channels and self.state is not SubscriberState.CLOSED:
+                if not self.hub.follow(self, channel):
+                    return None
                 self.channels[channel] = None
-                self.hub.follow(self, channel)
                 self._counted()
             return self.count
 
     def psubscribe(self, pattern: bytes) -> int | None:
         """Follow the channels `pattern` matches; the count, or None if the server follows
-        as many distinct patterns as it may (MAX_FOLLOWED_PATTERNS). Check `patterns_full`
-        first."""
+        as many distinct patterns as it may (MAX_FOLLOWED_PATTERNS), or its subscriptions
+        hold as much as they may (MAX_FOLLOWED_BYTES). Check `patterns_full` first."""
         with self._changing:
             if pattern not in self.patterns and self.state is not SubscriberState.CLOSED:
                 if not self.hub.follow_pattern(self, pattern):
@@ -402,20 +473,25 @@ class Subscriber:
                 self.state = SubscriberState.SUBSCRIBED
             elif self.state is SubscriberState.SUBSCRIBED and not self.count:
                 self.state = SubscriberState.IDLE
-                self._pending.clear()  # what it unsubscribed from is not sent any more
+                self._drop_pending()  # what it unsubscribed from is not sent any more
 
     def deliver(self, message: Message) -> None:
         """Queue a message and wake the connection (any thread); past the bound, drop the
         queue and overflow instead."""
+        size = message_bytes(message)
+        budget = self.hub.reply_budget
         with self._lock:
             if self.state is not SubscriberState.SUBSCRIBED:
                 return
             overflowed = len(self._pending) >= self.hub.max_pending
+            if not overflowed and budget is not None and not budget.reserve(size):
+                overflowed = self.over_budget = True
             if overflowed:
                 self.state = SubscriberState.OVERFLOWED
-                self._pending.clear()
+                self._drop_pending()
             else:
                 self._pending.append(message)
+                self._pending_bytes += size
             if self._woken and not overflowed:  # the overflow wakes it again, to be closed
                 return
             self._woken = True
@@ -428,7 +504,7 @@ class Subscriber:
             if self.state is not SubscriberState.SUBSCRIBED:
                 return
             self.state = SubscriberState.OVERFLOWED
-            self._pending.clear()
+            self._drop_pending()
             self._woken = True
         self.wake()
 
@@ -440,6 +516,8 @@ class Subscriber:
                 taken, self._pending = self._pending, []
             else:
                 taken, self._pending = self._pending[:limit], self._pending[limit:]
+            if taken:
+                self._give_back(sum(map(message_bytes, taken)))
         return taken
 
     def reset(self) -> None:
@@ -456,4 +534,16 @@ class Subscriber:
             self.reset()
             with self._lock:
                 self.state = SubscriberState.CLOSED
-                self._pending.clear()
+                self._drop_pending()
+
+    def _drop_pending(self) -> None:
+        """Drop the queue, giving its charge back (under `_lock`)."""
+        self._pending.clear()
+        self._give_back(self._pending_bytes)
+
+    def _give_back(self, size: int) -> None:
+        """Release `size` bytes of the queue's charge (under `_lock`)."""
+        self._pending_bytes -= size
+        budget = self.hub.reply_budget
+        if budget is not None and size:
+            budget.release(size)

@@ -58,7 +58,7 @@ class RespSettings:
     """Threads that run commands when the execution policy says WORKERS (--threads)."""
     max_pending_notifications: int = MAX_PENDING_MESSAGES
     """Keyspace notifications queued for a subscriber that does not read them before it is
-    closed."""
+    closed (their bytes are charged to the reply budget too)."""
 
     @property
     def limits(self) -> RequestLimits:
@@ -104,7 +104,7 @@ class RespServer:
             port=settings.port,
             max_clients=settings.max_connections,
             tokens=tokens,
-            pubsub=PubSub(settings.max_pending_notifications),
+            pubsub=PubSub(settings.max_pending_notifications, reply_budget=reply_budget),
         )
         self._core = ConnectionServer(
             RespTransport(store, self._state, settings.limits),

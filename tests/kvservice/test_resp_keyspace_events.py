@@ -9,16 +9,20 @@ import threading
 
 import pytest
 
+from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.codec import Error, Push, Replies, encode
 from kvservice.resp.commands import ServerState, Session, execute
 from kvservice.resp.commands.pubsub import (
+    CHANNEL_TOO_LONG,
     TOO_MANY_PATTERNS_ON_THE_SERVER,
     TOO_MANY_SUBSCRIPTIONS,
 )
 from kvservice.resp.keyspace_events import KeyspaceEvents, event_of
 from kvservice.resp.pubsub import (
+    MAX_CHANNEL_BYTES,
     MAX_PATTERNS,
     MAX_SUBSCRIPTIONS,
+    SUBSCRIPTION_BYTES,
     PubSub,
     Subscriber,
     SubscriberState,
@@ -223,6 +227,60 @@ def test_a_queue_past_its_bound_overflows_and_queues_nothing_more() -> None:
     told(hub, WRITE)
     assert follower.take() == []
     assert wakes.count == 2  # the overflow wakes it too, to be closed
+
+
+def test_queued_messages_are_charged_to_the_reply_budget_and_given_back() -> None:
+    """Unsent notifications are unsent replies: charged as they are queued, given back as
+    they are taken or dropped; one that does not fit overflows the queue, well before its
+    count would."""
+    budget = ReplyBudget(1000)
+    hub = PubSub(reply_budget=budget)
+    hub.events = events("KE$")
+    follower, _ = subscriber(hub)
+    follower.psubscribe(b"*")
+    told(hub, WRITE)
+    both = budget.held_bytes
+    follower.take(limit=1)
+    assert 0 < budget.held_bytes < both
+    follower.take()
+    assert budget.held_bytes == 0
+    for _ in range(10):
+        told(hub, WRITE)
+    assert state(follower) is SubscriberState.OVERFLOWED
+    assert follower.over_budget
+    assert budget.held_bytes == 0  # the queue dropped gave its charge back
+    other, _ = subscriber(hub)
+    other.psubscribe(b"*")
+    told(hub, WRITE)
+    other.close()
+    assert budget.held_bytes == 0
+
+
+def test_what_subscriptions_hold_is_bounded_for_the_whole_server() -> None:
+    """Channels and patterns count their names and SUBSCRIPTION_BYTES each against the
+    server's bound, whichever connection follows them, and give them back when they go."""
+    name = b"c" * 100
+    hub = PubSub(max_followed_bytes=3 * (len(name) + SUBSCRIPTION_BYTES))
+    first, _ = subscriber(hub)
+    second, _ = subscriber(hub)
+    assert first.subscribe(name) == 1
+    assert second.subscribe(name) == 1  # the same channel costs each follower
+    assert first.psubscribe(name) == 2
+    assert second.subscribe(b"d" * 100) is None  # a fourth does not fit
+    assert second.psubscribe(name) is None
+    assert hub.figures == (1, 1)
+    first.close()
+    assert second.subscribe(b"d" * 100) == 2
+    second.close()
+    assert hub.followed_bytes == 0
+
+
+def test_a_channel_longer_than_any_notification_s_is_refused() -> None:
+    session = Session(1)
+    longest = b"c" * MAX_CHANNEL_BYTES
+    assert execute(MemoryStore(), session, [b"SUBSCRIBE", longest, longest + b"c", b"d"]) == (
+        Replies([Push([b"subscribe", longest, 1]), CHANNEL_TOO_LONG])
+    )
 
 
 def test_changes_wait_for_the_dispatcher_which_delivers_them_in_order() -> None:

@@ -23,6 +23,7 @@ from kvservice.auth import Access, Tokens
 from kvservice.feed import ChangeFeed, FeedSettings
 from kvservice.http.app import create_app
 from kvservice.http.server import Server
+from kvservice.reply_budget import ReplyBudget
 from kvservice.resp.server import RespServer
 from kvservice.store.memory import MemoryStore
 from kvservice.store.service import StoreService
@@ -149,6 +150,49 @@ def test_a_subscriber_that_falls_behind_is_closed(caplog: pytest.LogCaptureFixtu
     feed.close()
     assert received.count(b"pmessage") < 2 * writes
     assert "keyspace notifications unread" in caplog.text
+
+
+def test_a_subscriber_s_unsent_notifications_are_charged_to_the_reply_budget(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """It stops reading while keys are written: its queued notifications are charged to the
+    reply budget with the rest of the unsent replies, so it is closed once they do not fit
+    (or once its write buffer does not fit beside them), whatever their count, and the
+    budget is given back."""
+    store = MemoryStore()
+    feed = ChangeFeed(store, FeedSettings())
+    budget = ReplyBudget(256 * 1024)
+    writes = 20_000  # 40,000 messages of about 310 bytes: 12 MB, more than the kernel holds
+    key = "k" * 255
+    with (
+        caplog.at_level(logging.WARNING, logger="kvservice.resp"),
+        running_resp(
+            store, changes=feed, reply_budget=budget, max_pending_notifications=10 * writes
+        ) as server,
+    ):
+        subscriber = socket.socket()
+        subscriber.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+        subscriber.connect(("127.0.0.1", server.port))
+        subscriber.settimeout(5)
+        with RespConnection(server.port) as writer:
+            assert writer.ask("CONFIG", "SET", "notify-keyspace-events", "KE$") == b"+OK\r\n"
+            subscriber.sendall(command("PSUBSCRIBE", "*"))
+            time.sleep(0.2)
+            writer.send(b"".join(command("SET", key, str(n)) for n in range(writes)))
+            for _ in range(writes):
+                assert writer.reply() == b"+OK\r\n"
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := subscriber.recv(65536):
+                received += chunk
+        subscriber.close()
+        deadline = time.monotonic() + 5
+        while budget.held_bytes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert budget.held_bytes == 0
+    feed.close()
+    assert received.count(b"pmessage") < writes
+    assert "fit the reply budget" in caplog.text
 
 
 def test_a_subscriber_is_not_timed_out_while_it_waits() -> None:

@@ -2,8 +2,10 @@
 them: one confirmation per channel or pattern (a push in RESP3, an array in RESP2) carrying
 how many the connection follows now; UNSUBSCRIBE and PUNSUBSCRIBE without arguments drop
 every one (or confirm with nil when there is none). Unlike Redis, the distinct patterns all
-connections follow together are capped (`pubsub.MAX_FOLLOWED_PATTERNS`): past it, a new one
-is refused. The subscriptions themselves, and how
+connections follow together are capped (`pubsub.MAX_FOLLOWED_PATTERNS`), and so is what all
+subscriptions hold (`pubsub.MAX_FOLLOWED_BYTES`): past either, a new one is refused; a
+channel longer than any notification's (`pubsub.MAX_CHANNEL_BYTES`) is refused too. The
+subscriptions themselves, and how
 messages reach the connection, are `pubsub`'s; the channels that carry anything are those
 of keyspace notifications (`keyspace_events`): kvservice has no PUBLISH.
 """
@@ -16,6 +18,8 @@ from kvservice.resp.codec import Error, Push, Replies, Reply
 from kvservice.resp.commands.dispatch import Command
 from kvservice.resp.commands.state import Session
 from kvservice.resp.pubsub import (
+    MAX_CHANNEL_BYTES,
+    MAX_FOLLOWED_BYTES,
     MAX_FOLLOWED_PATTERNS,
     MAX_PATTERNS,
     MAX_SUBSCRIPTIONS,
@@ -30,8 +34,19 @@ TOO_MANY_SUBSCRIPTIONS = Error(
 )
 TOO_MANY_PATTERNS_ON_THE_SERVER = Error(
     "ERR",
-    f"the server follows {MAX_FOLLOWED_PATTERNS} distinct patterns for its connections, the "
-    "most it may; follow one of those, a channel, or try again later",
+    f"the server follows {MAX_FOLLOWED_PATTERNS} distinct patterns for its connections, or "
+    f"its subscriptions hold {MAX_FOLLOWED_BYTES} bytes, the most they may; follow one of "
+    "those, a channel, or try again later",
+)
+TOO_MUCH_FOLLOWED_ON_THE_SERVER = Error(
+    "ERR",
+    f"the subscriptions of the server's connections hold {MAX_FOLLOWED_BYTES} bytes, the most "
+    "they may; try again later",
+)
+CHANNEL_TOO_LONG = Error(
+    "ERR",
+    f"a channel is at most {MAX_CHANNEL_BYTES} bytes, as the longest keyspace notification's: "
+    "kvservice publishes nothing else",
 )
 
 
@@ -48,21 +63,26 @@ def _subscribing(
     followed: Callable[[Subscriber], dict[bytes, None]],
     follow: Callable[[Subscriber, bytes], int | None],
     full: Callable[[Subscriber], bool],
+    refused: Error,
+    longest: int | None,
 ) -> Command:
-    """SUBSCRIBE or PSUBSCRIBE: follow each argument in turn, confirming each; a connection
-    at its bound, or a pattern past the server's (`follow` gives None), is refused for the
-    rest (the confirmations before stand)."""
+    """SUBSCRIBE or PSUBSCRIBE: follow each argument in turn, confirming each; a name longer
+    than `longest`, a connection at its bound, or one past the server's (`follow` gives
+    None: answered `refused`) is refused for the rest (the confirmations before stand)."""
 
     def handler(store: Store, session: Session, args: list[bytes]) -> Reply:
         subscriber = session.subscriptions
         replies: list[Reply] = []
         for name in args:
+            if longest is not None and len(name) > longest:
+                replies.append(CHANNEL_TOO_LONG)
+                break
             if full(subscriber) and name not in followed(subscriber):
                 replies.append(TOO_MANY_SUBSCRIPTIONS)
                 break
             count = follow(subscriber, name)
             if count is None:
-                replies.append(TOO_MANY_PATTERNS_ON_THE_SERVER)
+                replies.append(refused)
                 break
             replies.append(Push([kind, name, count]))
         return Replies(replies)
@@ -90,10 +110,20 @@ def _unsubscribing(
 
 PUBSUB_COMMANDS: dict[bytes, Command] = {
     b"SUBSCRIBE": _subscribing(
-        b"subscribe", _channels, Subscriber.subscribe, lambda subscriber: subscriber.full
+        b"subscribe",
+        _channels,
+        Subscriber.subscribe,
+        lambda subscriber: subscriber.full,
+        TOO_MUCH_FOLLOWED_ON_THE_SERVER,
+        MAX_CHANNEL_BYTES,
     ),
     b"PSUBSCRIBE": _subscribing(
-        b"psubscribe", _patterns, Subscriber.psubscribe, lambda subscriber: subscriber.patterns_full
+        b"psubscribe",
+        _patterns,
+        Subscriber.psubscribe,
+        lambda subscriber: subscriber.patterns_full,
+        TOO_MANY_PATTERNS_ON_THE_SERVER,
+        None,
     ),
     b"UNSUBSCRIBE": _unsubscribing(b"unsubscribe", _channels, Subscriber.unsubscribe),
     b"PUNSUBSCRIBE": _unsubscribing(b"punsubscribe", _patterns, Subscriber.punsubscribe),
