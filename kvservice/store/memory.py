@@ -130,8 +130,8 @@ StateListener = Callable[[str, Change | None, Value | None], None]
 """Told of each change to a key, under the store's lock and in the order they happen: the
 change it recorded (None for a new deadline, which records none) and the key's value after
 it (None: it has none). A client's writes, deletes and deadlines, and every expiry, whoever
-noticed it; never what `restore_value` and `restore_history` rebuild. (The durable store
-journals what it is told; watchers are `ChangeListener`s, told of recorded changes only.)"""
+noticed it; never what the `restore_` methods rebuild. (The durable store journals what it
+is told; watchers are `ChangeListener`s, told of recorded changes only.)"""
 
 
 class _Record:
@@ -520,7 +520,7 @@ class MemoryStore:
             return value
 
     # -- for a backend that keeps this store's state elsewhere (kvservice.store.durable) -----
-    # It learns of changes through `on_change`, and rebuilds the state with these three.
+    # It learns of changes through `on_change`, and rebuilds the state with these four.
 
     def restore_value(self, key: str, value: Value) -> None:
         """Set the key's value as it was recorded (its ETag included), with no history entry
@@ -549,16 +549,32 @@ class MemoryStore:
             self._last_timestamp_ms = max(self._last_timestamp_ms, change.timestamp_ms)
             self._revision = max(self._revision, change.revision)
 
-    def restore_feed(self, head: int, pruned_revision: int) -> None:
-        """After the restores: the feed's head (the newest revision ever given) and the
-        newest revision the store no longer holds. What is not known of each key is judged
-        by the store's: a key's resume from before `pruned_revision` is gone."""
+    def restore_pruned(self, key: str, revision: int) -> None:
+        """After `restore_value` and `restore_history`: the newest revision pruned from the
+        key's history, as the backend kept it; a key the store holds nothing of gets a
+        tombstone (charged and bounded as any), so that its resume stays exact."""
+        with self._lock:
+            record = self._records.get(key)
+            if record is not None:
+                record.pruned_revision = max(record.pruned_revision, revision)
+            elif key in self._tombstones:
+                self._tombstones[key] = max(self._tombstones[key], revision)
+            else:
+                self._bury(_Record(key, revision))
+
+    def restore_feed(self, head: int, pruned_revision: int, key_floor: int) -> None:
+        """After the other restores: the feed's head (the newest revision ever given), the
+        newest revision the store no longer holds (a prefix's resume from before it is
+        gone), and the newest pruned from a key the backend no longer knows of: every key's
+        resume from before `key_floor` is gone, whatever `restore_pruned` said of it."""
         with self._lock:
             self._revision = max(self._revision, head)
             self._pruned_revision = max(self._pruned_revision, pruned_revision)
-            self._tombstone_floor = max(self._tombstone_floor, pruned_revision)
+            self._tombstone_floor = max(self._tombstone_floor, key_floor)
             for record in self._records.values():
-                record.pruned_revision = max(record.pruned_revision, pruned_revision)
+                record.pruned_revision = max(record.pruned_revision, key_floor)
+            for key, revision in self._tombstones.items():
+                self._tombstones[key] = max(revision, key_floor)
 
     # -- internals (lock held) --------------------------------------------------------------
 

@@ -5,31 +5,49 @@ Layout of DIR: `kvservice.sqlite3` (with SQLite's `-wal` and `-shm` beside it wh
 open) and `LOCK`, which the serving process holds with flock(2) so that a second kvservice on
 the same directory is refused at start instead of overwriting the first one's writes.
 
-Schema (format 3, in `PRAGMA user_version`; `PRAGMA application_id` marks the file as ours):
+Schema (format 4, in `PRAGMA user_version`; `PRAGMA application_id` marks the file as ours):
 - `history(seq, key, data, timestamp_ms, expired, revision, etag, content_type)`: one row
   per write, in write order (seq), data NULL for a delete or an expiry (expired 1,
   timestamp_ms its deadline: such a row may come after rows stamped later), with its change
   feed revision and the ETag and content type of the value written (NULL for a delete or an
   expiry). Rows outside the history window are deleted in the background (`compact`), so
   the file holds the window's history plus current values, however many writes it saw.
-- `feed(name, value)`: the change feed's `life` (made once, with the file) and
-  `pruned_revision` (the newest revision `compact` deleted: resumes from before it are gone).
-  The head is the newest revision of a history row or this one, so commits write nothing
-  more than their rows (a row of its own would add a page to each commit's WAL frames).
-- `current(key, data, content_type, etag, seq, expires_at_ms)`: each key's value, as a client
-  last wrote it, and its deadline (absolute, epoch ms; NULL: none). A key whose deadline
-  passed stays here until its expiry is journaled; reading back restores it with its
-  deadline, and the store expires it at start, at that deadline.
-A format 1 file (before deadlines) is brought to format 2, and a format 2 file (before the
-change feed) to format 3, when it is opened: format 2's history rows get revisions 1, 2, ...
-in write order (seq), the life a new one, and a row that wrote a
-key's current value gets that value's ETag and content type (those of older rows are not
-known: NULL, as for a delete).
+- `current(key, data, content_type, etag, seq, expires_at_ms, pruned_revision)`: each key's
+  value, as a client last wrote it, and its deadline (absolute, epoch ms; NULL: none). A key
+  whose deadline passed stays here until its expiry is journaled; reading back restores it
+  with its deadline, and the store expires it at start, at that deadline. `pruned_revision`
+  is the newest revision `compact` deleted of the key's rows (0: none): the memory store's
+  per-key record, so that a restart judges a key's resume exactly.
+- `tombstones(key, revision)`: the same for keys without a value (a delete moves the key's
+  `pruned_revision` here, a new value takes it back), the memory store's tombstones; at
+  most MAX_TOMBSTONES, past which the lowest revisions go (`bound_tombstones`).
+- `feed(name, value)`: the change feed's `life`, `pruned_revision` (the newest revision
+  `compact` deleted of any key: a prefix's resume from before it is gone),
+  `tombstone_floor` (the newest of a key the file no longer knows of: every key's resume
+  from before it is gone), `closed_head` (the newest revision handed out, written at a
+  clean close) and `may_lose_commits` (see below). The head is the newest revision of a
+  history row, `pruned_revision` or `closed_head`, so commits write nothing more than their
+  rows (a row of its own would add a page to each commit's WAL frames).
+A format 1 file (before deadlines) is brought to format 2, a format 2 file (before the
+change feed) to format 3, and a format 3 file (before per-key pruned revisions) to format 4,
+when it is opened: format 2's history rows get revisions 1, 2, ... in write order (seq), the
+life a new one, and a row that wrote a key's current value gets that value's ETag and
+content type (those of older rows are not known: NULL, as for a delete); format 3's keys are
+all judged by its `pruned_revision` (its `tombstone_floor`), and since it did not say
+whether it was stopped cleanly, its feed begins a new life.
+
+The change feed's life never sees a revision twice. A process serving the file under
+`everysec` or `off` tells watchers of commits that a power cut can take back, and a restart
+would give their revisions to new writes; so `begin_serving` sets `may_lose_commits` (synced)
+under those policies, `close_cleanly` clears it (synced, with `closed_head`, after the last
+commit), and a start that finds it set gives the feed a new life: older tokens get
+ResumeGone, never a resume into other changes. A crash under `always` loses nothing told,
+and keeps the life; so does a clean stop under any policy.
 
 A batch of writes is one transaction (`append`): group commit. With `--fsync always`
 (`synchronous=FULL`) the commit returns only once the WAL is synced; `everysec`
 (`synchronous=NORMAL`) leaves the WAL to the OS and `sync` checkpoints, which syncs it, about
-once a second; `off` never syncs.
+once a second; `off` never syncs (but for the start's mark and the clean close: above).
 
 Recovery is SQLite's: the WAL's frames are checksummed and salted, and a torn or garbled tail
 is ignored from the first frame that does not verify, so the file reads back as of the last
@@ -52,7 +70,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvservice.store.durable.database import Connect, Database, DataDamaged, DiskError
-from kvservice.store.memory import MemoryStore
+from kvservice.store.memory import MAX_TOMBSTONES, MemoryStore
 from kvservice.store.model import Change, Value
 
 logger = logging.getLogger("kvservice.store.durable")
@@ -61,7 +79,7 @@ DATA_FILE = "kvservice.sqlite3"
 WAL_SUFFIX = "-wal"
 LOCK_FILE = "LOCK"
 APPLICATION_ID = 0x6B765376  # "kvSv"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 WAL_HEADER_BYTES = 32
 WAL_FRAME_HEADER_BYTES = 24
 WAL_MAGICS = (0x377F0682, 0x377F0683)
@@ -74,19 +92,29 @@ NEW_LIFE = "lower(hex(randomblob(9)))"
 """SQL for a new life of the change feed: 18 hex digits, URL-safe as a token needs."""
 CREATE_FEED = (
     "CREATE TABLE feed (name TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID",
-    # The life is made once with the file (and anew in a backup's copy).
+    # The life is made with the file (and anew in a backup's copy, or after a stop that
+    # may have lost commits: `begin_serving`).
     f"INSERT INTO feed VALUES ('life', {NEW_LIFE}), ('pruned_revision', 0)",
+)
+"""The feed table as format 3 made it."""
+CREATE_TOMBSTONES = (
+    "CREATE TABLE tombstones (key TEXT PRIMARY KEY, revision INTEGER NOT NULL) WITHOUT ROWID"
 )
 SCHEMA = (
     "CREATE TABLE history (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, data BLOB,"
     " timestamp_ms INTEGER NOT NULL, expired INTEGER NOT NULL DEFAULT 0,"
     " revision INTEGER NOT NULL DEFAULT 0, etag TEXT, content_type TEXT)",
     "CREATE TABLE current (key TEXT PRIMARY KEY, data BLOB NOT NULL, content_type TEXT,"
-    " etag TEXT NOT NULL, seq INTEGER NOT NULL, expires_at_ms INTEGER) WITHOUT ROWID",
+    " etag TEXT NOT NULL, seq INTEGER NOT NULL, expires_at_ms INTEGER,"
+    " pruned_revision INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID",
     *CREATE_FEED,
+    CREATE_TOMBSTONES,
+    "INSERT INTO feed VALUES ('tombstone_floor', 0), ('closed_head', 0), ('may_lose_commits', 0)",
     f"PRAGMA application_id = {APPLICATION_ID}",
     f"PRAGMA user_version = {FORMAT_VERSION}",
 )
+FIRST_FEED_FORMAT = 3
+"""The first format with a change feed (its life, its revisions)."""
 UPGRADES = {
     1: (
         "ALTER TABLE history ADD COLUMN expired INTEGER NOT NULL DEFAULT 0",
@@ -105,6 +133,16 @@ UPGRADES = {
         *CREATE_FEED,
         "PRAGMA user_version = 3",
     ),
+    3: (
+        "ALTER TABLE current ADD COLUMN pruned_revision INTEGER NOT NULL DEFAULT 0",
+        CREATE_TOMBSTONES,
+        # Format 3 kept no key's pruned revision: every key is judged by the newest pruned
+        # revision of all, as format 3 judged them.
+        "INSERT INTO feed SELECT 'tombstone_floor', value FROM feed WHERE name = 'pruned_revision'",
+        # Nor whether it was stopped cleanly: taken as not, so this start begins a new life.
+        "INSERT INTO feed VALUES ('closed_head', 0), ('may_lose_commits', 1)",
+        "PRAGMA user_version = 4",
+    ),
 }
 """Format N -> the statements that bring a file of that format to format N + 1."""
 
@@ -113,12 +151,20 @@ INSERT_HISTORY = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 UPSERT_CURRENT = (
-    "INSERT INTO current (key, data, content_type, etag, seq, expires_at_ms)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO current (key, data, content_type, etag, seq, expires_at_ms, pruned_revision)"
+    " VALUES (?, ?, ?, ?, ?, ?, coalesce((SELECT revision FROM tombstones WHERE key = ?), 0))"
     " ON CONFLICT (key) DO UPDATE SET data = excluded.data,"
     " content_type = excluded.content_type, etag = excluded.etag, seq = excluded.seq,"
     " expires_at_ms = excluded.expires_at_ms"
 )
+"""A key's value; a key given one again takes back its tombstone's revision (the row stays,
+harmless: the larger of the two is what counts)."""
+BURY_CURRENT = (
+    "INSERT INTO tombstones (key, revision) SELECT key, pruned_revision FROM current"
+    " WHERE key = ? AND pruned_revision > 0"
+    " ON CONFLICT (key) DO UPDATE SET revision = max(revision, excluded.revision)"
+)
+"""Before a key's value goes: what was pruned from it, kept as its tombstone."""
 DELETE_CURRENT = "DELETE FROM current WHERE key = ?"
 
 
@@ -189,6 +235,7 @@ class Journal:
 
     def __init__(self, path: Path, connect: Connect, fsync: str) -> None:
         self.path = path
+        self.fsync = fsync
         self.dropped_wal_bytes = 0
         """Bytes at the end of the WAL that recovery left out (a torn or garbled tail)."""
         wal_bytes = _size(path.with_name(path.name + WAL_SUFFIX))
@@ -238,8 +285,59 @@ class Journal:
 
     @property
     def life(self) -> str:
-        """The change feed's life, made once with the file."""
+        """The change feed's life (made with the file, renewed by `begin_serving`)."""
         return str(self._db.execute("SELECT value FROM feed WHERE name = 'life'")[0][0])
+
+    def begin_serving(self) -> bool:
+        """Mark the file as served under this --fsync policy, synced before any write is
+        taken; True if the change feed began a new life: the last process to serve it did so
+        under a policy that acknowledges commits before they are synced (`everysec`, `off`)
+        and stopped without `close_cleanly`, so commits it had told of may be lost and their
+        revisions would be given again (see the module)."""
+        renewed = False
+
+        def mark() -> Iterator[None]:
+            nonlocal renewed
+            (may_have_lost,) = self._db.execute(
+                "SELECT value FROM feed WHERE name = 'may_lose_commits'"
+            )[0]
+            if may_have_lost:
+                self._db.execute(f"UPDATE feed SET value = {NEW_LIFE} WHERE name = 'life'")
+                renewed = True
+            self._db.execute(
+                "UPDATE feed SET value = ? WHERE name = 'may_lose_commits'",
+                (int(self.fsync != "always"),),
+            )
+            yield None
+
+        self._synced_transaction(mark())
+        return renewed
+
+    def close_cleanly(self, head: int) -> None:
+        """After the last commit: record `head`, the newest revision handed out (a refused
+        write's may be newer than the file's newest row, and a page may have shown it), and
+        that no commit is lost, in one synced transaction; then checkpoint, synced too."""
+
+        def mark() -> Iterator[None]:
+            self._db.execute(
+                "UPDATE feed SET value = max(value, ?) WHERE name = 'closed_head'", (head,)
+            )
+            self._db.execute("UPDATE feed SET value = 0 WHERE name = 'may_lose_commits'")
+            yield None
+
+        self._synced_transaction(mark(), checkpoint=True)
+
+    def _synced_transaction(self, steps: Iterator[None], checkpoint: bool = False) -> None:
+        """A transaction synced at its commit whatever the --fsync policy, and with it every
+        commit before it (they are earlier in the same log); with `checkpoint`, the data
+        file then synced with them (SQLite syncs it at a checkpoint unless `off`)."""
+        self._db.execute("PRAGMA synchronous = FULL")
+        try:
+            self._transaction(steps)
+            if checkpoint:
+                self.sync()
+        finally:
+            self._db.execute(f"PRAGMA synchronous = {SYNCHRONOUS[self.fsync]}")
 
     def _upgrade(self, version: int) -> None:
         """Bring a file of an older format to this one, in one transaction."""
@@ -249,6 +347,8 @@ class Journal:
                 for statement in UPGRADES[older]:
                     self._db.execute(statement)
                     yield None
+            if version < FIRST_FEED_FORMAT:  # the life is this upgrade's: nobody was told of it
+                self._db.execute("UPDATE feed SET value = 0 WHERE name = 'may_lose_commits'")
 
         self._transaction(statements())
         logger.warning("%s: upgraded from format %d to %d", self.path, version, FORMAT_VERSION)
@@ -274,11 +374,14 @@ class Journal:
         """Restore every current value, the history after `cutoff_ms` and the feed's head
         into `memory`; the last write's seq (0 for none). Raises DataDamaged if a page is
         malformed. What is gone of the feed: what `compact` deleted, and the rows outside the
-        window, left out here (by revision, not by seq: a late expiry may be either)."""
-        for key, data, content_type, etag, expires_at_ms in self._db.rows(
-            "SELECT key, data, content_type, etag, expires_at_ms FROM current"
+        window, left out here (by revision, not by seq: a late expiry may be either), each
+        known for the store and for its key."""
+        for key, data, content_type, etag, expires_at_ms, pruned_revision in self._db.rows(
+            "SELECT key, data, content_type, etag, expires_at_ms, pruned_revision FROM current"
         ):
             memory.restore_value(key, Value(bytes(data), content_type, etag, expires_at_ms))
+            if pruned_revision:
+                memory.restore_pruned(key, pruned_revision)
         for key, data, timestamp_ms, expired, revision, etag, content_type in self._db.rows(
             "SELECT key, data, timestamp_ms, expired, revision, etag, content_type FROM history"
             " WHERE timestamp_ms > ? ORDER BY seq",
@@ -295,16 +398,27 @@ class Journal:
                     expired=bool(expired),
                 )
             )
-        (compacted,) = self._db.execute("SELECT value FROM feed WHERE name = 'pruned_revision'")[0]
+        # Oldest first: past the memory store's bound, the lowest go.
+        for key, revision in self._db.rows(
+            "SELECT key, revision FROM tombstones ORDER BY revision"
+        ):
+            memory.restore_pruned(key, revision)
+        for key, revision in self._db.rows(
+            "SELECT key, max(revision) FROM history WHERE timestamp_ms <= ? GROUP BY key",
+            (cutoff_ms,),
+        ):
+            memory.restore_pruned(key, revision)
+        feed = dict(self._db.execute("SELECT name, value FROM feed"))
         (newest_row, newest_left_out) = self._db.execute(
             "SELECT coalesce(max(revision), 0),"
             " coalesce((SELECT max(revision) FROM history WHERE timestamp_ms <= ?), 0)"
             " FROM history",
             (cutoff_ms,),
         )[0]
-        head = max(int(compacted), int(newest_row))
-        pruned_revision = max(int(compacted), int(newest_left_out))
-        memory.restore_feed(head, pruned_revision)
+        compacted = int(feed["pruned_revision"])
+        head = max(compacted, int(feed["closed_head"]), int(newest_row))
+        pruned_revision = max(compacted, int(newest_left_out))
+        memory.restore_feed(head, pruned_revision, int(feed["tombstone_floor"]))
         (last_seq,) = self._db.execute(
             "SELECT max(coalesce((SELECT max(seq) FROM history), 0),"
             " coalesce((SELECT max(seq) FROM current), 0))"
@@ -334,6 +448,7 @@ class Journal:
                     ),
                 )
             if write.data is None:
+                self._db.execute(BURY_CURRENT, (write.key,))
                 self._db.execute(DELETE_CURRENT, (write.key,))
             else:
                 self._db.execute(
@@ -345,6 +460,7 @@ class Journal:
                         write.etag,
                         write.seq,
                         write.expires_at_ms,
+                        write.key,
                     ),
                 )
             yield None
@@ -365,14 +481,30 @@ class Journal:
         """Delete up to `max_rows` of the oldest history rows at or before `cutoff_ms` (one
         short transaction, so that commits wait little); the number deleted. Rows are in
         timestamp order but for expiries journaled after their deadline, which the condition
-        catches wherever they are; current values, and their deadlines, are never touched."""
+        catches wherever they are; current values, and their deadlines, are never touched.
+        The newest revision deleted is kept for the store, and for each key (its current
+        row's `pruned_revision`, or its tombstone)."""
 
-        oldest = "SELECT seq, revision FROM history WHERE timestamp_ms <= ? ORDER BY seq LIMIT ?"
+        oldest = (
+            "SELECT seq, key, revision FROM history WHERE timestamp_ms <= ? ORDER BY seq LIMIT ?"
+        )
+        by_key = f"SELECT key, max(revision) AS revision FROM ({oldest}) GROUP BY key"
 
         def delete() -> Iterator[None]:
             self._db.execute(
                 "UPDATE feed SET value = max(value, coalesce((SELECT max(revision) FROM"
                 f" ({oldest})), 0)) WHERE name = 'pruned_revision'",
+                (cutoff_ms, max_rows),
+            )
+            self._db.execute(
+                "UPDATE current SET pruned_revision = max(current.pruned_revision,"
+                f" pruned.revision) FROM ({by_key}) AS pruned WHERE current.key = pruned.key",
+                (cutoff_ms, max_rows),
+            )
+            self._db.execute(
+                f"INSERT INTO tombstones (key, revision) SELECT key, revision FROM ({by_key})"
+                " WHERE key NOT IN (SELECT key FROM current)"
+                " ON CONFLICT (key) DO UPDATE SET revision = max(revision, excluded.revision)",
                 (cutoff_ms, max_rows),
             )
             self._db.execute(
@@ -384,6 +516,29 @@ class Journal:
         self._transaction(delete())
         (deleted,) = self._db.execute("SELECT changes()")[0]
         return int(deleted)
+
+    def bound_tombstones(self) -> None:
+        """Past MAX_TOMBSTONES tombstones, let the lowest revisions go down to nine tenths of
+        it (so that this sort is rare), raising `tombstone_floor` to the newest let go: those
+        keys are then judged by it, as the memory store judges the keys it let go."""
+        (count,) = self._db.execute("SELECT count(*) FROM tombstones")[0]
+        if count <= MAX_TOMBSTONES:
+            return
+        excess = count - (MAX_TOMBSTONES - MAX_TOMBSTONES // 10)
+        lowest = "SELECT key, revision FROM tombstones ORDER BY revision LIMIT ?"
+
+        def let_go() -> Iterator[None]:
+            self._db.execute(
+                "UPDATE feed SET value = max(value, (SELECT max(revision) FROM"
+                f" ({lowest}))) WHERE name = 'tombstone_floor'",
+                (excess,),
+            )
+            self._db.execute(
+                f"DELETE FROM tombstones WHERE key IN (SELECT key FROM ({lowest}))", (excess,)
+            )
+            yield None
+
+        self._transaction(let_go())
 
     def shrink(self, max_pages: int = 100_000) -> None:
         """Give free pages back to the file system once they are half the file, up to
@@ -435,10 +590,15 @@ def open_journal(path: Path, connect: Connect, fsync: str) -> Journal:
     """The journal at `path`, checked; DataDirError when it cannot be served as it is."""
     try:
         return Journal(path, connect, fsync)
-    except DataDamaged as error:
-        raise damaged(path, error) from error
     except DiskError as error:
-        raise DataDirError(f"cannot open {path}: {error}") from error
+        raise refusal(path, error) from error
+
+
+def refusal(path: Path, error: DiskError) -> DataDirError:
+    """The refusal to start on a data file whose opening or reading failed."""
+    if isinstance(error, DataDamaged):
+        return damaged(path, error)
+    return DataDirError(f"cannot open {path}: {error}")
 
 
 def damaged(path: Path, error: Exception) -> DataDirError:
@@ -530,6 +690,9 @@ def backup(data_dir: Path, target: Path) -> BackupReport:
             try:
                 source.backup(copy)
                 copy.execute(f"UPDATE feed SET value = {NEW_LIFE} WHERE name = 'life'")
+                # The copy is one commit, synced below before it gets its name: nothing it
+                # holds can be lost, whatever the policy the original serves under.
+                copy.execute("UPDATE feed SET value = 0 WHERE name = 'may_lose_commits'")
                 copy.execute("PRAGMA journal_mode = DELETE")  # one file, no WAL beside it
                 (application_id,) = copy.execute("PRAGMA application_id").fetchone()
                 if application_id != APPLICATION_ID:

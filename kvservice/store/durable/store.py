@@ -30,14 +30,18 @@ commit (into the OS's cache), so `kill -9` loses nothing acknowledged, and a pow
 up to about a second (`everysec`) or what the OS had not written (`off`).
 
 The change feed: revisions are the memory store's (given under its lock, journaled with
-each history row), the life is the data file's (made once with it), and the head survives a
-restart, so a resume token stays good across one; keys expired at start get revisions after
-the old head. The file keeps no tombstones (see memory.py): after a restart a resume of a key
-from before the newest revision the file no longer holds is gone, as a prefix's would be.
-Listeners are told of a change once its commit succeeded, by the writer thread, in revision
-order: a watcher never sees a write the disk then refused. After a failed commit the rebuilt
-memory goes on from the newest revision handed out, never reusing one a page of `changes`
-may have shown (the refused changes leave a gap).
+each history row), the life is the data file's, and the head survives a restart, so a resume
+token stays good across one; keys expired at start get revisions after the old head. What
+compaction pruned is kept per key (the memory store's records and tombstones, see
+journal.py), so a restart judges a key's resume exactly: a key with no writes since a token
+is never gone. Listeners are told of a change once its commit succeeded, by the writer
+thread, in revision order: a watcher never sees a write the disk then refused. After a failed
+commit the rebuilt memory goes on from the newest revision handed out, never reusing one a
+page of `changes` may have shown (the refused changes leave a gap), and a clean close records
+that revision, so a restart does not reuse it either. With `everysec` and `off` a watcher may
+be told of a commit a power cut then takes back: a start after a stop that was not clean
+under those policies gives the feed a new life (`Journal.begin_serving`), so older tokens
+get 410 rather than resume into changes that took the lost revisions.
 
 Faults: a commit that fails refuses every write of its batch and every write queued behind it
 (they were judged against state that will not exist): StoreFull (507) when the disk is full,
@@ -76,6 +80,7 @@ from kvservice.store.durable.journal import (
     now_s,
     open_journal,
     prepare_directory,
+    refusal,
 )
 from kvservice.store.memory import MemoryStore
 from kvservice.store.model import (
@@ -221,6 +226,19 @@ class DurableStore:
                     data_dir,
                     self._journal.dropped_wal_bytes,
                 )
+            try:
+                if self._journal.begin_serving():
+                    logger.warning(
+                        "%s is not known to have been closed cleanly by the last kvservice "
+                        "to serve it, whose --fsync policy acknowledges writes before they are "
+                        "synced (or which wrote an older format): the writes of its last "
+                        "moments may be lost, with changes watchers were told of, so the "
+                        "change feed begins a new life (older resume tokens get 410)",
+                        data_dir,
+                    )
+            except DiskError as error:
+                self._journal.close()
+                raise refusal(self._journal.path, error) from error
             try:
                 memory, last_seq = self._read_back()
             except DiskError as error:
@@ -584,7 +602,7 @@ class DurableStore:
                 self._journal.close()
                 self._journal = open_journal(self.data_dir / DATA_FILE, self._connect, self.fsync)
             memory, last_seq = self._read_back()
-            memory.restore_feed(self._revisions_handed_out, 0)
+            memory.restore_feed(self._revisions_handed_out, 0, 0)
             return memory, last_seq
         except (DiskError, DataDirError) as error:
             logger.error("%s: %s", DISK_UNREADABLE, error)
@@ -639,17 +657,28 @@ class DurableStore:
         """Delete history outside the window, a short transaction at a time, committing the
         writes that queue meanwhile between them."""
         cutoff_ms = self._clock() - self.history_window_ms
+        compacted = False
         for _ in range(COMPACTION_STEPS):
             if self._journal.compact(cutoff_ms) == 0:
                 break
+            compacted = True
             with self._lock:
                 batch = self._take_batch()
             if batch.writes:
                 self._commit(batch)
+        # Tombstones come of compaction, or of deletes, whose rows it deletes in turn:
+        # bounding them after a compaction that deleted rows bounds them all.
+        if compacted:
+            self._journal.bound_tombstones()
         self._journal.shrink()
 
     def _final_sync(self) -> None:
+        """Record the newest revision handed out and that nothing is lost, and sync (see
+        `Journal.close_cleanly`); a disk that refuses leaves the file marked as stopped
+        unclean."""
+        memory = self._memory
+        head = max(self._revisions_handed_out, memory.feed_head().revision if memory else 0)
         try:
-            self._journal.sync()
+            self._journal.close_cleanly(head)
         except DiskError as error:
             logger.warning("%s: the last sync failed: %s", self.data_dir, error)

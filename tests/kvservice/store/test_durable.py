@@ -1,11 +1,15 @@
 """What only the durable backend promises (the contract suite covers the rest): a restart
 gives back values, ETags, the history window and the budget; the directory is one process's;
 a file it cannot trust stops the start; backups restore exactly; the file stays bounded; a
-read never shows a write before it is synced; a full disk refuses writes and recovers.
+read never shows a write before it is synced; a full disk refuses writes and recovers. The
+change feed across a restart: the life is kept unless told changes may have been lost (then
+a new one), a revision is never given twice, and each key's resume is judged exactly.
 """
 
 from __future__ import annotations
 
+import random
+import shutil
 import sqlite3
 import threading
 import time
@@ -29,7 +33,7 @@ from kvservice.store import (
     StoreUnavailable,
     Value,
 )
-from kvservice.store.durable import DataDirError, DurableStore, backup
+from kvservice.store.durable import DataDirError, DurableStore, backup, journal
 from kvservice.store.durable.journal import DATA_FILE, FORMAT_VERSION
 from tests.support.clock import FakeClock
 from tests.support.simulated_disk import SimulatedDisk
@@ -504,9 +508,305 @@ def test_a_file_of_the_format_before_the_feed_gets_revisions_in_write_order(
         store.close()
     with sqlite3.connect(data_dir / DATA_FILE) as connection:
         (version,) = connection.execute("PRAGMA user_version").fetchone()
-    assert version == FORMAT_VERSION == 3
+    assert version == FORMAT_VERSION == 4
     reopened = open_store(data_dir, clock)
     try:
         assert reopened.feed_head() == FeedPosition(head.life, 5), "the life made once, kept"
+    finally:
+        reopened.close()
+
+
+def recorder(store: DurableStore) -> list[Change]:
+    """The changes `store` tells its listeners of, as they are told."""
+    told: list[Change] = []
+
+    class Recorder:
+        def changed(self, change: Change) -> None:
+            told.append(change)
+
+        def interrupted(self) -> None:
+            raise AssertionError("a durable store is never interrupted")
+
+    store.add_change_listener(Recorder())
+    return told
+
+
+def test_a_crash_that_may_have_lost_told_changes_begins_a_new_life(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The real file layer; the crash is the data directory copied as it was at its last
+    sync (the start's mark is synced; with everysec the later commits are not)."""
+    data_dir, crashed_dir = tmp_path / "data", tmp_path / "crashed"
+    store = open_store(data_dir, clock, fsync="everysec")
+    for number in range(1, 6):
+        store.put("p", b"old%d" % number)
+    store.close()
+    store = open_store(data_dir, clock, fsync="everysec", housekeeping_interval_s=3600)
+    try:
+        told = recorder(store)
+        crashed_dir.mkdir()
+        for name in (DATA_FILE, DATA_FILE + "-wal"):  # SQLite rebuilds the -shm
+            if (data_dir / name).exists():
+                shutil.copyfile(data_dir / name, crashed_dir / name)
+        for number in range(6, 9):  # acknowledged and told, never synced
+            store.put("p", b"lost%d" % number)
+        token = FeedPosition(store.feed_head().life, told[-1].revision)
+    finally:
+        store.close()
+
+    restarted = open_store(crashed_dir, clock, fsync="everysec")
+    try:
+        assert restarted.get("p").data == b"old5", "the crash took the last writes back"
+        for number in range(6, 10):
+            restarted.put("p", b"new%d" % number)
+        assert restarted.feed_head().life != token.life
+        with pytest.raises(ResumeGone, match="another life"):
+            restarted.changes(FeedSelector(key="p"), token)
+    finally:
+        restarted.close()
+
+
+@pytest.mark.parametrize("fsync", ["always", "everysec", "off"])
+def test_a_power_cut_keeps_the_life_only_where_nothing_told_can_be_lost(
+    tmp_path: Path, clock: FakeClock, fsync: str
+) -> None:
+    """The simulated disk: a power cut keeps what was synced, nothing more."""
+    disk = SimulatedDisk()
+    data_dir = tmp_path / "data"
+    store = open_store(data_dir, clock, fsync=fsync, connect=disk.connect())
+    try:
+        told = recorder(store)
+        store.put("p", b"v")
+        token = FeedPosition(store.feed_head().life, told[-1].revision)
+        after_the_cut = disk.crash("synced", random.Random(0))
+    finally:
+        store.close()
+    restarted = open_store(data_dir, clock, fsync=fsync, connect=after_the_cut.connect())
+    try:
+        restarted.put("p", b"after")
+        if fsync == "always":  # the write was synced before it was told
+            page = restarted.changes(FeedSelector(key="p"), token)
+            assert [change.data for change in page.changes] == [b"after"]
+        else:  # its revision went to "after": the token would skip it
+            with pytest.raises(ResumeGone, match="another life"):
+                restarted.changes(FeedSelector(key="p"), token)
+    finally:
+        restarted.close()
+
+
+@pytest.mark.parametrize("fsync", ["everysec", "off"])
+def test_a_clean_stop_keeps_the_life_whatever_the_policy(
+    data_dir: Path, clock: FakeClock, fsync: str
+) -> None:
+    store = open_store(data_dir, clock, fsync=fsync)
+    try:
+        store.put("p", b"v")
+        token = store.feed_head()
+    finally:
+        store.close()
+    for _ in range(2):
+        reopened = open_store(data_dir, clock, fsync=fsync)
+        try:
+            assert reopened.changes(FeedSelector(key="p"), token).changes == []
+            token = reopened.feed_head()
+        finally:
+            reopened.close()
+
+
+def test_a_revision_a_refused_write_took_is_not_given_again_after_a_restart(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    disk = SimulatedDisk()
+    store = open_store(data_dir, clock, connect=disk.connect(), housekeeping_interval_s=3600)
+    try:
+        kept = store.put("kept", b"v")
+        disk.capacity_bytes = disk.used_bytes
+        with pytest.raises(StoreFull):  # a page of changes may have shown its revision
+            store.put("refused", b"x" * 100_000)
+        disk.capacity_bytes = None
+        handed_out = store.feed_head().revision
+    finally:
+        store.close()
+    reopened = open_store(data_dir, clock, connect=disk.connect())
+    try:
+        told = recorder(reopened)
+        assert handed_out == 2 and reopened.get("kept") == kept
+        reopened.put("after", b"v")
+        assert [change.revision for change in told] == [3]
+    finally:
+        reopened.close()
+
+
+def test_a_backup_restored_keeps_its_own_life_across_restarts(
+    data_dir: Path, tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store(data_dir, clock, fsync="everysec")
+    try:
+        store.put("k", b"v")
+        backup(data_dir, tmp_path / "copy.sqlite3")
+        original = store.feed_head()
+    finally:
+        store.close()
+    restored_dir = tmp_path / "restored"
+    restored_dir.mkdir()
+    (tmp_path / "copy.sqlite3").rename(restored_dir / DATA_FILE)
+    lives = []
+    for _ in range(2):
+        restored = open_store(restored_dir, clock, fsync="everysec")
+        lives.append(restored.feed_head().life)
+        restored.close()
+    assert lives[0] != original.life, "the copy is a life of its own"
+    assert lives[1] == lives[0], "made once, by the backup"
+    assert "closed cleanly" not in caplog.text
+
+
+def test_a_restart_keeps_each_keys_pruned_revision_so_a_key_with_no_writes_since_resumes(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    store = open_store(data_dir, clock, housekeeping_interval_s=0.01)
+    try:
+        store.put("quiet", b"v")
+        store.put("forgotten", b"v")
+        store.delete("forgotten")
+        token = store.feed_head()
+        store.put("busy", b"v")
+        store.put("vanished", b"v")
+        store.delete("vanished")
+        clock.advance(WINDOW_MS)
+        store.put("later", b"v")  # every write before it has left the window
+        wait_for_compaction(data_dir, through=token.revision + 3)
+        check_resumes_from(store, token)  # as an uninterrupted process answers
+    finally:
+        store.close()
+    reopened = open_store(data_dir, clock)
+    try:
+        check_resumes_from(reopened, token)
+    finally:
+        reopened.close()
+
+
+def test_a_restart_judges_each_key_by_its_own_rows_left_out_of_the_window(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    store = open_store(data_dir, clock, housekeeping_interval_s=3600)  # no compaction
+    try:
+        store.put("quiet", b"v")
+        store.put("forgotten", b"v")
+        store.delete("forgotten")
+        token = store.feed_head()
+        store.put("busy", b"v")
+        store.put("vanished", b"v")
+        store.delete("vanished")
+    finally:
+        store.close()
+    clock.advance(WINDOW_MS)  # the window passes while the store is down
+    reopened = open_store(data_dir, clock)
+    try:
+        reopened.put("later", b"v")
+        check_resumes_from(reopened, token)
+    finally:
+        reopened.close()
+
+
+def check_resumes_from(store: Store, token: FeedPosition) -> None:
+    """Keys with no writes since `token` resume with nothing; keys whose writes since left
+    the window are gone; so is a prefix (judged by the newest revision pruned of any)."""
+    for key in ("quiet", "forgotten", "never-written"):
+        assert store.changes(FeedSelector(key=key), token).changes == [], key
+    for key in ("busy", "vanished"):
+        with pytest.raises(ResumeGone, match="left the history window"):
+            store.changes(FeedSelector(key=key), token)
+    with pytest.raises(ResumeGone):
+        store.changes(FeedSelector(prefix="q"), token)
+
+
+def wait_for_compaction(data_dir: Path, through: int) -> None:
+    deadline = time.monotonic() + 5
+    while oldest_revision(data_dir) <= through:  # the writer compacts the file
+        assert time.monotonic() < deadline, "the history was never compacted"
+        time.sleep(0.01)
+
+
+def test_past_max_tombstones_the_file_lets_the_lowest_go_and_raises_the_floor(
+    data_dir: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal, "MAX_TOMBSTONES", 2)
+    store = open_store(data_dir, clock, housekeeping_interval_s=0.01)
+    try:
+        start = store.feed_head()
+        for key in ["a", "b", "c"]:  # tombstones a: 2, b: 4, c: 6; a's goes
+            store.put(key, b"v")
+            store.delete(key)
+        clock.advance(WINDOW_MS)
+        store.put("later", b"v")
+        wait_for_compaction(data_dir, through=6)
+        deadline = time.monotonic() + 5
+        while tombstones(data_dir) != {"b": 4, "c": 6}:
+            assert time.monotonic() < deadline, f"tombstones: {tombstones(data_dir)}"
+            time.sleep(0.01)
+    finally:
+        store.close()
+    reopened = open_store(data_dir, clock)
+    try:
+        after_a = FeedPosition(start.life, 2)
+        for key in ["a", "nobody"]:  # judged by the floor: a's revision
+            with pytest.raises(ResumeGone):
+                reopened.changes(FeedSelector(key=key), start)
+            assert reopened.changes(FeedSelector(key=key), after_a).changes == []
+        with pytest.raises(ResumeGone):  # its own tombstone
+            reopened.changes(FeedSelector(key="c"), after_a)
+    finally:
+        reopened.close()
+
+
+def tombstones(data_dir: Path) -> dict[str, int]:
+    with sqlite3.connect(data_dir / DATA_FILE) as connection:
+        return dict(connection.execute("SELECT key, revision FROM tombstones"))
+
+
+def test_a_file_of_the_format_before_per_key_pruning_is_judged_by_its_pruned_revision(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    data_dir.mkdir()
+    now = clock.now_ms
+    with sqlite3.connect(data_dir / DATA_FILE) as connection:
+        for statement in (
+            "CREATE TABLE history (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, data BLOB,"
+            " timestamp_ms INTEGER NOT NULL, expired INTEGER NOT NULL DEFAULT 0,"
+            " revision INTEGER NOT NULL DEFAULT 0, etag TEXT, content_type TEXT)",
+            "CREATE TABLE current (key TEXT PRIMARY KEY, data BLOB NOT NULL, content_type TEXT,"
+            " etag TEXT NOT NULL, seq INTEGER NOT NULL, expires_at_ms INTEGER) WITHOUT ROWID",
+            "CREATE TABLE feed (name TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID",
+            "INSERT INTO feed VALUES ('life', 'formerlife'), ('pruned_revision', 5)",
+            "PRAGMA application_id = 1802916726",
+            "PRAGMA user_version = 3",
+            f"INSERT INTO history VALUES (8, 'a', x'31', {now}, 0, 6, 'old-8', NULL)",
+            f"INSERT INTO history VALUES (9, 'b', x'32', {now}, 0, 7, 'old-9', NULL)",
+            "INSERT INTO current VALUES ('a', x'31', NULL, 'old-8', 8, NULL)",
+            "INSERT INTO current VALUES ('b', x'32', NULL, 'old-9', 9, NULL)",
+        ):
+            connection.execute(statement)
+    store = open_store(data_dir, clock)
+    try:
+        head = store.feed_head()
+        assert head.revision == 7
+        assert head.life != "formerlife", "format 3 did not say it was stopped cleanly"
+        assert [
+            (change.key, change.revision)
+            for change in store.changes(FeedSelector(), FeedPosition(head.life, 5)).changes
+        ] == [("a", 6), ("b", 7)]
+        for key in ["a", "nobody"]:  # what format 3 pruned is not known per key
+            with pytest.raises(ResumeGone):
+                store.changes(FeedSelector(key=key), FeedPosition(head.life, 4))
+        assert store.changes(FeedSelector(key="nobody"), FeedPosition(head.life, 5)).changes == []
+        assert store.get("a").etag == "old-8"
+    finally:
+        store.close()
+    with sqlite3.connect(data_dir / DATA_FILE) as connection:
+        (version,) = connection.execute("PRAGMA user_version").fetchone()
+    assert version == FORMAT_VERSION == 4
+    reopened = open_store(data_dir, clock)
+    try:
+        assert reopened.feed_head() == head, "the life renewed once, at the upgrade"
     finally:
         reopened.close()

@@ -208,7 +208,7 @@ def test_a_file_of_the_format_before_deadlines_is_upgraded(
         store.close()
     with sqlite3.connect(data_dir / DATA_FILE) as connection:
         (version,) = connection.execute("PRAGMA user_version").fetchone()
-    assert version == FORMAT_VERSION == 3
+    assert version == FORMAT_VERSION == 4
     assert current_rows(data_dir) == {"k": DEADLINE_MS}
 
 
