@@ -380,12 +380,27 @@ def _long_poll(
         return b""
     watcher.close()
     if isinstance(output, Ended):
-        if output.reason == "gone":
-            raise ResumeGone(output.detail)
-        return _history_answer(store, [], watcher.position)
+        if output.reason in _LONG_POLL_FAILURES:  # told as a problem, as the stream's error event
+            return _ended_answer(output, current_request_id())
+        return _history_answer(store, [], watcher.position)  # the drain: resume elsewhere
     if isinstance(output, FeedPosition):
         return _history_answer(store, [], output)
-    return _history_answer(store, _entries_of(output), FeedPosition(feed.life, output[-1].revision))
+    return _history_answer(store, _entries_of(output), watcher.position)
+
+
+_LONG_POLL_FAILURES = frozenset({"gone", "unavailable", "slow"})
+"""Why a long-poll's watcher ended that its answer is a problem for (ENDED_PROBLEMS); a drain
+("stopping") answers what there is, with the position, which the client resumes from."""
+
+
+def _ended_answer(ended: Ended, request_id: str | None) -> bytes:
+    """A long-poll's answer when its watcher ended: the problem its stream would send."""
+    problem = ENDED_PROBLEMS[ended.reason]
+    if problem.retry:
+        bottle.response.set_header("Retry-After", str(RETRY_AFTER_S))
+    bottle.response.status = problem.status
+    bottle.response.content_type = PROBLEM_CONTENT_TYPE
+    return _problem_document(problem, ended.detail, request_id, ended.restart)
 
 
 def _parking() -> Parking:
@@ -412,14 +427,15 @@ def _watch(feed: ChangeFeed) -> bytes | Iterator[bytes]:
         selector = FeedSelector(prefix=given.get("prefix", ""))
     token = bottle.request.headers.get("Last-Event-ID") or given.get("after")
     after = None if token is None else FeedPosition.parse(token)
-    for name, value in _EVENT_STREAM_HEADERS:
-        bottle.response.set_header(name, value)
-    if bottle.request.method == "HEAD":
-        return b""
     parking = _parking()
     watcher = feed.watch(selector, after, parking.wake, kind="sse")
+    for name, value in _EVENT_STREAM_HEADERS:
+        bottle.response.set_header(name, value)
+    if bottle.request.method == "HEAD":  # judged as a GET (its position, the cap), no body
+        watcher.close()
+        return b""
     bottle.request.environ[FEED_STREAM_ENVIRON] = True
-    return _event_stream(feed, watcher)
+    return _event_stream(watcher, current_request_id())
 
 
 _EVENT_STREAM_HEADERS = (
@@ -433,10 +449,12 @@ _EVENTS_PER_PIECE = 64
 """Changes taken at a time for one piece of an event stream: a bounded piece per turn."""
 
 
-def _event_stream(feed: ChangeFeed, watcher: Watcher) -> Iterator[bytes]:
+def _event_stream(watcher: Watcher, request_id: str | None) -> Iterator[bytes]:
     """The stream's body: `retry:` and a bookmark, then events as the watcher has them, b""
     while it has nothing (the transport waits for its wake); the watcher is let go of when
-    the stream ends or the client goes (the iterable's close)."""
+    the stream ends or the client goes (the iterable's close). It runs on the transport's
+    loop, outside the request's context: what it needs of the request (`request_id`) is
+    given when the stream is opened."""
     try:
         yield f"retry: {RECONNECT_MS}\n\n".encode("ascii") + _bookmark_event(watcher.position)
         while True:
@@ -446,10 +464,11 @@ def _event_stream(feed: ChangeFeed, watcher: Watcher) -> Iterator[bytes]:
             elif isinstance(output, FeedPosition):
                 yield _bookmark_event(output)
             elif isinstance(output, Ended):
-                yield _error_event(feed, output)
+                yield _error_event(output, request_id)
                 return
             else:
-                yield "".join(_change_event(feed.life, change) for change in output).encode("ascii")
+                life = watcher.life
+                yield "".join(_change_event(life, change) for change in output).encode("ascii")
     finally:
         watcher.close()
 
@@ -459,22 +478,27 @@ def _bookmark_event(position: FeedPosition) -> bytes:
     return f'id: {token}\nevent: bookmark\ndata: {{"position":"{token}"}}\n\n'.encode("ascii")
 
 
-def _error_event(feed: ChangeFeed, ended: Ended) -> bytes:
-    """The event that ends a stream: a problem document saying why; for a position that
-    left the window, with the head to start again from."""
-    problem = ENDED_PROBLEMS[ended.reason]
-    extensions: dict[str, object] = {}
-    if ended.reason == "gone":
-        extensions["position"] = feed.now.token
-    body = problem_body(
+def _error_event(ended: Ended, request_id: str | None) -> bytes:
+    """The event that ends a stream: a problem document saying why; for a position gone,
+    with the head to start again from."""
+    body = _problem_document(ENDED_PROBLEMS[ended.reason], ended.detail, request_id, ended.restart)
+    return b"event: error\ndata: " + body + b"\n\n"
+
+
+def _problem_document(
+    problem: Problem, detail: str, request_id: str | None, restart: FeedPosition | None = None
+) -> bytes:
+    """A problem's document; a resume position gone says in `position` where to start again
+    (made here once, for a request's answer and a stream's error event alike)."""
+    extensions: dict[str, object] = {} if restart is None else {"position": restart.token}
+    return problem_body(
         problem.status,
-        ended.detail,
+        detail,
         PROBLEM_TYPE_BASE + problem.slug,
         problem.title,
-        current_request_id(),
+        request_id,
         extensions,
     )
-    return b"event: error\ndata: " + body + b"\n\n"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -886,19 +910,12 @@ def _answer_errors(callback: Callable[..., Any], feed: ChangeFeed | None) -> Cal
             problem = _problem_for(error)
             if problem.retry:
                 bottle.response.set_header("Retry-After", str(RETRY_AFTER_S))
-            extensions: dict[str, object] = {}
+            restart = None
             if isinstance(error, ResumeGone) and feed is not None:
-                extensions["position"] = feed.now.token
+                restart = feed.restart_after_gone()
             bottle.response.status = problem.status
             bottle.response.content_type = PROBLEM_CONTENT_TYPE
-            return problem_body(
-                problem.status,
-                str(error),
-                PROBLEM_TYPE_BASE + problem.slug,
-                problem.title,
-                current_request_id(),
-                extensions,
-            )
+            return _problem_document(problem, str(error), current_request_id(), restart)
         except Exception:
             logger.exception(
                 "unexpected error serving %s %s",

@@ -18,7 +18,7 @@ from kvservice.feed import ChangeFeed, FeedSettings
 from kvservice.http.app import create_app
 from kvservice.http.server import Server
 from kvservice.metrics import Metrics
-from kvservice.store import FeedPosition
+from kvservice.store import FeedPosition, StoreUnavailable
 from kvservice.store.memory import MemoryStore
 from kvservice.store.service import StoreService
 from tests.support.clock import FakeClock
@@ -482,3 +482,83 @@ def test_sigterm_ends_the_streams_then_the_process_exits() -> None:
         stream.close()
     assert error.json()["type"].endswith("server-stopping")
     assert time.monotonic() - started < 3
+
+
+# -- endings, lives, HEAD ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store_kind", [MemoryStore, ReadsBlock])
+def test_a_streams_error_event_carries_its_own_request_id(
+    start_watched: StartWatched, store_kind: type[MemoryStore]
+) -> None:
+    """The stream's body runs on the loop, outside any request: with reads on workers there
+    is no request there at all, inline there is whichever request the loop served last."""
+    watched = start_watched(store_kind())
+    with EventStream(watched.url, "/_watch", {"X-Request-ID": "watcher-1"}) as stream:
+        stream.next_event()
+        requests.put(f"{watched.url}/a", data=b"x", headers={"X-Request-ID": "other-2"}, timeout=5)
+        watched.feed.close()
+        (error,) = [event for event in stream.events_until("error") if event.event == "error"]
+    assert error.json()["request_id"] == "watcher-1"
+    assert error.json()["type"].endswith("server-stopping")
+
+
+def test_a_long_poll_ended_by_the_store_away_is_a_503_with_retry_after(
+    start_watched: StartWatched,
+) -> None:
+    store = FeedingMemoryStore()
+    watched = start_watched(store)
+    start = watched.head().token
+    answers: list[requests.Response] = []
+    poll = threading.Thread(
+        target=lambda: answers.append(
+            requests.get(
+                f"{watched.url}/k/history", params={"after": start, "wait": "30s"}, timeout=10
+            )
+        )
+    )
+    poll.start()
+    deadline = time.monotonic() + 3
+    while not watched.feed.figures().watchers:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    store.away = StoreUnavailable("The store did not answer.")
+    watched.feed.interrupted()  # its watcher catches up, and cannot
+    poll.join(5)
+    (answer,) = answers
+    assert answer.status_code == 503
+    assert answer.headers["Retry-After"] == "1"
+    assert answer.json()["type"].endswith("store-unavailable")
+
+
+def test_a_410_names_a_position_of_the_stores_life_even_before_the_hub_heard_of_it(
+    start_watched: StartWatched,
+) -> None:
+    store = FeedingMemoryStore()
+    watched = start_watched(store)
+    watched.put("k", "a")
+    old = watched.head().token
+    store.life, store.feed = "newlife", []  # the store lost its data; no one told the hub
+    with EventStream(watched.url, f"/_watch?key=k&after={old}") as stream:
+        assert stream.status == 410
+        problem = stream.problem()
+    poll = requests.get(f"{watched.url}/k/history", params={"after": old}, timeout=5)
+    assert poll.status_code == 410
+    assert problem["position"] == poll.json()["position"] == "newlife.0"
+    answer = requests.get(f"{watched.url}/k/history", timeout=5)
+    assert answer.headers["KV-Position"] == "newlife.0"
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [("after=anotherlife.1", 410), ("after=notatoken", 400), ("key=a&prefix=a", 400), ("", 200)],
+)
+def test_head_of_a_watch_answers_the_status_a_get_would_without_a_body(
+    watched: Watched, query: str, status: int
+) -> None:
+    answer = requests.head(f"{watched.url}/_watch?{query}", timeout=5)
+    assert answer.status_code == status
+    assert answer.content == b""
+    assert watched.feed.figures().watchers == {}  # HEAD opened none, or let it go at once
+    with EventStream(watched.url, f"/_watch?{query}") as stream:
+        assert stream.status == status
