@@ -5,6 +5,7 @@ the change feed's hub, as the composition root builds them."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,12 +14,13 @@ from typing import Any
 import pytest
 import requests
 
+import kvservice.http.app as app_module
 from kvservice.execution import execution_for
 from kvservice.feed import ChangeFeed, FeedSettings
 from kvservice.http.app import create_app
 from kvservice.http.server import Server
 from kvservice.metrics import Metrics
-from kvservice.store import FeedPosition, StoreUnavailable
+from kvservice.store import Change, FeedPosition, StoreUnavailable
 from kvservice.store.memory import MemoryStore
 from kvservice.store.service import StoreService
 from tests.support.clock import FakeClock
@@ -562,3 +564,18 @@ def test_head_of_a_watch_answers_the_status_a_get_would_without_a_body(
     assert watched.feed.figures().watchers == {}  # HEAD opened none, or let it go at once
     with EventStream(watched.url, f"/_watch?{query}") as stream:
         assert stream.status == status
+
+
+def test_the_change_events_kept_for_other_watchers_are_bounded_and_hold_no_change() -> None:
+    """One change's event is made once for every watcher sent it; what is kept is its text,
+    within a bound in bytes, never the change (whose value the store lets go of)."""
+    change = Change(b"v" * 200, 1, False, key="k", revision=1)
+    references = sys.getrefcount(change)
+    first = app_module._change_event("life", change)
+    assert app_module._change_event("life", change) is first
+    assert sys.getrefcount(change) == references, "the change itself is kept"
+    texts = app_module._EventTexts(max_bytes=1000)
+    for revision in range(1, 21):
+        made = texts.get("life", Change(b"v" * 200, 1, False, key="k", revision=revision))
+        assert texts.held_bytes <= 1000
+    assert texts.get("life", Change(b"w", 1, False, key="k", revision=20)) is made
