@@ -369,7 +369,8 @@ def _long_poll(
 ) -> bytes | Iterator[bytes]:
     """The changes after `after` as soon as there are any, or none once `wait_s` passed (the
     watcher's bookmark); parked until then. Its first run reads the first page (where reads
-    run); the runs after a wake only take what the watcher has, on the loop."""
+    run); the runs after a wake only take what the watcher has, on the loop. A watcher ended
+    by a position gone or the store away is answered the problem its stream would send."""
     parking = _parking()
     watcher = parking.resumed
     if not isinstance(watcher, Watcher):
@@ -387,7 +388,8 @@ def _long_poll(
         return _history_answer(store, [], watcher.position)  # the drain: resume elsewhere
     if isinstance(output, FeedPosition):
         return _history_answer(store, [], output)
-    return _history_answer(store, _entries_of(output), watcher.position)
+    # Not `watcher.position`: closed, it forgot what it had queued past these.
+    return _history_answer(store, _entries_of(output), watcher.taken)
 
 
 _LONG_POLL_FAILURES = frozenset({"gone", "unavailable", "slow"})
@@ -417,7 +419,8 @@ def _parking() -> Parking:
 def _watch(feed: ChangeFeed) -> bytes | Iterator[bytes]:
     """An event stream of the changes to `key` or under `prefix` (neither: every key), from
     `Last-Event-ID` or `after` (neither: from now), with a bookmark when nothing else was
-    sent for the interval; it ends with an error event when its watcher does."""
+    sent for the interval; it ends with an error event when its watcher does. HEAD opens
+    the watcher as GET would (its status: 410, 400, 503 at the cap) and lets it go."""
     given = _query_parameters("/_watch")
     if "key" in given and "prefix" in given:
         raise BadRequest("Give key or prefix, not both.")
