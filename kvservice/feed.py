@@ -100,7 +100,7 @@ class FeedSettings:
     """The bounds of the change feed; config.py's --max-watchers, --watch-queue,
     --watch-bookmark-interval and --watch-max-wait set them, with these defaults."""
 
-    max_watchers: int = 10000
+    max_watchers: int = 2048
     """Watchers open at once, every transport together; one more is refused (WatchersFull)."""
     queue_changes: int = 1000
     """Changes queued for one watcher that its client has not taken; past it, it is ended."""
