@@ -34,12 +34,13 @@ watcher's bookmark is `max(head, what it queued)`, so a head raised by another w
 would name a position past a change that watcher has not been told yet. A page moves only
 its own watcher's position (every change it follows up to the page's position is in it).
 
-Lives. After `interrupted()` the hub reads the store's head again (on a catch-up thread; a
-new watcher without `after` reads it itself first): a head of another life (Redis lost its
-data), or one behind the head read before (its last writes lost), is taken as the hub's,
+Lives. The hub reads the store's head after `interrupted()` (on a catch-up thread), and
+before it hands out a position of its own (a watcher without `after`, `now`, the position
+to start again from after ResumeGone): a head of another life (Redis lost its data), or
+one behind the head as of before the read (its last writes lost), is taken as the hub's,
 and every watcher whose position is of the old life or past the new head ends "gone": its
-position can no longer be served. A position the hub hands out is thus of the store's life
-as of its last look. An `Ended("gone")` carries the position to start again from.
+position can no longer be served. A head of the same life only tells that the life holds.
+An `Ended("gone")` carries the position to start again from.
 
 Outages. A catch-up read that fails as the store being away ends every watcher that is
 behind at once ("unavailable"), not one read at a time: each would wait the store's timeout
@@ -265,8 +266,8 @@ class ChangeFeed:
         from reading its first page, which may block: call it where reads run; raises
         FeedUnsupported for a store that keeps no feed."""
         self._check_supported()
-        if not self.life or (after is None and self._head_stale):
-            self._read_head()
+        if after is None or not self.life:
+            self._read_head()  # its life: a watcher must not start in a dead one
         now = self.clock()
         with self.lock:
             if self._closed or len(self._watchers) >= self.settings.max_watchers:
@@ -311,11 +312,11 @@ class ChangeFeed:
     def now(self) -> FeedPosition:
         """The position after every change told so far: where a history read just now
         stands (read before the history, nothing it misses is after it). Reads the store's
-        head if it was away at the start (raising StoreUnavailable if it still is), and
-        raises FeedUnsupported for a store that keeps no feed."""
+        head (it may block: call it where reads run) for its life, which may be new (Redis
+        lost its data: see Lives); raises StoreUnavailable if the store is away, and
+        FeedUnsupported for a store that keeps no feed."""
         self._check_supported()
-        if not self.life:
-            self._read_head()
+        self._read_head()
         with self.lock:
             return FeedPosition(self.life, self.head)
 
@@ -362,8 +363,8 @@ class ChangeFeed:
                             "gone",
                             str(ResumeGone.ahead(watcher.queued_through, fresh.revision)),
                         )
-            else:
-                self.head = max(self.head, fresh.revision)
+            # Else the hub's head stays the newest told: the store's may be past changes it
+            # has not told yet (see The head).
 
     def subscribe(self, listener: Callable[[Change], None]) -> Callable[[], None]:
         """Call `listener` with every change from now on, in order, on the store's thread

@@ -350,6 +350,8 @@ def test_a_page_read_for_one_watcher_does_not_move_anothers_bookmark_past_an_unt
     told, store.listeners = store.listeners, []
     (untold,) = write(store, "a")
     feed.watch(FeedSelector(prefix="b"), FeedPosition(store.life, 0), Wakes())  # a page read
+    assert feed.now.revision < untold  # a history read's position, from the store's head
+    feed.watch(FeedSelector(prefix="b"), None, Wakes())  # a live start, which reads it too
     clock.advance(1)
     bookmark = poller.take()
     assert isinstance(bookmark, FeedPosition) and bookmark.revision < untold
