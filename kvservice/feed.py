@@ -27,6 +27,26 @@ head: every change the store has told of so far is before it. From then on:
   wakes the watchers whose bookmark is due.
 - `close()` (the drain) ends every watcher with `Ended("stopping")` and wakes it.
 
+The head. `head` is the newest revision the store has *told* (`changed`), never one a page
+merely showed: a store may make a change readable before it tells of it (Redis: the PUBLISH
+in flight; the durable store with --fsync everysec: told after the commit), and a live
+watcher's bookmark is `max(head, what it queued)`, so a head raised by another watcher's page
+would name a position past a change that watcher has not been told yet. A page moves only
+its own watcher's position (every change it follows up to the page's position is in it).
+
+Lives. The hub reads the store's head after `interrupted()` (on a catch-up thread), and
+before it hands out a position of its own (a watcher without `after`, `now`, the position
+to start again from after ResumeGone): a head of another life (Redis lost its data), or
+one behind the head as of before the read (its last writes lost), is taken as the hub's,
+and every watcher whose position is of the old life or past the new head ends "gone": its
+position can no longer be served. A head of the same life only tells that the life holds.
+An `Ended("gone")` carries the position to start again from.
+
+Outages. A catch-up read that fails as the store being away ends every watcher that is
+behind at once ("unavailable"), not one read at a time: each would wait the store's timeout
+in turn on the hub's few threads, and the last would learn of the outage minutes later. Their
+clients resume from their last positions.
+
 `subscribe` is for fire-and-forget listeners (RESP's keyspace notifications): called with
 every change, in order, on the store's thread; they must not block.
 """
@@ -78,8 +98,8 @@ class FeedSource(Protocol):
 
 @dataclass(frozen=True)
 class FeedSettings:
-    """The bounds of the change feed (config.py's --max-watchers, --watch-queue,
-    --watch-bookmark-interval, --watch-max-wait)."""
+    """The bounds of the change feed; config.py's --max-watchers, --watch-queue,
+    --watch-bookmark-interval and --watch-max-wait set them, with these defaults."""
 
     max_watchers: int = 2048
     """Watchers open at once, every transport together; one more is refused (WatchersFull)."""
@@ -112,6 +132,8 @@ class Ended:
     """One of ENDED_REASONS."""
     detail: str
     """What to tell the client, safe to show."""
+    restart: FeedPosition | None = None
+    """For "gone": the hub's head when it ended, to start again from (of the store's life)."""
 
 
 WatcherOutput = list[Change] | FeedPosition | Ended | None
@@ -128,6 +150,8 @@ class Watcher:
     wake: Callable[[], None]
     kind: str
     bookmark_interval_s: float
+    life: str
+    """The store's life its position is of: its ids and bookmarks name it."""
     taken: FeedPosition
     """After the last change taken: where its client resumes from."""
     queued_through: int
@@ -204,9 +228,13 @@ class ChangeFeed:
         self._timer_wakes = threading.Condition(self.lock)
         self.life = ""
         """The store's life, once its head was read (a store away at the start is asked
-        again at the first watch)."""
+        again at the first watch); taken anew after an interruption (see Lives)."""
         self.head = 0
-        """The newest revision told (or read): a live watcher with nothing queued is here."""
+        """The newest revision the store told (or its head, as read at the start or after an
+        interruption): every change up to it was told. Pages never move it (see The head)."""
+        self._head_stale = False
+        """An interruption was heard since the head was last read: read it again."""
+        self._interruptions = 0
         self.unsupported: FeedUnsupported | None = None
         """Why the store keeps no feed (a Redis Cluster), or None: then every watch, page
         and position raises it, and the rest of the service runs as before."""
@@ -238,8 +266,8 @@ class ChangeFeed:
         from reading its first page, which may block: call it where reads run; raises
         FeedUnsupported for a store that keeps no feed."""
         self._check_supported()
-        if not self.life:
-            self._read_head()
+        if after is None or not self.life:
+            self._read_head()  # its life: a watcher must not start in a dead one
         now = self.clock()
         with self.lock:
             if self._closed or len(self._watchers) >= self.settings.max_watchers:
@@ -257,6 +285,7 @@ class ChangeFeed:
                 wake,
                 kind,
                 bookmark_interval_s or self.settings.bookmark_interval_s,
+                life=start.life,
                 taken=start,
                 queued_through=start.revision,
                 last_sent=now,
@@ -283,23 +312,59 @@ class ChangeFeed:
     def now(self) -> FeedPosition:
         """The position after every change told so far: where a history read just now
         stands (read before the history, nothing it misses is after it). Reads the store's
-        head if it was away at the start (raising StoreUnavailable if it still is), and
-        raises FeedUnsupported for a store that keeps no feed."""
+        head (it may block: call it where reads run) for its life, which may be new (Redis
+        lost its data: see Lives); raises StoreUnavailable if the store is away, and
+        FeedUnsupported for a store that keeps no feed."""
         self._check_supported()
-        if not self.life:
-            self._read_head()
+        self._read_head()
         with self.lock:
             return FeedPosition(self.life, self.head)
+
+    def restart_after_gone(self) -> FeedPosition | None:
+        """Where a client whose position is gone (ResumeGone at request time) starts again:
+        the store's head, read now (where the request's reads run), for the position may be
+        gone because the store has a new life the hub has not heard of yet; the hub's head if
+        the store cannot be read; None if it never could."""
+        with contextlib.suppress(StoreError):
+            self._read_head()
+        with self.lock:
+            return FeedPosition(self.life, self.head) if self.life else None
 
     def _check_supported(self) -> None:
         if self.unsupported is not None:
             raise self.unsupported
 
     def _read_head(self) -> None:
-        head = self.store.feed_head()
+        """Read the store's head; one of another life, or behind the head as of before the
+        read (acknowledged writes lost), is the hub's from now on, and ends every watcher
+        whose position it can no longer serve ("gone")."""
         with self.lock:
-            self.life = head.life
-            self.head = max(self.head, head.revision)
+            interruptions, head_before = self._interruptions, self.head
+        fresh = self.store.feed_head()
+        with self.lock:
+            if interruptions == self._interruptions:
+                self._head_stale = False
+            if not self.life:
+                self.life, self.head = fresh.life, max(self.head, fresh.revision)
+            elif fresh.life != self.life or fresh.revision < head_before:
+                logger.warning(
+                    "The change feed's store is at %s, the hub was at %s: watchers of the old "
+                    "position start again.",
+                    fresh.token,
+                    FeedPosition(self.life, head_before).token,
+                )
+                self.life, self.head = fresh.life, fresh.revision
+                for watcher in list(self._watchers):
+                    if watcher.life != fresh.life:
+                        self._end(watcher, "gone", str(ResumeGone.of_another_life()))
+                    elif watcher.queued_through > fresh.revision:
+                        self._end(
+                            watcher,
+                            "gone",
+                            str(ResumeGone.ahead(watcher.queued_through, fresh.revision)),
+                        )
+            # Else the hub's head stays the newest told: the store's may be past changes it
+            # has not told yet (see The head).
 
     def subscribe(self, listener: Callable[[Change], None]) -> Callable[[], None]:
         """Call `listener` with every change from now on, in order, on the store's thread
@@ -365,8 +430,13 @@ class ChangeFeed:
                 logger.exception("a change feed subscriber failed on revision %d", change.revision)
 
     def interrupted(self) -> None:
-        """Changes may have gone untold: every watcher catches up from the store."""
+        """Changes may have gone untold: every watcher catches up from the store, and the
+        store's head is read again (its life may have changed: see Lives)."""
         with self.lock:
+            self._interruptions += 1
+            self._head_stale = True
+            if not self._closed:
+                self._readers.submit(self._read_head_after_interruption)
             for watcher in list(self._watchers):
                 if watcher.ended is not None:
                     continue
@@ -446,7 +516,8 @@ class ChangeFeed:
     def _end(self, watcher: Watcher, reason: str, detail: str) -> None:
         if watcher.ended is not None:
             return
-        watcher.ended = Ended(reason, detail)
+        restart = FeedPosition(self.life, self.head) if reason == "gone" else None
+        watcher.ended = Ended(reason, detail, restart)
         watcher.queue.clear()
         watcher.live.clear()
         self._ended[reason] += 1
@@ -463,7 +534,7 @@ class ChangeFeed:
             queue = watcher.queue
             if queue:
                 changes = [queue.popleft() for _ in range(min(limit, len(queue)))]
-                watcher.taken = FeedPosition(self.life, changes[-1].revision)
+                watcher.taken = FeedPosition(watcher.life, changes[-1].revision)
                 watcher.last_sent = now
                 self._events_sent += len(changes)
                 self._read_if_due(watcher)
@@ -478,11 +549,14 @@ class ChangeFeed:
             return None
 
     def position_of(self, watcher: Watcher) -> FeedPosition:
-        """Where `watcher`'s client resumes from: after everything told, when it is live and
-        has taken all it was queued; else after the last change it took."""
+        """Where `watcher`'s client resumes from: when it is live and has taken all it was
+        queued, after every change the store told (the head) and every one its own pages
+        showed; else after the last change it took. Under the lock."""
         if watcher.behind or watcher.queue or watcher.ended is not None:
             return watcher.taken
-        return FeedPosition(self.life, max(watcher.queued_through, self.head))
+        if watcher.life != self.life:  # the hub has just taken a new life: it ends "gone"
+            return watcher.taken
+        return FeedPosition(watcher.life, max(watcher.queued_through, self.head))
 
     # -- catching up ----------------------------------------------------------------------
 
@@ -490,20 +564,40 @@ class ChangeFeed:
         """Read the next page for a watcher that is behind, once its queue is empty."""
         if watcher.behind and not watcher.reading and not watcher.queue and not self._closed:
             watcher.reading = True
-            after = FeedPosition(self.life, watcher.queued_through)
+            after = FeedPosition(watcher.life, watcher.queued_through)
             self._readers.submit(self._read_next, watcher, after)
 
+    def _read_head_after_interruption(self) -> None:
+        """On a catch-up thread: the store's head, as `interrupted()` asks."""
+        if self._head_stale:
+            with contextlib.suppress(StoreError):  # away: read again at the next one
+                self._read_head()
+
     def _read_next(self, watcher: Watcher, after: FeedPosition) -> None:
-        """On a catch-up thread: the next page for `watcher`."""
+        """On a catch-up thread: the next page for `watcher` (none once it has ended: an
+        outage may have ended it while its read waited its turn)."""
+        with self.lock:
+            if watcher.ended is not None or watcher.closed:
+                watcher.reading = False
+                return
         try:
             page = self.store.changes(watcher.selector, after, self._page_changes)
         except ResumeGone as error:
+            if self._head_stale:  # of another life? Then the restart is of the new one
+                with contextlib.suppress(StoreError):
+                    self._read_head()
             with self.lock:
                 self._end(watcher, "gone", str(error))
             return
         except StoreError as error:
             with self.lock:
-                self._end(watcher, "unavailable", f"{error} Resume from your last id.")
+                # The store is away: every watcher behind would fail the same way, each after
+                # the store's timeout, in turn; all are told now (see Outages).
+                detail = f"{error} Resume from your last id."
+                self._end(watcher, "unavailable", detail)
+                for other in list(self._watchers):
+                    if other.behind:
+                        self._end(other, "unavailable", detail)
             return
         except Exception:
             logger.exception("reading the change feed failed")
@@ -521,8 +615,8 @@ class ChangeFeed:
                 return
             for change in page.changes:
                 self._queue(watcher, change)
+            # Only this watcher's: the page may show changes not yet told (see The head).
             watcher.queued_through = max(watcher.queued_through, page.position.revision)
-            self.head = max(self.head, page.position.revision)
             if page.caught_up and not watcher.live_lost:
                 watcher.behind = False
                 for change in watcher.live:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from kvservice.feed import ChangeFeed, Ended, FeedSettings, Watcher, WatchersFull
-from kvservice.store import Change, FeedPosition, FeedSelector, ResumeGone
+from kvservice.store import Change, FeedPosition, FeedSelector, ResumeGone, StoreUnavailable
 from tests.support.feeds import FeedingMemoryStore
 
 EVERY_KEY = FeedSelector()
@@ -334,3 +334,82 @@ def test_a_subscriber_that_fails_neither_fails_the_write_nor_deafens_the_others(
     feed.subscribe(failing)
     feed.subscribe(lambda change: heard.append(change.revision))
     assert write(store, "a") == heard
+
+
+# -- the head, lives and outages ---------------------------------------------------------------
+
+
+def test_a_page_read_for_one_watcher_does_not_move_anothers_bookmark_past_an_untold_change(
+    store: FeedingMemoryStore, clock: SecondsClock
+) -> None:
+    """A change readable before it is told (Redis: its PUBLISH in flight): another watcher's
+    page shows it; a live watcher's bookmark must not name a position past it."""
+    feed = hub(store, clock, bookmark_interval_s=1)
+    poller = feed.watch(FeedSelector(key="a"), None, Wakes(), kind="long-poll")
+    assert poller.take() is None
+    told, store.listeners = store.listeners, []
+    (untold,) = write(store, "a")
+    feed.watch(FeedSelector(prefix="b"), FeedPosition(store.life, 0), Wakes())  # a page read
+    assert feed.now.revision < untold  # a history read's position, from the store's head
+    feed.watch(FeedSelector(prefix="b"), None, Wakes())  # a live start, which reads it too
+    clock.advance(1)
+    bookmark = poller.take()
+    assert isinstance(bookmark, FeedPosition) and bookmark.revision < untold
+    store.listeners = told
+    for listener in told:
+        listener.changed(store.feed[-1])
+    assert revisions(store.changes(FeedSelector(key="a"), bookmark).changes) == [untold]
+    assert revisions(poller.take()) == [untold]
+    feed.close()
+
+
+def test_after_an_interruption_the_hub_takes_the_stores_new_life_and_ends_the_old_watchers(
+    store: FeedingMemoryStore, feed: ChangeFeed
+) -> None:
+    write(store, "a", "b", "c")
+    wakes = Wakes()
+    watcher = feed.watch(EVERY_KEY, None, wakes)
+    assert watcher.take() is None
+    store.life, store.feed = "newlife", []  # the store lost its data (FLUSHALL)
+    feed.interrupted()
+    wakes.wait()
+    ended = watcher.take()
+    assert isinstance(ended, Ended) and ended.reason == "gone"
+    assert ended.restart == FeedPosition("newlife", 0) == feed.now
+    fresh = feed.watch(EVERY_KEY, None, Wakes())
+    assert fresh.position == FeedPosition("newlife", 0)
+    feed.close()
+
+
+def test_after_an_interruption_a_head_gone_back_ends_the_watchers_past_it(
+    store: FeedingMemoryStore, feed: ChangeFeed
+) -> None:
+    write(store, "a", "b")
+    behind_it = feed.watch(FeedSelector(key="a"), FeedPosition(store.life, 1), Wakes())
+    write(store, "c")
+    wakes = Wakes()
+    past_it = feed.watch(EVERY_KEY, None, wakes)
+    del store.feed[2:]  # its last write lost (an append-only file synced every second)
+    feed.interrupted()
+    wakes.wait()
+    ended = past_it.take()
+    assert isinstance(ended, Ended) and ended.reason == "gone"
+    assert ended.restart == FeedPosition(store.life, 2) == feed.now
+    assert not isinstance(behind_it.take(), Ended)
+    feed.close()
+
+
+def test_a_catch_up_read_that_finds_the_store_away_ends_every_watcher_behind_at_once(
+    store: FeedingMemoryStore, feed: ChangeFeed
+) -> None:
+    watchers = [feed.watch(EVERY_KEY, None, Wakes()) for _ in range(10)]
+    store.away = StoreUnavailable("The store did not answer.")
+    feed.interrupted()
+    for watcher in watchers:
+        deadline = time.monotonic() + 3
+        while not isinstance(output := watcher.take(), Ended):
+            assert time.monotonic() < deadline, "a watcher was not told"
+            time.sleep(0.01)
+        assert output.reason == "unavailable"
+    assert store.reads <= 2, "one failed read tells them all"
+    feed.close()

@@ -5,6 +5,7 @@ the change feed's hub, as the composition root builds them."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,12 +14,13 @@ from typing import Any
 import pytest
 import requests
 
+import kvservice.http.app as app_module
 from kvservice.execution import execution_for
 from kvservice.feed import ChangeFeed, FeedSettings
 from kvservice.http.app import create_app
 from kvservice.http.server import Server
 from kvservice.metrics import Metrics
-from kvservice.store import FeedPosition
+from kvservice.store import Change, FeedPosition, StoreUnavailable
 from kvservice.store.memory import MemoryStore
 from kvservice.store.service import StoreService
 from tests.support.clock import FakeClock
@@ -482,3 +484,98 @@ def test_sigterm_ends_the_streams_then_the_process_exits() -> None:
         stream.close()
     assert error.json()["type"].endswith("server-stopping")
     assert time.monotonic() - started < 3
+
+
+# -- endings, lives, HEAD ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store_kind", [MemoryStore, ReadsBlock])
+def test_a_streams_error_event_carries_its_own_request_id(
+    start_watched: StartWatched, store_kind: type[MemoryStore]
+) -> None:
+    """The stream's body runs on the loop, outside any request: with reads on workers there
+    is no request there at all, inline there is whichever request the loop served last."""
+    watched = start_watched(store_kind())
+    with EventStream(watched.url, "/_watch", {"X-Request-ID": "watcher-1"}) as stream:
+        stream.next_event()
+        requests.put(f"{watched.url}/a", data=b"x", headers={"X-Request-ID": "other-2"}, timeout=5)
+        watched.feed.close()
+        (error,) = [event for event in stream.events_until("error") if event.event == "error"]
+    assert error.json()["request_id"] == "watcher-1"
+    assert error.json()["type"].endswith("server-stopping")
+
+
+def test_a_long_poll_ended_by_the_store_away_is_a_503_with_retry_after(
+    start_watched: StartWatched,
+) -> None:
+    store = FeedingMemoryStore()
+    watched = start_watched(store)
+    start = watched.head().token
+    answers: list[requests.Response] = []
+    poll = threading.Thread(
+        target=lambda: answers.append(
+            requests.get(
+                f"{watched.url}/k/history", params={"after": start, "wait": "30s"}, timeout=10
+            )
+        )
+    )
+    poll.start()
+    deadline = time.monotonic() + 3
+    while not watched.feed.figures().watchers:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    store.away = StoreUnavailable("The store did not answer.")
+    watched.feed.interrupted()  # its watcher catches up, and cannot
+    poll.join(5)
+    (answer,) = answers
+    assert answer.status_code == 503
+    assert answer.headers["Retry-After"] == "1"
+    assert answer.json()["type"].endswith("store-unavailable")
+
+
+def test_positions_handed_out_are_of_the_stores_life_even_before_the_hub_heard_of_it(
+    start_watched: StartWatched,
+) -> None:
+    store = FeedingMemoryStore()
+    watched = start_watched(store)
+    watched.put("k", "a")
+    old = watched.head().token
+    store.life, store.feed = "newlife", []  # the store lost its data; no one told the hub
+    answer = requests.get(f"{watched.url}/k/history", timeout=5)
+    assert answer.headers["KV-Position"] == "newlife.0"
+    with EventStream(watched.url, f"/_watch?key=k&after={old}") as stream:
+        assert stream.status == 410
+        problem = stream.problem()
+    poll = requests.get(f"{watched.url}/k/history", params={"after": old}, timeout=5)
+    assert poll.status_code == 410
+    assert problem["position"] == poll.json()["position"] == "newlife.0"
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [("after=anotherlife.1", 410), ("after=notatoken", 400), ("key=a&prefix=a", 400), ("", 200)],
+)
+def test_head_of_a_watch_answers_the_status_a_get_would_without_a_body(
+    watched: Watched, query: str, status: int
+) -> None:
+    answer = requests.head(f"{watched.url}/_watch?{query}", timeout=5)
+    assert answer.status_code == status
+    assert answer.content == b""
+    assert watched.feed.figures().watchers == {}  # HEAD opened none, or let it go at once
+    with EventStream(watched.url, f"/_watch?{query}") as stream:
+        assert stream.status == status
+
+
+def test_the_change_events_kept_for_other_watchers_are_bounded_and_hold_no_change() -> None:
+    """One change's event is made once for every watcher sent it; what is kept is its text,
+    within a bound in bytes, never the change (whose value the store lets go of)."""
+    change = Change(b"v" * 200, 1, False, key="k", revision=1)
+    references = sys.getrefcount(change)
+    first = app_module._change_event("life", change)
+    assert app_module._change_event("life", change) is first
+    assert sys.getrefcount(change) == references, "the change itself is kept"
+    texts = app_module._EventTexts(max_bytes=1000)
+    for revision in range(1, 21):
+        made = texts.get("life", Change(b"v" * 200, 1, False, key="k", revision=revision))
+        assert texts.held_bytes <= 1000
+    assert texts.get("life", Change(b"w", 1, False, key="k", revision=20)) is made

@@ -6,7 +6,8 @@ replica's are when it loses its subscription); `changes` raises ResumeGone as th
 `read_gate`, when set, blocks every `changes` call until it opens (a store whose reads
 block; the page is what the feed held when the call began), and `read_threads` names the
 thread of each call; `before_read` runs once at the start of the next call (a write that
-is both told live and in the page).
+is both told live and in the page). `away`, when set, is raised by every `changes` and
+`feed_head` (the store cannot be reached); `reads` counts the `changes` calls.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from kvservice.store import (
     FeedPosition,
     FeedSelector,
     ResumeGone,
+    StoreUnavailable,
     Value,
 )
 from kvservice.store.memory import MemoryStore
@@ -37,6 +39,8 @@ class FeedingMemoryStore(MemoryStore):
         self.read_gate: threading.Event | None = None
         self.read_threads: list[str] = []
         self.before_read: Callable[[], object] | None = None
+        self.away: StoreUnavailable | None = None
+        self.reads = 0
 
     def _feed_change(self, key: str, change: Change | None, value: Value | None) -> None:
         if change is None:  # a new deadline: not a change
@@ -50,12 +54,17 @@ class FeedingMemoryStore(MemoryStore):
         self.forgotten_through = revision
 
     def feed_head(self) -> FeedPosition:
+        if self.away is not None:
+            raise self.away
         return FeedPosition(self.life, len(self.feed))
 
     def changes(
         self, selector: FeedSelector, after: FeedPosition, limit: int = FEED_PAGE_CHANGES
     ) -> ChangePage:
         self.read_threads.append(threading.current_thread().name)
+        self.reads += 1
+        if self.away is not None:
+            raise self.away
         if self.before_read is not None:
             before_read, self.before_read = self.before_read, None
             before_read()

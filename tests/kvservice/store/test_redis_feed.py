@@ -21,6 +21,7 @@ import pytest
 import kvservice.store.redis.scripts as redis_scripts
 import kvservice.store.redis.store as redis_store_module
 import kvservice.store.redis.subscriber as redis_subscriber
+from kvservice.feed import ChangeFeed, Ended, FeedSettings
 from kvservice.store import (
     Change,
     ChangePage,
@@ -532,3 +533,41 @@ def test_a_key_with_nothing_left_is_forgotten_then_judged_conservatively(
     assert store.changes(FeedSelector(key="never"), FeedPosition(life, 2)).caught_up
     page = store.changes(FeedSelector(key="kept"), FeedPosition(life, 3))
     assert [change.data for change in page.changes] == [b"new"]
+
+
+def test_the_hub_takes_the_new_life_of_a_redis_that_lost_its_data(server: RedisProcess) -> None:
+    """FLUSHALL: the subscriber hears a change of another life and interrupts; the hub takes
+    the new life, ends the watchers of the old one "gone" with a position of the new, and a
+    watcher opened afterwards is told every change of the new life, with its ids."""
+    store = make_store(server.url)
+    feed = ChangeFeed(store, FeedSettings())
+    try:
+        for number in range(5):
+            store.put(f"k{number}", b"old")
+        old_life = store.feed_head().life
+        old = feed.watch(EVERY_KEY, FeedPosition(old_life, 5), lambda: None)
+        server.client().flushall()
+        store.put("n", b"new")  # of a new life
+        deadline = time.monotonic() + WAIT_S
+        while not isinstance(ended := old.take(), Ended):
+            assert time.monotonic() < deadline, "the old life's watcher was not ended"
+            time.sleep(0.01)
+        new_life = store.feed_head().life
+        assert new_life != old_life
+        assert ended.reason == "gone"
+        assert feed.now.life == new_life, "the hub still hands out positions of the dead life"
+        assert ended.restart is not None
+        assert ended.restart.life == new_life == feed.now.life
+        fresh = feed.watch(EVERY_KEY, None, lambda: None)
+        store.put("m", b"after")
+        taken: list[Change] = []
+        while not taken:
+            assert time.monotonic() < deadline, "the new life's change was not told"
+            output = fresh.take()
+            if isinstance(output, list):
+                taken += output
+            time.sleep(0.01)
+        assert [(change.key, change.revision) for change in taken] == [("m", 2)]
+        assert fresh.position == FeedPosition(new_life, 2)
+    finally:
+        feed.close()
