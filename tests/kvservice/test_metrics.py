@@ -227,8 +227,11 @@ def test_with_redis_away_the_page_says_so_and_still_answers(
     store = redis_store.RedisStore.from_url(
         f"redis://127.0.0.1:{port}", connections=2, timeout_s=0.5
     )
-    with running(store, background_stops) as service:
-        samples = service.scrape()
+    try:
+        with running(store, background_stops) as service:
+            samples = service.scrape()
+    finally:
+        store.close()  # its feed's subscriber would go on trying to reach Redis
     assert value(samples, "kvservice_store_up") == 0
     assert ("kvservice_store_keys", ()) not in samples
 

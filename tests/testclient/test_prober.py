@@ -93,7 +93,11 @@ def test_a_failing_round_is_logged_with_its_failing_step(caplog: pytest.LogCaptu
     with caplog.at_level(logging.INFO, logger="testclient.results"):
         prober.run(rounds=1)
 
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name == "testclient.results"
+    ]
     assert "test_deletion failed in" in warnings[0] and "(scheduled)" in warnings[0]
     assert any("after the delete" in line and "expected not found" in line for line in warnings)
     assert book.last_runs()["test_deletion"].result.verdict is Verdict.FAILED
