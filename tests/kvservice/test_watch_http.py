@@ -464,8 +464,13 @@ def test_the_metrics_count_watchers_events_and_endings(start_watched: StartWatch
         watched.put("k", "one")
         stream.events_until("change")
         assert metric("kvservice_watch_events_sent_total") == 1
-        watched.store.put("k", b"two")  # two at once: past a queue of one
-        watched.store.put("k", b"three")
+        # The client reads no more: once the socket's buffers are full nothing is taken,
+        # and the second change queued behind a queue of one ends the watcher. (Two writes
+        # alone may each be taken as it comes, the loop woken between them.)
+        value = b"x" * 1000
+        deadline = time.monotonic() + 10
+        while watched.feed.figures().ended["slow"] == 0 and time.monotonic() < deadline:
+            watched.store.put("k", value)
         stream.events_until("error")
     assert metric('kvservice_watch_ended_total{reason="slow"}') == 1
     assert metric('kvservice_watchers{kind="sse"}') == 0
