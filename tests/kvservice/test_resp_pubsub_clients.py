@@ -57,6 +57,20 @@ def served(background_stops: list[threading.Thread]) -> Iterator[Served]:
         background_stops.append(stop)
 
 
+def confirmed(pubsub: Any, count: int, timeout_s: float = 5.0) -> None:
+    """Wait for `count` (un)subscription confirmations: redis-py sends (P)(UN)SUBSCRIBE
+    without waiting for them, and a write another connection makes meanwhile may reach the
+    server first (notifications are fire and forget: it would be missed, or heard after)."""
+    seen = 0
+    deadline = time.monotonic() + timeout_s
+    while seen < count:
+        assert time.monotonic() < deadline, f"{seen} of {count} confirmations"
+        message = pubsub.get_message(timeout=0.2)
+        if message is not None:
+            assert message["type"] in {"subscribe", "psubscribe", "unsubscribe", "punsubscribe"}
+            seen += 1
+
+
 def messages(pubsub: Any, count: int, timeout_s: float = 5.0) -> list[tuple[Any, ...]]:
     """The next `count` messages (kind, pattern, channel, data), waiting at most `timeout_s`."""
     received: list[tuple[Any, ...]] = []
@@ -80,6 +94,7 @@ def test_redis_py_hears_writes_over_resp_and_http(served: Served, protocol: int)
         pubsub = client.pubsub()
         pubsub.subscribe("__keyspace@0__:k")
         pubsub.psubscribe("__keyevent@0__:*")
+        confirmed(pubsub, 2)
 
         client.set("k", "v")
         requests.put(f"{served.http_url}/k", data=b"w", timeout=5).raise_for_status()
@@ -97,6 +112,7 @@ def test_redis_py_hears_writes_over_resp_and_http(served: Served, protocol: int)
         ]
         pubsub.unsubscribe()  # type: ignore[no-untyped-call]
         pubsub.punsubscribe()  # type: ignore[no-untyped-call]
+        confirmed(pubsub, 2)
         client.set("k", "again")
         assert messages(pubsub, 1, timeout_s=0.5) == []
         pubsub.close()
@@ -110,6 +126,7 @@ def test_an_expiry_is_told_once_the_store_notices_it(served: Served) -> None:
         client.config_set("notify-keyspace-events", "Ex")
         pubsub = client.pubsub()
         pubsub.subscribe("__keyevent@0__:expired")
+        confirmed(pubsub, 1)
         client.set("k", "v", px=50)
         time.sleep(0.2)
         assert client.get("k") is None
@@ -238,6 +255,7 @@ def test_the_kvservice_process_publishes_writes_over_http_to_resp_subscribers() 
             client.config_set("notify-keyspace-events", "K$")
             pubsub = client.pubsub()
             pubsub.psubscribe("__keyspace@0__:*")
+            confirmed(pubsub, 1)
             requests.put(f"{service.url}/k", data=b"v", timeout=5).raise_for_status()
             assert messages(pubsub, 1) == [
                 ("pmessage", b"__keyspace@0__:*", b"__keyspace@0__:k", b"set")
